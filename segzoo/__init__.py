@@ -1,0 +1,17 @@
+"""segzoo: a pure-PyTorch model zoo of segmentation and detection architectures."""
+
+__version__ = "0.1.0"
+
+from segzoo.checkpoint import load, load_weights, save  # noqa: E402
+from segzoo.registry import ModelSpec, build, list_models, register_model  # noqa: E402
+
+__all__ = [
+    "ModelSpec",
+    "__version__",
+    "build",
+    "list_models",
+    "load",
+    "load_weights",
+    "register_model",
+    "save",
+]

@@ -1,0 +1,5 @@
+"""Small blocks shared by several architectures."""
+
+from segzoo.layers.conv import ConvNormAct, FCNHead
+
+__all__ = ["ConvNormAct", "FCNHead"]

@@ -1,0 +1,58 @@
+"""Convolution blocks and the plain FCN head."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class ConvNormAct(nn.Sequential):
+    """``Conv2d (no bias) -> BatchNorm2d -> ReLU``; keys ``0``, ``1`` as in torchvision.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size; padding keeps the spatial size (times dilation).
+        stride: convolution stride.
+        dilation: convolution dilation (atrous rate).
+        act: append a ReLU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        act: bool = True,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                      bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if act:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class FCNHead(nn.Sequential):
+    """The FCN head (Long et al. 2015, torchvision layout).
+
+    ``3x3 conv to in/4 (no bias) -> BN -> ReLU -> Dropout -> 1x1 conv to classes``, with
+    torchvision's module indices (``0``, ``1``, ``4``) so converted weights map directly.
+    Used as the main FCN head and as the auxiliary head of FCN, DeepLabV3 and PSPNet.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: int | None = None, dropout: float = 0.1
+    ) -> None:
+        channels = channels or in_channels // 4
+        super().__init__(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(channels, num_classes, 1),
+        )

@@ -1,0 +1,3 @@
+"""Architecture families; importing this module registers every entrypoint."""
+
+from segzoo.models import fcn  # noqa: F401

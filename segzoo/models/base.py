@@ -1,0 +1,219 @@
+"""What every segzoo model shares: input checks, normalisation and the semantic forward.
+
+Forward contract (DESIGN.md): float RGB images in [0, 1]; normalisation happens inside
+the model with the ``pixel_mean``/``pixel_std`` buffers; ``model(images)`` returns
+predictions and ``model(images, targets)`` returns a dict of losses with ``loss`` the
+weighted total, whatever ``model.training`` is.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+
+def _is_tracing() -> bool:
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+def check_image_tensor(x: torch.Tensor, what: str = "images") -> None:
+    """Raise a ValueError for images that cannot be used; warn once for values out of [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor or a list of them, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{what} have dtype {x.dtype}; segzoo models take float images in [0, 1]: "
+            "use torchvision.transforms.v2.functional.to_dtype(img, torch.float32, scale=True) "
+            "or img.float() / 255"
+        )
+    if x.shape[-3] != 3:
+        raise ValueError(
+            f"{what} must have 3 (RGB) channels in dimension -3, got shape {tuple(x.shape)}; "
+            "convert grey images with img.expand(3, H, W) and drop alpha channels"
+        )
+    if x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise ValueError(f"{what} have an empty spatial size {tuple(x.shape[-2:])}")
+    if _is_tracing() or x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{what} contain NaN or inf values; check the data loading and transforms")
+    if (lo < -1e-3 or hi > 1 + 1e-3) and not _RANGE_WARNED[0]:
+        _RANGE_WARNED[0] = True
+        warnings.warn(
+            f"{what} have values in [{lo:.3g}, {hi:.3g}] but segzoo models expect [0, 1] and "
+            "normalise internally; do not normalise or scale to 255 beforehand",
+            stacklevel=3,
+        )
+
+
+_RANGE_WARNED = [False]
+
+
+class SegmentationModel(nn.Module):
+    """Base class of semantic segmentation models.
+
+    Input: ``N x 3 x H x W`` float images in [0, 1] (or a list of same-size ``3 x H x W``).
+    Output: logits ``N x num_classes x H x W`` at input size; with ``targets`` (int64
+    ``N x H x W``, ``ignore_index`` for unlabelled pixels) a dict of losses:
+    ``loss_ce``, ``loss_aux`` when there is an auxiliary head, and their weighted sum ``loss``.
+
+    Subclasses implement :meth:`forward_logits`, returning the main logits and optionally
+    auxiliary logits at any resolution; this class pads the input to
+    ``size_divisibility``, upsamples bilinearly to the input size and crops back.
+    """
+
+    task = "semantic"
+    # module-name prefixes of layers whose shape depends on num_classes
+    class_layers: tuple[str, ...] = ()
+    size_divisibility: int = 1
+
+    def __init__(
+        self,
+        num_classes: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int = 255,
+        aux_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                f"num_classes must be a positive int (every label including background), "
+                f"got {num_classes!r}"
+            )
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.aux_weight = aux_weight
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ subclass API
+    def forward_logits(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised, padded images -> (logits, aux logits or None) at any resolution.
+
+        ``with_aux`` is True when losses will be computed; the auxiliary head is skipped
+        otherwise.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def stack_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError("got an empty list of images")
+            sizes = {tuple(im.shape) for im in images}
+            if len(sizes) > 1:
+                raise ValueError(
+                    f"semantic models take a batch of same-size images, got sizes {sorted(sizes)}; "
+                    "resize or pad them in the data transforms (e.g. transforms with pad_to), "
+                    "or run them one at a time"
+                )
+            images = torch.stack(list(images))
+        if images.dim() == 3:
+            raise ValueError(
+                f"images must be N x 3 x H x W, got shape {tuple(images.shape)}; "
+                "add a batch dimension with images[None]"
+            )
+        if images.dim() != 4:
+            raise ValueError(f"images must be N x 3 x H x W, got shape {tuple(images.shape)}")
+        check_image_tensor(images)
+        return images
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+
+    def forward(
+        self, images: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor | None = None
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        x = self.stack_images(images)
+        h, w = x.shape[-2:]
+        x = self.normalize(x)
+        d = self.size_divisibility
+        pad_h, pad_w = (-h) % d, (-w) % d
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        out, aux = self.forward_logits(x, with_aux=targets is not None)
+        out = self._resize(out, h + pad_h, w + pad_w)[..., :h, :w]
+        if targets is None:
+            return out
+        if aux is not None:
+            aux = self._resize(aux, h + pad_h, w + pad_w)[..., :h, :w]
+        return self.losses(out, aux, targets)
+
+    @staticmethod
+    def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if t.shape[-2:] == (h, w):
+            return t
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+
+    def check_targets(self, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if isinstance(targets, (list, tuple)):
+            targets = torch.stack(list(targets))
+        if not isinstance(targets, torch.Tensor):
+            raise TypeError(f"semantic targets must be an int64 N x H x W tensor, got {type(targets)}")
+        if targets.is_floating_point():
+            raise ValueError(
+                f"semantic targets have dtype {targets.dtype}; they must hold integer class "
+                "indices (int64 N x H x W), not one-hot or probabilities"
+            )
+        n, _, h, w = logits.shape
+        if targets.dim() == 4 and targets.shape[1] == 1:
+            targets = targets[:, 0]
+        if tuple(targets.shape) != (n, h, w):
+            raise ValueError(
+                f"targets have shape {tuple(targets.shape)} but the images give {(n, h, w)}; "
+                "masks must be N x H x W at the image size (apply the same transforms to both)"
+            )
+        targets = targets.long()
+        if not _is_tracing():
+            valid = targets != self.ignore_index
+            if bool(valid.any()):
+                lo, hi = (int(v) for v in torch.aminmax(targets[valid]))
+                if lo < 0 or hi >= self.num_classes:
+                    bad = hi if hi >= self.num_classes else lo
+                    hint = (
+                        " (a 0/255 binary mask? map 255 to 1 with MaskFolder(binary=True))"
+                        if bad == 255 or hi == 255 else ""
+                    )
+                    raise ValueError(
+                        f"target has value {bad} but num_classes={self.num_classes} (labels must "
+                        f"be in [0, {self.num_classes - 1}] or ignore_index={self.ignore_index})"
+                        f"{hint}; set num_classes or ignore_index"
+                    )
+        return targets
+
+    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # mean over labelled pixels; 0 (not NaN) when a batch has none
+        total = F.cross_entropy(
+            logits.float(), targets, ignore_index=self.ignore_index, reduction="sum"
+        )
+        return total / (targets != self.ignore_index).sum().clamp(min=1)
+
+    def losses(
+        self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        targets = self.check_targets(targets, out)
+        loss_ce = self._cross_entropy(out, targets)
+        losses = {"loss_ce": loss_ce}
+        total = loss_ce
+        if aux is not None:
+            loss_aux = self._cross_entropy(aux, targets)
+            losses["loss_aux"] = loss_aux
+            total = total + self.aux_weight * loss_aux
+        losses["loss"] = total
+        return losses

@@ -1,0 +1,98 @@
+"""FCN (Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic
+Segmentation", CVPR 2015), in torchvision's form: a dilated ResNet at output stride 8,
+the FCN head on the last stage and an auxiliary FCN head on the stage before it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from segzoo.backbones.timm import TimmBackbone
+from segzoo.layers import FCNHead
+from segzoo.models.base import SegmentationModel
+from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+
+
+class FCN(SegmentationModel):
+    """FCN: backbone -> FCN head (+ auxiliary FCN head) -> bilinear upsampling.
+
+    Input and output as in :class:`~segzoo.models.base.SegmentationModel`; with targets
+    the losses are ``loss_ce``, ``loss_aux`` (weight ``aux_weight``) and ``loss``.
+
+    Args:
+        num_classes: classes including background.
+        backbone: a timm model name, or an HRNet name (``"hrnet_w18"``).
+        output_stride: 8 (torchvision's FCN), 16 or 32.
+        aux_loss: add the auxiliary head on the second-to-last feature level.
+        aux_weight: weight of the auxiliary loss.
+        dropout: dropout before the classifiers.
+        backbone_weights: local timm weights file for the backbone.
+        ignore_index: label ignored by the loss.
+        mean: per-channel mean subtracted from [0, 1] RGB input.
+        std: per-channel std the input is divided by.
+    """
+
+    class_layers = ("classifier.4", "aux_classifier.4")
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        aux_loss: bool = True,
+        aux_weight: float = 0.5,
+        dropout: float = 0.1,
+        backbone_weights: str | os.PathLike | None = None,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0)
+        self.backbone = make_backbone(backbone, output_stride, backbone_weights, levels=2)
+        self.classifier = FCNHead(self.backbone.channels[-1], num_classes, dropout=dropout)
+        self.aux_classifier = (
+            FCNHead(self.backbone.channels[-2], num_classes, dropout=dropout) if aux_loss else None
+        )
+
+    def forward_logits(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.backbone(x)
+        out = self.classifier(feats[-1])
+        aux = None
+        if with_aux and self.aux_classifier is not None:
+            aux = self.aux_classifier(feats[-2])
+        return out, aux
+
+
+def make_backbone(
+    name: str, output_stride: int, weights: str | os.PathLike | None, levels: int | None = None
+):
+    """A backbone by name: HRNet names give segzoo's HRNet body, anything else timm's.
+
+    Args:
+        levels: return only the last ``levels`` feature maps (all when None).
+    """
+    if name.startswith("hrnet_w"):
+        from segzoo.models.hrnet import hrnet_backbone  # HRNetV2 body: all branches fused
+
+        return hrnet_backbone(name, weights=weights)
+    indices = None if levels is None else tuple(range(-levels, 0))
+    return TimmBackbone(name, out_indices=indices, output_stride=output_stride, weights=weights)
+
+
+def _fcn(name: str, backbone: str, **kwargs) -> FCN:
+    return create(FCN, name, {"backbone": backbone}, kwargs)
+
+
+@register_model(task="semantic")
+def fcn_resnet50(**kwargs) -> FCN:
+    return _fcn("fcn_resnet50", "resnet50", **kwargs)
+
+
+@register_model(task="semantic")
+def fcn_resnet101(**kwargs) -> FCN:
+    return _fcn("fcn_resnet101", "resnet101", **kwargs)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from segzoo.backbones.timm import TimmBackbone
+from segzoo.backbones import make_backbone
 from segzoo.layers import FCNHead
 from segzoo.models.base import SegmentationModel
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
@@ -66,22 +66,6 @@ class FCN(SegmentationModel):
         if with_aux and self.aux_classifier is not None:
             aux = self.aux_classifier(feats[-2])
         return out, aux
-
-
-def make_backbone(
-    name: str, output_stride: int, weights: str | os.PathLike | None, levels: int | None = None
-):
-    """A backbone by name: HRNet names give segzoo's HRNet body, anything else timm's.
-
-    Args:
-        levels: return only the last ``levels`` feature maps (all when None).
-    """
-    if name.startswith("hrnet_w"):
-        from segzoo.models.hrnet import hrnet_backbone  # HRNetV2 body: all branches fused
-
-        return hrnet_backbone(name, weights=weights)
-    indices = None if levels is None else tuple(range(-levels, 0))
-    return TimmBackbone(name, out_indices=indices, output_stride=output_stride, weights=weights)
 
 
 def _fcn(name: str, backbone: str, **kwargs) -> FCN:

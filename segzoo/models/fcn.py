@@ -68,15 +68,15 @@ class FCN(SegmentationModel):
         return out, aux
 
 
-def _fcn(name: str, backbone: str, **kwargs) -> FCN:
-    return create(FCN, name, {"backbone": backbone}, kwargs)
+def _fcn(name: str, defaults: dict, kwargs: dict) -> FCN:
+    return create(FCN, name, defaults, kwargs)
 
 
 @register_model(task="semantic")
 def fcn_resnet50(**kwargs) -> FCN:
-    return _fcn("fcn_resnet50", "resnet50", **kwargs)
+    return _fcn("fcn_resnet50", {"backbone": "resnet50"}, kwargs)
 
 
 @register_model(task="semantic")
 def fcn_resnet101(**kwargs) -> FCN:
-    return _fcn("fcn_resnet101", "resnet101", **kwargs)
+    return _fcn("fcn_resnet101", {"backbone": "resnet101"}, kwargs)

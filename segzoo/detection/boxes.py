@@ -1,0 +1,104 @@
+"""Box utilities shared by the detection models (Mask R-CNN, CenterNet).
+
+Boxes are ``(..., 4)`` tensors in ``xyxy`` pixel coordinates of the (unpadded) input
+image. Functions work on any leading shape so that a whole batch ``(N, K, 4)`` is handled
+in one call; per-image values such as ``image_sizes`` (``N x 2``, height and width)
+broadcast over ``K``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import box_iou
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Area of ``(..., 4)`` xyxy boxes, ``(...)``; degenerate boxes give 0 or less."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def clip_boxes(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Clip boxes to their image.
+
+    Args:
+        boxes: ``(N, K, 4)`` (or ``(K, 4)``) xyxy boxes.
+        image_sizes: ``(N, 2)`` (or ``(2,)``) height and width of each image.
+
+    Returns:
+        Boxes of the same shape with x in ``[0, width]`` and y in ``[0, height]``.
+    """
+    sizes = image_sizes.to(boxes.dtype)
+    h = sizes[..., 0, None]  # (N, 1): broadcasts over the K boxes of each image
+    w = sizes[..., 1, None]
+    zero = boxes.new_zeros(())
+    x1 = torch.minimum(torch.maximum(boxes[..., 0], zero), w)
+    y1 = torch.minimum(torch.maximum(boxes[..., 1], zero), h)
+    x2 = torch.minimum(torch.maximum(boxes[..., 2], zero), w)
+    y2 = torch.minimum(torch.maximum(boxes[..., 3], zero), h)
+    return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def min_size_mask(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """Boolean ``(...)`` mask of the boxes whose width and height are both ``>= min_size``.
+
+    A mask (not indices) so that batched code keeps fixed shapes.
+    """
+    wh = boxes[..., 2:] - boxes[..., :2]
+    return (wh >= min_size).all(dim=-1)
+
+
+def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU between every pair of boxes.
+
+    Args:
+        boxes1: ``(K, 4)`` or batched ``(N, K, 4)``.
+        boxes2: ``(M, 4)`` or batched ``(N, M, 4)``.
+
+    Returns:
+        ``(K, M)`` or ``(N, K, M)`` IoU; 0 where the union is empty.
+    """
+    if boxes1.dim() == 2 and boxes2.dim() == 2:
+        return box_iou(boxes1, boxes2)
+    area1 = box_area(boxes1)  # (N, K)
+    area2 = box_area(boxes2)  # (N, M)
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (N, K, M, 2)
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]  # (N, K, M)
+    union = area1[..., :, None] + area2[..., None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Position of each element among the elements of its group, in the given order.
+
+    With ``group`` the image index of detections already sorted by decreasing score,
+    ``rank_in_group(group, n) < k`` keeps the top ``k`` of each image without a loop.
+
+    Args:
+        group: ``(L,)`` int64 group ids in ``[0, num_groups)``.
+        num_groups: number of groups.
+
+    Returns:
+        ``(L,)`` int64 ranks (0 for the first element of each group).
+    """
+    order = torch.sort(group, stable=True).indices  # group-major, original order inside
+    counts = torch.bincount(group, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts  # (num_groups,) first position of each group
+    ranks_sorted = torch.arange(len(group), device=group.device) - starts[group[order]]
+    ranks = torch.empty_like(ranks_sorted)
+    ranks[order] = ranks_sorted
+    return ranks
+
+
+def split_by_image(values: torch.Tensor, image_idx: torch.Tensor, num_images: int) -> list[torch.Tensor]:
+    """Split rows grouped by image (``image_idx`` non-decreasing) into one tensor per image.
+
+    The split sizes come from one ``bincount``; this is the single host sync at the end of
+    batched postprocessing.
+    """
+    counts = torch.bincount(image_idx, minlength=num_images)
+    return list(torch.split(values, counts.tolist()))
+
+
+__all__ = ["box_area", "clip_boxes", "min_size_mask", "pairwise_iou", "rank_in_group", "split_by_image"]

@@ -1,5 +1,6 @@
 """Evaluation metrics: semantic confusion matrix, COCO box/mask AP, precision-recall curves."""
 
+from segzoo.metrics.coco import CocoEvaluator
 from segzoo.metrics.semantic import SegmentationMetric, format_table
 
-__all__ = ["SegmentationMetric", "format_table"]
+__all__ = ["CocoEvaluator", "SegmentationMetric", "format_table"]

@@ -1,0 +1,107 @@
+import builtins
+import math
+
+import pytest
+import torch
+
+from segzoo.metrics import coco as coco_mod
+from segzoo.metrics.coco import CocoEvaluator
+
+
+def _box_mask(boxes, h, w):
+    masks = torch.zeros(len(boxes), h, w)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.round().long().tolist()):
+        masks[i, y1:y2, x1:x2] = 1.0
+    return masks
+
+
+def _targets():
+    # two images: small, medium and large objects of three classes
+    t0 = torch.tensor([[2.0, 3.0, 12.0, 13.0], [20.0, 20.0, 60.0, 60.0]])
+    t1 = torch.tensor([[0.0, 0.0, 120.0, 100.0], [50.0, 10.0, 70.0, 30.0]])
+    return [
+        {"boxes": t0, "labels": torch.tensor([0, 1]), "masks": _box_mask(t0, 128, 128)},
+        {"boxes": t1, "labels": torch.tensor([2, 0]), "masks": _box_mask(t1, 128, 128)},
+    ]
+
+
+def test_perfect_predictions_give_ap_one():
+    targets = _targets()
+    preds = [
+        {"boxes": t["boxes"].clone(), "scores": torch.tensor([0.9, 0.8]), "labels": t["labels"].clone(),
+         "masks": t["masks"] * 0.9}
+        for t in targets
+    ]
+    ev = CocoEvaluator(3, iou_types=("bbox", "segm"), class_names=["a", "b", "c"])
+    ev.update(preds[:1], targets[:1])
+    ev.update(preds[1:], targets[1:])
+    out = ev.compute()
+    for t in ("bbox", "segm"):
+        for s in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            assert out[f"{t}_{s}"] == pytest.approx(1.0), (t, s)
+        assert out[f"{t}_per_class"] == pytest.approx({"a": 1.0, "b": 1.0, "c": 1.0})
+    assert "Average Precision" in ev.summary
+
+
+def test_shifted_box_gives_expected_ap():
+    # GT 10x10, prediction shifted 2 px: IoU = 80 / 120 = 0.667 -> matched at thresholds
+    # 0.50, 0.55, 0.60, 0.65 (4 of 10) -> AP = 0.4, AP50 = 1, AP75 = 0
+    ev = CocoEvaluator(1)
+    ev.update(
+        [{"boxes": torch.tensor([[2.0, 0.0, 12.0, 10.0]]), "scores": torch.tensor([0.5]),
+          "labels": torch.tensor([0])}],
+        [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([0])}],
+    )
+    out = ev.compute()
+    assert out["bbox_AP"] == pytest.approx(0.4)
+    assert out["bbox_AP50"] == pytest.approx(1.0)
+    assert out["bbox_AP75"] == pytest.approx(0.0)
+    assert out["bbox_APs"] == pytest.approx(0.4)
+    assert math.isnan(out["bbox_APm"])  # no medium ground truth: COCOeval's -1 becomes NaN
+
+
+def test_missed_class_gives_zero_class_ap():
+    # class 0 found exactly (AP 1), the class-1 object missed (AP 0) -> mean 0.5
+    ev = CocoEvaluator(2, category_ids=[7, 9])
+    gt = {"boxes": torch.tensor([[0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 90.0, 90.0]]), "labels": torch.tensor([0, 1])}
+    pred = {"boxes": torch.tensor([[0.0, 0.0, 40.0, 40.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    ev.update([pred], [gt])
+    out = ev.compute()
+    assert out["bbox_per_class"] == {"7": pytest.approx(1.0), "9": pytest.approx(0.0)}
+    assert out["bbox_AP"] == pytest.approx(0.5)
+
+
+def test_category_ids_and_images_without_detections():
+    ev = CocoEvaluator(2, category_ids=[3, 5])
+    gt = {"boxes": torch.tensor([[0.0, 0.0, 40.0, 40.0]]), "labels": torch.tensor([1]), "image_id": 42}
+    ev.update([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}],
+              [gt])
+    out = ev.compute()
+    assert out["bbox_AP"] == pytest.approx(0.0)
+    assert ev.gt_anns[0]["category_id"] == 5 and ev.images[0]["id"] == 42
+
+
+def test_user_errors():
+    ev = CocoEvaluator(2)
+    with pytest.raises(ValueError, match="0-based"):
+        ev.update([{"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([2])}],
+                  [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    with pytest.raises(ValueError, match="iou_types"):
+        CocoEvaluator(2, iou_types=("keypoints",))
+    with pytest.raises(ValueError, match="category_ids"):
+        CocoEvaluator(2, category_ids=[1])
+    with pytest.raises(ValueError, match="before any update"):
+        CocoEvaluator(2).compute()
+
+
+def test_missing_pycocotools_names_the_extra(monkeypatch):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name.startswith("pycocotools"):
+            raise ImportError("no pycocotools")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"pip install segzoo\[coco\]"):
+        coco_mod.CocoEvaluator(2)

@@ -63,6 +63,7 @@ class TimmBackbone(nn.Module):
                 ) from e
             raise ValueError(f"timm backbone {name!r} does not support features_only: {e}") from e
         self.name = name
+        self._timm_kwargs = dict(timm_kwargs)
         self.output_stride = output_stride
         self.channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
         self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
@@ -87,16 +88,20 @@ class TimmBackbone(nn.Module):
         state = read_state_dict(path)
         own = self.body.state_dict()
         state = {k.removeprefix("module."): v for k, v in state.items()}
+        with torch.device("meta"):  # the whole classifier's keys, without allocating weights
+            full = set(timm.create_model(self.name, pretrained=False, **self._timm_kwargs).state_dict())
         missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in full and k not in own]
         mismatched = [
             f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
             for k in own if k in state and state[k].shape != own[k].shape
         ]
-        if missing or mismatched:
+        if missing or mismatched or unexpected:
             raise CheckpointError(
                 f"{path} does not fit timm backbone {self.name!r}: "
                 + (f"missing {len(missing)} keys ({', '.join(missing[:8])})" if missing else "")
                 + (f" mis-shaped: {'; '.join(mismatched[:8])}" if mismatched else "")
+                + (f" unexpected {len(unexpected)} keys ({', '.join(unexpected[:8])})" if unexpected else "")
                 + "; the file must hold the state dict of timm.create_model(name)"
             )
         self.body.load_state_dict({k: state[k] for k in own}, strict=True)

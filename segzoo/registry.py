@@ -126,10 +126,8 @@ def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
     num_classes = getattr(model, "num_classes", None)
     if not isinstance(num_classes, int):
         raise TypeError(f"entrypoint {entry.name!r} returned a model without an int num_classes")
-    mean = tuple(round(float(v), 6) for v in model.pixel_mean.flatten()) if hasattr(
-        model, "pixel_mean") else IMAGENET_MEAN
-    std = tuple(round(float(v), 6) for v in model.pixel_std.flatten()) if hasattr(
-        model, "pixel_std") else IMAGENET_STD
+    mean = tuple(getattr(model, "input_mean", IMAGENET_MEAN))
+    std = tuple(getattr(model, "input_std", IMAGENET_STD))
     model.spec = ModelSpec(
         name=entry.name, task=entry.task, num_classes=num_classes,
         kwargs=spec_kwargs, mean=mean, std=std,

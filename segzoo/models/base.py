@@ -97,6 +97,8 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
+        self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
+        self.input_std = tuple(float(v) for v in std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 

@@ -46,6 +46,8 @@ class DetectionModel(nn.Module):
                 f"implicit), got {num_classes!r}"
             )
         self.num_classes = num_classes
+        self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
+        self.input_std = tuple(float(v) for v in std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 

@@ -1,0 +1,294 @@
+"""Pictures of predictions: semantic overlays with a legend, instances, side-by-side panels.
+
+Every drawing function takes an image as a float ``3 x H x W`` tensor in [0, 1], a uint8
+``3 x H x W`` tensor, a PIL image, an ``H x W x 3`` numpy array or a file path, and returns
+a uint8 ``3 x H x W`` tensor (torchvision's ``draw_segmentation_masks`` and
+``draw_bounding_boxes`` do the drawing). :func:`save_image` writes any of them to a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+__all__ = [
+    "color_palette",
+    "draw_instances",
+    "draw_legend",
+    "draw_semantic",
+    "save_image",
+    "save_mask",
+    "side_by_side",
+    "to_uint8",
+]
+
+
+def color_palette(num_colors: int = 256) -> torch.Tensor:
+    """The PASCAL VOC colour map: uint8 ``num_colors x 3``; colour 0 is black (background).
+
+    Colours are made by spreading the bits of the class index over the three channels, so
+    neighbouring indices get clearly different colours.
+    """
+    idx = torch.arange(num_colors)
+    out = torch.zeros(num_colors, 3, dtype=torch.int64)
+    c = idx.clone()
+    for shift in range(7, -1, -1):  # 3 bits of the index per step, most significant bit first
+        for ch in range(3):
+            out[:, ch] |= ((c >> ch) & 1) << shift
+        c = c >> 3
+    return out.to(torch.uint8)
+
+
+def _font(size: int = 11):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has a single bitmap font
+        return ImageFont.load_default()
+
+
+def to_uint8(image) -> torch.Tensor:
+    """Any supported image (see the module docstring) as a uint8 ``3 x H x W`` CPU tensor."""
+    if isinstance(image, (str, os.PathLike)):
+        image = Image.open(image)
+    if isinstance(image, Image.Image):
+        image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    elif isinstance(image, np.ndarray):
+        arr = image[..., None] if image.ndim == 2 else image
+        if arr.ndim != 3:
+            raise ValueError(f"numpy images must be H x W x 3, got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"cannot draw on {type(image).__name__}; pass a tensor, PIL image, numpy array or path")
+    image = image.detach().cpu()
+    if image.dim() == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.dim() == 2:
+        image = image[None]
+    if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+        raise ValueError(f"images must be 3 x H x W (or H x W x 3 for numpy), got shape {tuple(image.shape)}")
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    image = image[:3]
+    if image.is_floating_point():
+        image = (image.float().clamp(0, 1) * 255).round()
+    return image.to(torch.uint8).contiguous()
+
+
+def _colors(palette: torch.Tensor | Sequence | None, n: int) -> list[tuple[int, int, int]]:
+    pal = color_palette(max(n, 1)) if palette is None else torch.as_tensor(palette, dtype=torch.uint8).reshape(-1, 3)
+    if len(pal) < n:
+        raise ValueError(f"palette has {len(pal)} colours but {n} classes need drawing; pass a longer palette")
+    return [tuple(int(v) for v in c) for c in pal[:n]]
+
+
+def draw_legend(
+    class_names: Sequence[str], palette: torch.Tensor | Sequence | None = None, height: int | None = None,
+    classes: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """A legend panel: one coloured square and name per class, uint8 ``3 x height x w``.
+
+    Args:
+        class_names: a name per class index.
+        palette: ``C x 3`` uint8 colours (the VOC colour map by default).
+        height: panel height (at least the rows need); rows wrap into columns when short.
+        classes: the class indices to list (all by default).
+    """
+    classes = list(range(len(class_names))) if classes is None else list(classes)
+    colors = _colors(palette, len(class_names))
+    font, row = _font(11), 16
+    per_col = max(1, (height - 8) // row) if height else len(classes)
+    n_cols = max(1, -(-len(classes) // per_col))
+    name_w = max([int(font.getlength(str(class_names[k]))) for k in classes] + [10])
+    col_w = name_w + 28
+    h = height or (8 + row * max(1, len(classes)))
+    panel = Image.new("RGB", (col_w * n_cols + 4, h), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for i, k in enumerate(classes):
+        x, y = 4 + (i // per_col) * col_w, 4 + (i % per_col) * row
+        draw.rectangle([x, y + 1, x + 12, y + 13], fill=colors[k], outline=(0, 0, 0))
+        draw.text((x + 18, y + 1), str(class_names[k]), fill=(0, 0, 0), font=font)
+    return to_uint8(panel)
+
+
+def draw_semantic(
+    image,
+    mask: torch.Tensor,
+    num_classes: int | None = None,
+    palette: torch.Tensor | Sequence | None = None,
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    ignore_index: int | None = 255,
+    legend: bool = False,
+    skip_background: bool = False,
+) -> torch.Tensor:
+    """Overlay a semantic mask on an image.
+
+    Args:
+        image: the image (see the module docstring), ``H x W``.
+        mask: int labels ``H x W`` (a leading 1 is dropped) or scores ``C x H x W`` (argmax).
+        num_classes: number of labels; defaults to ``len(class_names)`` or ``mask.max() + 1``.
+        palette: ``C x 3`` uint8 colours; the VOC colour map by default.
+        class_names: a name per class (for the legend).
+        alpha: opacity of the mask colours.
+        ignore_index: label left undrawn.
+        legend: append a legend panel of the classes present on the right (the result is
+            then wider than the image); needs ``class_names``.
+        skip_background: leave class 0 undrawn.
+
+    Returns:
+        uint8 ``3 x H x W`` (``3 x H x (W + legend width)`` with ``legend=True``).
+    """
+    img = to_uint8(image)
+    mask = torch.as_tensor(mask).detach().cpu()
+    if mask.is_floating_point() and mask.dim() == 3 and mask.shape[0] > 1:
+        mask = mask.argmax(0)
+    if mask.dim() == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.dim() != 2 or tuple(mask.shape) != tuple(img.shape[-2:]):
+        raise ValueError(f"mask must be H x W = {tuple(img.shape[-2:])} like the image, got {tuple(mask.shape)}")
+    mask = mask.long()
+    valid = mask != ignore_index if ignore_index is not None else torch.ones_like(mask, dtype=torch.bool)
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else int(mask[valid].max()) + 1 if valid.any() else 1
+    colors = _colors(palette, num_classes)
+    present = [int(k) for k in torch.unique(mask[valid]) if 0 <= k < num_classes]
+    if valid.any() and int(mask[valid].max()) >= num_classes:
+        raise ValueError(f"mask has label {int(mask[valid].max())} but num_classes={num_classes}")
+    drawn = [k for k in present if not (skip_background and k == 0)]
+    out = img
+    if drawn:
+        ids = torch.tensor(drawn)
+        masks = mask[None] == ids[:, None, None]  # (K, H, W) one boolean mask per present class
+        out = draw_segmentation_masks(img, masks, alpha=alpha, colors=[colors[k] for k in drawn])
+    if legend:
+        if class_names is None:
+            raise ValueError("legend=True needs class_names")
+        if len(class_names) < num_classes:
+            raise ValueError(f"got {len(class_names)} class_names for {num_classes} classes")
+        panel = draw_legend(class_names, colors, height=out.shape[1], classes=present)
+        if panel.shape[1] > out.shape[1]:
+            panel = panel[:, : out.shape[1]]
+        out = torch.cat([out, panel], dim=2)
+    return out
+
+
+def draw_instances(
+    image,
+    prediction: dict,
+    class_names: Sequence[str] | None = None,
+    score_thresh: float = 0.5,
+    mask_thresh: float = 0.5,
+    alpha: float = 0.5,
+    palette: torch.Tensor | Sequence | None = None,
+    width: int = 2,
+) -> torch.Tensor:
+    """Draw detections or ground-truth instances: masks, boxes and ``"name 0.93"`` labels.
+
+    Args:
+        image: the image (see the module docstring).
+        prediction: a segzoo detection dict: ``boxes`` (K x 4 xyxy), ``labels`` (K, 0-based),
+            optional ``scores`` (K; ground truth has none) and ``masks`` (K x H x W).
+        class_names: a name per class; the label index otherwise.
+        score_thresh: instances scoring below it are not drawn.
+        mask_thresh: probability above which a mask pixel is drawn.
+        alpha: opacity of the masks.
+        palette: colours per class (the VOC colour map shifted by one, so no class is black).
+        width: box line width.
+
+    Returns:
+        uint8 ``3 x H x W``.
+    """
+    img = to_uint8(image)
+    boxes = torch.as_tensor(prediction.get("boxes", torch.zeros(0, 4))).detach().cpu().float().reshape(-1, 4)
+    labels = torch.as_tensor(prediction.get("labels", torch.zeros(len(boxes)))).detach().cpu().long().reshape(-1)
+    scores = prediction.get("scores")
+    keep = torch.ones(len(boxes), dtype=torch.bool)
+    if scores is not None:
+        scores = torch.as_tensor(scores).detach().cpu().float().reshape(-1)
+        keep = scores >= score_thresh
+    n_cls = max(len(class_names) if class_names else 0, int(labels.max()) + 1 if len(labels) else 0)
+    pal = color_palette(n_cls + 1)[1:] if palette is None else palette
+    colors = _colors(pal, n_cls)
+    idx = keep.nonzero().flatten()
+    if len(idx) == 0:
+        return img
+    inst_colors = [colors[int(labels[i])] for i in idx]
+    out = img
+    masks = prediction.get("masks")
+    if masks is not None:
+        masks = torch.as_tensor(masks).detach().cpu()
+        if masks.dim() == 4:  # K x 1 x H x W
+            masks = masks[:, 0]
+        masks = masks[idx]
+        masks = masks > mask_thresh if masks.is_floating_point() else masks.bool()
+        out = draw_segmentation_masks(out, masks, alpha=alpha, colors=inst_colors)
+    names = [class_names[int(labels[i])] if class_names else str(int(labels[i])) for i in idx]
+    if scores is not None:
+        names = [f"{n} {float(scores[i]):.2f}" for n, i in zip(names, idx)]
+    h, w = img.shape[-2:]
+    b = boxes[idx].clone()
+    b[:, 0::2] = b[:, 0::2].clamp(0, w - 1)
+    b[:, 1::2] = b[:, 1::2].clamp(0, h - 1)
+    return draw_bounding_boxes(out, b, labels=names, colors=inst_colors, width=width)
+
+
+def side_by_side(images: Sequence, titles: Sequence[str] | None = None, gap: int = 4) -> torch.Tensor:
+    """Put images next to each other (e.g. image, prediction, ground truth) with titles.
+
+    Images of different heights are top-aligned on a white background.
+
+    Returns:
+        uint8 ``3 x H x W`` tensor of the whole panel.
+    """
+    imgs = [to_uint8(im) for im in images]
+    if not imgs:
+        raise ValueError("side_by_side needs at least one image")
+    if titles is not None and len(titles) != len(imgs):
+        raise ValueError(f"got {len(titles)} titles for {len(imgs)} images")
+    title_h = 16 if titles else 0
+    h = max(im.shape[1] for im in imgs) + title_h
+    w = sum(im.shape[2] for im in imgs) + gap * (len(imgs) - 1)
+    canvas = torch.full((3, h, w), 255, dtype=torch.uint8)
+    x = 0
+    for im in imgs:
+        canvas[:, title_h : title_h + im.shape[1], x : x + im.shape[2]] = im
+        x += im.shape[2] + gap
+    if titles:
+        pil = Image.fromarray(canvas.permute(1, 2, 0).numpy())
+        draw, font, x = ImageDraw.Draw(pil), _font(12), 0
+        for im, title in zip(imgs, titles):
+            draw.text((x + 2, 1), str(title), fill=(0, 0, 0), font=font)
+            x += im.shape[2] + gap
+        canvas = to_uint8(pil)
+    return canvas
+
+
+def save_image(image, path: str | os.PathLike) -> None:
+    """Write an image (tensor, PIL, numpy; float in [0, 1] or uint8) to ``path`` (PNG, JPEG...)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(path)
+
+
+def save_mask(mask: torch.Tensor, path: str | os.PathLike, palette: torch.Tensor | Sequence | None = None) -> None:
+    """Write an int label mask ``H x W`` as a palettised PNG: pixel values are the labels.
+
+    Read it back with ``np.array(Image.open(path))``; viewers show the palette colours.
+    """
+    mask = torch.as_tensor(mask).detach().cpu()
+    if mask.dim() == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be H x W, got {tuple(mask.shape)}")
+    if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) > 255):
+        raise ValueError("palettised PNG masks hold labels 0..255; save larger label sets as .npy instead")
+    arr = np.ascontiguousarray(mask.to(torch.uint8).numpy())
+    pil = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
+    pal = color_palette(256) if palette is None else torch.as_tensor(palette, dtype=torch.uint8).reshape(-1, 3)
+    pil.putpalette(pal.flatten().tolist())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    pil.save(path)

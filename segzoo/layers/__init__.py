@@ -1,5 +1,6 @@
 """Small blocks shared by several architectures."""
 
 from segzoo.layers.conv import ConvNormAct, FCNHead
+from segzoo.layers.ocr import OCRHead  # noqa: F401
 
 __all__ = ["ConvNormAct", "FCNHead"]

@@ -1,3 +1,4 @@
 """Architecture families; importing this module registers every entrypoint."""
 
 from segzoo.models import fcn  # noqa: F401
+from segzoo.models import hrnet  # noqa: F401

@@ -1,0 +1,56 @@
+"""Pyramid Pooling Module (Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segzoo.layers.aspp import check_pooled_batch
+
+
+class PyramidPooling(nn.Module):
+    """Average-pool the feature map into ``b x b`` bins for each ``b`` in ``bins``, reduce
+    each with 1x1 conv -> BN -> ReLU, upsample back and concatenate with the input.
+
+    Input: ``N x in_channels x H x W``. Output: ``N x out_channels x H x W`` with
+    ``out_channels = in_channels + len(bins) * channels``.
+
+    Args:
+        in_channels: input channels (2048 for a ResNet-50).
+        bins: pooled grid sizes (1, 2, 3, 6 in the paper).
+        channels: channels per bin after the 1x1 reduction; ``in_channels // len(bins)``
+            by default (512 for 2048 channels and four bins, as in the paper).
+    """
+
+    def __init__(
+        self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), channels: int | None = None
+    ) -> None:
+        super().__init__()
+        bins = tuple(int(b) for b in bins)
+        if not bins or min(bins) < 1:
+            raise ValueError(f"PyramidPooling bins must be positive ints, got {bins}")
+        channels = channels or in_channels // len(bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                nn.AdaptiveAvgPool2d(b),
+                nn.Conv2d(in_channels, channels, 1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            )
+            for b in bins
+        )
+        self.bins = bins
+        self.out_channels = in_channels + len(bins) * channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if 1 in self.bins:
+            check_pooled_batch(x, self, "PyramidPooling's 1x1 bin")
+        size = x.shape[-2:]
+        pooled = [
+            F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
+            for stage in self.stages
+        ]
+        return torch.cat([x, *pooled], dim=1)  # (N, C + len(bins) * channels, H, W)

@@ -1,0 +1,275 @@
+"""DeepLabV3 (Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation",
+2017) and DeepLabV3+ (Chen et al., "Encoder-Decoder with Atrous Separable Convolution for
+Semantic Image Segmentation", ECCV 2018) on any timm backbone.
+
+DeepLabV3 keeps torchvision's head layout (``classifier`` = ASPP -> 3x3 conv -> BN -> ReLU
+-> 1x1 conv, ``aux_classifier`` = FCN head), so torchvision weights convert by renaming the
+backbone keys only (:mod:`segzoo.convert.torchvision`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segzoo.backbones import make_backbone
+from segzoo.layers import ASPP, ConvNormAct, FCNHead
+from segzoo.models.base import SegmentationModel
+from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+
+# ASPP rates of the papers for each output stride
+DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+
+
+def _rates(rates: Sequence[int] | None, output_stride: int) -> tuple[int, ...]:
+    return tuple(rates) if rates is not None else DEFAULT_RATES[output_stride]
+
+
+def _level_index(index: int, channels: Sequence[int], what: str) -> int:
+    n = len(channels)
+    if not -n <= index < n:
+        raise ValueError(
+            f"{what}={index} but the backbone returns {n} feature levels (channels "
+            f"{tuple(channels)}); pass an index in [{-n}, {n - 1}]"
+        )
+    return index % n
+
+
+def match_torchvision_mobilenet(body: nn.Module) -> None:
+    """Make a timm MobileNetV3/EfficientNet body compute what torchvision's dilated
+    MobileNetV3 computes.
+
+    Two things differ: torchvision's BatchNorm uses ``eps=1e-3, momentum=0.01``, and
+    torchvision gives the *first* block of a dilated stage the stage's dilation, where timm
+    gives it the previous dilation. Both are fixed in place; the parameters do not change.
+    """
+    blocks = getattr(body, "blocks", None)
+    if blocks is None:
+        raise ValueError(
+            "tv_mobilenet=True needs a timm MobileNetV3/EfficientNet backbone (a model with "
+            "`blocks`); use tv_mobilenet=False for other backbones"
+        )
+    for m in body.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = 1e-3, 0.01
+    for stage in blocks:
+        convs = [getattr(b, "conv_dw", None) for b in stage]
+        if len(convs) < 2 or convs[0] is None or convs[1] is None:
+            continue
+        first, second = convs[0], convs[1]
+        if second.dilation[0] > first.dilation[0] and first.stride == (1, 1):
+            d = second.dilation[0]
+            first.dilation = (d, d)
+            first.padding = (d * (first.kernel_size[0] - 1) // 2,) * 2
+
+
+class DeepLabHead(nn.Sequential):
+    """ASPP -> 3x3 conv -> BN -> ReLU -> 1x1 conv to classes (torchvision's keys).
+
+    Input: ``N x in_channels x H x W``. Output: ``N x num_classes x H x W``.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, rates: Sequence[int] = (12, 24, 36),
+        channels: int = 256, dropout: float = 0.5,
+    ) -> None:
+        super().__init__(
+            ASPP(in_channels, rates, channels, dropout),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+
+class DeepLabV3(SegmentationModel):
+    """DeepLabV3: dilated backbone -> ASPP head (+ auxiliary FCN head) -> upsampling.
+
+    Input and output as in :class:`~segzoo.models.base.SegmentationModel`; with targets
+    the losses are ``loss_ce``, ``loss_aux`` (weight ``aux_weight``) and ``loss``.
+
+    Args:
+        num_classes: classes including background.
+        backbone: a timm model name (``features_only`` support).
+        output_stride: 8 (torchvision's ResNet models), 16 or 32.
+        rates: ASPP atrous rates; by default (12, 24, 36) at stride 8, (6, 12, 18) at 16.
+        channels: ASPP and head channels.
+        aspp_dropout: dropout after the ASPP projection.
+        aux_loss: add the auxiliary FCN head on feature level ``aux_index``.
+        aux_index: backbone feature level of the auxiliary head (-2: ResNet ``layer3``).
+        aux_weight: weight of the auxiliary loss.
+        tv_mobilenet: adjust a timm MobileNetV3 body to torchvision's numerics
+            (see :func:`match_torchvision_mobilenet`).
+        backbone_weights: local timm weights file for the backbone.
+        ignore_index: label ignored by the loss.
+        mean: per-channel mean subtracted from [0, 1] RGB input.
+        std: per-channel std the input is divided by.
+    """
+
+    class_layers = ("classifier.4", "aux_classifier.4")
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        backbone: str = "resnet50",
+        output_stride: int = 8,
+        rates: Sequence[int] | None = None,
+        channels: int = 256,
+        aspp_dropout: float = 0.5,
+        aux_loss: bool = True,
+        aux_index: int = -2,
+        aux_weight: float = 0.5,
+        tv_mobilenet: bool = False,
+        backbone_weights: str | os.PathLike | None = None,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0)
+        self.backbone = make_backbone(backbone, output_stride, backbone_weights)
+        if tv_mobilenet:
+            match_torchvision_mobilenet(self.backbone.body)
+        chs = self.backbone.channels
+        self.aux_index = _level_index(aux_index, chs, "aux_index")
+        self.classifier = DeepLabHead(
+            chs[-1], num_classes, _rates(rates, output_stride), channels, aspp_dropout
+        )
+        self.aux_classifier = FCNHead(chs[self.aux_index], num_classes) if aux_loss else None
+
+    def forward_logits(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.backbone(x)
+        out = self.classifier(feats[-1])
+        aux = None
+        if with_aux and self.aux_classifier is not None:
+            aux = self.aux_classifier(feats[self.aux_index])
+        return out, aux
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """DeepLabV3+ decoder: ASPP on the deep feature, upsampled to the low-level feature,
+    concatenated with its 1x1 projection, refined by two 3x3 convs, classified.
+
+    Input: the deep feature ``N x C_high x h x w`` and the stride-4 feature
+    ``N x C_low x 4h' x 4w'``. Output: ``N x num_classes x 4h' x 4w'``.
+    """
+
+    def __init__(
+        self, high_channels: int, low_channels: int, num_classes: int, rates: Sequence[int],
+        channels: int = 256, low_proj: int = 48, aspp_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(high_channels, rates, channels, aspp_dropout)
+        self.low_proj = ConvNormAct(low_channels, low_proj, kernel_size=1)
+        self.fuse = nn.Sequential(
+            ConvNormAct(channels + low_proj, channels, 3),
+            ConvNormAct(channels, channels, 3),
+        )
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        y = self.aspp(high)
+        y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        y = torch.cat([y, self.low_proj(low)], dim=1)  # (N, channels + low_proj, H/4, W/4)
+        return self.classifier(self.fuse(y))
+
+
+class DeepLabV3Plus(SegmentationModel):
+    """DeepLabV3+: backbone at output stride 16 -> ASPP -> decoder with stride-4 features.
+
+    Input and output as in :class:`~segzoo.models.base.SegmentationModel`; with targets
+    the losses are ``loss_ce`` and ``loss``.
+
+    Args:
+        num_classes: classes including background.
+        backbone: a timm model name (``features_only`` support); it must return a
+            stride-4 feature map (ResNet ``layer1``, ConvNeXt stage 0, ...).
+        output_stride: 16 (the paper's default), 8 or 32.
+        rates: ASPP atrous rates; by default (6, 12, 18) at stride 16, (12, 24, 36) at 8.
+        channels: ASPP and decoder channels.
+        low_proj: channels of the 1x1 projection of the stride-4 feature (48 in the paper).
+        aspp_dropout: dropout after the ASPP projection.
+        backbone_weights: local timm weights file for the backbone.
+        ignore_index: label ignored by the loss.
+        mean: per-channel mean subtracted from [0, 1] RGB input.
+        std: per-channel std the input is divided by.
+    """
+
+    class_layers = ("decoder.classifier",)
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        backbone: str = "resnet50",
+        output_stride: int = 16,
+        rates: Sequence[int] | None = None,
+        channels: int = 256,
+        low_proj: int = 48,
+        aspp_dropout: float = 0.1,
+        backbone_weights: str | os.PathLike | None = None,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(num_classes, mean, std, ignore_index)
+        self.backbone = make_backbone(backbone, output_stride, backbone_weights)
+        strides = self.backbone.strides
+        if 4 not in strides:
+            raise ValueError(
+                f"DeepLabV3+ needs a stride-4 feature map but backbone {backbone!r} returns "
+                f"strides {tuple(strides)}; choose a backbone with a stride-4 stage "
+                "(ResNet, ConvNeXt, EfficientNet, MobileNet)"
+            )
+        self.low_index = max(i for i, s in enumerate(strides) if s == 4)
+        self.decoder = DeepLabV3PlusDecoder(
+            self.backbone.channels[-1], self.backbone.channels[self.low_index], num_classes,
+            _rates(rates, output_stride), channels, low_proj, aspp_dropout,
+        )
+
+    def forward_logits(
+        self, x: torch.Tensor, with_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        feats = self.backbone(x)
+        return self.decoder(feats[-1], feats[self.low_index]), None
+
+
+def _deeplabv3(name: str, backbone: str, **kwargs) -> DeepLabV3:
+    return create(DeepLabV3, name, {"backbone": backbone}, kwargs)
+
+
+def _deeplabv3plus(name: str, backbone: str, **kwargs) -> DeepLabV3Plus:
+    return create(DeepLabV3Plus, name, {"backbone": backbone}, kwargs)
+
+
+@register_model(task="semantic")
+def deeplabv3_resnet50(**kwargs) -> DeepLabV3:
+    return _deeplabv3("deeplabv3_resnet50", "resnet50", **kwargs)
+
+
+@register_model(task="semantic")
+def deeplabv3_resnet101(**kwargs) -> DeepLabV3:
+    return _deeplabv3("deeplabv3_resnet101", "resnet101", **kwargs)
+
+
+@register_model(task="semantic")
+def deeplabv3_mobilenetv3_large(**kwargs) -> DeepLabV3:
+    # torchvision: dilated last stage (stride 16), rates 12/24/36, aux on the stride-8 level
+    backbone = kwargs.get("backbone", "mobilenetv3_large_100")
+    defaults = {"backbone": backbone, "output_stride": 16, "rates": (12, 24, 36), "aux_index": 2,
+                "tv_mobilenet": backbone.startswith("mobilenetv3")}
+    return create(DeepLabV3, "deeplabv3_mobilenetv3_large", defaults, kwargs)
+
+
+@register_model(task="semantic")
+def deeplabv3plus_resnet50(**kwargs) -> DeepLabV3Plus:
+    return _deeplabv3plus("deeplabv3plus_resnet50", "resnet50", **kwargs)
+
+
+@register_model(task="semantic")
+def deeplabv3plus_resnet101(**kwargs) -> DeepLabV3Plus:
+    return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", **kwargs)

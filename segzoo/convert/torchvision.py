@@ -51,6 +51,86 @@ def _map_fcn(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
     return out, int(out["classifier.4.weight"].shape[0])
 
 
+def _mobilenetv3_block_names(state: dict, prefix: str) -> list[tuple[str, str]]:
+    """timm (conv, bn) names for the conv layers of one torchvision MobileNetV3 block.
+
+    A torchvision ``InvertedResidual`` holds ``block.j`` layers: conv-BN pairs and an
+    optional ``SqueezeExcitation``. Two convs mean no expansion (timm's
+    ``DepthwiseSeparableConv``: dw, pw); three mean expand, dw, project (timm's
+    ``InvertedResidual``: pw, dw, pwl).
+    """
+    n = sum(1 for j in range(5) if f"{prefix}block.{j}.0.weight" in state)
+    if n == 2:
+        return [("conv_dw", "bn1"), ("conv_pw", "bn2")]
+    if n == 3:
+        return [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
+    raise KeyError(f"cannot read the torchvision MobileNetV3 block {prefix!r} ({n} convs)")
+
+
+def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]:
+    """torchvision ``mobilenet_v3_large().features.*`` keys (prefix ``backbone.``) -> timm
+    ``mobilenetv3_large_100`` ``features_only`` keys (prefix ``backbone.body.``)."""
+    import timm
+
+    body = timm.create_model("mobilenetv3_large_100", features_only=True)
+    # timm blocks in order; torchvision features.1..16 are these, features.0 is the stem
+    blocks = [f"blocks.{i}.{j}" for i, stage in enumerate(body.blocks) for j in range(len(stage))]
+    out = {}
+    for k, v in state.items():
+        if not k.startswith("backbone."):
+            continue
+        idx, rest = k.removeprefix("backbone.").split(".", 1)
+        idx = int(idx)
+        if idx == 0:  # stem: 0 conv, 1 BN
+            layer, param = rest.split(".", 1)
+            out["backbone.body." + ("conv_stem" if layer == "0" else "bn1") + "." + param] = v
+            continue
+        if idx > len(blocks):
+            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
+        target = "backbone.body." + blocks[idx - 1]
+        if not rest.startswith("block."):  # the last 1x1 conv (timm ConvBnAct: conv, bn1)
+            layer, param = rest.split(".", 1)
+            out[f"{target}.{'conv' if layer == '0' else 'bn1'}.{param}"] = v
+            continue
+        prefix = f"backbone.{idx}."
+        names = _mobilenetv3_block_names(state, prefix)
+        _, j, layer, param = rest.split(".", 3)
+        if layer in ("fc1", "fc2"):
+            se = "conv_reduce" if layer == "fc1" else "conv_expand"
+            out[f"{target}.se.{se}.{param}"] = v
+            continue
+        # index of this conv among the block's conv-BN pairs (the SE layer has no .0.weight)
+        convs = [i for i in range(5) if f"{prefix}block.{i}.0.weight" in state]
+        conv, bn = names[convs.index(int(j))]
+        out[f"{target}.{conv if layer == '0' else bn}.{param}"] = v
+    return out
+
+
+@register_mapper("deeplabv3_")
+def _map_deeplabv3(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
+    """torchvision DeepLabV3: ResNet (``backbone.layer*``) or MobileNetV3-Large
+    (``backbone.<feature index>``) backbone; the heads keep their keys."""
+    mobilenet = "backbone.0.0.weight" in state
+    if mobilenet != name.startswith("deeplabv3_mobilenetv3"):
+        kind = "MobileNetV3" if mobilenet else "ResNet"
+        raise ValueError(
+            f"the state dict holds a torchvision DeepLabV3 with a {kind} backbone but {name!r} "
+            "was asked for; use deeplabv3_mobilenetv3_large for MobileNetV3 weights and "
+            "deeplabv3_resnet50/101 for ResNet weights"
+        )
+    if not mobilenet:
+        return _map_fcn(state, name)
+    out = _map_mobilenetv3_features(state, name)
+    for k, v in state.items():
+        if k.startswith(("classifier.", "aux_classifier.")):
+            out[k] = v
+        elif not k.startswith("backbone."):
+            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
+    if "classifier.4.weight" not in out:
+        raise KeyError("no classifier.4.weight: this is not a torchvision DeepLabV3 state dict")
+    return out, int(out["classifier.4.weight"].shape[0])
+
+
 def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
     """Build segzoo model ``name`` holding the weights of a torchvision state dict.
 

@@ -1,6 +1,15 @@
 """Evaluation metrics: semantic confusion matrix, COCO box/mask AP, precision-recall curves."""
 
 from segzoo.metrics.coco import CocoEvaluator
+from segzoo.metrics.curves import DetectionPRCurve, PRCurve, plot_confusion_matrix, plot_pr_curves
 from segzoo.metrics.semantic import SegmentationMetric, format_table
 
-__all__ = ["CocoEvaluator", "SegmentationMetric", "format_table"]
+__all__ = [
+    "CocoEvaluator",
+    "DetectionPRCurve",
+    "PRCurve",
+    "SegmentationMetric",
+    "format_table",
+    "plot_confusion_matrix",
+    "plot_pr_curves",
+]

@@ -1,0 +1,81 @@
+"""Datasets (COCO json, image/mask folders, the built-in Shapes), joint transforms and data checks."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from segzoo.data.checks import DataError, DataReport, check_dataset
+from segzoo.data.coco import CocoInstances, CocoSemantic
+from segzoo.data.mask_folder import MaskFolder
+from segzoo.data.shapes import Shapes
+from segzoo.data.transforms import (
+    PadToSize,
+    build_transforms,
+    collate_for,
+    collate_instances,
+    collate_semantic,
+)
+
+DATASET_TYPES = {"shapes": Shapes, "coco": CocoInstances, "coco_semantic": CocoSemantic, "mask_folder": MaskFolder}
+# short config names for dataset arguments
+_ALIASES = {"images": {"coco": "root", "coco_semantic": "root", "mask_folder": "images_dir"},
+            "masks": {"mask_folder": "masks_dir"}, "annotations": {"coco": "ann_file", "coco_semantic": "ann_file"}}
+
+
+def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool | None = None,
+                  with_transforms: bool = True):
+    """The dataset of one split from a config's ``data`` section.
+
+    ``data.type`` picks the class; ``data.<split>`` holds its arguments: ``shapes``: none
+    needed (``num_train``, ``num_val``, ``size``, ``seed``); ``coco`` / ``coco_semantic``:
+    ``images`` (folder) and ``annotations`` (json); ``mask_folder``: ``images`` and
+    ``masks`` folders. ``task`` is the model's (``model.spec.task``); a detection model gets
+    boxes without masks.
+
+    Args:
+        data_cfg: the ``data`` section of a resolved config.
+        split: ``"train"`` or ``"val"``.
+        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        train: use the training augmentation (default: ``split == "train"``).
+        with_transforms: attach the task's transform preset.
+    """
+    kind = data_cfg.get("type")
+    if kind not in DATASET_TYPES:
+        raise ValueError(f"unknown data.type {kind!r}; use one of {', '.join(DATASET_TYPES)}")
+    cls = DATASET_TYPES[kind]
+    args = {_ALIASES.get(k, {}).get(kind, k): v for k, v in (data_cfg.get(split) or {}).items()}
+    if kind == "coco" and task == "semantic":
+        cls = CocoSemantic
+    train = split == "train" if train is None else train
+    ignore = data_cfg.get("ignore_index", 255)
+    if with_transforms:
+        aug = dict(data_cfg.get("augment") or {})
+        if task == "semantic":
+            aug["ignore_index"] = ignore
+        args["transforms"] = build_transforms(task, train, **aug)
+    if kind == "shapes":
+        args.setdefault("root", data_cfg.get("root", "data/shapes"))
+        args.update(split=split, task=task)
+    elif cls is MaskFolder:
+        args.setdefault("binary", bool(data_cfg.get("binary")))
+        args.setdefault("mapping", data_cfg.get("mapping"))
+        args.setdefault("classes", data_cfg.get("classes"))
+        args.setdefault("ignore_index", ignore)
+    elif cls is CocoSemantic:
+        args.setdefault("ignore_index", ignore)
+    elif cls is CocoInstances:
+        args.setdefault("with_masks", task == "instance")
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in args if k not in accepted]
+    if unknown:
+        raise ValueError(f"data.{split} has unknown arguments {unknown} for {cls.__name__}; accepted: "
+                         f"{', '.join(a for a in accepted if a != 'transforms')}")
+    return cls(**args)
+
+
+__all__ = [
+    "DATASET_TYPES", "CocoInstances", "CocoSemantic", "DataError", "DataReport", "MaskFolder", "PadToSize",
+    "Shapes", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
+    "collate_semantic",
+]

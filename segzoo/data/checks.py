@@ -1,0 +1,235 @@
+"""Data checks run before training: label conventions and files, with messages that say how to fix them.
+
+``segzoo data check CONFIG`` prints the report; the trainer runs the same checks and refuses
+data with errors. Checks read the raw files (before transforms):
+
+* classes found in the data vs the model's ``num_classes``;
+* semantic mask values outside ``[0, num_classes)`` that are not ``ignore_index``;
+* 0/255 binary masks (255 is the ignore index: such data would train on nothing);
+* empty images (no labelled pixel, or no object);
+* boxes outside the image or with no area, annotations of unknown categories or images;
+* missing or unreadable files, masks whose size differs from their image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segzoo.data.coco import CocoInstances, CocoSemantic
+from segzoo.data.mask_folder import MaskFolder, read_label_png
+
+
+class DataError(ValueError):
+    """Training data that would silently give wrong results; the message says how to fix it."""
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What a data check found.
+
+    Attributes:
+        name: which dataset was checked (e.g. ``"train"``).
+        num_items: images checked.
+        classes_found: sorted labels (0-based, as the model sees them) that occur in the data.
+        errors: problems that make training refuse the data.
+        warnings: suspicious but usable data.
+    """
+
+    name: str
+    num_items: int = 0
+    classes_found: list[int] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def format(self) -> str:
+        lines = [f"[{self.name}] {self.num_items} images, classes found: {self.classes_found}"]
+        lines += [f"  ERROR: {e}" for e in self.errors]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        if self.ok:
+            lines.append("  OK" + (" (with warnings)" if self.warnings else ""))
+        return "\n".join(lines)
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise DataError(f"the {self.name} data has problems (run `segzoo data check CONFIG`):\n"
+                            + "\n".join(f"  - {e}" for e in self.errors))
+
+
+def _examples(items: list[str], n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(str(i) for i in items[:n]) + more
+
+
+def _unwrap(dataset):
+    while hasattr(dataset, "source") or hasattr(dataset, "dataset"):
+        dataset = dataset.__dict__.get("source") or dataset.__dict__.get("dataset")
+    return dataset
+
+
+def check_dataset(
+    dataset,
+    num_classes: int,
+    name: str = "data",
+    ignore_index: int = 255,
+    allow_empty: bool = False,
+) -> DataReport:
+    """Check a segzoo dataset (MaskFolder, CocoSemantic, CocoInstances, Shapes, or a Subset of them).
+
+    Args:
+        dataset: the dataset; its raw files are read, transforms are not applied.
+        num_classes: the model's ``num_classes`` (semantic: including background; instance and
+            detection: object classes only).
+        name: label used in messages.
+        ignore_index: the semantic ignore label.
+        allow_empty: report images without labels as warnings instead of errors.
+    """
+    ds = _unwrap(dataset)
+    report = DataReport(name)
+    if isinstance(ds, MaskFolder):
+        _check_mask_folder(ds, num_classes, ignore_index, allow_empty, report)
+    elif isinstance(ds, CocoInstances):
+        _check_coco(ds, num_classes, allow_empty, report)
+    else:
+        report.warnings.append(f"no checks for {type(ds).__name__}; only segzoo datasets are checked")
+    return report
+
+
+def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empty: bool, report: DataReport) -> None:
+    report.num_items = len(ds)
+    if ds.missing_masks:
+        report.errors.append(f"{len(ds.missing_masks)} images have no mask PNG with the same stem in "
+                             f"{ds.masks_dir}: {_examples(ds.missing_masks)}; add the masks or remove the images")
+    if ds.missing_images:
+        report.errors.append(f"{len(ds.missing_images)} masks have no image with the same stem in "
+                             f"{ds.images_dir}: {_examples(ds.missing_images)}")
+    found: set[int] = set()
+    out_of_range: dict[int, list[str]] = defaultdict(list)
+    binary_like, empty, bad_size, unreadable = [], [], [], []
+    for i, (img_path, mask_path) in enumerate(ds.samples):
+        try:
+            with Image.open(img_path) as im:
+                w, h = im.size
+            labels = ds.raw_mask(i)
+        except (OSError, ValueError) as e:
+            unreadable.append(f"{Path(mask_path).name} ({e})")
+            continue
+        if labels.shape != (h, w):
+            bad_size.append(f"{mask_path.name} {labels.shape[1]}x{labels.shape[0]} vs image {w}x{h}")
+        values, counts = np.unique(labels, return_counts=True)
+        raw = set(np.unique(read_label_png(mask_path)).tolist()) if ds.mapping else set(values.tolist())
+        if not ds.binary and raw <= {0, 255} and 255 in raw:
+            frac = counts[values == ignore].sum() / labels.size if ignore in values else 0.0
+            if frac > 0.2 or ignore != 255:
+                binary_like.append(mask_path.name)
+        valid = [int(v) for v in values if v != ignore]
+        if not valid:
+            empty.append(mask_path.name)
+        for v in valid:
+            if v < 0 or v >= num_classes:
+                out_of_range[v].append(mask_path.name)
+            else:
+                found.add(v)
+    report.classes_found = sorted(found)
+    if unreadable:
+        report.errors.append(f"{len(unreadable)} files cannot be read: {_examples(unreadable)}")
+    if bad_size:
+        report.errors.append(f"{len(bad_size)} masks differ in size from their image: {_examples(bad_size)}")
+    if binary_like:
+        report.errors.append(
+            f"{len(binary_like)} masks hold only 0 and 255 ({_examples(binary_like)}): 255 is the ignore index, "
+            "so the foreground would never be learned; these look like binary masks: set data.binary=true "
+            "(MaskFolder(binary=True)) to map 255 to label 1")
+    for v, files in sorted(out_of_range.items()):
+        if v in (255,) and binary_like:
+            continue
+        report.errors.append(
+            f"mask value {v} is outside [0, {num_classes - 1}] and is not ignore_index={ignore} in "
+            f"{len(files)} masks ({_examples(files)}); set model.num_classes to at least {v + 1}, map the "
+            "values with data.mapping, or set data.ignore_index")
+    if empty:
+        msg = (f"{len(empty)} masks have no labelled pixel (only ignore_index={ignore}): {_examples(empty)}")
+        (report.warnings if allow_empty else report.errors).append(
+            msg + ("" if allow_empty else "; remove them or set data.allow_empty=true"))
+    _missing_classes(report, num_classes, ds.classes)
+
+
+def _missing_classes(report: DataReport, num_classes: int, names: list[str] | None) -> None:
+    missing = [c for c in range(num_classes) if c not in report.classes_found]
+    if missing and report.num_items:
+        named = [f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in missing]
+        report.warnings.append(f"classes {_examples(named, 8)} never occur in this data (num_classes={num_classes})")
+
+
+def _check_coco(ds: CocoInstances, num_classes: int, allow_empty: bool, report: DataReport) -> None:
+    semantic = isinstance(ds, CocoSemantic)
+    report.num_items = len(ds)
+    n_data = len(ds.cat_ids) + (1 if semantic else 0)
+    kind = "labels including background" if semantic else "object categories (background is implicit)"
+    if n_data > num_classes:
+        report.errors.append(
+            f"{ds.ann_file} has {n_data} {kind} but num_classes={num_classes}; set model.num_classes={n_data}")
+    elif n_data < num_classes:
+        report.warnings.append(
+            f"{ds.ann_file} has {n_data} {kind} but num_classes={num_classes}; the extra classes are never trained")
+    if ds.unknown_image_anns:
+        report.errors.append(f"{len(ds.unknown_image_anns)} annotations refer to image ids that are not in "
+                             f"'images' (annotation ids {_examples(ds.unknown_image_anns)})")
+    missing, outside, degenerate, unknown_cat, no_segm, empty = [], [], [], [], [], []
+    found: set[int] = set()
+    for i, info in enumerate(ds.images):
+        path = ds.image_path(i)
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        h, w = info.get("height"), info.get("width")
+        if not h or not w:
+            with Image.open(path) as im:
+                w, h = im.size
+        anns = ds.annotations(i)
+        if not anns:
+            empty.append(info["file_name"])
+        for a in anns:
+            cid = a.get("category_id")
+            if cid not in ds.cat_to_label:
+                unknown_cat.append(f"{info['file_name']} (category_id {cid})")
+                continue
+            found.add(ds.cat_to_label[cid] + (1 if semantic else 0))
+            x, y, bw, bh = (float(v) for v in a.get("bbox", (0, 0, 0, 0)))
+            if bw <= 0 or bh <= 0:
+                degenerate.append(f"{info['file_name']} (annotation {a.get('id')}, bbox {a.get('bbox')})")
+            elif x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
+                outside.append(f"{info['file_name']} (annotation {a.get('id')}, bbox xywh {a.get('bbox')} "
+                               f"in a {w}x{h} image)")
+            if (ds.with_masks or semantic) and not a.get("segmentation"):
+                no_segm.append(f"{info['file_name']} (annotation {a.get('id')})")
+    if semantic:
+        found.add(0)
+    report.classes_found = sorted(found)
+    if missing:
+        report.errors.append(f"{len(missing)} image files listed in {ds.ann_file} are missing: "
+                             f"{_examples(missing)}; check the image folder (root)")
+    if unknown_cat:
+        report.errors.append(f"{len(unknown_cat)} annotations use category ids not in 'categories': "
+                             f"{_examples(unknown_cat)}")
+    if outside:
+        report.errors.append(f"{len(outside)} boxes lie outside their image: {_examples(outside)}; COCO bbox is "
+                             "[x, y, width, height] in pixels: fix the export (xyxy or normalised boxes?)")
+    if degenerate:
+        report.errors.append(f"{len(degenerate)} boxes have zero or negative width/height: {_examples(degenerate)}")
+    if no_segm:
+        report.errors.append(f"{len(no_segm)} annotations have no segmentation but the task needs masks: "
+                             f"{_examples(no_segm)}")
+    if empty:
+        msg = f"{len(empty)} images have no (non-crowd) annotations: {_examples(empty)}"
+        (report.warnings if allow_empty else report.errors).append(
+            msg + ("" if allow_empty else "; remove them or set data.allow_empty=true to keep them as negatives"))
+    _missing_classes(report, num_classes, ds.classes)

@@ -1,0 +1,210 @@
+"""COCO-format datasets: instances (boxes, labels, masks) and the semantic maps derived from them.
+
+Annotation files follow the COCO ``instances`` layout written by most labelling tools (CVAT,
+Label Studio, Roboflow): ``images``, ``annotations`` (``bbox`` as xywh, ``segmentation`` as
+polygons or RLE, ``iscrowd``) and ``categories``. Category ids are mapped to contiguous
+0-based labels in increasing id order; their names are kept in ``dataset.classes``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+PathLike = str | os.PathLike
+
+
+def _mask_api():
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise ImportError(
+            "decoding COCO polygons and RLE needs pycocotools; install it with "
+            "`pip install 'segzoo[coco]'` (or `pip install pycocotools`)"
+        ) from None
+    return mask_utils
+
+
+def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``H x W`` uint8 mask."""
+    mask_utils = _mask_api()
+    if isinstance(segm, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
+        polys = [p for p in segm if len(p) >= 6]
+        if not polys:
+            return np.zeros((height, width), dtype=np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segm, height, width)
+    elif isinstance(segm, dict):  # compressed RLE
+        rle = dict(segm)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    else:
+        raise ValueError(f"unknown COCO segmentation format {type(segm).__name__}; expected polygons or RLE")
+    return mask_utils.decode(rle).astype(np.uint8)
+
+
+def read_image(path: Path) -> tv_tensors.Image:
+    """An image file as a ``3 x H x W`` uint8 :class:`tv_tensors.Image` (grey and RGBA become RGB)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1))  # (3, H, W)
+
+
+class CocoInstances(Dataset):
+    """Instance segmentation / detection data from a COCO json file.
+
+    Items are ``(image, target)``: ``image`` a uint8 ``3 x H x W`` :class:`tv_tensors.Image`
+    and ``target`` a dict with ``boxes`` (:class:`tv_tensors.BoundingBoxes`, xyxy),
+    ``labels`` (int64, 0-based), ``masks`` (:class:`tv_tensors.Mask`, ``K x H x W`` uint8) and
+    ``image_id``; ``transforms(image, target)`` is applied when given. Crowd annotations
+    (``iscrowd=1``) are left out.
+
+    Args:
+        root: folder the ``file_name`` entries are relative to.
+        ann_file: the COCO json file.
+        transforms: a joint transform called as ``transforms(image, target)``.
+        with_masks: decode segmentations (needs pycocotools); boxes only when False.
+    """
+
+    task = "instance"
+
+    def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True) -> None:
+        self.root = Path(root)
+        self.ann_file = Path(ann_file)
+        if not self.ann_file.is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}")
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"COCO image folder not found: {self.root}")
+        try:
+            data = json.loads(self.ann_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.ann_file} is not valid JSON: {e}") from None
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise ValueError(f"{self.ann_file} has no {key!r} list; it is not a COCO instances file")
+        if with_masks:
+            _mask_api()
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        if not cats:
+            raise ValueError(f"{self.ann_file} has no categories")
+        self.cat_ids = [int(c["id"]) for c in cats]
+        self.cat_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
+        self.classes = [str(c.get("name", c["id"])) for c in cats]
+        self.images = sorted(data["images"], key=lambda im: im["id"])
+        self.anns: dict[int, list[dict]] = {int(im["id"]): [] for im in self.images}
+        self.unknown_image_anns: list[int] = []
+        for ann in data["annotations"]:
+            bucket = self.anns.get(int(ann["image_id"]))
+            if bucket is None:
+                self.unknown_image_anns.append(int(ann.get("id", -1)))
+            else:
+                bucket.append(ann)
+        self.transforms = transforms
+        self.with_masks = with_masks
+
+    @property
+    def num_classes(self) -> int:
+        """Object classes (background is implicit)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.images[index]["file_name"]
+
+    def annotations(self, index: int, with_crowd: bool = False) -> list[dict]:
+        """The raw annotations of an image (crowd ones only when asked)."""
+        anns = self.anns[int(self.images[index]["id"])]
+        return anns if with_crowd else [a for a in anns if not a.get("iscrowd", 0)]
+
+    def load_target(self, index: int, height: int, width: int) -> dict[str, Any]:
+        anns = self.annotations(index)
+        unknown = [a["category_id"] for a in anns if a["category_id"] not in self.cat_to_label]
+        if unknown:
+            raise ValueError(
+                f"{self.ann_file}: image {self.images[index]['file_name']} has annotations with "
+                f"category ids {sorted(set(unknown))} that are not in 'categories'; add them or "
+                "remove those annotations"
+            )
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        labels = torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": labels,
+            "image_id": int(self.images[index]["id"]),
+        }
+        if self.with_masks:
+            masks = np.zeros((len(anns), height, width), dtype=np.uint8)
+            for k, a in enumerate(anns):
+                masks[k] = decode_segmentation(a["segmentation"], height, width)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        return target
+
+    def crowd_mask(self, index: int, height: int, width: int) -> np.ndarray:
+        """Union of the image's crowd regions as an ``H x W`` bool array."""
+        out = np.zeros((height, width), dtype=bool)
+        for a in self.anns[int(self.images[index]["id"])]:
+            if a.get("iscrowd", 0):
+                out |= decode_segmentation(a["segmentation"], height, width).astype(bool)
+        return out
+
+    def __getitem__(self, index: int):
+        image = read_image(self.image_path(index))
+        target = self.load_target(index, *image.shape[-2:])
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+class CocoSemantic(CocoInstances):
+    """Semantic label maps painted from a COCO instances file.
+
+    Items are ``(image, mask)`` with ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`:
+    0 is background, category ``k`` (0-based) is label ``k + 1``, crowd regions are
+    ``ignore_index``. Larger objects are painted first, so small ones stay visible where they
+    overlap. ``num_classes`` counts background; ``classes[0] == "background"``.
+    """
+
+    task = "semantic"
+
+    def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, ignore_index: int = 255) -> None:
+        super().__init__(root, ann_file, transforms=transforms, with_masks=True)
+        self.classes = ["background", *self.classes]
+        self.ignore_index = ignore_index
+
+    @property
+    def num_classes(self) -> int:
+        """Every label including background."""
+        return len(self.classes)
+
+    def load_mask(self, index: int, height: int, width: int) -> tv_tensors.Mask:
+        anns = sorted(self.annotations(index), key=lambda a: -float(a.get("area", 0.0)))
+        out = np.zeros((height, width), dtype=np.int64)
+        for a in anns:
+            if a["category_id"] not in self.cat_to_label:
+                raise ValueError(
+                    f"{self.ann_file}: annotation {a.get('id')} has category id {a['category_id']} "
+                    "that is not in 'categories'"
+                )
+            m = decode_segmentation(a["segmentation"], height, width).astype(bool)
+            out[m] = self.cat_to_label[a["category_id"]] + 1
+        out[self.crowd_mask(index, height, width)] = self.ignore_index
+        return tv_tensors.Mask(torch.from_numpy(out))
+
+    def __getitem__(self, index: int):
+        image = read_image(self.image_path(index))
+        mask = self.load_mask(index, *image.shape[-2:])
+        if self.transforms is not None:
+            image, mask = self.transforms(image, mask)
+        return image, mask

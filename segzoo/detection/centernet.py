@@ -1,0 +1,183 @@
+"""CenterNet targets, losses and decoding ("Objects as Points", Zhou et al. 2019).
+
+Every function works on a whole batch at once. Conventions, as in the official code:
+
+* an object of box ``(x1, y1, x2, y2)`` (input pixels) becomes, at output ``stride``,
+  a centre ``c = ((x1 + x2) / 2, (y1 + y2) / 2) / stride``, a peak of its class heatmap
+  at the integer cell ``floor(c)``, a size target ``(w, h) / stride`` and an offset
+  target ``c - floor(c)``, both read at that cell;
+* heatmap peaks are Gaussians with the CornerNet radius rule (:func:`gaussian_radius`,
+  ``sigma = (2 r + 1) / 6``), merged with an element-wise maximum;
+* decoding keeps the 3x3 local maxima of the sigmoid heatmap, takes the top ``k`` over
+  all classes and cells, and turns each into ``centre +- size / 2`` scaled by ``stride``.
+
+One deliberate difference: boxes are clipped to the image (``[0, W] x [0, H]`` in input
+pixels) rather than to ``[0, W/stride - 1]`` output cells, so a box that touches the
+right or bottom border keeps its true size and encode -> decode is exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from segzoo.detection.boxes import clip_boxes
+
+
+def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
+    """CornerNet's radius rule, as the official CenterNet computes it.
+
+    The smallest of three radii, one per way two corners can move while the box keeps
+    an IoU of ``min_overlap`` with the truth. The official formulas (kept here, including
+    their ``(b + sqrt(b^2 - 4ac)) / 2`` form, so the heatmaps are the same) are applied
+    element-wise.
+
+    Args:
+        height: box heights (any shape), in output cells, already rounded up.
+        width: box widths, same shape.
+        min_overlap: the IoU a box at the radius keeps with the truth.
+
+    Returns:
+        Float64 radii (truncate with ``.floor()`` as the official code does).
+    """
+    h, w = height.double(), width.double()
+    b1 = h + w
+    c1 = w * h * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + torch.sqrt(b1 ** 2 - 4 * c1)) / 2
+    b2 = 2 * (h + w)
+    c2 = (1 - min_overlap) * w * h
+    r2 = (b2 + torch.sqrt(b2 ** 2 - 16 * c2)) / 2
+    a3 = 4 * min_overlap
+    b3 = -2 * min_overlap * (h + w)
+    c3 = (min_overlap - 1) * w * h
+    r3 = (b3 + torch.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+def encode_targets(
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    image_idx: torch.Tensor,
+    image_sizes: torch.Tensor,
+    num_classes: int,
+    out_size: tuple[int, int],
+    stride: int,
+) -> dict[str, torch.Tensor]:
+    """Heatmap, size and offset targets for a batch of images.
+
+    Args:
+        boxes: ``M x 4`` xyxy boxes of all images, input pixels.
+        labels: ``M`` int64 0-based labels.
+        image_idx: ``M`` int64: which image each box belongs to.
+        image_sizes: ``N x 2`` (height, width) of each unpadded image.
+        num_classes: heatmap channels.
+        out_size: ``(H, W)`` of the output maps.
+        stride: input pixels per output cell.
+
+    Returns:
+        ``heatmap``: ``N x C x H x W`` Gaussian peaks in [0, 1]; for the ``P`` boxes
+        that keep a positive size after clipping: ``index`` (``P``, flat index into
+        ``N * H * W``), ``size`` (``P x 2``, width and height in output cells) and
+        ``offset`` (``P x 2``, sub-cell x and y of the centre).
+    """
+    n = image_sizes.shape[0]
+    oh, ow = out_size
+    dev = boxes.device
+    b = clip_boxes(boxes.float()[:, None], image_sizes[image_idx])[:, 0] / stride  # (M, 4) in cells
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    keep = (w > 0) & (h > 0)
+    b, w, h, labels, image_idx = b[keep], w[keep], h[keep], labels[keep], image_idx[keep]
+    centre = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], dim=1)  # (P, 2) x, y
+    cell = centre.floor().long()
+    cell[:, 0].clamp_(max=ow - 1)  # only a centre exactly on the padded border needs this
+    cell[:, 1].clamp_(max=oh - 1)
+    radius = gaussian_radius(h.ceil(), w.ceil()).floor().clamp(min=0).float()  # (P,)
+    sigma = (2 * radius + 1) / 6
+    # one separable Gaussian per object over the whole map, cut at the radius
+    dx = torch.arange(ow, device=dev).view(1, ow) - cell[:, :1]  # (P, W)
+    dy = torch.arange(oh, device=dev).view(1, oh) - cell[:, 1:]  # (P, H)
+    gx = torch.exp(-(dx ** 2) / (2 * sigma[:, None] ** 2)) * (dx.abs() <= radius[:, None])
+    gy = torch.exp(-(dy ** 2) / (2 * sigma[:, None] ** 2)) * (dy.abs() <= radius[:, None])
+    peaks = (gy[:, :, None] * gx[:, None, :]).flatten(1)  # (P, H*W)
+    heatmap = torch.zeros(n * num_classes, oh * ow, device=dev)
+    rows = (image_idx * num_classes + labels)[:, None].expand_as(peaks)  # (P, H*W) target rows
+    heatmap.scatter_reduce_(0, rows, peaks, "amax", include_self=True)
+    index = (image_idx * oh + cell[:, 1]) * ow + cell[:, 0]
+    return {
+        "heatmap": heatmap.view(n, num_classes, oh, ow),
+        "index": index,
+        "size": torch.stack([w, h], dim=1),
+        "offset": centre - cell.to(centre.dtype),
+    }
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0,
+               eps: float = 1e-4) -> torch.Tensor:
+    """CornerNet's penalty-reduced pixel-wise focal loss, normalised by the number of peaks.
+
+    ``-(sum_peaks (1-p)^a log p + sum_others (1-y)^b p^a log(1-p)) / max(#peaks, 1)``,
+    with ``p = sigmoid(logits)`` clamped to ``[eps, 1 - eps]`` as in the official code.
+
+    Args:
+        logits: ``N x C x H x W`` heatmap logits.
+        target: same shape, Gaussian heatmap with peaks exactly 1.
+    """
+    p = torch.sigmoid(logits.float()).clamp(eps, 1 - eps)
+    pos = target.eq(1).float()
+    pos_loss = torch.log(p) * (1 - p) ** alpha * pos
+    neg_loss = torch.log(1 - p) * p ** alpha * (1 - target) ** beta * (1 - pos)
+    return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
+
+
+def gather_at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Values of ``N x D x H x W`` maps at flat ``N*H*W`` indices: ``P x D``."""
+    n, d, h, w = maps.shape
+    flat = maps.permute(0, 2, 3, 1).reshape(n * h * w, d)  # (N*H*W, D)
+    return flat[index]
+
+
+def regression_l1(maps: torch.Tensor, index: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Official ``RegL1Loss``: summed L1 at the object cells over ``2 * #objects + 1e-4``."""
+    pred = gather_at(maps.float(), index)
+    return (pred - target).abs().sum() / (target.numel() + 1e-4)
+
+
+@torch.no_grad()
+def decode(
+    heatmap: torch.Tensor,
+    size: torch.Tensor,
+    offset: torch.Tensor,
+    stride: int,
+    k: int = 100,
+    kernel: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` detections of each image from CenterNet's output maps, batched.
+
+    Args:
+        heatmap: ``N x C x H x W`` class probabilities (after the sigmoid).
+        size: ``N x 2 x H x W`` box width and height in output cells.
+        offset: ``N x 2 x H x W`` sub-cell centre offsets (x, y).
+        stride: input pixels per output cell.
+        k: detections per image (capped at ``C * H * W``).
+        kernel: max-pool window that keeps the local peaks.
+
+    Returns:
+        ``boxes`` (``N x k x 4`` xyxy input pixels, not clipped), ``scores`` (``N x k``)
+        and ``labels`` (``N x k`` int64, 0-based), best first.
+    """
+    n, c, h, w = heatmap.shape
+    peak = F.max_pool2d(heatmap, kernel, stride=1, padding=(kernel - 1) // 2)
+    heat = heatmap * (peak == heatmap)
+    k = min(k, c * h * w)
+    scores, idx = heat.flatten(1).topk(k)  # (N, k) over classes and cells together
+    labels = idx // (h * w)
+    cell = idx % (h * w)
+    ys = (cell // w).to(heatmap.dtype)
+    xs = (cell % w).to(heatmap.dtype)
+    flat = cell + torch.arange(n, device=idx.device).view(n, 1) * (h * w)  # index into N*H*W
+    reg = gather_at(offset, flat.flatten()).view(n, k, 2)
+    wh = gather_at(size, flat.flatten()).view(n, k, 2)
+    cx, cy = xs + reg[..., 0], ys + reg[..., 1]
+    boxes = torch.stack([cx - wh[..., 0] / 2, cy - wh[..., 1] / 2,
+                         cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], dim=-1) * stride
+    return boxes, scores, labels.long()

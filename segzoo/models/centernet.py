@@ -1,0 +1,236 @@
+"""CenterNet (Zhou, Wang and Krähenbühl, "Objects as Points", 2019) on timm backbones.
+
+Each object is the peak of its class heatmap at output stride 4; the size and the
+sub-cell offset of its box are regressed at that peak. No anchors and no NMS: a 3x3
+max-pool keeps the peaks. Targets, losses and decoding live in
+:mod:`segzoo.detection.centernet`; the necks in :mod:`segzoo.models.centernet_necks`.
+
+Registered variants and the official architectures they reproduce (``--arch``):
+``centernet_resnet{18,50,101}`` (``res_*``), ``centernet_resdcn{18,101}`` (``resdcn_*``),
+``centernet_dla34`` (``dla_34``) and ``centernet_dla34_nodcn`` (``dlav0_34``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from segzoo.backbones import make_backbone
+from segzoo.detection import centernet as ct
+from segzoo.detection.boxes import clip_boxes
+from segzoo.models.centernet_necks import DeconvNeck, DLAUpNeck, DLAUpV0Neck
+from segzoo.models.detection_base import DetectionModel
+from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+
+NECKS = ("deconv", "deconv_dcn", "deconv_conv", "dla_up", "dla_up_conv", "dlav0")
+
+
+class CenterNetHead(nn.Module):
+    """Three small heads on the stride-4 map: ``3x3 conv -> ReLU -> 1x1 conv`` each.
+
+    ``heatmap`` (``num_classes`` logits, last bias -2.19 so that the initial
+    probability is 0.1), ``size`` (box width and height in output cells) and ``offset``
+    (sub-cell centre x and y). Indices ``0`` and ``2`` match the official ``hm``/``wh``/``reg``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, head_conv: int = 64) -> None:
+        super().__init__()
+
+        def head(out: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(in_channels, head_conv, 3, padding=1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(head_conv, out, 1))
+
+        self.heatmap = head(num_classes)
+        self.size = head(2)
+        self.offset = head(2)
+        nn.init.constant_(self.heatmap[2].bias, -2.19)
+        for h in (self.size, self.offset):
+            for m in h:
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, std=0.001)
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}
+
+
+class CenterNet(DetectionModel):
+    """CenterNet detector: backbone -> neck to stride 4 -> heatmap/size/offset heads.
+
+    Input and output follow :class:`~segzoo.models.detection_base.DetectionModel`:
+    ``model(images)`` returns one dict per image with ``boxes`` (K x 4 xyxy input pixels,
+    clipped to the image), ``scores`` and ``labels`` (0-based), the top
+    ``max_detections`` peaks above ``score_thresh``; ``model(images, targets)`` returns
+    ``loss_heatmap`` (focal), ``loss_size`` and ``loss_offset`` (L1) and their weighted
+    sum ``loss``. :meth:`forward_maps` gives the raw stride-4 maps.
+
+    Args:
+        num_classes: object classes (background is implicit).
+        backbone: a timm model name with ``features_only`` support.
+        neck: ``"deconv"`` (official ``res_*``), ``"deconv_dcn"`` (``resdcn_*``),
+            ``"deconv_conv"`` (``resdcn_*`` with plain convs), ``"dla_up"`` (``dla_34``),
+            ``"dla_up_conv"`` (``dla_34`` with plain convs) or ``"dlav0"`` (``dlav0_34``).
+        neck_channels: widths of the deconvolution stages of the ``deconv*`` necks; one
+            per factor of 2 between the backbone's last stride and 4.
+        head_conv: hidden channels of each head.
+        max_detections: peaks kept per image (top-K over all classes).
+        score_thresh: drop detections scoring below this (0 keeps all K, as the official
+            COCO evaluation does).
+        heatmap_weight: weight of the focal loss.
+        size_weight: weight of the size L1 loss.
+        offset_weight: weight of the offset L1 loss.
+        backbone_weights: local timm weights file for the backbone.
+        mean: per-channel mean subtracted from [0, 1] RGB input.
+        std: per-channel std the input is divided by.
+    """
+
+    class_layers = ("head.heatmap.2",)
+    stride = 4
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        backbone: str = "resnet18",
+        neck: str = "deconv",
+        neck_channels: Sequence[int] = (256, 256, 256),
+        head_conv: int = 64,
+        max_detections: int = 100,
+        score_thresh: float = 0.0,
+        heatmap_weight: float = 1.0,
+        size_weight: float = 0.1,
+        offset_weight: float = 1.0,
+        backbone_weights: str | os.PathLike | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(num_classes, mean, std)
+        if neck not in NECKS:
+            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+        if not isinstance(head_conv, int) or head_conv < 1:
+            raise ValueError(f"head_conv must be a positive int, got {head_conv!r}")
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        if neck.startswith("deconv"):
+            self.backbone = make_backbone(backbone, 32, backbone_weights, levels=1)
+            last = self.backbone.strides[-1]
+            n_up = round(math.log2(last / self.stride)) if last >= self.stride else -1
+            if n_up < 0 or 2 ** n_up * self.stride != last or len(neck_channels) != n_up:
+                raise ValueError(
+                    f"backbone {backbone!r} ends at stride {last}: the {neck!r} neck needs "
+                    f"{max(n_up, 0)} upsampling stages to reach stride {self.stride}, but "
+                    f"neck_channels={tuple(neck_channels)}; pass neck_channels with one width per stage")
+            conv = {"deconv": "none", "deconv_dcn": "dcn", "deconv_conv": "conv"}[neck]
+            self.neck = DeconvNeck(self.backbone.channels[-1], tuple(neck_channels), conv)
+        else:
+            self.backbone = make_backbone(backbone, 32, backbone_weights, levels=4)
+            if self.backbone.strides[0] != self.stride:
+                raise ValueError(
+                    f"the {neck!r} neck needs backbone maps at strides 4, 8, 16, 32, but {backbone!r} "
+                    f"gives {self.backbone.strides}; use a CNN backbone (resnet, dla, convnext...) "
+                    "or neck='deconv'")
+            if neck == "dlav0":
+                self.neck = DLAUpV0Neck(self.backbone.channels, self.backbone.strides)
+            else:
+                self.neck = DLAUpNeck(self.backbone.channels, self.backbone.strides,
+                                      deformable=neck == "dla_up")
+        self.size_divisibility = self.backbone.strides[-1]
+        self.head = CenterNetHead(self.neck.out_channels, num_classes, head_conv)
+        self.max_detections = max_detections
+        self.score_thresh = score_thresh
+        self.loss_weights = {"loss_heatmap": heatmap_weight, "loss_size": size_weight,
+                             "loss_offset": offset_weight}
+
+    def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised padded images ``N x 3 x H x W`` -> raw maps at ``H/4 x W/4``.
+
+        Returns ``heatmap`` (logits, ``N x C``), ``size`` and ``offset`` (``N x 2``).
+        """
+        return self.head(self.neck(self.backbone(x)))
+
+    def forward(
+        self, images: torch.Tensor | Sequence[torch.Tensor], targets: Sequence[dict] | None = None
+    ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        x, sizes = self.preprocess(images)
+        maps = self.forward_maps(x)
+        if targets is not None:
+            return self.losses(maps, self.check_targets(targets, sizes), sizes)
+        return self.postprocess(maps, sizes)
+
+    def losses(self, maps: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
+               image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Focal heatmap loss plus L1 size and offset losses at the object centres."""
+        boxes = torch.cat([t["boxes"] for t in targets])
+        labels = torch.cat([t["labels"] for t in targets])
+        counts = torch.tensor([len(t["labels"]) for t in targets], device=boxes.device)
+        image_idx = torch.repeat_interleave(torch.arange(len(targets), device=boxes.device), counts)
+        enc = ct.encode_targets(boxes, labels, image_idx, image_sizes, self.num_classes,
+                                tuple(maps["heatmap"].shape[-2:]), self.stride)
+        losses = {
+            "loss_heatmap": ct.focal_loss(maps["heatmap"], enc["heatmap"]),
+            "loss_size": ct.regression_l1(maps["size"], enc["index"], enc["size"]),
+            "loss_offset": ct.regression_l1(maps["offset"], enc["index"], enc["offset"]),
+        }
+        losses["loss"] = sum(self.loss_weights[k] * v for k, v in losses.items())
+        return losses
+
+    @torch.no_grad()
+    def postprocess(self, maps: dict[str, torch.Tensor], image_sizes: torch.Tensor
+                    ) -> list[dict[str, torch.Tensor]]:
+        """Decode the maps of a batch at once, then split into one dict per image."""
+        heat = torch.sigmoid(maps["heatmap"].float())
+        boxes, scores, labels = ct.decode(heat, maps["size"].float(), maps["offset"].float(),
+                                          self.stride, self.max_detections)
+        boxes = clip_boxes(boxes, image_sizes)  # (N, K, 4)
+        if self.score_thresh <= 0:
+            return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
+        keep = scores >= self.score_thresh  # (N, K); scores are sorted, so a prefix per image
+        return [{"boxes": b[k], "scores": s[k], "labels": lab[k]}
+                for b, s, lab, k in zip(boxes, scores, labels, keep)]
+
+
+def _centernet(name: str, defaults: dict, kwargs: dict) -> CenterNet:
+    return create(CenterNet, name, defaults, kwargs)
+
+
+_RES = {"neck": "deconv", "neck_channels": (256, 256, 256), "head_conv": 64}
+_RESDCN = {"neck": "deconv_dcn", "neck_channels": (256, 128, 64), "head_conv": 64}
+
+
+@register_model(task="detection")
+def centernet_resnet18(**kwargs) -> CenterNet:
+    return _centernet("centernet_resnet18", {"backbone": "resnet18", **_RES}, kwargs)
+
+
+@register_model(task="detection")
+def centernet_resnet50(**kwargs) -> CenterNet:
+    return _centernet("centernet_resnet50", {"backbone": "resnet50", **_RES}, kwargs)
+
+
+@register_model(task="detection")
+def centernet_resnet101(**kwargs) -> CenterNet:
+    return _centernet("centernet_resnet101", {"backbone": "resnet101", **_RES}, kwargs)
+
+
+@register_model(task="detection")
+def centernet_resdcn18(**kwargs) -> CenterNet:
+    return _centernet("centernet_resdcn18", {"backbone": "resnet18", **_RESDCN}, kwargs)
+
+
+@register_model(task="detection")
+def centernet_resdcn101(**kwargs) -> CenterNet:
+    return _centernet("centernet_resdcn101", {"backbone": "resnet101", **_RESDCN}, kwargs)
+
+
+@register_model(task="detection")
+def centernet_dla34(**kwargs) -> CenterNet:
+    return _centernet("centernet_dla34", {"backbone": "dla34", "neck": "dla_up", "head_conv": 256}, kwargs)
+
+
+@register_model(task="detection")
+def centernet_dla34_nodcn(**kwargs) -> CenterNet:
+    return _centernet("centernet_dla34_nodcn", {"backbone": "dla34", "neck": "dlav0", "head_conv": 256},
+                      kwargs)

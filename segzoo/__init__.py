@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from segzoo.checkpoint import load, load_weights, save  # noqa: E402
+from segzoo.predict import predict  # noqa: E402  (the function shadows the module name)
 from segzoo.registry import ModelSpec, build, list_models, register_model  # noqa: E402
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "list_models",
     "load",
     "load_weights",
+    "predict",
     "register_model",
     "save",
 ]

@@ -11,13 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def check_pooled_batch(x: torch.Tensor, module: nn.Module, what: str) -> None:
+def check_pooled_batch(x: torch.Tensor, norm: nn.Module, what: str) -> None:
     """Raise a clear error where BatchNorm on a pooled 1x1 map would see a single value.
 
     In training mode BatchNorm needs more than one value per channel; an image-level
     pooling branch gives one per image, so a batch of one image cannot be normalised.
+    ``norm`` is the branch's normalisation layer (frozen or eval-mode layers are fine).
     """
-    if module.training and x.shape[0] == 1 and not torch.jit.is_tracing():
+    training_bn = isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training
+    if training_bn and x.shape[0] == 1 and not torch.jit.is_tracing():
         raise ValueError(
             f"{what} has a BatchNorm on a 1x1 pooled map, which needs at least 2 images per "
             "batch in training mode; use a batch size >= 2, or call model.eval() (or freeze "
@@ -40,7 +42,7 @@ class ASPPPooling(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_pooled_batch(x, self, "ASPP's image pooling branch")
+        check_pooled_batch(x, self[2], "ASPP's image pooling branch")
         size = x.shape[-2:]
         y = super().forward(x)  # (N, C, 1, 1)
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)

@@ -47,7 +47,7 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if 1 in self.bins:
-            check_pooled_batch(x, self, "PyramidPooling's 1x1 bin")
+            check_pooled_batch(x, self.stages[self.bins.index(1)][2], "PyramidPooling's 1x1 bin")
         size = x.shape[-2:]
         pooled = [
             F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)

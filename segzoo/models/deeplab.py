@@ -238,11 +238,11 @@ class DeepLabV3Plus(SegmentationModel):
         return self.decoder(feats[-1], feats[self.low_index]), None
 
 
-def _deeplabv3(name: str, backbone: str, **kwargs) -> DeepLabV3:
+def _deeplabv3(name: str, backbone: str, /, **kwargs) -> DeepLabV3:
     return create(DeepLabV3, name, {"backbone": backbone}, kwargs)
 
 
-def _deeplabv3plus(name: str, backbone: str, **kwargs) -> DeepLabV3Plus:
+def _deeplabv3plus(name: str, backbone: str, /, **kwargs) -> DeepLabV3Plus:
     return create(DeepLabV3Plus, name, {"backbone": backbone}, kwargs)
 
 

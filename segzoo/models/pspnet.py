@@ -110,7 +110,7 @@ class PSPNet(SegmentationModel):
         return out, aux
 
 
-def _pspnet(name: str, backbone: str, **kwargs) -> PSPNet:
+def _pspnet(name: str, backbone: str, /, **kwargs) -> PSPNet:
     return create(PSPNet, name, {"backbone": backbone}, kwargs)
 
 

@@ -214,7 +214,7 @@ def unet(**kwargs) -> UNet:
     return create(UNet, "unet", {}, kwargs)
 
 
-def _unet(name: str, backbone: str, **kwargs) -> UNetTimm:
+def _unet(name: str, backbone: str, /, **kwargs) -> UNetTimm:
     return create(UNetTimm, name, {"backbone": backbone}, kwargs)
 
 

@@ -11,6 +11,8 @@ import argparse
 import datetime
 import sys
 
+import torch
+
 from segzoo import benchmark
 
 
@@ -23,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--no-peak", action="store_true", help="skip measuring the machine's conv throughput")
+    p.add_argument("--scaling", action="store_true",
+                   help="also time each case over input sides 256, 512, 768, 1024 (cases that take --size)")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(benchmark.list_cases()))
@@ -34,8 +39,16 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
 
     rows = benchmark.run(args.names, args.device, args.size, args.warmup, args.runs, progress)
-    print(f"# {benchmark.machine_description()}, {datetime.date.today()}")
-    print(benchmark.format_table(rows, markdown=args.markdown))
+    if args.scaling:
+        for side in (256, 512, 768, 1024):
+            if side != args.size:
+                rows += benchmark.run(args.names, args.device, side, args.warmup, args.runs, progress)
+        rows.sort(key=lambda r: (r["name"], r["mode"], r["size"]))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    peak = None if args.no_peak else benchmark.machine_peak_gflops(device)
+    print(f"# {benchmark.machine_description()}, {datetime.date.today()}"
+          + (f", dense 3x3 conv peak {peak:.0f} GFLOP/s" if peak else ""))
+    print(benchmark.format_table(rows, markdown=args.markdown, peak_gflops=peak))
     return 0
 
 

@@ -156,6 +156,8 @@ def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
     mapped, num_classes = mapper(state, name)
     build_kwargs.setdefault("aux_loss", any(k.startswith("aux_classifier.") for k in mapped)) \
         if name.startswith(("fcn_", "deeplabv3_")) else None
+    if name.startswith(("maskrcnn_", "fasterrcnn_")):
+        build_kwargs.setdefault("frozen_bn", True)  # torchvision's detectors freeze backbone BN
     model = segzoo.build(name, num_classes=num_classes, **build_kwargs)
     load_weights(model, mapped)
     return model.eval()

@@ -1,0 +1,243 @@
+"""Mask R-CNN (He et al., ICCV 2017) and Faster R-CNN (Ren et al., NeurIPS 2015) with an FPN
+(Lin et al., CVPR 2017) on any timm backbone, in torchvision's form and batched throughout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from segzoo.backbones import TimmBackbone
+from segzoo.backbones.fpn import FPN
+from segzoo.detection.boxes import split_by_image
+from segzoo.detection.roi_heads import RoIHeads
+from segzoo.detection.rpn import RegionProposalNetwork
+from segzoo.models.detection_base import DetectionModel
+from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, check_kwargs, create, register_model
+
+FPN_STRIDES = (4, 8, 16, 32)
+
+
+class MaskRCNN(DetectionModel):
+    """Backbone (C2-C5) -> FPN (P2-P6) -> RPN -> RoIAlign -> box head (+ mask head).
+
+    Input: ``N x 3 x H x W`` or a list of ``3 x H x W`` float RGB images in [0, 1], any
+    size (zero-padded to a multiple of 32 inside, results are in input pixels; resize
+    beforehand, the model does not). Output: one dict per image with ``boxes`` (K x 4,
+    xyxy), ``scores`` (K), ``labels`` (K, int64, 0-based) and, with the mask branch,
+    ``masks`` (K x H x W probabilities at the image's size). With ``targets`` (one dict
+    per image: ``boxes``, ``labels`` 0-based, ``masks`` K x H x W for Mask R-CNN; empty for
+    images without objects) the output is the dict of losses ``loss_objectness``,
+    ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg`` (, ``loss_mask``) and their
+    sum ``loss``. The RPN keeps its ``*_train`` numbers of proposals in train mode and its
+    ``*_test`` numbers in eval mode, as torchvision does.
+
+    Args:
+        num_classes: object classes (background is implicit).
+        backbone: a timm model with ``features_only`` and stride-4..32 feature levels.
+        backbone_weights: local timm weights file for the backbone.
+        frozen_bn: FrozenBatchNorm2d in the backbone; default: True when
+            ``backbone_weights`` is given, else False.
+        trainable_backbone_layers: backbone stages (from the deepest) that train; the
+            stem trains only when this counts every stage. Default: 3 with
+            ``backbone_weights``, else all.
+        fpn_channels: channels of the FPN levels.
+        anchor_sizes: one anchor size per level P2-P6.
+        aspect_ratios: anchor height / width ratios.
+        rpn_pre_nms_top_n_train: anchors kept per level before NMS in train mode.
+        rpn_pre_nms_top_n_test: the same in eval mode.
+        rpn_post_nms_top_n_train: proposals kept per image in train mode.
+        rpn_post_nms_top_n_test: the same in eval mode.
+        rpn_nms_thresh: IoU threshold of the RPN's NMS.
+        rpn_fg_iou_thresh: anchors with IoU >= this are positive.
+        rpn_bg_iou_thresh: anchors with IoU < this are negative.
+        rpn_batch_size_per_image: anchors sampled per image for the RPN losses.
+        rpn_positive_fraction: largest share of positive anchors.
+        rpn_score_thresh: minimum objectness probability of a proposal.
+        box_score_thresh: keep detections scoring above this.
+        box_nms_thresh: per-class NMS threshold of the detections.
+        box_detections_per_img: most detections per image.
+        box_fg_iou_thresh: proposals with IoU >= this are foreground.
+        box_bg_iou_thresh: proposals with IoU < this are background.
+        box_batch_size_per_image: proposals sampled per image for the head losses.
+        box_positive_fraction: largest share of foreground proposals.
+        representation_size: width of the box head's two fully connected layers.
+        with_mask: add the mask branch.
+        mask_layers: widths of the mask head's 3x3 convs.
+        roi_aligned: RoIAlign ``aligned`` flag (False as torchvision; True as detectron2).
+        mean: per-channel mean subtracted from [0, 1] RGB input.
+        std: per-channel std the input is divided by.
+    """
+
+    task = "instance"
+    size_divisibility = 32
+    class_layers = ("roi_heads.box_predictor", "roi_heads.mask_head.mask_logits")
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        backbone: str = "resnet50",
+        backbone_weights: str | os.PathLike | None = None,
+        frozen_bn: bool | None = None,
+        trainable_backbone_layers: int | None = None,
+        fpn_channels: int = 256,
+        anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 256,
+        rpn_positive_fraction: float = 0.5,
+        rpn_score_thresh: float = 0.0,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 512,
+        box_positive_fraction: float = 0.25,
+        representation_size: int = 1024,
+        with_mask: bool = True,
+        mask_layers: Sequence[int] = (256, 256, 256, 256),
+        roi_aligned: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__(num_classes, mean, std)
+        pretrained = backbone_weights is not None
+        self.backbone = TimmBackbone(backbone, weights=backbone_weights,
+                                     frozen_bn=pretrained if frozen_bn is None else frozen_bn)
+        strides = self.backbone.strides
+        self.levels = tuple(strides.index(s) for s in FPN_STRIDES if s in strides)
+        if len(self.levels) != len(FPN_STRIDES):
+            raise ValueError(
+                f"backbone {backbone!r} has feature strides {strides}; Mask R-CNN's FPN needs levels "
+                f"at strides {FPN_STRIDES} (C2-C5): pick a timm model with a 4-stage pyramid (ResNet, "
+                "ConvNeXt, EfficientNet, MobileNet, ...)")
+        self._freeze_stages(trainable_backbone_layers, pretrained)
+        self.fpn = FPN([self.backbone.channels[i] for i in self.levels], FPN_STRIDES, fpn_channels)
+        if len(anchor_sizes) != len(self.fpn.strides):
+            raise ValueError(f"anchor_sizes needs one size per FPN level P2-P6 ({len(self.fpn.strides)}), "
+                             f"got {tuple(anchor_sizes)}")
+        self.rpn = RegionProposalNetwork(
+            fpn_channels, anchor_sizes, aspect_ratios,
+            {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test},
+            rpn_nms_thresh, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
+            rpn_positive_fraction, rpn_score_thresh)
+        self.roi_heads = RoIHeads(
+            num_classes, fpn_channels, FPN_STRIDES, with_mask, representation_size, mask_layers,
+            roi_aligned, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
+            box_positive_fraction, box_score_thresh, box_nms_thresh, box_detections_per_img)
+        self.with_mask = with_mask
+        if not with_mask:
+            self.task = "detection"
+
+    def _freeze_stages(self, trainable: int | None, pretrained: bool) -> None:
+        """Stop gradients to the stem and the first stages, as torchvision's ``trainable_layers``."""
+        names = self.backbone.body.feature_info.module_name()
+        if trainable is None:
+            trainable = 3 if pretrained else len(names)
+        if not 0 <= trainable <= len(names):
+            raise ValueError(f"trainable_backbone_layers must be in [0, {len(names)}] for this backbone "
+                             f"({len(names)} stages), got {trainable}")
+        if trainable == len(names):
+            return
+        params = list(self.backbone.body.named_parameters())
+        first = len(params)  # index of the first parameter of the first trainable stage
+        for name in names[len(names) - trainable:]:
+            prefixes = (name + ".", name.replace(".", "_") + ".")
+            hits = [i for i, (k, _) in enumerate(params) if k.startswith(prefixes)]
+            if hits:
+                first = hits[0]
+                break
+        for _, p in params[:first]:
+            p.requires_grad_(False)
+
+    def _pad_targets(self, targets: list[dict], sizes: torch.Tensor, shape: Sequence[int]) -> dict:
+        """Per-image targets -> ``(N, G, ...)`` tensors padded to the most objects (at least 1)."""
+        counts = torch.tensor([len(t["boxes"]) for t in targets], device=sizes.device)
+        g = max(1, max(len(t["boxes"]) for t in targets))
+        boxes = pad_sequence([t["boxes"] for t in targets], batch_first=True)  # (N, G', 4)
+        labels = pad_sequence([t["labels"] for t in targets], batch_first=True)
+        boxes = F.pad(boxes, (0, 0, 0, g - boxes.shape[1]))
+        labels = F.pad(labels, (0, g - labels.shape[1]))
+        out = {"boxes": boxes, "labels": labels,
+               "valid": torch.arange(g, device=sizes.device)[None] < counts[:, None]}
+        if self.with_mask:
+            hp, wp = shape
+            # pad each image's masks to the batch canvas (image sizes differ in a list input)
+            masks = [F.pad(t["masks"].to(boxes.dtype), (0, wp - t["masks"].shape[-1], 0, hp - t["masks"].shape[-2]))
+                     for t in targets]
+            masks = pad_sequence(masks, batch_first=True)  # (N, G', Hp, Wp)
+            masks = F.pad(masks, (0, 0, 0, 0, 0, g - masks.shape[1]))
+            out["masks"] = masks.flatten(0, 1)  # (N*G, Hp, Wp)
+        return out
+
+    def forward(self, images: torch.Tensor | Sequence[torch.Tensor],
+                targets: Sequence[dict] | None = None) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        x, sizes = self.preprocess(images)
+        feats = self.backbone(x)
+        feats = self.fpn([feats[i] for i in self.levels])
+        padded = None
+        if targets is not None:
+            padded = self._pad_targets(self.check_targets(targets, sizes, self.with_mask), sizes, x.shape[-2:])
+        proposals, image_idx, losses = self.rpn(feats, x.shape[-2:], sizes, padded)
+        if targets is not None:
+            losses.update(self.roi_heads(feats, proposals, image_idx, sizes, padded))
+            losses["loss"] = sum(losses.values())
+            return losses
+        det = self.roi_heads(feats, proposals, image_idx, sizes)
+        n = len(sizes)
+        keys = ["boxes", "scores", "labels"] + (["masks"] if self.with_mask else [])
+        parts = {k: split_by_image(det[k], det["image_idx"], n) for k in keys}
+        results = [{k: parts[k][i] for k in keys} for i in range(n)]
+        if self.with_mask:
+            for r, (h, w) in zip(results, sizes.tolist()):  # crop the canvas to each image
+                r["masks"] = r["masks"][:, :h, :w]
+        return results
+
+
+class FasterRCNN(MaskRCNN):
+    """Faster R-CNN with FPN: :class:`MaskRCNN` without the mask branch (``task="detection"``).
+
+    Takes :class:`MaskRCNN`'s arguments except ``with_mask``.
+    """
+
+    task = "detection"
+    class_layers = ("roi_heads.box_predictor",)
+
+    def __init__(self, num_classes: int = 80, **kwargs) -> None:
+        if "with_mask" in kwargs:
+            raise TypeError("FasterRCNN has no mask branch (no with_mask argument); build a maskrcnn_* "
+                            "model for masks")
+        check_kwargs(MaskRCNN, type(self).__name__, kwargs)
+        super().__init__(num_classes, with_mask=False, **kwargs)
+
+
+def _rcnn(cls: type, name: str, backbone: str, **kwargs) -> MaskRCNN:
+    check_kwargs(MaskRCNN, name, kwargs)
+    return create(cls, name, {"backbone": backbone}, kwargs)
+
+
+@register_model(task="instance")
+def maskrcnn_resnet50_fpn(**kwargs) -> MaskRCNN:
+    return _rcnn(MaskRCNN, "maskrcnn_resnet50_fpn", "resnet50", **kwargs)
+
+
+@register_model(task="instance")
+def maskrcnn_resnet101_fpn(**kwargs) -> MaskRCNN:
+    return _rcnn(MaskRCNN, "maskrcnn_resnet101_fpn", "resnet101", **kwargs)
+
+
+@register_model(task="detection")
+def fasterrcnn_resnet50_fpn(**kwargs) -> FasterRCNN:
+    return _rcnn(FasterRCNN, "fasterrcnn_resnet50_fpn", "resnet50", **kwargs)

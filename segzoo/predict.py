@@ -17,7 +17,10 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms
 
-__all__ = ["load_image", "model_task", "predict", "sliding_window", "tile_origins"]
+__all__ = [
+    "evaluate", "list_images", "load_image", "model_task", "predict", "sliding_window", "tile_origins",
+    "write_prediction",
+]
 
 _TTA_PRESETS = {
     "flip": {"scales": (1.0,), "flip": True},
@@ -263,3 +266,199 @@ def predict(
             return _detect(model, x, tile, overlap, nms_iou)
     finally:
         model.train(was_training)
+
+
+_PANEL_TITLES = ("image", "prediction", "ground truth")
+
+
+def _plain(t):
+    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
+
+
+def evaluate(
+    model: nn.Module,
+    dataset,
+    *,
+    tile: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: str | dict | bool | None = None,
+    max_images: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    num_pictures: int = 0,
+    score_thresh: float = 0.5,
+    progress: bool = False,
+) -> dict:
+    """Score a model on a dataset image by image, through :func:`predict`.
+
+    Semantic datasets yield ``(image, mask)``; detection / instance datasets
+    ``(image, target)`` with ``boxes``, ``labels`` (0-based), optional ``masks`` and
+    ``image_id``. Images are float ``3 x H x W`` in [0, 1] or uint8.
+
+    Args:
+        model: a segzoo model; its task decides the metrics.
+        dataset: an indexable dataset (use the evaluation transforms: no cropping).
+        tile, overlap, tta: passed to :func:`predict`.
+        max_images: score only the first images.
+        class_names: names for tables and plots (``model.classes`` or ``dataset.classes``
+            by default).
+        ignore_index: unlabelled value of semantic masks.
+        num_pictures: how many ``image | prediction | ground truth`` panels to draw.
+        score_thresh: detections drawn in the pictures.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{"task", "metrics", "class_names", "pictures"}`` plus, for semantic models,
+        ``"confusion"`` (``C x C``, rows ground truth) and ``"pr_curves"``; for detection
+        and instance models ``"pr_curves"`` (boxes, IoU 0.5) and ``"coco_summary"``.
+        Semantic metrics come from :class:`~segzoo.metrics.SegmentationMetric` plus
+        ``pr_map`` (mean area under the per-class PR curves); detection metrics from
+        :class:`~segzoo.metrics.CocoEvaluator` plus ``bbox_pr_map50``.
+    """
+    from segzoo import visualize
+    from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
+
+    task = model_task(model)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if n == 0:
+        raise ValueError("the dataset is empty; check the data config (paths, split)")
+    num_classes = int(model.num_classes)
+    names = class_names or getattr(model, "classes", None) or getattr(dataset, "classes", None)
+    ds_classes = getattr(dataset, "num_classes", None)
+    if isinstance(ds_classes, int) and ds_classes != num_classes:
+        raise ValueError(
+            f"the model has num_classes={num_classes} but the dataset has {ds_classes} classes; "
+            "evaluate a checkpoint trained on this dataset (or fix data.classes in the config)"
+        )
+    names = [str(c) for c in names] if names is not None and len(names) == num_classes else \
+        [str(i) for i in range(num_classes)]
+    if task == "semantic":
+        metric, curves = SegmentationMetric(num_classes, ignore_index), PRCurve(num_classes, ignore_index=ignore_index)
+    else:
+        with_masks = task == "instance"
+        cat_ids = getattr(dataset, "cat_ids", None)
+        coco = CocoEvaluator(num_classes, ("bbox", "segm") if with_masks else ("bbox",),
+                             category_ids=cat_ids if cat_ids is not None and len(cat_ids) == num_classes else None,
+                             class_names=names)
+        curves = DetectionPRCurve(num_classes)
+    indices = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="eval")
+    pictures = []
+    for i in indices:
+        image, target = dataset[i]
+        image = _plain(image)
+        out = predict(model, image, tile=tile, overlap=overlap, tta=tta)
+        if task == "semantic":
+            mask = _plain(target).long()
+            mask = mask[0] if mask.dim() == 3 else mask
+            metric.update(out["mask"][None], mask[None])
+            curves.update(out["probs"][None], mask[None])
+            if len(pictures) < num_pictures:
+                kw = {"num_classes": num_classes, "ignore_index": ignore_index}
+                pred_pic = visualize.draw_semantic(image, out["mask"], **kw)
+                gt_pic = visualize.draw_semantic(image, mask, **kw)
+                pictures.append(visualize.side_by_side([image, pred_pic, gt_pic], _PANEL_TITLES))
+        else:
+            target = {k: _plain(v) for k, v in target.items()}
+            if "image_id" not in target:
+                target["image_id"] = i
+            if task == "instance" and "masks" not in target:
+                raise ValueError("instance evaluation needs ground-truth masks: build the dataset with masks")
+            coco.update([out], [target])
+            curves.update([out], [target])
+            if len(pictures) < num_pictures:
+                pred_pic = visualize.draw_instances(image, out, names, score_thresh)
+                gt_pic = visualize.draw_instances(image, target, names)
+                pictures.append(visualize.side_by_side([image, pred_pic, gt_pic], _PANEL_TITLES))
+    pr = curves.compute()
+    result = {"task": task, "class_names": names, "pictures": pictures, "pr_curves": pr}
+    if task == "semantic":
+        metric.reduce()
+        result["metrics"] = {**metric.compute(), "pr_map": pr["map"]}
+        result["confusion"] = metric.confusion.cpu()
+    else:
+        result["metrics"] = {**coco.compute(), "bbox_pr_map50": pr["map"]}
+        result["coco_summary"] = coco.summary
+    return result
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(paths: Sequence[str | os.PathLike], recursive: bool = False) -> list[str]:
+    """Image files named directly or found in the given folders (sorted), without duplicates."""
+    found: list[str] = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            walk = os.walk(p) if recursive else [(p, [], os.listdir(p))]
+            for root, _, files in walk:
+                found += sorted(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif os.path.isfile(p):
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {p}")
+    if not found:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {list(map(os.fspath, paths))}")
+    return list(dict.fromkeys(found))
+
+
+def write_prediction(
+    result: dict,
+    image,
+    out_dir: str | os.PathLike,
+    stem: str,
+    class_names: Sequence[str] | None = None,
+    score_thresh: float = 0.5,
+    alpha: float = 0.5,
+) -> list[str]:
+    """Write the files of one :func:`predict` result; returns their paths.
+
+    Semantic: ``STEM_overlay.png`` (with a legend when ``class_names`` are known) and
+    ``STEM_mask.png`` (palettised PNG whose pixel values are the labels). Detection /
+    instance: ``STEM_overlay.png``, ``STEM.json`` (detections scoring >= ``score_thresh``:
+    boxes xyxy, scores, 0-based labels and class names) and, with masks, ``STEM_masks.png``
+    (0 background, ``k + 1`` for the k-th detection of the json; at most 255).
+    """
+    import json
+
+    from segzoo import visualize
+
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(os.fspath(out_dir), stem)
+    written = []
+    if "mask" in result:
+        n = int(result["probs"].shape[0])
+        names = list(class_names) if class_names is not None and len(class_names) == n else None
+        overlay = visualize.draw_semantic(image, result["mask"], num_classes=n, class_names=names, alpha=alpha,
+                                          legend=names is not None)
+        visualize.save_image(overlay, base + "_overlay.png")
+        visualize.save_mask(result["mask"], base + "_mask.png")
+        return [base + "_overlay.png", base + "_mask.png"]
+    keep = result["scores"] >= score_thresh
+    kept = {k: v[keep] for k, v in result.items()}
+    visualize.save_image(visualize.draw_instances(image, kept, class_names, score_thresh, alpha=alpha),
+                         base + "_overlay.png")
+    written.append(base + "_overlay.png")
+    labels = kept["labels"].tolist()
+    dets = {
+        "boxes": [[round(float(v), 2) for v in b] for b in kept["boxes"].tolist()],
+        "scores": [round(float(s), 4) for s in kept["scores"].tolist()],
+        "labels": labels,
+        "classes": [class_names[k] if class_names and k < len(class_names) else str(k) for k in labels],
+    }
+    with open(base + ".json", "w") as f:
+        json.dump(dets, f, indent=1)
+    written.append(base + ".json")
+    if "masks" in kept and len(kept["masks"]) <= 255:
+        m = kept["masks"]
+        m = (m[:, 0] if m.dim() == 4 else m) > 0.5
+        ids = torch.zeros(m.shape[-2:], dtype=torch.int64)
+        for k in range(len(m) - 1, -1, -1):  # higher scores painted last, on top
+            ids[m[k]] = k + 1
+        visualize.save_mask(ids, base + "_masks.png")
+        written.append(base + "_masks.png")
+    return written

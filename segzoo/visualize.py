@@ -234,6 +234,7 @@ def draw_instances(
     b = boxes[idx].clone()
     b[:, 0::2] = b[:, 0::2].clamp(0, w - 1)
     b[:, 1::2] = b[:, 1::2].clamp(0, h - 1)
+    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2])  # degenerate boxes (x2 a rounding error below x1) still draw
     return draw_bounding_boxes(out, b, labels=names, colors=inst_colors, width=width)
 
 

@@ -135,6 +135,8 @@ def test_bad_arguments_raise():
         segzoo.build("hrnet_w18_small", fuse_mode="bicubic")
     with pytest.raises(TypeError, match="fuse_mode"):
         segzoo.build("hrnet_w18_small", fuse_mod="nearest")
+    with pytest.raises(ValueError, match="stage_modules"):
+        segzoo.build("hrnet_w18_small", stage_modules=(1, 1))
 
 
 def test_save_load_round_trip(tmp_path):

@@ -176,6 +176,12 @@ class HRNetBody(nn.Module):
                 f"fuse_mode must be 'bilinear' (official segmentation HRNet) or 'nearest' "
                 f"(timm's ImageNet HRNet), got {fuse_mode!r}"
             )
+        if len(arch.stage_modules) != 3 or min(arch.stage_modules) < 1 or min(
+                arch.width, arch.stage1_blocks, arch.stage1_channels, arch.stage_blocks) < 1:
+            raise ValueError(
+                f"invalid HRNet variant {arch}: stage_modules needs 3 positive counts (stages 2-4) "
+                "and widths and block counts must be positive; see segzoo.models.hrnet.ARCHS"
+            )
         self.fuse_mode = fuse_mode
         self.align_corners = align_corners
         self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)

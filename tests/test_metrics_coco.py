@@ -105,3 +105,61 @@ def test_missing_pycocotools_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match=r"pip install segzoo\[coco\]"):
         coco_mod.CocoEvaluator(2)
+
+
+def test_matches_pycocotools_on_a_json_dataset(tmp_path):
+    """The in-memory path gives COCOeval's numbers for the same json ground truth and results."""
+    import contextlib
+    import io
+    import json
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from segzoo.data import CocoInstances
+    from segzoo.data.shapes import generate
+
+    root = generate(tmp_path / "shapes", num_train=1, num_val=6, size=64, seed=3) / "val"
+    ds = CocoInstances(root / "images", root / "instances.json")
+    g = torch.Generator().manual_seed(0)
+    ev = CocoEvaluator(ds.num_classes, ("bbox", "segm"), category_ids=ds.cat_ids, class_names=ds.classes)
+    results = {"bbox": [], "segm": []}
+    for i in range(len(ds)):
+        _, t = ds[i]
+        t = {k: (v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+        t["area"] = torch.tensor([a["area"] for a in ds.annotations(i)], dtype=torch.float64)
+        k = len(t["boxes"])
+        # jittered true boxes with shifted masks, some wrong labels, plus random false positives
+        boxes = torch.cat([t["boxes"] + torch.randn(k, 4, generator=g) * 2, torch.rand(2, 4, generator=g) * 30])
+        boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+        labels = torch.cat([t["labels"], torch.randint(0, 3, (2,), generator=g)])
+        labels[torch.rand(len(labels), generator=g) < 0.2] = 0
+        scores = torch.rand(len(labels), generator=g)
+        masks = torch.cat([t["masks"].float().roll(1, -1), (torch.rand(2, 64, 64, generator=g) > 0.7).float()])
+        ev.update([{"boxes": boxes, "scores": scores, "labels": labels, "masks": masks * 0.8}], [t])
+        image_id = int(t["image_id"])
+        rles = mask_utils.encode(np.asfortranarray(masks.numpy().transpose(1, 2, 0).astype(np.uint8)))
+        for j in range(len(labels)):
+            x1, y1, x2, y2 = boxes[j].tolist()
+            common = {"image_id": image_id, "category_id": ds.cat_ids[int(labels[j])], "score": float(scores[j])}
+            results["bbox"].append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
+            results["segm"].append({**common, "segmentation": {**rles[j], "counts": rles[j]["counts"].decode()}})
+    ours = ev.compute()
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(root / "instances.json"))
+        for iou_type in ("bbox", "segm"):
+            res_file = tmp_path / f"{iou_type}.json"
+            res_file.write_text(json.dumps(results[iou_type]))
+            ref = COCOeval(gt, gt.loadRes(str(res_file)), iouType=iou_type)
+            ref.evaluate()
+            ref.accumulate()
+            ref.summarize()
+            for name, v in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ref.stats[:6]):
+                got = ours[f"{iou_type}_{name}"]
+                if v < 0:
+                    assert math.isnan(got)
+                else:
+                    assert got == pytest.approx(v, abs=1e-9), (iou_type, name)
+    assert 0.05 < ours["bbox_AP50"] < 0.95  # a non-trivial case

@@ -110,3 +110,14 @@ def test_interpolated_area_uses_precision_envelope():
     p, r = torch.tensor([0.0, 0.5, 2 / 3]), torch.tensor([0.0, 0.5, 1.0])
     assert average_precision(p, r) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
     assert average_precision(p, r, interpolate=True) == pytest.approx(2 / 3)
+
+
+def test_detection_curve_ignores_crowd_regions():
+    gt = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 60, 60]]), "labels": torch.tensor([0, 0]),
+          "iscrowd": torch.tensor([0, 1])}
+    pred = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 60, 60]]), "scores": torch.tensor([0.5, 0.9]),
+            "labels": torch.tensor([0, 0])}
+    curve = DetectionPRCurve(1)
+    curve.update([pred], [gt])
+    res = curve.compute()["per_class"][0]
+    assert res["num_positives"] == 1 and res["precision"] == [1.0] and res["ap"] == pytest.approx(1.0)

@@ -191,7 +191,8 @@ class DetectionPRCurve:
 
     ``update(predictions, targets)`` takes segzoo detection dicts (``boxes`` xyxy,
     ``scores``, ``labels`` 0-based) and targets (``boxes``, ``labels``, optional
-    ``iscrowd``: crowd boxes are dropped from both sides). AP uses the all-point
+    ``iscrowd``: crowd boxes are not objects to find, and unmatched detections on them are
+    ignored rather than counted as false positives). AP uses the all-point
     interpolated area (PASCAL VOC), at the single IoU threshold ``iou_thresh``.
     """
 
@@ -218,10 +219,12 @@ class DetectionPRCurve:
             labels = torch.as_tensor(pred["labels"]).detach().cpu().long().reshape(-1)
             gt_boxes = torch.as_tensor(tgt["boxes"]).detach().cpu().float().reshape(-1, 4)
             gt_labels = torch.as_tensor(tgt["labels"]).detach().cpu().long().reshape(-1)
+            crowd_boxes, crowd_labels = gt_boxes[:0], gt_labels[:0]
             crowd = tgt.get("iscrowd")
             if crowd is not None:
-                keep = ~torch.as_tensor(crowd).cpu().bool().reshape(-1)
-                gt_boxes, gt_labels = gt_boxes[keep], gt_labels[keep]
+                is_crowd = torch.as_tensor(crowd).cpu().bool().reshape(-1)
+                crowd_boxes, crowd_labels = gt_boxes[is_crowd], gt_labels[is_crowd]
+                gt_boxes, gt_labels = gt_boxes[~is_crowd], gt_labels[~is_crowd]
             for what, lab in (("prediction", labels), ("target", gt_labels)):
                 if len(lab) and (int(lab.min()) < 0 or int(lab.max()) >= self.num_classes):
                     raise ValueError(f"{what} labels must be 0-based in [0, {self.num_classes - 1}]")
@@ -237,6 +240,11 @@ class DetectionPRCurve:
                 if len(cand) and float(cand.max()) >= self.iou_thresh:
                     j = int(cand.argmax())
                     taken[j], matched[k] = True, True
+            if len(crowd_boxes):  # unmatched detections on a crowd region are ignored, not false positives
+                c_iou = box_iou(boxes, crowd_boxes)  # (K, crowd)
+                c_iou[labels[:, None] != crowd_labels[None, :]] = -1.0
+                keep = matched | (c_iou.max(1).values < self.iou_thresh)
+                scores, labels, matched = scores[keep], labels[keep], matched[keep]
             self.scores.append(scores)
             self.labels.append(labels)
             self.matched.append(matched)

@@ -87,7 +87,7 @@ def semantic_transforms(
         if hflip > 0:
             ops.append(v2.RandomHorizontalFlip(hflip))
         if color_jitter > 0:
-            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter, min(color_jitter, 0.5) / 4))
+            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
     ops += [_to_float(), v2.ToDtype({tv_tensors.Mask: torch.int64, "others": None})]
     return v2.Compose(ops)
 
@@ -114,7 +114,7 @@ def instance_transforms(
         if hflip > 0:
             ops.append(v2.RandomHorizontalFlip(hflip))
         if color_jitter > 0:
-            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter, min(color_jitter, 0.5) / 4))
+            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
         ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size)]
     ops.append(_to_float())
     return v2.Compose(ops)

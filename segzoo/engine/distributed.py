@@ -1,0 +1,136 @@
+"""Distributed helpers: process-group setup under torchrun, sharded resumable sampling, reductions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+def world_info() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)``: from the process group when there is one, else torchrun's env."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Start the process group when launched by torchrun with more than one process.
+
+    Uses NCCL for CUDA devices and gloo otherwise. Returns whether training is distributed.
+    """
+    if not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (``t`` itself when not distributed)."""
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t / dist.get_world_size()
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, index)."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so each item's random augmentation depends only on (seed, epoch, index).
+
+    Keys are ``(index, epoch)`` pairs (as :class:`ShardSampler` yields them). The global
+    torch RNG of the calling process is left untouched, so results do not depend on the
+    number of workers, the number of processes, or where a resumed run restarts.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class ShardSampler(Sampler):
+    """Epoch-seeded shuffling, sharded over ranks, that can start part-way through an epoch.
+
+    Training (``shuffle=True``): the epoch's permutation is cut to ``num_samples_per_rank *
+    world_size`` items and rank ``r`` takes every ``world_size``-th item from ``r``, so the
+    first global batch of a 2-process run holds the same samples as the first batch of a
+    1-process run with twice the batch size. Evaluation (``shuffle=False``): every sample
+    exactly once over all ranks (ranks may get one sample more than others).
+
+    Yields ``(index, epoch)`` pairs for :class:`SeededDataset`.
+
+    Args:
+        size: dataset length.
+        rank: this process's rank.
+        world_size: number of processes.
+        shuffle: shuffle each epoch (training) or keep the order (evaluation).
+        seed: shuffling seed.
+        num_samples_per_rank: training only: samples each rank takes per epoch.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
+                 num_samples_per_rank: int | None = None) -> None:
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        self.num_samples_per_rank = num_samples_per_rank
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch and how many of this rank's samples to skip (for resuming)."""
+        self.epoch, self.skip = epoch, skip
+
+    def indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.size, self.world_size))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.size, generator=g).tolist()
+        n = self.num_samples_per_rank if self.num_samples_per_rank is not None else self.size // self.world_size
+        return perm[: n * self.world_size][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.indices()[self.skip :]:
+            yield i, self.epoch
+
+    def __len__(self) -> int:
+        return max(len(self.indices()) - self.skip, 0)

@@ -1,0 +1,476 @@
+"""One training loop for every task, driven by a resolved config (see :mod:`segzoo.config`).
+
+The loop reads only ``model.spec.task`` and the forward contract (``model(images, targets)``
+returns a loss dict with ``loss``; ``model(images)`` returns predictions), never a model's
+name. It provides device auto-selection, AMP (bf16, or fp16 with a GradScaler, on CUDA),
+channels_last, optional ``torch.compile``, DDP under torchrun, gradient accumulation,
+parameter groups, warmup + poly/cosine schedules, gradient clipping, NaN/inf detection,
+atomic checkpoints with exact resume, per-epoch evaluation, best-checkpoint keeping, early
+stopping, tqdm progress and JSONL (+ TensorBoard) logs.
+
+Run folder: ``model.safetensors`` (latest weights, spec in the header), ``train_state.pt``
+(optimizer, scheduler, scaler, step, RNG), ``best.safetensors``, ``log.jsonl``,
+``metrics.json``, ``predictions.png``, ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from segzoo.checkpoint import atomic_write, read_safetensors, save_state_dict
+from segzoo.config import DEFAULTS, dump, merge, validate
+from segzoo.data.transforms import collate_for
+from segzoo.engine.distributed import (
+    SeededDataset,
+    ShardSampler,
+    all_reduce_mean,
+    all_reduce_min,
+    barrier,
+    init_distributed,
+    is_distributed,
+    world_info,
+)
+from segzoo.engine.evaluator import autocast, evaluate, primary_metric, save_predictions_png, to_device
+from segzoo.engine.optim import build_optimizer, build_scheduler
+
+STATE_FILE = "train_state.pt"
+WEIGHTS_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA (this process's local rank under torchrun), then MPS, then CPU."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            name = f"cuda:{local_rank % torch.cuda.device_count()}"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=auto or cpu")
+        torch.cuda.set_device(device)
+    return device
+
+
+def amp_dtype_for(setting: str | bool | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision).
+
+    ``auto``: bf16 on CUDA GPUs that support it, fp16 (with a GradScaler) on older ones,
+    off on CPU and MPS. ``bf16`` and ``fp16`` force a dtype; ``off`` (or false) disables AMP.
+    """
+    if setting in (False, None, "off", "none", "fp32"):
+        return None
+    if setting in ("auto", True):
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        if device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or off on CPU")
+        return torch.float16
+    raise ValueError(f"unknown train.amp={setting!r}; use auto, bf16, fp16 or off")
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _scalar(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_scalar(x) for x in v]
+    return v
+
+
+class Trainer:
+    """Train a segzoo model on datasets with the loop described in the module docstring.
+
+    Args:
+        model: a model built by ``segzoo.build`` (it has ``model.spec``).
+        train_set: items ``(image, target)`` already transformed (float images in [0, 1]).
+        val_set: evaluated every ``eval.every`` epochs; None skips evaluation.
+        cfg: a config mapping (at least the ``data``/``train``/``eval`` keys to change; the
+            rest takes :data:`segzoo.config.DEFAULTS`).
+        out_dir: the run folder.
+        classes: class names stored in checkpoints and used in pictures.
+        on_step: called as ``on_step(trainer)`` after every optimizer step (and checkpoint).
+    """
+
+    def __init__(self, model: nn.Module, train_set, val_set=None, cfg: dict | None = None,
+                 out_dir: str | Path = "runs/train", classes: list[str] | None = None,
+                 on_step: Callable[[Trainer], None] | None = None) -> None:
+        cfg = {k: v for k, v in (cfg or {}).items() if not k.startswith("_")}
+        validate(cfg)
+        self.cfg = merge(DEFAULTS, cfg)
+        self.tc, self.dc, self.ec = self.cfg["train"], self.cfg["data"], self.cfg["eval"]
+        if not hasattr(model, "spec"):
+            raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
+        self.task = model.spec.task
+        self.num_classes = model.spec.num_classes
+        self.classes = list(classes) if classes is not None and len(classes) == self.num_classes else None
+        self.out_dir = Path(out_dir)
+        self.on_step = on_step
+        self.rank, self.world_size, local_rank = world_info()
+        self.device = select_device(self.tc["device"], local_rank)
+        init_distributed(self.device)
+        self.rank, self.world_size, _ = world_info()
+        self.amp_dtype = amp_dtype_for(self.tc["amp"], self.device)
+
+        self.model = model.to(self.device)
+        if self.tc["freeze_backbone"]:
+            self._freeze_backbone()
+        if self.tc["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_set, self.val_set = train_set, val_set
+        self.batch_size = int(self.dc["batch_size"])
+        self.accum = int(self.tc["grad_accum"])
+        if self.batch_size < 1 or self.accum < 1:
+            raise ValueError("data.batch_size and train.grad_accum must be at least 1")
+        global_batch = self.batch_size * self.world_size * self.accum
+        self.steps_per_epoch = len(train_set) // global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training data has {len(train_set)} images but one optimizer step needs "
+                f"data.batch_size x processes x train.grad_accum = {global_batch}; lower data.batch_size")
+        self.total_steps = int(self.tc["max_steps"] or self.tc["epochs"] * self.steps_per_epoch)
+        self.sampler = ShardSampler(len(train_set), self.rank, self.world_size, shuffle=True,
+                                    seed=int(self.tc["seed"]),
+                                    num_samples_per_rank=self.steps_per_epoch * self.accum * self.batch_size)
+
+        self.optimizer = build_optimizer(
+            self.model, self.tc["optimizer"], float(self.tc["lr"]), float(self.tc["weight_decay"]),
+            float(self.tc["momentum"]), tuple(self.tc["betas"]), float(self.tc["backbone_lr_mult"]))
+        self.scheduler = build_scheduler(
+            self.optimizer, self.total_steps, self.tc["schedule"], int(self.tc["warmup_steps"]),
+            float(self.tc["warmup_factor"]), float(self.tc["poly_power"]), float(self.tc["min_lr_ratio"]))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        self.net: nn.Module = self.model
+        if is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.tc["compile"]:
+            self.net = torch.compile(self.net)
+
+        self.step = 0
+        self.best: float | None = None
+        self.best_step = -1
+        self.bad_evals = 0
+        self.closed_step = 0  # last step whose end-of-epoch work (evaluation, checkpoint) is done
+        self.saved_step = -1
+        self.last_eval: dict[str, Any] = {}
+        self.metric_name = primary_metric(self.task, self.ec["metric"])
+        self._log_file = None
+        self._tb = None
+
+    # ------------------------------------------------------------------ setup helpers
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _freeze_backbone(self) -> None:
+        backbone = getattr(self.model, "backbone", None)
+        if backbone is None:
+            raise ValueError(f"train.freeze_backbone is set but {self.model.spec.name} has no .backbone module")
+        if hasattr(backbone, "freeze"):
+            backbone.freeze(bn=True, params=True)
+            return
+        from timm.layers import freeze_batch_norm_2d  # BatchNorm -> FrozenBatchNorm2d: statistics fixed
+
+        self.model.backbone = freeze_batch_norm_2d(backbone)
+        for p in self.model.backbone.parameters():
+            p.requires_grad_(False)
+
+    def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
+        workers = int(self.dc["num_workers"])
+        return DataLoader(
+            SeededDataset(dataset, int(self.tc["seed"])), batch_size=batch_size, sampler=sampler,
+            collate_fn=collate_for(self.task), num_workers=workers, drop_last=sampler.shuffle,
+            pin_memory=self.device.type == "cuda",
+            # a private generator: creating a loader never touches the global RNG
+            generator=torch.Generator().manual_seed(int(self.tc["seed"])),
+        )
+
+    # ------------------------------------------------------------------ logging
+    def _open_logs(self) -> None:
+        if not self.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.out_dir / "log.jsonl", "a")  # noqa: SIM115 (closed in fit)
+        if self.tc["tensorboard"]:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def _close_logs(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append a record to ``log.jsonl`` (and TensorBoard) on the main process."""
+        if self._log_file is None:
+            return
+        self._log_file.write(json.dumps(_scalar(record)) + "\n")
+        self._log_file.flush()
+        if self._tb is not None:
+            prefix = record.get("type", "train")
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, record.get("step", self.step))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _metadata(self) -> dict[str, str]:
+        from segzoo import __version__
+
+        return {"segzoo": __version__, "spec": self.model.spec.to_json(), "classes": json.dumps(self.classes),
+                "step": str(self.step)}
+
+    def save_checkpoint(self) -> None:
+        """Write the weights and the training state (atomically) on the main process."""
+        if self.is_main and self.saved_step != self.step:
+            save_state_dict(self.model.state_dict(), self.out_dir / WEIGHTS_FILE, self._metadata())
+            state = {
+                "step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "closed_step": self.closed_step,
+            }
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            atomic_write(self.out_dir / STATE_FILE, buf.getvalue())
+        self.saved_step = self.step
+        barrier()
+
+    def load_checkpoint(self) -> None:
+        """Continue from the run folder's ``model.safetensors`` and ``train_state.pt``."""
+        state_path, weights_path = self.out_dir / STATE_FILE, self.out_dir / WEIGHTS_FILE
+        if not state_path.is_file() or not weights_path.is_file():
+            raise FileNotFoundError(
+                f"cannot resume: {state_path} or {weights_path} is missing; start without --resume or "
+                "pass the run folder with --out")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        weights, meta = read_safetensors(weights_path)
+        if int(meta.get("step", -1)) != state["step"]:
+            raise ValueError(f"{weights_path} is at step {meta.get('step')} but {state_path} at step "
+                             f"{state['step']}: the run was cut off between the two writes; resume is unsafe")
+        if state["world_size"] != self.world_size:
+            raise ValueError(f"the run was saved with {state['world_size']} processes but this one has "
+                             f"{self.world_size}; resume with the same number of processes")
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(f"the run was planned for {state['total_steps']} steps but this config gives "
+                             f"{self.total_steps}; keep train.epochs/max_steps/batch_size as they were")
+        self.model.load_state_dict(weights, strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step, self.saved_step = state["step"], state["step"]
+        self.best, self.best_step = state["best"], state["best_step"]
+        self.bad_evals, self.closed_step = state["bad_evals"], state["closed_step"]
+
+    # ------------------------------------------------------------------ loop
+    def _check_finite(self, losses: dict[str, torch.Tensor], epoch: int) -> None:
+        loss = losses["loss"].detach()
+        ok = all_reduce_min(torch.isfinite(loss).float().reshape(1))
+        if bool(ok.item()):
+            return
+        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        if self.saved_step >= 0 and (self.out_dir / WEIGHTS_FILE).exists():
+            kept = f"the last good checkpoint is {self.out_dir / WEIGHTS_FILE} (step {self.saved_step})"
+        else:
+            kept = "no checkpoint had been written yet"
+        msg = (f"the loss is not finite at step {self.step + 1} (epoch {epoch + 1}): {parts}; training stopped "
+               f"and {kept}. Lower train.lr, set train.clip_grad (e.g. 1.0) or train.amp=off, check the data "
+               "with `segzoo data check CONFIG`, then continue with --resume")
+        self.log({"type": "error", "step": self.step + 1, "message": msg})
+        raise NonFiniteLossError(msg)
+
+    def train_step(self, batches: list, epoch: int) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean losses."""
+        totals: dict[str, torch.Tensor] = {}
+        for i, (images, targets) in enumerate(batches):
+            images, targets = to_device(images, targets, self.device, self.tc["channels_last"])
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext() if last or not is_distributed() else self.net.no_sync()
+            with sync:
+                with autocast(self.device, self.amp_dtype):
+                    losses = self.net(images, targets)
+                self._check_finite(losses, epoch)
+                self.scaler.scale(losses["loss"] / len(batches)).backward()
+            for k, v in losses.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / len(batches)
+        grad_norm = None
+        if self.tc["clip_grad"]:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(self.tc["clip_grad"]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        keys = sorted(totals)
+        vec = all_reduce_mean(torch.stack([totals[k] for k in keys]))
+        out = dict(zip(keys, vec.tolist()))
+        if grad_norm is not None:
+            out["grad_norm"] = float(grad_norm)
+        return out
+
+    def run_eval(self) -> dict[str, Any]:
+        """Evaluate on the validation set with the task's metric (all ranks; results reduced)."""
+        vbs = int(self.dc["val_batch_size"] or self.batch_size)
+        sampler = ShardSampler(len(self.val_set), self.rank, self.world_size, shuffle=False)
+        max_batches = None
+        if self.ec["max_images"]:
+            max_batches = math.ceil(int(self.ec["max_images"]) / (vbs * self.world_size))
+        return evaluate(self.model, self._loader(self.val_set, sampler, vbs),
+                        self.task, self.num_classes, self.device, self.amp_dtype, self.classes,
+                        int(self.dc["ignore_index"]), max_batches, self.tc["channels_last"])
+
+    def _end_of_epoch(self, epoch: int, pbar) -> bool:
+        """Evaluate, keep the best checkpoint, save; returns True when early stopping fires."""
+        finished = self.step >= self.total_steps
+        every = int(self.ec["every"] or 0)
+        stop = False
+        if self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished):
+            results = self.run_eval()
+            value = results.get(self.metric_name)
+            if value is None:
+                raise ValueError(f"eval.metric={self.metric_name!r} is not among the results {sorted(results)}")
+            value = float(value) if value is not None and math.isfinite(float(value)) else -math.inf
+            improved = self.best is None or value > self.best
+            if improved:
+                self.best, self.best_step, self.bad_evals = value, self.step, 0
+                if self.is_main:
+                    save_state_dict(self.model.state_dict(), self.out_dir / BEST_FILE, self._metadata())
+            else:
+                self.bad_evals += 1
+            self.last_eval = results
+            summary = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+            self.log({"type": "eval", "step": self.step, "epoch": epoch + 1, **results,
+                      "best": self.best, "best_step": self.best_step})
+            if self.is_main:
+                shown = ", ".join(f"{k}={v:.4f}" for k, v in list(summary.items())[:6])
+                (pbar.write if pbar is not None else print)(f"[eval] epoch {epoch + 1} step {self.step}: {shown}")
+            patience = int(self.tc["early_stop_patience"] or 0)
+            if patience and self.bad_evals >= patience and not finished:
+                stop = True
+                self.log({"type": "early_stop", "step": self.step, "epoch": epoch + 1, "best": self.best,
+                          "best_step": self.best_step})
+        self.closed_step = self.step
+        self.save_checkpoint()
+        return stop
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or early stop) and return the final metrics (also in ``metrics.json``)."""
+        if resume:
+            self.load_checkpoint()
+        else:
+            torch.manual_seed(int(self.tc["seed"]))
+            random.seed(int(self.tc["seed"]))
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out_dir / "config.yaml", dump(self.cfg).encode())
+        self._open_logs()
+        start_time = time.perf_counter()
+        pbar = None
+        try:
+            if self.is_main and self.tc["progress"]:
+                from tqdm.auto import tqdm
+
+                pbar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
+            spe = self.steps_per_epoch
+            stop = False
+            if self.step and self.step % spe == 0 and self.closed_step != self.step:
+                stop = self._end_of_epoch(self.step // spe - 1, pbar)
+            ema = None
+            while self.step < self.total_steps and not stop:
+                epoch, in_epoch = divmod(self.step, spe)
+                self.sampler.set_epoch(epoch, skip=in_epoch * self.accum * self.batch_size)
+                self.net.train()
+                batches = iter(self._loader(self.train_set, self.sampler, self.batch_size))
+                for _ in range(in_epoch, spe):
+                    if self.step >= self.total_steps:
+                        break
+                    t0 = time.perf_counter()
+                    lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step uses (head group)
+                    micro = [next(batches) for _ in range(self.accum)]
+                    losses = self.train_step(micro, epoch)
+                    dt = time.perf_counter() - t0
+                    ips = self.batch_size * self.accum * self.world_size / max(dt, 1e-9)
+                    ema = ips if ema is None else 0.9 * ema + 0.1 * ips
+                    self.log({"type": "train", "step": self.step, "epoch": epoch + 1, "lr": lr,
+                              "images_per_s": round(ips, 2), "time": round(time.perf_counter() - start_time, 3),
+                              **losses})
+                    if pbar is not None:
+                        pbar.update(1)
+                        pbar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ema:.1f}",
+                                         epoch=epoch + 1, refresh=False)
+                    every = int(self.tc["checkpoint_every"] or 0)
+                    if every and self.step % every == 0:
+                        self.save_checkpoint()
+                    if self.on_step is not None:
+                        self.on_step(self)
+                if self.step % spe == 0 or self.step >= self.total_steps:
+                    stop = self._end_of_epoch(epoch, pbar)
+        finally:
+            if pbar is not None:
+                pbar.close()
+        try:
+            metrics = self._finish(time.perf_counter() - start_time)
+        finally:
+            self._close_logs()
+        return metrics
+
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        if self.closed_step != self.step:
+            self.save_checkpoint()
+        metrics = {
+            "model": self.model.spec.name, "task": self.task, "step": self.step, "total_steps": self.total_steps,
+            "epochs": self.step / self.steps_per_epoch, "metric": self.metric_name, "best": self.best,
+            "best_step": self.best_step, "train_seconds": round(seconds, 2), "world_size": self.world_size,
+            "final": self.last_eval,
+        }
+        if self.is_main:
+            atomic_write(self.out_dir / "metrics.json", json.dumps(_scalar(metrics), indent=2).encode())
+            pics = int(self.ec["num_pictures"] or 0)
+            data = self.val_set if self.val_set is not None else self.train_set
+            if pics:
+                save_predictions_png(self.model, data, self.out_dir / "predictions.png", self.task, self.classes,
+                                     pics, self.device, float(self.ec["score_threshold"]),
+                                     int(self.dc["ignore_index"]))
+        barrier()
+        return metrics

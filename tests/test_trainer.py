@@ -1,0 +1,188 @@
+"""The training loop on tiny models: run folder, exact resume, NaN stop, accumulation, optim, transfer."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from segzoo.checkpoint import read_safetensors
+from segzoo.data import Shapes, build_transforms
+from segzoo.engine.optim import build_optimizer, lr_factor, param_groups
+from segzoo.engine.trainer import NonFiniteLossError, Trainer
+from segzoo.models.base import SegmentationModel
+from segzoo.registry import ModelSpec
+
+
+class TinySeg(SegmentationModel):
+    """conv-(BN)-ReLU "backbone" and a 1x1 head; optional dropout."""
+
+    def __init__(self, num_classes=4, norm=True, dropout=0.0):
+        super().__init__(num_classes)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if norm else nn.Identity(),
+                                      nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(8, num_classes, 1))
+        self.spec = ModelSpec("tiny_seg", "semantic", num_classes)
+
+    def forward_logits(self, x, with_aux=False):
+        return self.head(self.backbone(x)), None
+
+
+def shapes_sets(root, size=32, scale=(0.75, 1.25)):
+    kw = dict(num_train=16, num_val=4, size=48)
+    tf = build_transforms("semantic", True, size=size, scale=scale, color_jitter=0.2)
+    return (Shapes(root, "train", transforms=tf, **kw),
+            Shapes(root, "val", transforms=build_transforms("semantic", False), **kw))
+
+
+def cfg(**train):
+    base = {"epochs": 2, "lr": 0.05, "seed": 3, "progress": False, "tensorboard": False, "device": "cpu"}
+    return {"data": {"batch_size": 4, "num_workers": 0}, "train": {**base, **train}, "eval": {"num_pictures": 2}}
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("shapes")
+
+
+@pytest.fixture(scope="module")
+def data(shapes_root):
+    return shapes_sets(shapes_root)
+
+
+def weights(path):
+    return read_safetensors(path)[0]
+
+
+def test_trainer_writes_run_folder(data, tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(TinySeg(), *data, cfg(), tmp_path, classes=data[0].classes)
+    metrics = trainer.fit()
+    assert trainer.steps_per_epoch == 4 and metrics["step"] == 8 and metrics["metric"] == "miou"
+    for name in ("model.safetensors", "best.safetensors", "train_state.pt", "log.jsonl", "metrics.json",
+                 "predictions.png", "config.yaml"):
+        assert (tmp_path / name).is_file(), name
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in train] == list(range(1, 9)) and [r["step"] for r in evals] == [4, 8]
+    assert all(r["loss"] > 0 and r["lr"] > 0 and r["images_per_s"] > 0 for r in train)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= saved["final"]["miou"] <= 1 and saved["best"] == max(r["miou"] for r in evals)
+    _, meta = read_safetensors(tmp_path / "model.safetensors")
+    assert meta["step"] == "8" and json.loads(meta["classes"])[0] == "background"
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    assert state["step"] == 8 and "optimizer" in state and "rng" in state
+    from PIL import Image
+
+    with Image.open(tmp_path / "predictions.png") as im:  # 2 rows of image | prediction | ground truth
+        assert im.size[0] > 3 * 48 and im.size[1] >= 2 * 48
+
+
+def test_resume_reproduces_uninterrupted_run(data, tmp_path):
+    c = cfg(checkpoint_every=3, epochs=2)
+
+    def run(out, crash_at=None, resume=False):
+        torch.manual_seed(0)
+        model = TinySeg(dropout=0.2)
+
+        def on_step(t):
+            if t.step == crash_at:
+                raise KeyboardInterrupt("simulated crash")
+
+        Trainer(model, *data, c, out, on_step=on_step).fit(resume=resume)
+
+    run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", crash_at=7)  # last checkpoint: step 6, in the middle of epoch 2
+    assert read_safetensors(tmp_path / "cut" / "model.safetensors")[1]["step"] == "6"
+    run(tmp_path / "cut", resume=True)
+    a, b = weights(tmp_path / "full" / "model.safetensors"), weights(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bit-exact, BN statistics included
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert full["final"]["miou"] == cut["final"]["miou"]
+
+
+def test_resume_refuses_changed_schedule(data, tmp_path):
+    Trainer(TinySeg(), *data, cfg(max_steps=2), tmp_path).fit()
+    with pytest.raises(ValueError, match="planned for 2 steps"):
+        Trainer(TinySeg(), *data, cfg(max_steps=3), tmp_path).fit(resume=True)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        Trainer(TinySeg(), *data, cfg(), tmp_path / "none").fit(resume=True)
+
+
+class NaNAfter(TinySeg):
+    def __init__(self, bad_call):
+        super().__init__()
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, images, targets=None):
+        out = super().forward(images, targets)
+        if targets is not None:
+            self.calls += 1
+            if self.calls >= self.bad_call:
+                out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"not finite at step 4 .*step 2\).*train.lr"):
+        Trainer(NaNAfter(bad_call=4), *data, cfg(checkpoint_every=2), tmp_path).fit()
+    _, meta = read_safetensors(tmp_path / "model.safetensors")
+    w = weights(tmp_path / "model.safetensors")
+    assert meta["step"] == "2" and all(torch.isfinite(v.float()).all() for v in w.values())
+    last = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])
+    assert last["type"] == "error" and last["step"] == 4
+
+
+def test_grad_accumulation_matches_large_batch(shapes_root, tmp_path):
+    # crops never need padding here, so every micro-batch has the same number of labelled pixels
+    dense = shapes_sets(shapes_root, size=32, scale=(1.5, 2.0))
+
+    def run(out, batch, accum):
+        torch.manual_seed(0)
+        c = cfg(max_steps=3, grad_accum=accum, optimizer="adamw", lr=0.01)
+        c["data"]["batch_size"] = batch
+        c["eval"]["every"] = 0
+        Trainer(TinySeg(norm=False), dense[0], None, c, out).fit()
+        return weights(out / "model.safetensors")
+
+    a, b = run(tmp_path / "a", 8, 1), run(tmp_path / "b", 4, 2)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_param_groups_freeze_and_schedules():
+    model = TinySeg()
+    groups = {g["name"]: g for g in param_groups(model, weight_decay=0.1, backbone_lr_mult=0.1)}
+    assert groups["backbone_decay"]["lr_mult"] == 0.1 and groups["head_decay"]["lr_mult"] == 1.0
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0  # conv bias, BN weight and bias
+    assert len(groups["backbone_no_decay"]["params"]) == 3 and groups["head_decay"]["weight_decay"] == 0.1
+    opt = build_optimizer(model, "sgd", lr=0.5, backbone_lr_mult=0.1)
+    assert sorted(g["lr"] for g in opt.param_groups) == [0.05, 0.05, 0.5, 0.5]
+    with pytest.raises(ValueError, match="'sgd' or 'adamw'"):
+        build_optimizer(model, "adam")
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    assert {g["name"] for g in param_groups(model, 0.1)} == {"head_decay", "head_no_decay"}
+    assert lr_factor(0, 100, "poly", warmup_steps=10, warmup_factor=0.1) == pytest.approx(0.1)
+    assert lr_factor(10, 100, "poly", warmup_steps=10) == pytest.approx(0.9**0.9)
+    assert lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, "cosine", min_lr_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(7, 100, "constant") == 1.0
+
+
+def test_freeze_backbone_keeps_backbone_fixed(data, tmp_path):
+    model = TinySeg()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    Trainer(model, data[0], None, cfg(max_steps=2, freeze_backbone=True), tmp_path).fit()
+    after = model.backbone.state_dict()  # BN became FrozenBatchNorm2d (no num_batches_tracked)
+    assert set(after) == {k for k in before if not k.endswith("num_batches_tracked")}
+    assert all(torch.equal(before[k], after[k]) for k in after)  # weights and BN statistics
+    too_big = cfg()
+    too_big["data"]["batch_size"] = 8  # the val split has 4 images
+    with pytest.raises(ValueError, match="lower data.batch_size"):
+        Trainer(TinySeg(), data[1], None, too_big, tmp_path)

@@ -223,21 +223,21 @@ class FasterRCNN(MaskRCNN):
         super().__init__(num_classes, with_mask=False, **kwargs)
 
 
-def _rcnn(cls: type, name: str, backbone: str, **kwargs) -> MaskRCNN:
+def _rcnn(cls: type, name: str, defaults: dict, kwargs: dict) -> MaskRCNN:
     check_kwargs(MaskRCNN, name, kwargs)
-    return create(cls, name, {"backbone": backbone}, kwargs)
+    return create(cls, name, defaults, kwargs)
 
 
 @register_model(task="instance")
 def maskrcnn_resnet50_fpn(**kwargs) -> MaskRCNN:
-    return _rcnn(MaskRCNN, "maskrcnn_resnet50_fpn", "resnet50", **kwargs)
+    return _rcnn(MaskRCNN, "maskrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
 
 
 @register_model(task="instance")
 def maskrcnn_resnet101_fpn(**kwargs) -> MaskRCNN:
-    return _rcnn(MaskRCNN, "maskrcnn_resnet101_fpn", "resnet101", **kwargs)
+    return _rcnn(MaskRCNN, "maskrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
 
 
 @register_model(task="detection")
 def fasterrcnn_resnet50_fpn(**kwargs) -> FasterRCNN:
-    return _rcnn(FasterRCNN, "fasterrcnn_resnet50_fpn", "resnet50", **kwargs)
+    return _rcnn(FasterRCNN, "fasterrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)

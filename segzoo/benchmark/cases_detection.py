@@ -1,0 +1,100 @@
+"""Benchmark cases for Mask R-CNN / Faster R-CNN against torchvision on the same 800 x 800 input.
+
+Both sides run with ``box_score_thresh=0`` so that random weights still give 100
+detections per image and the mask branch and mask pasting are timed. The training step
+is the fine-tuning set-up: frozen BatchNorm and the first backbone stages frozen
+(``trainable_backbone_layers=3``) on both sides, 2 images with 3 objects each.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import segzoo
+from segzoo.benchmark import Case, register_case
+
+
+def _tv_maskrcnn(size: int, with_mask: bool = True):
+    """torchvision's ResNet-50 FPN detector as built with a pretrained backbone (frozen BN, 3 stages)."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    cls = MaskRCNN if with_mask else FasterRCNN
+    return cls(backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=0.0)
+
+
+def _ours(name: str):
+    return segzoo.build(name, num_classes=90, frozen_bn=True, trainable_backbone_layers=3,
+                        box_score_thresh=0.0)
+
+
+def _images(size: int, batch: int):
+    def make(device: torch.device) -> torch.Tensor:
+        return torch.rand(batch, 3, size, size, device=device)
+
+    return make
+
+
+def _train_input(size: int):
+    def make(device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+        g = torch.Generator().manual_seed(0)
+        images = torch.rand(2, 3, size, size, generator=g)
+        targets = []
+        for _ in range(2):
+            xy = torch.rand(3, 2, generator=g) * size * 0.6
+            wh = 40 + torch.rand(3, 2, generator=g) * size * 0.3
+            boxes = torch.cat([xy, xy + wh], 1).round()
+            masks = torch.zeros(3, size, size)
+            for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+                masks[k, y1:y2, x1:x2] = 1
+            targets.append({"boxes": boxes.to(device), "labels": torch.tensor([0, 3, 7], device=device),
+                            "masks": masks.to(device)})
+        return images.to(device), targets
+
+    return make
+
+
+def _tv_targets(inputs):
+    images, targets = inputs
+    tv = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"].to(torch.uint8)} for t in targets]
+    return list(images), tv
+
+
+def _train_step(model, inputs):
+    images, targets = inputs
+    loss = model(images, targets)["loss"]
+    loss.backward()
+    return loss
+
+
+def _tv_train_step(model, inputs):
+    images, targets = inputs
+    loss = sum(model(images, targets).values())
+    loss.backward()
+    return loss
+
+
+def _cases(name: str, with_mask: bool, size: int | None) -> list[Case]:
+    s = size or 800
+    return [
+        Case(name=name, size=f"1x3x{s}x{s}", build=lambda: _ours(name),
+             anchor=lambda: _tv_maskrcnn(s, with_mask), anchor_name=f"torchvision {name}",
+             make_input=_images(s, 1), anchor_input=list),
+        Case(name=name, size=f"2x3x{s}x{s}", mode="train", build=lambda: _ours(name),
+             anchor=lambda: _tv_maskrcnn(s, with_mask), anchor_name=f"torchvision {name}",
+             make_input=_train_input(s), anchor_input=_tv_targets,
+             step=_train_step, anchor_step=_tv_train_step),
+    ]
+
+
+@register_case("maskrcnn_resnet50_fpn")
+def maskrcnn_resnet50_fpn(size: int | None = None) -> list[Case]:
+    return _cases("maskrcnn_resnet50_fpn", True, size)
+
+
+@register_case("fasterrcnn_resnet50_fpn")
+def fasterrcnn_resnet50_fpn(size: int | None = None) -> list[Case]:
+    return _cases("fasterrcnn_resnet50_fpn", False, size)

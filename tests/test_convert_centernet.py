@@ -4,10 +4,13 @@ The official key names and shapes in tests/data/centernet_<arch>.txt were writte
 reading the official code (see tests/data/centernet_official_keys.py).
 """
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
 
 import segzoo
 from segzoo.convert import from_centernet_official
@@ -62,40 +65,124 @@ def test_every_official_key_maps(arch):
     assert model.num_classes == 80 and model.spec.kwargs["mean"] == list(OFFICIAL_BGR["coco"][0][::-1])
 
 
-def _official_forward(model, name, rgb, convention="coco"):
-    """The same weights as the official network: BGR input, official normalisation."""
+def _bn(state, p, x):
+    return F.batch_norm(x, state[f"{p}.running_mean"], state[f"{p}.running_var"], state[f"{p}.weight"],
+                        state[f"{p}.bias"], training=False, eps=1e-5)
+
+
+def _dcn(state, p, x):
+    """DCNv2 ``DCN.forward``: o1, o2, mask = chunk(conv_offset_mask(x), 3); offset = cat(o1, o2)."""
+    o1, o2, m = torch.chunk(F.conv2d(x, state[f"{p}.conv_offset_mask.weight"],
+                                     state[f"{p}.conv_offset_mask.bias"], padding=1), 3, dim=1)
+    return deform_conv2d(x, torch.cat((o1, o2), 1), state[f"{p}.weight"], state[f"{p}.bias"], padding=1,
+                         mask=torch.sigmoid(m))
+
+
+def _deform_block(state, p, x):  # official DeformConv: conv (DCN) then actf (BN, ReLU)
+    return F.relu(_bn(state, f"{p}.actf.0", _dcn(state, f"{p}.conv", x)))
+
+
+def _up(state, p, x):  # depthwise ConvTranspose2d(2f, stride f, padding f // 2)
+    f = state[f"{p}.weight"].shape[-1] // 2
+    return F.conv_transpose2d(x, state[f"{p}.weight"], stride=f, padding=f // 2, groups=x.shape[1])
+
+
+def official_neck_and_heads(arch, state, feats):
+    """The official forward after the backbone, written from the official code's order of
+    operations on the official state dict (independent of segzoo's neck modules).
+
+    feats: backbone maps; ResNet: [stride 32]; DLA: [stride 4, 8, 16, 32] (levels 2..5).
+    """
+    if arch.startswith("res_"):
+        x = feats[-1]
+        for i in range(3):
+            x = F.relu(_bn(state, f"deconv_layers.{3 * i + 1}",
+                           F.conv_transpose2d(x, state[f"deconv_layers.{3 * i}.weight"], stride=2, padding=1)))
+    elif arch.startswith("resdcn_"):
+        x = feats[-1]
+        for i in range(3):
+            x = F.relu(_bn(state, f"deconv_layers.{6 * i + 1}", _dcn(state, f"deconv_layers.{6 * i}", x)))
+            x = F.conv_transpose2d(x, state[f"deconv_layers.{6 * i + 3}.weight"], stride=2, padding=1)
+            x = F.relu(_bn(state, f"deconv_layers.{6 * i + 4}", x))
+    elif arch == "dla_34":
+        def ida_up(p, layers, startp, endp):  # IDAUp.forward: in place on the list
+            for i in range(startp + 1, endp):
+                j = i - startp
+                layers[i] = _up(state, f"{p}.up_{j}", _deform_block(state, f"{p}.proj_{j}", layers[i]))
+                layers[i] = _deform_block(state, f"{p}.node_{j}", layers[i] + layers[i - 1])
+
+        layers = [None, None] + list(feats)  # levels 0..5; DLAUp(startp=2)
+        out = [layers[-1]]
+        for i in range(len(layers) - 2 - 1):
+            ida_up(f"dla_up.ida_{i}", layers, len(layers) - i - 2, len(layers))
+            out.insert(0, layers[-1])
+        y = [out[i].clone() for i in range(5 - 2)]  # last_level 5, first_level 2
+        ida_up("ida_up", y, 0, len(y))
+        x = y[-1]
+    else:  # dlav0_34
+        def ida(p, layers):  # dlav0 IDAUp.forward -> (x, y)
+            layers = list(layers)
+            for i, t in enumerate(layers):
+                if f"{p}.proj_{i}.0.weight" in state:
+                    t = F.relu(_bn(state, f"{p}.proj_{i}.1", F.conv2d(t, state[f"{p}.proj_{i}.0.weight"])))
+                if f"{p}.up_{i}.weight" in state:
+                    t = _up(state, f"{p}.up_{i}", t)
+                layers[i] = t
+            x, y = layers[0], []
+            for i in range(1, len(layers)):
+                x = F.conv2d(torch.cat([x, layers[i]], 1), state[f"{p}.node_{i}.0.weight"], padding=1)
+                x = F.relu(_bn(state, f"{p}.node_{i}.1", x))
+                y.append(x)
+            return x, y
+
+        layers = list(feats)
+        for i in range(len(layers) - 1):
+            x, y = ida(f"dla_up.ida_{i}", layers[-i - 2:])
+            layers[-i - 1:] = y
+    out = {}
+    for name, key in (("heatmap", "hm"), ("size", "wh"), ("offset", "reg")):
+        h = F.relu(F.conv2d(x, state[f"{key}.0.weight"], state[f"{key}.0.bias"], padding=1))
+        out[name] = F.conv2d(h, state[f"{key}.2.weight"], state[f"{key}.2.bias"])
+    return out
+
+
+def _official_forward(model, arch, state, rgb, convention="coco"):
+    """The official network on its BGR input with the official normalisation.
+
+    The body is timm's (its keys and layers are the official ResNet / DLA-34 ones) with
+    the official, unflipped first convolution; the neck and heads are
+    :func:`official_neck_and_heads` on the official state dict.
+    """
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in OFFICIAL_BGR[convention])
-    ref = segzoo.build(name, num_classes=model.num_classes, head_conv=model.head.size[0].out_channels,
-                       mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0]).eval()
-    state = model.state_dict()
-    first = "backbone.body.conv1.weight" if "backbone.body.conv1.weight" in state \
-        else "backbone.body.base_layer.0.weight"
-    state[first] = state[first].flip(1)  # back to the official BGR filter order
-    ref.load_state_dict(state)
+    body = copy.deepcopy(model.backbone)
+    first = "conv1.weight" if arch.startswith("res") else "base_layer.0.weight"
+    body.body.state_dict()[first].copy_(state[first if arch.startswith("res") else "base." + first])
     bgr = rgb.flip(1) * 255  # what cv2.imread gives
     official_input = (bgr / 255 - mean) / std
     with torch.no_grad():
-        return ref.forward_maps(official_input)
+        return official_neck_and_heads(arch, state, body(official_input))
 
 
 @pytest.mark.parametrize("arch,convention", [("res_18", "coco"), ("dla_34", "coco"),
                                              ("resdcn_18", "pascal"), ("dlav0_34", "coco")])
+# the official forward is rebuilt from the official state dict, so this also checks the neck topology
 def test_rgb_model_gives_official_outputs(arch, convention):
     classes = 20 if convention == "pascal" else 80
-    model = from_centernet_official(official_state(arch, classes), ARCHS[arch])
+    state = official_state(arch, classes)
+    model = from_centernet_official(state, ARCHS[arch])
     assert model.spec.kwargs["std"] == list(OFFICIAL_BGR[convention][1][::-1])
     rgb = torch.rand(1, 3, 64, 64)
     x, _ = model.preprocess(rgb)
     with torch.no_grad():
         ours = model.forward_maps(x)
-    ref = _official_forward(model, ARCHS[arch], rgb, convention)
+    ref = _official_forward(model, arch, state, rgb, convention)
     tol = {}
     for k in ("heatmap", "size", "offset"):
         tol[k] = 1e-4 * ref[k].abs().max()
         assert tol[k] > 0
         assert (ours[k] - ref[k]).abs().max() <= tol[k], k
     # and the channel order matters: feeding RGB where BGR is expected changes the maps
-    swapped = _official_forward(model, ARCHS[arch], rgb.flip(1), convention)
+    swapped = _official_forward(model, arch, state, rgb.flip(1), convention)
     assert (swapped["heatmap"] - ours["heatmap"]).abs().max() > 10 * tol["heatmap"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 import segzoo
 from segzoo.benchmark import Case, register_case
@@ -36,5 +37,120 @@ def fcn_resnet50(size: int | None = None) -> list[Case]:
         build=lambda: segzoo.build("fcn_resnet50", num_classes=21),
         anchor=lambda: tv_fcn(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
         anchor_name="torchvision fcn_resnet50",
+        make_input=image(s), anchor_input=normalized, anchor_step=tv_out,
+    )]
+
+
+def _smp():
+    """segmentation_models_pytorch if installed (only ever a benchmark reference)."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        return None
+    return smp
+
+
+def _tv_case(name: str, tv_fn: str, size: int | None, mode: str = "infer", batch: int = 1) -> Case:
+    """segzoo ``name`` against torchvision ``tv_fn``; in train mode both compute their main
+    and auxiliary cross-entropy losses (aux weight 0.5) and backpropagate."""
+    import torchvision.models.segmentation as tvseg
+
+    s = size or 512
+    train = mode == "train"
+    return Case(
+        name=name + (" (train)" if train else ""), size=f"{batch}x3x{s}x{s}",
+        build=lambda: segzoo.build(name, num_classes=21),
+        anchor=lambda: getattr(tvseg, tv_fn)(weights=None, weights_backbone=None,
+                                             num_classes=21, aux_loss=True),
+        anchor_name=f"torchvision {tv_fn}", mode=mode,
+        make_input=_image_and_mask(s, batch) if train else image(s, batch),
+        anchor_input=_normalized_pair if train else normalized,
+        step=_loss_backward if train else None,
+        anchor_step=_tv_loss_backward if train else tv_out,
+    )
+
+
+def _image_and_mask(size: int, batch: int):
+    def make(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand(batch, 3, size, size, device=device)
+        return x, torch.randint(0, 21, (batch, size, size), device=device)
+
+    return make
+
+
+def _normalized_pair(inputs):
+    return normalized(inputs[0]), inputs[1]
+
+
+def _loss_backward(model, inputs):
+    loss = model(*inputs)["loss"]
+    loss.backward()
+    return loss
+
+
+def _tv_loss_backward(model, inputs):
+    x, t = inputs
+    out = model(x)
+    loss = F.cross_entropy(out["out"], t, ignore_index=255)
+    loss = loss + 0.5 * F.cross_entropy(out["aux"], t, ignore_index=255)
+    loss.backward()
+    return loss
+
+
+@register_case("deeplabv3_resnet50")
+def deeplabv3_resnet50(size: int | None = None) -> list[Case]:
+    return [_tv_case("deeplabv3_resnet50", "deeplabv3_resnet50", size),
+            _tv_case("deeplabv3_resnet50", "deeplabv3_resnet50", size, mode="train", batch=2)]
+
+
+@register_case("deeplabv3_mobilenetv3_large")
+def deeplabv3_mobilenetv3_large(size: int | None = None) -> list[Case]:
+    return [_tv_case("deeplabv3_mobilenetv3_large", "deeplabv3_mobilenet_v3_large", size)]
+
+
+def _smp_case(name: str, arch: str, size: int | None, **smp_kwargs) -> Case:
+    """segzoo ``name`` against smp ``arch`` on the same encoder; no anchor without smp."""
+    smp = _smp()
+    s = size or 512
+    anchor = None
+    if smp is not None:
+        def anchor():
+            return getattr(smp, arch)(encoder_weights=None, classes=21, **smp_kwargs)
+    encoder = smp_kwargs.get("encoder_name", "")
+    return Case(
+        name=name, size=f"1x3x{s}x{s}",
+        build=lambda: segzoo.build(name, num_classes=21),
+        anchor=anchor,
+        anchor_name=f"smp {arch}({encoder})" if smp else "smp not installed",
+        make_input=image(s), anchor_input=normalized,
+    )
+
+
+@register_case("unet_resnet34")
+def unet_resnet34(size: int | None = None) -> list[Case]:
+    # the same network: smp's Unet has the same decoder layout and parameter count
+    return [_smp_case("unet_resnet34", "Unet", size, encoder_name="resnet34")]
+
+
+@register_case("deeplabv3plus_resnet50")
+def deeplabv3plus_resnet50(size: int | None = None) -> list[Case]:
+    # smp's DeepLabV3+ (output stride 16, 48-channel low-level projection) uses separable
+    # convolutions in ASPP and decoder: a close reference, not the same network
+    return [_smp_case("deeplabv3plus_resnet50", "DeepLabV3Plus", size, encoder_name="resnet50",
+                      encoder_output_stride=16)]
+
+
+@register_case("pspnet_resnet50")
+def pspnet_resnet50(size: int | None = None) -> list[Case]:
+    from torchvision.models.segmentation import fcn_resnet50 as tv_fcn
+
+    # no PSPNet runs here with the paper's dilated encoder (smp's PSPNet cuts the encoder at
+    # stride 8 instead); torchvision's FCN shares the dilated ResNet-50 at output stride 8
+    s = size or 512
+    return [Case(
+        name="pspnet_resnet50", size=f"1x3x{s}x{s}",
+        build=lambda: segzoo.build("pspnet_resnet50", num_classes=21),
+        anchor=lambda: tv_fcn(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
+        anchor_name="torchvision fcn_resnet50 (same encoder)",
         make_input=image(s), anchor_input=normalized, anchor_step=tv_out,
     )]

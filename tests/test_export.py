@@ -1,6 +1,5 @@
 """Every registered model exports (torch.export and ONNX) and compiles without graph breaks."""
 
-import inspect
 import warnings
 
 import pytest
@@ -10,20 +9,9 @@ import segzoo
 from segzoo import export as ex
 from segzoo.fuse import fuse
 from segzoo.registry import get_entry
+from tests.conftest import build_small as small_model
 
 ALL = segzoo.list_models()
-
-
-def small_model(name: str) -> torch.nn.Module:
-    """The registered architecture with a small timm backbone where it takes one."""
-    entry = get_entry(name)
-    model = segzoo.build(name)  # default build decides which arguments exist
-    params = inspect.signature(type(model).__init__).parameters
-    if "backbone" in params and entry.task == "semantic" and name != "unet":
-        default = params["backbone"].default
-        if isinstance(default, str) and default.startswith("resnet") and default != "resnet18":
-            model = segzoo.build(name, backbone="resnet18")
-    return model.eval()
 
 
 def randomize_bn(model):

@@ -137,6 +137,19 @@ class DetectionModel(nn.Module):
                         "input pixels (convert xywh with torchvision.ops.box_convert)")
                 if not bool(torch.isfinite(boxes).all()):
                     raise ValueError(f"targets[{i}] has NaN or inf box coordinates")
+            if len(boxes):
+                # boxes partly outside the image are clipped to it (what a crop leaves behind)
+                boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h),
+                                     boxes[:, 2].clamp(0, w), boxes[:, 3].clamp(0, h)], dim=1)
+                if not _is_tracing():
+                    degenerate = ((boxes[:, 2] - boxes[:, 0]) < 1e-3) | ((boxes[:, 3] - boxes[:, 1]) < 1e-3)
+                    if bool(degenerate.any()):
+                        idx = degenerate.nonzero().flatten().tolist()
+                        raise ValueError(
+                            f"targets[{i}] has {len(idx)} box(es) with zero width or height (after "
+                            f"clipping to the {h}x{w} image) at indices {idx[:10]}; remove them before "
+                            "the model (torchvision.transforms.v2.SanitizeBoundingBoxes does, and "
+                            "segzoo's transform presets include it)")
             item = {"boxes": boxes, "labels": labels}
             if need_masks:
                 masks = t.get("masks")

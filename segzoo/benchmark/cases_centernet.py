@@ -1,0 +1,41 @@
+"""Benchmark cases for CenterNet: the whole detector against its backbone alone.
+
+No other library ships a pip-installable CenterNet, so the anchor is the same backbone's
+raw features from timm (``features_only``) on the same 512 x 512 input: the ratio shows
+what the neck, the heads and the decoding (peaks, top-100, boxes) cost on top of it.
+"""
+
+from __future__ import annotations
+
+import segzoo
+from segzoo.benchmark import Case, register_case
+from segzoo.benchmark.cases_semantic import image, normalized
+
+
+def _timm_features(name: str):
+    def build():
+        import timm
+
+        return timm.create_model(name, features_only=True, pretrained=False)
+
+    return build
+
+
+def _case(name: str, backbone: str, size: int | None) -> list[Case]:
+    s = size or 512
+    return [Case(
+        name=name, size=f"1x3x{s}x{s}",
+        build=lambda: segzoo.build(name, num_classes=80),
+        anchor=_timm_features(backbone), anchor_name=f"timm {backbone} features",
+        make_input=image(s), anchor_input=normalized,
+    )]
+
+
+@register_case("centernet_resnet18")
+def centernet_resnet18(size: int | None = None) -> list[Case]:
+    return _case("centernet_resnet18", "resnet18", size)
+
+
+@register_case("centernet_dla34")
+def centernet_dla34(size: int | None = None) -> list[Case]:
+    return _case("centernet_dla34", "dla34", size)

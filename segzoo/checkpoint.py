@@ -9,6 +9,7 @@ leaves a half-written checkpoint behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -116,16 +117,23 @@ def save(model: nn.Module, path: PathLike, classes: list[str] | None = None) -> 
                 f"{len(classes)} class names given but the model has num_classes="
                 f"{spec.num_classes}; pass one name per class"
             )
+    state = model.state_dict()
     metadata = {
         "segzoo": __version__,
         "spec": spec.to_json(),
         "classes": json.dumps(classes),
+        "keys_sha256": _keys_digest(state),
     }
-    save_state_dict(model.state_dict(), path, metadata)
+    save_state_dict(state, path, metadata)
     return Path(path)
 
 
 # ---------------------------------------------------------------------------- reading
+
+
+def _keys_digest(keys) -> str:
+    """A digest of the tensor names: a flipped byte in a name is then caught as corruption."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
 def _check_file(path: Path) -> dict[str, Any]:
@@ -191,6 +199,10 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], ModelSpec,
             f"{path} is a safetensors file but not a segzoo checkpoint (no segzoo spec in its "
             "header); load it with segzoo.build(name, backbone_weights=...) if it holds timm "
             "weights, or convert it with tools/convert.py"
+        )
+    if "keys_sha256" in meta and meta["keys_sha256"] != _keys_digest(state):
+        raise CheckpointError(
+            f"{path} is corrupted: its tensor names do not match the digest stored when it was saved"
         )
     try:
         spec = ModelSpec.from_json(meta["spec"])

@@ -150,6 +150,15 @@ def test_decode_keeps_only_local_peaks():
     assert scores[1, 0].item() == pytest.approx(0.7) and boxes[1, 0].tolist() == [0.0, 20.0, 8.0, 28.0]
 
 
+def test_images_without_objects():
+    model = segzoo.build("centernet_resnet18", num_classes=2, neck_channels=(32, 32, 32))
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = model(torch.rand(2, 3, 64, 64), [empty, empty])
+    assert losses["loss_size"] == 0 and losses["loss_offset"] == 0 and losses["loss_heatmap"] > 0
+    losses["loss"].backward()
+    assert model.head.heatmap[2].bias.grad.abs().sum() > 0  # negatives still train the heatmap
+
+
 def test_score_thresh_and_max_detections():
     model = segzoo.build("centernet_resnet18", num_classes=2, max_detections=7, score_thresh=0.1).eval()
     with torch.no_grad():

@@ -38,9 +38,10 @@ def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: floa
         min_overlap: the IoU a box at the radius keeps with the truth.
 
     Returns:
-        Float64 radii (truncate with ``.floor()`` as the official code does).
+        Float64 radii (float32 on MPS); truncate with ``.floor()`` as the official code does.
     """
-    h, w = height.double(), width.double()
+    dtype = torch.float32 if height.device.type == "mps" else torch.float64  # MPS has no float64
+    h, w = height.to(dtype), width.to(dtype)
     b1 = h + w
     c1 = w * h * (1 - min_overlap) / (1 + min_overlap)
     r1 = (b1 + torch.sqrt(b1 ** 2 - 4 * c1)) / 2

@@ -121,3 +121,20 @@ def test_infer_reports_missing_inputs(workdir):
     segzoo.save(model, ckpt)
     with pytest.raises(FileNotFoundError, match="no such image"):
         _tool("infer")([str(ckpt), str(workdir / "nope.png"), "--out", str(workdir / "x")])
+
+
+def test_tool_metrics_equal_the_trainer_evaluator(workdir):
+    from torch.utils.data import DataLoader
+
+    from segzoo.data import collate_semantic
+    from segzoo.engine.evaluator import evaluate as engine_evaluate
+    from segzoo.predict import evaluate
+
+    ds = build_dataset({"type": "shapes", "root": str(workdir / "shapes"),
+                        "val": {"num_train": 2, "num_val": 3, "size": 64}}, "val", "semantic", train=False)
+    model = segzoo.build("fcn_resnet50", num_classes=4, backbone="resnet18").eval()
+    ours = evaluate(model, ds)["metrics"]
+    theirs = engine_evaluate(model, DataLoader(ds, batch_size=2, collate_fn=collate_semantic), "semantic", 4)
+    for key in ("pixel_acc", "mean_acc", "fwiou"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-9)
+    np.testing.assert_allclose(ours["iou"], theirs["iou"], atol=1e-9)

@@ -185,7 +185,7 @@ def _semantic(model: nn.Module, x: torch.Tensor, tile, overlap: float, tta, batc
     return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
 
 
-def _detect(model: nn.Module, x: torch.Tensor, tile, overlap: float, nms_iou: float) -> dict:
+def _detect(model: nn.Module, x: torch.Tensor, tile, overlap: float, nms_iou: float, batch_size: int) -> dict:
     _, _, h, w = x.shape
     if tile is None:
         out = model([x[0]])[0]
@@ -194,10 +194,12 @@ def _detect(model: nn.Module, x: torch.Tensor, tile, overlap: float, nms_iou: fl
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     th, tw = _tile_size(tile)
     th, tw = min(th, h), min(tw, w)
+    origins = [(y, x0) for y in tile_origins(h, th, overlap) for x0 in tile_origins(w, tw, overlap)]
     parts = []
-    for y in tile_origins(h, th, overlap):
-        for x0 in tile_origins(w, tw, overlap):
-            out = model([x[0, :, y : y + th, x0 : x0 + tw]])[0]
+    for i in range(0, len(origins), batch_size):
+        chunk = origins[i : i + batch_size]
+        outs = model([x[0, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk])
+        for (y, x0), out in zip(chunk, outs):
             shift = torch.tensor([x0, y, x0, y], dtype=out["boxes"].dtype, device=out["boxes"].device)
             part = {"boxes": out["boxes"] + shift, "scores": out["scores"], "labels": out["labels"]}
             if "masks" in out:
@@ -237,7 +239,7 @@ def predict(
         tta: semantic models only: ``"flip"`` (horizontal flip), ``"ms"`` (scales 0.75, 1,
             1.25), ``"ms_flip"`` (both; also ``True``) or ``dict(scales=(...), flip=bool)``.
             Softmax probabilities are averaged over the views.
-        batch_size: tiles per forward pass (semantic tiling).
+        batch_size: tiles per forward pass.
         nms_iou: IoU above which overlapping detections from different tiles are merged.
 
     Returns:
@@ -263,7 +265,7 @@ def predict(
         with torch.inference_mode():
             if task == "semantic":
                 return _semantic(model, x, tile, overlap, tta, batch_size)
-            return _detect(model, x, tile, overlap, nms_iou)
+            return _detect(model, x, tile, overlap, nms_iou, batch_size)
     finally:
         model.train(was_training)
 

@@ -221,3 +221,24 @@ def test_save_load_round_trip(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x)[0]["boxes"], again(x)[0]["boxes"])
+
+
+@pytest.mark.parametrize("name", ["centernet_resdcn18"])
+def test_export_onnx_matches_eager(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from segzoo import export as ex
+
+    model = segzoo.build(name, num_classes=3, score_thresh=0.3, max_detections=20).eval()
+    with torch.no_grad():  # a few confident peaks so that padding is exercised
+        model.head.heatmap[2].bias.copy_(torch.tensor([-2.0, 0.0, -1.0]))
+    x = torch.rand(2, 3, 64, 96)
+    ref = ex.eager_outputs(model, x, max_detections=20)
+    eager = model(x)
+    for i in range(2):  # the padded outputs hold exactly the eager detections first
+        n = int(ref[3][i])
+        assert 0 < n <= 20 and torch.equal(ref[0][i, :n], eager[i]["boxes"][:n])
+        assert bool((ref[2][i, n:] == -1).all()) and bool((ref[1][i, n:] == 0).all())
+    path = ex.export_onnx(model, tmp_path / "m.onnx", x, max_detections=20, opset=19)  # DCN: DeformConv-19
+    outs = ex.run_onnx(path, x)
+    assert torch.equal(outs[3], ref[3]) and torch.equal(outs[2], ref[2])
+    assert (outs[0] - ref[0]).abs().max() < 1e-3 and (outs[1] - ref[1]).abs().max() < 1e-4

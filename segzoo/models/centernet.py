@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones import make_backbone
@@ -178,18 +179,54 @@ class CenterNet(DetectionModel):
         return losses
 
     @torch.no_grad()
+    def decode_padded(self, maps: dict[str, torch.Tensor], image_sizes: torch.Tensor, max_detections: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fixed-size detections of a batch (the exported outputs, see :mod:`segzoo.export`).
+
+        Returns:
+            ``boxes`` (N x K x 4, clipped to each image), ``scores`` (N x K, 0 for padding),
+            ``labels`` (N x K int64, -1 for padding) and ``num_detections`` (N): the
+            detections scoring at least ``score_thresh`` come first, best first.
+        """
+        heat = torch.sigmoid(maps["heatmap"].float())
+        boxes, scores, labels = ct.decode(heat, maps["size"].float(), maps["offset"].float(),
+                                          self.stride, max_detections)
+        missing = max_detections - scores.shape[1]  # maps with fewer than K cells x classes
+        if missing > 0:
+            boxes = F.pad(boxes, (0, 0, 0, missing))
+            scores = F.pad(scores, (0, missing), value=-1.0)
+            labels = F.pad(labels, (0, missing))
+        boxes = clip_boxes(boxes, image_sizes)  # (N, K, 4)
+        keep = scores >= max(self.score_thresh, 0.0)  # (N, K); scores are sorted: a prefix per image
+        boxes = boxes * keep[..., None]
+        scores = torch.where(keep, scores, torch.zeros_like(scores))
+        labels = torch.where(keep, labels, torch.full_like(labels, -1))
+        return boxes, scores, labels, keep.sum(dim=1)
+
+    @torch.no_grad()
     def postprocess(self, maps: dict[str, torch.Tensor], image_sizes: torch.Tensor
                     ) -> list[dict[str, torch.Tensor]]:
         """Decode the maps of a batch at once, then split into one dict per image."""
-        heat = torch.sigmoid(maps["heatmap"].float())
-        boxes, scores, labels = ct.decode(heat, maps["size"].float(), maps["offset"].float(),
-                                          self.stride, self.max_detections)
-        boxes = clip_boxes(boxes, image_sizes)  # (N, K, 4)
-        if self.score_thresh <= 0:
-            return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(boxes, scores, labels)]
-        keep = scores >= self.score_thresh  # (N, K); scores are sorted, so a prefix per image
-        return [{"boxes": b[k], "scores": s[k], "labels": lab[k]}
-                for b, s, lab, k in zip(boxes, scores, labels, keep)]
+        boxes, scores, labels, num = self.decode_padded(maps, image_sizes, self.max_detections)
+        return [{"boxes": b[:n], "scores": s[:n], "labels": lab[:n]}
+                for b, s, lab, n in zip(boxes, scores, labels, num.tolist())]
+
+    def exportable(self, max_detections: int = 100) -> CenterNetExport:
+        """The inference path with fixed-size outputs, for ``torch.export`` and ONNX."""
+        return CenterNetExport(self, max_detections)
+
+
+class CenterNetExport(nn.Module):
+    """``images (N x 3 x H x W) -> boxes, scores, labels, num_detections`` (padded to K)."""
+
+    def __init__(self, model: CenterNet, max_detections: int = 100) -> None:
+        super().__init__()
+        self.model = model
+        self.max_detections = max_detections
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, sizes = self.model.preprocess(images)
+        return self.model.decode_padded(self.model.forward_maps(x), sizes, self.max_detections)
 
 
 def _centernet(name: str, defaults: dict, kwargs: dict) -> CenterNet:

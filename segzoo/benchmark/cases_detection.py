@@ -1,7 +1,8 @@
 """Benchmark cases for Mask R-CNN / Faster R-CNN against torchvision on the same 800 x 800 input.
 
 Both sides run with ``box_score_thresh=0`` so that random weights still give 100
-detections per image and the mask branch and mask pasting are timed. The training step
+detections per image and the mask branch and mask pasting are timed. segzoo holds the
+anchor's (random) weights, converted, so that both do the same work. The training step
 is the fine-tuning set-up: frozen BatchNorm and the first backbone stages frozen
 (``trainable_backbone_layers=3``) on both sides, 2 images with 3 objects each.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-import segzoo
 from segzoo.benchmark import Case, register_case
 
 
@@ -26,9 +26,24 @@ def _tv_maskrcnn(size: int, with_mask: bool = True):
     return cls(backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=0.0)
 
 
-def _ours(name: str):
-    return segzoo.build(name, num_classes=90, frozen_bn=True, trainable_backbone_layers=3,
-                        box_score_thresh=0.0)
+def _anchor(size: int, with_mask: bool):
+    def build():
+        torch.manual_seed(0)
+        return _tv_maskrcnn(size, with_mask)
+
+    return build
+
+
+def _ours(name: str, size: int, with_mask: bool):
+    """segzoo holding the anchor's random weights: the same proposals, so the same work downstream."""
+
+    def build():
+        from segzoo.convert.torchvision import from_torchvision
+
+        return from_torchvision(_anchor(size, with_mask)().state_dict(), name, trainable_backbone_layers=3,
+                                box_score_thresh=0.0)
+
+    return build
 
 
 def _images(size: int, batch: int):
@@ -80,11 +95,11 @@ def _tv_train_step(model, inputs):
 def _cases(name: str, with_mask: bool, size: int | None) -> list[Case]:
     s = size or 800
     return [
-        Case(name=name, size=f"1x3x{s}x{s}", build=lambda: _ours(name),
-             anchor=lambda: _tv_maskrcnn(s, with_mask), anchor_name=f"torchvision {name}",
+        Case(name=name, size=f"1x3x{s}x{s}", build=_ours(name, s, with_mask),
+             anchor=_anchor(s, with_mask), anchor_name=f"torchvision {name}",
              make_input=_images(s, 1), anchor_input=list),
-        Case(name=name, size=f"2x3x{s}x{s}", mode="train", build=lambda: _ours(name),
-             anchor=lambda: _tv_maskrcnn(s, with_mask), anchor_name=f"torchvision {name}",
+        Case(name=name, size=f"2x3x{s}x{s}", mode="train", build=_ours(name, s, with_mask),
+             anchor=_anchor(s, with_mask), anchor_name=f"torchvision {name}",
              make_input=_train_input(s), anchor_input=_tv_targets,
              step=_train_step, anchor_step=_tv_train_step),
     ]

@@ -128,4 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as e:  # user errors (ConfigError is a ValueError): no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -41,29 +41,48 @@ def atomic_write(path: PathLike, data: bytes) -> None:
     file is renamed over ``path``. On any error (a full disk, say) the temporary file is
     removed and the previous ``path`` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write_all({path: data})
+
+
+def atomic_write_all(files: Mapping[PathLike, bytes]) -> None:
+    """Write several files so that an interruption leaves every old version in place.
+
+    Every file is first written in full to a temporary file beside it and flushed to
+    disk; only then are the temporaries renamed over their paths, in order. A kill or an
+    error (a full disk) while writing leaves all previous files untouched; only a kill in
+    the microseconds between two renames can leave a mix of old and new files.
+    """
+    pending: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            pending.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        while pending:
+            tmp, path = pending[0]
+            os.replace(tmp, path)
+            pending.pop(0)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        for tmp, _ in pending:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    for folder in {Path(p).parent for p in files}:  # make the renames themselves durable
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
 
 
 def _tensors_for_saving(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,9 +103,14 @@ def save_state_dict(
     state: Mapping[str, torch.Tensor], path: PathLike, metadata: dict[str, str] | None = None
 ) -> None:
     """Atomically save a state dict as safetensors with string metadata."""
+    atomic_write(path, encode_state_dict(state, metadata))
+
+
+def encode_state_dict(state: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A state dict as the bytes of a safetensors file with string metadata."""
     from safetensors.torch import save
 
-    atomic_write(path, save(_tensors_for_saving(state), metadata=metadata))
+    return save(_tensors_for_saving(state), metadata=metadata)
 
 
 def save(model: nn.Module, path: PathLike, classes: list[str] | None = None) -> Path:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segzoo.checkpoint import atomic_write, read_safetensors, save_state_dict
+from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
 from segzoo.config import DEFAULTS, dump, merge, validate
 from segzoo.data.transforms import collate_for
 from segzoo.engine.distributed import (
@@ -255,7 +255,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Write the weights and the training state (atomically) on the main process."""
         if self.is_main and self.saved_step != self.step:
-            save_state_dict(self.model.state_dict(), self.out_dir / WEIGHTS_FILE, self._metadata())
+            weights = encode_state_dict(self.model.state_dict(), self._metadata())
             state = {
                 "step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -267,7 +267,9 @@ class Trainer:
             }
             buf = io.BytesIO()
             torch.save(state, buf)
-            atomic_write(self.out_dir / STATE_FILE, buf.getvalue())
+            # both files are written in full before either replaces its previous version: a kill
+            # or a full disk mid-save leaves the last (weights, state) pair for --resume
+            atomic_write_all({self.out_dir / WEIGHTS_FILE: weights, self.out_dir / STATE_FILE: buf.getvalue()})
         self.saved_step = self.step
         barrier()
 

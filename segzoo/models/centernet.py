@@ -239,35 +239,42 @@ _RESDCN = {"neck": "deconv_dcn", "neck_channels": (256, 128, 64), "head_conv": 6
 
 @register_model(task="detection")
 def centernet_resnet18(**kwargs) -> CenterNet:
+    """CenterNet ResNet-18, three 256-channel deconvs (official res_18)."""
     return _centernet("centernet_resnet18", {"backbone": "resnet18", **_RES}, kwargs)
 
 
 @register_model(task="detection")
 def centernet_resnet50(**kwargs) -> CenterNet:
+    """CenterNet ResNet-50, three 256-channel deconvs (official res_50)."""
     return _centernet("centernet_resnet50", {"backbone": "resnet50", **_RES}, kwargs)
 
 
 @register_model(task="detection")
 def centernet_resnet101(**kwargs) -> CenterNet:
+    """CenterNet ResNet-101, three 256-channel deconvs (official res_101)."""
     return _centernet("centernet_resnet101", {"backbone": "resnet101", **_RES}, kwargs)
 
 
 @register_model(task="detection")
 def centernet_resdcn18(**kwargs) -> CenterNet:
+    """CenterNet ResNet-18, DCNv2 + bilinear deconv stages 256/128/64 (official resdcn_18)."""
     return _centernet("centernet_resdcn18", {"backbone": "resnet18", **_RESDCN}, kwargs)
 
 
 @register_model(task="detection")
 def centernet_resdcn101(**kwargs) -> CenterNet:
+    """CenterNet ResNet-101, DCNv2 + bilinear deconv stages 256/128/64 (official resdcn_101)."""
     return _centernet("centernet_resdcn101", {"backbone": "resnet101", **_RESDCN}, kwargs)
 
 
 @register_model(task="detection")
 def centernet_dla34(**kwargs) -> CenterNet:
+    """CenterNet DLA-34, DLA-Up + IDA-Up with DCNv2 to stride 4 (official dla_34)."""
     return _centernet("centernet_dla34", {"backbone": "dla34", "neck": "dla_up", "head_conv": 256}, kwargs)
 
 
 @register_model(task="detection")
 def centernet_dla34_nodcn(**kwargs) -> CenterNet:
+    """CenterNet DLA-34, original DLA-Up without deformable convs (official dlav0_34)."""
     return _centernet("centernet_dla34_nodcn", {"backbone": "dla34", "neck": "dlav0", "head_conv": 256},
                       kwargs)

@@ -102,8 +102,9 @@ class DeepLabV3(SegmentationModel):
         aux_loss: add the auxiliary FCN head on feature level ``aux_index``.
         aux_index: backbone feature level of the auxiliary head (-2: ResNet ``layer3``).
         aux_weight: weight of the auxiliary loss.
-        tv_mobilenet: adjust a timm MobileNetV3 body to torchvision's numerics
-            (see :func:`match_torchvision_mobilenet`).
+        tv_mobilenet: compute what torchvision's dilated MobileNetV3 computes with a timm
+            MobileNetV3 body (see :func:`match_torchvision_mobilenet`); the auxiliary head
+            then reads the first block of the ``aux_index`` stage, as torchvision does.
         backbone_weights: local timm weights file for the backbone.
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
@@ -131,10 +132,14 @@ class DeepLabV3(SegmentationModel):
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        if tv_mobilenet:
-            match_torchvision_mobilenet(self.backbone.body)
         chs = self.backbone.channels
         self.aux_index = _level_index(aux_index, chs, "aux_index")
+        # tv_mobilenet: the aux head reads the first block of this timm stage, as torchvision
+        self.tv_aux_stage: int | None = None
+        if tv_mobilenet:
+            match_torchvision_mobilenet(self.backbone.body)
+            module = self.backbone.body.feature_info.module_name(self.aux_index)  # "blocks.2"
+            self.tv_aux_stage = int(module.split(".")[1])
         self.classifier = DeepLabHead(
             chs[-1], num_classes, _rates(rates, output_stride), channels, aspp_dropout
         )
@@ -143,12 +148,29 @@ class DeepLabV3(SegmentationModel):
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone(x)
-        out = self.classifier(feats[-1])
+        if self.tv_aux_stage is not None:
+            last, aux_feat = self._tv_mobilenet_features(x)
+        else:
+            feats = self.backbone(x)
+            last, aux_feat = feats[-1], feats[self.aux_index]
+        out = self.classifier(last)
         aux = None
         if with_aux and self.aux_classifier is not None:
-            aux = self.aux_classifier(feats[self.aux_index])
+            aux = self.aux_classifier(aux_feat)
         return out, aux
+
+    def _tv_mobilenet_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last feature map and the output of the first block of stage
+        ``tv_aux_stage`` (torchvision's ``features[4]`` for MobileNetV3-Large)."""
+        body = self.backbone.body
+        x = body.act1(body.bn1(body.conv_stem(x)))  # timm MobileNetV3Features.forward
+        aux = x
+        for i, stage in enumerate(body.blocks):
+            for j, block in enumerate(stage):
+                x = block(x)
+                if i == self.tv_aux_stage and j == 0:
+                    aux = x
+        return x, aux
 
 
 class DeepLabV3PlusDecoder(nn.Module):

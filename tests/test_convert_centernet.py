@@ -219,3 +219,55 @@ def test_cli_converts_and_reloads(tmp_path):
     with torch.no_grad():
         a, b = model(x)[0], direct(x)[0]
     assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+
+
+def official_dla34_levels(state, x):
+    """The official DLA-34 ``base`` forward (pose_dla_dcn ``DLA``/``Tree``/``Root``) on the
+    official state dict; returns levels 2..5. Written from the official code's order of
+    operations, independently of timm, to show that timm's ``dla34`` computes the same."""
+    def cbr(p_conv, p_bn, t, stride=1, relu=True):
+        w = state[f"{p_conv}.weight"]
+        t = _bn(state, p_bn, F.conv2d(t, w, stride=stride, padding=w.shape[-1] // 2))
+        return F.relu(t) if relu else t
+
+    def block(p, t, stride, residual=None):  # BasicBlock(x, residual)
+        residual = t if residual is None else residual
+        out = cbr(f"{p}.conv1", f"{p}.bn1", t, stride)
+        return F.relu(cbr(f"{p}.conv2", f"{p}.bn2", out, relu=False) + residual)
+
+    def tree(p, t, levels, stride, level_root, children=None):
+        children = [] if children is None else children
+        bottom = F.max_pool2d(t, stride, stride) if stride > 1 else t
+        residual = cbr(f"{p}.project.0", f"{p}.project.1", bottom, relu=False) \
+            if f"{p}.project.0.weight" in state else bottom
+        if level_root:
+            children.append(bottom)
+        if levels == 1:
+            x1 = block(f"{p}.tree1", t, stride, residual)
+            x2 = block(f"{p}.tree2", x1, 1)
+            return cbr(f"{p}.root.conv", f"{p}.root.bn", torch.cat([x2, x1, *children], 1))
+        x1 = tree(f"{p}.tree1", t, levels - 1, stride, False)  # the residual above is unused
+        children.append(x1)
+        return tree(f"{p}.tree2", x1, levels - 1, 1, False, children)
+
+    t = cbr("base.base_layer.0", "base.base_layer.1", x)
+    t = cbr("base.level0.0", "base.level0.1", t)
+    t = cbr("base.level1.0", "base.level1.1", t, stride=2)
+    out = []
+    for lv, (levels, root) in enumerate(((1, False), (2, True), (2, True), (1, True)), start=2):
+        t = tree(f"base.level{lv}", t, levels, 2, root)
+        out.append(t)
+    return out
+
+
+def test_timm_dla34_body_is_the_official_dla34():
+    state = official_state("dla_34")
+    model = from_centernet_official(state, "centernet_dla34")
+    rgb = torch.rand(1, 3, 64, 64)
+    x, _ = model.preprocess(rgb)
+    with torch.no_grad():
+        ours = model.backbone(x)
+        ref = official_dla34_levels(state, x.flip(1))  # the official first conv takes BGR
+    assert len(ours) == len(ref) == 4
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-4 * b.abs().max()

@@ -153,3 +153,13 @@ def test_build_dataset_from_config(tmp_path):
         build_dataset({**cfg, "type": "voc"}, "train", "semantic")
     with pytest.raises(ValueError, match="unknown arguments"):
         build_dataset({**cfg, "train": {"sise": 3}}, "train", "semantic")
+
+
+def test_missing_pycocotools_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    root, ann = _write_coco(tmp_path, [])
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    with pytest.raises(ImportError, match=r"segzoo\[coco\]"):
+        CocoInstances(root, ann)
+    assert len(CocoInstances(root, ann, with_masks=False)) == 1  # boxes only: no pycocotools needed

@@ -186,3 +186,13 @@ def test_freeze_backbone_keeps_backbone_fixed(data, tmp_path):
     too_big["data"]["batch_size"] = 8  # the val split has 4 images
     with pytest.raises(ValueError, match="lower data.batch_size"):
         Trainer(TinySeg(), data[1], None, too_big, tmp_path)
+
+
+def test_early_stopping_clipping_channels_last_and_bf16(data, tmp_path):
+    c = cfg(epochs=3, lr=0.0, early_stop_patience=1, clip_grad=1.0, channels_last=True, amp="bf16")
+    metrics = Trainer(TinySeg(norm=False), *data, c, tmp_path).fit()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    # lr 0: the metric never improves after the first evaluation, so training stops after epoch 2 of 3
+    assert metrics["step"] == 8 and metrics["best_step"] == 4
+    assert [r["type"] for r in records if r["type"] != "train"] == ["eval", "eval", "early_stop"]
+    assert all("grad_norm" in r for r in records if r["type"] == "train")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from segzoo.layers.dcn import ModulatedDeformConv2d
+from segzoo.layers.dcn import ModulatedDeformConv2d, deform_conv2d_by_sampling
 
 
 def bilinear_dcnv2(img: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +65,20 @@ def test_matches_dcnv2_formula(stride, padding, dilation):
     ref = reference(layer, x)
     assert out.shape == ref.shape == nn.Conv2d(5, 4, 3, stride, padding, dilation)(x.float()).shape
     assert (out - ref).abs().max() < 1e-10
+    # the export path (grid_sample + matmul) gives the same numbers
+    offset, mask = layer.offsets_and_mask(x)
+    by_sampling = deform_conv2d_by_sampling(x, offset, mask, layer.weight, layer.bias, layer.stride,
+                                            layer.padding, layer.dilation)
+    assert (by_sampling - ref).abs().max() < 1e-10
+
+
+def test_sampling_path_with_deformable_groups():
+    layer = ModulatedDeformConv2d(6, 4, deformable_groups=3)
+    nn.init.normal_(layer.conv_offset_mask.weight, std=0.3)
+    x = torch.randn(2, 6, 7, 5)
+    offset, mask = layer.offsets_and_mask(x)
+    by_sampling = deform_conv2d_by_sampling(x, offset, mask, layer.weight, layer.bias)
+    assert (by_sampling - layer(x)).abs().max() < 1e-5
 
 
 def test_zero_offsets_is_half_masked_conv():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
@@ -81,6 +82,9 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)
+        if torch.onnx.is_in_onnx_export():  # GridSample (opset 16) instead of DeformConv (opset 19)
+            return deform_conv2d_by_sampling(x, offset, mask, self.weight, self.bias, self.stride,
+                                             self.padding, self.dilation)
         return deform_conv2d(
             x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
             dilation=self.dilation, mask=mask)
@@ -89,3 +93,41 @@ class ModulatedDeformConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
                 f"deformable_groups={self.deformable_groups}")
+
+
+def deform_conv2d_by_sampling(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """Modulated deformable convolution from ``grid_sample`` and one matrix product.
+
+    The same numbers as ``torchvision.ops.deform_conv2d`` (DCNv2 sampling: bilinear, zero
+    outside the image), built from ops every exporter knows (ONNX ``GridSample``).
+    Shapes as in :func:`torchvision.ops.deform_conv2d`.
+    """
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    ho, wo = offset.shape[-2:]
+    k = kh * kw
+    g = offset.shape[1] // (2 * k)  # deformable groups
+    off = offset.reshape(n * g, k, 2, ho, wo)  # per tap: (dy, dx)
+    ar = dict(device=x.device, dtype=x.dtype)
+    base_y = (torch.arange(ho, **ar) * stride[0] - padding[0]).view(1, 1, ho, 1)
+    base_x = (torch.arange(wo, **ar) * stride[1] - padding[1]).view(1, 1, 1, wo)
+    tap_y = (torch.arange(kh, **ar) * dilation[0]).repeat_interleave(kw).view(1, k, 1, 1)
+    tap_x = (torch.arange(kw, **ar) * dilation[1]).repeat(kh).view(1, k, 1, 1)
+    py = base_y + tap_y + off[:, :, 0]  # (N*G, k, Ho, Wo) sampling rows in pixels
+    px = base_x + tap_x + off[:, :, 1]
+    # pixel index -> grid_sample's [-1, 1] with align_corners=False
+    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1).view(n * g, k * ho, wo, 2)
+    cols = F.grid_sample(x.reshape(n * g, c // g, h, w), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)  # (N*G, C/G, k*Ho, Wo)
+    cols = cols.view(n, g, c // g, k, ho * wo) * mask.reshape(n, g, 1, k, ho * wo)
+    out = weight.reshape(o, c * k) @ cols.reshape(n, c * k, ho * wo)  # (N, O, Ho*Wo)
+    return out.view(n, o, ho, wo) + bias.view(1, o, 1, 1)

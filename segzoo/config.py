@@ -146,10 +146,41 @@ def validate(cfg: dict, defaults: dict | None = None, prefix: str = "") -> None:
             raise ConfigError(f"unknown config key {path!r}{_closest(key, list(defaults), prefix)}")
         parts = tuple(path.split("."))
         free = parts[0] == "model" or parts[:2] in FREE_SECTIONS
+        if isinstance(defaults[key], dict) and not isinstance(value, dict) and not (free and value is None):
+            raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
         if isinstance(defaults[key], dict) and not free:
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
             validate(value, defaults[key], f"{path}.")
+        elif not free:
+            _check_type(path, value, defaults[key])
+
+
+# keys that take more than their default's type, and the types of keys whose default is None
+_TYPES: dict[str, tuple[type, ...]] = {
+    "data.augment.size": (int, list, tuple), "train.amp": (str, bool), "train.max_steps": (int,),
+    "train.clip_grad": (float, int), "data.val_batch_size": (int,), "eval.max_images": (int,),
+    "data.classes": (list, tuple),
+}
+
+
+def _check_type(path: str, value: Any, default: Any) -> None:
+    """Raise a :class:`ConfigError` when ``value`` is not of the key's type (None always passes)."""
+    if value is None:
+        return
+    expected = _TYPES.get(path)
+    if expected is None:
+        if default is None:
+            return
+        expected = _LIKE.get(type(default), (type(default),))
+    ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
+    if not ok:
+        shown = [t for t in expected if not (t is int and float in expected)]  # "a number" covers ints
+        names = " or ".join(dict.fromkeys(_NAMES.get(t, t.__name__) for t in shown))
+        example = f" (default {path}={default!r})" if default is not None else ""
+        raise ConfigError(f"config key {path!r} must be {names}, got {value!r} ({type(value).__name__}){example}")
+
+
+_LIKE = {bool: (bool,), int: (int,), float: (float, int), list: (list, tuple)}
+_NAMES = {int: "an integer", float: "a number", bool: "true/false", str: "a string", list: "a list", tuple: "a list"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

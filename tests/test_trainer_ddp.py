@@ -26,17 +26,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(batch_size):
+def _config(batch_size, grad_accum):
     # no padding (crop inside the scaled image) and no BatchNorm: every rank sees as many labelled
     # pixels as the others, so the mean of the per-rank losses is the global-batch loss
     train = {"max_steps": 4, "lr": 0.05, "seed": 5, "progress": False, "tensorboard": False, "device": "cpu"}
+    train["grad_accum"] = grad_accum
     return {"data": {"batch_size": batch_size, "num_workers": 0}, "train": train, "eval": {"num_pictures": 0}}
 
 
-def _run(root, out, batch_size):
+def _run(root, out, batch_size, grad_accum=1):
     torch.manual_seed(0)
     model = TinySeg(norm=False)
-    return Trainer(model, *shapes_sets(root, size=32, scale=(1.5, 2.0)), _config(batch_size), out).fit()
+    return Trainer(model, *shapes_sets(root, size=32, scale=(1.5, 2.0)), _config(batch_size, grad_accum), out).fit()
 
 
 def _worker(rank, world, port, root, out):
@@ -44,12 +45,13 @@ def _worker(rank, world, port, root, out):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        _run(root, out, batch_size=2)
+        _run(root, out, batch_size=1, grad_accum=2)  # global batch 1 x 2 ranks x 2 micro-batches
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_ddp_two_processes_match_single_process(tmp_path):
+    """Also covers gradient accumulation under DDP (no_sync on the first micro-batch)."""
     _run(tmp_path / "shapes", tmp_path / "single", batch_size=4)  # also writes the data once
     mp.spawn(_worker, args=(2, _free_port(), tmp_path / "shapes", tmp_path / "ddp"), nprocs=2, join=True)
     single = read_safetensors(tmp_path / "single" / "model.safetensors")[0]

@@ -166,9 +166,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.net: nn.Module = self.model
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.net = self.ddp
         if self.tc["compile"]:
             self.net = torch.compile(self.net)
 
@@ -326,7 +328,7 @@ class Trainer:
         for i, (images, targets) in enumerate(batches):
             images, targets = to_device(images, targets, self.device, self.tc["channels_last"])
             last = i == len(batches) - 1
-            sync = contextlib.nullcontext() if last or not is_distributed() else self.net.no_sync()
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
                 with autocast(self.device, self.amp_dtype):
                     losses = self.net(images, targets)

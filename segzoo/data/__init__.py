@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 from segzoo.data.checks import DataError, DataReport, check_dataset
@@ -71,7 +72,22 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
     if unknown:
         raise ValueError(f"data.{split} has unknown arguments {unknown} for {cls.__name__}; accepted: "
                          f"{', '.join(a for a in accepted if a != 'transforms')}")
-    return cls(**args)
+    from segzoo.config import ConfigError
+
+    params = inspect.signature(cls.__init__).parameters
+    config_name = {v.get(kind): k for k, v in _ALIASES.items() if kind in v}  # root -> images, ...
+    missing = [config_name.get(n, n) for n, prm in params.items()
+               if n != "self" and prm.default is inspect.Parameter.empty and n not in args]
+    if missing:
+        raise ConfigError(f"data.{split} needs {', '.join(f'data.{split}.{m}' for m in missing)} for "
+                          f"data.type={kind} (paths to the dataset's files)")
+    try:
+        return cls(**args)
+    except FileNotFoundError as e:  # a wrong path in the config: name its key, without a traceback
+        key = next((config_name.get(k, k) for k, v in args.items()
+                    if isinstance(v, (str, os.PathLike)) and str(v) and str(v) in str(e)), "root")
+        raise ConfigError(f"data.{split}.{key}: {e}; fix the path in the config or override it with "
+                          f"data.{split}.{key}=PATH") from None
 
 
 __all__ = [

@@ -191,3 +191,18 @@ def test_training_loss_falls_on_synthetic_shapes():
     assert all(map(lambda v: v == v, history))  # no NaN
     # measured: ~6.0 -> ~1.3 (ratio ~0.2); the threshold leaves a wide margin
     assert last < 0.45 * first, f"loss {first:.3f} -> {last:.3f}"
+
+
+def test_exportable_pads_the_eager_results():
+    model = small(box_detections_per_img=8).eval()
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        eager = model(x)
+        boxes, scores, labels, masks, num = model.exportable(max_detections=10)(x)
+    assert boxes.shape == (2, 10, 4) and masks.shape == (2, 10, 64, 96)
+    for i, e in enumerate(eager):
+        k = len(e["boxes"])
+        assert int(num[i]) == k == 8
+        torch.testing.assert_close(boxes[i, :k], e["boxes"])
+        torch.testing.assert_close(masks[i, :k], e["masks"])
+        assert torch.equal(labels[i, :k], e["labels"]) and (labels[i, k:] == -1).all() and (scores[i, k:] == 0).all()

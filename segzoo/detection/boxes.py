@@ -9,7 +9,7 @@ broadcast over ``K``.
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou, nms
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -83,12 +83,32 @@ def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
         ``(L,)`` int64 ranks (0 for the first element of each group).
     """
     order = torch.sort(group, stable=True).indices  # group-major, original order inside
-    counts = torch.bincount(group, minlength=num_groups)
+    counts = torch.zeros(num_groups, dtype=group.dtype, device=group.device).scatter_add_(
+        0, group, torch.ones_like(group))  # (num_groups,) fixed size, unlike bincount
     starts = torch.cumsum(counts, 0) - counts  # (num_groups,) first position of each group
-    ranks_sorted = torch.arange(len(group), device=group.device) - starts[group[order]]
+    ranks_sorted = torch.ones_like(group).cumsum(0) - 1 - starts[group[order]]  # arange, export-safe
     ranks = torch.empty_like(ranks_sorted)
     ranks[order] = ranks_sorted
     return ranks
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thresh: float
+                 ) -> torch.Tensor:
+    """Indices kept by NMS run separately in each group, by decreasing score.
+
+    Eager: ``torchvision.ops.batched_nms``. Under ``torch.export`` / ``torch.compile``: one
+    ``nms`` on boxes shifted apart by group (the same result; ``batched_nms`` itself branches
+    on the number of boxes, which export cannot trace).
+    """
+    if not _tracing():
+        return batched_nms(boxes, scores, groups, iou_thresh)
+    top = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # safe when there are no boxes
+    shift = groups.to(boxes) * (top + 1)
+    return nms(boxes + shift[:, None], scores, iou_thresh)
 
 
 def split_by_image(values: torch.Tensor, image_idx: torch.Tensor, num_images: int) -> list[torch.Tensor]:
@@ -101,4 +121,5 @@ def split_by_image(values: torch.Tensor, image_idx: torch.Tensor, num_images: in
     return list(torch.split(values, counts.tolist()))
 
 
-__all__ = ["box_area", "clip_boxes", "min_size_mask", "pairwise_iou", "rank_in_group", "split_by_image"]
+__all__ = ["box_area", "clip_boxes", "min_size_mask", "nms_by_group", "pairwise_iou", "rank_in_group",
+           "split_by_image"]

@@ -64,7 +64,7 @@ class MultiLevelRoIAlign(nn.Module):
         if len(self.scales) == 1:
             return roi_align(features[0], rois, size, self.scales[0], self.sampling_ratio, self.aligned)
         levels = self.levels(boxes)
-        out = boxes.new_zeros(len(boxes), c, size, size, dtype=features[0].dtype)
+        out = boxes.new_zeros((boxes.shape[0], c, size, size), dtype=features[0].dtype)
         for lvl, scale in enumerate(self.scales):  # one roi_align per level, all images at once
             idx = torch.nonzero(levels == lvl).squeeze(1)
             pooled = roi_align(features[lvl], rois[idx], size, scale, self.sampling_ratio, self.aligned)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 
-from segzoo.detection.boxes import clip_boxes, min_size_mask, rank_in_group
+from segzoo.detection.boxes import clip_boxes, min_size_mask, nms_by_group, rank_in_group
 
 
 def detect(
@@ -47,7 +46,7 @@ def detect(
     img = image_idx[:, None].expand(r, c)
     keep = (scores > score_thresh) & min_size_mask(boxes, min_size)  # (R, C)
     boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
-    order = batched_nms(boxes, scores, img * c + labels, nms_thresh)  # decreasing score
+    order = nms_by_group(boxes, scores, img * c + labels, nms_thresh)  # decreasing score
     order = order[rank_in_group(img[order], n) < detections_per_img]
     order = order[torch.sort(img[order], stable=True).indices]  # group by image
     return boxes[order], scores[order], labels[order], img[order]
@@ -89,9 +88,7 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: in
     Returns:
         ``(D, height, width)`` masks, zero outside the (grown) boxes.
     """
-    d, m = masks.shape[0], masks.shape[-1]
-    if d == 0:
-        return masks.new_zeros(0, height, width)
+    m = masks.shape[-1]
     padded = F.pad(masks, (1, 1, 1, 1))  # (D, M+2, M+2)
     scale = (m + 2) / m
     half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale

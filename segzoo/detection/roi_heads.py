@@ -131,19 +131,22 @@ class RoIHeads(nn.Module):
         image_idx: torch.Tensor,
         image_sizes: torch.Tensor,
         targets: dict[str, torch.Tensor] | None = None,
+        canvas: tuple[int, int] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Detections (no targets) or losses (with padded targets).
+
+        Args:
+            canvas: ``(H, W)`` on which masks are pasted; the largest image size by default.
 
         Returns:
             Without targets: ``boxes`` ``(D, 4)``, ``scores``, ``labels`` (0-based),
             ``image_idx`` and, with the mask branch, ``masks`` ``(D, H, W)`` pasted on the
-            padded canvas of ``image_sizes.max(0)``. With targets: ``loss_classifier``,
-            ``loss_box_reg`` and ``loss_mask``.
+            canvas. With targets: ``loss_classifier``, ``loss_box_reg`` and ``loss_mask``.
         """
         if targets is not None:
             return self.losses(features, proposals, image_idx, targets)
         logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_idx)))
-        r = len(proposals)
+        r = proposals.shape[0]
         boxes = self.box_coder.decode(deltas.view(r, -1, 4), proposals[:, None, :])  # (R, C, 4)
         scores = F.softmax(logits, dim=-1)[:, 1:]  # (R, C), background dropped
         boxes, scores, labels, img = detect(
@@ -152,8 +155,8 @@ class RoIHeads(nn.Module):
         out = {"boxes": boxes, "scores": scores, "labels": labels, "image_idx": img}
         if self.mask_head is not None:
             mask_logits = self.mask_head(self.mask_roi_pool(features, boxes, img))  # (D, C, 28, 28)
-            probs = mask_logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
-            h, w = image_sizes.max(dim=0).values.tolist()
+            probs = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels].sigmoid()
+            h, w = canvas if canvas is not None else image_sizes.max(dim=0).values.tolist()
             out["masks"] = paste_masks(probs, boxes, h, w)
         return out
 

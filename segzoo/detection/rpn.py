@@ -12,11 +12,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
 
 from segzoo.detection.anchors import AnchorGenerator
 from segzoo.detection.box_coder import BoxCoder
-from segzoo.detection.boxes import clip_boxes, min_size_mask, pairwise_iou, rank_in_group
+from segzoo.detection.boxes import clip_boxes, min_size_mask, nms_by_group, pairwise_iou, rank_in_group
 from segzoo.detection.matcher import BELOW_LOW, BETWEEN, BalancedSampler, Matcher
 
 
@@ -162,7 +161,7 @@ class RegionProposalNetwork(nn.Module):
         img = torch.arange(n, device=boxes.device)[:, None].expand_as(scores)
         group = img * len(logits) + levels[None, :]  # NMS within each (image, level)
         boxes, scores, img, group = boxes[keep], scores[keep], img[keep], group[keep]
-        order = batched_nms(boxes, scores, group, self.nms_thresh)  # decreasing score
+        order = nms_by_group(boxes, scores, group, self.nms_thresh)  # decreasing score
         order = order[rank_in_group(img[order], n) < self.post_nms_top_n[self._mode()]]
         order = order[torch.sort(img[order], stable=True).indices]  # group by image
         return boxes[order], img[order]

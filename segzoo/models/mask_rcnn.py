@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from segzoo.backbones import TimmBackbone
 from segzoo.backbones.fpn import FPN
-from segzoo.detection.boxes import split_by_image
+from segzoo.detection.boxes import rank_in_group, split_by_image
 from segzoo.detection.roi_heads import RoIHeads
 from segzoo.detection.rpn import RegionProposalNetwork
 from segzoo.models.detection_base import DetectionModel
@@ -195,7 +196,11 @@ class MaskRCNN(DetectionModel):
             losses.update(self.roi_heads(feats, proposals, image_idx, sizes, padded))
             losses["loss"] = sum(losses.values())
             return losses
-        det = self.roi_heads(feats, proposals, image_idx, sizes)
+        if isinstance(images, torch.Tensor):
+            canvas = tuple(images.shape[-2:])
+        else:
+            canvas = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
+        det = self.roi_heads(feats, proposals, image_idx, sizes, canvas=canvas)
         n = len(sizes)
         keys = ["boxes", "scores", "labels"] + (["masks"] if self.with_mask else [])
         parts = {k: split_by_image(det[k], det["image_idx"], n) for k in keys}
@@ -204,6 +209,47 @@ class MaskRCNN(DetectionModel):
             for r, (h, w) in zip(results, sizes.tolist()):  # crop the canvas to each image
                 r["masks"] = r["masks"][:, :h, :w]
         return results
+
+
+    def exportable(self, max_detections: int = 100) -> MaskRCNNExport:
+        """The inference path with fixed-size outputs, for ``torch.export`` and ONNX."""
+        return MaskRCNNExport(self, max_detections)
+
+
+class MaskRCNNExport(nn.Module):
+    """``images (N x 3 x H x W) -> boxes, scores, labels, [masks,] num_detections``, padded to K.
+
+    ``boxes`` ``(N, K, 4)``, ``scores`` ``(N, K)`` (0 for padding), ``labels`` ``(N, K)``
+    (-1 for padding), ``masks`` ``(N, K, H, W)`` and ``num_detections`` ``(N,)``: the first
+    ``num_detections`` rows of each image are what ``model(images)`` returns.
+    """
+
+    def __init__(self, model: MaskRCNN, max_detections: int = 100) -> None:
+        super().__init__()
+        self.model = model
+        self.max_detections = max_detections
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        x, sizes = m.preprocess(images)
+        feats = m.backbone(x)
+        feats = m.fpn([feats[i] for i in m.levels])
+        proposals, image_idx, _ = m.rpn(feats, x.shape[-2:], sizes)
+        det = m.roi_heads(feats, proposals, image_idx, sizes, canvas=tuple(images.shape[-2:]))
+        n, k = images.shape[0], self.max_detections
+        rank = rank_in_group(det["image_idx"], n)  # (D,) row of each detection in its image
+        keep = rank < k
+        img, rank = det["image_idx"][keep], rank[keep]
+        boxes = det["boxes"].new_zeros(n, k, 4).index_put((img, rank), det["boxes"][keep])
+        scores = det["scores"].new_zeros(n, k).index_put((img, rank), det["scores"][keep])
+        labels = torch.full((n, k), -1, dtype=torch.int64, device=x.device).index_put(
+            (img, rank), det["labels"][keep])
+        num = torch.zeros(n, dtype=torch.int64, device=x.device).scatter_add_(0, img, torch.ones_like(img))
+        if not m.with_mask:
+            return boxes, scores, labels, num
+        h, w = images.shape[-2:]
+        masks = det["masks"].new_zeros(n, k, h, w).index_put((img, rank), det["masks"][keep])
+        return boxes, scores, labels, masks, num
 
 
 class FasterRCNN(MaskRCNN):

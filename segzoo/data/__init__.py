@@ -84,8 +84,9 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
     try:
         return cls(**args)
     except FileNotFoundError as e:  # a wrong path in the config: name its key, without a traceback
-        key = next((config_name.get(k, k) for k, v in args.items()
-                    if isinstance(v, (str, os.PathLike)) and str(v) and str(v) in str(e)), "root")
+        paths = {k: str(v) for k, v in args.items() if isinstance(v, (str, os.PathLike)) and str(v) in str(e)}
+        name = max(paths, key=lambda k: len(paths[k])) if paths else "root"  # the longest path in the message
+        key = config_name.get(name, name)
         raise ConfigError(f"data.{split}.{key}: {e}; fix the path in the config or override it with "
                           f"data.{split}.{key}=PATH") from None
 

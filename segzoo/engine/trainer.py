@@ -214,11 +214,15 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ logging
-    def _open_logs(self) -> None:
+    def _open_logs(self, resume: bool) -> None:
         if not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.out_dir / "log.jsonl", "a")  # noqa: SIM115 (closed in fit)
+        if not resume:  # a fresh run in an old folder: drop what the old run left behind
+            for name in (BEST_FILE, "metrics.json", "predictions.png"):
+                (self.out_dir / name).unlink(missing_ok=True)
+        # a resumed run appends to its log; a fresh one starts it again
+        self._log_file = open(self.out_dir / "log.jsonl", "a" if resume else "w")  # noqa: SIM115 (closed in fit)
         if self.tc["tensorboard"]:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -408,7 +412,7 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.out_dir / "config.yaml", dump(self.cfg).encode())
-        self._open_logs()
+        self._open_logs(resume)
         start_time = time.perf_counter()
         pbar = None
         try:

@@ -91,3 +91,13 @@ def test_options_and_errors():
         PSPNet(num_classes=3, backbone="resnet18", aux_index=5)
     with pytest.raises(ValueError, match="bins"):
         PyramidPooling(16, bins=(0, 2))
+
+
+def test_class_layers_reinitialised(tmp_path):
+    model = segzoo.build("pspnet_resnet50", num_classes=3, backbone="resnet18")
+    segzoo.save(model, tmp_path / "p.safetensors")
+    with pytest.warns(UserWarning, match="classifier.3"):
+        other = segzoo.build("pspnet_resnet50", num_classes=6, backbone="resnet18",
+                             weights=tmp_path / "p.safetensors")
+    assert other.classifier[3].out_channels == other.aux_classifier[4].out_channels == 6
+    torch.testing.assert_close(other.classifier[1][0].weight, model.classifier[1][0].weight)

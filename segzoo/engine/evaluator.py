@@ -144,9 +144,10 @@ def save_predictions_png(
     for i in range(n):
         img = images[i].float().cpu()
         if task == "semantic":
-            kw = dict(num_classes=preds.shape[1], class_names=class_names, ignore_index=ignore_index)
+            kw = dict(num_classes=preds.shape[1], class_names=class_names, ignore_index=ignore_index,
+                      skip_background=True)  # label 0 left untinted
             pred_pic = draw_semantic(img, preds[i].argmax(0).cpu(), **kw)
-            gt_pic = draw_semantic(img, targets[i].cpu(), **kw)
+            gt_pic = draw_semantic(img, targets[i].cpu(), legend=bool(class_names), **kw)
         else:
             pred = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in preds[i].items()}
             gt = {k: v.cpu() for k, v in targets[i].items() if isinstance(v, torch.Tensor)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
@@ -92,3 +94,22 @@ def test_fasterrcnn_matches_torchvision():
 def test_converter_rejects_foreign_state_dict():
     with pytest.raises(KeyError, match="not a torchvision Faster/Mask R-CNN"):
         segzoo.convert.from_torchvision({"backbone.body.conv1.weight": torch.zeros(1)}, "maskrcnn_resnet50_fpn")
+
+
+def test_mapper_handles_old_key_names_and_drops_mask_branch_for_faster_rcnn(maskrcnn_pair):
+    from segzoo.convert.torchvision_detection import map_rcnn
+
+    state = maskrcnn_pair[0].state_dict()
+    new, n = map_rcnn(state, "maskrcnn_resnet50_fpn")
+    def old_name(k: str) -> str:  # torchvision < 0.13: mask_head.mask_fcn{i+1}.weight
+        m = re.match(r"roi_heads\.mask_head\.(\d+)\.0\.(weight|bias)$", k)
+        return f"roi_heads.mask_head.mask_fcn{int(m.group(1)) + 1}.{m.group(2)}" if m else k
+
+    old_style = {old_name(k): v for k, v in state.items()}
+    assert any("mask_fcn4" in k for k in old_style)
+    again, _ = map_rcnn(old_style, "maskrcnn_resnet50_fpn")
+    assert again.keys() == new.keys() and n == 90
+    faster, _ = map_rcnn(state, "fasterrcnn_resnet50_fpn")
+    with torch.device("meta"):
+        model = segzoo.build("fasterrcnn_resnet50_fpn", num_classes=90, frozen_bn=True)
+    assert faster.keys() == model.state_dict().keys()

@@ -51,20 +51,22 @@ def _map_fcn(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
     return out, int(out["classifier.4.weight"].shape[0])
 
 
-def _mobilenetv3_block_names(state: dict, prefix: str) -> list[tuple[str, str]]:
-    """timm (conv, bn) names for the conv layers of one torchvision MobileNetV3 block.
+def _mobilenetv3_conv_names(state: dict, prefix: str) -> dict[int, tuple[str, str]]:
+    """timm (conv, BN) names of the conv layers ``block.j`` of one torchvision MobileNetV3
+    block, keyed by ``j``.
 
-    A torchvision ``InvertedResidual`` holds ``block.j`` layers: conv-BN pairs and an
-    optional ``SqueezeExcitation``. Two convs mean no expansion (timm's
-    ``DepthwiseSeparableConv``: dw, pw); three mean expand, dw, project (timm's
-    ``InvertedResidual``: pw, dw, pwl).
+    A torchvision ``InvertedResidual`` holds conv-BN pairs and an optional
+    ``SqueezeExcitation``. Two convs mean no expansion (timm's ``DepthwiseSeparableConv``:
+    dw, pw); three mean expand, dw, project (timm's ``InvertedResidual``: pw, dw, pwl).
     """
-    n = sum(1 for j in range(5) if f"{prefix}block.{j}.0.weight" in state)
-    if n == 2:
-        return [("conv_dw", "bn1"), ("conv_pw", "bn2")]
-    if n == 3:
-        return [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
-    raise KeyError(f"cannot read the torchvision MobileNetV3 block {prefix!r} ({n} convs)")
+    convs = [j for j in range(5) if f"{prefix}block.{j}.0.weight" in state]
+    if len(convs) == 2:
+        names = [("conv_dw", "bn1"), ("conv_pw", "bn2")]
+    elif len(convs) == 3:
+        names = [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
+    else:
+        raise KeyError(f"cannot read the torchvision MobileNetV3 block {prefix!r} ({len(convs)} convs)")
+    return dict(zip(convs, names))
 
 
 def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]:
@@ -92,16 +94,12 @@ def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]
             layer, param = rest.split(".", 1)
             out[f"{target}.{'conv' if layer == '0' else 'bn1'}.{param}"] = v
             continue
-        prefix = f"backbone.{idx}."
-        names = _mobilenetv3_block_names(state, prefix)
-        _, j, layer, param = rest.split(".", 3)
-        if layer in ("fc1", "fc2"):
+        _, j, layer, param = rest.split(".", 3)  # block.<j>.<layer>.<param>
+        if layer in ("fc1", "fc2"):  # squeeze-excitation
             se = "conv_reduce" if layer == "fc1" else "conv_expand"
             out[f"{target}.se.{se}.{param}"] = v
             continue
-        # index of this conv among the block's conv-BN pairs (the SE layer has no .0.weight)
-        convs = [i for i in range(5) if f"{prefix}block.{i}.0.weight" in state]
-        conv, bn = names[convs.index(int(j))]
+        conv, bn = _mobilenetv3_conv_names(state, f"backbone.{idx}.")[int(j)]
         out[f"{target}.{conv if layer == '0' else bn}.{param}"] = v
     return out
 

@@ -9,7 +9,7 @@ broadcast over ``K``.
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms, box_iou, nms
+from torchvision.ops import batched_nms, nms
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,7 @@ def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(K, M)`` or ``(N, K, M)`` IoU; 0 where the union is empty.
     """
-    if boxes1.dim() == 2 and boxes2.dim() == 2:
-        return box_iou(boxes1, boxes2)
+    # one formula for 2-D and batched input (torchvision's box_iou gives NaN for two empty boxes)
     area1 = box_area(boxes1)  # (N, K)
     area2 = box_area(boxes2)  # (N, M)
     lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])  # (N, K, M, 2)

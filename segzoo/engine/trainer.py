@@ -114,6 +114,18 @@ class Trainer:
         out_dir: the run folder.
         classes: class names stored in checkpoints and used in pictures.
         on_step: called as ``on_step(trainer)`` after every optimizer step (and checkpoint).
+
+    Determinism: ``train.seed`` seeds the model initialisation, the data order and
+    augmentation (every loader worker) and dropout, so two CPU runs with the same config
+    give bit-identical weights (tests/reliability/test_determinism.py). On CUDA they differ
+    in the last bits: the backward passes of ``roi_align`` (Mask R-CNN), ``deform_conv2d``
+    (CenterNet DCN), bilinear ``F.interpolate`` (every semantic model) and
+    ``scatter``/``index_add`` accumulate with atomic adds in a varying order, and some cuDNN
+    convolution algorithms are non-deterministic. ``torch.use_deterministic_algorithms(True)``
+    (with the environment variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) before training
+    makes every op that has a deterministic implementation use it and raises for the others
+    (``roi_align`` and bilinear upsampling backward among them); pass ``warn_only=True`` to
+    train anyway. Deterministic runs are slower.
     """
 
     def __init__(self, model: nn.Module, train_set, val_set=None, cfg: dict | None = None,

@@ -423,6 +423,9 @@ class Trainer:
             random.seed(int(self.tc["seed"]))
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name in (WEIGHTS_FILE, STATE_FILE, BEST_FILE):  # temporaries of a save that was killed
+                for stale in self.out_dir.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
             atomic_write(self.out_dir / "config.yaml", dump(self.cfg).encode())
         self._open_logs(resume)
         start_time = time.perf_counter()

@@ -137,6 +137,7 @@ def test_sigkill_mid_checkpoint_keeps_previous_and_resume_continues(target, conf
     assert checkpoint_step(out) == 2
     assert cli(["train", str(config), "--out", str(out), "--resume"]) == 0
     assert checkpoint_step(out) == 6
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # the resumed run removed them
     assert_same_weights(read_safetensors(out / WEIGHTS_FILE)[0], uninterrupted)  # as if never killed
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "train"][-2:] == [5, 6]

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from segzoo.backbones import TimmBackbone
 from segzoo.backbones.fpn import FPN
-from segzoo.detection.boxes import rank_in_group, split_by_image
+from segzoo.detection.boxes import rank_in_group
 from segzoo.detection.roi_heads import RoIHeads
 from segzoo.detection.rpn import RegionProposalNetwork
 from segzoo.models.detection_base import DetectionModel
@@ -185,6 +185,8 @@ class MaskRCNN(DetectionModel):
 
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor],
                 targets: Sequence[dict] | None = None) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        if not isinstance(images, torch.Tensor):
+            images = list(images)
         x, sizes = self.preprocess(images)
         feats = self.backbone(x)
         feats = self.fpn([feats[i] for i in self.levels])
@@ -203,13 +205,13 @@ class MaskRCNN(DetectionModel):
         det = self.roi_heads(feats, proposals, image_idx, sizes, canvas=canvas)
         n = len(sizes)
         keys = ["boxes", "scores", "labels"] + (["masks"] if self.with_mask else [])
-        parts = {k: split_by_image(det[k], det["image_idx"], n) for k in keys}
+        counts = torch.bincount(det["image_idx"], minlength=n).tolist()  # the one host sync
+        parts = {k: torch.split(det[k], counts) for k in keys}
         results = [{k: parts[k][i] for k in keys} for i in range(n)]
         if self.with_mask:
             for r, (h, w) in zip(results, sizes.tolist()):  # crop the canvas to each image
                 r["masks"] = r["masks"][:, :h, :w]
         return results
-
 
     def exportable(self, max_detections: int = 100) -> MaskRCNNExport:
         """The inference path with fixed-size outputs, for ``torch.export`` and ONNX."""

@@ -68,6 +68,16 @@ def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
+def group_major_order(group: torch.Tensor) -> torch.Tensor:
+    """Indices that sort ``group`` (``(L,)`` int64) and keep the given order inside each group.
+
+    A stable sort, written as a sort of unique keys ``group * L + position`` so that it also
+    exports to ONNX (which has no stable sort).
+    """
+    position = torch.ones_like(group).cumsum(0) - 1  # arange(L) without a Python length
+    return torch.sort(group * group.shape[0] + position).indices
+
+
 def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Position of each element among the elements of its group, in the given order.
 
@@ -81,7 +91,7 @@ def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     Returns:
         ``(L,)`` int64 ranks (0 for the first element of each group).
     """
-    order = torch.sort(group, stable=True).indices  # group-major, original order inside
+    order = group_major_order(group)
     counts = torch.zeros(num_groups, dtype=group.dtype, device=group.device).scatter_add_(
         0, group, torch.ones_like(group))  # (num_groups,) fixed size, unlike bincount
     starts = torch.cumsum(counts, 0) - counts  # (num_groups,) first position of each group
@@ -120,5 +130,5 @@ def split_by_image(values: torch.Tensor, image_idx: torch.Tensor, num_images: in
     return list(torch.split(values, counts.tolist()))
 
 
-__all__ = ["box_area", "clip_boxes", "min_size_mask", "nms_by_group", "pairwise_iou", "rank_in_group",
-           "split_by_image"]
+__all__ = ["box_area", "clip_boxes", "group_major_order", "min_size_mask", "nms_by_group", "pairwise_iou",
+           "rank_in_group", "split_by_image"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segzoo.detection.boxes import clip_boxes, min_size_mask, nms_by_group, rank_in_group
+from segzoo.detection.boxes import clip_boxes, group_major_order, min_size_mask, nms_by_group, rank_in_group
 
 
 def detect(
@@ -48,7 +48,7 @@ def detect(
     boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
     order = nms_by_group(boxes, scores, img * c + labels, nms_thresh)  # decreasing score
     order = order[rank_in_group(img[order], n) < detections_per_img]
-    order = order[torch.sort(img[order], stable=True).indices]  # group by image
+    order = order[group_major_order(img[order])]  # group by image, scores still decreasing
     return boxes[order], scores[order], labels[order], img[order]
 
 

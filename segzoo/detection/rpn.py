@@ -15,7 +15,14 @@ from torch import nn
 
 from segzoo.detection.anchors import AnchorGenerator
 from segzoo.detection.box_coder import BoxCoder
-from segzoo.detection.boxes import clip_boxes, min_size_mask, nms_by_group, pairwise_iou, rank_in_group
+from segzoo.detection.boxes import (
+    clip_boxes,
+    group_major_order,
+    min_size_mask,
+    nms_by_group,
+    pairwise_iou,
+    rank_in_group,
+)
 from segzoo.detection.matcher import BELOW_LOW, BETWEEN, BalancedSampler, Matcher
 
 
@@ -163,7 +170,7 @@ class RegionProposalNetwork(nn.Module):
         boxes, scores, img, group = boxes[keep], scores[keep], img[keep], group[keep]
         order = nms_by_group(boxes, scores, group, self.nms_thresh)  # decreasing score
         order = order[rank_in_group(img[order], n) < self.post_nms_top_n[self._mode()]]
-        order = order[torch.sort(img[order], stable=True).indices]  # group by image
+        order = order[group_major_order(img[order])]  # group by image, scores still decreasing
         return boxes[order], img[order]
 
     def losses(

@@ -327,7 +327,7 @@ class Trainer:
         ok = all_reduce_min(torch.isfinite(loss).float().reshape(1))
         if bool(ok.item()):
             return
-        parts = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         if self.saved_step >= 0 and (self.out_dir / WEIGHTS_FILE).exists():
             kept = f"the last good checkpoint is {self.out_dir / WEIGHTS_FILE} (step {self.saved_step})"
         else:

@@ -9,6 +9,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted((ROOT / "segzoo").rglob("*.py")) + sorted((ROOT / "tools").glob("*.py"))
 
 
+def safe_loader_classes(tree) -> set[str]:
+    """Classes defined in the file that derive from yaml's SafeLoader."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for b in node.bases:
+                base = b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")
+                if base in ("SafeLoader", "CSafeLoader"):
+                    names.add(node.name)
+    return names
+
+
 def calls(path: Path):
     tree = ast.parse(path.read_text(), filename=str(path))
     for node in ast.walk(tree):
@@ -36,7 +48,11 @@ def test_no_unsafe_calls(path):
         if owner in ("pickle", "cPickle", "dill", "marshal", "shelve") and name in ("load", "loads", "open"):
             problems.append(f"{where}: {owner}.{name}")
         if owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all"):
-            problems.append(f"{where}: yaml.{name} (use yaml.safe_load)")
+            loader = {k.arg: k.value for k in node.keywords}.get("Loader")
+            loader_name = getattr(loader, "attr", None) or getattr(loader, "id", "")
+            safe = safe_loader_classes(ast.parse(path.read_text())) | {"SafeLoader", "CSafeLoader"}
+            if not (name == "load" and loader_name in safe):
+                problems.append(f"{where}: yaml.{name} (use yaml.safe_load or a SafeLoader subclass)")
         if owner == "" and name in ("eval", "exec"):
             problems.append(f"{where}: {name}()")
         if owner == "torch" and name == "load":

@@ -160,6 +160,23 @@ def _keys_digest(keys) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 
+def _is_pickle(path: Path) -> bool:
+    """True for torch.save files (zip or legacy pickle), False for safetensors-shaped files.
+
+    A safetensors file starts with its header length (8 bytes, little-endian) and then
+    ``{``; its first byte can be 0x80 (one file in 256), so that alone says nothing.
+    """
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return True
+    if len(head) == 9 and head[8:9] == b"{":
+        (n,) = struct.unpack("<Q", head[:8])
+        if 0 < n <= path.stat().st_size - 8:
+            return False
+    return head[:1] == b"\x80" and len(head) > 1 and head[1] in (2, 3, 4, 5)
+
+
 def _check_file(path: Path) -> dict[str, Any]:
     """Validate a safetensors file's framing and return its parsed header."""
     if not path.exists():
@@ -169,7 +186,7 @@ def _check_file(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        if _is_pickle(path):
             raise CheckpointError(
                 f"{path} is a PyTorch pickle (.pth) file, not safetensors; convert it with "
                 "`python tools/convert.py --from SOURCE --name MODEL SRC DST` (or "
@@ -245,9 +262,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if _is_pickle(path):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -85,3 +85,19 @@ def test_empty_file(tmp_path):
     p = tmp_path / "empty.safetensors"
     p.write_bytes(b"")
     one_line_error(CheckpointError, lambda: segzoo.load(p), "truncated")
+
+
+def test_header_length_with_0x80_low_byte_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors header length ending in byte 0x80 once made a valid file read as a pickle."""
+    model = segzoo.build("fcn_resnet50", num_classes=3, backbone="resnet18")
+    for pad in range(300):  # class names change the header length byte by byte
+        path = tmp_path / "m.safetensors"
+        segzoo.save(model, path, classes=["a" * pad, "b", "c"])
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("could not produce a header length ending in 0x80")
+    assert segzoo.load(path).classes[0] == "a" * pad
+    from segzoo.checkpoint import read_state_dict
+
+    assert "classifier.4.weight" in read_state_dict(path)

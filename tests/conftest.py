@@ -4,7 +4,9 @@ import pytest
 import torch
 
 # keep tests fast and deterministic on 2 CPU cores
-torch.set_num_threads(int(os.environ.get("SEGZOO_TEST_THREADS", "2")))
+# (one thread per pytest-xdist worker: the README's command runs two workers)
+_default_threads = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+torch.set_num_threads(int(os.environ.get("SEGZOO_TEST_THREADS", _default_threads)))
 
 
 @pytest.fixture(autouse=True)

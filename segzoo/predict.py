@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms
+
+from segzoo.visualize import read_image
 
 __all__ = [
     "evaluate", "list_images", "load_image", "model_task", "predict", "sliding_window", "tile_origins",
@@ -34,22 +34,7 @@ def load_image(image) -> torch.Tensor:
 
     Grey images are repeated to RGB and alpha is dropped; uint8 tensors are scaled by 1/255.
     """
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"image file not found: {image}")
-        with Image.open(image) as im:
-            image = im.convert("RGB")
-    if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        arr = image[..., None] if image.ndim == 2 else image
-        if arr.ndim != 3:
-            raise ValueError(f"numpy images must be H x W x 3, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image, array or tensor")
-    if image.dim() == 4 and image.shape[0] == 1:
-        image = image[0]
+    image = read_image(image)
     if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
         raise ValueError(f"an image must be 3 x H x W, got shape {tuple(image.shape)}; predict takes one image")
     image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]

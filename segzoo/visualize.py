@@ -51,22 +51,36 @@ def _font(size: int = 11):
         return ImageFont.load_default()
 
 
-def to_uint8(image) -> torch.Tensor:
-    """Any supported image (see the module docstring) as a uint8 ``3 x H x W`` CPU tensor."""
+def read_image(image) -> torch.Tensor:
+    """A path, PIL image, ``H x W (x C)`` array or tensor as a tensor, dtype and device kept.
+
+    Paths and PIL images become RGB; arrays become ``C x H x W``; a batch of one loses its
+    batch dimension. Shape checks are the caller's (drawing and prediction differ).
+    """
     if isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image file not found: {image}")
+        with Image.open(image) as im:
+            image = im.convert("RGB")
     if isinstance(image, Image.Image):
-        image = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-    elif isinstance(image, np.ndarray):
+        image = np.array(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
         arr = image[..., None] if image.ndim == 2 else image
         if arr.ndim != 3:
             raise ValueError(f"numpy images must be H x W x 3, got shape {image.shape}")
         image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
     if not isinstance(image, torch.Tensor):
-        raise TypeError(f"cannot draw on {type(image).__name__}; pass a tensor, PIL image, numpy array or path")
-    image = image.detach().cpu()
+        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image, numpy "
+                        "array or tensor")
+    image = image.detach()
     if image.dim() == 4 and image.shape[0] == 1:
         image = image[0]
+    return image
+
+
+def to_uint8(image) -> torch.Tensor:
+    """Any supported image (see the module docstring) as a uint8 ``3 x H x W`` CPU tensor."""
+    image = read_image(image).cpu()
     if image.dim() == 2:
         image = image[None]
     if image.dim() != 3 or image.shape[0] not in (1, 3, 4):

@@ -12,22 +12,21 @@ from segzoo.registry import build, get_entry, list_models
 START, END = "<!-- models:start -->", "<!-- models:end -->"
 
 
-def parameter_count(name: str, **kwargs) -> int:
-    """Parameters of ``build(name, **kwargs)``, counted on the meta device (no memory used)."""
+def _build_meta(name: str):
+    """``build(name)`` on the meta device (no memory used), or on the CPU for a constructor
+    that computes on its weights."""
     try:
         with torch.device("meta"):
-            model = build(name, **kwargs)
-    except (NotImplementedError, RuntimeError):  # a constructor that computes on its weights
-        model = build(name, **kwargs)
-    return sum(p.numel() for p in model.parameters())
+            return build(name)
+    except (NotImplementedError, RuntimeError):
+        return build(name)
 
 
 def model_rows(pattern: str = "*") -> list[dict]:
     rows = []
     for name in list_models(pattern):
         entry = get_entry(name)
-        with torch.device("meta"):
-            model = build(name)
+        model = _build_meta(name)
         rows.append({
             "name": name,
             "task": entry.task,

@@ -27,18 +27,23 @@ def tv_out(model, x):
     return model(x)["out"]
 
 
-@register_case("fcn_resnet50")
-def fcn_resnet50(size: int | None = None) -> list[Case]:
+def _vs_torchvision_fcn(name: str, anchor_name: str, size: int | None) -> list[Case]:
+    """``name`` against torchvision's FCN-ResNet50 (21 classes, aux) on the same input."""
     from torchvision.models.segmentation import fcn_resnet50 as tv_fcn
 
     s = size or 512
     return [Case(
-        name="fcn_resnet50", size=f"1x3x{s}x{s}",
-        build=lambda: segzoo.build("fcn_resnet50", num_classes=21),
+        name=name, size=f"1x3x{s}x{s}",
+        build=lambda: segzoo.build(name, num_classes=21),
         anchor=lambda: tv_fcn(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
-        anchor_name="torchvision fcn_resnet50",
+        anchor_name=anchor_name,
         make_input=image(s), anchor_input=normalized, anchor_step=tv_out,
     )]
+
+
+@register_case("fcn_resnet50")
+def fcn_resnet50(size: int | None = None) -> list[Case]:
+    return _vs_torchvision_fcn("fcn_resnet50", "torchvision fcn_resnet50", size)
 
 
 def _smp():
@@ -142,15 +147,6 @@ def deeplabv3plus_resnet50(size: int | None = None) -> list[Case]:
 
 @register_case("pspnet_resnet50")
 def pspnet_resnet50(size: int | None = None) -> list[Case]:
-    from torchvision.models.segmentation import fcn_resnet50 as tv_fcn
-
     # no PSPNet runs here with the paper's dilated encoder (smp's PSPNet cuts the encoder at
     # stride 8 instead); torchvision's FCN shares the dilated ResNet-50 at output stride 8
-    s = size or 512
-    return [Case(
-        name="pspnet_resnet50", size=f"1x3x{s}x{s}",
-        build=lambda: segzoo.build("pspnet_resnet50", num_classes=21),
-        anchor=lambda: tv_fcn(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
-        anchor_name="torchvision fcn_resnet50 (same encoder)",
-        make_input=image(s), anchor_input=normalized, anchor_step=tv_out,
-    )]
+    return _vs_torchvision_fcn("pspnet_resnet50", "torchvision fcn_resnet50 (same encoder)", size)

@@ -77,16 +77,7 @@ def test_torch_export_matches_eager(name):
     compare(name, outs, ex.eager_outputs(model, x, max_detections=20))
 
 
-ONNX_KNOWN_FAILURES = {  # torch.export works; the ONNX translation does not yet (see the README)
-    n: "ONNX translation fails on the data-dependent NMS output size (unbacked symint bound)"
-    for n in ALL if n.startswith(("maskrcnn_", "fasterrcnn_"))
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=ONNX_KNOWN_FAILURES[n], strict=True))
-    if n in ONNX_KNOWN_FAILURES else n for n in ALL
-])
+@pytest.mark.parametrize("name", ALL)
 def test_onnx_matches_eager(name, tmp_path):
     pytest.importorskip("onnx", reason="needs the export extra: pip install 'segzoo[export]'")
     pytest.importorskip("onnxruntime", reason="needs the export extra: pip install 'segzoo[export]'")
@@ -97,6 +88,8 @@ def test_onnx_matches_eager(name, tmp_path):
         warnings.simplefilter("ignore")
         ex.export_onnx(model, path, x, max_detections=20)
     compare(name, ex.run_onnx(path, x), ex.eager_outputs(model, x, max_detections=20))
+    other = torch.rand(1, 3, 96, 128) * 0.5  # data-dependent paths (NMS, top-k) are not baked in
+    compare(name, ex.run_onnx(path, other), ex.eager_outputs(model, other, max_detections=20))
 
 
 @pytest.mark.parametrize("name", segzoo.list_models(task="semantic"))

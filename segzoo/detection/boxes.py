@@ -117,7 +117,11 @@ def nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
         return batched_nms(boxes, scores, groups, iou_thresh)
     top = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # safe when there are no boxes
     shift = groups.to(boxes) * (top + 1)
-    return nms(boxes + shift[:, None], scores, iou_thresh)
+    keep = nms(boxes + shift[:, None], scores, iou_thresh)
+    # NMS keeps at most its input: without this bound the exported graph carries
+    # unbounded sizes whose range asserts overflow int64 in the ONNX translation
+    torch._check(keep.shape[0] <= boxes.shape[0])
+    return keep
 
 
 def split_by_image(values: torch.Tensor, image_idx: torch.Tensor, num_images: int) -> list[torch.Tensor]:

@@ -1,19 +1,22 @@
 """Time segzoo models against the closest anchor on the same input.
 
-    python tools/benchmark.py                      # every case
+    python tools/benchmark.py                      # every case at its standard input
     python tools/benchmark.py fcn_resnet50 --size 256 --runs 3
-    python tools/benchmark.py --markdown > table.md
+    python tools/benchmark.py --markdown --scaling # README section: machine, main and scaling tables
+    python tools/benchmark.py --markdown --scaling --readme README.md   # ... written between the markers
+    python tools/benchmark.py --list
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
+import time
 
 import torch
 
 from segzoo import benchmark
+from segzoo.benchmark import report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,34 +24,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("names", nargs="*", help="case names or shell patterns (default: all)")
     p.add_argument("--size", type=int, default=None, help="input side (default: each case's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls per side (default: 1-2, by speed)")
+    p.add_argument("--runs", type=int, default=None, help="timed calls per side (default: 3-7, by speed)")
+    p.add_argument("--markdown", action="store_true", help="print the markdown report (machine, date, tables)")
+    p.add_argument("--readme", default=None, metavar="FILE",
+                   help=f"write the markdown report between {report.START_MARKER} and {report.END_MARKER} in FILE")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--no-peak", action="store_true", help="skip measuring the machine's conv throughput")
     p.add_argument("--scaling", action="store_true",
-                   help="also time each case over input sides 256, 512, 768, 1024 (cases that take --size)")
+                   help=f"also run the scaling series: input side {', '.join(map(str, benchmark.SCALING_SIDES))} "
+                        f"for {', '.join(benchmark.SCALING_CASES)}; Mask R-CNN detections kept")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(benchmark.list_cases()))
         return 0
+    if args.readme:  # fail before an hour of timing, not after
+        text = open(args.readme, encoding="utf-8").read()
+        if report.START_MARKER not in text or report.END_MARKER not in text:
+            p.error(f"{args.readme} lacks the markers {report.START_MARKER} / {report.END_MARKER}; add them "
+                    "where the table should go")
+    start = time.perf_counter()
 
-    def progress(row: dict) -> None:
-        ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
-        print(f"  {row['name']} ({row['mode']}): {row['segzoo_s'] * 1e3:.1f} ms, ratio {ratio}",
-              file=sys.stderr)
+    def progress(line: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f} s] {line}", file=sys.stderr, flush=True)
 
-    rows = benchmark.run(args.names, args.device, args.size, args.warmup, args.runs, progress)
-    if args.scaling:
-        for side in (256, 512, 768, 1024):
-            if side != args.size:
-                rows += benchmark.run(args.names, args.device, side, args.warmup, args.runs, progress)
-        rows.sort(key=lambda r: (r["name"], r["mode"], r["size"]))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     peak = None if args.no_peak else benchmark.machine_peak_gflops(device)
-    print(f"# {benchmark.machine_description()}, {datetime.date.today()}"
-          + (f", dense 3x3 conv peak {peak:.0f} GFLOP/s" if peak else ""))
-    print(benchmark.format_table(rows, markdown=args.markdown, peak_gflops=peak))
+    if peak:
+        progress(f"dense 3x3 conv peak {peak:.0f} GFLOP/s")
+    rows = benchmark.run(args.names, device, args.size, args.warmup, args.runs, progress)
+    scaling = benchmark.run_scaling(args.names, device, args.warmup, args.runs, progress) if args.scaling else []
+    if args.markdown or args.readme:
+        text = report.markdown_report(rows, scaling, peak)
+        if args.readme:
+            report.replace_section(args.readme, text)
+            progress(f"wrote the report into {args.readme}")
+        else:
+            print(text)
+    else:
+        print(f"# {report.machine_description()}" + (f", dense 3x3 conv peak {peak:.0f} GFLOP/s" if peak else ""))
+        print(report.format_table(rows, peak_gflops=peak))
+        if scaling:
+            print()
+            print(report.format_scaling(scaling))
+    progress("done")
     return 0
 
 

@@ -1,9 +1,11 @@
 """Benchmarks: segzoo models against the closest anchor on the same input, in one process.
 
-A *case* pairs a segzoo model with its anchor (torchvision, timm, ...) and an input.
+A *case* pairs a segzoo model with its anchor (torchvision, smp, timm, ...) and an input.
 Cases live in ``cases_*.py`` modules and register themselves with :func:`register_case`;
-``tools/benchmark.py`` is a thin CLI over :func:`run` and :func:`format_table`.
-Times are medians over several runs after warm-up; the ratio is segzoo / anchor, so
+``tools/benchmark.py`` is a thin CLI over :func:`run`, :func:`run_scaling` and
+:mod:`segzoo.benchmark.report`. Both models are held in memory and called alternately
+(segzoo, anchor, segzoo, anchor, ...) so that a change in machine load hits both sides
+alike; each side's time is the median of its runs. The ratio is segzoo / anchor, so
 below 1.0 means segzoo is faster.
 """
 
@@ -13,7 +15,6 @@ import dataclasses
 import fnmatch
 import gc
 import importlib
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -22,12 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from segzoo.benchmark.report import format_scaling, format_table, machine_description, markdown_report
+
 CASE_MODULES = (
     "segzoo.benchmark.cases_semantic",
     "segzoo.benchmark.cases_hrnet",
     "segzoo.benchmark.cases_detection",
     "segzoo.benchmark.cases_centernet",
 )
+# the input-size series: a representative model of each family (every model would cost too much CPU)
+SCALING_CASES = ("fcn_resnet50", "deeplabv3_resnet50", "unet_resnet34", "hrnet_w18", "maskrcnn_resnet50_fpn",
+                 "centernet_resnet18")
+SCALING_SIDES = (256, 512, 768, 1024)
 
 
 @dataclasses.dataclass
@@ -45,6 +52,7 @@ class Case:
         anchor_input: input transform for the anchor (e.g. normalisation), given the input.
         mode: ``"infer"`` (eval, no grad) or ``"train"`` (train mode, with grad).
         size: a short description of the input, e.g. ``"1x3x512x512"``.
+        extra: values copied into the result row (e.g. the point of a series).
     """
 
     name: str
@@ -57,9 +65,11 @@ class Case:
     anchor_input: Callable[[Any], Any] | None = None
     mode: str = "infer"
     size: str = ""
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 _CASES: dict[str, Callable[..., list[Case]]] = {}
+_SERIES: dict[str, Callable[[], list[Case]]] = {}
 
 
 def register_case(name: str):
@@ -69,6 +79,19 @@ def register_case(name: str):
         if name in _CASES:
             raise ValueError(f"benchmark case {name!r} registered twice")
         _CASES[name] = fn
+        return fn
+
+    return deco
+
+
+def register_series(name: str):
+    """Register a function ``fn() -> list[Case]``: one scaling series whose points carry
+    ``extra={"series": ..., "x": ...}`` (run by ``--scaling``)."""
+
+    def deco(fn):
+        if name in _SERIES:
+            raise ValueError(f"benchmark series {name!r} registered twice")
+        _SERIES[name] = fn
         return fn
 
     return deco
@@ -84,6 +107,7 @@ def _import_cases() -> None:
 
 
 def list_cases(pattern: str = "*") -> list[str]:
+    """Names of the registered cases matching a shell pattern (nothing is built)."""
     _import_cases()
     return [n for n in _CASES if fnmatch.fnmatch(n, pattern)]
 
@@ -166,22 +190,59 @@ def machine_peak_gflops(device: torch.device | str = "cpu", runs: int = 5) -> fl
     return flops / time_call(fn, device, warmup=2, runs=runs) / 1e9
 
 
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 2, runs: int = 5) -> float:
     """Median wall time of ``fn()`` in seconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
+    return statistics.median(_timed(fn, device) for _ in range(runs))
+
+
+def auto_runs(seconds: float) -> tuple[int, int]:
+    """Extra warm-up calls and timed runs for a step that took ``seconds`` on its first call.
+
+    One warm-up call has been made already; slow steps (above 1 s) get 3 runs, medium ones 5,
+    fast ones another warm-up and 7, so that a case costs seconds, not minutes.
+    """
+    if seconds > 1.0:
+        return 0, 3
+    if seconds > 0.25:
+        return 0, 5
+    return 1, 7
+
+
+def time_interleaved(fns: list[Callable[[], Any]], device: torch.device, warmup: int | None = None,
+                     runs: int | None = None) -> list[float]:
+    """Median seconds of each function, timed in alternation: ``f0, f1, f0, f1, ...``.
+
+    Args:
+        fns: the calls to time (segzoo's and the anchor's).
+        warmup: untimed calls of each before timing; None: one, plus :func:`auto_runs`'s choice.
+        runs: timed calls of each; None: chosen by :func:`auto_runs` from the first call.
+    """
+    first = [_timed(fn, device) for fn in fns]
+    extra, auto = auto_runs(max(first))
+    warmup = 1 + extra if warmup is None else warmup
+    runs = auto if runs is None else runs
+    for _ in range(warmup - 1):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            ts.append(_timed(fn, device))
+    return [statistics.median(ts) for ts in times]
 
 
-def _measure(model: nn.Module, step, inputs, mode: str, device, warmup, runs) -> tuple[float, int | None]:
-    """Median seconds of one step and the peak memory it used above the resting state."""
+def _callable(model: nn.Module, step, inputs, mode: str, device) -> Callable[[], Any]:
+    """One call of ``step`` in the case's mode (inference mode, or train mode with backward)."""
     model = model.to(device)
     if mode == "infer":
         model.eval()
@@ -196,97 +257,118 @@ def _measure(model: nn.Module, step, inputs, mode: str, device, warmup, runs) ->
             out = step(model, inputs)
             model.zero_grad(set_to_none=True)
             return out
-    seconds = time_call(fn, device, warmup, runs)
+    return fn
+
+
+def _peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak memory of one call above the resting state."""
     gc.collect()
     baseline = _reset_peak(device)
     fn()
     _sync(device)
-    return seconds, _peak_since(device, baseline)
+    return _peak_since(device, baseline)
 
 
-def run_case(case: Case, device: torch.device, warmup: int = 2, runs: int = 5) -> dict:
+def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: int | None = None,
+             flops: bool = True) -> dict:
+    """Time one case: segzoo and anchor alternately, then one peak-memory call each and the FLOPs.
+
+    Returns:
+        A row: ``name, mode, size, anchor, params, segzoo_s, segzoo_mem, flops`` and, with an
+        anchor, ``anchor_s, anchor_mem, ratio``; plus ``case.extra``.
+    """
     torch.manual_seed(0)
     inputs = case.make_input(device)
     step = case.step or _default_step
-    row = {"name": case.name, "mode": case.mode, "size": case.size, "anchor": case.anchor_name}
+    row = {"name": case.name, "mode": case.mode, "size": case.size, "anchor": case.anchor_name, **case.extra}
     model = case.build()
     row["params"] = sum(p.numel() for p in model.parameters())
-    row["segzoo_s"], row["segzoo_mem"] = _measure(model, step, inputs, case.mode, device, warmup, runs)
-    row["flops"] = count_flops(model, step, inputs, case.mode)
-    del model
-    gc.collect()
+    fns = [_callable(model, step, inputs, case.mode, device)]
     if case.anchor is not None:
         anchor = case.anchor()
         a_in = case.anchor_input(inputs) if case.anchor_input else inputs
-        row["anchor_s"], row["anchor_mem"] = _measure(anchor, case.anchor_step or step, a_in, case.mode,
-                                                      device, warmup, runs)
-        row["ratio"] = row["segzoo_s"] / row["anchor_s"]
-        del anchor
-        gc.collect()
+        fns.append(_callable(anchor, case.anchor_step or step, a_in, case.mode, device))
+    times = time_interleaved(fns, device, warmup, runs)
+    row["segzoo_s"] = times[0]
+    row["segzoo_mem"] = _peak_memory(fns[0], device)
+    if len(fns) == 2:
+        row["anchor_s"], row["ratio"] = times[1], times[0] / times[1]
+        row["anchor_mem"] = _peak_memory(fns[1], device)
+    row["flops"] = count_flops(model, step, inputs, case.mode) if flops else None
+    del model, fns
+    gc.collect()
     return row
 
 
-def run(patterns: list[str] | None = None, device: str | None = None, size: int | None = None,
-        warmup: int = 2, runs: int = 5, progress: Callable[[dict], None] | None = None
-        ) -> list[dict]:
-    """Run every case whose name matches one of ``patterns`` (all when empty)."""
-    _import_cases()
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _matching(names, patterns: list[str] | None) -> list[str]:
+    return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
+
+
+def _run_cases(cases: list[Case], dev: torch.device, warmup, runs, flops: bool, progress) -> list[dict]:
     rows = []
-    names = [n for n in _CASES if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
-    if patterns and not names:
-        raise KeyError(f"no benchmark case matches {patterns}; available: {', '.join(_CASES)}")
-    for n in names:
-        for case in _CASES[n](size=size):
-            row = run_case(case, dev, warmup, runs)
-            row["device"] = dev.type
-            rows.append(row)
-            if progress:
-                progress(row)
+    for case in cases:
+        if progress:
+            progress(f"{case.name} ({case.mode}, {case.size}{_point(case.extra)}) ...")
+        row = run_case(case, dev, warmup, runs, flops)
+        row["device"] = dev.type
+        rows.append(row)
+        if progress:
+            ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
+            progress(f"  {row['segzoo_s'] * 1e3:.0f} ms, anchor "
+                     f"{row['anchor_s'] * 1e3:.0f} ms, ratio {ratio}" if "anchor_s" in row
+                     else f"  {row['segzoo_s'] * 1e3:.0f} ms (no anchor)")
     return rows
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    threads = torch.get_num_threads()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {threads} torch threads{gpu}, torch {torch.__version__}"
+def _point(extra: dict) -> str:
+    return f", {extra['series']} {extra['x']}" if "series" in extra else ""
 
 
-def _mb(v: int | None) -> str:
-    return "-" if v is None else f"{v / 2**20:.0f}"
+def run(patterns: list[str] | None = None, device: str | None = None, size: int | None = None,
+        warmup: int | None = None, runs: int | None = None, progress: Callable[[str], None] | None = None
+        ) -> list[dict]:
+    """Run every case whose name matches one of ``patterns`` (all when empty).
 
-
-def format_table(rows: list[dict], markdown: bool = False, peak_gflops: float | None = None) -> str:
-    """Rows as a fixed-width or markdown table.
-
-    Columns: median latency (ms), images/s, peak memory above rest (MiB), parameters,
-    GFLOPs of one step, achieved GFLOP/s and its share of the machine's measured dense
-    convolution throughput, then the anchor's latency and memory and the ratio
-    segzoo / anchor (below 1.0: segzoo is faster).
+    Args:
+        size: input side for every case (default: each case's standard input).
+        warmup, runs: fixed counts, or None to choose them from the first call (:func:`auto_runs`).
+        progress: called with a line of text before and after each case.
     """
-    header = ["model", "mode", "input", "params (M)", "GFLOPs", "ms", "img/s", "peak MiB",
-              "GFLOP/s", "% peak", "anchor", "anchor ms", "anchor MiB", "ratio"]
-    lines = []
-    for r in rows:
-        batch = int(str(r["size"]).split("x")[0]) if str(r["size"])[:1].isdigit() else 1
-        gf = r.get("flops")
-        achieved = gf / r["segzoo_s"] / 1e9 if gf else None
-        lines.append([
-            r["name"], r["mode"], r["size"], f"{r['params'] / 1e6:.2f}",
-            f"{gf / 1e9:.1f}" if gf else "-",
-            f"{r['segzoo_s'] * 1e3:.1f}", f"{batch / r['segzoo_s']:.2f}", _mb(r.get("segzoo_mem")),
-            f"{achieved:.0f}" if achieved else "-",
-            f"{100 * achieved / peak_gflops:.0f}%" if achieved and peak_gflops else "-",
-            r.get("anchor") or "-",
-            f"{r['anchor_s'] * 1e3:.1f}" if "anchor_s" in r else "-",
-            _mb(r.get("anchor_mem")),
-            f"{r['ratio']:.2f}" if "ratio" in r else "-",
-        ])
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header)] + [fmt.format(*c) for c in lines])
+    _import_cases()
+    names = _matching(_CASES, patterns)
+    if patterns and not names:
+        raise KeyError(f"no benchmark case matches {patterns}; available: {', '.join(_CASES)}")
+    cases = [c for n in names for c in _CASES[n](size=size)]
+    return _run_cases(cases, _device(device), warmup, runs, True, progress)
+
+
+def scaling_cases(patterns: list[str] | None = None) -> list[Case]:
+    """The points of every scaling series: input side for :data:`SCALING_CASES` (inference
+    cases only), then each registered series (e.g. Mask R-CNN's detections kept)."""
+    _import_cases()
+    cases = []
+    for name in _matching(SCALING_CASES, patterns):
+        for side in SCALING_SIDES:
+            for case in _CASES[name](size=side):
+                if case.mode == "infer":
+                    case.extra = {**case.extra, "series": "input side", "x": side}
+                    cases.append(case)
+    for name in _matching(_SERIES, patterns):
+        cases += _SERIES[name]()
+    return cases
+
+
+def run_scaling(patterns: list[str] | None = None, device: str | None = None, warmup: int | None = None,
+                runs: int | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Time every scaling point (no FLOP pass); rows carry ``series`` and ``x``."""
+    return _run_cases(scaling_cases(patterns), _device(device), warmup, runs, False, progress)
+
+
+__all__ = ["SCALING_CASES", "SCALING_SIDES", "Case", "auto_runs", "count_flops", "format_scaling", "format_table",
+           "list_cases", "machine_description", "machine_peak_gflops", "markdown_report", "register_case",
+           "register_series", "run", "run_case", "run_scaling", "scaling_cases", "time_call",
+           "time_interleaved"]

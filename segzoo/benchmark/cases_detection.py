@@ -5,43 +5,49 @@ detections per image and the mask branch and mask pasting are timed. segzoo hold
 anchor's (random) weights, converted, so that both do the same work. The training step
 is the fine-tuning set-up: frozen BatchNorm and the first backbone stages frozen
 (``trainable_backbone_layers=3``) on both sides, 2 images with 3 objects each.
+torchvision ships no ResNet-101 Mask R-CNN: its anchor is torchvision's ``MaskRCNN`` on a
+ResNet-101 FPN extractor, built with the same recipe as ResNet-50's. The detections-kept
+series runs Mask R-CNN at 800 x 800 keeping 100, 300 and 1000 detections on both sides.
 """
 
 from __future__ import annotations
 
 import torch
 
-from segzoo.benchmark import Case, register_case
+from segzoo.benchmark import Case, register_case, register_series
 
 
-def _tv_maskrcnn(size: int, with_mask: bool = True):
-    """torchvision's ResNet-50 FPN detector as built with a pretrained backbone (frozen BN, 3 stages)."""
-    from torchvision.models import resnet50
+def _tv_maskrcnn(size: int, with_mask: bool = True, depth: int = 50, detections: int = 100):
+    """torchvision's ResNet FPN detector as built with a pretrained backbone (frozen BN, 3 stages)."""
+    import torchvision.models
     from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.ops import FrozenBatchNorm2d
 
-    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    resnet = getattr(torchvision.models, f"resnet{depth}")(norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, 3)
     cls = MaskRCNN if with_mask else FasterRCNN
-    return cls(backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=0.0)
+    return cls(backbone, num_classes=91, min_size=size, max_size=size, box_score_thresh=0.0,
+               box_detections_per_img=detections)
 
 
-def _anchor(size: int, with_mask: bool):
+def _anchor(size: int, with_mask: bool, depth: int = 50, detections: int = 100):
     def build():
         torch.manual_seed(0)
-        return _tv_maskrcnn(size, with_mask)
+        return _tv_maskrcnn(size, with_mask, depth, detections)
 
     return build
 
 
-def _ours(name: str, size: int, with_mask: bool):
+def _ours(name: str, size: int, with_mask: bool, depth: int = 50, detections: int = 100):
     """segzoo holding the anchor's random weights: the same proposals, so the same work downstream."""
 
     def build():
         from segzoo.convert.torchvision import from_torchvision
 
-        return from_torchvision(_anchor(size, with_mask)().state_dict(), name, trainable_backbone_layers=3,
-                                box_score_thresh=0.0)
+        return from_torchvision(_anchor(size, with_mask, depth, detections)().state_dict(), name,
+                                trainable_backbone_layers=3, box_score_thresh=0.0,
+                                box_detections_per_img=detections)
 
     return build
 
@@ -108,6 +114,28 @@ def _cases(name: str, with_mask: bool, size: int | None) -> list[Case]:
 @register_case("maskrcnn_resnet50_fpn")
 def maskrcnn_resnet50_fpn(size: int | None = None) -> list[Case]:
     return _cases("maskrcnn_resnet50_fpn", True, size)
+
+
+@register_case("maskrcnn_resnet101_fpn")
+def maskrcnn_resnet101_fpn(size: int | None = None) -> list[Case]:
+    s = size or 800
+    name = "maskrcnn_resnet101_fpn"
+    return [Case(name=name, size=f"1x3x{s}x{s}", build=_ours(name, s, True, depth=101),
+                 anchor=_anchor(s, True, depth=101), anchor_name="torchvision MaskRCNN(resnet101 FPN)",
+                 make_input=_images(s, 1), anchor_input=list)]
+
+
+DETECTIONS_KEPT = (100, 300, 1000)
+
+
+@register_series("maskrcnn_resnet50_fpn detections")
+def maskrcnn_detections() -> list[Case]:
+    """Mask R-CNN at 800 x 800 keeping 100, 300, 1000 detections (score threshold 0 on both sides)."""
+    name = "maskrcnn_resnet50_fpn"
+    return [Case(name=name, size="1x3x800x800", build=_ours(name, 800, True, detections=k),
+                 anchor=_anchor(800, True, detections=k), anchor_name=f"torchvision {name}",
+                 make_input=_images(800, 1), anchor_input=list, extra={"series": "detections kept", "x": k})
+            for k in DETECTIONS_KEPT]
 
 
 @register_case("fasterrcnn_resnet50_fpn")

@@ -2,8 +2,9 @@
 
 The anchor is timm's ``hrnet_*`` body (``features_only``, the four branches, nearest
 fusion as in its ImageNet code) followed by the HRNetV2 head built here: the difference in
-time is segzoo's bilinear fusion and its own module code. Inputs are ``size x 2*size``
-(512 x 1024 by default, the Cityscapes training crop).
+time is segzoo's bilinear fusion and its own module code. Inputs are ``size x size``
+(512 x 512 by default, the standard semantic input of the table). HRNetV2-OCR has no
+runnable reference (the official code needs its own config system), so its row has no anchor.
 """
 
 from __future__ import annotations
@@ -46,30 +47,30 @@ def _image(h: int, w: int):
 
 
 def _hrnet_case(name: str, size: int | None) -> Case:
-    h = size or 512
+    s = size or 512
     return Case(
-        name=name, size=f"1x3x{h}x{2 * h}",
+        name=name, size=f"1x3x{s}x{s}",
         build=lambda: segzoo.build(name, num_classes=19),
         anchor=lambda: TimmHRNetV2(name, 19), anchor_name=f"timm {name} body + HRNetV2 head",
-        make_input=_image(h, 2 * h), anchor_input=normalized,
+        make_input=_image(s, s), anchor_input=normalized,
     )
 
 
-@register_case("hrnet_w18")
-def hrnet_w18(size: int | None = None) -> list[Case]:
-    return [_hrnet_case("hrnet_w18", size)]
+def _register(name: str) -> None:
+    @register_case(name)
+    def cases(size: int | None = None) -> list[Case]:
+        return [_hrnet_case(name, size)]
 
 
-@register_case("hrnet_w18_small")
-def hrnet_w18_small(size: int | None = None) -> list[Case]:
-    return [_hrnet_case("hrnet_w18_small", size)]
+for _name in ("hrnet_w18_small", "hrnet_w18_small_v2", "hrnet_w18", "hrnet_w32", "hrnet_w48"):
+    _register(_name)
 
 
 @register_case("hrnet_w48_ocr")
 def hrnet_w48_ocr(size: int | None = None) -> list[Case]:
-    h = size or 512
+    s = size or 512
     return [Case(
-        name="hrnet_w48_ocr", size=f"1x3x{h}x{2 * h}",
+        name="hrnet_w48_ocr", size=f"1x3x{s}x{s}",
         build=lambda: segzoo.build("hrnet_w48_ocr", num_classes=19),
-        make_input=_image(h, 2 * h),
+        make_input=_image(s, s),
     )]

@@ -27,15 +27,16 @@ def tv_out(model, x):
     return model(x)["out"]
 
 
-def _vs_torchvision_fcn(name: str, anchor_name: str, size: int | None) -> list[Case]:
-    """``name`` against torchvision's FCN-ResNet50 (21 classes, aux) on the same input."""
-    from torchvision.models.segmentation import fcn_resnet50 as tv_fcn
+def _vs_torchvision_fcn(name: str, anchor_name: str, size: int | None, tv_fn: str = "fcn_resnet50"
+                        ) -> list[Case]:
+    """``name`` against torchvision's FCN ``tv_fn`` (21 classes, aux) on the same input."""
+    import torchvision.models.segmentation as tvseg
 
     s = size or 512
     return [Case(
         name=name, size=f"1x3x{s}x{s}",
         build=lambda: segzoo.build(name, num_classes=21),
-        anchor=lambda: tv_fcn(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
+        anchor=lambda: getattr(tvseg, tv_fn)(weights=None, weights_backbone=None, num_classes=21, aux_loss=True),
         anchor_name=anchor_name,
         make_input=image(s), anchor_input=normalized, anchor_step=tv_out,
     )]
@@ -44,6 +45,11 @@ def _vs_torchvision_fcn(name: str, anchor_name: str, size: int | None) -> list[C
 @register_case("fcn_resnet50")
 def fcn_resnet50(size: int | None = None) -> list[Case]:
     return _vs_torchvision_fcn("fcn_resnet50", "torchvision fcn_resnet50", size)
+
+
+@register_case("fcn_resnet101")
+def fcn_resnet101(size: int | None = None) -> list[Case]:
+    return _vs_torchvision_fcn("fcn_resnet101", "torchvision fcn_resnet101", size, "fcn_resnet101")
 
 
 def _smp():
@@ -108,6 +114,11 @@ def deeplabv3_resnet50(size: int | None = None) -> list[Case]:
             _tv_case("deeplabv3_resnet50", "deeplabv3_resnet50", size, mode="train", batch=2)]
 
 
+@register_case("deeplabv3_resnet101")
+def deeplabv3_resnet101(size: int | None = None) -> list[Case]:
+    return [_tv_case("deeplabv3_resnet101", "deeplabv3_resnet101", size)]
+
+
 @register_case("deeplabv3_mobilenetv3_large")
 def deeplabv3_mobilenetv3_large(size: int | None = None) -> list[Case]:
     return [_tv_case("deeplabv3_mobilenetv3_large", "deeplabv3_mobilenet_v3_large", size)]
@@ -131,22 +142,52 @@ def _smp_case(name: str, arch: str, size: int | None, **smp_kwargs) -> Case:
     )
 
 
-@register_case("unet_resnet34")
-def unet_resnet34(size: int | None = None) -> list[Case]:
-    # the same network: smp's Unet has the same decoder layout and parameter count
-    return [_smp_case("unet_resnet34", "Unet", size, encoder_name="resnet34")]
+def _unet_case(name: str, encoder: str):
+    # the same network: smp's Unet has the same decoder layout; "tu-" encoders are timm's own models
+    @register_case(name)
+    def cases(size: int | None = None) -> list[Case]:
+        return [_smp_case(name, "Unet", size, encoder_name=encoder)]
+
+    return cases
+
+
+for _name, _encoder in (("unet_resnet18", "resnet18"), ("unet_resnet34", "resnet34"), ("unet_resnet50", "resnet50"),
+                        ("unet_efficientnet_b0", "tu-efficientnet_b0"), ("unet_convnext_tiny", "tu-convnext_tiny")):
+    _unet_case(_name, _encoder)
+
+
+@register_case("unet")
+def unet(size: int | None = None) -> list[Case]:
+    # the original U-Net (no pretrained encoder): no library ships it, so no anchor
+    s = size or 512
+    return [Case(name="unet", size=f"1x3x{s}x{s}", build=lambda: segzoo.build("unet", num_classes=21),
+                 make_input=image(s))]
+
+
+def _deeplabv3plus(name: str, encoder: str, size: int | None) -> list[Case]:
+    # smp's DeepLabV3+ (output stride 16, 48-channel low-level projection) uses separable
+    # convolutions in ASPP and decoder: a close reference, not the same network
+    return [_smp_case(name, "DeepLabV3Plus", size, encoder_name=encoder, encoder_output_stride=16)]
 
 
 @register_case("deeplabv3plus_resnet50")
 def deeplabv3plus_resnet50(size: int | None = None) -> list[Case]:
-    # smp's DeepLabV3+ (output stride 16, 48-channel low-level projection) uses separable
-    # convolutions in ASPP and decoder: a close reference, not the same network
-    return [_smp_case("deeplabv3plus_resnet50", "DeepLabV3Plus", size, encoder_name="resnet50",
-                      encoder_output_stride=16)]
+    return _deeplabv3plus("deeplabv3plus_resnet50", "resnet50", size)
 
 
+@register_case("deeplabv3plus_resnet101")
+def deeplabv3plus_resnet101(size: int | None = None) -> list[Case]:
+    return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", size)
+
+
+# no PSPNet runs here with the paper's dilated encoder (smp's PSPNet cuts the encoder at
+# stride 8 instead, a much smaller network); torchvision's FCN shares the dilated ResNet at output stride 8
 @register_case("pspnet_resnet50")
 def pspnet_resnet50(size: int | None = None) -> list[Case]:
-    # no PSPNet runs here with the paper's dilated encoder (smp's PSPNet cuts the encoder at
-    # stride 8 instead); torchvision's FCN shares the dilated ResNet-50 at output stride 8
-    return _vs_torchvision_fcn("pspnet_resnet50", "torchvision fcn_resnet50 (same encoder)", size)
+    return _vs_torchvision_fcn("pspnet_resnet50", "torchvision fcn_resnet50 (same dilated encoder)", size)
+
+
+@register_case("pspnet_resnet101")
+def pspnet_resnet101(size: int | None = None) -> list[Case]:
+    return _vs_torchvision_fcn("pspnet_resnet101", "torchvision fcn_resnet101 (same dilated encoder)", size,
+                               "fcn_resnet101")

@@ -1,8 +1,18 @@
+import runpy
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
 from segzoo import benchmark
 from segzoo.benchmark import Case
+
+
+def _cli():
+    """``tools/benchmark.py``'s ``main`` (tools/ is not a package)."""
+    root = Path(__file__).resolve().parents[1]
+    return runpy.run_path(str(root / "tools" / "benchmark.py"), run_name="benchmark_cli")["main"]
 
 
 def tiny():
@@ -27,3 +37,129 @@ def test_run_case_reports_ratio_flops_memory_and_table():
 def test_registered_cases_exist():
     names = benchmark.list_cases()
     assert "fcn_resnet50" in names
+
+
+def test_every_registered_model_has_a_case():
+    import segzoo
+
+    missing = set(segzoo.list_models()) - set(benchmark.list_cases())
+    assert not missing, f"no benchmark case for {sorted(missing)}"
+
+
+def test_cli_list_names_every_model(capsys):
+    import segzoo
+    main = _cli()
+
+    assert main(["--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert set(segzoo.list_models()) <= set(listed)
+
+
+class Recorder(nn.Module):
+    def __init__(self, tag, log):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.tag, self.log = tag, log
+
+    def forward(self, x):
+        self.log.append(self.tag)
+        return self.conv(x)
+
+
+def test_segzoo_and_anchor_calls_alternate():
+    log = []
+    case = Case(name="rec", build=lambda: Recorder("s", log), anchor=lambda: Recorder("a", log), anchor_name="rec",
+                make_input=lambda d: torch.rand(1, 3, 16, 16, device=d), size="1x3x16x16")
+    row = benchmark.run_case(case, torch.device("cpu"), warmup=1, runs=3, flops=False)
+    # first call of each, then 3 alternating timed runs, then one peak-memory call per side
+    assert "".join(log) == "sa" + "sa" * 3 + "sa"
+    assert "segzoo_mem" in row and "anchor_mem" in row and row["flops"] is None
+
+
+def test_runs_chosen_by_speed():
+    assert benchmark.auto_runs(3.0) == (0, 3)
+    assert benchmark.auto_runs(0.5) == (0, 5)
+    assert benchmark.auto_runs(0.01) == (1, 7)
+    log = []
+    (fast,) = benchmark.time_interleaved([lambda: log.append(0)], torch.device("cpu"))
+    assert fast >= 0 and len(log) == 1 + 1 + 7  # first call, one more warm-up, 7 runs
+
+
+def test_failed_case_keeps_its_row():
+    def broken():
+        raise RuntimeError("boom")
+
+    case = Case(name="broken", build=broken, make_input=lambda d: torch.rand(1, 3, 8, 8), size="1x3x8x8")
+    rows = benchmark._run_cases([case], torch.device("cpu"), 1, 1, False, None)
+    assert rows[0]["error"] == "RuntimeError: boom"
+    assert "failed: RuntimeError: boom" in benchmark.format_table(rows, markdown=True)
+
+
+def _row(name, size, series, x, seconds, anchor_seconds):
+    return {"name": name, "mode": "infer", "size": size, "anchor": "ref", "series": series, "x": x,
+            "segzoo_s": seconds, "anchor_s": anchor_seconds, "ratio": seconds / anchor_seconds, "segzoo_mem": 2**20}
+
+
+def test_scaling_tables_show_per_unit_and_marginal_cost():
+    rows = [_row("m", "1x3x800x800", "detections kept", k, 1.0 + 0.01 * k, 2.0 + 0.02 * k) for k in (100, 300, 1000)]
+    rows += [_row("f", f"1x3x{s}x{s}", "input side", s, s * s / 1e6, s * s / 2e6) for s in (256, 512)]
+    text = benchmark.format_scaling(rows, markdown=True)
+    det = text.split("### Scaling over input side")[0].splitlines()
+    assert det[0] == "### Scaling over detections kept"
+    # 1000 detections: 11 s = 11 ms/det; marginal (11000 - 4000) / 700 = 10 ms per added detection
+    assert "| m | 1x3x800x800 | 1000 | 11000.0 | 11.00 | 10.00 | 1 | ref | 22000.0 | 22.00 | 20.00 | 0.50 |" in det
+    assert "| m | 1x3x800x800 | 100 | 2000.0 | 20.00 | - |" in text
+    # linear in pixels: 1 s per megapixel at both sides, and so is the marginal cost
+    assert "| f | 1x3x512x512 | 512 | 262.1 | 1000.00 | 1000.00 |" in text
+
+
+def test_readme_section_replaced_atomically(tmp_path):
+    from segzoo.benchmark import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- benchmark:start -->\nold table\n<!-- benchmark:end -->\n\nafter\n")
+    report.replace_section(readme, "new table\n")
+    assert readme.read_text() == "# title\n\n<!-- benchmark:start -->\nnew table\n<!-- benchmark:end -->\n\nafter\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary left behind
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="add the two lines"):
+        report.replace_section(readme, "x")
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_markdown_report_has_machine_date_peak_and_tables():
+    import datetime
+
+    from segzoo.benchmark import report
+
+    row = {"name": "m", "mode": "infer", "size": "1x3x64x64", "anchor": "", "params": 10, "flops": 2e9,
+           "segzoo_s": 0.1, "segzoo_mem": None}
+    scaling = [_row("m", "1x3x256x256", "input side", 256, 0.5, 1.0)]
+    text = report.markdown_report([row], scaling, peak_gflops=100.0, date=datetime.date(2026, 11, 22))
+    assert report.cpu_model() in text and torch.__version__ in text and "2026-11-22" in text
+    assert "peak 100 GFLOP/s" in text and "| m | infer | 1x3x64x64 |" in text and "### Scaling over input side" in text
+    assert "| 20 | 20% |" in text  # 2 GFLOP in 0.1 s = 20 GFLOP/s, 20 % of the measured peak
+
+
+def test_scaling_series_cover_the_subset_and_detections():
+    cases = benchmark.scaling_cases()
+    sides = {(c.name, c.extra["x"]) for c in cases if c.extra["series"] == "input side"}
+    assert sides == {(n, s) for n in benchmark.SCALING_CASES for s in benchmark.SCALING_SIDES}
+    dets = [c.extra["x"] for c in cases if c.extra["series"] == "detections kept"]
+    assert dets == [100, 300, 1000]
+
+
+def test_cli_writes_readme(tmp_path):
+    main = _cli()
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- benchmark:start -->\n<!-- benchmark:end -->\n")
+    assert main(["unet_resnet18", "--size", "64", "--warmup", "1", "--runs", "1", "--no-peak",
+                 "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- benchmark:start -->\nMeasured on ")
+    assert "| unet_resnet18 | infer | 1x3x64x64 |" in text and "smp Unet(resnet18)" in text
+    bad = tmp_path / "other.md"
+    bad.write_text("nothing\n")
+    with pytest.raises(SystemExit):
+        main(["unet_resnet18", "--readme", str(bad)])

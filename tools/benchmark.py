@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls per side (default: 1-2, by speed)")
     p.add_argument("--runs", type=int, default=None, help="timed calls per side (default: 3-7, by speed)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--markdown", action="store_true", help="print the markdown report (machine, date, tables)")
     p.add_argument("--readme", default=None, metavar="FILE",
                    help=f"write the markdown report between {report.START_MARKER} and {report.END_MARKER} in FILE")
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if report.START_MARKER not in text or report.END_MARKER not in text:
             p.error(f"{args.readme} lacks the markers {report.START_MARKER} / {report.END_MARKER}; add them "
                     "where the table should go")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
     def progress(line: str) -> None:

@@ -313,10 +313,16 @@ def _run_cases(cases: list[Case], dev: torch.device, warmup, runs, flops: bool, 
     for case in cases:
         if progress:
             progress(f"{case.name} ({case.mode}, {case.size}{_point(case.extra)}) ...")
-        row = run_case(case, dev, warmup, runs, flops)
+        try:
+            row = run_case(case, dev, warmup, runs, flops)
+        except Exception as e:  # one broken case must not lose an hour of measurements
+            row = {"name": case.name, "mode": case.mode, "size": case.size, "anchor": case.anchor_name,
+                   **case.extra, "error": f"{type(e).__name__}: {e}"}
         row["device"] = dev.type
         rows.append(row)
-        if progress:
+        if progress and "error" in row:
+            progress(f"  FAILED {row['error']}")
+        elif progress:
             ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
             progress(f"  {row['segzoo_s'] * 1e3:.0f} ms, anchor "
                      f"{row['anchor_s'] * 1e3:.0f} ms, ratio {ratio}" if "anchor_s" in row

@@ -62,6 +62,9 @@ def format_table(rows: list[dict], markdown: bool = False, peak_gflops: float | 
               "GFLOP/s", "% peak", "anchor", "anchor ms", "anchor MiB", "ratio"]
     lines = []
     for r in rows:
+        if "error" in r:  # a failed case keeps its row, with the error where the anchor would be
+            lines.append([r["name"], r["mode"], r["size"], *["-"] * 7, f"failed: {r['error'][:80]}", "-", "-", "-"])
+            continue
         gf = r.get("flops")
         achieved = gf / r["segzoo_s"] / 1e9 if gf else None
         lines.append([
@@ -99,7 +102,7 @@ def format_scaling(rows: list[dict], markdown: bool = False) -> str:
     """
     out = []
     for series in dict.fromkeys(r["series"] for r in rows if "series" in r):
-        pts = [r for r in rows if r.get("series") == series]
+        pts = [r for r in rows if r.get("series") == series and "error" not in r]
         unit = "MPix" if series == "input side" else "det"
         header = ["model", "input", series, "ms", f"ms/{unit}", f"marginal ms/{unit}", "peak MiB", "anchor",
                   "anchor ms", f"anchor ms/{unit}", f"anchor marginal ms/{unit}", "ratio"]

@@ -67,8 +67,9 @@ def _paste_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, mask_size: int
     frac = src - i0
     i1 = (i0 + 1).clamp(max=mask_size - 1)
     valid = ((j >= 0) & (x <= hi.to(torch.float32)[:, None])).to(torch.float32)
-    w = F.one_hot(i0.long(), mask_size) * ((1 - frac) * valid)[..., None]
-    return w + F.one_hot(i1.long(), mask_size) * (frac * valid)[..., None]  # (D, size, M)
+    w = torch.zeros(*src.shape, mask_size, device=lo.device)  # (D, size, M)
+    w.scatter_add_(2, i0.long()[..., None], ((1 - frac) * valid)[..., None])  # both taps add up where i0 == i1
+    return w.scatter_add_(2, i1.long()[..., None], (frac * valid)[..., None])
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -67,10 +67,22 @@ class MaskHead(nn.Module):
             nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(mod.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(R, C, 14, 14)`` pooled features -> ``(R, C, 28, 28)`` features before the class layer."""
         for conv in self.convs:
-            x = F.relu(conv(x))
-        return self.mask_logits(F.relu(self.deconv(x)))
+            x = F.relu(conv(x), inplace=True)  # in place: no second (R, 256, 14, 14) buffer per layer
+        return F.relu(self.deconv(x), inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask_logits(self.features(x))
+
+    def forward_labels(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Logits of one class per region, ``(R, 28, 28)``: ``forward(x)[arange(R), labels]``
+        without computing the other classes (the 1x1 class layer is 90 % of the head's output)."""
+        feats = self.features(x)  # (R, C, 28, 28)
+        weight = self.mask_logits.weight[labels, :, 0, 0]  # (R, C)
+        out = torch.bmm(weight[:, None, :], feats.flatten(2))  # (R, 1, 28*28)
+        return out.view(feats.shape[0], *feats.shape[-2:]) + self.mask_logits.bias[labels, None, None]
 
 
 class RoIHeads(nn.Module):
@@ -147,15 +159,14 @@ class RoIHeads(nn.Module):
             return self.losses(features, proposals, image_idx, targets)
         logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_idx)))
         r = proposals.shape[0]
-        boxes = self.box_coder.decode(deltas.view(r, -1, 4), proposals[:, None, :])  # (R, C, 4)
+        boxes = self.box_coder.decode(deltas.view(r, self.num_classes, 4), proposals[:, None, :])  # (R, C, 4)
         scores = F.softmax(logits, dim=-1)[:, 1:]  # (R, C), background dropped
         boxes, scores, labels, img = detect(
             boxes, scores, image_idx, image_sizes, self.score_thresh, self.nms_thresh,
             self.detections_per_img)
         out = {"boxes": boxes, "scores": scores, "labels": labels, "image_idx": img}
         if self.mask_head is not None:
-            mask_logits = self.mask_head(self.mask_roi_pool(features, boxes, img))  # (D, C, 28, 28)
-            probs = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels].sigmoid()
+            probs = self.mask_head.forward_labels(self.mask_roi_pool(features, boxes, img), labels).sigmoid()
             h, w = canvas if canvas is not None else image_sizes.max(dim=0).values.tolist()
             out["masks"] = paste_masks(probs, boxes, h, w)
         return out

@@ -205,7 +205,13 @@ class MaskRCNN(DetectionModel):
         det = self.roi_heads(feats, proposals, image_idx, sizes, canvas=canvas)
         n = len(sizes)
         keys = ["boxes", "scores", "labels"] + (["masks"] if self.with_mask else [])
-        counts = torch.bincount(det["image_idx"], minlength=n).tolist()  # the one host sync
+        img = det["image_idx"]
+        counts = torch.zeros(n, dtype=img.dtype, device=img.device).scatter_add_(0, img, torch.ones_like(img))
+        counts = counts.tolist()  # the one host sync (a fixed-size count: bincount's size is data-dependent)
+        if torch.compiler.is_compiling():  # tell the compiler the split sizes add up
+            for c in counts:
+                torch._check_is_size(c)
+            torch._check(sum(counts) == img.shape[0])
         parts = {k: torch.split(det[k], counts) for k in keys}
         results = [{k: parts[k][i] for k in keys} for i in range(n)]
         if self.with_mask:

@@ -70,10 +70,11 @@ def test_segzoo_and_anchor_calls_alternate():
     log = []
     case = Case(name="rec", build=lambda: Recorder("s", log), anchor=lambda: Recorder("a", log), anchor_name="rec",
                 make_input=lambda d: torch.rand(1, 3, 16, 16, device=d), size="1x3x16x16")
-    row = benchmark.run_case(case, torch.device("cpu"), warmup=1, runs=3, flops=False)
-    # first call of each, then 3 alternating timed runs, then one peak-memory call per side
-    assert "".join(log) == "sa" + "sa" * 3 + "sa"
-    assert "segzoo_mem" in row and "anchor_mem" in row and row["flops"] is None
+    row = benchmark.run_case(case, torch.device("cpu"), warmup=1, runs=3)
+    # first call of each (segzoo's under the FLOP counter), then 3 alternating timed runs;
+    # peak memory comes from the last run, with no extra call
+    assert "".join(log) == "sa" + "sa" * 3
+    assert "segzoo_mem" in row and "anchor_mem" in row and row["flops"] == 2 * 16 * 16 * 3 * 2
 
 
 def test_runs_chosen_by_speed():
@@ -81,8 +82,8 @@ def test_runs_chosen_by_speed():
     assert benchmark.auto_runs(0.5) == (0, 5)
     assert benchmark.auto_runs(0.01) == (1, 7)
     log = []
-    (fast,) = benchmark.time_interleaved([lambda: log.append(0)], torch.device("cpu"))
-    assert fast >= 0 and len(log) == 1 + 1 + 7  # first call, one more warm-up, 7 runs
+    (fast,), (peak,) = benchmark.time_interleaved([lambda: log.append(0)], torch.device("cpu"))
+    assert fast >= 0 and peak is None and len(log) == 1 + 1 + 7  # first call, one more warm-up, 7 runs
 
 
 def test_failed_case_keeps_its_row():
@@ -163,3 +164,13 @@ def test_cli_writes_readme(tmp_path):
     bad.write_text("nothing\n")
     with pytest.raises(SystemExit):
         main(["unet_resnet18", "--readme", str(bad)])
+
+
+def test_scaling_reuses_main_table_rows(monkeypatch):
+    timed = []
+    monkeypatch.setattr(benchmark, "_run_cases", lambda cases, *a: timed.extend(cases) or [])
+    main = {"name": "fcn_resnet50", "mode": "infer", "size": "1x3x512x512", "anchor": "torchvision fcn_resnet50",
+            "segzoo_s": 1.0}
+    rows = benchmark.run_scaling(["fcn_resnet50"], "cpu", reuse=[main])
+    assert [r["x"] for r in rows] == [512] and rows[0]["segzoo_s"] == 1.0 and rows[0]["series"] == "input side"
+    assert [c.extra["x"] for c in timed] == [256, 768, 1024]

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if peak:
         progress(f"dense 3x3 conv peak {peak:.0f} GFLOP/s")
     rows = benchmark.run(args.names, device, args.size, args.warmup, args.runs, progress)
-    scaling = benchmark.run_scaling(args.names, device, args.warmup, args.runs, progress) if args.scaling else []
+    scaling = []
+    if args.scaling:  # points equal to a main-table row (same model, input, anchor) reuse it
+        scaling = benchmark.run_scaling(args.names, device, args.warmup, args.runs, progress, reuse=rows)
     if args.markdown or args.readme:
         text = report.markdown_report(rows, scaling, peak)
         if args.readme:

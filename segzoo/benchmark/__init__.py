@@ -219,26 +219,55 @@ def auto_runs(seconds: float) -> tuple[int, int]:
 
 
 def time_interleaved(fns: list[Callable[[], Any]], device: torch.device, warmup: int | None = None,
-                     runs: int | None = None) -> list[float]:
+                     runs: int | None = None, first: list[float] | None = None, memory: bool = False
+                     ) -> tuple[list[float], list[int | None]]:
     """Median seconds of each function, timed in alternation: ``f0, f1, f0, f1, ...``.
 
     Args:
         fns: the calls to time (segzoo's and the anchor's).
-        warmup: untimed calls of each before timing; None: one, plus :func:`auto_runs`'s choice.
+        warmup: untimed calls of each before timing, the first call included; None: one, plus
+            :func:`auto_runs`'s choice.
         runs: timed calls of each; None: chosen by :func:`auto_runs` from the first call.
+        first: seconds of a first call of each already made (e.g. under the FLOP counter).
+        memory: read each function's peak memory during its last timed run (the counter is
+            reset outside the timed region, so no extra call is needed).
+
+    Returns:
+        The median seconds and the peak memory (bytes above the resting state, or None) of each.
     """
-    first = [_timed(fn, device) for fn in fns]
+    if first is None:
+        first = [_timed(fn, device) for fn in fns]
     extra, auto = auto_runs(max(first))
     warmup = 1 + extra if warmup is None else warmup
-    runs = auto if runs is None else runs
+    runs = max(1, auto if runs is None else runs)
     for _ in range(warmup - 1):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for fn, ts in zip(fns, times):
-            ts.append(_timed(fn, device))
-    return [statistics.median(ts) for ts in times]
+    peaks: list[int | None] = [None] * len(fns)
+    for i in range(runs):
+        for k, fn in enumerate(fns):
+            last = memory and i == runs - 1
+            baseline = _reset_peak(device) if last else None
+            times[k].append(_timed(fn, device))
+            if last:
+                peaks[k] = _peak_since(device, baseline)
+    return [statistics.median(ts) for ts in times], peaks
+
+
+def _first_call(fn: Callable[[], Any], device: torch.device, flops: bool) -> tuple[float, int | None]:
+    """Seconds of a first (untimed, warm-up) call, run under the FLOP counter when ``flops``."""
+    if not flops:
+        return _timed(fn, device), None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            seconds = _timed(fn, device)
+    except Exception:  # an op the counter cannot trace: no FLOPs, and a plain first call
+        return _timed(fn, device), None
+    return seconds, int(counter.get_total_flops())
 
 
 def _callable(model: nn.Module, step, inputs, mode: str, device) -> Callable[[], Any]:
@@ -260,18 +289,10 @@ def _callable(model: nn.Module, step, inputs, mode: str, device) -> Callable[[],
     return fn
 
 
-def _peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
-    """Peak memory of one call above the resting state."""
-    gc.collect()
-    baseline = _reset_peak(device)
-    fn()
-    _sync(device)
-    return _peak_since(device, baseline)
-
-
 def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: int | None = None,
              flops: bool = True) -> dict:
-    """Time one case: segzoo and anchor alternately, then one peak-memory call each and the FLOPs.
+    """Time one case: a first call of each (segzoo's under the FLOP counter), then alternate runs;
+    peak memory is read during the last run of each.
 
     Returns:
         A row: ``name, mode, size, anchor, params, segzoo_s, segzoo_mem, flops`` and, with an
@@ -288,13 +309,12 @@ def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: 
         anchor = case.anchor()
         a_in = case.anchor_input(inputs) if case.anchor_input else inputs
         fns.append(_callable(anchor, case.anchor_step or step, a_in, case.mode, device))
-    times = time_interleaved(fns, device, warmup, runs)
-    row["segzoo_s"] = times[0]
-    row["segzoo_mem"] = _peak_memory(fns[0], device)
+    first, row["flops"] = _first_call(fns[0], device, flops)  # the FLOP counter's call doubles as warm-up
+    first = [first] + [_timed(fn, device) for fn in fns[1:]]
+    times, peaks = time_interleaved(fns, device, warmup, runs, first, memory=True)
+    row["segzoo_s"], row["segzoo_mem"] = times[0], peaks[0]
     if len(fns) == 2:
-        row["anchor_s"], row["ratio"] = times[1], times[0] / times[1]
-        row["anchor_mem"] = _peak_memory(fns[1], device)
-    row["flops"] = count_flops(model, step, inputs, case.mode) if flops else None
+        row["anchor_s"], row["anchor_mem"], row["ratio"] = times[1], peaks[1], times[0] / times[1]
     del model, fns
     gc.collect()
     return row
@@ -369,9 +389,30 @@ def scaling_cases(patterns: list[str] | None = None) -> list[Case]:
 
 
 def run_scaling(patterns: list[str] | None = None, device: str | None = None, warmup: int | None = None,
-                runs: int | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Time every scaling point (no FLOP pass); rows carry ``series`` and ``x``."""
-    return _run_cases(scaling_cases(patterns), _device(device), warmup, runs, False, progress)
+                runs: int | None = None, progress: Callable[[str], None] | None = None,
+                reuse: list[dict] | None = None) -> list[dict]:
+    """Time every scaling point (no FLOP pass); rows carry ``series`` and ``x``.
+
+    Args:
+        reuse: rows already measured (the main table): a point with the same model, mode,
+            input and anchor (e.g. 512 x 512 semantic, Mask R-CNN's 100 detections at 800)
+            takes that row instead of being timed again.
+    """
+    known = {_key(r): r for r in reuse or [] if "error" not in r}
+    todo, rows = [], []
+    for case in scaling_cases(patterns):
+        row = known.get((case.name, case.mode, case.size, case.anchor_name))
+        if row is not None:
+            rows.append({**row, **case.extra})
+        else:
+            todo.append(case)
+    rows += _run_cases(todo, _device(device), warmup, runs, False, progress)
+    order = {(c.name, c.extra["series"], c.extra["x"]): i for i, c in enumerate(scaling_cases(patterns))}
+    return sorted(rows, key=lambda r: order[(r["name"], r["series"], r["x"])])
+
+
+def _key(row: dict) -> tuple:
+    return row["name"], row["mode"], row["size"], row["anchor"]
 
 
 __all__ = ["SCALING_CASES", "SCALING_SIDES", "Case", "auto_runs", "count_flops", "format_scaling", "format_table",

@@ -28,8 +28,12 @@ def _is_tracing() -> bool:
     )
 
 
-def check_image_tensor(x: torch.Tensor, what: str = "images") -> None:
-    """Raise a ValueError for images that cannot be used; warn once for values out of [0, 1]."""
+def check_image_tensor(x: torch.Tensor, what: str = "images", values: bool = True) -> None:
+    """Raise a ValueError for images that cannot be used; warn once for values out of [0, 1].
+
+    The dtype, channel and size checks are free. ``values=True`` also checks the values
+    (:func:`check_image_values`), which costs one device-to-host sync.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor or a list of them, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -45,18 +49,33 @@ def check_image_tensor(x: torch.Tensor, what: str = "images") -> None:
         )
     if x.shape[-1] < 1 or x.shape[-2] < 1:
         raise ValueError(f"{what} have an empty spatial size {tuple(x.shape[-2:])}")
-    if _is_tracing() or x.numel() == 0:
+    if values:
+        check_image_values([x], [what])
+
+
+def check_image_values(images: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """NaN/inf images raise a ValueError; values outside [0, 1] warn once per process.
+
+    One ``aminmax`` per tensor and a single host sync for all of them; skipped under
+    ``torch.compile`` / ``torch.export``. Models run it when ``model.check_inputs`` is
+    True (the default); set it to False to take the sync off the inference path.
+    """
+    if _is_tracing():
         return
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{what} contain NaN or inf values; check the data loading and transforms")
-    if (lo < -1e-3 or hi > 1 + 1e-3) and not _RANGE_WARNED[0]:
-        _RANGE_WARNED[0] = True
-        warnings.warn(
-            f"{what} have values in [{lo:.3g}, {hi:.3g}] but segzoo models expect [0, 1] and "
-            "normalise internally; do not normalise or scale to 255 beforehand",
-            stacklevel=3,
-        )
+    pairs = [(x, n) for x, n in zip(images, names) if x.numel()]
+    if not pairs:
+        return
+    stats = torch.stack([torch.stack(torch.aminmax(x.detach())).float() for x, _ in pairs]).tolist()
+    for (lo, hi), (_, what) in zip(stats, pairs):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{what} contain NaN or inf values; check the data loading and transforms")
+        if (lo < -1e-3 or hi > 1 + 1e-3) and not _RANGE_WARNED[0]:
+            _RANGE_WARNED[0] = True
+            warnings.warn(
+                f"{what} have values in [{lo:.3g}, {hi:.3g}] but segzoo models expect [0, 1] and "
+                "normalise internally; do not normalise or scale to 255 beforehand",
+                stacklevel=4,
+            )
 
 
 _RANGE_WARNED = [False]
@@ -73,12 +92,16 @@ class SegmentationModel(nn.Module):
     Subclasses implement :meth:`forward_logits`, returning the main logits and optionally
     auxiliary logits at any resolution; this class pads the input to
     ``size_divisibility``, upsamples bilinearly to the input size and crops back.
+
+    ``check_inputs`` (default True): check the image values (NaN/inf raise, outside [0, 1]
+    warns) at one host sync per call; set it to False on a deployed model.
     """
 
     task = "semantic"
     # module-name prefixes of layers whose shape depends on num_classes
     class_layers: tuple[str, ...] = ()
     size_divisibility: int = 1
+    check_inputs: bool = True
 
     def __init__(
         self,
@@ -133,7 +156,7 @@ class SegmentationModel(nn.Module):
             )
         if images.dim() != 4:
             raise ValueError(f"images must be N x 3 x H x W, got shape {tuple(images.shape)}")
-        check_image_tensor(images)
+        check_image_tensor(images, values=self.check_inputs)
         return images
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.models.base import _is_tracing, check_image_tensor
+from segzoo.models.base import _is_tracing, check_image_tensor, check_image_values
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -26,12 +26,13 @@ class DetectionModel(nn.Module):
 
     Subclasses set ``size_divisibility`` and ``task`` and use :meth:`preprocess` and
     :meth:`check_targets`. ``num_classes`` counts object classes only: background is
-    implicit, labels are 0-based.
+    implicit, labels are 0-based. ``check_inputs`` as in :class:`SegmentationModel`.
     """
 
     task = "detection"
     class_layers: tuple[str, ...] = ()
     size_divisibility: int = 32
+    check_inputs: bool = True
 
     def __init__(
         self,
@@ -68,7 +69,7 @@ class DetectionModel(nn.Module):
                 raise ValueError(
                     f"images must be N x 3 x H x W or a list of 3 x H x W, got {tuple(images.shape)}"
                 )
-            check_image_tensor(images)
+            check_image_tensor(images, values=self.check_inputs)
             n, _, h, w = images.shape
             sizes = torch.tensor([[h, w]] * n, device=images.device)
             x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
@@ -81,7 +82,9 @@ class DetectionModel(nn.Module):
             if not isinstance(im, torch.Tensor) or im.dim() != 3:
                 shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
                 raise ValueError(f"images[{i}] must be a 3 x H x W tensor, got {shape}")
-            check_image_tensor(im, f"images[{i}]")
+            check_image_tensor(im, f"images[{i}]", values=False)
+        if self.check_inputs:
+            check_image_values(images, [f"images[{i}]" for i in range(len(images))])
         d = self.size_divisibility
         hmax = max(im.shape[-2] for im in images)
         wmax = max(im.shape[-1] for im in images)

@@ -106,3 +106,31 @@ def test_mixed_size_batch(name, small_model):
         if len(o["boxes"]):
             assert (o["boxes"][:, 2] <= im.shape[-1] + 1e-3).all()
             assert (o["boxes"][:, 3] <= im.shape[-2] + 1e-3).all()
+
+
+@pytest.mark.parametrize("name", ["fcn_resnet50", "maskrcnn_resnet50_fpn"])
+def test_check_inputs_off_skips_the_value_check(name, small_model, monkeypatch):
+    model = small_model(name).eval()
+    model.check_inputs = False
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("aminmax ran although check_inputs is False")
+
+    monkeypatch.setattr(torch, "aminmax", no_sync)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 32, 32))
+    model.check_inputs = True
+    with pytest.raises(AssertionError, match="check_inputs"):
+        model(torch.rand(1, 3, 32, 32))
+
+
+def test_list_of_images_is_value_checked_with_one_sync(small_model, monkeypatch):
+    model = small_model("maskrcnn_resnet50_fpn").eval()
+    images = [torch.rand(3, 32, 40), torch.rand(3, 40, 32), torch.rand(3, 24, 24)]
+    images[2][0, 1, 1] = float("nan")
+    calls = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: calls.append(t.shape) or real(t))
+    with pytest.raises(ValueError, match=r"images\[2\] contain NaN"):
+        model(images)
+    assert calls == [torch.Size([3, 2])]  # min and max of the 3 images in one transfer

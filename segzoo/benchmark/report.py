@@ -28,7 +28,7 @@ def cpu_model() -> str:
 def machine_description() -> str:
     """CPU model, logical cores, torch threads, GPU if any, torch version."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu_model()} ({os.cpu_count()} logical cores), {torch.get_num_threads()} torch threads{gpu}, "
+    return (f"{cpu_model()} ({os.cpu_count()} logical cores), torch threads {torch.get_num_threads()}{gpu}, "
             f"torch {torch.__version__}")
 
 
@@ -137,8 +137,11 @@ def markdown_report(rows: list[dict], scaling_rows: list[dict] | None = None, pe
         f"Measured on {machine_description()}, {date.isoformat()}"
         + (f"; dense 3x3 convolution peak {peak_gflops:.0f} GFLOP/s (float32)." if peak_gflops else "."),
         "Latency is the median of alternating segzoo/anchor runs (batch 1 inference unless noted); "
-        "ratio = segzoo / anchor (below 1.0: segzoo is faster); peak MiB is memory above the resting "
-        "state during one call.",
+        "ratio = segzoo / anchor (below 1.0: segzoo is faster). GFLOPs count convolutions and matrix "
+        "products (`torch.utils.flop_counter`); % peak compares the achieved GFLOP/s with the measured "
+        "dense convolution. Peak MiB is the growth of memory (resident set on CPU, allocator on CUDA) "
+        "during the last timed run: on CPU, memory that earlier runs freed and the allocator kept is "
+        "not counted again. An anchor marked \"bare backbone\" is a lower bound, not a peer.",
         format_table(rows, markdown=True, peak_gflops=peak_gflops),
     ]
     if scaling_rows:

@@ -67,7 +67,7 @@ def _paste_weights(lo: torch.Tensor, hi: torch.Tensor, size: int, mask_size: int
     frac = src - i0
     i1 = (i0 + 1).clamp(max=mask_size - 1)
     valid = ((j >= 0) & (x <= hi.to(torch.float32)[:, None])).to(torch.float32)
-    w = torch.zeros(*src.shape, mask_size, device=lo.device)  # (D, size, M)
+    w = torch.zeros(*src.shape, mask_size, dtype=torch.float32, device=lo.device)  # (D, size, M)
     w.scatter_add_(2, i0.long()[..., None], ((1 - frac) * valid)[..., None])  # both taps add up where i0 == i1
     return w.scatter_add_(2, i1.long()[..., None], (frac * valid)[..., None])
 

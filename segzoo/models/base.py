@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segzoo.losses import cross_entropy, dice_loss
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -110,6 +111,7 @@ class SegmentationModel(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = 255,
         aux_weight: float = 0.0,
+        dice_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -120,6 +122,9 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
+        if dice_weight < 0:
+            raise ValueError(f"dice_weight must be >= 0 (0 turns the Dice loss off), got {dice_weight}")
+        self.dice_weight = float(dice_weight)
         self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
         self.input_std = tuple(float(v) for v in std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -223,11 +228,7 @@ class SegmentationModel(nn.Module):
         return targets
 
     def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # mean over labelled pixels; 0 (not NaN) when a batch has none
-        total = F.cross_entropy(
-            logits.float(), targets, ignore_index=self.ignore_index, reduction="sum"
-        )
-        return total / (targets != self.ignore_index).sum().clamp(min=1)
+        return cross_entropy(logits, targets, self.ignore_index)
 
     def losses(
         self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
@@ -236,6 +237,9 @@ class SegmentationModel(nn.Module):
         loss_ce = self._cross_entropy(out, targets)
         losses = {"loss_ce": loss_ce}
         total = loss_ce
+        if self.dice_weight:
+            losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
+            total = total + self.dice_weight * losses["loss_dice"]
         if aux is not None:
             loss_aux = self._cross_entropy(aux, targets)
             losses["loss_aux"] = loss_aux

@@ -109,6 +109,7 @@ class DeepLabV3(SegmentationModel):
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
+        dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
     """
 
     class_layers = ("classifier.4", "aux_classifier.4")
@@ -129,8 +130,10 @@ class DeepLabV3(SegmentationModel):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0)
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
+                         dice_weight=dice_weight)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         chs = self.backbone.channels
         self.aux_index = _level_index(aux_index, chs, "aux_index")
@@ -220,6 +223,7 @@ class DeepLabV3Plus(SegmentationModel):
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
+        dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
     """
 
     class_layers = ("decoder.classifier",)
@@ -237,8 +241,9 @@ class DeepLabV3Plus(SegmentationModel):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         strides = self.backbone.strides
         if 4 not in strides:

@@ -33,6 +33,7 @@ class FCN(SegmentationModel):
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
+        dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
     """
 
     class_layers = ("classifier.4", "aux_classifier.4")
@@ -49,8 +50,10 @@ class FCN(SegmentationModel):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0)
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
+                         dice_weight=dice_weight)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights, levels=2)
         self.classifier = FCNHead(self.backbone.channels[-1], num_classes, dropout=dropout)
         self.aux_classifier = (

@@ -348,6 +348,7 @@ class HRNet(_HRNetSegBase):
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
+        dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
     """
 
     class_layers = ("head.3",)
@@ -366,8 +367,9 @@ class HRNet(_HRNetSegBase):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBody(arch, fuse_mode, align_corners, backbone_weights)
@@ -403,7 +405,7 @@ class HRNetOCR(_HRNetSegBase):
         fuse_mode: ``"bilinear"`` (official) or ``"nearest"`` (timm).
         align_corners: True as in the official OCR configs.
         backbone_weights: local timm-format HRNet ImageNet weights for the body.
-        ignore_index, mean, std: as in :class:`HRNet`.
+        ignore_index, mean, std, dice_weight: as in :class:`HRNet`.
     """
 
     class_layers = ("head.aux.3", "head.classifier")
@@ -426,8 +428,9 @@ class HRNetOCR(_HRNetSegBase):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight)
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBody(arch, fuse_mode, align_corners, backbone_weights)

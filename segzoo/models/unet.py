@@ -69,6 +69,7 @@ class UNet(SegmentationModel):
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
+        dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
     """
 
     class_layers = ("classifier",)
@@ -80,8 +81,9 @@ class UNet(SegmentationModel):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2 or min(channels) < 1:
             raise ValueError(
@@ -152,6 +154,7 @@ class UNetTimm(SegmentationModel):
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
+        dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
     """
 
     class_layers = ("head",)
@@ -165,8 +168,9 @@ class UNetTimm(SegmentationModel):
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        dice_weight: float = 0.0,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
         self.backbone = make_backbone(backbone, 32, backbone_weights)
         strides, chs = self.backbone.strides, self.backbone.channels
         deepest = strides[-1]

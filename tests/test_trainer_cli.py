@@ -12,6 +12,7 @@ from segzoo.checkpoint import read_safetensors
 from segzoo.cli import main
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+UNET = str(Path(__file__).resolve().parents[1] / "configs" / "unet.yaml")
 
 QUICK = ["data.num_workers=0", "data.batch_size=2", "data.augment.size=64", "train.progress=false",
          "train.tensorboard=false", "eval.max_images=2", "eval.num_pictures=1"]
@@ -44,7 +45,7 @@ def test_bad_data_is_refused_with_the_check_message(tmp_path, capsys):
     assert "did you mean 'train.epochs'" in capsys.readouterr().err
 
 
-def test_train_writes_run_folder_then_transfer_with_frozen_backbone(tmp_path, capsys):
+def test_train_writes_run_folder(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", QUICKSTART, "--out", str(run), "train.max_steps=2", *QUICK,
             *_small_shapes(tmp_path / "shapes")]
@@ -54,12 +55,17 @@ def test_train_writes_run_folder_then_transfer_with_frozen_backbone(tmp_path, ca
     for name in ("model.safetensors", "train_state.pt", "log.jsonl", "metrics.json", "predictions.png"):
         assert (run / name).is_file(), name
     assert json.loads((run / "metrics.json").read_text())["step"] == 2
+
+
+def test_transfer_with_frozen_backbone(tmp_path):
+    run = tmp_path / "run"
+    base = ["train", UNET, "train.max_steps=2", "model.name=unet_resnet18", *QUICK, *_small_shapes(tmp_path / "shapes")]
+    assert main([*base, "--out", str(run)]) == 0
     # fine-tune with another num_classes: the head is re-initialised, the frozen backbone is kept
     run2 = tmp_path / "run2"
     with pytest.warns(UserWarning, match="re-initialised the class-dependent"):
-        assert main(["train", QUICKSTART, "--out", str(run2), "train.max_steps=2",
-                     f"model.weights={run / 'model.safetensors'}", "model.num_classes=5",
-                     "train.freeze_backbone=true", *QUICK, *_small_shapes(tmp_path / "shapes")]) == 0
+        assert main([*base, "--out", str(run2), f"model.weights={run / 'model.safetensors'}", "model.num_classes=5",
+                     "train.freeze_backbone=true"]) == 0
     old, _ = read_safetensors(run / "model.safetensors")
     new, meta = read_safetensors(run2 / "model.safetensors")
     assert json.loads(meta["spec"])["num_classes"] == 5

@@ -210,7 +210,7 @@ class MaskRCNN(DetectionModel):
         counts = counts.tolist()  # the one host sync (a fixed-size count: bincount's size is data-dependent)
         if torch.compiler.is_compiling():  # tell the compiler the split sizes add up
             for c in counts:
-                torch._check_is_size(c)
+                torch._check(c >= 0)
             torch._check(sum(counts) == img.shape[0])
         parts = {k: torch.split(det[k], counts) for k in keys}
         results = [{k: parts[k][i] for k in keys} for i in range(n)]

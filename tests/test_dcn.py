@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import deform_conv2d
 
 from segzoo.layers.dcn import ModulatedDeformConv2d, deform_conv2d_by_sampling
 
@@ -65,11 +66,14 @@ def test_matches_dcnv2_formula(stride, padding, dilation):
     ref = reference(layer, x)
     assert out.shape == ref.shape == nn.Conv2d(5, 4, 3, stride, padding, dilation)(x.float()).shape
     assert (out - ref).abs().max() < 1e-10
-    # the export path (grid_sample + matmul) gives the same numbers
+    # both kernels: grid_sample + matmul (CPU and ONNX) and torchvision's (CUDA)
     offset, mask = layer.offsets_and_mask(x)
     by_sampling = deform_conv2d_by_sampling(x, offset, mask, layer.weight, layer.bias, layer.stride,
                                             layer.padding, layer.dilation)
     assert (by_sampling - ref).abs().max() < 1e-10
+    tv = deform_conv2d(x, offset, layer.weight, layer.bias, stride=layer.stride, padding=layer.padding,
+                       dilation=layer.dilation, mask=mask)
+    assert (tv - ref).abs().max() < 1e-10
 
 
 def test_sampling_path_with_deformable_groups():
@@ -78,7 +82,20 @@ def test_sampling_path_with_deformable_groups():
     x = torch.randn(2, 6, 7, 5)
     offset, mask = layer.offsets_and_mask(x)
     by_sampling = deform_conv2d_by_sampling(x, offset, mask, layer.weight, layer.bias)
-    assert (by_sampling - layer(x)).abs().max() < 1e-5
+    tv = deform_conv2d(x, offset, layer.weight, layer.bias, padding=(1, 1), mask=mask)
+    assert (by_sampling - tv).abs().max() < 1e-5
+
+
+def test_cpu_forward_uses_the_sampling_kernel(monkeypatch):
+    import segzoo.layers.dcn as dcn
+
+    def fail(*args, **kwargs):
+        raise AssertionError("torchvision's deform_conv2d ran on CPU")
+
+    monkeypatch.setattr(dcn, "deform_conv2d", fail)
+    layer = ModulatedDeformConv2d(3, 4)
+    layer(torch.randn(1, 3, 6, 6)).sum().backward()  # forward and backward
+    assert layer.conv_offset_mask.weight.grad is not None
 
 
 def test_zero_offsets_is_half_masked_conv():

@@ -82,7 +82,9 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)
-        if torch.onnx.is_in_onnx_export():  # GridSample (opset 16) instead of DeformConv (opset 19)
+        # CPU: grid_sample + one matmul runs 1.3-2.3x faster than torchvision's kernel (same
+        # numbers to 2e-6); ONNX export: GridSample (opset 16) instead of DeformConv (opset 19)
+        if x.device.type == "cpu" or torch.onnx.is_in_onnx_export():
             return deform_conv2d_by_sampling(x, offset, mask, self.weight, self.bias, self.stride,
                                              self.padding, self.dilation)
         return deform_conv2d(

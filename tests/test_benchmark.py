@@ -174,3 +174,13 @@ def test_scaling_reuses_main_table_rows(monkeypatch):
     rows = benchmark.run_scaling(["fcn_resnet50"], "cpu", reuse=[main])
     assert [r["x"] for r in rows] == [512] and rows[0]["segzoo_s"] == 1.0 and rows[0]["series"] == "input side"
     assert [c.extra["x"] for c in timed] == [256, 768, 1024]
+
+
+def test_detections_series_reuses_only_the_100_detections_point(monkeypatch):
+    timed = []
+    monkeypatch.setattr(benchmark, "_run_cases", lambda cases, *a: timed.extend(cases) or [])
+    name = "maskrcnn_resnet50_fpn"
+    main = {"name": name, "mode": "infer", "size": "1x3x800x800", "anchor": f"torchvision {name}", "segzoo_s": 4.0}
+    rows = benchmark.run_scaling([f"{name} detections"], "cpu", reuse=[main])
+    assert [r["x"] for r in rows] == [100]
+    assert [c.extra["x"] for c in timed] == [300, 1000]  # another detections_per_img: timed, not copied

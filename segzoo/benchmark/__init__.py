@@ -401,7 +401,8 @@ def run_scaling(patterns: list[str] | None = None, device: str | None = None, wa
     known = {_key(r): r for r in reuse or [] if "error" not in r}
     todo, rows = [], []
     for case in scaling_cases(patterns):
-        row = known.get((case.name, case.mode, case.size, case.anchor_name))
+        same = case.extra.get("same_as_main", True)  # False: a setting the main row does not share
+        row = known.get((case.name, case.mode, case.size, case.anchor_name)) if same else None
         if row is not None:
             rows.append({**row, **case.extra})
         else:

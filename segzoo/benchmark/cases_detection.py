@@ -134,7 +134,8 @@ def maskrcnn_detections() -> list[Case]:
     name = "maskrcnn_resnet50_fpn"
     return [Case(name=name, size="1x3x800x800", build=_ours(name, 800, True, detections=k),
                  anchor=_anchor(800, True, detections=k), anchor_name=f"torchvision {name}",
-                 make_input=_images(800, 1), anchor_input=list, extra={"series": "detections kept", "x": k})
+                 make_input=_images(800, 1), anchor_input=list, extra={"series": "detections kept", "x": k,
+                                                                      "same_as_main": k == 100})
             for k in DETECTIONS_KEPT]
 
 

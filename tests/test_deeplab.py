@@ -152,3 +152,21 @@ def test_checkpoint_round_trip_and_class_layers(tmp_path):
                              weights=path)
     assert other.decoder.classifier.out_channels == 7
     torch.testing.assert_close(other.decoder.fuse[0][0].weight, model.decoder.fuse[0][0].weight)
+
+
+def test_deeplabv3plus_uses_atrous_separable_convolutions():
+    """The paper's ASPP branches and decoder convs are depthwise-separable (plain with separable=False)."""
+    with torch.device("meta"):
+        model = segzoo.build("deeplabv3plus_resnet50", num_classes=21)
+        plain = segzoo.build("deeplabv3plus_resnet50", num_classes=21, separable=False)
+    dec = model.decoder
+    for branch, rate in zip(dec.aspp.convs[1:4], (6, 12, 18)):
+        dw, pw = branch[0], branch[3]
+        assert dw.groups == dw.in_channels == 2048 and dw.dilation == (rate, rate) and pw.kernel_size == (1, 1)
+    assert all(block[0].groups == block[0].in_channels for block in dec.fuse)
+    assert dec.fuse[0][3].out_channels == 256
+    # smp's DeepLabV3Plus(resnet50, classes=21) has 26,682,725: the same minus the BN between
+    # depthwise and pointwise (13,408 parameters) that segzoo keeps, as mmsegmentation does
+    assert sum(p.numel() for p in model.parameters()) == 26_696_133
+    assert sum(p.numel() for p in plain.parameters()) == 40_352_181
+    assert plain.decoder.aspp.convs[1][0].groups == 1

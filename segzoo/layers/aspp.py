@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segzoo.layers.conv import SeparableConvNormAct
+
 
 def check_pooled_batch(x: torch.Tensor, norm: nn.Module, what: str) -> None:
     """Raise a clear error where BatchNorm on a pooled 1x1 map would see a single value.
@@ -72,6 +74,8 @@ class ASPP(nn.Module):
             (6, 12, 18) at output stride 16.
         out_channels: channels of every branch and of the output.
         dropout: dropout after the projection (0.5 in torchvision).
+        separable: atrous separable convolutions (depthwise + pointwise, DeepLabV3+) in the
+            3x3 branches instead of plain atrous convolutions (DeepLabV3).
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class ASPP(nn.Module):
         rates: Sequence[int] = (12, 24, 36),
         out_channels: int = 256,
         dropout: float = 0.5,
+        separable: bool = False,
     ) -> None:
         super().__init__()
         rates = tuple(int(r) for r in rates)
@@ -90,7 +95,8 @@ class ASPP(nn.Module):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )]
-        branches += [_atrous_conv(in_channels, out_channels, r) for r in rates]
+        branches += [SeparableConvNormAct(in_channels, out_channels, 3, r) if separable
+                     else _atrous_conv(in_channels, out_channels, r) for r in rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(

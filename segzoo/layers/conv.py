@@ -56,3 +56,27 @@ class FCNHead(nn.Sequential):
             nn.Dropout(dropout),
             nn.Conv2d(channels, num_classes, 1),
         )
+
+
+class SeparableConvNormAct(nn.Sequential):
+    """Atrous separable convolution (DeepLabV3+): depthwise ``k x k`` conv -> BN -> ReLU ->
+    pointwise 1x1 conv -> BN -> ReLU. Keys ``0``-``2`` depthwise, ``3``-``5`` pointwise.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: depthwise kernel size; padding keeps the spatial size.
+        dilation: depthwise dilation (atrous rate).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, kernel_size, padding=padding, dilation=dilation,
+                      groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )

@@ -18,6 +18,7 @@ from torch import nn
 
 from segzoo.backbones import make_backbone
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
+from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
 
@@ -178,7 +179,9 @@ class DeepLabV3(SegmentationModel):
 
 class DeepLabV3PlusDecoder(nn.Module):
     """DeepLabV3+ decoder: ASPP on the deep feature, upsampled to the low-level feature,
-    concatenated with its 1x1 projection, refined by two 3x3 convs, classified.
+    concatenated with its 1x1 projection, refined by two 3x3 convs, classified. With
+    ``separable`` (the paper's design) the ASPP's atrous branches and the two 3x3 convs are
+    depthwise-separable.
 
     Input: the deep feature ``N x C_high x h x w`` and the stride-4 feature
     ``N x C_low x 4h' x 4w'``. Output: ``N x num_classes x 4h' x 4w'``.
@@ -186,14 +189,15 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     def __init__(
         self, high_channels: int, low_channels: int, num_classes: int, rates: Sequence[int],
-        channels: int = 256, low_proj: int = 48, aspp_dropout: float = 0.1,
+        channels: int = 256, low_proj: int = 48, aspp_dropout: float = 0.1, separable: bool = True,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(high_channels, rates, channels, aspp_dropout)
+        self.aspp = ASPP(high_channels, rates, channels, aspp_dropout, separable=separable)
         self.low_proj = ConvNormAct(low_channels, low_proj, kernel_size=1)
+        conv = SeparableConvNormAct if separable else ConvNormAct
         self.fuse = nn.Sequential(
-            ConvNormAct(channels + low_proj, channels, 3),
-            ConvNormAct(channels, channels, 3),
+            conv(channels + low_proj, channels, 3),
+            conv(channels, channels, 3),
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
@@ -219,6 +223,8 @@ class DeepLabV3Plus(SegmentationModel):
         channels: ASPP and decoder channels.
         low_proj: channels of the 1x1 projection of the stride-4 feature (48 in the paper).
         aspp_dropout: dropout after the ASPP projection.
+        separable: atrous separable (depthwise + pointwise) convolutions in the ASPP and the
+            decoder, as in the paper (and mmsegmentation, smp); False for plain 3x3 convs.
         backbone_weights: local timm weights file for the backbone.
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
@@ -237,6 +243,7 @@ class DeepLabV3Plus(SegmentationModel):
         channels: int = 256,
         low_proj: int = 48,
         aspp_dropout: float = 0.1,
+        separable: bool = True,
         backbone_weights: str | os.PathLike | None = None,
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -255,7 +262,7 @@ class DeepLabV3Plus(SegmentationModel):
         self.low_index = max(i for i, s in enumerate(strides) if s == 4)
         self.decoder = DeepLabV3PlusDecoder(
             self.backbone.channels[-1], self.backbone.channels[self.low_index], num_classes,
-            _rates(rates, output_stride), channels, low_proj, aspp_dropout,
+            _rates(rates, output_stride), channels, low_proj, aspp_dropout, separable,
         )
 
     def forward_logits(

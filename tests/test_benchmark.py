@@ -184,3 +184,50 @@ def test_detections_series_reuses_only_the_100_detections_point(monkeypatch):
     rows = benchmark.run_scaling([f"{name} detections"], "cpu", reuse=[main])
     assert [r["x"] for r in rows] == [100]
     assert [c.extra["x"] for c in timed] == [300, 1000]  # another detections_per_img: timed, not copied
+
+
+class _Probe(torch.nn.Module):
+    """Records how it was called: input memory format and autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                          torch.is_autocast_enabled("cpu")))
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("options,expected", [
+    (benchmark.Options(), (False, False)),
+    (benchmark.Options(amp="bf16", channels_last=True), (True, True)),
+])
+def test_options_apply_to_both_sides(options, expected):
+    ours, anchor = _Probe(), _Probe()
+    case = Case(name="probe", build=lambda: ours, anchor=lambda: anchor, anchor_name="probe",
+                make_input=lambda device: torch.rand(1, 3, 8, 8), size="1x3x8x8")
+    row = benchmark.run_case(case, torch.device("cpu"), warmup=1, runs=2, flops=False, options=options)
+    assert "ratio" in row
+    assert set(ours.seen) == set(anchor.seen) == {expected}
+
+
+def test_compile_option_compiles_both_sides():
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    case = Case(name="probe", build=lambda: nn.Conv2d(3, 4, 3), anchor=lambda: nn.Conv2d(3, 5, 3),
+                anchor_name="probe", make_input=lambda device: torch.rand(1, 3, 8, 8), size="1x3x8x8")
+    benchmark.run_case(case, torch.device("cpu"), warmup=1, runs=1, flops=False,
+                       options=benchmark.Options(compile=backend))
+    assert len(graphs) >= 2  # one graph per model
+
+
+def test_bad_amp_option_is_rejected():
+    with pytest.raises(ValueError, match="amp"):
+        benchmark.Options(amp="int8")

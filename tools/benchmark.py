@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling", action="store_true",
                    help=f"also run the scaling series: input side {', '.join(map(str, benchmark.SCALING_SIDES))} "
                         f"for {', '.join(benchmark.SCALING_CASES)}; Mask R-CNN detections kept")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="run both sides under torch.autocast with this dtype (default: float32)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last models and inputs on both sides")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile both models (default backend: inductor)")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(benchmark.list_cases()))
@@ -55,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     peak = None if args.no_peak else benchmark.machine_peak_gflops(device)
     if peak:
         progress(f"dense 3x3 conv peak {peak:.0f} GFLOP/s")
-    rows = benchmark.run(args.names, device, args.size, args.warmup, args.runs, progress)
+    options = benchmark.Options(args.amp, args.channels_last, args.compile)
+    progress(f"both sides run {options.describe()}")
+    rows = benchmark.run(args.names, device, args.size, args.warmup, args.runs, progress, options)
     scaling = []
     if args.scaling:  # points equal to a main-table row (same model, input, anchor) reuse it
-        scaling = benchmark.run_scaling(args.names, device, args.warmup, args.runs, progress, reuse=rows)
+        scaling = benchmark.run_scaling(args.names, device, args.warmup, args.runs, progress, reuse=rows,
+                                        options=options)
     if args.markdown or args.readme:
         text = report.markdown_report(rows, scaling, peak)
         if args.readme:

@@ -68,6 +68,39 @@ class Case:
     extra: dict = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How both sides of every case run (the same for segzoo and the anchor).
+
+    Attributes:
+        amp: ``"bf16"`` or ``"fp16"`` to run under ``torch.autocast``; None for float32.
+        channels_last: convert models and 4-d input tensors to channels_last memory format.
+        compile: a ``torch.compile`` backend (e.g. ``"inductor"``) applied to both models; None for eager.
+    """
+
+    amp: str | None = None
+    channels_last: bool = False
+    compile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
+
+    def describe(self) -> str:
+        parts = [f"autocast {self.amp}" if self.amp else "float32"]
+        parts += ["channels_last"] if self.channels_last else []
+        parts += [f"torch.compile({self.compile})"] if self.compile else []
+        return ", ".join(parts)
+
+
+def _channels_last(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_channels_last(v) for v in inputs)
+    return inputs
+
+
 _CASES: dict[str, Callable[..., list[Case]]] = {}
 _SERIES: dict[str, Callable[[], list[Case]]] = {}
 
@@ -270,27 +303,38 @@ def _first_call(fn: Callable[[], Any], device: torch.device, flops: bool) -> tup
     return seconds, int(counter.get_total_flops())
 
 
-def _callable(model: nn.Module, step, inputs, mode: str, device) -> Callable[[], Any]:
+def _callable(model: nn.Module, step, inputs, mode: str, device, options: Options | None = None
+              ) -> Callable[[], Any]:
     """One call of ``step`` in the case's mode (inference mode, or train mode with backward)."""
+    options = options or Options()
     model = model.to(device)
-    if mode == "infer":
-        model.eval()
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = _channels_last(inputs)
+    model.train(mode != "infer")
+    runner = torch.compile(model, backend=options.compile) if options.compile else model
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.amp)
 
+    def call():
+        if dtype is None:
+            return step(runner, inputs)
+        with torch.autocast(device.type, dtype=dtype):
+            return step(runner, inputs)
+
+    if mode == "infer":
         def fn():
             with torch.inference_mode():
-                return step(model, inputs)
+                return call()
     else:
-        model.train()
-
         def fn():
-            out = step(model, inputs)
+            out = call()
             model.zero_grad(set_to_none=True)
             return out
     return fn
 
 
 def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: int | None = None,
-             flops: bool = True) -> dict:
+             flops: bool = True, options: Options | None = None) -> dict:
     """Time one case: a first call of each (segzoo's under the FLOP counter), then alternate runs;
     peak memory is read during the last run of each.
 
@@ -304,11 +348,11 @@ def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: 
     row = {"name": case.name, "mode": case.mode, "size": case.size, "anchor": case.anchor_name, **case.extra}
     model = case.build()
     row["params"] = sum(p.numel() for p in model.parameters())
-    fns = [_callable(model, step, inputs, case.mode, device)]
+    fns = [_callable(model, step, inputs, case.mode, device, options)]
     if case.anchor is not None:
         anchor = case.anchor()
         a_in = case.anchor_input(inputs) if case.anchor_input else inputs
-        fns.append(_callable(anchor, case.anchor_step or step, a_in, case.mode, device))
+        fns.append(_callable(anchor, case.anchor_step or step, a_in, case.mode, device, options))
     first, row["flops"] = _first_call(fns[0], device, flops)  # the FLOP counter's call doubles as warm-up
     first = [first] + [_timed(fn, device) for fn in fns[1:]]
     times, peaks = time_interleaved(fns, device, warmup, runs, first, memory=True)
@@ -328,17 +372,19 @@ def _matching(names, patterns: list[str] | None) -> list[str]:
     return [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
 
 
-def _run_cases(cases: list[Case], dev: torch.device, warmup, runs, flops: bool, progress) -> list[dict]:
+def _run_cases(cases: list[Case], dev: torch.device, warmup, runs, flops: bool, progress,
+               options: Options | None = None) -> list[dict]:
     rows = []
     for case in cases:
         if progress:
             progress(f"{case.name} ({case.mode}, {case.size}{_point(case.extra)}) ...")
         try:
-            row = run_case(case, dev, warmup, runs, flops)
+            row = run_case(case, dev, warmup, runs, flops, options)
         except Exception as e:  # one broken case must not lose an hour of measurements
             row = {"name": case.name, "mode": case.mode, "size": case.size, "anchor": case.anchor_name,
                    **case.extra, "error": f"{type(e).__name__}: {e}"}
         row["device"] = dev.type
+        row["options"] = (options or Options()).describe()
         rows.append(row)
         if progress and "error" in row:
             progress(f"  FAILED {row['error']}")
@@ -355,21 +401,22 @@ def _point(extra: dict) -> str:
 
 
 def run(patterns: list[str] | None = None, device: str | None = None, size: int | None = None,
-        warmup: int | None = None, runs: int | None = None, progress: Callable[[str], None] | None = None
-        ) -> list[dict]:
+        warmup: int | None = None, runs: int | None = None, progress: Callable[[str], None] | None = None,
+        options: Options | None = None) -> list[dict]:
     """Run every case whose name matches one of ``patterns`` (all when empty).
 
     Args:
         size: input side for every case (default: each case's standard input).
         warmup, runs: fixed counts, or None to choose them from the first call (:func:`auto_runs`).
         progress: called with a line of text before and after each case.
+        options: AMP, channels_last and compile for both sides (:class:`Options`).
     """
     _import_cases()
     names = _matching(_CASES, patterns)
     if patterns and not names:
         raise KeyError(f"no benchmark case matches {patterns}; available: {', '.join(_CASES)}")
     cases = [c for n in names for c in _CASES[n](size=size)]
-    return _run_cases(cases, _device(device), warmup, runs, True, progress)
+    return _run_cases(cases, _device(device), warmup, runs, True, progress, options)
 
 
 def scaling_cases(patterns: list[str] | None = None) -> list[Case]:
@@ -390,10 +437,11 @@ def scaling_cases(patterns: list[str] | None = None) -> list[Case]:
 
 def run_scaling(patterns: list[str] | None = None, device: str | None = None, warmup: int | None = None,
                 runs: int | None = None, progress: Callable[[str], None] | None = None,
-                reuse: list[dict] | None = None) -> list[dict]:
+                reuse: list[dict] | None = None, options: Options | None = None) -> list[dict]:
     """Time every scaling point (no FLOP pass); rows carry ``series`` and ``x``.
 
     Args:
+        options: as in :func:`run`.
         reuse: rows already measured (the main table): a point with the same model, mode,
             input and anchor (e.g. 512 x 512 semantic, Mask R-CNN's 100 detections at 800)
             takes that row instead of being timed again.
@@ -407,7 +455,7 @@ def run_scaling(patterns: list[str] | None = None, device: str | None = None, wa
             rows.append({**row, **case.extra})
         else:
             todo.append(case)
-    rows += _run_cases(todo, _device(device), warmup, runs, False, progress)
+    rows += _run_cases(todo, _device(device), warmup, runs, False, progress, options)
     order = {(c.name, c.extra["series"], c.extra["x"]): i for i, c in enumerate(scaling_cases(patterns))}
     return sorted(rows, key=lambda r: order[(r["name"], r["series"], r["x"])])
 
@@ -416,7 +464,8 @@ def _key(row: dict) -> tuple:
     return row["name"], row["mode"], row["size"], row["anchor"]
 
 
-__all__ = ["SCALING_CASES", "SCALING_SIDES", "Case", "auto_runs", "count_flops", "format_scaling", "format_table",
+__all__ = ["SCALING_CASES", "SCALING_SIDES", "Case", "Options", "auto_runs", "count_flops", "format_scaling",
+           "format_table",
            "list_cases", "machine_description", "machine_peak_gflops", "markdown_report", "register_case",
            "register_series", "run", "run_case", "run_scaling", "scaling_cases", "time_call",
            "time_interleaved"]

@@ -135,7 +135,8 @@ def markdown_report(rows: list[dict], scaling_rows: list[dict] | None = None, pe
     date = date or datetime.date.today()
     parts = [
         f"Measured on {machine_description()}, {date.isoformat()}"
-        + (f"; dense 3x3 convolution peak {peak_gflops:.0f} GFLOP/s (float32)." if peak_gflops else "."),
+        + (f"; dense 3x3 convolution peak {peak_gflops:.0f} GFLOP/s (float32)" if peak_gflops else "")
+        + (f"; both sides run {rows[0]['options']}." if rows and rows[0].get("options") else "."),
         "Latency is the median of alternating segzoo/anchor runs (batch 1 inference unless noted); "
         "ratio = segzoo / anchor (below 1.0: segzoo is faster). GFLOPs count convolutions and matrix "
         "products (`torch.utils.flop_counter`); % peak compares the achieved GFLOP/s with the measured "

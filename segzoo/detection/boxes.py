@@ -78,6 +78,13 @@ def group_major_order(group: torch.Tensor) -> torch.Tensor:
     return torch.sort(group * group.shape[0] + position).indices
 
 
+def group_counts(group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """``(num_groups,)`` number of elements in each group: a fixed size, unlike ``bincount``
+    (whose length depends on the largest id), so it traces, compiles and exports."""
+    return torch.zeros(num_groups, dtype=group.dtype, device=group.device).scatter_add_(
+        0, group, torch.ones_like(group))
+
+
 def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """Position of each element among the elements of its group, in the given order.
 
@@ -92,8 +99,7 @@ def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
         ``(L,)`` int64 ranks (0 for the first element of each group).
     """
     order = group_major_order(group)
-    counts = torch.zeros(num_groups, dtype=group.dtype, device=group.device).scatter_add_(
-        0, group, torch.ones_like(group))  # (num_groups,) fixed size, unlike bincount
+    counts = group_counts(group, num_groups)
     starts = torch.cumsum(counts, 0) - counts  # (num_groups,) first position of each group
     ranks_sorted = torch.ones_like(group).cumsum(0) - 1 - starts[group[order]]  # arange, export-safe
     ranks = torch.empty_like(ranks_sorted)
@@ -124,15 +130,20 @@ def nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
     return keep
 
 
-def split_by_image(values: torch.Tensor, image_idx: torch.Tensor, num_images: int) -> list[torch.Tensor]:
-    """Split rows grouped by image (``image_idx`` non-decreasing) into one tensor per image.
+def split_sizes(image_idx: torch.Tensor, num_images: int) -> list[int]:
+    """Rows per image, as the Python ints ``torch.split`` takes for rows grouped by image.
 
-    The split sizes come from one ``bincount``; this is the single host sync at the end of
-    batched postprocessing.
+    This is the single host sync at the end of batched postprocessing. Under
+    ``torch.compile`` the sizes become symbolic ints, checked to add up to the row count
+    so that the split traces into the same graph.
     """
-    counts = torch.bincount(image_idx, minlength=num_images)
-    return list(torch.split(values, counts.tolist()))
+    sizes = group_counts(image_idx, num_images).tolist()
+    if torch.compiler.is_compiling():
+        for size in sizes:
+            torch._check(size >= 0)
+        torch._check(sum(sizes) == image_idx.shape[0])
+    return sizes
 
 
-__all__ = ["box_area", "clip_boxes", "group_major_order", "min_size_mask", "nms_by_group", "pairwise_iou",
-           "rank_in_group", "split_by_image"]
+__all__ = ["box_area", "clip_boxes", "group_counts", "group_major_order", "min_size_mask", "nms_by_group",
+           "pairwise_iou", "rank_in_group", "split_sizes"]

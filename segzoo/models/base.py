@@ -227,21 +227,18 @@ class SegmentationModel(nn.Module):
                     )
         return targets
 
-    def _cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, targets, self.ignore_index)
-
     def losses(
         self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         targets = self.check_targets(targets, out)
-        loss_ce = self._cross_entropy(out, targets)
+        loss_ce = cross_entropy(out, targets, self.ignore_index)
         losses = {"loss_ce": loss_ce}
         total = loss_ce
         if self.dice_weight:
             losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
             total = total + self.dice_weight * losses["loss_dice"]
         if aux is not None:
-            loss_aux = self._cross_entropy(aux, targets)
+            loss_aux = cross_entropy(aux, targets, self.ignore_index)
             losses["loss_aux"] = loss_aux
             total = total + self.aux_weight * loss_aux
         losses["loss"] = total

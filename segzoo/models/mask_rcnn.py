@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from segzoo.backbones import TimmBackbone
 from segzoo.backbones.fpn import FPN
-from segzoo.detection.boxes import rank_in_group
+from segzoo.detection.boxes import group_counts, rank_in_group, split_sizes
 from segzoo.detection.roi_heads import RoIHeads
 from segzoo.detection.rpn import RegionProposalNetwork
 from segzoo.models.detection_base import DetectionModel
@@ -205,14 +205,8 @@ class MaskRCNN(DetectionModel):
         det = self.roi_heads(feats, proposals, image_idx, sizes, canvas=canvas)
         n = len(sizes)
         keys = ["boxes", "scores", "labels"] + (["masks"] if self.with_mask else [])
-        img = det["image_idx"]
-        counts = torch.zeros(n, dtype=img.dtype, device=img.device).scatter_add_(0, img, torch.ones_like(img))
-        counts = counts.tolist()  # the one host sync (a fixed-size count: bincount's size is data-dependent)
-        if torch.compiler.is_compiling():  # tell the compiler the split sizes add up
-            for c in counts:
-                torch._check(c >= 0)
-            torch._check(sum(counts) == img.shape[0])
-        parts = {k: torch.split(det[k], counts) for k in keys}
+        sizes_per_image = split_sizes(det["image_idx"], n)  # the one host sync
+        parts = {k: torch.split(det[k], sizes_per_image) for k in keys}
         results = [{k: parts[k][i] for k in keys} for i in range(n)]
         if self.with_mask:
             for r, (h, w) in zip(results, sizes.tolist()):  # crop the canvas to each image
@@ -252,7 +246,7 @@ class MaskRCNNExport(nn.Module):
         scores = det["scores"].new_zeros(n, k).index_put((img, rank), det["scores"][keep])
         labels = torch.full((n, k), -1, dtype=torch.int64, device=x.device).index_put(
             (img, rank), det["labels"][keep])
-        num = torch.zeros(n, dtype=torch.int64, device=x.device).scatter_add_(0, img, torch.ones_like(img))
+        num = group_counts(img, n)
         if not m.with_mask:
             return boxes, scores, labels, num
         h, w = images.shape[-2:]

@@ -155,15 +155,28 @@ def test_cli_writes_readme(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- benchmark:start -->\n<!-- benchmark:end -->\n")
-    assert main(["unet_resnet18", "--size", "64", "--warmup", "1", "--runs", "1", "--no-peak",
+    # an anchor from a required dependency (torchvision): runs on a fresh `pip install -e ".[dev]"`
+    assert main(["deeplabv3_mobilenetv3_large", "--size", "64", "--warmup", "1", "--runs", "1", "--no-peak",
                  "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("intro\n<!-- benchmark:start -->\nMeasured on ")
-    assert "| unet_resnet18 | infer | 1x3x64x64 |" in text and "smp Unet(resnet18)" in text
+    assert "| deeplabv3_mobilenetv3_large | infer | 1x3x64x64 |" in text
+    assert "torchvision deeplabv3_mobilenet_v3_large" in text
     bad = tmp_path / "other.md"
     bad.write_text("nothing\n")
     with pytest.raises(SystemExit):
         main(["unet_resnet18", "--readme", str(bad)])
+
+
+def test_smp_anchor_row(tmp_path):
+    pytest.importorskip("segmentation_models_pytorch", reason="the smp anchor needs the bench extra")
+    main = _cli()
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark:start -->\n<!-- benchmark:end -->\n")
+    assert main(["unet_resnet18", "--size", "64", "--warmup", "1", "--runs", "1", "--no-peak",
+                 "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| unet_resnet18 | infer | 1x3x64x64 |" in text and "smp Unet(resnet18)" in text
 
 
 def test_scaling_reuses_main_table_rows(monkeypatch):

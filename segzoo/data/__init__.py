@@ -6,8 +6,10 @@ import inspect
 import os
 from typing import Any
 
-from segzoo.data.checks import DataError, DataReport, check_dataset
+from segzoo.data.checks import DataReport, check_dataset
 from segzoo.data.coco import CocoInstances, CocoSemantic
+from segzoo.data.errors import DataError, ImageFileError
+from segzoo.data.image import image_size, read_image, read_mask
 from segzoo.data.mask_folder import MaskFolder
 from segzoo.data.shapes import Shapes
 from segzoo.data.transforms import (
@@ -92,7 +94,7 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
 
 
 __all__ = [
-    "DATASET_TYPES", "CocoInstances", "CocoSemantic", "DataError", "DataReport", "MaskFolder", "PadToSize",
-    "Shapes", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
-    "collate_semantic",
+    "DATASET_TYPES", "CocoInstances", "CocoSemantic", "DataError", "DataReport", "ImageFileError", "MaskFolder",
+    "PadToSize", "Shapes", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
+    "collate_semantic", "image_size", "read_image", "read_mask",
 ]

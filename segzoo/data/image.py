@@ -34,8 +34,8 @@ Conversion rules:
 * Palette PNGs give their palette indices (the VOC convention), not their colours. Grey and
   16-bit PNG/TIFF give their values unchanged, and a 1-bit file gives 0/1.
 * The alpha channel of ``LA``/``PA`` files is ignored.
-* RGB files are accepted only when R = G = B everywhere (a grey map saved as RGB). Colour masks
-  are refused, because they need a colour-to-class table.
+* RGB files are refused: colours need a colour-to-class table (the message says when the three
+  channels are equal, i.e. a grey map saved as RGB).
 * Masks follow the same EXIF rule as images. Masks written by annotation tools carry no
   orientation tag, and a mask that carries its photo's tag was made from the photo's stored
   pixels, so applying the tag to both keeps the two aligned.
@@ -246,12 +246,11 @@ def _mask_array(im: Image.Image, path: Path) -> np.ndarray:
         arr = np.asarray(im.getchannel(0))
     elif mode in ("RGB", "RGBA", "RGBX", "RGBa"):
         rgb = np.asarray(im)[..., :3]
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
-            raise ImageFileError(
-                f"mask {path} is a colour ({mode}) image; label masks must be palette or grey-level images whose "
-                "values are class indices: convert colours to indices (Image.fromarray(labels.astype(np.uint8)))"
-                " or save with a palette")
-        arr = rgb[..., 0]
+        grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        fix = ("its three channels are equal: save one of them as a grey image (Image.fromarray(arr[..., 0]))"
+               if grey else "convert the colours to class indices and save them as a grey or palette PNG")
+        raise ImageFileError(f"mask {path} is a colour ({mode}) image; label masks must be palette or grey-level "
+                             f"images whose values are class indices: {fix}")
     elif mode == "F":
         arr = np.asarray(im)
         if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):

@@ -35,7 +35,8 @@ Conversion rules:
   16-bit PNG/TIFF give their values unchanged, and a 1-bit file gives 0/1.
 * The alpha channel of ``LA``/``PA`` files is ignored.
 * RGB files are refused: colours need a colour-to-class table (the message says when the three
-  channels are equal, i.e. a grey map saved as RGB).
+  channels are equal, i.e. a grey map saved as RGB). The exception is lossless WebP, which has
+  no grey mode: its maps with R = G = B everywhere are read as grey.
 * Masks follow the same EXIF rule as images. Masks written by annotation tools carry no
   orientation tag, and a mask that carries its photo's tag was made from the photo's stored
   pixels, so applying the tag to both keeps the two aligned.
@@ -238,6 +239,7 @@ def _mask_array(im: Image.Image, path: Path) -> np.ndarray:
         raise ImageFileError(
             f"mask {path} is a lossy {im.format} file: compression noise changes label values along every edge "
             "(a 2 becomes 1 or 3); export the masks as PNG from the labelling tool")
+    fmt = im.format
     im = _oriented(im)
     mode = im.mode
     if mode in ("P", "L", "1", "I") or mode.startswith("I;16"):
@@ -247,6 +249,8 @@ def _mask_array(im: Image.Image, path: Path) -> np.ndarray:
     elif mode in ("RGB", "RGBA", "RGBX", "RGBa"):
         rgb = np.asarray(im)[..., :3]
         grey = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+        if grey and fmt == "WEBP":  # WebP has no grey mode: Pillow stores grey maps as R = G = B
+            return rgb[..., 0].astype(np.int64)
         fix = ("its three channels are equal: save one of them as a grey image (Image.fromarray(arr[..., 0]))"
                if grey else "convert the colours to class indices and save them as a grey or palette PNG")
         raise ImageFileError(f"mask {path} is a colour ({mode}) image; label masks must be palette or grey-level "

@@ -346,7 +346,7 @@ def _parse_spec(path: PathLike, text: str, state: Mapping[str, torch.Tensor]) ->
                                     f"tensors in the file have at most {largest} outputs")
     if not isinstance(spec.kwargs, dict):
         raise _corrupt_header(path, f"the spec's kwargs are a {type(spec.kwargs).__name__}, not a dict")
-    paths = sorted(k for k in spec.kwargs if k in PATH_ARGS)
+    paths = sorted(k for k in spec.kwargs if k in PATH_ARGS and spec.kwargs[k] is not None)
     if paths:
         raise _corrupt_header(path, f"its spec names files ({', '.join(f'{k}={spec.kwargs[k]!r}' for k in paths)}); "
                                     "segzoo.load never opens a path written in a checkpoint: remove them")
@@ -357,6 +357,8 @@ def _parse_spec(path: PathLike, text: str, state: Mapping[str, torch.Tensor]) ->
         if not ok or (field == "std" and min(values) <= 0):
             raise _corrupt_header(path, f"{field}={list(values)!r} is not 3 finite numbers"
                                         + (" > 0" if field == "std" else ""))
+    for k in PATH_ARGS:  # a null path opens nothing
+        spec.kwargs.pop(k, None)
     return spec
 
 

@@ -199,7 +199,11 @@ def _check_coco(ds: CocoInstances, num_classes: int, allow_empty: bool, report: 
             unreadable.append(str(e))
             continue
         jh, jw = info.get("height"), info.get("width")
-        if isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (h, w):
+        bad = [f"{k}={v!r}" for k, v in (("width", jw), ("height", jh))
+               if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)]
+        if bad:
+            problems["image_size"].append(f"{coco_json.image_where(info)}: {', '.join(bad)} is not a positive number")
+        elif isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (h, w):
             turned = " (turned by 90 degrees: EXIF orientation?)" if (jh, jw) == (w, h) else ""
             problems["image_size"].append(f"{coco_json.image_where(info)}: json {jw}x{jh}, file {w}x{h}{turned}")
         anns = ds.annotations(i, with_crowd=True)

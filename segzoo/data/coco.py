@@ -89,9 +89,11 @@ class CocoInstances(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {self.root}")
         try:
-            data = json.loads(self.ann_file.read_text())
+            data = json.loads(self.ann_file.read_bytes())  # UTF-8 (with or without BOM), UTF-16 or UTF-32
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{self.ann_file} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise DataError(f"{self.ann_file} nests JSON too deeply to be a COCO file") from None
         index = index_coco(data, self.ann_file)
         if with_masks:
             _mask_api()

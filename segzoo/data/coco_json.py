@@ -62,6 +62,8 @@ KINDS: dict[str, tuple[str, str, str]] = {
                                 "give every annotation its own id (COCO evaluation indexes them by id)"),
     "duplicate_file": ("report", "image files listed under two image ids",
                        "merge the two entries: each id would train with half of the objects"),
+    "duplicate_category_name": ("warning", "category names used by several categories",
+                                "they train as separate classes; merge them if they are one"),
 }
 INDEX_PROBLEMS = {
     "not_object": ("entries that are not JSON objects", "images, annotations and categories are lists of objects"),
@@ -182,6 +184,10 @@ def index_coco(data: Any, ann_file: Path) -> CocoIndex:
         problems["duplicate_annotation_id"] = dup_ids
     if dup_files:
         problems["duplicate_file"] = dup_files
+    names = Counter(str(c.get("name", c["id"])) for c in categories)
+    dup_names = [f"{n!r} ({k} categories)" for n, k in sorted(names.items()) if k > 1]
+    if dup_names:
+        problems["duplicate_category_name"] = dup_names
     return CocoIndex(images=sorted(by_id.values(), key=lambda im: im["id"]),
                      categories=sorted(categories, key=lambda c: c["id"]), anns=anns, problems=problems)
 
@@ -249,13 +255,50 @@ def segmentation_problems(segm: Any, size: tuple[int, int] | None) -> list[tuple
             if sum(counts) != rle_size[0] * rle_size[1]:
                 return [("rle_format", f"RLE counts add up to {sum(counts)} pixels but its size {rle_size} has "
                          f"{rle_size[0] * rle_size[1]}")]
-        elif not isinstance(counts, (str, bytes)):
+        elif isinstance(counts, (str, bytes)):
+            runs = rle_string_counts(counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts)
+            if runs is None:
+                return [("rle_format", f"compressed RLE counts {_short(counts)} are not a valid COCO RLE string")]
+            if sum(runs) != rle_size[0] * rle_size[1]:
+                return [("rle_format", f"compressed RLE counts add up to {sum(runs)} pixels but its size {rle_size} "
+                         f"has {rle_size[0] * rle_size[1]}")]
+        else:
             return [("rle_format", f"RLE counts {_short(counts)} are neither a list nor a string")]
         if size is not None and tuple(rle_size) != tuple(size):
             return [("rle_size", f"RLE size [height, width] = {rle_size} but the image is {size[1]}x{size[0]} "
                      f"(width x height)")]
         return []
     return [("segm_format", f"segmentation is a {type(segm).__name__}")]
+
+
+def rle_string_counts(text: str) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string, or None when it is malformed.
+
+    The format is pycocotools' ``rleToString``: each run is a little-endian sequence of 5-bit
+    groups stored as ``chr(48 + group)``, with bit 0x20 meaning "more groups follow" and bit 0x10
+    of the last group the sign; from the third run on, runs are stored as differences to the run
+    two places before. pycocotools decodes malformed strings into garbage masks without an
+    error, so they are checked here.
+    """
+    counts: list[int] = []
+    x = k = 0
+    for ch in text:
+        c = ord(ch) - 48
+        if not 0 <= c < 64:
+            return None
+        x |= (c & 0x1F) << (5 * k)
+        k += 1
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        if x < 0:
+            return None
+        counts.append(x)
+        x = k = 0
+    return None if k else counts
 
 
 def group(kind: str, items: list[str], prefix: str = "") -> str:

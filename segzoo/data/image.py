@@ -9,8 +9,9 @@
   remote-sensing tools) give float32 in [0, 1], divided by the largest value of the stored type
   (65535 for 16 bits). Data that uses fewer bits than its type, such as 12-bit sensor values in
   a 16-bit file, therefore looks dark: stretch it when saving. Negative values are refused.
-* 32-bit float files give float32 and must already hold intensities in [0, 1]. Other ranges
-  and NaN or infinite values are refused, because any rescaling rule would be a guess.
+* 32-bit float files give float32 and must already hold intensities in [0, 1] (rounding slack
+  of 1e-3 is clipped). Other ranges and NaN or infinite values are refused, because any
+  rescaling rule would be a guess.
 
 Both dtypes end up in [0, 1] after ``v2.ToDtype(torch.float32, scale=True)``, which is how the
 transform presets and :func:`segzoo.predict` turn images into model input.
@@ -67,6 +68,7 @@ ORIENTATION = 0x0112  # the EXIF orientation tag
 _SWAPS_AXES = (5, 6, 7, 8)  # orientations that rotate by 90 degrees (width and height swap)
 _HIGH_BIT_MODES = ("I", "F")  # plus every "I;16*" mode
 _LOSSY_FORMATS = ("JPEG", "MPO")
+FLOAT_SLACK = 1e-3  # float images may exceed [0, 1] by this much (rounding); it is clipped
 
 __all__ = ["ImageFileError", "image_from_pil", "image_size", "read_image", "read_mask"]
 
@@ -88,6 +90,8 @@ def _reason(error: Exception, path: Path) -> str:
         return f"not an image format Pillow can read, or not an image at all{hint}"
     if isinstance(error, Image.DecompressionBombError):
         return f"{error} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
+    if isinstance(error, OSError) and error.errno is not None:  # permissions, I/O errors: not the file's content
+        return f"it cannot be opened ({error.strerror or error})"
     text = str(error) or type(error).__name__
     if "truncated" in text.lower():
         return f"the file is truncated ({text})"
@@ -127,12 +131,12 @@ def _unit_range(arr: np.ndarray, depth: tuple[int, bool], name: str) -> np.ndarr
         if not np.isfinite(arr).all():
             raise ImageFileError(f"image {name} holds NaN or infinite values; save finite intensities in [0, 1]")
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if lo < 0 or hi > 1:
+        if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
             raise ImageFileError(
                 f"image {name} is a float image with values in [{lo:g}, {hi:g}]; float images are read as "
                 "intensities in [0, 1]: divide by the right maximum (255, 65535, ...) before saving, or save "
                 "it as an 8- or 16-bit integer image")
-        return arr.astype(np.float32)  # a writable copy
+        return np.clip(arr, 0, 1).astype(np.float32)  # a writable copy; rounding slack clipped
     bits, signed = depth
     top = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
     lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)

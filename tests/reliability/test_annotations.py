@@ -104,6 +104,8 @@ CONTENT = {
         "annotation 10: RLE size \\[height, width\\] = \\[25, 30\\] but the image is 30x20"),
     "RLE counts that do not add up": (lambda d: d["annotations"][0].update(
         segmentation={"size": [H, W], "counts": [5, 5]}), "counts add up to 10 pixels"),
+    "garbage compressed RLE": (lambda d: d["annotations"][0].update(segmentation={"size": [H, W], "counts": "0000"}),
+                               "compressed RLE counts add up to 0 pixels"),
     "bbox of 3 numbers": (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "without a bbox of 4 numbers"),
     "bbox missing": (lambda d: d["annotations"][0].pop("bbox"), "annotation 10: has no 'bbox'"),
     "infinite bbox": (lambda d: d["annotations"][0].update(bbox=[1, 2, float("inf"), 3]), "NaN or infinite"),
@@ -123,6 +125,27 @@ def test_content_problems_are_reported_with_ids_and_refused_on_load(tmp_path, ca
     with pytest.raises(DataError, match="ann.json: image 1 \\(a.png\\)"):
         ds[0]
     ds[1]  # the other image is fine
+
+
+def test_compressed_rle_strings_are_decoded_exactly(tmp_path):
+    """pycocotools decodes a malformed counts string into a garbage mask without an error."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    from segzoo.data.coco_json import rle_string_counts
+    from segzoo.data.shapes import encode_rle
+
+    rng = np.random.RandomState(0)
+    for _ in range(50):
+        a = (rng.rand(*rng.randint(1, 40, 2)) < rng.rand()).astype(np.uint8)
+        rle = mask_utils.encode(np.asfortranarray(a))
+        assert rle_string_counts(rle["counts"].decode()) == encode_rle(a)["counts"]
+    assert rle_string_counts("garbage") is None and rle_string_counts("0P") is None  # ends inside a run
+
+
+def test_json_with_a_byte_order_mark_and_bad_sizes(tmp_path):
+    img, ann = write(tmp_path, edited(lambda d: d["images"][1].update(width="30")))
+    ann.write_bytes(b"\xef\xbb\xbf" + ann.read_bytes())  # Windows tools write a UTF-8 BOM
+    ds = CocoInstances(img, ann)
+    assert "image 2 (b.png): width='30' is not a positive number" in check_errors(ds)
 
 
 def test_negative_box_is_reported(tmp_path):

@@ -134,6 +134,8 @@ def test_32bit_integer_and_float_tiff(tmp_path):
     floats = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     Image.fromarray(floats).save(tmp_path / "f.tif")
     torch.testing.assert_close(read_image(tmp_path / "f.tif")[2], torch.from_numpy(floats))
+    Image.fromarray(floats * 1.0001).save(tmp_path / "slack.tif")  # rounding slack: clipped, not refused
+    assert read_image(tmp_path / "slack.tif").max() == 1
     Image.fromarray(floats * 255).save(tmp_path / "f255.tif")
     with pytest.raises(ImageFileError, match=r"f255.tif is a float image with values in \[0, 255\]"):
         read_image(tmp_path / "f255.tif")

@@ -188,7 +188,7 @@ def save(model: nn.Module, path: PathLike, classes: list[str] | None = None) -> 
 
 
 def _keys_digest(keys) -> str:
-    """A digest of the tensor names (what checkpoints of segzoo <= 0.x carried; still verified)."""
+    """A digest of the tensor names (all that checkpoints written before content_sha256 carry)."""
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from segzoo.data.records import IMAGE_SUFFIXES
+from segzoo.data.voc import voc_dirs
 from segzoo.data.yolo import find_yaml
 
 PathLike = str | os.PathLike
@@ -65,7 +66,7 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
         out["yolo"] = (isinstance(spec, dict) and "names" in spec, "yaml with 'names'" if spec else "not a yaml")
         return out
     sub = {p.name for p in root.iterdir() if p.is_dir()}
-    vocs = [root] if "JPEGImages" in sub else [p for p in root.iterdir() if (p / "JPEGImages").is_dir()]
+    vocs = voc_dirs(root)
     voc = vocs[0] if len(vocs) == 1 else None
     voc_parts = sorted(d for d in ("Annotations", "SegmentationClass", "SegmentationObject", "ImageSets")
                        if voc is not None and (voc / d).is_dir())

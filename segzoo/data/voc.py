@@ -97,18 +97,27 @@ def read_list(path: Path) -> list[str]:
     return ids
 
 
+def voc_dirs(root: Path) -> list[Path]:
+    """Folders holding ``JPEGImages/``: ``root`` itself, else its children and grandchildren
+    (``VOCdevkit/VOC2012`` given the folder above ``VOCdevkit``)."""
+    if (root / "JPEGImages").is_dir():
+        return [root]
+    kids = [p for p in sorted(root.iterdir()) if p.is_dir()]
+    found = [p for p in kids if (p / "JPEGImages").is_dir()]
+    return found or [q for p in kids for q in sorted(p.iterdir()) if (q / "JPEGImages").is_dir()]
+
+
 def voc_root(root: PathLike) -> Path:
-    """``VOCdevkit/VOC2012`` given itself or its ``VOCdevkit`` parent."""
+    """``VOCdevkit/VOC2012`` given itself, ``VOCdevkit`` or the folder above it."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"Pascal VOC folder not found: {root}")
-    if (root / "JPEGImages").is_dir():
-        return root
-    kids = sorted(p for p in root.iterdir() if (p / "JPEGImages").is_dir())
-    if len(kids) == 1:
-        return kids[0]
-    raise FileNotFoundError(f"{root} has no JPEGImages folder" + (f" (candidates: {[k.name for k in kids]})" if kids
-                            else "") + "; point root at the folder that holds JPEGImages/ (e.g. VOCdevkit/VOC2012)")
+    found = voc_dirs(root)
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(f"{root} has no JPEGImages folder" + (f" but several below it: {[str(k) for k in found]}"
+                            if found else "") + "; point root at the folder that holds JPEGImages/ "
+                            "(e.g. VOCdevkit/VOC2012)")
 
 
 def read_colour_mask(path: Path, colours: list[tuple[int, int, int]], ignore_index: int) -> np.ndarray:

@@ -7,8 +7,18 @@ from PIL import Image
 
 from segzoo.data import CVAT, VOC, YOLO, LabelMe, build_dataset, check_dataset, detect_format
 from segzoo.data.voc import VOC_CLASSES
-from tests.data_layouts import CVAT_MASK, VOC_OBJECTS, H, W, labelme_shape, rgb, write_cvat, write_labelme, \
-    write_voc, write_yolo
+from tests.data_layouts import (
+    CVAT_MASK,
+    VOC_OBJECTS,
+    H,
+    W,
+    labelme_shape,
+    rgb,
+    write_cvat,
+    write_labelme,
+    write_voc,
+    write_yolo,
+)
 
 pytest.importorskip("pycocotools")
 

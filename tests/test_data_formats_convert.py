@@ -138,3 +138,15 @@ def test_convert_refuses_and_leaves_nothing_half_written(tmp_path, capsys):
     assert main([str(src), str(tmp_path / "out"), "--to", "mask_folder", "--split", "train"]) == 0
     assert "converted yolo -> mask_folder" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["train"]
+
+
+def test_segzoo_data_convert_command(tmp_path, capsys):
+    from segzoo.cli import main as cli
+
+    src = write_labelme(tmp_path / "lm")
+    assert cli(["data", "convert", str(src), str(tmp_path / "y"), "--to", "yolo", "--simplify", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "converted labelme -> yolo" in out and "classes (2, in id order): cat, dog" in out
+    assert (tmp_path / "y" / "data.yaml").read_text().startswith("train: images/train")
+    assert cli(["data", "convert", str(src), str(tmp_path / "z"), "--to", "yolo", "--from", "voc"]) == 2
+    assert "no JPEGImages" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def test_nuclei_from_the_stardist_wheel(wheel_cache):
     counts = [len(train[i][1]["labels"]) for i in range(len(train))]
     assert sum(counts) > 90
     report = check_dataset(train, num_classes=1)
-    assert report.ok, report.format()
+    assert report.ok and report.num_items == 12 and report.classes_found == [0], report.format()
     sem = build_dataset({"type": "nuclei", "train": {"tile_size": 128}, "ignore_index": 255}, "train", "semantic",
                         with_transforms=False)
     assert sem.num_classes == 2 and 0.05 < float(sem[0][1].float().mean()) < 0.6
@@ -123,6 +123,7 @@ def test_tree_crowns_from_the_deepforest_wheel(wheel_cache):
     boxes = [sum(len(ds.objects(i, *ds.image_hw(i))) for i in range(len(ds))) for ds in (train, val)]
     assert sum(boxes) == 951 and 0.15 < boxes[1] / sum(boxes) < 0.4  # every crown in exactly one tile
     assert {train.image_path(i) for i in range(len(train))}.isdisjoint(val.image_path(i) for i in range(len(val)))
-    assert check_dataset(val, num_classes=1).ok
+    report = check_dataset(val, num_classes=1)
+    assert report.ok and report.num_items == len(val), report.format()
     _, t = val[0]
     assert t["labels"].eq(0).all() and (t["boxes"][:, 2:] > t["boxes"][:, :2]).all()

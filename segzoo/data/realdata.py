@@ -227,6 +227,11 @@ class BoxTiles(_Tiles):
     def supported_tasks(cls) -> tuple[str, ...]:
         return ("detection",)
 
+    def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
+        """As the base check, with empty tiles as warnings: the boxes are exhaustive, a tile without one
+        shows no object (a meadow between the crowns) and is a true negative."""
+        super().check(report, num_classes, ignore_index, allow_empty=True)
+
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         i, y0, x0, y1, x1 = self.tiles[index]
         boxes, labels = boxes_in_tile(self.boxes[i], self.labels[i], y0, x0, y1, x1)
@@ -256,9 +261,9 @@ class NucleiTiles(LabelImageTiles):
                  ignore_index: int = 255) -> None:
         wheel = _wheel("stardist", cache_dir, download)
         image, labels = (_decode(read_member(wheel, m)) for m in NUCLEI_FILES)
-        super().__init__([image], [labels], [f"{wheel.name}!{NUCLEI_FILES[0]}"], "nucleus", split, task, tile_size,
+        super().__init__([image], [labels], [Path(NUCLEI_FILES[0]).name], "nucleus", split, task, tile_size,
                          min_pixels, transforms, ignore_index)
-        self.source = wheel
+        self.wheel = wheel
 
 
 class TreeCrownTiles(BoxTiles):
@@ -284,10 +289,10 @@ class TreeCrownTiles(BoxTiles):
                                  f"{image.shape[1]}x{image.shape[0]}")
             images.append(image)
             boxes.append(np.asarray([o["box"] for o in ann["objects"]], dtype=np.float64).reshape(-1, 4))
-            names.append(f"{wheel.name}!{member}.png")
+            names.append(f"{stem}.png")
         labels = [np.zeros(len(b), dtype=np.int64) for b in boxes]
         super().__init__(images, boxes, labels, names, ["tree"], split, tile_size, transforms)
-        self.source = wheel
+        self.wheel = wheel
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -188,6 +188,12 @@ class VOC(AnnotatedImages):
         self.split = split
         self.use_difficult = use_difficult
         self.sbd_root = Path(sbd_root) if sbd_root is not None else None
+        need = {"instance": "SegmentationObject", "detection": "Annotations"}.get(task)
+        if need and not (self.root / need).is_dir():
+            have = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+            hint = ("instance masks come from SegmentationObject PNGs; train a detection model on the Annotations "
+                    "boxes instead" if task == "instance" else "boxes come from Annotations/*.xml")
+            raise FileNotFoundError(f"{self.root} has no {need}/ for the {task} task (it has {have}); {hint}")
         colours = None
         labelmap = self.root / "labelmap.txt"
         if classes is None and labelmap.is_file():

@@ -178,5 +178,5 @@ class YOLO(AnnotatedImages):
         return out
 
     def item_name(self, index: int) -> str:
-        return str(self.labels[index].name)
+        return self.images[index].name
 

@@ -106,6 +106,9 @@ def test_yolo_bad_labels_say_where(tmp_path):
         assert not report.ok and "cannot be read" in report.errors[0]
     with pytest.raises(ValueError, match="no 'test' split; it has \\['train', 'val'\\]"):
         YOLO(root, "test")
+    (tmp_path / "pose.yaml").write_text("train: images/train\nkpt_shape: [17, 3]\nnames: [person]\n")
+    with pytest.raises(ValueError, match="pose"):
+        YOLO(tmp_path / "pose.yaml")
     for p in (root / "labels" / "train").iterdir():
         p.unlink()
     report = check_dataset(YOLO(root, "train"), num_classes=2)

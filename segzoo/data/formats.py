@@ -42,7 +42,7 @@ def _xml_root(path: Path) -> str:
     return ""
 
 
-def _coco_files(root: Path) -> list[Path]:
+def coco_files(root: Path) -> list[Path]:
     cands = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
     return [p for p in cands[:_PROBE] if {"images", "annotations", "categories"} <= _json_keys(p)]
 
@@ -95,7 +95,7 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
     ade_ok = (ade / "images" / "training").is_dir() or (ade / "images" / "validation").is_dir()
     out["ade20k"] = (ade_ok and (ade / "annotations").is_dir(),
                      "images/{training,validation} + annotations/" if ade_ok else "no images/training or validation")
-    cocos = _coco_files(root)
+    cocos = coco_files(root)
     out["coco"] = (bool(cocos), f"COCO json {[p.name for p in cocos]}" if cocos else "no json with images/"
                    "annotations/categories")
     jsons = sorted(root.rglob("*.json"))[:_PROBE]
@@ -151,7 +151,7 @@ def _coco_args(root: Path, split: str) -> dict:
     if root.is_file():
         folder = root.parent / "images" if (root.parent / "images").is_dir() else root.parent
         return {"root": folder, "ann_file": root}
-    files = _coco_files(root)
+    files = coco_files(root)
     named = [p for p in files if split in p.stem] or files
     if len(named) != 1:
         raise ValueError(f"data.type auto: {root} holds COCO files {[p.name for p in files]}; none or several match "

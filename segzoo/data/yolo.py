@@ -121,6 +121,9 @@ class YOLO(AnnotatedImages):
                 spec = yaml.safe_load(yaml_path.read_text()) or {}
             except yaml.YAMLError as e:
                 raise ValueError(f"{yaml_path} is not valid YAML: {e}") from None
+            if "kpt_shape" in spec:
+                raise ValueError(f"{yaml_path} describes a pose (keypoint) dataset (kpt_shape); segzoo reads YOLO "
+                                 "detection and segmentation labels")
             names = read_names(spec, yaml_path)
             classes = classes if classes is not None else names
             base = Path(spec["path"]) if spec.get("path") else yaml_path.parent

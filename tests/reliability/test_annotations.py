@@ -197,6 +197,32 @@ def test_image_with_only_crowd_regions_is_not_empty(tmp_path):
     assert "1 images have no annotations: b.png" in " ".join(report.errors)
 
 
+def test_crowd_only_images_are_not_empty_in_the_format_readers(tmp_path):
+    from segzoo.data.records import AnnotatedImages, Obj
+
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "a.png")
+
+    class OneImage(AnnotatedImages):  # the shape of every format reader (CVAT, LabelMe, Cityscapes, ...)
+        object_classes = ["person"]
+
+        def __init__(self, objs):
+            super().__init__("instance")
+            self.objs = objs
+
+        def __len__(self):
+            return 1
+
+        def image_path(self, index):
+            return tmp_path / "a.png"
+
+        def objects(self, index, height, width):
+            return self.objs
+
+    crowd = Obj(0, segmentation=[[1, 1, 9, 1, 9, 9, 1, 9]], crowd=True)
+    assert not any("no labelled pixel or object" in e for e in check_dataset(OneImage([crowd]), 1).errors)
+    assert any("no labelled pixel or object" in e for e in check_dataset(OneImage([]), 1).errors)
+
+
 # ---------------------------------------------------------------- mask folders (issue 15.3)
 
 

@@ -1,6 +1,6 @@
 """Damaged or edited checkpoints: one CheckpointError naming the file, before anything is built (issue 15.6).
 
-The header-edit cases recompute ``content_sha256`` after editing, as a tool that rewrites
+The header-edit cases recompute ``content_digest`` after editing, as a tool that rewrites
 headers would, so the header checks themselves are what must catch them.
 """
 
@@ -40,9 +40,9 @@ def rewrite(src, dst, edit_meta=None, edit_state=None, digest=True):
         edit_meta(meta)
     if edit_state:
         edit_state(state)
-    meta.pop("content_sha256", None)
+    meta.pop("content_digest", None)
     if digest:
-        meta["content_sha256"] = content_digest(state, meta["spec"], meta.get("classes", "null"))
+        meta["content_digest"] = content_digest(state, meta["spec"], meta.get("classes", "null"))
     save_file(state, dst, metadata=meta)
     return dst
 
@@ -76,7 +76,7 @@ def test_flipped_weight_bytes_are_caught(ckpt, tmp_path, where):
     data[pos] ^= 0x40
     bad = tmp_path / "flipped.safetensors"
     bad.write_bytes(bytes(data))
-    one_error(bad, "corrupted: its weights or header differ from the sha256")
+    one_error(bad, "corrupted: its weights or header differ from the digest")
     with pytest.raises(CheckpointError, match="corrupted"):
         segzoo.build("fcn_resnet50", num_classes=3, backbone="resnet18", weights=bad)
 
@@ -87,7 +87,7 @@ def test_run_folder_checkpoints_carry_the_digest(ckpt, tmp_path):
     meta = {"segzoo": segzoo.__version__, "spec": model.spec.to_json(), "classes": "null", "step": "3"}
     path = tmp_path / "model.safetensors"
     path.write_bytes(checkpoint.encode_state_dict(model.state_dict(), meta))
-    assert "content_sha256" in header(path)[0]["__metadata__"]
+    assert "content_digest" in header(path)[0]["__metadata__"]
     data = bytearray(path.read_bytes())
     data[-5] ^= 1
     path.write_bytes(bytes(data))
@@ -97,10 +97,10 @@ def test_run_folder_checkpoints_carry_the_digest(ckpt, tmp_path):
 
 def test_old_checkpoints_with_only_keys_sha256_still_load(ckpt, tmp_path):
     def old_style(meta):
-        meta.pop("content_sha256")
+        meta.pop("content_digest")
 
     old = rewrite(ckpt, tmp_path / "old.safetensors", old_style, digest=False)
-    assert "content_sha256" not in header(old)[0]["__metadata__"]
+    assert "content_digest" not in header(old)[0]["__metadata__"]
     model = segzoo.load(old)
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():

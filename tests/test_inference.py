@@ -6,7 +6,7 @@ from torch import nn
 
 import segzoo
 from segzoo.models.base import SegmentationModel
-from segzoo.predict import load_image, sliding_window, tile_origins
+from segzoo.inference import load_image, sliding_window, tile_origins
 
 
 class LocalFCN(SegmentationModel):

@@ -14,13 +14,26 @@ from segzoo.models.base import SegmentationModel
 from segzoo.registry import ModelSpec
 
 
+class TinyBackbone(nn.Sequential):
+    """conv-(BN)-ReLU with the backbone contract's ``freeze`` (what the trainer calls)."""
+
+    def freeze(self, bn=True, params=True):
+        from timm.layers import freeze_batch_norm_2d
+
+        if bn:
+            freeze_batch_norm_2d(self)  # BatchNorm -> FrozenBatchNorm2d, in place
+        for p in self.parameters() if params else ():
+            p.requires_grad_(False)
+        return self
+
+
 class TinySeg(SegmentationModel):
     """conv-(BN)-ReLU "backbone" and a 1x1 head; optional dropout."""
 
     def __init__(self, num_classes=4, norm=True, dropout=0.0):
         super().__init__(num_classes)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if norm else nn.Identity(),
-                                      nn.ReLU())
+        self.backbone = TinyBackbone(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if norm else nn.Identity(),
+                                     nn.ReLU())
         self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(8, num_classes, 1))
         self.spec = ModelSpec("tiny_seg", "semantic", num_classes)
 
@@ -189,10 +202,10 @@ def test_freeze_backbone_keeps_backbone_fixed(data, tmp_path):
 
 
 def test_early_stopping_clipping_channels_last_and_bf16(data, tmp_path):
-    c = cfg(epochs=3, lr=0.0, early_stop_patience=1, clip_grad=1.0, channels_last=True, amp="bf16")
+    c = cfg(epochs=3, lr=1e-20, early_stop_patience=1, clip_grad=1.0, channels_last=True, amp="bf16")
     metrics = Trainer(TinySeg(norm=False), *data, c, tmp_path).fit()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    # lr 0: the metric never improves after the first evaluation, so training stops after epoch 2 of 3
+    # lr 1e-20 (lr must be > 0): updates vanish in float32, so the metric never improves after the first evaluation, so training stops after epoch 2 of 3
     assert metrics["step"] == 8 and metrics["best_step"] == 4
     assert [r["type"] for r in records if r["type"] != "train"] == ["eval", "eval", "early_stop"]
     assert all("grad_norm" in r for r in records if r["type"] == "train")

@@ -69,7 +69,7 @@ def test_wrong_type_in_a_file_and_accepted_forms(tmp_path):
     cfg = load_config(base={"model": MODEL}, overrides=[
         "train.lr=1e-3", "train.lr=2", "train.amp=off", "train.amp=bf16", "data.augment.size=[64, 96]",
         "data.augment.size=128", "train.max_steps=null", "train.clip_grad=1", "data.classes=[a, b]"])
-    assert cfg["train"]["lr"] == 2 and cfg["train"]["amp"] == "bf16" and cfg["data"]["augment"]["size"] == 128
+    assert cfg.train.lr == 2 and cfg.train.amp == "bf16" and cfg.data.augment.size == 128
 
 
 def data_cfg(tmp_path, data):

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import operator
 import os
 import re
 import reprlib
@@ -229,17 +230,17 @@ def _convert(path: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"config key {path!r} must be {what}, got {_short.repr(value)}") from None
 
 
-def _check_range(path: str, value: Any, meta: Mapping, default: Any) -> None:
+def _check_range(path: str, value: Any, meta: Mapping) -> None:
     items = value if isinstance(value, tuple) else (value,)
     hint = f" ({meta['help']})" if meta.get("help") else ""
     for v in items:
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"config key {path!r} must be a finite number, got {v}{hint}")
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            for key, ok, sign in (("ge", v.__ge__, ">="), ("gt", v.__gt__, ">"), ("le", v.__le__, "<="),
-                                  ("lt", v.__lt__, "<")):
+            for key, ok, sign in (("ge", operator.ge, ">="), ("gt", operator.gt, ">"), ("le", operator.le, "<="),
+                                  ("lt", operator.lt, "<")):
                 bound = meta.get(key)
-                if bound is not None and not ok(bound):
+                if bound is not None and not ok(v, bound):
                     raise ConfigError(f"config key {path!r} must be {sign} {bound}, got {_short.repr(_plain(value))}"
                                       f"{hint}")
         if isinstance(v, str):
@@ -266,7 +267,7 @@ def _value(path: str, value: Any, tp: Any, meta: Mapping, default: Any) -> Any:
             out = _convert(path, value, alt)
         except _Mismatch:
             continue
-        _check_range(path, out, meta, default)
+        _check_range(path, out, meta)
         return out
     names = " or ".join(dict.fromkeys(_describe(t) for t in alternatives))
     shown = f" (default {path}={_short.repr(_plain(default))})" if default is not None else ""

@@ -196,6 +196,7 @@ class Trainer:
         self.saved_step = -1
         self.last_eval: dict[str, Any] = {}
         self.seconds_before = 0.0  # training time of the run before this process resumed it
+        self.saved_seconds = 0.0  # training time at the last checkpoint
         self._start = time.perf_counter()
         self._log: RunLog | None = None
         self._signals = StopOnSignal()
@@ -238,6 +239,8 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write the weights and the training state (atomically) on the main process."""
+        if self.saved_step != self.step:
+            self.saved_seconds = self.seconds
         if self.is_main and self.saved_step != self.step:
             weights = encode_state_dict(self.model.state_dict(), self._metadata())
             state = {
@@ -247,7 +250,7 @@ class Trainer:
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
-                "closed_step": self.closed_step, "train_seconds": self.seconds, "last_eval": self.last_eval,
+                "closed_step": self.closed_step, "train_seconds": self.saved_seconds, "last_eval": self.last_eval,
             }
             buf = io.BytesIO()
             torch.save(state, buf)
@@ -282,7 +285,7 @@ class Trainer:
         self.step, self.saved_step = state["step"], state["step"]
         self.best, self.best_step = state["best"], state["best_step"]
         self.bad_evals, self.closed_step = state["bad_evals"], state["closed_step"]
-        self.seconds_before = float(state.get("train_seconds", 0.0))
+        self.seconds_before = self.saved_seconds = float(state.get("train_seconds", 0.0))
         self.last_eval = state.get("last_eval", {})
 
     # ------------------------------------------------------------------ loop
@@ -481,10 +484,12 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         if self.closed_step != self.step:
             self.save_checkpoint()
+        # the clock of the whole run stops at its final checkpoint (a finished run resumed adds nothing)
+        seconds = self.saved_seconds if self.saved_step == self.step else self.seconds
         metrics = {
             "model": self.model.spec.name, "task": self.task, "step": self.step, "total_steps": self.total_steps,
             "epochs": self.step / self.steps_per_epoch, "metric": self.metric_name, "best": self.best,
-            "best_step": self.best_step, "train_seconds": round(self.seconds, 2), "world_size": self.world_size,
+            "best_step": self.best_step, "train_seconds": round(seconds, 2), "world_size": self.world_size,
             "final": self.last_eval,
         }
         if self.is_main:

@@ -194,5 +194,5 @@ def test_resuming_a_finished_run_keeps_its_results(config, reference, tmp_path):
                 "--resume"]) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["final"] == first["final"] and again["step"] == 2 and again["best"] == first["best"]
-    assert again["train_seconds"] >= first["train_seconds"]
+    assert again["train_seconds"] == first["train_seconds"]  # nothing was trained again
     assert (out / "log.jsonl").read_text() == log

@@ -1,4 +1,4 @@
-"""The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check | benchmark``.
+"""The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check|convert | benchmark``.
 
 Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments and a function that runs it (parse, call the library, print). Adding a subcommand
@@ -301,6 +301,18 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+def _data_convert_args(p: argparse.ArgumentParser) -> None:
+    from segzoo.data.convert import add_arguments
+
+    add_arguments(p)
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from segzoo.data.convert import run
+
+    return run(args)
+
+
 # ---------------------------------------------------------------------------- benchmark
 
 
@@ -379,6 +391,12 @@ empty images, boxes, files).
 
 Exits with status 1 when the data has errors (training would refuse it).""",
         _data_check_args, _data_check, overrides=True),
+    "data convert": Command(
+        "convert a dataset to coco, mask_folder or yolo", """Convert a dataset (VOC, YOLO, LabelMe, CVAT, COCO,
+Cityscapes, ADE20K...) to coco, mask_folder or yolo.
+
+    segzoo data convert SRC DST --to coco [--from auto] [--split train]""",
+        _data_convert_args, _data_convert),
     "benchmark": Command(
         "time models against torchvision/timm (source checkout)", """Run tools/benchmark.py of a source checkout.
 

@@ -80,7 +80,7 @@ class AugmentConfig(_Section):
 class DataConfig(_Section):
     """The dataset of each split and how it is loaded (``data:``)."""
 
-    type: str = option("shapes", "shapes | coco | coco_semantic | mask_folder")
+    type: str = option("shapes", "a segzoo.data.DATASET_TYPES key (shapes, coco, mask_folder, voc, yolo...) or auto")
     root: str = option("data/shapes", "shapes: where the generated files live")
     train: dict | None = option(None, "dataset arguments of the train split (see segzoo.data.build_dataset)")
     val: dict | None = option(None, "dataset arguments of the validation split")

@@ -1,0 +1,118 @@
+"""The accuracy ledger's harness (tools/realdata.py): identical starting weights on both sides, the report, the
+README slot. Fast: small inputs, no training, no wheel needed."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+from realdata_ledger import CASES, END_MARKER, START_MARKER  # noqa: E402
+from realdata_ledger.report import format_table, markdown_report, replace_section, summarise, verdict  # noqa: E402
+from realdata_ledger.run import Recorder, initial_agreement, make_config  # noqa: E402
+
+
+def test_smp_unet_weights_map_into_segzoo_exactly():
+    pytest.importorskip("segmentation_models_pytorch")
+    from realdata_ledger.peers import unet_pair
+
+    ours, peer = unet_pair("resnet18", 3, seed=1)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), peer.eval()(x))
+    assert initial_agreement(ours, peer, [(x[0], None), (x[1], None)]) == {"max_abs_logit_diff": 0.0, "agree": True}
+    y = torch.randint(0, 3, (2, 64, 96))
+    y[0, :8] = 255  # ignored pixels count on neither side
+    ours.train()
+    peer.train()
+    torch.testing.assert_close(ours(x, y)["loss"], peer.loss(x, y), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
+def test_torchvision_rcnn_starts_from_identical_weights(name):
+    from realdata_ledger.peers import rcnn_pair
+
+    # every anchor and region sampled in training (no random subsets): the losses must agree too
+    exhaustive = {"rpn_batch_size_per_image": 10**6, "box_batch_size_per_image": 10**6}
+    ours, peer = rcnn_pair(name, 1, seed=0, backbone="resnet18", anchor_sizes=(16, 32, 64, 128, 256),
+                           rpn_post_nms_top_n_test=50, box_score_thresh=0.0, **exhaustive)
+    bn = ours.backbone.body.bn1
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.weight.requires_grad  # trainable, as torchvision's from scratch
+    image = torch.rand(3, 96, 80)
+    out = initial_agreement(ours, peer, [(image, None)])
+    assert out["agree"], out
+    preds = peer([image])[0]  # segzoo's format: 0-based labels, K x H x W masks, input size (no resize)
+    assert preds["labels"].min() >= 0 and (preds["boxes"][:, 2:] <= torch.tensor([80, 96])).all()
+    if name.startswith("maskrcnn"):
+        assert preds["masks"].shape[1:] == (96, 80)
+    target = {"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0]]), "labels": torch.tensor([0])}
+    if name.startswith("maskrcnn"):
+        target["masks"] = torch.zeros(1, 96, 80, dtype=torch.uint8)
+        target["masks"][0, 12:50, 10:40] = 1
+    ours.train()
+    peer.train()
+    torch.testing.assert_close(ours([image], [target])["loss"], peer.loss([image], [target]), rtol=1e-5, atol=1e-5)
+
+
+def test_recorder_hashes_the_stream():
+    items = [(torch.full((3, 4, 4), float(i)), {"boxes": torch.zeros(0, 4), "labels": torch.tensor([i])})
+             for i in range(3)]
+    a, b = Recorder(items), Recorder(items)
+    for i in (0, 2, 1):
+        a[i]
+    for i in (0, 2, 1):
+        b[i]
+    assert a.digest() == b.digest() and a.digest().startswith("3 items")
+    b[0]
+    c = Recorder(items)
+    for i in (0, 1, 2):
+        c[i]
+    assert c.digest() != a.digest()  # the order counts
+
+
+def test_cases_and_their_configs():
+    assert set(CASES) == {"nuclei_semantic", "nuclei_instance", "tree_crowns", "tree_crowns_centernet"}
+    cfg = make_config(CASES["nuclei_semantic"], seed=3, steps=7)
+    assert (cfg.train.seed, cfg.train.max_steps, cfg.data.type, cfg.model["name"]) == (3, 7, "nuclei", "unet_resnet34")
+    assert CASES["tree_crowns_centernet"].peer is None
+
+
+def _run(case, seed, seg, peer):
+    side = {"metrics": seg, "train_s": 10.0, "checkpoint_s": 2.0, "eval_s": 1.0, "losses": [1.0], "batches": "x"}
+    run = {"case": case, "seed": seed, "steps": 5, "segzoo": side, "load_start": 1.0, "load_end": 2.0}
+    if peer is not None:
+        run.update(peer={**side, "metrics": peer, "checkpoint_s": 0.0}, same_batches=True, init={"agree": True})
+    return run
+
+
+def test_verdict_and_tables(tmp_path):
+    assert verdict([0.8, 0.82], [0.9, 0.91]).startswith("segzoo lower by 0.095 > spread 0.020")
+    assert "within spread" in verdict([0.80, 0.84], [0.82, 0.83])
+    assert "one seed" in verdict([0.5], [0.6])
+    assert verdict([0.5], []) == "no peer"
+    results = [_run("nuclei_semantic", s, {"nucleus Dice": 0.8 + s / 100, "nucleus IoU": 0.7}, {
+        "nucleus Dice": 0.81, "nucleus IoU": 0.7}) for s in range(2)]
+    results.append(_run("tree_crowns_centernet", 0, {"box AP50": 0.4, "box AP": 0.2}, None))
+    rows = summarise(results)
+    assert [(r["case"], r["metric"]) for r in rows] == [
+        ("nuclei_semantic", "nucleus Dice"), ("nuclei_semantic", "nucleus IoU"),
+        ("tree_crowns_centernet", "box AP50"), ("tree_crowns_centernet", "box AP")]
+    assert rows[0]["segzoo"] == pytest.approx({"mean": 0.805, "min": 0.8, "max": 0.81})
+    text = markdown_report(results, "python tools/realdata.py")
+    assert "| nuclei (stardist), 128 px tiles | `unet_resnet34` | smp Unet('resnet34') | nucleus Dice | " \
+           "0.805 (0.800-0.810) | 0.810 (0.810-0.810) |" in text
+    assert "10 s (2 s checkpoints) / 10 s" in text and "load average 1.0-2.0" in text
+    assert "| 0.400 | - | no peer |" in text
+    assert "nucleus IoU" in format_table(rows)
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{START_MARKER}\nold\n{END_MARKER}\ntail\n")
+    replace_section(readme, text)
+    new = readme.read_text()
+    assert "old" not in new and new.startswith("# x\n") and new.endswith(f"{END_MARKER}\ntail\n") and "| 0.400 |" in new
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="must contain"):
+        replace_section(readme, text)
+    assert readme.read_text() == "no markers\n"

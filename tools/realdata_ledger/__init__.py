@@ -1,0 +1,10 @@
+"""The accuracy ledger behind ``tools/realdata.py``: segzoo models beside a peer library's same architecture,
+trained on the real-data tiles under one recipe and scored by one evaluation (it imports the peers, so it
+lives under tools/, not in the importable library)."""
+
+from .cases import CASES, Case, Metric
+from .report import END_MARKER, START_MARKER, markdown_report, replace_section, summarise
+from .run import parity, run_case
+
+__all__ = ["CASES", "END_MARKER", "START_MARKER", "Case", "Metric", "markdown_report", "parity",
+           "replace_section", "run_case", "summarise"]

@@ -1,0 +1,160 @@
+"""The peer libraries' models behind segzoo's forward contract, each started from the same weights as segzoo's.
+
+A peer adapter does two things and nothing more:
+
+* ``adapter(images)`` returns predictions in segzoo's format (semantic logits; or one dict per
+  image with ``boxes``, ``scores``, 0-based ``labels`` and ``masks`` ``K x H x W``), so that
+  :func:`segzoo.engine.evaluate` scores both sides with the same code;
+* ``adapter.loss(images, targets)`` is the training loss written the way the peer's own users
+  write it (``F.cross_entropy(smp_model(normalised), y)``; ``sum(torchvision_model(images,
+  targets).values())`` with torchvision's 1-based labels).
+
+Nothing of the peer's model is changed, except that torchvision's detectors do not resize
+their input (segzoo's models do not either; the tiles go in at their own size on both sides).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+import segzoo
+from segzoo.convert.torchvision_detection import map_rcnn
+from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+
+class PeerAdapter(nn.Module):
+    """Base class: ``task``, ``num_classes`` (segzoo's convention) and ``net`` (the peer's model)."""
+
+    task = "semantic"
+
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = num_classes
+
+    def loss(self, images, targets) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------- smp U-Net
+class SmpUNet(PeerAdapter):
+    """``segmentation_models_pytorch.Unet``: input normalised with ImageNet statistics, as smp's docs do."""
+
+    task = "semantic"
+
+    def __init__(self, net: nn.Module, num_classes: int, ignore_index: int = 255) -> None:
+        super().__init__(net, num_classes)
+        self.ignore_index = ignore_index
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(images), targets, ignore_index=self.ignore_index)
+
+
+_SMP_RULES = (
+    (re.compile(r"^encoder\.(.*)$"), lambda m: f"backbone.body.{m[1]}"),
+    # smp: decoder.blocks.{i}.conv{1,2}.{0 conv, 1 bn}; segzoo: decoder.{i}.conv.{0,1}.{0 conv, 1 bn}
+    (re.compile(r"^decoder\.blocks\.(\d+)\.conv([12])\.([01])\.(.*)$"),
+     lambda m: f"decoder.{m[1]}.conv.{int(m[2]) - 1}.{m[3]}.{m[4]}"),
+    (re.compile(r"^segmentation_head\.0\.(weight|bias)$"), lambda m: f"head.{m[1]}"),
+)
+
+
+def smp_unet_to_segzoo(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """smp ``Unet(resnet*)`` keys -> segzoo ``unet_resnet*`` keys (the layouts match one to one)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _SMP_RULES:
+            m = pattern.match(key)
+            if m:
+                out[repl(m)] = value
+                break
+        else:
+            raise KeyError(f"no segzoo name for smp key {key!r}")
+    return out
+
+
+def unet_pair(encoder: str, num_classes: int, seed: int, ignore_index: int = 255) -> tuple[nn.Module, SmpUNet]:
+    """smp ``Unet(encoder)`` with random weights (seeded) and segzoo ``unet_{encoder}`` holding the same weights."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(seed)
+    net = smp.Unet(encoder, encoder_weights=None, classes=num_classes)
+    ours = segzoo.build(f"unet_{encoder}", num_classes=num_classes, ignore_index=ignore_index)
+    ours.load_state_dict(smp_unet_to_segzoo(net.state_dict()), strict=True)
+    return ours, SmpUNet(net, num_classes, ignore_index)
+
+
+# ---------------------------------------------------------------------------------------------- torchvision R-CNN
+class _NoResize(GeneralizedRCNNTransform):
+    """torchvision's transform (normalise, pad to 32) without its resize: images keep their size."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+class TorchvisionRCNN(PeerAdapter):
+    """torchvision ``MaskRCNN`` / ``FasterRCNN``; labels shifted between segzoo (0-based) and torchvision (1-based)."""
+
+    def __init__(self, net: nn.Module, num_classes: int, with_mask: bool) -> None:
+        super().__init__(net, num_classes)
+        self.with_mask = with_mask
+        self.task = "instance" if with_mask else "detection"
+        t = net.transform
+        net.transform = _NoResize(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible)
+
+    def forward(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for o in self.net(list(images)):
+            r = {"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1}
+            if self.with_mask:
+                r["masks"] = o["masks"][:, 0]  # (K, 1, H, W) -> (K, H, W)
+            out.append(r)
+        return out
+
+    def loss(self, images: Sequence[torch.Tensor], targets: Sequence[dict]) -> torch.Tensor:
+        keys = ("boxes", "labels", "masks") if self.with_mask else ("boxes", "labels")
+        tv_targets = [{k: t[k] + 1 if k == "labels" else t[k] for k in keys} for t in targets]
+        return sum(self.net(list(images), tv_targets).values())
+
+
+def rcnn_pair(name: str, num_classes: int, seed: int, backbone: str = "resnet50",
+              anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+              **kwargs) -> tuple[nn.Module, TorchvisionRCNN]:
+    """torchvision Faster/Mask R-CNN (random weights, trainable BatchNorm, seeded) and segzoo ``name`` with its
+    weights mapped by segzoo's converter.
+
+    ``kwargs`` are the options both libraries name alike (``rpn_post_nms_top_n_train``,
+    ``box_batch_size_per_image``, ...); ``anchor_sizes`` becomes torchvision's
+    ``AnchorGenerator``.
+    """
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    with_mask = name.startswith("maskrcnn_")
+    torch.manual_seed(seed)
+    body = resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    cls = MaskRCNN if with_mask else FasterRCNN
+    net = cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
+    # segzoo.convert.from_torchvision builds converted detectors with frozen BatchNorm (what trained
+    # torchvision weights need) and its loader then misses the num_batches_tracked counters of
+    # trainable BatchNorm; map the keys with the converter's own mapper and load those counters too
+    mapped, n = map_rcnn(net.state_dict(), name)
+    assert n == num_classes, (n, num_classes)
+    ours = segzoo.build(name, num_classes=num_classes, backbone=backbone, frozen_bn=False,
+                        anchor_sizes=tuple(anchor_sizes), **kwargs)
+    counters = {k: v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")}
+    ours.load_state_dict({**counters, **mapped}, strict=True)
+    return ours, TorchvisionRCNN(net, num_classes, with_mask)

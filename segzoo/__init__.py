@@ -6,6 +6,7 @@ from segzoo.checkpoint import load, load_weights, save  # noqa: E402
 from segzoo.fuse import fuse  # noqa: E402
 from segzoo.predict import predict  # noqa: E402  (the function shadows the module name)
 from segzoo.registry import ModelSpec, build, list_models, register_model  # noqa: E402
+from segzoo.weights import list_weights  # noqa: E402
 
 __all__ = [
     "ModelSpec",
@@ -13,6 +14,7 @@ __all__ = [
     "build",
     "fuse",
     "list_models",
+    "list_weights",
     "load",
     "load_weights",
     "predict",

@@ -83,6 +83,15 @@ def is_offline() -> bool:
                for k in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
 
 
+def looks_like_path(value: str | os.PathLike) -> bool:
+    """True for a file path, False for a tag: paths are PathLike, exist, or have a separator
+    or a weights suffix."""
+    if not isinstance(value, str):
+        return True
+    return (os.sep in value or "/" in value or Path(value).suffix in (".safetensors", ".pth", ".pt", ".bin")
+            or Path(value).exists())
+
+
 # ---------------------------------------------------------------------------- safety
 
 

@@ -1,8 +1,7 @@
-"""Published weights by tag: the table, fetching, converting, caching and manual imports.
+"""Published weights by tag: fetching, converting, caching, manual imports and the CLI.
 
-Every model family registers the published checkpoints that fit it (:func:`register_weights`)
-with a tag, its source, dataset, class names, input statistics, reported metric and licence.
-``segzoo.build(name, weights=TAG)`` then resolves the tag, fetches the source (torchvision's
+The table (:mod:`segzoo.published`) says what each model can be given as ``weights=TAG``.
+``segzoo.build(name, weights=TAG)`` resolves the tag, fetches the source (torchvision's
 ``Weights`` enums through torch.hub) or picks up a file downloaded by hand, converts it with
 segzoo's converter and caches the converted checkpoint (class names in its header) under
 ``SEGZOO_HOME``; later calls load the cached file and touch no network. See
@@ -13,188 +12,18 @@ Names are ``model.tag`` (as timm's ``resnet50.a1_in1k``): ``deeplabv3_resnet50.t
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
-import importlib
 import os
 from pathlib import Path
-from typing import Any
 
+import timm
 import torch
-from torchvision.models import get_weight
 from tqdm import tqdm
 
 from segzoo import hub
 from segzoo.checkpoint import read_state_dict
-from segzoo.convert import SOURCES, converter
+from segzoo.convert import converter
 from segzoo.hub import WeightsError
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
-
-SOURCE_KINDS = ("torchvision", "manual")
-TORCHVISION_LICENCE = ("BSD-3-Clause (torchvision); trained on COCO, whose annotations are CC BY 4.0 "
-                       "and images carry their own terms")
-TORCHVISION_PAGE = "https://pytorch.org/vision/stable/models.html"
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightsEntry:
-    """One published checkpoint that fits a segzoo model.
-
-    Attributes:
-        model: the segzoo model it converts into, e.g. ``"deeplabv3_resnet50"``.
-        tag: short name, unique per model; ``model.tag`` names the weights.
-        source: ``"torchvision"`` (downloaded through torchvision's ``Weights`` enum) or
-            ``"manual"`` (a host segzoo cannot download from: the user fetches the file).
-        converter: the :mod:`segzoo.convert` source that turns the file into segzoo's layout.
-        dataset: what it was trained on.
-        classes: class names in segzoo's label order (label ``i`` is ``classes[i]``).
-        mean, std: the input statistics the converted model applies to [0, 1] RGB input.
-        metrics: the reported numbers, ``(("miou", 66.4), ...)``.
-        metric_source: where the numbers are reported, and on which split.
-        licence: the source's licence terms.
-        file_name: the file's name as published (torch.hub's cache name for torchvision).
-        page: the page that links the file.
-        link: the file's own link when it differs from ``page`` (manual sources).
-        torchvision: the ``Weights`` enum member, ``"FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1"``;
-            its URL, hash, categories and metrics are read from it.
-        size: the file's size in bytes, where the source publishes it.
-        sha256: the file's full sha256, where the source publishes it.
-        convert_kwargs: extra converter arguments, as ``(key, value)`` pairs.
-    """
-
-    model: str
-    tag: str
-    source: str
-    converter: str
-    dataset: str
-    classes: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    metrics: tuple[tuple[str, float], ...]
-    metric_source: str
-    licence: str
-    file_name: str
-    page: str
-    link: str | None = None
-    torchvision: str | None = None
-    size: int | None = None
-    sha256: str | None = None
-    convert_kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.source not in SOURCE_KINDS:
-            raise ValueError(f"source must be one of {SOURCE_KINDS}, got {self.source!r}")
-        if self.converter not in SOURCES:
-            raise ValueError(f"converter must be one of {tuple(SOURCES)}, got {self.converter!r}")
-        if (self.source == "torchvision") != (self.torchvision is not None):
-            raise ValueError("torchvision entries name their Weights enum member, and only they do")
-        if "." in self.tag or not self.tag:
-            raise ValueError(f"a tag is a non-empty name without dots, got {self.tag!r}")
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}.{self.tag}"
-
-    def weights_enum(self):
-        """The torchvision ``Weights`` enum member (torchvision entries only)."""
-        return get_weight(self.torchvision)
-
-    @property
-    def url(self) -> str | None:
-        """The download URL: torchvision's, read from its enum; None for manual sources."""
-        return self.weights_enum().url if self.torchvision else None
-
-
-def torchvision_entry(model: str, tag: str, weights: str, dataset: str, detection: bool = False) -> WeightsEntry:
-    """A table entry read from a torchvision ``Weights`` enum member (nothing retyped).
-
-    Args:
-        weights: the member's name, ``"DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1"``.
-        detection: torchvision detection labels are 1-based with ``__background__`` at 0;
-            segzoo's are 0-based, so its class ``i`` is torchvision's ``i + 1`` (the
-            converter drops the background outputs). ``"N/A"`` marks COCO ids without a
-            category, kept so that every label id lines up.
-    """
-    w = get_weight(weights)
-    categories = list(w.meta["categories"])
-    transform = w.transforms()
-    ((split, metrics),) = w.meta["_metrics"].items()
-    return WeightsEntry(
-        model=model, tag=tag, source="torchvision", converter="torchvision", torchvision=weights,
-        dataset=dataset, classes=tuple(categories[1:] if detection else categories),
-        mean=tuple(getattr(transform, "mean", IMAGENET_MEAN)), std=tuple(getattr(transform, "std", IMAGENET_STD)),
-        metrics=tuple(metrics.items()), metric_source=f"torchvision {weights} ({split}; recipe {w.meta['recipe']})",
-        licence=TORCHVISION_LICENCE, file_name=os.path.basename(w.url), page=TORCHVISION_PAGE,
-    )
-
-
-# ---------------------------------------------------------------------------- the table
-
-_TABLE: dict[str, WeightsEntry] = {}
-
-
-def register_weights(*entries: WeightsEntry) -> None:
-    """Add entries to the table; a name registered twice raises."""
-    for e in entries:
-        if e.name in _TABLE:
-            raise ValueError(f"weights {e.name!r} are registered twice; give one of them another tag")
-        _TABLE[e.name] = e
-
-
-def _table() -> dict[str, WeightsEntry]:
-    importlib.import_module("segzoo.models")  # the families register their tables on import
-    return _TABLE
-
-
-def list_weights(pattern: str = "*") -> list[str]:
-    """Sorted ``model.tag`` names of the published weights matching a shell-style pattern.
-
-    ``segzoo.list_weights("deeplabv3*")``; :func:`get_weights` gives an entry's details.
-    """
-    return sorted(n for n in _table() if fnmatch.fnmatch(n, pattern))
-
-
-def get_weights(name: str) -> WeightsEntry:
-    """The table entry of ``model.tag``."""
-    table = _table()
-    if name not in table:
-        model = name.split(".")[0]
-        tags = [e.tag for e in table.values() if e.model == model]
-        hint = (f"{model} has {', '.join(tags)}" if tags else
-                "segzoo.list_weights() or `segzoo weights list` shows them all")
-        raise WeightsError(f"no published weights named {name!r}; {hint}")
-    return table[name]
-
-
-def resolve(model: str, tag: str) -> WeightsEntry:
-    """The entry for ``build(model, weights=tag)``: ``tag``, ``model.tag`` or ``"default"``
-    (the first registered for the model)."""
-    table = _table()
-    own = [e for e in table.values() if e.model == model]
-    if tag == "default" and own:
-        return own[0]
-    if tag.startswith(model + "."):
-        tag = tag[len(model) + 1:]
-    for e in own:
-        if e.tag == tag:
-            return e
-    listed = f"its weights are {', '.join(e.tag for e in own)}" if own else "it has no published weights"
-    others = [e.name for e in table.values() if e.tag == tag or e.name == tag]
-    also = f" ({', '.join(others)} belong to other models)" if others else ""
-    raise WeightsError(
-        f"{model!r} has no weights tagged {tag!r}{also}; {listed} (segzoo.list_weights() lists all). "
-        "A file path must exist and end in .safetensors, .pth or .pt"
-    )
-
-
-def looks_like_path(value: str | os.PathLike) -> bool:
-    """True for a file path, False for a tag: paths are PathLike, exist, or have a separator
-    or a weights suffix."""
-    if not isinstance(value, str):
-        return True
-    return (os.sep in value or "/" in value or Path(value).suffix in (".safetensors", ".pth", ".pt", ".bin")
-            or Path(value).exists())
-
+from segzoo.published import WeightsEntry, get_weights, list_weights
 
 # ---------------------------------------------------------------------------- fetch, convert, cache
 
@@ -272,3 +101,50 @@ def import_file(name: str, file: str | os.PathLike) -> Path:
     entry = get_weights(name)
     with hub.locked(entry.name):
         return _convert_and_store(entry, _read_verified(entry, Path(file)), {"file": str(Path(file).resolve())})
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def format_table(names: list[str]) -> str:
+    """The table as text: name, source, dataset, reported metric, and whether it is cached."""
+    rows = [("name", "source", "dataset", "reported", "cached")]
+    for n in names:
+        e = get_weights(n)
+        metric = ", ".join(f"{k} {v:g}" for k, v in e.metrics)
+        rows.append((n, e.source, e.dataset, metric, "yes" if hub.checkpoint_path(n).exists() else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def add_cli(subparsers) -> None:
+    """Add ``segzoo weights list [PATTERN]`` and ``segzoo weights import NAME FILE``."""
+    p = subparsers.add_parser("weights", help="published weights: list them, import files downloaded by hand")
+    sub = p.add_subparsers(dest="weights_command", required=True)
+    lst = sub.add_parser("list", help="the published weights (model.tag) and whether they are cached")
+    lst.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'deeplabv3*'")
+    imp = sub.add_parser("import", help="check a downloaded file against the table, convert it and cache it")
+    imp.add_argument("name", help="model.tag from `segzoo weights list`, or a timm pretrained name")
+    imp.add_argument("file", help="the downloaded file")
+
+
+def run_cli(args) -> int:
+    """Run a ``segzoo weights`` command; a WeightsError is the caller's to print (exit 2)."""
+    if args.weights_command == "list":
+        names = list_weights(args.pattern)
+        print(format_table(names) if names else f"no published weights match {args.pattern!r}")
+        print(f"\ncache: {hub.home()} (SEGZOO_HOME); manual sources: `segzoo weights import NAME FILE`")
+        return 0
+    file = Path(args.file)
+    if not file.is_file():
+        raise WeightsError(f"{file} is not a file")
+    if args.name in list_weights():
+        path = import_file(args.name, file)
+        print(f"imported {file} as {args.name}: {path}")
+    else:
+        _, tag = timm.models.split_model_name_tag(args.name)
+        if not tag or not timm.models.is_model_pretrained(args.name):
+            get_weights(args.name)  # raises, naming the model's tags
+        path = hub.import_timm_file(args.name, file)
+        print(f"imported {file} as timm weights {args.name}: {path} (backbone_weights={args.name!r})")
+    return 0

@@ -9,9 +9,11 @@ import torch
 from torchvision.models import get_weight
 
 import segzoo
-from segzoo import hub, weights
+from segzoo import hub, published
+from segzoo.convert import SOURCES
 from segzoo.hub import WeightsError
-from segzoo.weights import get_weights, import_file, pretrained_checkpoint, resolve
+from segzoo.published import get_weights, resolve
+from segzoo.weights import import_file, pretrained_checkpoint
 
 DATA = Path(__file__).parent / "data"
 HRNET = "hrnet_w18_small.cityscapes"
@@ -79,6 +81,10 @@ def test_torchvision_entries_are_read_from_the_enums():
     assert centernet.classes[:2] == ("person", "bicycle") and centernet.classes[-1] == "toothbrush"
 
 
+def test_converter_names_are_the_convert_sources():
+    assert set(published.CONVERTERS) == set(SOURCES)
+
+
 def test_resolve_tags():
     assert resolve("deeplabv3_resnet50", "tv_coco_voc").name == "deeplabv3_resnet50.tv_coco_voc"
     assert resolve("deeplabv3_resnet50", "deeplabv3_resnet50.tv_coco_voc").tag == "tv_coco_voc"
@@ -87,8 +93,8 @@ def test_resolve_tags():
         resolve("deeplabv3_resnet50", "coco")
     with pytest.raises(WeightsError, match="no published weights"):
         resolve("unet_resnet34", "tv_coco_voc")
-    assert weights.looks_like_path("w/x.safetensors") and weights.looks_like_path("x.pth")
-    assert not weights.looks_like_path("tv_coco_voc")
+    assert hub.looks_like_path("w/x.safetensors") and hub.looks_like_path("x.pth")
+    assert not hub.looks_like_path("tv_coco_voc")
 
 
 def test_manual_source_missing_says_where_to_get_it(env):
@@ -125,14 +131,14 @@ def test_import_refuses_the_wrong_file(env, hrnet_file, tmp_path, monkeypatch):
     # a size or a checksum that the table knows
     entry = get_weights(HRNET)
     digest = hashlib.sha256(hrnet_file.read_bytes()).hexdigest()
-    monkeypatch.setitem(weights._TABLE, HRNET, dataclasses.replace(entry, size=123))
+    monkeypatch.setitem(published._TABLE, HRNET, dataclasses.replace(entry, size=123))
     with pytest.raises(WeightsError, match="has 123"):
         import_file(HRNET, hrnet_file)
-    monkeypatch.setitem(weights._TABLE, HRNET, dataclasses.replace(entry, sha256="0" * 64))
+    monkeypatch.setitem(published._TABLE, HRNET, dataclasses.replace(entry, sha256="0" * 64))
     with pytest.raises(WeightsError, match="different or corrupted file"):
         import_file(HRNET, hrnet_file)
     assert not hub.checkpoint_path(HRNET).exists()  # nothing cached by the refused imports
-    monkeypatch.setitem(weights._TABLE, HRNET, dataclasses.replace(entry, size=hrnet_file.stat().st_size,
+    monkeypatch.setitem(published._TABLE, HRNET, dataclasses.replace(entry, size=hrnet_file.stat().st_size,
                                                                    sha256=digest))
     assert import_file(HRNET, hrnet_file).exists()
 

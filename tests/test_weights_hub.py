@@ -19,7 +19,8 @@ from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 import segzoo
 from segzoo import hub
 from segzoo.hub import WeightsError
-from segzoo.weights import get_weights, pretrained_checkpoint
+from segzoo.published import get_weights
+from segzoo.weights import pretrained_checkpoint
 
 NAME = "deeplabv3_mobilenetv3_large.tv_coco_voc"
 ROOT = Path(__file__).parent.parent
@@ -206,7 +207,8 @@ _WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
     from segzoo import hub
-    from segzoo.weights import get_weights, pretrained_checkpoint
+    from segzoo.published import get_weights
+    from segzoo.weights import pretrained_checkpoint
     netloc, url, go = sys.argv[1:4]
     entry = get_weights("{name}")
     entry.weights_enum().value.url = url

@@ -7,6 +7,6 @@ from segzoo.models import (
     hrnet,  # noqa: F401
     mask_rcnn,  # noqa: F401
     pspnet,  # noqa: F401
-    published,  # noqa: F401  (the weights tables)
     unet,  # noqa: F401
+    weights_tables,  # noqa: F401  (the published weights of each family)
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from torchvision.models import get_weight
 
 from segzoo.convert.centernet import OFFICIAL_BGR
+from segzoo.published import WeightsEntry, register_weights, torchvision_entry
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
-from segzoo.weights import WeightsEntry, register_weights, torchvision_entry
 
 _VOC_SUBSET = "COCO train2017, the 20 Pascal VOC categories (+ background)"
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from segzoo import hub
-from segzoo.checkpoint import read_state_dict
+from segzoo.checkpoint import CheckpointError, read_state_dict
 from segzoo.convert import converter
 from segzoo.hub import WeightsError
 from segzoo.published import WeightsEntry, get_weights, list_weights
@@ -71,7 +71,10 @@ def _read_verified(entry: WeightsEntry, path: Path) -> dict[str, torch.Tensor]:
         if not digest.startswith(expected):
             raise WeightsError(f"{path} has sha256 {digest} but {entry.name} ({entry.file_name}) has "
                                f"{expected}: a different or corrupted file; download it again")
-    return read_state_dict(path)
+    try:
+        return read_state_dict(path)
+    except CheckpointError as e:
+        raise WeightsError(f"{e} (expected {entry.file_name} for {entry.name})") from None
 
 
 def _convert_and_store(entry: WeightsEntry, state: dict, source: dict) -> Path:

@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import urllib.error
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -188,8 +189,8 @@ def cached_checkpoint(name: str) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        print(f"segzoo: the cached {path} is corrupted or out of date (its sha256 does not match "
-              "its record); deleting it and fetching it again", file=sys.stderr)
+        warnings.warn(f"the cached {path} is corrupted or out of date (its sha256 does not match its "
+                      "record); deleting it and fetching it again", stacklevel=3)
         path.unlink(missing_ok=True)
         _manifest_path(path).unlink(missing_ok=True)
         return None
@@ -237,8 +238,8 @@ def torchvision_state_dict(weights, what: str, manual_hint: str) -> dict[str, to
         raise WeightsError(f"{url} has no sha256 prefix in its file name; segzoo only downloads verified files")
     local = torch_hub_path(url)
     if local.exists() and not sha256_file(local).startswith(prefix):
-        print(f"segzoo: {local} does not match the sha256 prefix {prefix} in its name; deleting it",
-              file=sys.stderr)
+        warnings.warn(f"{local} does not match the sha256 prefix {prefix} in its name; deleting it and "
+                      "downloading it again", stacklevel=3)
         local.unlink()
     if not local.exists() and is_offline():
         raise WeightsError(f"{what} is not in the cache and offline mode is on ({ENV_OFFLINE} or "

@@ -69,7 +69,7 @@ def checkpoint_path(name: str) -> Path:
 
 
 def downloads_dir() -> Path:
-    """Where files downloaded by hand are picked up (``segzoo weights list`` names each file)."""
+    """Where files downloaded by hand are picked up (the error for a missing file names the path)."""
     return home() / "downloads"
 
 

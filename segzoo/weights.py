@@ -120,34 +120,26 @@ def format_table(names: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def add_cli(subparsers) -> None:
-    """Add ``segzoo weights list [PATTERN]`` and ``segzoo weights import NAME FILE``."""
-    p = subparsers.add_parser("weights", help="published weights: list them, import files downloaded by hand")
-    sub = p.add_subparsers(dest="weights_command", required=True)
-    lst = sub.add_parser("list", help="the published weights (model.tag) and whether they are cached")
-    lst.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'deeplabv3*'")
-    imp = sub.add_parser("import", help="check a downloaded file against the table, convert it and cache it")
-    imp.add_argument("name", help="model.tag from `segzoo weights list`, or a timm pretrained name")
-    imp.add_argument("file", help="the downloaded file")
+def list_command(pattern: str = "*") -> int:
+    """``segzoo weights list [PATTERN]``: print the table."""
+    names = list_weights(pattern)
+    print(format_table(names) if names else f"no published weights match {pattern!r}")
+    print(f"\ncache: {hub.home()} (SEGZOO_HOME); files downloaded by hand: `segzoo weights import NAME FILE`")
+    return 0
 
 
-def run_cli(args) -> int:
-    """Run a ``segzoo weights`` command; a WeightsError is the caller's to print (exit 2)."""
-    if args.weights_command == "list":
-        names = list_weights(args.pattern)
-        print(format_table(names) if names else f"no published weights match {args.pattern!r}")
-        print(f"\ncache: {hub.home()} (SEGZOO_HOME); manual sources: `segzoo weights import NAME FILE`")
-        return 0
-    file = Path(args.file)
+def import_command(name: str, file: str | os.PathLike) -> int:
+    """``segzoo weights import NAME FILE``: a table entry (``model.tag``) or timm weights
+    (``arch.tag``, then found by ``backbone_weights=``); a WeightsError is the CLI's to print."""
+    file = Path(file)
     if not file.is_file():
         raise WeightsError(f"{file} is not a file")
-    if args.name in list_weights():
-        path = import_file(args.name, file)
-        print(f"imported {file} as {args.name}: {path}")
-    else:
-        _, tag = timm.models.split_model_name_tag(args.name)
-        if not tag or not timm.models.is_model_pretrained(args.name):
-            get_weights(args.name)  # raises, naming the model's tags
-        path = hub.import_timm_file(args.name, file)
-        print(f"imported {file} as timm weights {args.name}: {path} (backbone_weights={args.name!r})")
+    if name in list_weights():
+        print(f"imported {file} as {name}: {import_file(name, file)}")
+        return 0
+    _, tag = timm.models.split_model_name_tag(name)
+    if not tag or not timm.models.is_model_pretrained(name):
+        get_weights(name)  # raises, naming the model's tags
+    path = hub.import_timm_file(name, file)
+    print(f"imported {file} as timm weights {name}: {path} (used by backbone_weights={name!r})")
     return 0

@@ -1,7 +1,5 @@
 """`segzoo weights list|import`: the table as text, manual imports from the command line."""
 
-import argparse
-
 import pytest
 import torch
 
@@ -11,9 +9,8 @@ from tests.test_weights import DATA, random_state
 
 
 def run(*argv):
-    parser = argparse.ArgumentParser(prog="segzoo")
-    weights.add_cli(parser.add_subparsers(dest="command", required=True))
-    return weights.run_cli(parser.parse_args(list(argv)))
+    assert argv[0] == "weights"
+    return weights.list_command(*argv[2:]) if argv[1] == "list" else weights.import_command(*argv[2:])
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ What the libraries already do, and segzoo leaves to them:
 * timm resolves pretrained tags (``resnet50.a1_in1k``) and loads them into its models from
   the Hugging Face hub cache (``huggingface_hub``: ``HF_HOME``, ``HF_HUB_OFFLINE``).
 
-What segzoo adds here: one cache folder of converted checkpoints (``SEGZOO_HOME``) with a
-digest checked at every use, offline mode (``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``:
+What segzoo adds here: one cache folder of converted checkpoints (``SEGZOO_HOME``), whose
+content digest is checked at every use, offline mode (``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``:
 nothing touches the network), a file lock so that concurrent processes download and
 convert once, https-only downloads from known hosts, and errors that say where to get a
 file by hand.
@@ -28,6 +28,7 @@ import urllib.error
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import huggingface_hub
@@ -37,7 +38,10 @@ import torch.hub
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from segzoo.checkpoint import atomic_write, read_state_dict, save
+from segzoo.checkpoint import CheckpointError, atomic_write, read_checkpoint, read_state_dict, save
+
+if TYPE_CHECKING:
+    from segzoo.spec import ModelSpec
 
 ENV_HOME = "SEGZOO_HOME"
 ENV_OFFLINE = "SEGZOO_OFFLINE"
@@ -170,49 +174,38 @@ def locked(name: str) -> Iterator[None]:
 # ---------------------------------------------------------------------------- cache
 
 
-def _manifest_path(path: Path) -> Path:
+def _record_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def cached_checkpoint(name: str) -> Path | None:
-    """The cached checkpoint of ``name`` if its digest checks, else None.
+def read_cached(name: str) -> tuple[dict[str, torch.Tensor], ModelSpec, list | None] | None:
+    """The cached checkpoint of ``name`` as ``(state, spec, classes)``, or None.
 
-    A file whose sha256 differs from the one recorded when it was written (a disk error, a
-    half-copied file, an edit) is deleted with a warning, so that it is fetched again.
+    The checkpoint's own ``content_digest`` is verified on reading: a corrupted file (a disk
+    error, a half-copied file, an edit), or one converted by an older segzoo (its record's
+    cache version), is deleted with a warning, so that it is fetched again.
     """
     path = checkpoint_path(name)
     if not path.exists():
         return None
+    record = _record_path(path)
     try:
-        manifest = json.loads(_manifest_path(path).read_text())
-        ok = manifest["cache_version"] == CACHE_VERSION and manifest["sha256"] == sha256_file(path)
-    except (OSError, ValueError, KeyError, TypeError):
-        ok = False
-    if not ok:
-        warnings.warn(f"the cached {path} is corrupted or out of date (its sha256 does not match its "
-                      "record); deleting it and fetching it again", stacklevel=3)
+        if record.exists() and json.loads(record.read_text()).get("cache_version") != CACHE_VERSION:
+            raise CheckpointError(f"{path} was converted by another segzoo version")
+        return read_checkpoint(path)
+    except (CheckpointError, OSError, ValueError) as e:
+        warnings.warn(f"{e}; deleting the cached copy and fetching it again", stacklevel=3)
         path.unlink(missing_ok=True)
-        _manifest_path(path).unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
         return None
-    return path
 
 
 def store_checkpoint(name: str, model: torch.nn.Module, classes: list[str], source: dict) -> Path:
-    """Save a converted model as the cached checkpoint of ``name``, with its digest record.
-
-    The checkpoint is written to a temporary file, hashed, recorded, and only then renamed
-    into place; a reader never sees a half-written file.
-    """
+    """Save a converted model as the cached checkpoint of ``name`` (atomically, with its
+    content digest and class names in the header) and record where it came from."""
     path = checkpoint_path(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save(model, tmp, classes=classes)
-        record = {"cache_version": CACHE_VERSION, "sha256": sha256_file(tmp), "source": source}
-        atomic_write(_manifest_path(path), json.dumps(record, indent=1).encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save(model, path, classes=classes)
+    atomic_write(_record_path(path), json.dumps({"cache_version": CACHE_VERSION, "source": source}, indent=1).encode())
     return path
 
 

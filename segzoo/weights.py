@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 from tqdm import tqdm
 
 from segzoo import hub
-from segzoo.checkpoint import CheckpointError, read_state_dict
+from segzoo.checkpoint import CheckpointError, read_checkpoint, read_state_dict
 from segzoo.convert import converter
 from segzoo.hub import WeightsError
-from segzoo.published import WeightsEntry, get_weights, list_weights
+from segzoo.published import WeightsEntry, get_weights, list_weights, resolve
+
+if TYPE_CHECKING:
+    from segzoo.spec import ModelSpec
 
 # ---------------------------------------------------------------------------- fetch, convert, cache
 
@@ -35,26 +39,42 @@ def _by_hand(entry: WeightsEntry) -> str:
     return (f"Download {get}{page}, then put it at {where} or run `segzoo weights import {entry.name} FILE`")
 
 
-def pretrained_checkpoint(entry: WeightsEntry) -> Path:
-    """The cached segzoo checkpoint of ``entry``, fetched and converted first if needed.
+def load_pretrained(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], ModelSpec, list | None]:
+    """The converted checkpoint of ``entry`` as ``(state, spec, classes)``, from the cache,
+    fetched and converted first if needed.
 
     Manual sources are picked up from ``SEGZOO_HOME/downloads/<file name>``; torchvision's are
     downloaded (unless offline). One process at a time fetches a given entry.
     """
     with hub.locked(entry.name):
-        path = hub.cached_checkpoint(entry.name)
-        if path is not None:
-            return path
+        cached = hub.read_cached(entry.name)
+        if cached is not None:
+            return cached
         if entry.source == "torchvision":
             state = hub.torchvision_state_dict(entry.weights_enum(), entry.name, _by_hand(entry))
-            return _convert_and_store(entry, state, {"url": entry.url})
-        local = hub.downloads_dir() / entry.file_name
-        if not local.exists():
-            raise WeightsError(
-                f"{entry.name} is published where segzoo cannot download from (no direct, verifiable "
-                f"link), so it must be fetched by hand. {_by_hand(entry)}"
-            )
-        return _convert_and_store(entry, _read_verified(entry, local), {"file": str(local)})
+            path = _convert_and_store(entry, state, {"url": entry.url})
+        else:
+            local = hub.downloads_dir() / entry.file_name
+            if not local.exists():
+                raise WeightsError(
+                    f"{entry.name} is published where segzoo cannot download from (no direct, verifiable "
+                    f"link), so it must be fetched by hand. {_by_hand(entry)}"
+                )
+            path = _convert_and_store(entry, _read_verified(entry, local), {"file": str(local)})
+        return read_checkpoint(path)
+
+
+def pretrained_checkpoint(entry: WeightsEntry) -> Path:
+    """The cached checkpoint file of ``entry`` (see :func:`load_pretrained`)."""
+    load_pretrained(entry)
+    return hub.checkpoint_path(entry.name)
+
+
+def pretrained_state(model: str, tag: str) -> tuple[dict[str, torch.Tensor], dict, list | None]:
+    """What ``segzoo.build(model, weights=tag)`` loads: ``(state dict, builder arguments of the
+    converted model, class names)``."""
+    state, spec, classes = load_pretrained(resolve(model, tag))
+    return state, {**spec.kwargs, "num_classes": spec.num_classes}, classes
 
 
 def _read_verified(entry: WeightsEntry, path: Path) -> dict[str, torch.Tensor]:

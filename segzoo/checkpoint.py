@@ -51,12 +51,6 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------- writing
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the new one.
 
@@ -82,7 +76,6 @@ def atomic_write_all(files: Mapping[PathLike, bytes]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = _create_temp(path)
             pending.append((tmp, path))
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; written files follow the umask
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -16,7 +16,7 @@ from PIL import Image
 from segzoo.data import CocoInstances, MaskFolder, check_dataset
 from segzoo.data.errors import ImageFileError
 from segzoo.data.image import image_size, read_image, read_mask
-from segzoo.predict import load_image
+from segzoo.inference import load_image
 from segzoo.visualize import read_image as visualize_read_image
 
 # what a viewer shows for each EXIF orientation, from the stored pixels (EXIF 2.32, tag 0x0112)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segzoo.registry import ModelSpec
+from segzoo.spec import ModelSpec
 
 PathLike = str | os.PathLike
 

@@ -29,7 +29,7 @@ def model_rows(pattern: str = "*") -> list[dict]:
         model = _build_meta(name)
         rows.append({
             "name": name,
-            "task": entry.task,
+            "task": model.task,
             "num_classes": model.num_classes,
             "params": sum(p.numel() for p in model.parameters()),
             "summary": (entry.fn.__doc__ or type(model).__doc__ or "").strip().splitlines()[0],

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import segzoo
+from segzoo.models.fcn import FCN
 from segzoo.registry import ModelSpec, register_model
 
 
@@ -13,7 +14,8 @@ def test_list_models_pattern_and_task():
     assert "fcn_resnet50" in segzoo.list_models(task="semantic")
     assert "fcn_resnet50" not in segzoo.list_models(task="detection")
     with pytest.raises(ValueError, match="task must be one of"):
-        segzoo.list_models(task="panoptic")
+        segzoo.list_models(task="classification")
+    assert segzoo.list_models(task="panoptic") == []  # a task name reserved for later
 
 
 def test_unknown_name_names_closest():
@@ -28,14 +30,20 @@ def test_unknown_kwarg_lists_accepted():
 
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="registered twice"):
-        @register_model(task="semantic")
-        def fcn_resnet50(**kwargs):  # noqa: F811
-            return nn.Identity()
+        @register_model
+        def fcn_resnet50(**kwargs) -> FCN:  # noqa: F811
+            return FCN(**kwargs)
+
+
+class Classifier(nn.Module):
+    task = "classification"
 
 
 def test_bad_task_raises():
     with pytest.raises(ValueError, match="task must be one of"):
-        register_model(task="classification")
+        @register_model
+        def classifier_net(**kwargs) -> Classifier:
+            return Classifier()
 
 
 def test_spec_records_build_arguments_and_roundtrips_json():

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from segzoo.benchmark import Case, register_case, register_series
+from segzoo.convert.torchvision import from_torchvision
+from tools.bench import Case, register_case, register_series
 
 
 def _tv_maskrcnn(size: int, with_mask: bool = True, depth: int = 50, detections: int = 100):
@@ -43,8 +44,6 @@ def _ours(name: str, size: int, with_mask: bool, depth: int = 50, detections: in
     """segzoo holding the anchor's random weights: the same proposals, so the same work downstream."""
 
     def build():
-        from segzoo.convert.torchvision import from_torchvision
-
         return from_torchvision(_anchor(size, with_mask, depth, detections)().state_dict(), name,
                                 trainable_backbone_layers=3, box_score_thresh=0.0,
                                 box_detections_per_img=detections)

@@ -74,7 +74,7 @@ def official_arch(state: dict[str, torch.Tensor]) -> tuple[str, str]:
     else:
         raise KeyError("unrecognised official CenterNet architecture: expected deconv_layers.* "
                        "(res_*, resdcn_*) or dla_up.* (dla_34, dlav0_34) keys")
-    if family.startswith("dla"):
+    if family in ("dla", "dlav0"):
         if state["base.level5.root.conv.weight"].shape[0] != 512:
             raise ValueError("only DLA-34 bodies are supported (level5 with 512 channels)")
         return family, "dla34"

@@ -268,17 +268,19 @@ class RCNNExport(nn.Module):
 
 @register_model
 def maskrcnn_resnet50_fpn(**kwargs) -> MaskRCNN:
+    """Mask R-CNN with a ResNet-50 FPN (torchvision's maskrcnn_resnet50_fpn)."""
     return create(MaskRCNN, "maskrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
 
 
 @register_model
 def maskrcnn_resnet101_fpn(**kwargs) -> MaskRCNN:
+    """Mask R-CNN with a ResNet-101 FPN."""
     return create(MaskRCNN, "maskrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
 
 
 @register_model
 def maskrcnn_resnet18_fpn(**kwargs) -> MaskRCNN:
-    """Mask R-CNN with a ResNet-18 FPN: the size a CPU can train."""
+    """Mask R-CNN with a ResNet-18 FPN, the size a CPU can train."""
     return create(MaskRCNN, "maskrcnn_resnet18_fpn", {"backbone": "resnet18"}, kwargs)
 
 
@@ -290,6 +292,7 @@ def maskrcnn_convnext_tiny_fpn(**kwargs) -> MaskRCNN:
 
 @register_model
 def fasterrcnn_resnet50_fpn(**kwargs) -> FasterRCNN:
+    """Faster R-CNN with a ResNet-50 FPN (torchvision's fasterrcnn_resnet50_fpn)."""
     return create(FasterRCNN, "fasterrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
 
 
@@ -301,4 +304,5 @@ def fasterrcnn_resnet18_fpn(**kwargs) -> FasterRCNN:
 
 @register_model
 def fasterrcnn_resnet101_fpn(**kwargs) -> FasterRCNN:
+    """Faster R-CNN with a ResNet-101 FPN."""
     return create(FasterRCNN, "fasterrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)

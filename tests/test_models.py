@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import segzoo
+from segzoo.backbones import Backbone
 from segzoo.spec import TASKS
 
 NUM_CLASSES = 3
@@ -71,6 +72,9 @@ def test_model(name, tmp_path):
     assert model.task in TASKS and model.spec.task == model.task
     assert name in segzoo.list_models(task=model.task)
     assert model.spec.name == name and model.spec.num_classes == NUM_CLASSES
+    if hasattr(model, "backbone"):  # every family's backbone has the one contract
+        assert isinstance(model.backbone, Backbone)
+        assert len(model.backbone.channels) == len(model.backbone.strides) > 0
 
     # a training step: finite losses, a gradient for every trainable parameter
     model.train()

@@ -293,9 +293,11 @@ def deeplabv3_resnet101(**kwargs) -> DeepLabV3:
 
 @register_model
 def deeplabv3_mobilenetv3_large(**kwargs) -> DeepLabV3:
-    """DeepLabV3 on MobileNetV3-Large in torchvision's layout: dilated last stage (stride 16),
-    rates 12/24/36, aux head on the stride-8 level, torchvision's BN numerics and dilation
-    (``tv_mobilenet=True``; pass False with another backbone)."""
+    """DeepLabV3 on MobileNetV3-Large in torchvision's layout.
+
+    Dilated last stage (stride 16), rates 12/24/36, aux head on the stride-8 level and
+    torchvision's BatchNorm numerics and dilation (``tv_mobilenet=True``, explicit here; pass
+    ``tv_mobilenet=False`` with another backbone)."""
     defaults = {"backbone": "mobilenetv3_large_100", "output_stride": 16, "rates": (12, 24, 36),
                 "aux_index": 2, "tv_mobilenet": True}
     return create(DeepLabV3, "deeplabv3_mobilenetv3_large", defaults, kwargs)

@@ -32,15 +32,9 @@ OUTPUT_NAMES = {
 }
 
 
-def _task(model: nn.Module) -> str:
-    spec = getattr(model, "spec", None)
-    return spec.task if spec is not None else getattr(model, "task", "semantic")
-
-
 def exportable(model: nn.Module, max_detections: int = 100) -> nn.Module:
     """The module that is exported for ``model`` (itself for semantic models), in eval mode."""
-    task = _task(model)
-    if task == "semantic":
+    if model.task == "semantic":
         return model.eval()
     if not hasattr(model, "exportable"):
         raise NotImplementedError(
@@ -70,7 +64,7 @@ def export_program(model: nn.Module, example: torch.Tensor | None = None, max_de
     if dynamic:
         h = torch.export.Dim("height", min=32, max=4096)
         w = torch.export.Dim("width", min=32, max=4096)
-        shapes = {"images": {2: h, 3: w}} if _task(model) == "semantic" else None
+        shapes = {"images": {2: h, 3: w}} if model.task == "semantic" else None
     with torch.no_grad():
         return torch.export.export(module, (example,), dynamic_shapes=shapes)
 
@@ -88,7 +82,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
         raise ImportError("ONNX export needs the export extra: pip install 'segzoo[export]'") from e
     module = exportable(model, max_detections)
     example = example if example is not None else example_input()
-    names = list(OUTPUT_NAMES[_task(model)])
+    names = list(OUTPUT_NAMES[model.task])
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=names,
                           opset_version=opset, dynamo=dynamo, verbose=False)

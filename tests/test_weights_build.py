@@ -10,10 +10,13 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from torchvision.models.segmentation import deeplabv3_resnet50
+from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
 import segzoo
 from segzoo import hub
+from segzoo.config import load_config
+from segzoo.convert import from_torchvision
+from segzoo.engine.run import build_model
 from segzoo.hub import WeightsError
 from segzoo.published import get_weights
 from tests.test_weights_hub import Server
@@ -123,3 +126,20 @@ def test_hrnet_body_from_a_timm_tag(env, monkeypatch, no_network):
     key = "stage4.0.fuse_layers.0.1.0.weight"
     assert key in body
     torch.testing.assert_close(body[key], state[key])
+
+
+def test_yaml_model_weights_tag_goes_through_build(env, monkeypatch):
+    """``model.weights: TAG`` in a config (here as an override) builds through the table; the
+    converted checkpoint is already in the segzoo cache, so offline mode is fine."""
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    name = "deeplabv3_mobilenetv3_large.tv_coco_voc"
+    tv = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=True)
+    hub.store_checkpoint(name, from_torchvision(tv.state_dict(), "deeplabv3_mobilenetv3_large"),
+                         list(get_weights(name).classes), {"test": True})
+    cfg = load_config("configs/deeplabv3.yaml", ["model.name=deeplabv3_mobilenetv3_large",
+                                                 "model.weights=tv_coco_voc", "model.num_classes=5"])
+    with pytest.warns(UserWarning, match="re-initialised the class-dependent layers"):
+        model = build_model(cfg)
+    assert model.num_classes == 5
+    torch.testing.assert_close(model.state_dict()["backbone.body.conv_stem.weight"],
+                               tv.state_dict()["backbone.0.0.weight"])

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import importlib
 import os
 from typing import Any
 
 from torchvision.models import get_weight
 
 from segzoo.hub import WeightsError
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCE_KINDS = ("torchvision", "manual")
 # the segzoo.convert sources (segzoo.convert.SOURCES; the converters sit above the models)
@@ -26,6 +25,12 @@ CONVERTERS = ("torchvision", "hrnet-official", "centernet-official")
 TORCHVISION_LICENCE = ("BSD-3-Clause (torchvision); trained on COCO, whose annotations are CC BY 4.0 "
                        "and images carry their own terms")
 TORCHVISION_PAGE = "https://pytorch.org/vision/stable/models.html"
+# dataset descriptions and class lists shared by the families' tables
+COCO_VOC = "COCO train2017, the 20 Pascal VOC categories (+ background)"
+COCO_90 = "COCO train2017 (80 categories on COCO's 90 ids)"
+# COCO's 80 categories in category-id order (the official CenterNet label order), from torchvision's list
+COCO_80 = tuple(c for c in get_weight("FasterRCNN_ResNet50_FPN_Weights.COCO_V1").meta["categories"]
+                if c not in ("__background__", "N/A"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,22 +138,17 @@ def register_weights(*entries: WeightsEntry) -> None:
         _TABLE[e.name] = e
 
 
-def _table() -> dict[str, WeightsEntry]:
-    importlib.import_module("segzoo.models")  # the families register their tables on import
-    return _TABLE
-
-
 def list_weights(pattern: str = "*") -> list[str]:
     """Sorted ``model.tag`` names of the published weights matching a shell-style pattern.
 
     ``segzoo.list_weights("deeplabv3*")``; :func:`get_weights` gives an entry's details.
     """
-    return sorted(n for n in _table() if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n in _TABLE if fnmatch.fnmatch(n, pattern))
 
 
 def get_weights(name: str) -> WeightsEntry:
     """The table entry of ``model.tag``."""
-    table = _table()
+    table = _TABLE  # filled by the families when segzoo.models is imported
     if name not in table:
         model = name.split(".")[0]
         tags = [e.tag for e in table.values() if e.model == model]
@@ -161,7 +161,7 @@ def get_weights(name: str) -> WeightsEntry:
 def resolve(model: str, tag: str) -> WeightsEntry:
     """The entry for ``build(model, weights=tag)``: ``tag``, ``model.tag`` or ``"default"``
     (the first registered for the model)."""
-    table = _table()
+    table = _TABLE  # filled by the families when segzoo.models is imported
     own = [e for e in table.values() if e.model == model]
     if tag == "default" and own:
         return own[0]

@@ -8,5 +8,4 @@ from segzoo.models import (
     mask_rcnn,  # noqa: F401
     pspnet,  # noqa: F401
     unet,  # noqa: F401
-    weights_tables,  # noqa: F401  (the published weights of each family)
 )

@@ -20,6 +20,7 @@ from segzoo.backbones import make_backbone
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
 from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
+from segzoo.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -107,7 +108,7 @@ class DeepLabV3(SegmentationModel):
         tv_mobilenet: compute what torchvision's dilated MobileNetV3 computes with a timm
             MobileNetV3 body (see :func:`match_torchvision_mobilenet`); the auxiliary head
             then reads the first block of the ``aux_index`` stage, as torchvision does.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
@@ -226,7 +227,7 @@ class DeepLabV3Plus(SegmentationModel):
         aspp_dropout: dropout after the ASPP projection.
         separable: atrous separable (depthwise + pointwise) convolutions in the ASPP and the
             decoder, as in the paper (and mmsegmentation, smp); False for plain 3x3 convs.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
@@ -311,3 +312,15 @@ def deeplabv3plus_resnet50(**kwargs) -> DeepLabV3Plus:
 @register_model
 def deeplabv3plus_resnet101(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", **kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+register_weights(
+    torchvision_entry("deeplabv3_resnet50", "tv_coco_voc", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
+                      COCO_VOC),
+    torchvision_entry("deeplabv3_resnet101", "tv_coco_voc", "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
+                      COCO_VOC),
+    torchvision_entry("deeplabv3_mobilenetv3_large", "tv_coco_voc",
+                      "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+)

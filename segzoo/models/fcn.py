@@ -13,6 +13,7 @@ import torch
 from segzoo.backbones import make_backbone
 from segzoo.layers import FCNHead
 from segzoo.models.base import SegmentationModel
+from segzoo.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -33,7 +34,7 @@ class FCN(SegmentationModel):
         aux_loss: add the auxiliary head on the second-to-last feature level.
         aux_weight: weight of the auxiliary loss.
         dropout: dropout before the classifiers.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
@@ -86,3 +87,11 @@ def fcn_resnet50(**kwargs) -> FCN:
 @register_model
 def fcn_resnet101(**kwargs) -> FCN:
     return _fcn("fcn_resnet101", {"backbone": "resnet101"}, kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+register_weights(
+    torchvision_entry("fcn_resnet50", "tv_coco_voc", "FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+    torchvision_entry("fcn_resnet101", "tv_coco_voc", "FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+)

@@ -61,7 +61,7 @@ class PSPNet(SegmentationModel):
         aux_loss: add the auxiliary head (3x3 conv to in/4, 256 for ResNet ``layer3``).
         aux_index: backbone feature level of the auxiliary head (-2: ResNet ``layer3``).
         aux_weight: weight of the auxiliary loss (0.4 in the paper).
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.

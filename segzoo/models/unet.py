@@ -151,7 +151,7 @@ class UNetTimm(SegmentationModel):
         decoder_channels: widths of the decoder blocks, deepest first, one per factor of 2
             (5 for stride-32 encoders); by default the first ``log2(S)`` of
             (256, 128, 64, 32, 16).
-        backbone_weights: local timm weights file for the encoder.
+        backbone_weights: local timm weights file for the encoder, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.

@@ -39,7 +39,7 @@ from torch import nn
 
 from segzoo.checkpoint import load_weights
 from segzoo.convert.keys import resnet_depth
-from segzoo.models.centernet import OFFICIAL_BGR, CenterNet  # noqa: F401  (OFFICIAL_BGR re-exported)
+from segzoo.models.centernet import OFFICIAL_BGR, CenterNet
 from segzoo.registry import build, entry_class
 
 # official family -> segzoo CenterNet neck (a key of segzoo.models.centernet_necks.NECKS)

@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from torchvision.models.detection import maskrcnn_resnet50_fpn
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, deeplabv3_resnet50
 
 import segzoo
@@ -143,3 +144,25 @@ def test_yaml_model_weights_tag_goes_through_build(env, monkeypatch):
     assert model.num_classes == 5
     torch.testing.assert_close(model.state_dict()["backbone.body.conv_stem.weight"],
                                tv.state_dict()["backbone.0.0.weight"])
+
+
+def test_detection_tag_from_a_prefilled_torch_hub_cache(env, monkeypatch, no_network):
+    """torchvision's Mask R-CNN file already in torch.hub's cache (as torchvision leaves it):
+    converted offline; segzoo label i is torchvision label i + 1, named by ``classes[i]``."""
+    monkeypatch.setenv("SEGZOO_OFFLINE", "1")
+    torch.manual_seed(0)
+    tv = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    buf = io.BytesIO()
+    torch.save(tv.state_dict(), buf)
+    entry = get_weights("maskrcnn_resnet50_fpn.tv_coco")
+    url = f"https://download.pytorch.org/models/maskrcnn-{hashlib.sha256(buf.getvalue()).hexdigest()[:8]}.pth"
+    monkeypatch.setattr(entry.weights_enum().value, "url", url)
+    hub.torch_hub_path(url).parent.mkdir(parents=True)
+    hub.torch_hub_path(url).write_bytes(buf.getvalue())
+    model = segzoo.build("maskrcnn_resnet50_fpn", weights="tv_coco").eval()
+    assert model.num_classes == 90 and model.classes[0] == "person" and model.classes[11] == "N/A"
+    cls = tv.state_dict()["roi_heads.box_predictor.bbox_pred.weight"]
+    torch.testing.assert_close(model.state_dict()["roi_heads.box_predictor.bbox_pred.weight"], cls[4:])
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 64, 64))
+    assert set(out[0]) >= {"boxes", "scores", "labels", "masks"}

@@ -82,6 +82,14 @@ def check_image_values(images: Sequence[torch.Tensor], names: Sequence[str]) -> 
 _RANGE_WARNED = [False]
 
 
+def _crop(t: torch.Tensor, h: int, w: int, exporting: bool = False) -> torch.Tensor:
+    """The top-left ``h x w`` of ``t``; a negative pad when exporting, which, unlike a slice,
+    leaves no guard on dynamic sizes."""
+    if exporting:
+        return F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
+    return t[..., :h, :w]
+
+
 class SegmentationModel(nn.Module):
     """Base class of semantic segmentation models.
 
@@ -174,20 +182,23 @@ class SegmentationModel(nn.Module):
         h, w = x.shape[-2:]
         x = self.normalize(x)
         d = self.size_divisibility
-        pad_h, pad_w = (-h) % d, (-w) % d
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # under torch.export with dynamic sizes, padding and resizing run unconditionally (no guard
+        # on the input size; both are exact no-ops when nothing is to be done)
+        hp, wp = h + (-h) % d, w + (-w) % d
+        exporting = torch.compiler.is_exporting()
+        if exporting or hp != h or wp != w:
+            x = F.pad(x, (0, wp - w, 0, hp - h))
         out, aux = self.forward_logits(x, with_aux=targets is not None)
-        out = self._resize(out, h + pad_h, w + pad_w)[..., :h, :w]
+        out = _crop(self._resize(out, hp, wp, exporting), h, w, exporting)
         if targets is None:
             return out
         if aux is not None:
-            aux = self._resize(aux, h + pad_h, w + pad_w)[..., :h, :w]
+            aux = _crop(self._resize(aux, hp, wp, exporting), h, w, exporting)
         return self.losses(out, aux, targets)
 
     @staticmethod
-    def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if t.shape[-2:] == (h, w):
+    def _resize(t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
+        if not always and t.shape[-2:] == (h, w):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
 

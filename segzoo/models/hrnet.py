@@ -315,9 +315,9 @@ def hrnet_backbone(
 class _HRNetSegBase(SegmentationModel):
     align_corners: bool = False
 
-    def _resize(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _resize(self, t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
         # the official pipeline upsamples logits with the model's align_corners
-        if t.shape[-2:] == (h, w):
+        if not always and t.shape[-2:] == (h, w):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=self.align_corners)
 

@@ -152,7 +152,8 @@ class PhotoMetricDistortion(v2.Transform):
     ``* U(saturation)`` (clipped to 1); hue: the HSV hue shifted by ``randint(-hue_delta,
     hue_delta) / 180`` of a turn (OpenCV's 180-step hue). Values are clipped to the valid range
     after each step. Unlike ``v2.ColorJitter`` brightness adds and contrast scales around 0, as
-    in mmsegmentation. Masks and boxes pass unchanged.
+    in mmsegmentation. The steps run in float32 (mmsegmentation rounds to uint8 after each);
+    uint8 images come back as uint8. Masks and boxes pass unchanged.
     """
 
     def __init__(self, brightness_delta: float = 32, contrast: Sequence[float] = (0.5, 1.5),

@@ -21,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="check a config's data for label-convention and file problems")
     c.add_argument("config")
     c.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    from segzoo.data.convert import add_arguments
+
+    add_arguments(dsub.add_parser("convert", help="convert a dataset (VOC, YOLO, LabelMe, CVAT, COCO, ...) to coco, "
+                                  "mask_folder or yolo"))
     return p
 
 
@@ -61,6 +65,12 @@ def data_check(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "data_command", None) == "convert":
+        from segzoo.data.convert import run
+
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return run(args)
     # overrides may come after options (train CONFIG --out DIR a.b=1): collect them here
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
     if bad:

@@ -150,7 +150,7 @@ def test_build_dataset_from_config(tmp_path):
     _, target = val[0]
     assert "masks" not in target and target["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="unknown data.type"):
-        build_dataset({**cfg, "type": "voc"}, "train", "semantic")
+        build_dataset({**cfg, "type": "kitti"}, "train", "semantic")
     with pytest.raises(ValueError, match="unknown arguments"):
         build_dataset({**cfg, "train": {"sise": 3}}, "train", "semantic")
 

@@ -1,4 +1,5 @@
-"""Datasets (COCO json, image/mask folders, the built-in Shapes), joint transforms and data checks."""
+"""Datasets (COCO json, image/mask folders, VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, real-data tiles,
+the built-in Shapes), joint transforms, data checks and format conversion."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ import inspect
 import os
 from typing import Any
 
+from segzoo.data.ade20k import ADE20K
 from segzoo.data.checks import DataError, DataReport, check_dataset
+from segzoo.data.cityscapes import Cityscapes
 from segzoo.data.coco import CocoInstances, CocoSemantic
+from segzoo.data.cvat import CVAT
+from segzoo.data.formats import detect_format, resolve_auto
+from segzoo.data.labelme import LabelMe
 from segzoo.data.mask_folder import MaskFolder
+from segzoo.data.realdata import NucleiTiles, TreeCrownTiles
 from segzoo.data.shapes import Shapes
 from segzoo.data.transforms import (
     PadToSize,
@@ -17,8 +24,18 @@ from segzoo.data.transforms import (
     collate_instances,
     collate_semantic,
 )
+from segzoo.data.voc import VOC, VOCSegmentation
+from segzoo.data.yolo import YOLO
 
 DATASET_TYPES = {"shapes": Shapes, "coco": CocoInstances, "coco_semantic": CocoSemantic, "mask_folder": MaskFolder}
+DATASET_TYPES["voc"] = VOC
+DATASET_TYPES["yolo"] = YOLO
+DATASET_TYPES["labelme"] = LabelMe
+DATASET_TYPES["cvat"] = CVAT
+DATASET_TYPES["cityscapes"] = Cityscapes
+DATASET_TYPES["ade20k"] = ADE20K
+DATASET_TYPES["nuclei"] = NucleiTiles
+DATASET_TYPES["tree_crowns"] = TreeCrownTiles
 # short config names for dataset arguments
 _ALIASES = {"images": {"coco": "root", "coco_semantic": "root", "mask_folder": "images_dir"},
             "masks": {"mask_folder": "masks_dir"}, "annotations": {"coco": "ann_file", "coco_semantic": "ann_file"}}
@@ -42,6 +59,12 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         with_transforms: attach the task's transform preset.
     """
     kind = data_cfg.get("type")
+    if kind == "auto":  # recognise the layout from data.<split>.root
+        if not (data_cfg.get(split) or {}).get("root"):
+            raise ValueError(f"data.type auto needs data.{split}.root (the dataset folder or file)")
+        rest = {k: v for k, v in data_cfg[split].items() if k != "root"}
+        kind, found = resolve_auto(data_cfg[split]["root"], split)
+        data_cfg = {**data_cfg, "type": kind, split: {**found, **rest}}
     if kind not in DATASET_TYPES:
         raise ValueError(f"unknown data.type {kind!r}; use one of {', '.join(DATASET_TYPES)}")
     cls = DATASET_TYPES[kind]
@@ -67,6 +90,13 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         args.setdefault("ignore_index", ignore)
     elif cls is CocoInstances:
         args.setdefault("with_masks", task == "instance")
+    elif hasattr(cls, "supported_tasks"):  # the format readers: plain typed arguments named alike
+        if task not in cls.supported_tasks():
+            raise ValueError(f"data.type {kind} gives {'/'.join(cls.supported_tasks())} data but the model's task is "
+                             f"{task}; use a model of that task or another dataset")
+        params = inspect.signature(cls.__init__).parameters
+        defaults = {"task": task, "split": split, "ignore_index": ignore, "classes": data_cfg.get("classes")}
+        args.update({k: v for k, v in defaults.items() if k in params and k not in args and v is not None})
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = [k for k in args if k not in accepted]
     if unknown:
@@ -92,7 +122,8 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
 
 
 __all__ = [
-    "DATASET_TYPES", "CocoInstances", "CocoSemantic", "DataError", "DataReport", "MaskFolder", "PadToSize",
-    "Shapes", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
-    "collate_semantic",
+    "ADE20K", "CVAT", "DATASET_TYPES", "VOC", "YOLO", "Cityscapes", "CocoInstances", "CocoSemantic", "DataError",
+    "DataReport", "LabelMe", "MaskFolder", "NucleiTiles", "PadToSize", "Shapes", "TreeCrownTiles", "VOCSegmentation",
+    "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances", "collate_semantic",
+    "detect_format", "resolve_auto",
 ]

@@ -98,6 +98,8 @@ def check_dataset(
         _check_mask_folder(ds, num_classes, ignore_index, allow_empty, report)
     elif isinstance(ds, CocoInstances):
         _check_coco(ds, num_classes, allow_empty, report)
+    elif hasattr(ds, "check"):  # the format readers check themselves (segzoo.data.records.AnnotatedImages.check)
+        ds.check(report, num_classes, ignore_index=ignore_index, allow_empty=allow_empty)
     else:
         report.warnings.append(f"no checks for {type(ds).__name__}; only segzoo datasets are checked")
     return report

@@ -1,0 +1,165 @@
+"""Recognise a dataset's layout from its files (``data.type: auto``), and say what was found when it cannot.
+
+:func:`detect_format` looks for each format's own evidence (folder and file names, the root tag of
+an xml, the keys of a json or yaml) and returns the one format that fits; when none or several fit,
+the error lists, per format, what was and was not found. :func:`resolve_auto` also returns the
+arguments of that format's dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import yaml
+
+from segzoo.data.records import IMAGE_SUFFIXES
+from segzoo.data.voc import voc_dirs
+from segzoo.data.yolo import find_yaml
+
+PathLike = str | os.PathLike
+FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "cityscapes", "ade20k", "mask_folder")
+_PROBE = 20  # json files opened at most per folder
+
+
+def _json_keys(path: Path) -> set[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return set()
+    return set(doc) if isinstance(doc, dict) else set()
+
+
+def _xml_root(path: Path) -> str:
+    try:
+        for _, el in ET.iterparse(path, events=("start",)):
+            return el.tag
+    except (OSError, ET.ParseError):
+        return ""
+    return ""
+
+
+def coco_files(root: Path) -> list[Path]:
+    cands = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
+    return [p for p in cands[:_PROBE] if {"images", "annotations", "categories"} <= _json_keys(p)]
+
+
+def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
+    """Per format: (fits, what was found)."""
+    out: dict[str, tuple[bool, str]] = {}
+    if root.is_file():
+        suffix = root.suffix.lower()
+        keys = _json_keys(root) if suffix == ".json" else set()
+        tag = _xml_root(root) if suffix == ".xml" else ""
+        spec = {}
+        if suffix in (".yaml", ".yml"):
+            try:
+                spec = yaml.safe_load(root.read_text()) or {}
+            except yaml.YAMLError:
+                spec = {}
+        out["coco"] = ({"images", "annotations", "categories"} <= keys, f"json keys {sorted(keys)[:6]}")
+        out["labelme"] = ({"shapes", "imagePath"} <= keys, f"json keys {sorted(keys)[:6]}")
+        out["cvat"] = (tag == "annotations", f"xml root <{tag}>" if tag else "not an xml file")
+        out["yolo"] = (isinstance(spec, dict) and "names" in spec, "yaml with 'names'" if spec else "not a yaml")
+        return out
+    sub = {p.name for p in root.iterdir() if p.is_dir()}
+    vocs = voc_dirs(root)
+    voc = vocs[0] if len(vocs) == 1 else None
+    voc_parts = sorted(d for d in ("Annotations", "SegmentationClass", "SegmentationObject", "ImageSets")
+                       if voc is not None and (voc / d).is_dir())
+    out["voc"] = (voc is not None and bool(set(voc_parts) & {"Annotations", "SegmentationClass"}),
+                  f"JPEGImages/ in {voc.relative_to(root) if voc != root else '.'} with {voc_parts}" if voc
+                  else "no JPEGImages/")
+    y = find_yaml(root)
+    spec = {}
+    if y is not None:
+        try:
+            spec = yaml.safe_load(y.read_text()) or {}
+        except yaml.YAMLError:
+            spec = {}
+    has_names = isinstance(spec, dict) and ("names" in spec or "nc" in spec)
+    txt_labels = (root / "labels").is_dir() and any((root / "labels").rglob("*.txt"))
+    out["yolo"] = (has_names or ("images" in sub and txt_labels),
+                   f"{y.name} with names" if has_names else ("images/ + labels/*.txt" if txt_labels else
+                                                              "no data.yaml with names, no labels/*.txt"))
+    xml = root / "annotations.xml"
+    tag = _xml_root(xml) if xml.is_file() else ""
+    out["cvat"] = (tag == "annotations", f"annotations.xml with root <{tag}>" if tag else "no annotations.xml")
+    out["cityscapes"] = ("leftImg8bit" in sub and bool({"gtFine", "gtCoarse"} & sub),
+                         f"folders {sorted(sub & {'leftImg8bit', 'gtFine', 'gtCoarse'}) or 'none'} of "
+                         "leftImg8bit/gtFine")
+    ade = root / "ADEChallengeData2016" if "ADEChallengeData2016" in sub else root
+    ade_ok = (ade / "images" / "training").is_dir() or (ade / "images" / "validation").is_dir()
+    out["ade20k"] = (ade_ok and (ade / "annotations").is_dir(),
+                     "images/{training,validation} + annotations/" if ade_ok else "no images/training or validation")
+    cocos = coco_files(root)
+    out["coco"] = (bool(cocos), f"COCO json {[p.name for p in cocos]}" if cocos else "no json with images/"
+                   "annotations/categories")
+    jsons = sorted(root.rglob("*.json"))[:_PROBE]
+    lm = [p for p in jsons if {"shapes", "imagePath"} <= _json_keys(p)]
+    out["labelme"] = (bool(lm) and not cocos, f"{len(lm)} of {len(jsons)} json files have shapes/imagePath")
+    masks = next((root / d for d in ("masks", "annotations", "labels") if (root / d).is_dir()
+                  and any((root / d).rglob("*.png"))), None)
+    images = root / "images"
+    out["mask_folder"] = (images.is_dir() and masks is not None and not out["ade20k"][0] and not txt_labels,
+                          f"images/ + {masks.name}/*.png" if images.is_dir() and masks is not None else
+                          "no images/ + masks/*.png")
+    return out
+
+
+def detect_format(root: PathLike) -> str:
+    """The one format whose layout ``root`` has (one of :data:`FORMATS`).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: no format or several fit; the message lists the evidence for each.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset path not found: {root}")
+    evidence = _evidence(root)
+    fits = [f for f in FORMATS if evidence.get(f, (False, ""))[0]]
+    if len(fits) == 1:
+        return fits[0]
+    lines = "\n".join(f"  {f}: {'FITS' if ok else 'no'} ({why})" for f, (ok, why) in evidence.items())
+    what = "several layouts fit" if fits else "no known layout fits"
+    raise ValueError(f"data.type auto: {what} {root} ({', '.join(fits) or 'none'}); found:\n{lines}\n"
+                     f"set data.type to one of {', '.join(FORMATS)}")
+
+
+def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
+    """``(data.type, dataset arguments)`` for the dataset at ``root``, one split of it."""
+    root = Path(root)
+    kind = detect_format(root)
+    if kind == "coco":
+        return "coco", _coco_args(root, split)
+    if kind == "mask_folder":
+        masks = next(root / d for d in ("masks", "annotations", "labels") if (root / d).is_dir())
+        images = root / "images"
+        if (images / split).is_dir() and (masks / split).is_dir():
+            images, masks = images / split, masks / split
+        return "mask_folder", {"images_dir": images, "masks_dir": masks}
+    if kind in ("labelme", "cvat"):
+        return kind, {"root": root}
+    return kind, {"root": root, "split": split}
+
+
+def _coco_args(root: Path, split: str) -> dict:
+    if root.is_file():
+        folder = root.parent / "images" if (root.parent / "images").is_dir() else root.parent
+        return {"root": folder, "ann_file": root}
+    files = coco_files(root)
+    named = [p for p in files if split in p.stem] or files
+    if len(named) != 1:
+        raise ValueError(f"data.type auto: {root} holds COCO files {[p.name for p in files]}; none or several match "
+                         f"split {split!r}: set data.{split}.annotations and data.{split}.images")
+    ann = named[0]
+    stem = ann.stem.replace("instances_", "")
+    for folder in (root / stem, root / "images" / split, root / split, root / "images", root):
+        if folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            return {"root": folder, "ann_file": ann}
+    raise FileNotFoundError(f"data.type auto: no image folder for {ann} under {root} (tried {stem}/, images/{split}/, "
+                            f"{split}/, images/); set data.{split}.images")

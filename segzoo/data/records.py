@@ -1,0 +1,333 @@
+"""What the annotation-format readers share: one object record, one dataset base, and its data check.
+
+Every reader (Pascal VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, the real-data tiles) parses its
+files into :class:`Obj` records per image and inherits from :class:`AnnotatedImages`, which turns
+them into what the COCO and mask-folder datasets yield for the task:
+
+* ``semantic``: ``(image, mask)``, ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`;
+* ``instance``: ``(image, target)`` with ``boxes`` (xyxy), ``labels`` (0-based), ``masks``
+  (``K x H x W`` uint8) and ``image_id``;
+* ``detection``: the same without ``masks``.
+
+Coordinates are continuous pixels: pixel ``(row, col)`` covers ``[col, col + 1] x [row, row + 1]``
+(the COCO convention), so a box ``(0, 0, W, H)`` covers the whole image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+# the project's one image reader: the readers below read images and label PNGs through these two names
+from segzoo.data.coco import decode_segmentation, read_image
+from segzoo.data.mask_folder import read_label_png as read_mask
+
+__all__ = ["AnnotatedImages", "Obj", "decode_segmentation", "read_image", "read_mask"]
+
+TASKS = ("semantic", "instance", "detection")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclasses.dataclass
+class Obj:
+    """One annotated object.
+
+    Attributes:
+        label: 0-based index into the dataset's object classes.
+        box: ``(x1, y1, x2, y2)`` in pixels; None to take it from the segmentation.
+        segmentation: COCO polygons (``[[x1, y1, x2, y2, ...], ...]`` in pixels) or a COCO RLE.
+        mask: an ``H x W`` bool array, for formats that store pixels.
+        crowd: a region to ignore (COCO ``iscrowd``); left out of instance targets, ``ignore_index``
+            in semantic maps.
+    """
+
+    label: int
+    box: tuple[float, float, float, float] | None = None
+    segmentation: list | dict | None = None
+    mask: np.ndarray | None = None
+    crowd: bool = False
+
+    @property
+    def has_shape(self) -> bool:
+        return self.segmentation is not None or self.mask is not None
+
+    def pixels(self, height: int, width: int) -> np.ndarray:
+        """The object's ``H x W`` bool mask (a box without a segmentation fills its rectangle)."""
+        if self.mask is not None:
+            return self.mask.astype(bool)
+        if self.segmentation is not None:
+            return decode_segmentation(self.segmentation, height, width).astype(bool)
+        x1, y1, x2, y2 = self.box
+        return decode_segmentation([[x1, y1, x2, y1, x2, y2, x1, y2]], height, width).astype(bool)
+
+    def xyxy(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """The box: given, else the polygons' extent, else the mask's pixel extent (``(0, 0, 0, 0)`` if empty)."""
+        if self.box is not None:
+            return tuple(float(v) for v in self.box)
+        if isinstance(self.segmentation, list):
+            pts = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in self.segmentation])
+            return (*pts.min(0).tolist(), *pts.max(0).tolist())
+        return mask_box(self.pixels(height, width))
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The pixel extent of a bool mask as a box (pixel edges), ``(0, 0, 0, 0)`` when empty."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return (0.0, 0.0, 0.0, 0.0)
+    return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
+
+def polygon_from_points(points: Any) -> list[float]:
+    """``[[x, y], ...]`` (or ``[x1, y1, x2, ...]``) as a flat COCO polygon."""
+    return [float(v) for v in np.asarray(points, dtype=np.float64).reshape(-1)]
+
+
+def box_polygon(x1: float, y1: float, x2: float, y2: float) -> list[float]:
+    return [x1, y1, x2, y1, x2, y2, x1, y2]
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from the image header."""
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def check_task(task: str, allowed: tuple[str, ...] = TASKS) -> str:
+    if task not in allowed:
+        raise ValueError(f"task must be one of {', '.join(allowed)}, got {task!r}")
+    return task
+
+
+def examples(items: list, n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(str(i) for i in items[:n]) + more
+
+
+def palette_bytes(palette: list[tuple[int, int, int]] | None) -> list[int]:
+    """A 256-entry flat palette for ``Image.putpalette`` (the VOC colour map past the given colours)."""
+    base = voc_colormap(256)
+    if palette:
+        base[: len(palette)] = [tuple(c) for c in palette]
+    return [v for rgb in base for v in rgb]
+
+
+def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
+    """The Pascal VOC colour map: label bits spread over the high bits of R, G and B."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append((r, g, b))
+    return out
+
+
+class AnnotatedImages(Dataset):
+    """Base of the format readers: images with per-image :class:`Obj` lists or label maps.
+
+    Subclasses set ``object_classes`` (names of the object classes, background excluded) and
+    implement ``__len__``, :meth:`image_path` and :meth:`objects`; label-map formats override
+    :meth:`semantic_map` instead (and set ``semantic_classes``). ``problems`` collects what the
+    parser found wrong per file (the data check reports it).
+
+    Args:
+        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        transforms: a joint transform called as ``transforms(image, target)``.
+        ignore_index: semantic label of crowd regions and unlabelled pixels.
+    """
+
+    object_classes: list[str]
+    semantic_classes: list[str] | None = None  # label-map formats: the names of the map's values
+    palette: list[tuple[int, int, int]] | None = None
+    classes_inferred = False  # object classes read from the labels found (sorted), not given
+
+    def __init__(self, task: str, transforms=None, ignore_index: int = 255) -> None:
+        self.task = check_task(task, self.supported_tasks())
+        self.transforms = transforms
+        self.ignore_index = ignore_index
+        self.problems: list[str] = []  # errors the parser found (the data check reports them)
+        self.notices: list[str] = []  # what it skipped or assumed (reported as warnings)
+
+    @classmethod
+    def supported_tasks(cls) -> tuple[str, ...]:
+        return TASKS
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names as the model sees them (semantic: with background first where the format has none)."""
+        if self.task != "semantic":
+            return list(self.object_classes)
+        return list(self.semantic_classes) if self.semantic_classes is not None else \
+            ["background", *self.object_classes]
+
+    @property
+    def num_classes(self) -> int:
+        """Semantic: every label including background; instance/detection: object classes only."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of an image without decoding it."""
+        return image_size(self.image_path(index))
+
+    def load_image(self, index: int) -> tv_tensors.Image:
+        return read_image(self.image_path(index))
+
+    def objects(self, index: int, height: int, width: int) -> list[Obj]:
+        """The image's objects, crowd regions included."""
+        raise NotImplementedError
+
+    def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
+        """The int64 label map: objects painted largest first (label ``k`` -> ``k + 1``), crowd -> ignore."""
+        out = np.zeros((height, width), dtype=np.int64)
+        objs = self.objects(index, height, width)
+        painted = [(o, o.pixels(height, width)) for o in objs if not o.crowd]
+        for o, m in sorted(painted, key=lambda om: -int(om[1].sum())):
+            out[m] = o.label + 1
+        for o in objs:
+            if o.crowd:
+                out[o.pixels(height, width)] = self.ignore_index
+        return out
+
+    def target(self, index: int, height: int, width: int) -> dict[str, Any]:
+        objs = [o for o in self.objects(index, height, width) if not o.crowd]
+        boxes = torch.tensor([o.xyxy(height, width) for o in objs], dtype=torch.float32).reshape(-1, 4)
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+            "labels": torch.tensor([o.label for o in objs], dtype=torch.int64),
+            "image_id": index,
+        }
+        if self.task == "instance":
+            masks = np.zeros((len(objs), height, width), dtype=np.uint8)
+            for k, o in enumerate(objs):
+                masks[k] = o.pixels(height, width)
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        return target
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        h, w = image.shape[-2:]
+        if self.task == "semantic":
+            label = self.semantic_map(index, h, w)
+            if label.shape != (h, w):
+                raise ValueError(f"the label map of {self.image_path(index)} is {label.shape[1]}x{label.shape[0]} "
+                                 f"but the image is {w}x{h}; label maps must have the image's size")
+            out = tv_tensors.Mask(torch.from_numpy(label))
+        else:
+            out = self.target(index, h, w)
+        if self.transforms is not None:
+            image, out = self.transforms(image, out)
+        return image, out
+
+    # ------------------------------------------------------------------ data check
+    def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
+        """Fill a :class:`~segzoo.data.checks.DataReport` (what ``segzoo data check`` prints)."""
+        report.num_items = len(self)
+        report.errors.extend(self.problems)
+        report.warnings.extend(self.notices)
+        n_data = self.num_classes
+        kind = "labels" + (" including background" if self.task == "semantic" else
+                           " (object classes; background is implicit)")
+        if n_data > num_classes:
+            report.errors.append(f"{type(self).__name__} has {n_data} {kind} ({examples(self.classes, 6)}) but "
+                                 f"num_classes={num_classes}; set model.num_classes={n_data}")
+        elif n_data < num_classes:
+            report.warnings.append(f"{type(self).__name__} has {n_data} {kind} but num_classes={num_classes}; "
+                                   "the extra classes are never trained")
+        if self.classes_inferred:
+            report.warnings.append(
+                f"class names were taken from the labels found in these files, sorted ({examples(self.classes, 6)}); "
+                "set data.classes (the object class names in id order) so that every split uses the same ids")
+        found: set[int] = set()
+        issues: dict[str, list[str]] = defaultdict(list)
+        for i in range(len(self)):
+            name = self.item_name(i)
+            try:
+                h, w = self.image_hw(i)
+                if self.task == "semantic":
+                    self._check_map(self.semantic_map(i, h, w), (h, w), name, num_classes, ignore_index,
+                                    found, issues)
+                else:
+                    self._check_objects(self.objects(i, h, w), (h, w), name, found, issues)
+            except (OSError, ValueError, KeyError) as e:
+                issues["unreadable"].append(f"{name} ({e})")
+        report.classes_found = sorted(found)
+        messages = {
+            "unreadable": "files cannot be read",
+            "size": "label maps differ in size from their image",
+            "outside": "boxes lie outside their image (check the export's coordinate convention)",
+            "degenerate": "boxes have zero or negative width/height",
+            "no_shape": "objects have no polygon or mask but the instance task needs masks",
+            "label": f"objects have a label outside the {len(self.object_classes)} classes",
+        }
+        for key, text in messages.items():
+            if issues[key]:
+                report.errors.append(f"{len(issues[key])} {text}: {examples(issues[key])}")
+        for v, files in sorted(issues.items()):
+            if v.startswith("value "):
+                value = int(v.split()[1])
+                report.errors.append(
+                    f"label value {value} is outside [0, {num_classes - 1}] and is not ignore_index={ignore_index} "
+                    f"in {len(files)} images ({examples(files)}); set model.num_classes to at least {value + 1}")
+        if issues["empty"]:
+            msg = f"{len(issues['empty'])} images have no labelled pixel or object: {examples(issues['empty'])}"
+            (report.warnings if allow_empty else report.errors).append(
+                msg + ("" if allow_empty else "; remove them or set data.allow_empty=true to keep them as negatives"))
+        missing = [c for c in range(num_classes) if c not in found]
+        if missing and len(self):
+            names = self.classes
+            named = [f"{c} ({names[c]})" if c < len(names) else str(c) for c in missing]
+            report.warnings.append(f"classes {examples(named, 8)} never occur in this data (num_classes={num_classes})")
+
+    def item_name(self, index: int) -> str:
+        return self.image_path(index).name
+
+    def _check_map(self, labels, hw, name, num_classes, ignore_index, found, issues) -> None:
+        if labels.shape != hw:
+            issues["size"].append(f"{name} {labels.shape[1]}x{labels.shape[0]} vs image {hw[1]}x{hw[0]}")
+        values = [int(v) for v in np.unique(labels) if v != ignore_index]
+        if not values:
+            issues["empty"].append(name)
+        for v in values:
+            if 0 <= v < num_classes:
+                found.add(v)
+            else:
+                issues[f"value {v}"].append(name)
+
+    def _check_objects(self, objs, hw, name, found, issues) -> None:
+        h, w = hw
+        real = [o for o in objs if not o.crowd]
+        if not real:
+            issues["empty"].append(name)
+        for o in real:
+            if not 0 <= o.label < len(self.object_classes):
+                issues["label"].append(f"{name} (label {o.label})")
+                continue
+            found.add(o.label)
+            if self.task == "instance" and not o.has_shape:
+                issues["no_shape"].append(name)
+            if o.box is None and o.segmentation is None:
+                continue  # a pixel mask: its box comes from its pixels
+            x1, y1, x2, y2 = o.xyxy(h, w)
+            if x2 <= x1 or y2 <= y1:
+                issues["degenerate"].append(f"{name} (box {[round(v, 2) for v in (x1, y1, x2, y2)]})")
+            elif x1 < -1 or y1 < -1 or x2 > w + 1 or y2 > h + 1:
+                issues["outside"].append(f"{name} (box {[round(v, 2) for v in (x1, y1, x2, y2)]} in a {w}x{h} image)")

@@ -1,0 +1,144 @@
+"""Every layout segzoo reads as :class:`~segzoo.data.records.AnnotatedImages`, split by split (what
+``segzoo data convert`` reads): the format readers as they are, and adapters for COCO json files
+and mask folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from segzoo.data.ade20k import ADE20K
+from segzoo.data.cityscapes import Cityscapes
+from segzoo.data.coco import CocoInstances
+from segzoo.data.cvat import CVAT
+from segzoo.data.formats import FORMATS, coco_files, detect_format, resolve_auto
+from segzoo.data.labelme import LabelMe
+from segzoo.data.mask_folder import MaskFolder
+from segzoo.data.records import AnnotatedImages, Obj
+from segzoo.data.voc import VOC, voc_root
+from segzoo.data.yolo import YOLO, find_yaml
+
+PathLike = str | os.PathLike
+
+
+class CocoSource(AnnotatedImages):
+    """A COCO json as records (polygons / RLE as they are, crowd included)."""
+
+    def __init__(self, root: PathLike, ann_file: PathLike, task: str = "instance") -> None:
+        super().__init__(task)
+        self.coco = CocoInstances(root, ann_file, with_masks=False)
+        self.object_classes = list(self.coco.classes)
+
+    def __len__(self) -> int:
+        return len(self.coco)
+
+    def image_path(self, index: int) -> Path:
+        return self.coco.image_path(index)
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        info = self.coco.images[index]
+        return (int(info["height"]), int(info["width"])) if info.get("height") else super().image_hw(index)
+
+    def objects(self, index: int, height: int, width: int) -> list[Obj]:
+        out = []
+        for a in self.coco.annotations(index, with_crowd=True):
+            if a.get("category_id") not in self.coco.cat_to_label:
+                raise ValueError(f"{self.coco.ann_file}: annotation {a.get('id')} has category id "
+                                 f"{a.get('category_id')} that is not in 'categories'")
+            x, y, w, h = (float(v) for v in a.get("bbox", (0, 0, 0, 0)))
+            seg = a.get("segmentation") or None
+            out.append(Obj(self.coco.cat_to_label[a["category_id"]], box=(x, y, x + w, y + h), segmentation=seg,
+                           crowd=bool(a.get("iscrowd", 0))))
+        return out
+
+
+class MaskFolderSource(AnnotatedImages):
+    """A mask folder as records: each labelled class region of an image is one object."""
+
+    def __init__(self, images_dir: PathLike, masks_dir: PathLike, task: str = "semantic") -> None:
+        super().__init__(task)
+        listed = Path(masks_dir).parent / "classes.txt"
+        if not listed.is_file():
+            listed = Path(masks_dir).parent.parent / "classes.txt"
+        classes = [n.strip() for n in listed.read_text().splitlines() if n.strip()] if listed.is_file() else None
+        self.folder = MaskFolder(images_dir, masks_dir, classes=classes)
+        if classes is None:
+            top = max(int(v) for i in range(len(self.folder)) for v in np.unique(self.folder.raw_mask(i)) if v != 255)
+            classes = [str(v) for v in range(top + 1)]
+            self.classes_inferred = True
+        self.semantic_classes = classes
+        self.object_classes = classes[1:]
+        if task != "semantic":
+            self.notices.append("a mask folder has no instances: each class region of an image is one object")
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def image_path(self, index: int) -> Path:
+        return self.folder.samples[index][0]
+
+    def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
+        return self.folder.raw_mask(index)
+
+    def objects(self, index: int, height: int, width: int) -> list[Obj]:
+        labels = self.folder.raw_mask(index)
+        return [Obj(v - 1, mask=labels == v) for v in np.unique(labels).tolist() if v not in (0, 255)]
+
+
+def open_splits(src: PathLike, fmt: str, task: str, splits: list[str] | None = None):
+    """``[(split name, dataset)]`` of a source; ``task`` ``"auto"`` reads instances where the format has them."""
+    src = Path(src)
+    if fmt == "auto":
+        fmt = detect_format(src)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown source format {fmt!r}; use one of {', '.join(FORMATS)} or auto")
+    if task == "auto":
+        task = "detection" if fmt == "voc" and not (voc_root(src) / "SegmentationObject").is_dir() else "instance"
+    out: list[tuple[str, AnnotatedImages]] = []
+    if fmt == "yolo":
+        spec = yaml.safe_load(find_yaml(src).read_text()) or {}
+        out = [(s, YOLO(src, s, task)) for s in ("train", "val", "test") if spec.get(s)]
+    elif fmt == "voc":
+        sets = voc_root(src) / "ImageSets" / ("Main" if task == "detection" else "Segmentation")
+        names = [s for s in ("train", "val") if (sets / f"{s}.txt").is_file()]
+        out = [(s, VOC(src, s, task)) for s in names] or [("train", VOC(src, None, task))]
+    elif fmt == "cityscapes":
+        out = [(s, Cityscapes(src, s, task)) for s in ("train", "val") if (src / "leftImg8bit" / s).is_dir()]
+    elif fmt == "ade20k":
+        if task != "semantic":
+            raise ValueError("ADE20K (SceneParsing) has no instances; convert it to mask_folder")
+        out = [(s, ADE20K(src, s)) for s in ("train", "val")]
+    elif fmt == "coco":
+        files = [src] if src.is_file() else coco_files(src)
+        for f in files:
+            name = f.stem.replace("instances_", "")
+            args = resolve_auto(src, name)[1] if src.is_dir() else resolve_auto(f, name)[1]
+            out.append((name, CocoSource(args["root"], args["ann_file"], task)))
+    elif fmt == "mask_folder":
+        args = resolve_auto(src, "train")[1]
+        subs = [p.name for p in sorted(Path(args["images_dir"]).iterdir()) if p.is_dir()]
+        named = [s for s in subs if (Path(args["masks_dir"]) / s).is_dir()]
+        out = [(s, MaskFolderSource(Path(args["images_dir"]) / s, Path(args["masks_dir"]) / s, task)) for s in named] \
+            or [("train", MaskFolderSource(args["images_dir"], args["masks_dir"], task))]
+    elif fmt == "labelme":
+        subs = [s for s in ("train", "val", "test") if (src / s).is_dir() and any((src / s).rglob("*.json"))]
+        if subs:
+            first = LabelMe(src / subs[0], task)
+            out = [(s, LabelMe(src / s, task, classes=first.object_classes)) for s in subs]
+        else:
+            out = [("train", LabelMe(src, task))]
+    elif fmt == "cvat":
+        probe = CVAT(src, task)
+        subsets = sorted({im.get("subset") for im in probe.entries if im.get("subset")})
+        out = [(s.lower(), CVAT(src, task, subset=s)) for s in subsets] or [("train", probe)]
+    if splits:
+        missing = sorted(set(splits) - {s for s, _ in out})
+        if missing:
+            raise ValueError(f"{src} has no split {missing}; it has {[s for s, _ in out]}")
+        out = [(s, d) for s, d in out if s in splits]
+    if not out:
+        raise ValueError(f"{src}: no split with data found")
+    return fmt, out

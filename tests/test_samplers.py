@@ -90,5 +90,14 @@ def test_image_sizes_come_from_records_or_headers_without_decoding(tmp_path, mon
             return 1
 
     assert image_sizes(Coco()) == [(5, 7)]
-    with pytest.raises(TypeError, match="image_size"):
+    with pytest.raises(TypeError, match="image_hw"):
         image_sizes([torch.zeros(3, 4, 4)])
+
+
+def test_image_sizes_of_a_benchmark_reader(tmp_path):
+    from segzoo.data.cityscapes import Cityscapes
+    from tests.data_layouts import write_cityscapes
+
+    data = Cityscapes(write_cityscapes(tmp_path), split="train")
+    sizes = image_sizes(data)
+    assert len(sizes) == len(data) and sizes[0] == tuple(data[0][0].shape[-2:])

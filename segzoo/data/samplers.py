@@ -61,7 +61,8 @@ def _header_size(path: str | Path) -> tuple[int, int]:
 def image_sizes(dataset: Any) -> list[tuple[int, int]]:
     """``(height, width)`` of every image of ``dataset``, without decoding images.
 
-    Read, in this order, from the dataset's ``image_size(index)`` method, its COCO-style
+    Read, in this order, from the dataset's ``image_hw(index)`` method (the format readers'
+    :class:`~segzoo.data.records.AnnotatedImages` have one), its COCO-style
     ``images`` records (``height``/``width``), its ``image_path(index)`` method or its
     ``samples`` list of ``(image path, ...)`` (image headers); a ``torch.utils.data.Subset``
     is followed to its dataset.
@@ -70,8 +71,8 @@ def image_sizes(dataset: Any) -> list[tuple[int, int]]:
         inner = image_sizes(dataset.dataset)
         return [inner[int(i)] for i in dataset.indices]
     n = len(dataset)
-    if callable(getattr(dataset, "image_size", None)):
-        return [tuple(int(v) for v in dataset.image_size(i)) for i in range(n)]
+    if callable(getattr(dataset, "image_hw", None)):
+        return [tuple(int(v) for v in dataset.image_hw(i)) for i in range(n)]
     records = getattr(dataset, "images", None)
     if isinstance(records, Sequence) and len(records) == n and all(
             isinstance(r, dict) and "height" in r and "width" in r for r in records):
@@ -83,7 +84,7 @@ def image_sizes(dataset: Any) -> list[tuple[int, int]]:
         return [_header_size(s[0] if isinstance(s, (tuple, list)) else s) for s in samples]
     raise TypeError(
         f"cannot read image sizes from {type(dataset).__name__} without loading it; give the dataset an "
-        "image_size(index) -> (height, width) or image_path(index) method, or pass the sizes yourself"
+        "image_hw(index) -> (height, width) or image_path(index) method, or pass the sizes yourself"
     )
 
 

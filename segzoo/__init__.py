@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from segzoo.checkpoint import load, load_weights, save  # noqa: E402
 from segzoo.fuse import fuse  # noqa: E402
-from segzoo.predict import predict  # noqa: E402  (the function shadows the module name)
+from segzoo.inference import predict  # noqa: E402
 from segzoo.registry import ModelSpec, build, list_models, register_model  # noqa: E402
 
 __all__ = [

@@ -1,96 +1,509 @@
-"""The ``segzoo`` command: ``segzoo train CONFIG [overrides]`` and ``segzoo data check CONFIG``."""
+"""The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check|convert | benchmark``.
+
+Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
+arguments and a function that runs it (parse, call the library, print). Adding a subcommand
+is one more entry. ``tools/*.py`` are shims over :func:`command`.
+
+User errors (a bad config, a missing or unreadable file, a model of the wrong task, an output
+path that cannot be written) print one line ``error: ...`` on stderr and exit with status 2;
+``--debug`` shows the traceback instead. Data that fails its checks exits with 1 after the
+report, a non-finite loss with 1, and a training stopped by SIGINT/SIGTERM with 130/143 after
+writing its checkpoint. Everything is imported lazily, so ``segzoo --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 OVERRIDES_HELP = "config overrides such as train.epochs=2 model.backbone=resnet18"
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK_HARNESS = REPO / "tools" / "benchmark.py"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segzoo", description="segzoo: segmentation and detection model zoo")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("config", help="YAML config file (see configs/)")
-    t.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    t.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    d = sub.add_parser("data", help="data utilities")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    c = dsub.add_parser("check", help="check a config's data for label-convention and file problems")
-    c.add_argument("config")
-    c.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    from segzoo.data.convert import add_arguments
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand: ``arguments(parser)`` declares its arguments, ``run(args)`` returns the exit status."""
 
-    add_arguments(dsub.add_parser("convert", help="convert a dataset (VOC, YOLO, LabelMe, CVAT, COCO, ...) to coco, "
-                                  "mask_folder or yolo"))
-    return p
+    help: str
+    description: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    overrides: bool = False  # takes key.sub=value overrides anywhere on the line
 
 
-def _load(args):
-    from segzoo.config import load_config
-
-    return load_config(args.config, args.overrides)
+# ---------------------------------------------------------------------------- helpers
 
 
-def train(args) -> int:
-    from segzoo.config import dump
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise a one-line OSError unless ``path`` (a file or folder to write) can be created; creates nothing."""
+    path = Path(path)
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise PermissionError(f"cannot write {path}: no write permission")
+        return path
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write {path}: no write permission in {parent}")
+    return path
+
+
+def _device(name: str):
+    from segzoo.engine.trainer import select_device
+
+    return select_device(name)
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    _overrides(p)
+    p.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its files are deleted)")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from segzoo.config import dump, load_config
     from segzoo.engine.distributed import world_info
-    from segzoo.engine.run import train_from_config
+    from segzoo.engine.run import default_out_dir, train_from_config
 
-    cfg = _load(args)
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else default_out_dir(cfg)
+    check_writable(out)
     rank = world_info()[0]
     if rank == 0:
         print("# resolved config\n" + dump(cfg), flush=True)
-    metrics = train_from_config(cfg, out_dir=args.out, resume=args.resume)
+    metrics = train_from_config(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if rank == 0:
         best = metrics["best"]
         shown = "n/a" if best is None else f"{best:.4f}"
-        out = args.out or f"runs/{cfg['_name_']}"
         print(f"done: {metrics['step']} steps in {metrics['train_seconds']:.0f} s; best {metrics['metric']} = "
               f"{shown} (step {metrics['best_step']}); run folder: {out}")
     return 0
 
 
-def data_check(args) -> int:
+# ---------------------------------------------------------------------------- eval
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a segzoo .safetensors checkpoint")
+    p.add_argument("--data", required=True, help="YAML config whose data section names the dataset")
+    _overrides(p)
+    p.add_argument("--split", default="val", choices=("val", "train"), help="dataset split (default: val)")
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: data.val_batch_size or data.batch_size, as in training)")
+    p.add_argument("--tile", type=int, default=None, help="sliding-window tile size")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--pictures", type=int, default=4, help="prediction panels to write")
+    p.add_argument("--score-thresh", type=float, default=None, help="detections drawn in the panels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"], help="autocast (default: off)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from segzoo.checkpoint import load
+    from segzoo.config import load_config
+    from segzoo.engine.evaluator import evaluate
+    from segzoo.engine.report import format_results, write_report
+    from segzoo.engine.run import build_split
+    from segzoo.engine.trainer import amp_dtype_for
+
+    cfg = load_config(args.data, args.overrides, require_model=False)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
+    check_writable(out)
+    device = _device(args.device)
+    model = load(args.checkpoint, map_location=device)
+    dataset = build_split(cfg, args.split, model.task, train=False)
+    result = evaluate(
+        model, dataset, batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,
+        num_workers=cfg.data.num_workers, amp_dtype=amp_dtype_for(args.amp, device), tile=args.tile,
+        overlap=args.overlap, tta=args.tta, max_images=args.max_images or cfg.eval.max_images,
+        ignore_index=cfg.data.ignore_index, curves=True, num_pictures=args.pictures,
+        score_threshold=cfg.eval.score_threshold if args.score_thresh is None else args.score_thresh,
+        progress=not args.no_progress)
+    print(f"{args.checkpoint}: {model.spec.name} ({model.task}) on {result['num_images']} {args.split} images")
+    print(format_results(result))
+    path = write_report(result, out, checkpoint=str(args.checkpoint), model=model.spec.name, split=args.split,
+                        tile=args.tile, tta=args.tta)
+    print(f"wrote {path} and pictures", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- infer
+
+
+def _infer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a segzoo .safetensors checkpoint")
+    p.add_argument("images", nargs="+", help="image files and/or folders of images")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--recursive", action="store_true", help="also search sub-folders")
+    p.add_argument("--tile", type=int, default=None, help="sliding-window tile size for large images")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="detections kept in the pictures and json")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the drawn masks")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+
+
+def _infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from segzoo.checkpoint import load
+    from segzoo.inference import SkippedImageWarning, list_images, predict_files
+
+    out = check_writable(args.out)
+    model = load(args.checkpoint, map_location=_device(args.device))
+    files = list_images(args.images, recursive=args.recursive)
+    done, skipped = 0, 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)  # printed below, one line each
+        for fp in predict_files(model, files, out, tile=args.tile, overlap=args.overlap, tta=args.tta,
+                                score_thresh=args.score_thresh, alpha=args.alpha):
+            if fp.error is not None:
+                skipped += 1
+                print(f"warning: skipped {fp.path}: {fp.error}", file=sys.stderr)
+                continue
+            done += 1
+            names = ", ".join(Path(w).name for w in fp.written)
+            if model.task == "semantic":
+                found = sorted(int(k) for k in torch.unique(fp.result["mask"]))
+                print(f"{fp.path}: labels {found} -> {names}")
+            else:
+                n = int((fp.result["scores"] >= args.score_thresh).sum())
+                print(f"{fp.path}: {n} detections >= {args.score_thresh} -> {names}")
+    print(f"wrote {done} predictions to {out}" + (f"; skipped {skipped} unreadable files" if skipped else ""),
+          file=sys.stderr)
+    return 0 if done else 1
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered model name or a segzoo .safetensors checkpoint")
+    p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
+    p.add_argument("--out", required=True, help="output file")
+    p.add_argument("--num-classes", type=int, default=None, help="for a model name (default: the model's)")
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--max-detections", type=int, default=100, help="K for detection models")
+    p.add_argument("--fuse", action="store_true", help="fold BatchNorm into convolutions first")
+    p.add_argument("--check", action="store_true", help="run the export and compare with eager outputs")
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from segzoo import export as ex
+    from segzoo.checkpoint import load
+    from segzoo.fuse import fuse
+    from segzoo.registry import build
+
+    out = check_writable(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"cannot write {out}: it is a folder; give a file name")
+    if os.path.exists(args.model) or args.model.endswith(".safetensors"):
+        model = load(args.model)
+    else:
+        kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        model = build(args.model, **kwargs).eval()
+    x = ex.example_input(args.height, args.width)
+    if args.fuse:
+        model = fuse(model, x)
+    if args.format == "onnx":
+        ex.export_onnx(model, out, x, max_detections=args.max_detections)
+        outs = ex.run_onnx(out, x) if args.check else None
+    else:
+        program = ex.export_program(model, x, max_detections=args.max_detections)
+        torch.export.save(program, out)
+        outs = None
+        if args.check:
+            o = program.module()(x)
+            outs = list(o) if isinstance(o, (list, tuple)) else [o]
+    print(f"wrote {out} ({args.format}, input 1x3x{args.height}x{args.width})")
+    if outs is not None:
+        ref = ex.eager_outputs(model, x, args.max_detections)
+        diff = max(float((a.detach().float() - b.float()).abs().max()) for a, b in zip(outs, ref) if a.numel())
+        print(f"max abs difference from eager: {diff:.2e}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- convert
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
+                   help="torchvision, hrnet-official or centernet-official")
+    p.add_argument("--name", required=True, help="segzoo model name, e.g. fcn_resnet50")
+    p.add_argument("--classes", default=None, help="class names: a JSON list or a text file with one name a line")
+    p.add_argument("src", help="source weights (.pth/.pt read with weights_only=True, or .safetensors)")
+    p.add_argument("dst", help="destination segzoo .safetensors checkpoint")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import json
+
+    from segzoo.checkpoint import read_state_dict, save
+    from segzoo.convert import converter
+
+    check_writable(args.dst)
+    classes = None
+    if args.classes:
+        if args.classes.lstrip().startswith("["):
+            try:
+                classes = json.loads(args.classes)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--classes is not a JSON list: {e}") from None
+        else:
+            classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    model = converter(args.source)(read_state_dict(args.src), args.name)
+    path = save(model, args.dst, classes=classes)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {path}: {args.name}, num_classes={model.num_classes}, {n:,} parameters")
+    return 0
+
+
+# ---------------------------------------------------------------------------- data check
+
+
+def _data_check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/)")
+    _overrides(p)
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from segzoo.config import load_config
     from segzoo.engine.run import build_model, check_data
 
-    cfg = _load(args)
+    cfg = load_config(args.config, args.overrides)
     model = build_model(cfg)
-    reports = check_data(cfg, model.spec.num_classes, model.spec.task)
+    reports = check_data(cfg, model.spec.num_classes, model.task)
     return 0 if all(r.ok for r in reports) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    if getattr(args, "data_command", None) == "convert":
-        from segzoo.data.convert import run
+def _data_convert_args(p: argparse.ArgumentParser) -> None:
+    from segzoo.data.convert import add_arguments
 
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return run(args)
-    # overrides may come after options (train CONFIG --out DIR a.b=1): collect them here
-    bad = [e for e in extra if e.startswith("-") or "=" not in e]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    args.overrides = [*args.overrides, *extra]
-    from segzoo.config import ConfigError
+    add_arguments(p)
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from segzoo.data.convert import run
+
+    return run(args)
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+
+def _benchmark(argv: list[str]) -> int:
+    """Run the benchmark harness of a source checkout (it imports the competitors: not installed)."""
+    if not BENCHMARK_HARNESS.is_file():
+        raise FileNotFoundError(f"`segzoo benchmark` runs tools/benchmark.py of a source checkout and there is none "
+                                f"beside this installation ({REPO}); clone the repository and run it there")
+    import runpy
+
+    return runpy.run_path(str(BENCHMARK_HARNESS), run_name="segzoo_benchmark")["main"](argv)
+
+
+def _benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of tools/benchmark.py (see its --help)")
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "train a model from a YAML config", """Train a model from a YAML config.
+
+    segzoo train configs/quickstart.yaml [key.sub=value ...] [--out DIR] [--resume | --overwrite]
+    torchrun --nproc_per_node 2 tools/train.py configs/quickstart.yaml
+
+Prints the resolved config, checks the data, trains, evaluates and writes the run folder
+(default runs/<config name>/): model.safetensors, train_state.pt, best.safetensors,
+log.jsonl, metrics.json, predictions.png, config.yaml. A folder that holds a run is refused
+unless --resume (continue it) or --overwrite (replace it) is given; one training at a time may
+use a folder. SIGINT/SIGTERM finish the current step, write a checkpoint and exit 130/143.""",
+        _train_args, _train, overrides=True),
+    "eval": Command(
+        "evaluate a checkpoint on a config's dataset", """Evaluate a checkpoint on a split of a config's dataset.
+
+    segzoo eval runs/quickstart/model.safetensors --data configs/quickstart.yaml
+    segzoo eval model.safetensors --data configs/quickstart.yaml data.val.num_val=20 --tile 256 --tta flip
+
+The numbers are those of the training log for the same checkpoint and config (one evaluate).
+Prints a metric table and writes to --out (default: an eval folder beside the checkpoint):
+metrics.json, pr_curves.png, predictions_NNN.png panels and, for semantic models,
+confusion.csv and confusion.png.""",
+        _eval_args, _eval, overrides=True),
+    "infer": Command(
+        "predict image files and folders", """Run a checkpoint on image files or folders; draw the predictions.
+
+    segzoo infer runs/quickstart/model.safetensors photo.jpg more/ --out preds/
+    segzoo infer model.safetensors big_scan.tif --out preds/ --tile 512 --tta flip
+
+Semantic models: NAME_overlay.png (mask over the image, with a legend) and NAME_mask.png
+(palettised PNG: pixel values are the labels). Detection / instance models:
+NAME_overlay.png, NAME.json (boxes xyxy, scores, labels, class names) and, with masks,
+NAME_masks.png (0 background, k + 1 for the k-th detection of the json). Files that cannot be
+read are skipped with a warning and counted.""",
+        _infer_args, _infer),
+    "export": Command(
+        "export to ONNX or torch.export", """Export a model's inference path to ONNX or a torch.export ExportedProgram.
+
+    segzoo export fcn_resnet50 --format onnx --out fcn.onnx
+    segzoo export runs/quickstart/model.safetensors --format exported-program --out model.pt2
+    segzoo export maskrcnn_resnet50_fpn --format onnx --out mrcnn.onnx --max-detections 100
+
+Detection models export with a fixed maximum number of detections: padded outputs plus a
+num_detections count (see segzoo/export.py).""",
+        _export_args, _export),
+    "convert": Command(
+        "convert weights from another code base", """Convert weights from another code base into a segzoo checkpoint.
+
+    segzoo convert --from torchvision --name fcn_resnet50 fcn.pth weights/fcn.safetensors
+    segzoo convert --from hrnet-official --name hrnet_w48 hrnet_w48_city.pth out.safetensors
+    segzoo convert --from centernet-official --name centernet_dla34 ctdet_coco_dla_2x.pth out.safetensors""",
+        _convert_args, _convert),
+    "data check": Command(
+        "check a config's data", """Check a config's data before training (classes, mask values, 0/255 masks,
+empty images, boxes, files).
+
+    segzoo data check configs/quickstart.yaml [key.sub=value ...]
+
+Exits with status 1 when the data has errors (training would refuse it).""",
+        _data_check_args, _data_check, overrides=True),
+    "data convert": Command(
+        "convert a dataset to coco, mask_folder or yolo", """Convert a dataset (VOC, YOLO, LabelMe, CVAT, COCO,
+Cityscapes, ADE20K...) to coco, mask_folder or yolo.
+
+    segzoo data convert SRC DST --to coco [--from auto] [--split train]""",
+        _data_convert_args, _data_convert),
+    "benchmark": Command(
+        "time models against torchvision/timm (source checkout)", """Run tools/benchmark.py of a source checkout.
+
+    segzoo benchmark --list
+    segzoo benchmark fcn_resnet50 --size 256 --runs 3""",
+        _benchmark_args, lambda args: _benchmark(args.args)),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p = argparse.ArgumentParser(prog="segzoo", parents=[common],
+                                description="segzoo: segmentation and detection model zoo")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, cmd in COMMANDS.items():
+        *group, leaf = name.split()
+        target = sub
+        if group:
+            if group[0] not in groups:
+                g = sub.add_parser(group[0], help=f"{group[0]} utilities")
+                groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", required=True, metavar="COMMAND")
+            target = groups[group[0]]
+        c = target.add_parser(leaf, help=cmd.help, description=cmd.description, parents=[common],
+                              formatter_class=argparse.RawDescriptionHelpFormatter, add_help=leaf != "benchmark")
+        cmd.arguments(c)
+        c.set_defaults(command_spec=cmd)
+    return p
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]
+    elif isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.filename}: {e.strerror}"
+    else:
+        text = str(e) or type(e).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _exit_code(e: BaseException) -> int | None:
+    """The exit status of an exception shown without a traceback; None for a bug (traceback)."""
     from segzoo.data import DataError
+    from segzoo.engine.run_folder import RunFolderError
+    from segzoo.engine.signals import TrainingInterrupted
+    from segzoo.engine.trainer import NonFiniteLossError
 
+    if isinstance(e, TrainingInterrupted):
+        return e.exit_code
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    if isinstance(e, (DataError, NonFiniteLossError)):
+        return 1
+    user = (ValueError, KeyError, TypeError, ImportError, RunFolderError, FileNotFoundError, PermissionError,
+            NotADirectoryError, IsADirectoryError, FileExistsError)
+    return 2 if isinstance(e, user) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``segzoo ARGS``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = _parser()
+    if argv[:1] == ["benchmark"]:  # the rest belongs to the harness (its own --help included)
+        args = argparse.Namespace(command_spec=COMMANDS["benchmark"], args=[a for a in argv[1:] if a != "--debug"])
+    else:
+        args, extra = parser.parse_known_args(argv)
+        cmd: Command = args.command_spec
+        # overrides may come after options (train CONFIG --out DIR a.b=1): collect them here
+        bad = [e for e in extra if not cmd.overrides or e.startswith("-") or "=" not in e]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        if cmd.overrides:
+            args.overrides = [*args.overrides, *extra]
     try:
-        if args.command == "train":
-            return train(args)
-        return data_check(args)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        return args.command_spec.run(args)
+    except BaseException as e:
+        code = _exit_code(e)
+        if code is None or debug:
+            raise
+        from segzoo.engine.signals import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):
+            print(str(e), file=sys.stderr)
+        elif isinstance(e, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+        elif code == 1 and "\n" in str(e):
+            print(f"error: {e}", file=sys.stderr)  # a data report: one problem a line
+        else:
+            print(f"error: {_message(e)}", file=sys.stderr)
+        return code
     finally:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def command(name: str) -> Callable[[list[str] | None], int]:
+    """The ``main`` of a ``tools/`` script: ``command("eval")(argv)`` runs ``segzoo eval ARGV``."""
+
+    def run(argv: list[str] | None = None) -> int:
+        return main([*name.split(), *(sys.argv[1:] if argv is None else argv)])
+
+    run.__doc__ = f"segzoo {name} ARGS (see --help)"
+    return run
 
 
 if __name__ == "__main__":

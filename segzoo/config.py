@@ -1,82 +1,336 @@
-"""YAML training configs: ``_base_`` inheritance, ``key.sub=value`` overrides and validation.
+"""Training configs: typed sections read from YAML, with ``_base_`` inheritance and ``key.sub=value`` overrides.
 
-A config has four sections: ``model`` (``name`` plus the builder's keyword arguments),
-``data``, ``train`` and ``eval``; :data:`DEFAULTS` lists every key of the last three with its
-default. The one inheritance rule: ``_base_`` names YAML files (a path relative to the file,
-or a list of them) that are loaded first, in order; the file's own values are then merged in:
-mappings merge key by key, any other value (lists included) replaces the base's value.
-Unknown keys raise an error that names the closest valid key.
+A config has four sections: ``model`` (``name`` plus the builder's keyword arguments, a free
+mapping), ``data`` (:class:`DataConfig`, with ``augment``: :class:`AugmentConfig`), ``train``
+(:class:`TrainConfig`) and ``eval`` (:class:`EvalConfig`). Every key of the last three is a field
+of its frozen dataclass, declared once with :func:`option`: the default, the type (the field's
+annotation) and the allowed range. The loader derives every check from those declarations:
+unknown keys name the closest valid key, wrong types name the expected one, ``null`` is refused
+where the annotation does not allow None, numbers must be finite and in range, strings one of
+their choices. Adding a key is one line in its dataclass.
+
+The one inheritance rule: ``_base_`` names YAML files (a path relative to the file, or a list
+of them) that are loaded first, in order; the file's own values are then merged in: mappings
+merge key by key, any other value (lists included) replaces the base's value. Files are bounded
+(size, nesting depth, and the number of values once aliases are expanded), so a hostile file
+is refused at once instead of exhausting memory.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
+import math
+import operator
 import os
 import re
+import reprlib
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
 PathLike = str | os.PathLike
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {"name": None},
-    "data": {
-        "type": "shapes",         # shapes | coco | coco_semantic | mask_folder
-        "root": "data/shapes",    # shapes: where the generated files live
-        "train": {},              # dataset arguments of the train split (see segzoo.data.build_dataset)
-        "val": {},                # dataset arguments of the validation split
-        "classes": None,          # class names (mask_folder)
-        "binary": False,          # mask_folder: 0/255 masks, 255 -> label 1
-        "mapping": None,          # mask_folder: {raw value: label}
-        "ignore_index": 255,
-        "allow_empty": False,     # keep images without labels (reported as warnings)
-        "check": True,            # run the data checks before training
-        "batch_size": 8,          # per process (global batch = batch_size * world size * grad_accum)
-        "val_batch_size": None,   # defaults to batch_size
-        "num_workers": 2,
-        "augment": {"size": 512, "scale": [0.5, 2.0], "hflip": 0.5, "color_jitter": 0.2},
-    },
-    "train": {
-        "epochs": 10,
-        "max_steps": None,        # stop after this many optimizer steps (overrides epochs)
-        "optimizer": "sgd",       # sgd | adamw
-        "lr": 0.01,
-        "momentum": 0.9,
-        "betas": [0.9, 0.999],
-        "weight_decay": 1.0e-4,
-        "backbone_lr_mult": 1.0,  # learning-rate multiplier of the model.backbone parameters
-        "freeze_backbone": False,
-        "schedule": "poly",       # poly | cosine | constant
-        "poly_power": 0.9,
-        "min_lr_ratio": 0.0,
-        "warmup_steps": 0,
-        "warmup_factor": 0.001,
-        "grad_accum": 1,
-        "clip_grad": None,        # max gradient norm
-        "amp": "auto",            # auto | bf16 | fp16 | off  (auto: bf16/fp16 on CUDA, off on CPU)
-        "channels_last": False,
-        "compile": False,
-        "device": "auto",         # auto | cpu | cuda | cuda:1 | mps
-        "seed": 0,
-        "checkpoint_every": 0,    # optimizer steps between checkpoints (0: end of each epoch only)
-        "log_every": 10,
-        "early_stop_patience": 0, # evaluations without improvement before stopping (0: never)
-        "progress": True,         # tqdm progress bar
-        "tensorboard": True,      # also log to TensorBoard when it is installed
-    },
-    "eval": {
-        "every": 1,               # epochs between evaluations (0: only at the end)
-        "metric": "auto",         # auto: miou (semantic), segm_ap (instance), bbox_ap (detection)
-        "max_images": None,
-        "num_pictures": 4,        # validation images drawn in predictions.png
-        "score_threshold": 0.5,   # detections drawn in predictions.png
-    },
-}
+MAX_CONFIG_BYTES = 1 << 20   # a config file larger than 1 MiB is not a config
+MAX_VALUES = 100_000         # values in a file once YAML aliases (*name) are expanded
+MAX_DEPTH = 32               # nesting of mappings and lists
 
-FREE_SECTIONS = {"model", ("data", "train"), ("data", "val"), ("data", "mapping")}
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and how to fix it."""
+
+
+def option(default: Any, help: str = "", *, choices: tuple | None = None, ge: float | None = None,
+           gt: float | None = None, le: float | None = None, lt: float | None = None,
+           pattern: str | None = None) -> Any:
+    """A config field: its default, a short help text and its allowed values.
+
+    The type comes from the field's annotation. Bounds (``ge``/``gt``/``le``/``lt``) apply to
+    numbers and to each number of a list; ``choices`` and ``pattern`` to strings.
+    """
+    meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern}
+    if dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=type(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class _Section:
+    """Shared behaviour of the typed sections: plain-dict conversion (lists for tuples)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(_Section):
+    """Training augmentation (``data.augment``): the arguments of ``segzoo.data.build_transforms``."""
+
+    size: int | tuple[int, int] = option(512, "crop size, an int or [height, width]", ge=1)
+    scale: tuple[float, float] = option((0.5, 2.0), "scale-jitter range around size", gt=0)
+    hflip: float = option(0.5, "horizontal flip probability", ge=0, le=1)
+    color_jitter: float = option(0.2, "brightness/contrast/saturation jitter", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """The dataset of each split and how it is loaded (``data:``)."""
+
+    type: str = option("shapes", "a segzoo.data.DATASET_TYPES key (shapes, coco, mask_folder, voc, yolo...) or auto")
+    root: str = option("data/shapes", "shapes: where the generated files live")
+    train: dict | None = option(None, "dataset arguments of the train split (see segzoo.data.build_dataset)")
+    val: dict | None = option(None, "dataset arguments of the validation split")
+    classes: tuple[str, ...] | None = option(None, "class names (mask_folder)")
+    binary: bool = option(False, "mask_folder: 0/255 masks, 255 -> label 1")
+    mapping: dict | None = option(None, "mask_folder: {raw value: label}")
+    ignore_index: int = option(255, "semantic label that is not scored")
+    allow_empty: bool = option(False, "keep images without labels (reported as warnings)")
+    check: bool = option(True, "run the data checks before training")
+    batch_size: int = option(8, "per process (global batch = batch_size x processes x grad_accum)", ge=1)
+    val_batch_size: int | None = option(None, "evaluation batch size (default: batch_size)", ge=1)
+    num_workers: int = option(2, "data-loading processes", ge=0)
+    augment: AugmentConfig = option(AugmentConfig())
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Section):
+    """The optimisation schedule and the training loop's switches (``train:``)."""
+
+    epochs: int = option(10, "passes over the training data", ge=1)
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)", ge=1)
+    optimizer: str = option("sgd", choices=("sgd", "adamw"))
+    lr: float = option(0.01, "base learning rate", gt=0)
+    momentum: float = option(0.9, "SGD momentum", ge=0, le=1)
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas", ge=0, lt=1)
+    weight_decay: float = option(1.0e-4, "not applied to norms and biases", ge=0)
+    backbone_lr_mult: float = option(1.0, "learning-rate multiplier of the model.backbone parameters", ge=0)
+    freeze_backbone: bool = option(False, "model.backbone.freeze(): frozen BatchNorm and weights")
+    schedule: str = option("poly", choices=("poly", "cosine", "constant"))
+    poly_power: float = option(0.9, gt=0)
+    min_lr_ratio: float = option(0.0, "floor of the decay, as a fraction of lr", ge=0, le=1)
+    warmup_steps: int = option(0, "linear warmup steps", ge=0)
+    warmup_factor: float = option(0.001, "lr multiplier at step 0 of the warmup", gt=0, le=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", ge=1)
+    clip_grad: float | None = option(None, "max gradient norm; null: no clipping", gt=0)
+    amp: str | bool = option("auto", "auto: bf16/fp16 on CUDA, off elsewhere", choices=("auto", "bf16", "fp16", "off"))
+    channels_last: bool = option(False)
+    compile: bool = option(False, "torch.compile the model")
+    device: str = option("auto", "auto | cpu | cuda | cuda:N | mps", pattern=r"auto|cpu|mps|cuda(:\d+)?")
+    seed: int = option(0, "seeds initialisation, data order, augmentation and dropout", ge=0)
+    checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: end of each epoch only)", ge=0)
+    early_stop_patience: int = option(0, "evaluations without improvement before stopping (0: never)", ge=0)
+    progress: bool = option(True, "tqdm progress bar")
+    tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_Section):
+    """Evaluation during training and in ``segzoo eval`` (``eval:``)."""
+
+    every: int = option(1, "epochs between evaluations (0: only at the end)", ge=0)
+    metric: str = option("auto", "picks the best checkpoint; auto: miou, segm_AP or bbox_AP by task")
+    max_images: int | None = option(None, "evaluate only the first images", ge=1)
+    num_pictures: int = option(4, "validation images drawn in predictions.png", ge=0)
+    score_threshold: float = option(0.5, "detections drawn in pictures", ge=0, le=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole config: ``model`` (builder name and arguments) and the typed sections.
+
+    Attributes:
+        model: ``{"name": registered model, **builder keyword arguments}`` (read-only by convention).
+        name: the run's name (the config file's stem), used for the default run folder.
+    """
+
+    model: dict = dataclasses.field(default_factory=dict)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain YAML-ready data (what :func:`load_config` reads back)."""
+        return {"model": _plain(dict(self.model)), "data": self.data.to_dict(), "train": self.train.to_dict(),
+                "eval": self.eval.to_dict()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+# keys that configs of earlier versions had, and what to do instead
+REMOVED = {"train.log_every": "it was never read (every optimizer step is logged); delete it"}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ---------------------------------------------------------------------------- checks from the fields
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 60, 60, 6, 6, 3
+_NAMES = {int: "an integer", float: "a number", bool: "true/false", str: "a string", tuple: "a list",
+          dict: "a mapping"}
+_PLURAL = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _scalar(value: Any, tp: type) -> Any:
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is dict:
+        ok = isinstance(value, Mapping)
+        value = dict(value) if ok else value
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise _Mismatch
+    return value
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "a list"
+    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(path: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp`` (lists become tuples); raises _Mismatch when it is not of the type."""
+    if typing.get_origin(tp) is not tuple:
+        return _scalar(value, tp)
+    if not isinstance(value, (list, tuple)):
+        raise _Mismatch
+    args = typing.get_args(tp)
+    elems = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+    try:
+        if len(elems) != len(value):
+            raise _Mismatch
+        return tuple(_scalar(v, t) for v, t in zip(value, elems))
+    except _Mismatch:
+        what = (f"a list of {_PLURAL.get(args[0], 'values')}" if args[-1] is Ellipsis
+                else f"a list of {len(args)} {_PLURAL.get(args[0], 'values')}")
+        raise ConfigError(f"config key {path!r} must be {what}, got {_short.repr(value)}") from None
+
+
+def _check_range(path: str, value: Any, meta: Mapping) -> None:
+    items = value if isinstance(value, tuple) else (value,)
+    hint = f" ({meta['help']})" if meta.get("help") else ""
+    for v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"config key {path!r} must be a finite number, got {v}{hint}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            for key, ok, sign in (("ge", operator.ge, ">="), ("gt", operator.gt, ">"), ("le", operator.le, "<="),
+                                  ("lt", operator.lt, "<")):
+                bound = meta.get(key)
+                if bound is not None and not ok(v, bound):
+                    raise ConfigError(f"config key {path!r} must be {sign} {bound}, got {_short.repr(_plain(value))}"
+                                      f"{hint}")
+        if isinstance(v, str):
+            if meta.get("choices") and v not in meta["choices"]:
+                raise ConfigError(f"config key {path!r} must be one of {', '.join(meta['choices'])}, got {v!r}"
+                                  f"{_closest(v, list(meta['choices']), path.rsplit('.', 1)[0] + '.', values=True)}")
+            if meta.get("pattern") and not re.fullmatch(meta["pattern"], v):
+                raise ConfigError(f"config key {path!r} must be {meta['help'] or meta['pattern']}, got {v!r}")
+
+
+def _value(path: str, value: Any, tp: Any, meta: Mapping, default: Any) -> Any:
+    """A field's value checked against its annotation and bounds."""
+    origin = typing.get_origin(tp)
+    alternatives = list(typing.get_args(tp)) if origin in (Union, types.UnionType) else [tp]
+    nullable = type(None) in alternatives
+    alternatives = [t for t in alternatives if t is not type(None)]
+    if value is None:
+        if nullable:
+            return None
+        shown = f" (default {path}={_short.repr(_plain(default))})" if default is not None else ""
+        raise ConfigError(f"config key {path!r} cannot be null; set {_describe(alternatives[0])}{shown}")
+    for alt in alternatives:
+        try:
+            out = _convert(path, value, alt)
+        except _Mismatch:
+            continue
+        _check_range(path, out, meta)
+        return out
+    names = " or ".join(dict.fromkeys(_describe(t) for t in alternatives))
+    shown = f" (default {path}={_short.repr(_plain(default))})" if default is not None else ""
+    raise ConfigError(f"config key {path!r} must be {names}, got {_short.repr(value)} ({type(value).__name__})"
+                      f"{shown}")
+
+
+def _closest(key: str, options: list[str], prefix: str = "", values: bool = False) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {prefix + close[0] if not values else close[0]!r}?"
+    return "" if values else f"; valid keys: {', '.join(prefix + o for o in sorted(options))}"
+
+
+def parse_section(cls: type, mapping: Any, prefix: str) -> Any:
+    """Build the dataclass ``cls`` from a mapping, checking every key against its field."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"config key {prefix.rstrip('.')!r} must be a mapping, got {_short.repr(mapping)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        if path in REMOVED:
+            raise ConfigError(f"config key {path!r} no longer exists: {REMOVED[path]}")
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path!r}{_closest(str(key), list(fields), prefix)}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = parse_section(hints[key], value, f"{path}.")
+        else:
+            kwargs[key] = _value(path, value, hints[key], f.metadata, default)
+    return cls(**kwargs)
+
+
+def parse_config(mapping: Mapping, name: str | None = None, require_model: bool = True) -> RunConfig:
+    """A :class:`RunConfig` from a plain mapping with ``model``/``data``/``train``/``eval`` sections.
+
+    Args:
+        mapping: the sections (missing ones and missing keys take the defaults).
+        name: the run's name.
+        require_model: refuse a config without ``model.name`` (data-only configs pass False).
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"a config must be a mapping with model/data/train/eval sections, got {_short.repr(mapping)}")
+    for key in mapping:
+        if key not in ("model", *SECTIONS):
+            raise ConfigError(f"unknown config key {key!r}{_closest(str(key), ['model', *SECTIONS])}")
+    model = mapping.get("model") or {}
+    if not isinstance(model, Mapping):
+        raise ConfigError(f"config key 'model' must be a mapping, got {_short.repr(model)}")
+    if require_model and not model.get("name"):
+        raise ConfigError("the config has no model.name; set it to a registered model (segzoo.list_models())")
+    if "name" in model and model["name"] is not None and not isinstance(model["name"], str):
+        raise ConfigError(f"config key 'model.name' must be a string, got {_short.repr(model['name'])}")
+    sections = {k: parse_section(cls, mapping.get(k), f"{k}.") for k, cls in SECTIONS.items()}
+    return RunConfig(model=copy.deepcopy(dict(model)), name=name, **sections)
+
+
+# ---------------------------------------------------------------------------- YAML files and overrides
 
 
 class _Loader(yaml.SafeLoader):
@@ -90,12 +344,49 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+def _measure(node: yaml.Node, depth: int, memo: dict, active: set, source: str) -> tuple[int, int]:
+    """(values, height) of a composed YAML node with aliases expanded; shared nodes are measured once."""
+    key = id(node)
+    if key in memo:
+        count, height = memo[key]
+    elif isinstance(node, yaml.ScalarNode):
+        count, height = 1, 0
+    else:
+        if key in active:
+            raise ConfigError(f"{source}: a YAML alias refers to the value that contains it; a config cannot be "
+                              "recursive")
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        active.add(key)
+        count, height = 1, 0
+        for child in children:
+            c, h = _measure(child, depth + 1, memo, active, source)
+            count, height = count + c, max(height, h + 1)
+            if count > MAX_VALUES:
+                raise ConfigError(f"{source}: the YAML expands to more than {MAX_VALUES:,} values (aliases such as "
+                                  "*name repeat what they refer to); a config is a small mapping: check the file")
+        active.discard(key)
+        memo[key] = count, height
+    if depth + height > MAX_DEPTH:
+        raise ConfigError(f"{source}: the YAML nests mappings and lists more than {MAX_DEPTH} levels deep; "
+                          "a config is a small mapping: check the file")
+    return count, height
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and how to fix it."""
+def _yaml(text: str, source: str) -> Any:
+    """Parse YAML text, refusing documents too large or too deep before building them."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is {len(text):,} characters; a config is at most {MAX_CONFIG_BYTES:,}")
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _measure(node, 0, {}, set(), source)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{source}: the YAML nests too deeply to be a config") from None
+    finally:
+        loader.dispose()
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -115,72 +406,25 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
     try:
-        data = _yaml(path.read_text()) or {}
+        data = _yaml(path.read_text(encoding="utf-8"), str(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (UTF-8) file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping with model/data/train/eval sections")
     bases = data.pop("_base_", None) or []
     if isinstance(bases, str):
         bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of them, got {_short.repr(bases)}")
     merged: dict = {}
     for b in bases:
         merged = merge(merged, _read_yaml(path.parent / b, (*seen, path)))
     return merge(merged, data)
-
-
-def _closest(key: str, options: list[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    if close:
-        return f"; did you mean {prefix + close[0]!r}?"
-    return f"; valid keys: {', '.join(prefix + o for o in sorted(options))}"
-
-
-def validate(cfg: dict, defaults: dict | None = None, prefix: str = "") -> None:
-    """Raise a :class:`ConfigError` for keys that are not in :data:`DEFAULTS`."""
-    defaults = DEFAULTS if defaults is None else defaults
-    for key, value in cfg.items():
-        path = f"{prefix}{key}"
-        if key not in defaults:
-            raise ConfigError(f"unknown config key {path!r}{_closest(key, list(defaults), prefix)}")
-        parts = tuple(path.split("."))
-        free = parts[0] == "model" or parts[:2] in FREE_SECTIONS
-        if isinstance(defaults[key], dict) and not isinstance(value, dict) and not (free and value is None):
-            raise ConfigError(f"config key {path!r} must be a mapping, got {value!r}")
-        if isinstance(defaults[key], dict) and not free:
-            validate(value, defaults[key], f"{path}.")
-        elif not free:
-            _check_type(path, value, defaults[key])
-
-
-# keys that take more than their default's type, and the types of keys whose default is None
-_TYPES: dict[str, tuple[type, ...]] = {
-    "data.augment.size": (int, list, tuple), "train.amp": (str, bool), "train.max_steps": (int,),
-    "train.clip_grad": (float, int), "data.val_batch_size": (int,), "eval.max_images": (int,),
-    "data.classes": (list, tuple),
-}
-
-
-def _check_type(path: str, value: Any, default: Any) -> None:
-    """Raise a :class:`ConfigError` when ``value`` is not of the key's type (None always passes)."""
-    if value is None:
-        return
-    expected = _TYPES.get(path)
-    if expected is None:
-        if default is None:
-            return
-        expected = _LIKE.get(type(default), (type(default),))
-    ok = isinstance(value, expected) and not (isinstance(value, bool) and bool not in expected)
-    if not ok:
-        shown = [t for t in expected if not (t is int and float in expected)]  # "a number" covers ints
-        names = " or ".join(dict.fromkeys(_NAMES.get(t, t.__name__) for t in shown))
-        example = f" (default {path}={default!r})" if default is not None else ""
-        raise ConfigError(f"config key {path!r} must be {names}, got {value!r} ({type(value).__name__}){example}")
-
-
-_LIKE = {bool: (bool,), int: (int,), float: (float, int), list: (list, tuple)}
-_NAMES = {int: "an integer", float: "a number", bool: "true/false", str: "a string", list: "a list", tuple: "a list"}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -192,44 +436,46 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if len(keys) < 2 or not all(keys):
         raise ConfigError(f"override {text!r} must name a section and a key, e.g. train.lr=0.01")
     try:
-        value = _yaml(raw) if raw.strip() else None
+        value = _yaml(raw, f"override {key}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return keys, value
 
 
+def apply_overrides(user: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Set each ``key.sub=value`` in ``user`` (in place), creating mappings on the way."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = user
+        for k in keys[:-1]:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return user
+
+
 def load_config(path: PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
-                base: dict | None = None) -> dict:
-    """Load a config file, apply ``key.sub=value`` overrides, fill defaults and validate.
+                base: Mapping | None = None, require_model: bool = True) -> RunConfig:
+    """Load a config file, apply ``key.sub=value`` overrides and check every value.
 
     Args:
         path: a YAML file (may use ``_base_``); None starts from ``base`` or the defaults.
         overrides: strings like ``"train.epochs=2"`` or ``"model.backbone=resnet18"``.
         base: a config mapping to start from instead of a file.
+        require_model: refuse a config without ``model.name`` (False for data-only configs).
 
     Returns:
-        The resolved config: a plain nested dict with every section and key.
+        The typed :class:`RunConfig`; its ``name`` is the file's stem.
     """
-    user = _read_yaml(Path(path)) if path is not None else copy.deepcopy(base or {})
-    validate(user)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = user
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a section")
-        node[keys[-1]] = value
-        validate(user)
-    cfg = merge(DEFAULTS, user)
-    if not cfg["model"].get("name"):
-        raise ConfigError("the config has no model.name; set it to a registered model (segzoo.list_models())")
-    if path is not None:
-        cfg.setdefault("_name_", Path(path).stem)
-    return cfg
+    user = _read_yaml(Path(path)) if path is not None else copy.deepcopy(dict(base or {}))
+    parse_config(user, require_model=False)  # a key wrong in the file is reported as the file's
+    apply_overrides(user, overrides)
+    return parse_config(user, name=Path(path).stem if path is not None else None, require_model=require_model)
 
 
-def dump(cfg: dict) -> str:
-    """The config as YAML text (sections in their usual order)."""
-    ordered = {k: cfg[k] for k in ("model", "data", "train", "eval") if k in cfg}
-    return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None)
+def dump(cfg: RunConfig) -> str:
+    """The config as YAML text that :func:`load_config` reads back to an equal config."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)

@@ -16,6 +16,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from segzoo.data import image as image_file
+
 __all__ = [
     "color_palette",
     "draw_instances",
@@ -54,16 +56,15 @@ def _font(size: int = 11):
 def read_image(image) -> torch.Tensor:
     """A path, PIL image, ``H x W (x C)`` array or tensor as a tensor, dtype and device kept.
 
-    Paths and PIL images become RGB; arrays become ``C x H x W``; a batch of one loses its
-    batch dimension. Shape checks are the caller's (drawing and prediction differ).
+    Paths and PIL images go through :func:`segzoo.data.image.read_image`'s rules (EXIF
+    orientation, 16-bit files as float32 in [0, 1], grey/palette/alpha/CMYK to RGB); arrays
+    become ``C x H x W``; a batch of one loses its batch dimension. Shape checks are the
+    caller's (drawing and prediction differ).
     """
     if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"image file not found: {image}")
-        with Image.open(image) as im:
-            image = im.convert("RGB")
+        return image_file.read_image(image).as_subclass(torch.Tensor)
     if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
+        return image_file.image_from_pil(image).as_subclass(torch.Tensor)
     if isinstance(image, np.ndarray):
         arr = image[..., None] if image.ndim == 2 else image
         if arr.ndim != 3:

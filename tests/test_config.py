@@ -1,10 +1,11 @@
 """YAML configs: the _base_ rule, key.sub=value overrides, validation, and every recipe in configs/."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from segzoo.config import DEFAULTS, ConfigError, load_config, merge, parse_override
+from segzoo.config import AugmentConfig, ConfigError, TrainConfig, load_config, merge, parse_override
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -21,12 +22,12 @@ def test_base_inheritance_merges_mappings_and_replaces_other_values(tmp_path):
     child = _write(tmp_path / "child.yaml", "_base_: [base/data.yaml, base/sched.yaml]\n"
                                             "train: {lr: 0.2}\ndata: {augment: {scale: [1.0, 1.0]}}\n")
     cfg = load_config(child)
-    assert cfg["train"]["lr"] == 0.2 and cfg["train"]["epochs"] == 3  # merged key by key
-    assert cfg["data"]["augment"] == {**DEFAULTS["data"]["augment"], "size": 64, "scale": [1.0, 1.0]}  # list replaced
-    assert cfg["data"]["batch_size"] == 4 and cfg["train"]["momentum"] == DEFAULTS["train"]["momentum"]
-    assert cfg["_name_"] == "child"
+    assert cfg.train.lr == 0.2 and cfg.train.epochs == 3  # merged key by key
+    assert cfg.data.augment == AugmentConfig(size=64, scale=(1.0, 1.0))  # list replaced, other keys default
+    assert cfg.data.batch_size == 4 and cfg.train.momentum == TrainConfig().momentum
+    assert cfg.name == "child"
     grandchild = _write(tmp_path / "g.yaml", "_base_: child.yaml\ntrain: {epochs: 9}\n")
-    assert load_config(grandchild)["train"] == {**cfg["train"], "epochs": 9}
+    assert load_config(grandchild).train == dataclasses.replace(cfg.train, epochs=9)
 
 
 def test_base_cycle_and_missing_files(tmp_path):
@@ -44,9 +45,9 @@ def test_overrides_are_typed_and_validated():
     base = {"model": {"name": "fcn_resnet50"}}
     cfg = load_config(base=base, overrides=["train.epochs=2", "model.backbone=resnet18", "train.lr=1e-3",
                                             "data.augment.size=[64, 96]", "train.clip_grad=null", "train.amp=bf16"])
-    assert cfg["train"]["epochs"] == 2 and cfg["model"]["backbone"] == "resnet18"
-    assert cfg["train"]["lr"] == 0.001 and cfg["data"]["augment"]["size"] == [64, 96]
-    assert cfg["train"]["clip_grad"] is None and cfg["train"]["amp"] == "bf16"
+    assert cfg.train.epochs == 2 and cfg.model["backbone"] == "resnet18"
+    assert cfg.train.lr == 0.001 and cfg.data.augment.size == (64, 96)
+    assert cfg.train.clip_grad is None and cfg.train.amp == "bf16"
     assert parse_override("data.train.images=a=b") == (["data", "train", "images"], "a=b")
     with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
         load_config(base=base, overrides=["train.lrr=0.1"])
@@ -75,11 +76,11 @@ def test_recipe_builds_and_its_data_passes_checks(path, tmp_path_factory):
     from segzoo.engine.run import build_model, check_data
 
     cfg = load_config(path)
-    if cfg["model"]["name"] not in segzoo.list_models():
-        pytest.skip(f"{cfg['model']['name']} is not registered yet")
+    if cfg.model["name"] not in segzoo.list_models():
+        pytest.skip(f"{cfg.model['name']} is not registered yet")
     root = tmp_path_factory.getbasetemp() / "recipe_shapes"
     small = {"num_train": 4, "num_val": 2, "size": 64}
     cfg = load_config(path, [f"data.root={root}", f"data.train={small}", f"data.val={small}"])
     model = build_model(cfg)
-    reports = check_data(cfg, model.spec.num_classes, model.spec.task, print_fn=None)
+    reports = check_data(cfg, model.spec.num_classes, model.task, print_fn=None)
     assert all(r.ok for r in reports), [r.format() for r in reports]

@@ -77,18 +77,22 @@ def test_coco_good_and_problems(tmp_path):
     good = [_ann(1, 1, 1, [1, 1, 5, 5]), _ann(2, 2, 2, [3, 3, 4, 4])]
     ok = check_dataset(CocoInstances(*_coco(tmp_path / "ok", good)), num_classes=2)
     assert ok.ok and ok.classes_found == [0, 1] and not ok.warnings
-    bad = [_ann(1, 1, 1, [25, 1, 10, 5]), _ann(2, 1, 2, [3, 3, 0, 4]), _ann(3, 1, 9, [1, 1, 2, 2]),
-           _ann(4, 99, 1, [1, 1, 2, 2]), _ann(5, 1, 1, [1, 1, 2, 2], segm=False)]
+    bad = [_ann(1, 1, 1, [25, 1, 10, 5]), _ann(2, 1, 2, [3, 3, 0, 4]), _ann(5, 1, 1, [1, 1, 2, 2], segm=False)]
     images = [{"id": 1, "file_name": "a.png", "height": 20, "width": 30},
               {"id": 2, "file_name": "b.png", "height": 20, "width": 30},
               {"id": 3, "file_name": "gone.png", "height": 20, "width": 30}]
+    # annotations naming unknown categories or images: refused by the dataset itself (issue 15.2)
+    unknown = [*bad, _ann(3, 1, 9, [1, 1, 2, 2]), _ann(4, 99, 1, [1, 1, 2, 2])]
+    with pytest.raises(DataError) as e:
+        CocoInstances(*_coco(tmp_path / "unknown", unknown, images=images))
+    msg = str(e.value)
+    assert "category id that is not in 'categories'" in msg and "image id that is not in 'images'" in msg
     ds = CocoInstances(*_coco(tmp_path / "bad", bad, images=images))
     text = " | ".join(check_dataset(ds, num_classes=1).errors)
     assert "outside their image" in text and "zero or negative" in text
-    assert "category ids not in 'categories'" in text and "image ids that are not in 'images'" in text
-    assert "no segmentation" in text and "gone.png" in text
+    assert "without a segmentation" in text and "gone.png" in text
     assert "has 2 object categories" in text and "model.num_classes=2" in text
-    assert "no (non-crowd) annotations: b.png" in text
+    assert "no annotations: b.png" in text
     sem = check_dataset(CocoSemantic(*_coco(tmp_path / "ok", good)), num_classes=2)
     assert "3 labels including background" in " ".join(sem.errors)
 

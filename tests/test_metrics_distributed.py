@@ -4,7 +4,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from segzoo.metrics import CocoEvaluator, PRCurve, SegmentationMetric
+from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
 
 
 def _data(rank):
@@ -18,23 +18,25 @@ def _data(rank):
 
 
 def _accumulate(ranks):
-    seg, pr, coco = SegmentationMetric(4), PRCurve(4, num_bins=11), CocoEvaluator(2)
+    seg, pr, coco, det = SegmentationMetric(4), PRCurve(4, num_bins=11), CocoEvaluator(2), DetectionPRCurve(2)
     for r in ranks:
         logits, target, (pred, tgt) = _data(r)
         seg.update(logits, target)
         pr.update(logits.softmax(1), target)
         coco.update([pred], [tgt])
-    return seg, pr, coco
+        det.update([pred], [tgt])
+    return seg, pr, coco, det
 
 
 def _worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        seg, pr, coco = _accumulate([rank])
-        for m in (seg, pr, coco):
+        seg, pr, coco, det = _accumulate([rank])
+        for m in (seg, pr, coco, det):
             m.reduce()
         if rank == 0:
-            torch.save({"confusion": seg.confusion, "pos": pr.pos, "coco": coco.compute()["bbox_AP"]}, out_file)
+            torch.save({"confusion": seg.confusion, "pos": pr.pos, "coco": coco.compute()["bbox_AP"],
+                        "det": det.compute()["per_class"]}, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -44,8 +46,10 @@ def test_reduce_over_two_processes(tmp_path):
     mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True,
                        start_method="fork")
     got = torch.load(tmp_path / "out.pt")
-    seg, pr, coco = _accumulate([0, 1])
+    seg, pr, coco, det = _accumulate([0, 1])
     assert torch.equal(got["confusion"], seg.confusion)
+    assert [c["ap"] for c in got["det"]] == [c["ap"] for c in det.compute()["per_class"]]
+    assert [c["num_positives"] for c in got["det"]] == [1, 1]
     assert torch.equal(got["pos"], pr.pos)
     assert got["coco"] == coco.compute()["bbox_AP"]
     assert int(got["confusion"].sum()) == 2 * 2 * 8 * 8  # both ranks counted

@@ -14,13 +14,26 @@ from segzoo.models.base import SegmentationModel
 from segzoo.registry import ModelSpec
 
 
+class TinyBackbone(nn.Sequential):
+    """conv-(BN)-ReLU with the backbone contract's ``freeze`` (what the trainer calls)."""
+
+    def freeze(self, bn=True, params=True):
+        from timm.layers import freeze_batch_norm_2d
+
+        if bn:
+            freeze_batch_norm_2d(self)  # BatchNorm -> FrozenBatchNorm2d, in place
+        for p in self.parameters() if params else ():
+            p.requires_grad_(False)
+        return self
+
+
 class TinySeg(SegmentationModel):
     """conv-(BN)-ReLU "backbone" and a 1x1 head; optional dropout."""
 
     def __init__(self, num_classes=4, norm=True, dropout=0.0):
         super().__init__(num_classes)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if norm else nn.Identity(),
-                                      nn.ReLU())
+        self.backbone = TinyBackbone(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8) if norm else nn.Identity(),
+                                     nn.ReLU())
         self.head = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(8, num_classes, 1))
         self.spec = ModelSpec("tiny_seg", "semantic", num_classes)
 
@@ -189,10 +202,55 @@ def test_freeze_backbone_keeps_backbone_fixed(data, tmp_path):
 
 
 def test_early_stopping_clipping_channels_last_and_bf16(data, tmp_path):
-    c = cfg(epochs=3, lr=0.0, early_stop_patience=1, clip_grad=1.0, channels_last=True, amp="bf16")
+    c = cfg(epochs=3, lr=1e-20, early_stop_patience=1, clip_grad=1.0, channels_last=True, amp="bf16")
     metrics = Trainer(TinySeg(norm=False), *data, c, tmp_path).fit()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    # lr 0: the metric never improves after the first evaluation, so training stops after epoch 2 of 3
+    # lr 1e-20 (lr must be > 0): the updates vanish in float32, so the metric never improves after the
+    # first evaluation and training stops after epoch 2 of 3
     assert metrics["step"] == 8 and metrics["best_step"] == 4
     assert [r["type"] for r in records if r["type"] != "train"] == ["eval", "eval", "early_stop"]
     assert all("grad_norm" in r for r in records if r["type"] == "train")
+
+
+def test_resume_after_a_crash_logs_each_step_once(data, tmp_path):
+    c = cfg(checkpoint_every=3, epochs=2)
+
+    def crash(t):
+        if t.step == 7:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(TinySeg(), *data, c, tmp_path, on_step=crash).fit()
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["type"] == "train"] == list(range(1, 8))  # step 7 ran, checkpoint: 6
+    seconds_at_checkpoint = torch.load(tmp_path / "train_state.pt", weights_only=True)["train_seconds"]
+    metrics = Trainer(TinySeg(), *data, c, tmp_path).fit(resume=True)
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["type"] == "train"] == list(range(1, 9))
+    assert [r["step"] for r in logged if r["type"] == "eval"] == [4, 8]
+    times = [r["time"] for r in logged if r["type"] == "train"]
+    assert times == sorted(times) and times[6] >= seconds_at_checkpoint  # the clock continues across the resume
+    assert metrics["train_seconds"] >= times[-1]
+
+
+def test_one_reduction_per_optimizer_step(data, tmp_path, monkeypatch):
+    """The non-finite check reads the already-reduced losses: one reduction (and host sync) per step."""
+    import segzoo.engine.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.all_reduce_mean
+    monkeypatch.setattr(trainer_module, "all_reduce_mean", lambda t: calls.append(t.numel()) or real(t))
+    c = cfg(max_steps=3, grad_accum=2)
+    c["data"]["batch_size"] = 2
+    c["eval"]["every"] = 0
+    Trainer(TinySeg(), data[0], None, c, tmp_path).fit()
+    assert len(calls) == 3  # 3 steps x 2 micro-batches: one reduction a step, not one a micro-batch
+
+
+def test_eval_summary_line_shows_the_tracked_metric():
+    from segzoo.engine.evaluator import metric_names, summary_line
+
+    metrics = {k: 0.1 * i for i, k in enumerate(metric_names("instance"))}
+    line = summary_line(metrics, "instance", "segm_AP")
+    assert line.startswith("segm_AP=") and "bbox_AP=" in line and "segm_APs" not in line
+    assert summary_line({"miou": 0.5, "pixel_acc": 0.9}, "semantic").startswith("miou=0.5000, pixel_acc=0.9000")

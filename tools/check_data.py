@@ -1,13 +1,12 @@
-"""Check a config's data before training (classes, mask values, 0/255 masks, empty images, boxes, files).
+"""Check a config's data before training (the same as `segzoo data check`; see --help).
 
     python tools/check_data.py configs/quickstart.yaml [key.sub=value ...]
-
-Exits with status 1 when the data has errors (training would refuse it).
 """
 
 import sys
 
-from segzoo.cli import main
+from segzoo.cli import command
 
+main = command("data check")
 if __name__ == "__main__":
-    sys.exit(main(["data", "check", *sys.argv[1:]]))
+    sys.exit(main())

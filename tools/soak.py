@@ -46,7 +46,7 @@ def soak_config(root: Path, steps: int, every: int, batch_size: int, size: int) 
                  "batch_size": batch_size, "num_workers": 0,
                  "augment": {"size": size, "scale": [0.75, 1.25], "hflip": 0.5, "color_jitter": 0.2}},
         "train": {"max_steps": steps, "epochs": steps // every, "optimizer": "adamw", "lr": 0.003,
-                  "checkpoint_every": every, "log_every": every, "device": "cpu", "progress": False,
+                  "checkpoint_every": every, "device": "cpu", "progress": False,
                   "tensorboard": False, "seed": 0},
         "eval": {"every": 1, "num_pictures": 2},
     })

@@ -1,16 +1,13 @@
-"""Train a model from a YAML config.
+"""Train a model from a YAML config (the same as `segzoo train`; see --help).
 
-    python tools/train.py configs/quickstart.yaml [key.sub=value ...] [--out DIR] [--resume]
+    python tools/train.py configs/quickstart.yaml [key.sub=value ...] [--out DIR] [--resume | --overwrite]
     torchrun --nproc_per_node 2 tools/train.py configs/quickstart.yaml
-
-Prints the resolved config, checks the data, trains, evaluates and writes the run folder
-(default runs/<config name>/): model.safetensors, train_state.pt, best.safetensors,
-log.jsonl, metrics.json, predictions.png, config.yaml.
 """
 
 import sys
 
-from segzoo.cli import main
+from segzoo.cli import command
 
+main = command("train")
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main())

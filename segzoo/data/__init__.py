@@ -8,11 +8,13 @@ import os
 from typing import Any
 
 from segzoo.data.ade20k import ADE20K
-from segzoo.data.checks import DataError, DataReport, check_dataset
+from segzoo.data.checks import DataReport, check_dataset
 from segzoo.data.cityscapes import Cityscapes
 from segzoo.data.coco import CocoInstances, CocoSemantic
 from segzoo.data.cvat import CVAT
+from segzoo.data.errors import DataError, ImageFileError
 from segzoo.data.formats import detect_format, resolve_auto
+from segzoo.data.image import image_size, read_image, read_mask
 from segzoo.data.labelme import LabelMe
 from segzoo.data.mask_folder import MaskFolder
 from segzoo.data.realdata import NucleiTiles, TreeCrownTiles
@@ -123,7 +125,7 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
 
 __all__ = [
     "ADE20K", "CVAT", "DATASET_TYPES", "VOC", "YOLO", "Cityscapes", "CocoInstances", "CocoSemantic", "DataError",
-    "DataReport", "LabelMe", "MaskFolder", "NucleiTiles", "PadToSize", "Shapes", "TreeCrownTiles", "VOCSegmentation",
-    "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances", "collate_semantic",
-    "detect_format", "resolve_auto",
+    "DataReport", "ImageFileError", "LabelMe", "MaskFolder", "NucleiTiles", "PadToSize", "Shapes", "TreeCrownTiles",
+    "VOCSegmentation", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
+    "collate_semantic", "detect_format", "image_size", "read_image", "read_mask", "resolve_auto",
 ]

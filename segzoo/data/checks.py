@@ -5,27 +5,31 @@ data with errors. Checks read the raw files (before transforms):
 
 * classes found in the data vs the model's ``num_classes``;
 * semantic mask values outside ``[0, num_classes)`` that are not ``ignore_index``;
-* 0/255 binary masks (255 is the ignore index: such data would train on nothing);
-* empty images (no labelled pixel, or no object);
-* boxes outside the image or with no area, annotations of unknown categories or images;
-* missing or unreadable files, masks whose size differs from their image.
+* masks holding only 0 and 255 without ``data.binary`` (255 is the ignore index: such data
+  would train on nothing);
+* empty images (no labelled pixel, or no annotation at all: an image whose only annotations
+  are crowd regions is not empty);
+* COCO json: every problem of :mod:`segzoo.data.coco_json` (polygons with fewer than 3
+  points, RLE sizes, non-finite numbers, duplicate ids, ...) with its image and annotation
+  id, ``width``/``height`` that differ from the image file (read from its header), boxes
+  outside the image or with no area;
+* missing, unreadable or corrupt files, masks whose size differs from their image.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from segzoo.data import coco_json
 from segzoo.data.coco import CocoInstances, CocoSemantic
-from segzoo.data.mask_folder import MaskFolder, read_label_png
+from segzoo.data.errors import DataError
+from segzoo.data.image import image_size, read_mask
+from segzoo.data.mask_folder import MaskFolder, size_mismatch
 
-
-class DataError(ValueError):
-    """Training data that would silently give wrong results; the message says how to fix it."""
+__all__ = ["DataError", "DataReport", "check_dataset"]
 
 
 @dataclasses.dataclass
@@ -108,7 +112,7 @@ def check_dataset(
 def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empty: bool, report: DataReport) -> None:
     report.num_items = len(ds)
     if ds.missing_masks:
-        report.errors.append(f"{len(ds.missing_masks)} images have no mask PNG with the same stem in "
+        report.errors.append(f"{len(ds.missing_masks)} images have no mask with the same stem in "
                              f"{ds.masks_dir}: {_examples(ds.missing_masks)}; add the masks or remove the images")
     if ds.missing_images:
         report.errors.append(f"{len(ds.missing_images)} masks have no image with the same stem in "
@@ -116,22 +120,20 @@ def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empt
     found: set[int] = set()
     out_of_range: dict[int, list[str]] = defaultdict(list)
     binary_like, empty, bad_size, unreadable = [], [], [], []
-    for i, (img_path, mask_path) in enumerate(ds.samples):
+    explicit_255 = ds.mapping is not None and 255 in {int(k) for k in ds.mapping}  # the user said what 255 means
+    for img_path, mask_path in ds.samples:
         try:
-            with Image.open(img_path) as im:
-                w, h = im.size
-            labels = ds.raw_mask(i)
+            hw = image_size(img_path)
+            raw = read_mask(mask_path)
+            labels = ds.map_labels(raw)
         except (OSError, ValueError) as e:
-            unreadable.append(f"{Path(mask_path).name} ({e})")
+            unreadable.append(str(e))
             continue
-        if labels.shape != (h, w):
-            bad_size.append(f"{mask_path.name} {labels.shape[1]}x{labels.shape[0]} vs image {w}x{h}")
-        values, counts = np.unique(labels, return_counts=True)
-        raw = set(np.unique(read_label_png(mask_path)).tolist()) if ds.mapping else set(values.tolist())
-        if not ds.binary and raw <= {0, 255} and 255 in raw:
-            frac = counts[values == ignore].sum() / labels.size if ignore in values else 0.0
-            if frac > 0.2 or ignore != 255:
-                binary_like.append(mask_path.name)
+        if labels.shape != hw:
+            bad_size.append(size_mismatch(mask_path, labels.shape, hw))
+        values = np.unique(labels)
+        if not ds.binary and not explicit_255 and set(np.unique(raw).tolist()) == {0, 255}:
+            binary_like.append(mask_path.name)
         valid = [int(v) for v in values if v != ignore]
         if not valid:
             empty.append(mask_path.name)
@@ -149,7 +151,8 @@ def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empt
         report.errors.append(
             f"{len(binary_like)} masks hold only 0 and 255 ({_examples(binary_like)}): 255 is the ignore index, "
             "so the foreground would never be learned; these look like binary masks: set data.binary=true "
-            "(MaskFolder(binary=True)) to map 255 to label 1")
+            "(MaskFolder(binary=True)) to map 255 to label 1. If 255 really marks unlabelled pixels in them, say "
+            "so with data.mapping={255: 255}")
     for v, files in sorted(out_of_range.items()):
         if v in (255,) and binary_like:
             continue
@@ -182,56 +185,67 @@ def _check_coco(ds: CocoInstances, num_classes: int, allow_empty: bool, report: 
     elif n_data < num_classes:
         report.warnings.append(
             f"{ds.ann_file} has {n_data} {kind} but num_classes={num_classes}; the extra classes are never trained")
-    if ds.unknown_image_anns:
-        report.errors.append(f"{len(ds.unknown_image_anns)} annotations refer to image ids that are not in "
-                             f"'images' (annotation ids {_examples(ds.unknown_image_anns)})")
-    missing, outside, degenerate, unknown_cat, no_segm, empty = [], [], [], [], [], []
+    problems: dict[str, list[str]] = defaultdict(list)
+    for kind_name, items in ds.problems.items():
+        problems[kind_name] += items
+    missing, unreadable, outside, empty = [], [], [], []
     found: set[int] = set()
     for i, info in enumerate(ds.images):
         path = ds.image_path(i)
         if not path.is_file():
             missing.append(str(path))
             continue
-        h, w = info.get("height"), info.get("width")
-        if not h or not w:
-            with Image.open(path) as im:
-                w, h = im.size
-        anns = ds.annotations(i)
-        if not anns:
+        try:
+            h, w = image_size(path)
+        except (OSError, ValueError) as e:
+            unreadable.append(str(e))
+            continue
+        jh, jw = info.get("height"), info.get("width")
+        bad = [f"{k}={v!r}" for k, v in (("width", jw), ("height", jh))
+               if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)]
+        if bad:
+            problems["image_size"].append(f"{coco_json.image_where(info)}: {', '.join(bad)} is not a positive number")
+        elif isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (h, w):
+            turned = " (turned by 90 degrees: EXIF orientation?)" if (jh, jw) == (w, h) else ""
+            problems["image_size"].append(f"{coco_json.image_where(info)}: json {jw}x{jh}, file {w}x{h}{turned}")
+        anns = ds.annotations(i, with_crowd=True)
+        if not anns:  # crowd regions count: such an image has labels (ignore regions), it is not empty
             empty.append(info["file_name"])
         for a in anns:
-            cid = a.get("category_id")
-            if cid not in ds.cat_to_label:
-                unknown_cat.append(f"{info['file_name']} (category_id {cid})")
+            for kind_name, detail in coco_json.annotation_problems(a, (h, w), ds.needs_bbox, ds.with_masks):
+                problems[kind_name].append(f"{coco_json.ann_where(a, info)}: {detail}")
+            if a.get("iscrowd", 0):
                 continue
-            found.add(ds.cat_to_label[cid] + (1 if semantic else 0))
-            x, y, bw, bh = (float(v) for v in a.get("bbox", (0, 0, 0, 0)))
-            if bw <= 0 or bh <= 0:
-                degenerate.append(f"{info['file_name']} (annotation {a.get('id')}, bbox {a.get('bbox')})")
-            elif x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
-                outside.append(f"{info['file_name']} (annotation {a.get('id')}, bbox xywh {a.get('bbox')} "
-                               f"in a {w}x{h} image)")
-            if (ds.with_masks or semantic) and not a.get("segmentation"):
-                no_segm.append(f"{info['file_name']} (annotation {a.get('id')})")
+            found.add(ds.cat_to_label[a["category_id"]] + (1 if semantic else 0))
+            bbox = a.get("bbox")
+            if ds.needs_bbox and _valid_box(bbox) and bbox[2] > 0 and bbox[3] > 0:
+                x, y, bw, bh = bbox
+                if x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
+                    outside.append(f"{coco_json.ann_where(a, info)}: bbox xywh {bbox} in a {w}x{h} image")
     if semantic:
         found.add(0)
     report.classes_found = sorted(found)
     if missing:
         report.errors.append(f"{len(missing)} image files listed in {ds.ann_file} are missing: "
                              f"{_examples(missing)}; check the image folder (root)")
-    if unknown_cat:
-        report.errors.append(f"{len(unknown_cat)} annotations use category ids not in 'categories': "
-                             f"{_examples(unknown_cat)}")
+    if unreadable:
+        report.errors.append(f"{len(unreadable)} image files cannot be read: {_examples(unreadable)}")
+    for kind_name, items in problems.items():
+        severity = coco_json.KINDS[kind_name][0]
+        line = coco_json.group(kind_name, items, prefix=f"{ds.ann_file.name}: ")
+        (report.warnings if severity == "warning" else report.errors).append(line)
     if outside:
-        report.errors.append(f"{len(outside)} boxes lie outside their image: {_examples(outside)}; COCO bbox is "
-                             "[x, y, width, height] in pixels: fix the export (xyxy or normalised boxes?)")
-    if degenerate:
-        report.errors.append(f"{len(degenerate)} boxes have zero or negative width/height: {_examples(degenerate)}")
-    if no_segm:
-        report.errors.append(f"{len(no_segm)} annotations have no segmentation but the task needs masks: "
-                             f"{_examples(no_segm)}")
+        report.errors.append(f"{ds.ann_file.name}: {len(outside)} boxes lie outside their image: "
+                             f"{_examples(outside)}; COCO bbox is [x, y, width, height] in pixels: fix the export "
+                             "(xyxy or normalised boxes?)")
     if empty:
-        msg = f"{len(empty)} images have no (non-crowd) annotations: {_examples(empty)}"
+        msg = f"{len(empty)} images have no annotations: {_examples(empty)}"
         (report.warnings if allow_empty else report.errors).append(
-            msg + ("" if allow_empty else "; remove them or set data.allow_empty=true to keep them as negatives"))
+            msg + ("" if allow_empty else "; remove them or set data.allow_empty=true to keep them as negatives "
+                   "(background only)"))
     _missing_classes(report, num_classes, ds.classes)
+
+
+def _valid_box(bbox) -> bool:
+    return (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in bbox))

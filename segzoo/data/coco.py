@@ -4,6 +4,12 @@ Annotation files follow the COCO ``instances`` layout written by most labelling 
 Label Studio, Roboflow): ``images``, ``annotations`` (``bbox`` as xywh, ``segmentation`` as
 polygons or RLE, ``iscrowd``) and ``categories``. Category ids are mapped to contiguous
 0-based labels in increasing id order; their names are kept in ``dataset.classes``.
+
+The json is validated when the dataset is made and again, per image, when an image is loaded
+(:mod:`segzoo.data.coco_json`): bad ids and references are refused at once, and an image whose
+annotations would give a wrong target (an empty mask, an RLE of another size, NaN coordinates,
+a json width/height that is not the file's) is refused when it is loaded. Images are read with
+:func:`segzoo.data.image.read_image` (EXIF orientation applied; COCO sizes refer to it).
 """
 
 from __future__ import annotations
@@ -15,9 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+
+from segzoo.data.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
+from segzoo.data.errors import DataError
+from segzoo.data.image import read_image
 
 PathLike = str | os.PathLike
 
@@ -52,21 +61,15 @@ def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
     return mask_utils.decode(rle).astype(np.uint8)
 
 
-def read_image(path: Path) -> tv_tensors.Image:
-    """An image file as a ``3 x H x W`` uint8 :class:`tv_tensors.Image` (grey and RGBA become RGB)."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"))
-    return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1))  # (3, H, W)
-
-
 class CocoInstances(Dataset):
     """Instance segmentation / detection data from a COCO json file.
 
-    Items are ``(image, target)``: ``image`` a uint8 ``3 x H x W`` :class:`tv_tensors.Image`
+    Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image`
     and ``target`` a dict with ``boxes`` (:class:`tv_tensors.BoundingBoxes`, xyxy),
     ``labels`` (int64, 0-based), ``masks`` (:class:`tv_tensors.Mask`, ``K x H x W`` uint8) and
     ``image_id``; ``transforms(image, target)`` is applied when given. Crowd annotations
-    (``iscrowd=1``) are left out.
+    (``iscrowd=1``) are left out. Images are uint8, or float32 in [0, 1] for 16-bit files
+    (:func:`segzoo.data.image.read_image`).
 
     Args:
         root: folder the ``file_name`` entries are relative to.
@@ -76,6 +79,7 @@ class CocoInstances(Dataset):
     """
 
     task = "instance"
+    needs_bbox = True
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True) -> None:
         self.root = Path(root)
@@ -85,29 +89,23 @@ class CocoInstances(Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {self.root}")
         try:
-            data = json.loads(self.ann_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.ann_file} is not valid JSON: {e}") from None
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{self.ann_file} has no {key!r} list; it is not a COCO instances file")
+            data = json.loads(self.ann_file.read_bytes())  # UTF-8 (with or without BOM), UTF-16 or UTF-32
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{self.ann_file} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise DataError(f"{self.ann_file} nests JSON too deeply to be a COCO file") from None
+        index = index_coco(data, self.ann_file)
         if with_masks:
             _mask_api()
-        cats = sorted(data["categories"], key=lambda c: c["id"])
+        cats = index.categories
         if not cats:
-            raise ValueError(f"{self.ann_file} has no categories")
-        self.cat_ids = [int(c["id"]) for c in cats]
+            raise DataError(f"{self.ann_file} has no categories")
+        self.cat_ids = [c["id"] for c in cats]
         self.cat_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
         self.classes = [str(c.get("name", c["id"])) for c in cats]
-        self.images = sorted(data["images"], key=lambda im: im["id"])
-        self.anns: dict[int, list[dict]] = {int(im["id"]): [] for im in self.images}
-        self.unknown_image_anns: list[int] = []
-        for ann in data["annotations"]:
-            bucket = self.anns.get(int(ann["image_id"]))
-            if bucket is None:
-                self.unknown_image_anns.append(int(ann.get("id", -1)))
-            else:
-                bucket.append(ann)
+        self.images = index.images
+        self.anns = index.anns
+        self.problems = index.problems  # reported by the data checks
         self.transforms = transforms
         self.with_masks = with_masks
 
@@ -127,15 +125,28 @@ class CocoInstances(Dataset):
         anns = self.anns[int(self.images[index]["id"])]
         return anns if with_crowd else [a for a in anns if not a.get("iscrowd", 0)]
 
+    def refuse_bad_annotations(self, index: int, height: int, width: int) -> None:
+        """Raise a DataError when the image's json entry or annotations cannot give a correct target.
+
+        ``height`` and ``width`` are the size of the image as read. The checks are the data check's
+        ``"error"`` kinds (:data:`segzoo.data.coco_json.KINDS`), so a run with ``data.check: false``
+        still never trains on them.
+        """
+        info = self.images[index]
+        jh, jw = info.get("height"), info.get("width")
+        if isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (height, width):
+            raise DataError(f"{self.ann_file}: {image_where(info)} has width x height {jw}x{jh} in the json but the "
+                            f"file is {width}x{height}; {KINDS['image_size'][2]}")
+        for a in self.anns[int(info["id"])]:
+            for kind, detail in annotation_problems(a, (height, width), self.needs_bbox, self.with_masks):
+                severity, title, hint = KINDS[kind]
+                if severity == "error":
+                    raise DataError(f"{self.ann_file}: {ann_where(a, info)}: {detail} (one of the {title}); {hint}. "
+                                    "`segzoo data check CONFIG` lists every such problem")
+
     def load_target(self, index: int, height: int, width: int) -> dict[str, Any]:
+        self.refuse_bad_annotations(index, height, width)
         anns = self.annotations(index)
-        unknown = [a["category_id"] for a in anns if a["category_id"] not in self.cat_to_label]
-        if unknown:
-            raise ValueError(
-                f"{self.ann_file}: image {self.images[index]['file_name']} has annotations with "
-                f"category ids {sorted(set(unknown))} that are not in 'categories'; add them or "
-                "remove those annotations"
-            )
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
         labels = torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
@@ -177,6 +188,7 @@ class CocoSemantic(CocoInstances):
     """
 
     task = "semantic"
+    needs_bbox = False
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, ignore_index: int = 255) -> None:
         super().__init__(root, ann_file, transforms=transforms, with_masks=True)
@@ -189,14 +201,10 @@ class CocoSemantic(CocoInstances):
         return len(self.classes)
 
     def load_mask(self, index: int, height: int, width: int) -> tv_tensors.Mask:
+        self.refuse_bad_annotations(index, height, width)
         anns = sorted(self.annotations(index), key=lambda a: -float(a.get("area", 0.0)))
         out = np.zeros((height, width), dtype=np.int64)
         for a in anns:
-            if a["category_id"] not in self.cat_to_label:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {a.get('id')} has category id {a['category_id']} "
-                    "that is not in 'categories'"
-                )
             m = decode_segmentation(a["segmentation"], height, width).astype(bool)
             out[m] = self.cat_to_label[a["category_id"]] + 1
         out[self.crowd_mask(index, height, width)] = self.ignore_index

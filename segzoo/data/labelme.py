@@ -21,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from segzoo.data.image import image_from_pil
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation, polygon_from_points
 
 PathLike = str | os.PathLike
@@ -149,8 +149,7 @@ class LabelMe(AnnotatedImages):
         if path.is_file() or not data:
             return super().load_image(index)
         with Image.open(io.BytesIO(base64.b64decode(data))) as im:  # the image embedded in the json
-            arr = np.asarray(im.convert("RGB"))
-        return tv_tensors.Image(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+            return image_from_pil(im, f"{self.files[index]} (imageData)")  # the one reader's rules, EXIF included
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         where = str(self.files[index])

@@ -1,4 +1,9 @@
-"""Image + PNG label-map pairs in two folders, matched by file stem."""
+"""Image + label-map pairs in two folders, matched by file stem.
+
+Files are read with :mod:`segzoo.data.image`: images with EXIF orientation applied, masks as
+class values (palette indices, grey or 16-bit values). Masks in a lossy format (JPEG) are
+refused, and so are two files with one stem in a folder.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +13,62 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segzoo.data.coco import read_image
+from segzoo.data.errors import DataError
+from segzoo.data.image import read_image, read_mask
 
 PathLike = str | os.PathLike
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    """A label PNG as an ``H x W`` int64 array of class indices.
+read_label_png = read_mask  # the name this module used before segzoo.data.image existed
 
-    Palette (``P``) PNGs give their palette indices (the VOC convention), grey (``L``,
-    ``I;16``, ``I``) PNGs their values. RGB masks are refused: their colours would need a
-    colour-to-class table.
-    """
-    with Image.open(path) as im:
-        if im.mode in ("P", "L", "I", "I;16", "1"):
-            return np.asarray(im).astype(np.int64)
-        if im.mode == "LA":
-            return np.asarray(im)[..., 0].astype(np.int64)
-        raise ValueError(
-            f"{path} is a {im.mode} image; label masks must be palette or grey-level PNGs whose "
-            "values are class indices (save with Image.fromarray(labels.astype(np.uint8)))"
-        )
+
+def _by_stem(folder: Path, what: str) -> dict[str, Path]:
+    """The folder's image files by stem; two files with one stem are an error, not a silent choice."""
+    files: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            files.setdefault(p.stem, []).append(p)
+    clashes = [" and ".join(p.name for p in v) for v in files.values() if len(v) > 1]
+    if clashes:
+        raise DataError(f"{len(clashes)} {what} in {folder} share a file stem with another ({'; '.join(clashes[:3])}"
+                        f"{' and more' if len(clashes) > 3 else ''}): images pair with masks by stem, so only one "
+                        "may exist; remove or rename the others")
+    return {stem: v[0] for stem, v in files.items()}
+
+
+def size_mismatch(mask_path: Path, mask_hw: tuple, image_hw: tuple) -> str:
+    """The message for a mask whose size is not its image's (a 90-degree turn hints at EXIF orientation)."""
+    msg = (f"mask {mask_path} is {mask_hw[1]}x{mask_hw[0]} but its image is {image_hw[1]}x{image_hw[0]} (width x "
+           "height); masks must have the image's size")
+    if tuple(mask_hw) == tuple(image_hw)[::-1]:
+        msg += (". The image is probably a photo with an EXIF orientation tag: segzoo reads it rotated, as viewers "
+                "and labelling tools show it; make the mask from the rotated image, or remove the tag from the "
+                "image (PIL.ImageOps.exif_transpose, then save)")
+    return msg
 
 
 class MaskFolder(Dataset):
     """Semantic segmentation data: ``images_dir/NAME.jpg`` paired with ``masks_dir/NAME.png``.
 
-    Items are ``(image, mask)``: a uint8 ``3 x H x W`` :class:`tv_tensors.Image` and an int64
+    Items are ``(image, mask)``: a ``3 x H x W`` :class:`tv_tensors.Image` (uint8, or float32 in
+    [0, 1] for 16-bit files: :func:`segzoo.data.image.read_image`) and an int64
     ``H x W`` :class:`tv_tensors.Mask`; ``transforms(image, mask)`` is applied when given.
     Pixels equal to ``ignore_index`` are unlabelled. Files without a partner are kept in
     ``missing_masks`` / ``missing_images`` (``segzoo data check`` reports them).
 
     Args:
         images_dir: folder of images (jpg, png, bmp, tif, webp).
-        masks_dir: folder of PNG label maps with the same stems.
+        masks_dir: folder of label maps with the same stems (PNG; also lossless TIFF, BMP, WebP).
         num_classes: number of labels including background; inferred by the data check when
             None.
         classes: optional class names (``len == num_classes``).
-        binary: the masks are 0/255 foreground masks: 255 becomes label 1.
+        binary: the masks are 0/255 foreground masks: 255 becomes label 1. Without it, masks
+            holding only 0 and 255 are refused by the data check (255 is the ignore index).
         mapping: explicit value -> label table applied to the raw mask values (e.g.
             ``{0: 0, 128: 1, 255: 2}``); values not in it are kept.
         ignore_index: label of unlabelled pixels.
@@ -76,17 +94,27 @@ class MaskFolder(Dataset):
                 raise FileNotFoundError(f"{what} folder not found: {d}")
         if binary and mapping is not None:
             raise ValueError("pass either binary=True or mapping, not both")
-        images = {p.stem: p for p in sorted(self.images_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
-        masks = {p.stem: p for p in sorted(self.masks_dir.iterdir()) if p.suffix.lower() == ".png"}
+        if self.images_dir.resolve() == self.masks_dir.resolve():
+            raise DataError(f"images and masks are both in {self.images_dir}; images pair with masks by file stem "
+                            "(a.jpg with a.png), so they need two folders")
+        images = _by_stem(self.images_dir, "images")
+        masks = _by_stem(self.masks_dir, "masks")
         stems = sorted(set(images) & set(masks))
+        lossy = [str(masks[s].name) for s in stems if masks[s].suffix.lower() in LOSSY_EXTENSIONS]
+        if lossy:
+            raise DataError(
+                f"{len(lossy)} masks in {self.masks_dir} are JPEG files ({', '.join(lossy[:3])}"
+                f"{' and more' if len(lossy) > 3 else ''}): JPEG compression changes label values along every "
+                "edge; export the masks as PNG from the labelling tool")
         if not stems:
             raise ValueError(
-                f"no image/mask pairs: {len(images)} images in {self.images_dir} and {len(masks)} PNG "
+                f"no image/mask pairs: {len(images)} images in {self.images_dir} and {len(masks)} "
                 f"masks in {self.masks_dir} share no file stem (image a.jpg pairs with mask a.png)"
             )
         self.samples = [(images[s], masks[s]) for s in stems]
         self.missing_masks = sorted(str(images[s]) for s in set(images) - set(masks))
-        self.missing_images = sorted(str(masks[s]) for s in set(masks) - set(images))
+        self.missing_images = sorted(str(masks[s]) for s in set(masks) - set(images)
+                                     if masks[s].suffix.lower() not in LOSSY_EXTENSIONS)  # JPEGs can't be masks
         self.mapping = {255: 1} if binary else (dict(mapping) if mapping is not None else None)
         self.binary = binary
         self.ignore_index = ignore_index
@@ -106,24 +134,24 @@ class MaskFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def map_labels(self, values: np.ndarray) -> np.ndarray:
+        """Raw mask values (:func:`segzoo.data.image.read_mask`) after ``binary``/``mapping``."""
+        if not self.mapping:
+            return values
+        out = values.copy()
+        for src, dst in self.mapping.items():
+            out[values == int(src)] = int(dst)
+        return out
+
     def raw_mask(self, index: int) -> np.ndarray:
         """The label map of a sample after ``binary``/``mapping``, before transforms."""
-        labels = read_label_png(self.samples[index][1])
-        if self.mapping:
-            out = labels.copy()
-            for src, dst in self.mapping.items():
-                out[labels == int(src)] = int(dst)
-            labels = out
-        return labels
+        return self.map_labels(read_mask(self.samples[index][1]))
 
     def __getitem__(self, index: int):
         image = read_image(self.samples[index][0])
         labels = self.raw_mask(index)
         if labels.shape != tuple(image.shape[-2:]):
-            raise ValueError(
-                f"mask {self.samples[index][1]} is {labels.shape[1]}x{labels.shape[0]} but its image is "
-                f"{image.shape[-1]}x{image.shape[-2]}; masks must have the image's size"
-            )
+            raise DataError(size_mismatch(self.samples[index][1], labels.shape, tuple(image.shape[-2:])))
         mask = tv_tensors.Mask(torch.from_numpy(labels))
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)

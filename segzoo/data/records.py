@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 # the project's one image reader: the readers below read images and label PNGs through these two names
-from segzoo.data.coco import decode_segmentation, read_image
-from segzoo.data.mask_folder import read_label_png as read_mask
+from segzoo.data.coco import decode_segmentation
+from segzoo.data.image import image_size as header_size
+from segzoo.data.image import read_image, read_mask
 
 __all__ = ["AnnotatedImages", "Obj", "decode_segmentation", "read_image", "read_mask"]
 
@@ -96,9 +96,8 @@ def box_polygon(x1: float, y1: float, x2: float, y2: float) -> list[float]:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the image header."""
-    with Image.open(path) as im:
-        return im.height, im.width
+    """``(height, width)`` from the image header, as :func:`read_image` gives it (EXIF orientation applied)."""
+    return header_size(path)
 
 
 def check_task(task: str, allowed: tuple[str, ...] = TASKS) -> str:
@@ -315,7 +314,7 @@ class AnnotatedImages(Dataset):
     def _check_objects(self, objs, hw, name, found, issues) -> None:
         h, w = hw
         real = [o for o in objs if not o.crowd]
-        if not real:
+        if not objs:  # crowd regions count: an image with only crowd regions is not empty (issue 21.6)
             issues["empty"].append(name)
         for o in real:
             if not 0 <= o.label < len(self.object_classes):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -134,3 +135,25 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return max(len(self.indices()) - self.skip, 0)
+
+
+def run_on_main(fn: Callable[[], Any]) -> None:
+    """Call ``fn`` on the main process; when it raises, every process raises.
+
+    The main process re-raises its own exception; the others raise a RuntimeError with its
+    message, so no process is left waiting in a collective call for one that gave up.
+    """
+    rank = world_info()[0]
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 (re-raised below, after telling the other processes)
+            error = e
+    if is_distributed():
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        dist.broadcast_object_list(box, src=0)
+        if rank != 0 and box[0] is not None:
+            raise RuntimeError(f"the main process stopped: {box[0]}")
+    if error is not None:
+        raise error

@@ -1,30 +1,67 @@
-"""The evaluation run shared by the trainer and tools/eval.py: the task's metric, and a picture.
+"""The one evaluation: a model's metrics on a dataset, for the trainer and for ``segzoo eval`` alike.
 
-Semantic models are scored with :class:`segzoo.metrics.semantic.SegmentationMetric` (mIoU and
-friends), instance and detection models with :class:`segzoo.metrics.coco.CocoEvaluator`
-(mask and box AP). Under DDP each rank scores its shard and the metric state is reduced
-across ranks before computing, so every rank returns the same numbers.
+:func:`evaluate` runs the model through :mod:`segzoo.inference` (batched forwards, or tiles and
+test-time augmentation) and scores semantic models with
+:class:`~segzoo.metrics.semantic.SegmentationMetric` (mIoU and friends), instance and detection
+models with :class:`~segzoo.metrics.coco.CocoEvaluator` (mask and box AP). The metric in a
+training log and the metric of ``segzoo eval`` on the saved checkpoint are the same numbers.
+Under DDP each rank scores its shard of the images and the metric state is reduced across
+ranks before computing, so every rank returns the same numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from segzoo.data.transforms import collate_for
+from segzoo.config import ConfigError
+from segzoo.engine.distributed import is_distributed, world_info
+from segzoo.inference import check_tta, detect, semantic_probs
+from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
+from segzoo.metrics.coco import STAT_NAMES
+from segzoo.visualize import draw_instances, draw_semantic, save_image, side_by_side
 
 PRIMARY_METRIC = {"semantic": "miou", "instance": "segm_AP", "detection": "bbox_AP"}
+# metrics shown in the one-line summary of an evaluation, after the tracked one
+_SUMMARY = {"semantic": ("miou", "pixel_acc", "mean_acc", "fwiou", "mdice"),
+            "instance": ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "bbox_AP75"),
+            "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl")}
+PANEL_TITLES = ("image", "prediction", "ground truth")
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    """The scalar metrics :func:`evaluate` returns for a task (each can be ``eval.metric``)."""
+    if task == "semantic":
+        return SegmentationMetric.SCALARS
+    iou_types = ("bbox", "segm") if task == "instance" else ("bbox",)
+    return tuple(f"{t}_{s}" for t in iou_types for s in STAT_NAMES)
 
 
 def primary_metric(task: str, name: str = "auto") -> str:
-    """The metric that picks the best checkpoint: ``miou``, ``segm_AP`` or ``bbox_AP`` unless named."""
-    return PRIMARY_METRIC[task] if name in (None, "auto") else name
+    """The metric that picks the best checkpoint (``eval.metric``): ``miou``, ``segm_AP`` or ``bbox_AP``
+    for ``auto``; any other name must be one of :func:`metric_names`, or a ConfigError names the closest."""
+    if name in (None, "auto"):
+        return PRIMARY_METRIC[task]
+    names = metric_names(task)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"eval.metric={name!r} is not a metric of {task} models; {hint}use auto or one of "
+                          f"{', '.join(names)}")
+    return name
+
+
+def summary_line(metrics: dict[str, Any], task: str, tracked: str | None = None) -> str:
+    """``miou=0.8123, pixel_acc=...``: the tracked metric first, then the task's usual ones."""
+    keys = dict.fromkeys([tracked or PRIMARY_METRIC[task], *_SUMMARY[task]])
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -50,70 +87,211 @@ def to_device(images, targets, device: torch.device, channels_last: bool = False
     return images, targets
 
 
-def _make_metric(task: str, num_classes: int, class_names: Sequence[str] | None, ignore_index: int):
+def _plain(t: Any) -> Any:
+    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
+
+
+class _Indexed(Dataset):
+    """``(index, image, target)`` items with plain tensors, so results can name their image."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, target = self.dataset[i]
+        target = {k: _plain(v) for k, v in target.items()} if isinstance(target, dict) else _plain(target)
+        return i, _plain(image), target
+
+
+def _as_list(batch):
+    return batch
+
+
+def _same_size_runs(items: list) -> list[list]:
+    """Consecutive items grouped by image size: batches are never padded, so a prediction does not
+    depend on the batch it falls in."""
+    runs: list[list] = []
+    for item in items:
+        if runs and runs[-1][0][1].shape[-2:] == item[1].shape[-2:]:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+def check_task_data(task: str, target: Any, model_name: str = "the model") -> None:
+    """Refuse data whose targets do not fit the model's task, naming both."""
     if task == "semantic":
-        from segzoo.metrics.semantic import SegmentationMetric
+        if isinstance(target, dict):
+            raise ValueError(f"the data gives box/instance targets but {model_name} is a semantic model; evaluate "
+                             "it on semantic data (data.type: mask_folder, coco_semantic or shapes)")
+        return
+    if not isinstance(target, dict):
+        raise ValueError(f"the data gives semantic masks but {model_name} is a {task} model; evaluate it on data "
+                         "with boxes (data.type: coco or shapes)")
+    if task == "instance" and "masks" not in target:
+        raise ValueError(f"{model_name} is an instance model but the data has no instance masks; use COCO data with "
+                         "segmentations")
 
-        return SegmentationMetric(num_classes, ignore_index=ignore_index)
-    from segzoo.metrics.coco import CocoEvaluator
 
-    names = list(class_names) if class_names and len(class_names) == num_classes else None
-    iou_types = ("bbox", "segm") if task == "instance" else ("bbox",)
-    return CocoEvaluator(num_classes, iou_types=iou_types, class_names=names)
+def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None, num_classes: int,
+           ignore_index: int, score_threshold: float) -> torch.Tensor:
+    """``image | prediction | ground truth`` for one image (``pred``: a mask or a detection dict)."""
+    if task == "semantic":
+        kw = dict(num_classes=num_classes, class_names=names, ignore_index=ignore_index, skip_background=True)
+        pred_pic = draw_semantic(image, pred, **kw)
+        gt_pic = draw_semantic(image, target, legend=names is not None, **kw)
+    else:
+        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold)
+        gt_pic = draw_instances(image, target, class_names=names)
+    return side_by_side([image, pred_pic, gt_pic], titles=PANEL_TITLES)
+
+
+def _forward(model: nn.Module, task: str, images: list[torch.Tensor], device: torch.device, amp_dtype,
+             channels_last: bool, tile, overlap: float, tta, tile_batch: int):
+    """Predictions for same-size images: ``G x C x H x W`` probabilities, or a list of detection dicts."""
+    with autocast(device, amp_dtype):
+        if task == "semantic":
+            x = torch.stack(images).to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return semantic_probs(model, x, tile, overlap, tta, tile_batch)
+        out = detect(model, [im.to(device, non_blocking=True) for im in images], tile, overlap,
+                     batch_size=tile_batch)
+    return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in out]
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
-    task: str,
-    num_classes: int,
-    device: torch.device | str = "cpu",
+    data,
+    *,
+    batch_size: int = 1,
+    num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    tile: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: str | dict | bool | None = None,
+    max_images: int | None = None,
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
-    max_batches: int | None = None,
-    channels_last: bool = False,
+    curves: bool = False,
+    num_pictures: int = 0,
+    score_threshold: float = 0.5,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Run ``model`` over ``loader`` and compute the task's metrics.
+    """Score ``model`` on a dataset with its task's metrics.
+
+    Images of the same size are batched (up to ``batch_size``, never padded); with ``tile``
+    or ``tta`` each image goes through the tiled / augmented path of :mod:`segzoo.inference`.
+    Under DDP every rank scores every ``world_size``-th image and the results are reduced.
 
     Args:
-        model: a segzoo model (or a DDP/compiled wrapper of one); put in eval mode here and
-            left in eval mode.
-        loader: batches as the collates of :mod:`segzoo.data.transforms` make them.
-        task: ``model.spec.task``.
-        num_classes: the model's ``num_classes``.
-        device: where to run.
+        model: a segzoo model (``model.task`` decides the metrics), on the device to run on;
+            put in eval mode for the call and restored after.
+        data: a dataset of ``(image, target)``: float ``3 x H x W`` images in [0, 1] with
+            semantic masks ``H x W`` or detection targets (``boxes``, 0-based ``labels``,
+            ``masks`` for instance models, optional ``image_id``, ``iscrowd``, ``area``). Use
+            the evaluation transforms (no cropping).
+        batch_size: images per forward pass.
+        num_workers: data-loading processes.
         amp_dtype: autocast dtype (None: full precision).
-        class_names: names for per-class results.
+        channels_last: feed semantic batches in channels-last memory format.
+        tile, overlap, tta: sliding-window and test-time augmentation (see :func:`segzoo.predict`).
+        max_images: score only the first images.
+        class_names: names for per-class results and pictures (default ``model.classes``,
+            then ``data.classes``).
         ignore_index: semantic label that is not scored.
-        max_batches: stop after this many batches (per rank).
-        channels_last: feed images in channels-last memory format.
+        curves: also compute precision-recall curves (``pr_curves``; adds ``pr_map`` or
+            ``bbox_pr_map50`` to the metrics).
+        num_pictures: ``image | prediction | ground truth`` panels to draw (main process).
+        score_threshold: detections drawn in the pictures.
+        progress: show a tqdm bar.
 
     Returns:
-        Semantic: ``pixel_acc``, ``mean_acc``, ``miou``, ``fwiou``, ``mdice`` and per-class
-        ``iou``/``dice`` lists. Instance/detection: ``bbox_AP``... (and ``segm_AP``...) from
-        :class:`~segzoo.metrics.coco.CocoEvaluator`.
+        ``{"task", "num_images", "class_names", "metrics", "pictures"}`` plus ``"confusion"``
+        (``C x C``, rows ground truth) for semantic models, ``"coco_summary"`` for the others,
+        and ``"pr_curves"`` with ``curves``. Semantic metrics: ``pixel_acc``, ``mean_acc``,
+        ``miou``, ``fwiou``, ``mdice`` and per-class lists; detection metrics: ``bbox_AP``...
+        (and ``segm_AP``...) and per-class dicts.
     """
-    device = torch.device(device)
+    task = model.task
+    check_tta(task, tta)
+    num_classes = int(model.num_classes)
+    n = len(data) if max_images is None else min(len(data), max_images)
+    if n == 0:
+        raise ValueError("the evaluation data is empty; check the data config (paths, split)")
+    name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
+    ds_classes = getattr(data, "num_classes", None)
+    if isinstance(ds_classes, int) and ds_classes > num_classes:
+        raise ValueError(f"{name} has num_classes={num_classes} but the data has {ds_classes} classes; evaluate a "
+                         "checkpoint trained on this data (or fix data.classes in the config)")
+    names = class_names or getattr(model, "classes", None) or getattr(data, "classes", None)
+    named = names is not None and len(names) == num_classes
+    names = [str(c) for c in names] if named else [str(i) for i in range(num_classes)]
+    check_task_data(task, data[0][1], name)
+
+    if task == "semantic":
+        metric = SegmentationMetric(num_classes, ignore_index=ignore_index)
+        pr = PRCurve(num_classes, ignore_index=ignore_index) if curves else None
+    else:
+        cat_ids = getattr(data, "cat_ids", None)
+        metric = CocoEvaluator(num_classes, ("bbox", "segm") if task == "instance" else ("bbox",),
+                               category_ids=cat_ids if cat_ids is not None and len(cat_ids) == num_classes else None,
+                               class_names=names)
+        pr = DetectionPRCurve(num_classes) if curves else None
+
+    rank, world, _ = world_info() if is_distributed() else (0, 1, 0)
+    loader = DataLoader(_Indexed(data), batch_size=batch_size, sampler=list(range(rank, n, world)),
+                        num_workers=num_workers, collate_fn=_as_list)
+    device = next(model.parameters()).device
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="eval", dynamic_ncols=True)
+    pictures: list[torch.Tensor] = []
+    was_training = model.training
     model.eval()
-    metric = _make_metric(task, num_classes, class_names, ignore_index)
-    for i, (images, targets) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        images, targets = to_device(images, targets, device, channels_last)
-        with autocast(device, amp_dtype):
-            out = model(images)
-        if task == "semantic":
-            metric.update(out.argmax(1), targets)
-        else:
-            preds = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in out]
-            metric.update(preds, [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                                  for t in targets])
+    try:
+        for batch in loader:
+            for run in _same_size_runs(batch):
+                preds = _forward(model, task, [im for _, im, _ in run], device, amp_dtype, channels_last, tile,
+                                 overlap, tta, batch_size)
+                if task == "semantic":
+                    masks = preds.argmax(1).cpu()  # (G, H, W)
+                    targets = torch.stack([t[0] if t.dim() == 3 else t for _, _, t in run]).long()
+                    metric.update(masks, targets)
+                    if pr is not None:
+                        pr.update(preds.cpu(), targets)
+                    shown = list(masks)
+                else:
+                    targets = [{**t, "image_id": t.get("image_id", i)} for i, _, t in run]
+                    metric.update(preds, targets)
+                    if pr is not None:
+                        pr.update(preds, targets)
+                    shown = preds
+                for (_, image, target), p in zip(run, shown):
+                    if rank == 0 and len(pictures) < num_pictures:
+                        pictures.append(_panel(task, image, p, target, names if named else None, num_classes,
+                                               ignore_index, score_threshold))
+    finally:
+        model.train(was_training)
     metric.reduce()
-    if task != "semantic" and not getattr(metric, "images", True):
-        raise ValueError("the validation data is empty; nothing to evaluate")
-    return metric.compute()
+    result: dict[str, Any] = {"task": task, "num_images": n, "class_names": names, "pictures": pictures}
+    result["metrics"] = metric.compute()
+    if task == "semantic":
+        result["confusion"] = metric.confusion.cpu()
+    else:
+        result["coco_summary"] = metric.summary
+    if pr is not None:
+        pr.reduce()
+        result["pr_curves"] = pr.compute()
+        result["metrics"]["pr_map" if task == "semantic" else "bbox_pr_map50"] = result["pr_curves"]["map"]
+    return result
 
 
 @torch.no_grad()
@@ -121,43 +299,41 @@ def save_predictions_png(
     model: nn.Module,
     dataset,
     path: str | os.PathLike,
-    task: str,
     class_names: Sequence[str] | None = None,
     num_images: int = 4,
-    device: torch.device | str = "cpu",
     score_threshold: float = 0.5,
     ignore_index: int = 255,
 ) -> None:
-    """Draw the predictions on the first ``num_images`` items of ``dataset`` next to their
-    ground truth (one row per image: image | prediction | ground truth) and save a PNG."""
-    from segzoo.visualize import draw_instances, draw_semantic, save_image, side_by_side
-
-    device = torch.device(device)
-    model.eval()
+    """Draw the predictions on the first ``num_images`` items of ``dataset`` next to their ground
+    truth (one row per image: image | prediction | ground truth) and save a PNG."""
     n = min(num_images, len(dataset))
     if n == 0:
         return
-    images, targets = collate_for(task)([dataset[i] for i in range(n)])
-    images, targets = to_device(images, targets, device)
-    preds = model(images)
+    task, num_classes = model.task, int(model.num_classes)
+    named = class_names is not None and len(class_names) == num_classes
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     rows = []
-    for i in range(n):
-        img = images[i].float().cpu()
-        if task == "semantic":
-            kw = dict(num_classes=preds.shape[1], class_names=class_names, ignore_index=ignore_index,
-                      skip_background=True)  # label 0 left untinted
-            pred_pic = draw_semantic(img, preds[i].argmax(0).cpu(), **kw)
-            gt_pic = draw_semantic(img, targets[i].cpu(), legend=bool(class_names), **kw)
-        else:
-            pred = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in preds[i].items()}
-            gt = {k: v.cpu() for k, v in targets[i].items() if isinstance(v, torch.Tensor)}
-            pred_pic = draw_instances(img, pred, class_names=class_names, score_thresh=score_threshold)
-            gt_pic = draw_instances(img, gt, class_names=class_names)
-        rows.append(side_by_side([img, pred_pic, gt_pic], titles=["image", "prediction", "ground truth"]))
+    try:
+        for i in range(n):
+            _, image, target = _Indexed(dataset)[i]
+            pred = _forward(model, task, [image], device, None, False, None, 0.25, None, 1)[0]
+            if task == "semantic":
+                pred = pred.argmax(0).cpu()
+            rows.append(_panel(task, image, pred, target, list(class_names) if named else None, num_classes,
+                               ignore_index, score_threshold))
+    finally:
+        model.train(was_training)
+    save_image(stack_rows(rows), path)
+
+
+def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 panels stacked vertically, left-aligned on white."""
     width = max(r.shape[-1] for r in rows)
     canvas = torch.full((3, sum(r.shape[1] for r in rows), width), 255, dtype=torch.uint8)
     y = 0
-    for r in rows:  # rows stacked vertically, left-aligned
+    for r in rows:
         canvas[:, y : y + r.shape[1], : r.shape[2]] = r
         y += r.shape[1]
-    save_image(canvas, path)
+    return canvas

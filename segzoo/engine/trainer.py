@@ -1,16 +1,18 @@
-"""One training loop for every task, driven by a resolved config (see :mod:`segzoo.config`).
+"""One training loop for every task, driven by a typed config (see :mod:`segzoo.config`).
 
-The loop reads only ``model.spec.task`` and the forward contract (``model(images, targets)``
+The loop reads only ``model.task`` and the forward contract (``model(images, targets)``
 returns a loss dict with ``loss``; ``model(images)`` returns predictions), never a model's
 name. It provides device auto-selection, AMP (bf16, or fp16 with a GradScaler, on CUDA),
 channels_last, optional ``torch.compile``, DDP under torchrun, gradient accumulation,
-parameter groups, warmup + poly/cosine schedules, gradient clipping, NaN/inf detection,
-atomic checkpoints with exact resume, per-epoch evaluation, best-checkpoint keeping, early
-stopping, tqdm progress and JSONL (+ TensorBoard) logs.
+parameter groups, warmup + poly/cosine schedules, gradient clipping, NaN/inf detection (one
+host sync per optimizer step, on the already-reduced losses), atomic checkpoints with exact
+resume, clean stops on SIGINT/SIGTERM, per-epoch evaluation (:func:`segzoo.engine.evaluate`),
+best-checkpoint keeping, early stopping, tqdm progress and JSONL (+ TensorBoard) logs.
 
-Run folder: ``model.safetensors`` (latest weights, spec in the header), ``train_state.pt``
-(optimizer, scheduler, scaler, step, RNG), ``best.safetensors``, ``log.jsonl``,
-``metrics.json``, ``predictions.png``, ``config.yaml``.
+Run folder (:mod:`segzoo.engine.run_folder`): ``model.safetensors`` (latest weights, spec in
+the header), ``train_state.pt`` (optimizer, scheduler, scaler, step, RNG, elapsed time, last
+evaluation), ``best.safetensors``, ``log.jsonl``, ``metrics.json``, ``predictions.png``,
+``config.yaml``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +31,37 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from segzoo import __version__
 from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
-from segzoo.config import DEFAULTS, dump, merge, validate
+from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data.transforms import collate_for
 from segzoo.engine.distributed import (
     SeededDataset,
     ShardSampler,
     all_reduce_mean,
-    all_reduce_min,
     barrier,
     init_distributed,
     is_distributed,
+    run_on_main,
     world_info,
 )
-from segzoo.engine.evaluator import autocast, evaluate, primary_metric, save_predictions_png, to_device
+from segzoo.engine.evaluator import autocast, evaluate, primary_metric, save_predictions_png, summary_line, to_device
+from segzoo.engine.logs import RunLog, jsonable
 from segzoo.engine.optim import build_optimizer, build_scheduler
+from segzoo.engine.run_folder import (
+    BEST_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PICTURE_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    RunFolder,
+)
+from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
 
-STATE_FILE = "train_state.pt"
-WEIGHTS_FILE = "model.safetensors"
-BEST_FILE = "best.safetensors"
+__all__ = ["BEST_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer", "TrainingInterrupted",
+           "amp_dtype_for", "select_device"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,7 +81,11 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
         torch.cuda.set_device(device)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"train.device={name!r} but MPS is not available; use train.device=auto or cpu")
     return device
 
 
@@ -92,25 +110,15 @@ def amp_dtype_for(setting: str | bool | None, device: torch.device) -> torch.dty
     raise ValueError(f"unknown train.amp={setting!r}; use auto, bf16, fp16 or off")
 
 
-def _scalar(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _scalar(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_scalar(x) for x in v]
-    return v
-
-
 class Trainer:
     """Train a segzoo model on datasets with the loop described in the module docstring.
 
     Args:
-        model: a model built by ``segzoo.build`` (it has ``model.spec``).
+        model: a model built by ``segzoo.build`` (it has ``model.spec`` and ``model.task``).
         train_set: items ``(image, target)`` already transformed (float images in [0, 1]).
         val_set: evaluated every ``eval.every`` epochs; None skips evaluation.
-        cfg: a config mapping (at least the ``data``/``train``/``eval`` keys to change; the
-            rest takes :data:`segzoo.config.DEFAULTS`).
+        cfg: a :class:`~segzoo.config.RunConfig`, or a mapping with some of its ``data`` /
+            ``train`` / ``eval`` keys (the rest take their defaults).
         out_dir: the run folder.
         classes: class names stored in checkpoints and used in pictures.
         on_step: called as ``on_step(trainer)`` after every optimizer step (and checkpoint).
@@ -128,53 +136,47 @@ class Trainer:
     train anyway. Deterministic runs are slower.
     """
 
-    def __init__(self, model: nn.Module, train_set, val_set=None, cfg: dict | None = None,
+    def __init__(self, model: nn.Module, train_set, val_set=None, cfg: RunConfig | Mapping | None = None,
                  out_dir: str | Path = "runs/train", classes: list[str] | None = None,
                  on_step: Callable[[Trainer], None] | None = None) -> None:
-        cfg = {k: v for k, v in (cfg or {}).items() if not k.startswith("_")}
-        validate(cfg)
-        self.cfg = merge(DEFAULTS, cfg)
-        self.tc, self.dc, self.ec = self.cfg["train"], self.cfg["data"], self.cfg["eval"]
+        self.cfg = cfg if isinstance(cfg, RunConfig) else parse_config(cfg or {}, require_model=False)
+        self.tc, self.dc, self.ec = self.cfg.train, self.cfg.data, self.cfg.eval
         if not hasattr(model, "spec"):
             raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
-        self.task = model.spec.task
+        self.task = model.task
         self.num_classes = model.spec.num_classes
+        self.metric_name = primary_metric(self.task, self.ec.metric)
         self.classes = list(classes) if classes is not None and len(classes) == self.num_classes else None
         self.out_dir = Path(out_dir)
         self.on_step = on_step
         self.rank, self.world_size, local_rank = world_info()
-        self.device = select_device(self.tc["device"], local_rank)
+        self.device = select_device(self.tc.device, local_rank)
         init_distributed(self.device)
         self.rank, self.world_size, _ = world_info()
-        self.amp_dtype = amp_dtype_for(self.tc["amp"], self.device)
+        self.amp_dtype = amp_dtype_for(self.tc.amp, self.device)
 
         self.model = model.to(self.device)
-        if self.tc["freeze_backbone"]:
+        if self.tc.freeze_backbone:
             self._freeze_backbone()
-        if self.tc["channels_last"]:
+        if self.tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_set, self.val_set = train_set, val_set
-        self.batch_size = int(self.dc["batch_size"])
-        self.accum = int(self.tc["grad_accum"])
-        if self.batch_size < 1 or self.accum < 1:
-            raise ValueError("data.batch_size and train.grad_accum must be at least 1")
+        self.batch_size, self.accum = self.dc.batch_size, self.tc.grad_accum
         global_batch = self.batch_size * self.world_size * self.accum
         self.steps_per_epoch = len(train_set) // global_batch
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"the training data has {len(train_set)} images but one optimizer step needs "
                 f"data.batch_size x processes x train.grad_accum = {global_batch}; lower data.batch_size")
-        self.total_steps = int(self.tc["max_steps"] or self.tc["epochs"] * self.steps_per_epoch)
-        self.sampler = ShardSampler(len(train_set), self.rank, self.world_size, shuffle=True,
-                                    seed=int(self.tc["seed"]),
+        self.total_steps = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
+        self.sampler = ShardSampler(len(train_set), self.rank, self.world_size, shuffle=True, seed=self.tc.seed,
                                     num_samples_per_rank=self.steps_per_epoch * self.accum * self.batch_size)
 
-        self.optimizer = build_optimizer(
-            self.model, self.tc["optimizer"], float(self.tc["lr"]), float(self.tc["weight_decay"]),
-            float(self.tc["momentum"]), tuple(self.tc["betas"]), float(self.tc["backbone_lr_mult"]))
-        self.scheduler = build_scheduler(
-            self.optimizer, self.total_steps, self.tc["schedule"], int(self.tc["warmup_steps"]),
-            float(self.tc["warmup_factor"]), float(self.tc["poly_power"]), float(self.tc["min_lr_ratio"]))
+        tc = self.tc
+        self.optimizer = build_optimizer(self.model, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas,
+                                         tc.backbone_lr_mult)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.schedule, tc.warmup_steps,
+                                         tc.warmup_factor, tc.poly_power, tc.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.net: nn.Module = self.model
@@ -183,7 +185,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.net = self.ddp
-        if self.tc["compile"]:
+        if tc.compile:
             self.net = torch.compile(self.net)
 
         self.step = 0
@@ -193,85 +195,52 @@ class Trainer:
         self.closed_step = 0  # last step whose end-of-epoch work (evaluation, checkpoint) is done
         self.saved_step = -1
         self.last_eval: dict[str, Any] = {}
-        self.metric_name = primary_metric(self.task, self.ec["metric"])
-        self._log_file = None
-        self._tb = None
+        self.seconds_before = 0.0  # training time of the run before this process resumed it
+        self.saved_seconds = 0.0  # training time at the last checkpoint
+        self._start = time.perf_counter()
+        self._log: RunLog | None = None
+        self._signals = StopOnSignal()
 
     # ------------------------------------------------------------------ setup helpers
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def seconds(self) -> float:
+        """Training time of the whole run so far, time before a resume included."""
+        return self.seconds_before + time.perf_counter() - self._start
+
     def _freeze_backbone(self) -> None:
         backbone = getattr(self.model, "backbone", None)
-        if backbone is None:
-            raise ValueError(f"train.freeze_backbone is set but {self.model.spec.name} has no .backbone module")
-        if hasattr(backbone, "freeze"):
-            backbone.freeze(bn=True, params=True)
-            return
-        from timm.layers import freeze_batch_norm_2d  # BatchNorm -> FrozenBatchNorm2d: statistics fixed
-
-        self.model.backbone = freeze_batch_norm_2d(backbone)
-        for p in self.model.backbone.parameters():
-            p.requires_grad_(False)
+        if not callable(getattr(backbone, "freeze", None)):
+            raise ValueError(f"train.freeze_backbone is set but {self.model.spec.name} has no model.backbone with a "
+                             "freeze() method (segzoo backbones have one)")
+        backbone.freeze(bn=True, params=True)
 
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
-        workers = int(self.dc["num_workers"])
         return DataLoader(
-            SeededDataset(dataset, int(self.tc["seed"])), batch_size=batch_size, sampler=sampler,
-            collate_fn=collate_for(self.task), num_workers=workers, drop_last=sampler.shuffle,
+            SeededDataset(dataset, self.tc.seed), batch_size=batch_size, sampler=sampler,
+            collate_fn=collate_for(self.task), num_workers=self.dc.num_workers, drop_last=sampler.shuffle,
             pin_memory=self.device.type == "cuda",
             # a private generator: creating a loader never touches the global RNG
-            generator=torch.Generator().manual_seed(int(self.tc["seed"])),
+            generator=torch.Generator().manual_seed(self.tc.seed),
         )
-
-    # ------------------------------------------------------------------ logging
-    def _open_logs(self, resume: bool) -> None:
-        if not self.is_main:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:  # a fresh run in an old folder: drop what the old run left behind
-            for name in (BEST_FILE, "metrics.json", "predictions.png"):
-                (self.out_dir / name).unlink(missing_ok=True)
-        # a resumed run appends to its log; a fresh one starts it again
-        self._log_file = open(self.out_dir / "log.jsonl", "a" if resume else "w")  # noqa: SIM115 (closed in fit)
-        if self.tc["tensorboard"]:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
-            except ImportError:
-                self._tb = None
-
-    def _close_logs(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
 
     def log(self, record: dict[str, Any]) -> None:
         """Append a record to ``log.jsonl`` (and TensorBoard) on the main process."""
-        if self._log_file is None:
-            return
-        self._log_file.write(json.dumps(_scalar(record)) + "\n")
-        self._log_file.flush()
-        if self._tb is not None:
-            prefix = record.get("type", "train")
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self._tb.add_scalar(f"{prefix}/{k}", v, record.get("step", self.step))
+        if self._log is not None:
+            self._log.write(record)
 
     # ------------------------------------------------------------------ checkpoints
     def _metadata(self) -> dict[str, str]:
-        from segzoo import __version__
-
         return {"segzoo": __version__, "spec": self.model.spec.to_json(), "classes": json.dumps(self.classes),
                 "step": str(self.step)}
 
     def save_checkpoint(self) -> None:
         """Write the weights and the training state (atomically) on the main process."""
+        if self.saved_step != self.step:
+            self.saved_seconds = self.seconds
         if self.is_main and self.saved_step != self.step:
             weights = encode_state_dict(self.model.state_dict(), self._metadata())
             state = {
@@ -281,7 +250,7 @@ class Trainer:
                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
-                "closed_step": self.closed_step,
+                "closed_step": self.closed_step, "train_seconds": self.saved_seconds, "last_eval": self.last_eval,
             }
             buf = io.BytesIO()
             torch.save(state, buf)
@@ -294,10 +263,6 @@ class Trainer:
     def load_checkpoint(self) -> None:
         """Continue from the run folder's ``model.safetensors`` and ``train_state.pt``."""
         state_path, weights_path = self.out_dir / STATE_FILE, self.out_dir / WEIGHTS_FILE
-        if not state_path.is_file() or not weights_path.is_file():
-            raise FileNotFoundError(
-                f"cannot resume: {state_path} or {weights_path} is missing; start without --resume or "
-                "pass the run folder with --out")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         weights, meta = read_safetensors(weights_path)
         if int(meta.get("step", -1)) != state["step"]:
@@ -320,14 +285,12 @@ class Trainer:
         self.step, self.saved_step = state["step"], state["step"]
         self.best, self.best_step = state["best"], state["best_step"]
         self.bad_evals, self.closed_step = state["bad_evals"], state["closed_step"]
+        self.seconds_before = self.saved_seconds = float(state.get("train_seconds", 0.0))
+        self.last_eval = state.get("last_eval", {})
 
     # ------------------------------------------------------------------ loop
-    def _check_finite(self, losses: dict[str, torch.Tensor], epoch: int) -> None:
-        loss = losses["loss"].detach()
-        ok = all_reduce_min(torch.isfinite(loss).float().reshape(1))
-        if bool(ok.item()):
-            return
-        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+    def _non_finite(self, losses: dict[str, float], epoch: int) -> None:
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         if self.saved_step >= 0 and (self.out_dir / WEIGHTS_FILE).exists():
             kept = f"the last good checkpoint is {self.out_dir / WEIGHTS_FILE} (step {self.saved_step})"
         else:
@@ -338,59 +301,67 @@ class Trainer:
         self.log({"type": "error", "step": self.step + 1, "message": msg})
         raise NonFiniteLossError(msg)
 
-    def train_step(self, batches: list, epoch: int) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the mean losses."""
+    def train_step(self, batches: list, epoch: int) -> tuple[dict[str, float], bool]:
+        """One optimizer step over ``grad_accum`` micro-batches.
+
+        The losses are averaged over micro-batches and processes and read back once (the one
+        host sync of the step), together with the processes' stop requests; a non-finite loss
+        stops training before the optimizer applies the step.
+
+        Returns:
+            The mean losses (and ``grad_norm`` when clipping), and whether a process received
+            SIGINT/SIGTERM.
+        """
         totals: dict[str, torch.Tensor] = {}
         for i, (images, targets) in enumerate(batches):
-            images, targets = to_device(images, targets, self.device, self.tc["channels_last"])
+            images, targets = to_device(images, targets, self.device, self.tc.channels_last)
             last = i == len(batches) - 1
             sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
             with sync:
                 with autocast(self.device, self.amp_dtype):
                     losses = self.net(images, targets)
-                self._check_finite(losses, epoch)
                 self.scaler.scale(losses["loss"] / len(batches)).backward()
             for k, v in losses.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / len(batches)
         grad_norm = None
-        if self.tc["clip_grad"]:
+        if self.tc.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(self.tc["clip_grad"]))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.tc.clip_grad)
+        keys = sorted(totals)
+        stop = torch.tensor([float(self._signals.signum is not None)], device=self.device)
+        vec = all_reduce_mean(torch.cat([torch.stack([totals[k] for k in keys]), stop]))
+        if grad_norm is not None:
+            vec = torch.cat([vec, grad_norm.detach().float().reshape(1)])
+        values = vec.tolist()  # the one device-to-host sync of the step
+        out = dict(zip(keys, values))
+        if not all(math.isfinite(v) for v in out.values()):
+            self._non_finite(out, epoch)
+        if grad_norm is not None:
+            out["grad_norm"] = values[-1]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        keys = sorted(totals)
-        vec = all_reduce_mean(torch.stack([totals[k] for k in keys]))
-        out = dict(zip(keys, vec.tolist()))
-        if grad_norm is not None:
-            out["grad_norm"] = float(grad_norm)
-        return out
+        return out, values[len(keys)] > 0
 
     def run_eval(self) -> dict[str, Any]:
-        """Evaluate on the validation set with the task's metric (all ranks; results reduced)."""
-        vbs = int(self.dc["val_batch_size"] or self.batch_size)
-        sampler = ShardSampler(len(self.val_set), self.rank, self.world_size, shuffle=False)
-        max_batches = None
-        if self.ec["max_images"]:
-            max_batches = math.ceil(int(self.ec["max_images"]) / (vbs * self.world_size))
-        return evaluate(self.model, self._loader(self.val_set, sampler, vbs),
-                        self.task, self.num_classes, self.device, self.amp_dtype, self.classes,
-                        int(self.dc["ignore_index"]), max_batches, self.tc["channels_last"])
+        """Evaluate on the validation set with :func:`segzoo.engine.evaluate` (all ranks; results reduced)."""
+        return evaluate(self.model, self.val_set, batch_size=self.dc.val_batch_size or self.batch_size,
+                        num_workers=self.dc.num_workers, amp_dtype=self.amp_dtype,
+                        channels_last=self.tc.channels_last, max_images=self.ec.max_images,
+                        class_names=self.classes, ignore_index=self.dc.ignore_index)
 
     def _end_of_epoch(self, epoch: int, pbar) -> bool:
         """Evaluate, keep the best checkpoint, save; returns True when early stopping fires."""
         finished = self.step >= self.total_steps
-        every = int(self.ec["every"] or 0)
+        every = self.ec.every
         stop = False
         if self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished):
-            results = self.run_eval()
-            value = results.get(self.metric_name)
-            if value is None:
-                raise ValueError(f"eval.metric={self.metric_name!r} is not among the results {sorted(results)}")
-            value = float(value) if value is not None and math.isfinite(float(value)) else -math.inf
+            results = self.run_eval()["metrics"]
+            value = results[self.metric_name]
+            value = float(value) if math.isfinite(float(value)) else -math.inf
             improved = self.best is None or value > self.best
             if improved:
                 self.best, self.best_step, self.bad_evals = value, self.step, 0
@@ -399,13 +370,12 @@ class Trainer:
             else:
                 self.bad_evals += 1
             self.last_eval = results
-            summary = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             self.log({"type": "eval", "step": self.step, "epoch": epoch + 1, **results,
                       "best": self.best, "best_step": self.best_step})
             if self.is_main:
-                shown = ", ".join(f"{k}={v:.4f}" for k, v in list(summary.items())[:6])
+                shown = summary_line(results, self.task, self.metric_name)
                 (pbar.write if pbar is not None else print)(f"[eval] epoch {epoch + 1} step {self.step}: {shown}")
-            patience = int(self.tc["early_stop_patience"] or 0)
+            patience = self.tc.early_stop_patience
             if patience and self.bad_evals >= patience and not finished:
                 stop = True
                 self.log({"type": "early_stop", "step": self.step, "epoch": epoch + 1, "best": self.best,
@@ -414,27 +384,58 @@ class Trainer:
         self.save_checkpoint()
         return stop
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to the end (or early stop) and return the final metrics (also in ``metrics.json``)."""
-        if resume:
-            self.load_checkpoint()
-        else:
-            torch.manual_seed(int(self.tc["seed"]))
-            random.seed(int(self.tc["seed"]))
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            for name in (WEIGHTS_FILE, STATE_FILE, BEST_FILE):  # temporaries of a save that was killed
-                for stale in self.out_dir.glob(f".{name}.*.tmp"):
-                    stale.unlink(missing_ok=True)
-            atomic_write(self.out_dir / "config.yaml", dump(self.cfg).encode())
-        self._open_logs(resume)
-        start_time = time.perf_counter()
-        pbar = None
-        try:
-            if self.is_main and self.tc["progress"]:
-                from tqdm.auto import tqdm
+    def _stop_requested(self) -> bool:
+        """Whether any process received SIGINT/SIGTERM (a collective call under DDP)."""
+        flag = torch.tensor([float(self._signals.signum is not None)], device=self.device)
+        return bool(all_reduce_mean(flag).item() > 0)
 
-                pbar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
+    def _interrupt(self) -> None:
+        self.save_checkpoint()
+        raise TrainingInterrupted(self._signals.signum or 15, self.step, str(self.out_dir / WEIGHTS_FILE))
+
+    def fit(self, resume: bool = False, overwrite: bool = False, folder: RunFolder | None = None) -> dict[str, Any]:
+        """Train to the end (or early stop) and return the final metrics (also in ``metrics.json``).
+
+        Args:
+            resume: continue the run in the folder from its checkpoint (a finished run is kept).
+            overwrite: replace a run already in the folder (without it, such a folder is refused).
+            folder: the locked :class:`RunFolder` when the caller took it already.
+
+        Raises:
+            RunFolderError: the folder is in use, or holds a run and neither flag is given.
+            TrainingInterrupted: SIGINT/SIGTERM arrived; the checkpoint of the last step is written.
+        """
+        own = folder is None
+        folder = folder or RunFolder(self.out_dir)
+        try:
+            run_on_main(lambda: (folder.lock(), folder.prepare(resume, overwrite)))
+            if resume:
+                self.load_checkpoint()
+            else:
+                torch.manual_seed(self.tc.seed)
+                random.seed(self.tc.seed)
+            self._start = time.perf_counter()
+            if self.is_main:
+                atomic_write(self.out_dir / CONFIG_FILE, dump(self.cfg).encode())
+                self._log = RunLog(self.out_dir / LOG_FILE, self.tc.tensorboard,
+                                   self.step if resume else None, self.closed_step == self.step)
+            with self._signals:
+                self._loop()
+            return self._finish()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if own:
+                folder.unlock()
+
+    def _loop(self) -> None:
+        pbar = None
+        if self.is_main and self.tc.progress:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        try:
             spe = self.steps_per_epoch
             stop = False
             if self.step and self.step % spe == 0 and self.closed_step != self.step:
@@ -450,37 +451,41 @@ class Trainer:
                         break
                     t0 = time.perf_counter()
                     lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step uses (head group)
-                    micro = [next(batches) for _ in range(self.accum)]
-                    losses = self.train_step(micro, epoch)
+                    try:
+                        micro = [next(batches) for _ in range(self.accum)]
+                    except Exception:
+                        if self._signals.signum is not None:  # Ctrl-C also stopped the loader workers
+                            self._interrupt()
+                        raise
+                    losses, stop_requested = self.train_step(micro, epoch)
                     dt = time.perf_counter() - t0
                     ips = self.batch_size * self.accum * self.world_size / max(dt, 1e-9)
                     ema = ips if ema is None else 0.9 * ema + 0.1 * ips
                     self.log({"type": "train", "step": self.step, "epoch": epoch + 1, "lr": lr,
-                              "images_per_s": round(ips, 2), "time": round(time.perf_counter() - start_time, 3),
-                              **losses})
+                              "images_per_s": round(ips, 2), "time": round(self.seconds, 3), **losses})
                     if pbar is not None:
                         pbar.update(1)
                         pbar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ema:.1f}",
                                          epoch=epoch + 1, refresh=False)
-                    every = int(self.tc["checkpoint_every"] or 0)
-                    if every and self.step % every == 0:
+                    if self.tc.checkpoint_every and self.step % self.tc.checkpoint_every == 0:
                         self.save_checkpoint()
                     if self.on_step is not None:
                         self.on_step(self)
+                    if stop_requested:
+                        self._interrupt()
                 if self.step % spe == 0 or self.step >= self.total_steps:
                     stop = self._end_of_epoch(epoch, pbar)
+                if self.step < self.total_steps and not stop and self._stop_requested():
+                    self._interrupt()  # the signal came during the evaluation
         finally:
             if pbar is not None:
                 pbar.close()
-        try:
-            metrics = self._finish(time.perf_counter() - start_time)
-        finally:
-            self._close_logs()
-        return metrics
 
-    def _finish(self, seconds: float) -> dict[str, Any]:
+    def _finish(self) -> dict[str, Any]:
         if self.closed_step != self.step:
             self.save_checkpoint()
+        # the clock of the whole run stops at its final checkpoint (a finished run resumed adds nothing)
+        seconds = self.saved_seconds if self.saved_step == self.step else self.seconds
         metrics = {
             "model": self.model.spec.name, "task": self.task, "step": self.step, "total_steps": self.total_steps,
             "epochs": self.step / self.steps_per_epoch, "metric": self.metric_name, "best": self.best,
@@ -488,12 +493,10 @@ class Trainer:
             "final": self.last_eval,
         }
         if self.is_main:
-            atomic_write(self.out_dir / "metrics.json", json.dumps(_scalar(metrics), indent=2).encode())
-            pics = int(self.ec["num_pictures"] or 0)
+            atomic_write(self.out_dir / METRICS_FILE, json.dumps(jsonable(metrics), indent=2).encode())
             data = self.val_set if self.val_set is not None else self.train_set
-            if pics:
-                save_predictions_png(self.model, data, self.out_dir / "predictions.png", self.task, self.classes,
-                                     pics, self.device, float(self.ec["score_threshold"]),
-                                     int(self.dc["ignore_index"]))
+            if self.ec.num_pictures:
+                save_predictions_png(self.model, data, self.out_dir / PICTURE_FILE, self.classes,
+                                     self.ec.num_pictures, self.ec.score_threshold, self.dc.ignore_index)
         barrier()
         return metrics

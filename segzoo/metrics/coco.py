@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 # order of COCOeval.stats
-_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -279,7 +279,7 @@ class CocoEvaluator:
                 ev.accumulate()
                 ev.summarize()
             summaries.append(f"{iou_type}:\n{buf.getvalue()}")
-            for name, v in zip(_STAT_NAMES, ev.stats):
+            for name, v in zip(STAT_NAMES, ev.stats):
                 results[f"{iou_type}_{name}"] = float(v) if v >= 0 else math.nan
             # precision: (iou thresholds, recall points, classes, area ranges, max dets)
             prec = ev.eval["precision"][:, :, :, 0, -1]

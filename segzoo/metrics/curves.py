@@ -249,6 +249,18 @@ class DetectionPRCurve:
             self.labels.append(labels)
             self.matched.append(matched)
 
+    def reduce(self) -> None:
+        """Gather every process's matched detections and ground-truth counts (no-op without
+        torch.distributed)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (self.scores, self.labels, self.matched))
+        self.scores = [t for g in gathered for t in g[0]]
+        self.labels = [t for g in gathered for t in g[1]]
+        self.matched = [t for g in gathered for t in g[2]]
+        self.num_gt = _all_reduce(self.num_gt)
+
     def compute(self) -> dict:
         scores = torch.cat(self.scores) if self.scores else torch.zeros(0)
         labels = torch.cat(self.labels) if self.labels else torch.zeros(0, dtype=torch.long)

@@ -46,6 +46,8 @@ class SegmentationMetric:
         >>> metric.compute()["miou"]
     """
 
+    SCALARS = ("pixel_acc", "mean_acc", "miou", "fwiou", "mdice")  # the dataset-level numbers of compute()
+
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int (labels including background), got {num_classes!r}")

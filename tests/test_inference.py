@@ -5,8 +5,8 @@ from PIL import Image
 from torch import nn
 
 import segzoo
+from segzoo.inference import load_image, sliding_window, tile_origins
 from segzoo.models.base import SegmentationModel
-from segzoo.predict import load_image, sliding_window, tile_origins
 
 
 class LocalFCN(SegmentationModel):

@@ -1,25 +1,32 @@
-"""Inference on single images: loading, sliding-window tiling and test-time augmentation.
+"""Inference: image loading, sliding-window tiling, test-time augmentation and ``predict``.
 
-``segzoo.predict(model, image)`` is the one call behind ``tools/infer.py`` and the
-evaluation tool; :func:`sliding_window` and :func:`tile_origins` are the pieces, for
-users who batch their own data.
+``segzoo.predict(model, image)`` runs a model on one image (or a list); :func:`semantic_probs`
+and :func:`detect` are the batched forms that ``segzoo.engine.evaluate`` runs on whole
+datasets, so a prediction and an evaluation go through the same code.
+:func:`predict_files` writes the predictions of image files and folders (``segzoo infer``).
+:func:`sliding_window` and :func:`tile_origins` are the pieces, for users who batch their own data.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
+from segzoo import visualize
 from segzoo.visualize import read_image
 
 __all__ = [
-    "evaluate", "list_images", "load_image", "model_task", "predict", "sliding_window", "tile_origins",
-    "write_prediction",
+    "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "list_images", "load_image", "predict",
+    "predict_files", "semantic_probs", "sliding_window", "tile_origins", "write_prediction",
 ]
 
 _TTA_PRESETS = {
@@ -43,13 +50,6 @@ def load_image(image) -> torch.Tensor:
             raise ValueError(f"integer images must be uint8, got {image.dtype}")
         image = image.float() / 255
     return image
-
-
-def model_task(model: nn.Module) -> str:
-    """``"semantic"``, ``"instance"`` or ``"detection"``, from ``model.spec`` or ``model.task``."""
-    spec = getattr(model, "spec", None)
-    task = getattr(spec, "task", None) or getattr(model, "task", None) or "semantic"
-    return task
 
 
 def tile_origins(size: int, tile: int, overlap: float) -> list[int]:
@@ -143,7 +143,26 @@ def _tta_config(tta) -> dict:
     raise TypeError(f"tta must be None, a preset name {sorted(_TTA_PRESETS)} or a dict, got {tta!r}")
 
 
-def _semantic(model: nn.Module, x: torch.Tensor, tile, overlap: float, tta, batch_size: int) -> dict:
+def check_tta(task: str, tta) -> None:
+    """Refuse test-time augmentation for a model whose task has none (detection, instance)."""
+    if task != "semantic" and tta not in (None, False):
+        raise ValueError(f"tta is implemented for semantic models only; this model's task is {task!r}")
+
+
+def semantic_probs(
+    model: nn.Module, x: torch.Tensor, tile: int | Sequence[int] | None = None, overlap: float = 0.25,
+    tta: str | dict | bool | None = None, batch_size: int = 4,
+) -> torch.Tensor:
+    """Class probabilities of a batch, optionally tiled and averaged over test-time augmentations.
+
+    Args:
+        model: a semantic model returning ``N x C x h x w`` logits.
+        x: ``N x 3 x H x W`` float images in [0, 1], on the model's device.
+        tile, overlap, tta, batch_size: as in :func:`predict`.
+
+    Returns:
+        ``N x C x H x W`` float32 softmax probabilities (``argmax(1)`` is the predicted mask).
+    """
     cfg = _tta_config(tta)
     _, _, h, w = x.shape
     probs = None
@@ -156,34 +175,31 @@ def _semantic(model: nn.Module, x: torch.Tensor, tile, overlap: float, tta, batc
         for flip in (False, True) if cfg["flip"] else (False,):
             xi = xs.flip(-1) if flip else xs
             if tile is not None:
-                logits = sliding_window(model, xi, tile, overlap, batch_size)[None]
+                logits = torch.stack([sliding_window(model, im[None], tile, overlap, batch_size) for im in xi])
             else:
-                logits = _logits(model, xi).float()
+                logits = _logits(model, xi).float()  # (N, C, h, w)
             if flip:
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            p = logits[0].softmax(0)  # (C, H, W); probabilities average better across scales
+            p = logits.softmax(1)  # probabilities average better across scales than logits
             probs = p if probs is None else probs + p
             n += 1
-    probs = probs / n
-    return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
+    return probs / n if n > 1 else probs
 
 
-def _detect(model: nn.Module, x: torch.Tensor, tile, overlap: float, nms_iou: float, batch_size: int) -> dict:
-    _, _, h, w = x.shape
-    if tile is None:
-        out = model([x[0]])[0]
-        return {k: v.detach().cpu() for k, v in out.items()}
+def _detect_tiled(model: nn.Module, image: torch.Tensor, tile, overlap: float, nms_iou: float,
+                  batch_size: int) -> dict:
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    _, h, w = image.shape
     th, tw = _tile_size(tile)
     th, tw = min(th, h), min(tw, w)
     origins = [(y, x0) for y in tile_origins(h, th, overlap) for x0 in tile_origins(w, tw, overlap)]
     parts = []
     for i in range(0, len(origins), batch_size):
         chunk = origins[i : i + batch_size]
-        outs = model([x[0, :, y : y + th, x0 : x0 + tw] for y, x0 in chunk])
+        outs = model([image[:, y : y + th, x0 : x0 + tw] for y, x0 in chunk])
         for (y, x0), out in zip(chunk, outs):
             shift = torch.tensor([x0, y, x0, y], dtype=out["boxes"].dtype, device=out["boxes"].device)
             part = {"boxes": out["boxes"] + shift, "scores": out["scores"], "labels": out["labels"]}
@@ -195,7 +211,29 @@ def _detect(model: nn.Module, x: torch.Tensor, tile, overlap: float, nms_iou: fl
             parts.append(part)
     merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     keep = batched_nms(merged["boxes"].float(), merged["scores"].float(), merged["labels"], nms_iou)
-    return {k: v[keep].detach().cpu() for k, v in merged.items()}
+    return {k: v[keep] for k, v in merged.items()}
+
+
+def detect(
+    model: nn.Module, images: Sequence[torch.Tensor], tile: int | Sequence[int] | None = None,
+    overlap: float = 0.25, nms_iou: float = 0.5, batch_size: int = 4,
+) -> list[dict]:
+    """Detections for a list of ``3 x H x W`` images: one batched forward, or tiles merged with NMS.
+
+    Returns:
+        One dict per image (``boxes``, ``scores``, ``labels``[, ``masks``]) on the model's device.
+    """
+    if tile is None:
+        return list(model(list(images)))
+    return [_detect_tiled(model, im, tile, overlap, nms_iou, batch_size) for im in images]
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    try:
+        p = next(model.parameters())
+    except StopIteration:
+        return torch.device("cpu"), torch.float32
+    return p.device, p.dtype if p.is_floating_point() else torch.float32
 
 
 def predict(
@@ -214,7 +252,7 @@ def predict(
     device without gradients.
 
     Args:
-        model: a segzoo model (semantic, detection or instance).
+        model: a segzoo model (semantic, detection or instance; ``model.task`` says which).
         image_or_path: a path, PIL image, ``H x W x 3`` uint8 array or ``3 x H x W`` tensor
             (float in [0, 1] or uint8); or a list of these.
         tile: run on overlapping tiles of this size (int or ``(h, w)``) for images larger
@@ -235,141 +273,21 @@ def predict(
     if isinstance(image_or_path, (list, tuple)):
         return [predict(model, im, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size, nms_iou=nms_iou)
                 for im in image_or_path]
-    task = model_task(model)
-    if task != "semantic" and tta not in (None, False):
-        raise ValueError(f"tta is implemented for semantic models only; this model's task is {task!r}")
-    try:
-        p = next(model.parameters())
-        device, dtype = p.device, p.dtype if p.is_floating_point() else torch.float32
-    except StopIteration:
-        device, dtype = torch.device("cpu"), torch.float32
+    task = model.task
+    check_tta(task, tta)
+    device, dtype = _device_dtype(model)
     x = load_image(image_or_path).to(device=device, dtype=dtype)[None]  # (1, 3, H, W)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             if task == "semantic":
-                return _semantic(model, x, tile, overlap, tta, batch_size)
-            return _detect(model, x, tile, overlap, nms_iou, batch_size)
+                probs = semantic_probs(model, x, tile, overlap, tta, batch_size)[0]  # (C, H, W)
+                return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
+            out = detect(model, [x[0]], tile, overlap, nms_iou, batch_size)[0]
+            return {k: v.detach().cpu() for k, v in out.items()}
     finally:
         model.train(was_training)
-
-
-_PANEL_TITLES = ("image", "prediction", "ground truth")
-
-
-def _plain(t):
-    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
-
-
-def evaluate(
-    model: nn.Module,
-    dataset,
-    *,
-    tile: int | Sequence[int] | None = None,
-    overlap: float = 0.25,
-    tta: str | dict | bool | None = None,
-    max_images: int | None = None,
-    class_names: Sequence[str] | None = None,
-    ignore_index: int = 255,
-    num_pictures: int = 0,
-    score_thresh: float = 0.5,
-    progress: bool = False,
-) -> dict:
-    """Score a model on a dataset image by image, through :func:`predict`.
-
-    Semantic datasets yield ``(image, mask)``; detection / instance datasets
-    ``(image, target)`` with ``boxes``, ``labels`` (0-based), optional ``masks`` and
-    ``image_id``. Images are float ``3 x H x W`` in [0, 1] or uint8.
-
-    Args:
-        model: a segzoo model; its task decides the metrics.
-        dataset: an indexable dataset (use the evaluation transforms: no cropping).
-        tile, overlap, tta: passed to :func:`predict`.
-        max_images: score only the first images.
-        class_names: names for tables and plots (``model.classes`` or ``dataset.classes``
-            by default).
-        ignore_index: unlabelled value of semantic masks.
-        num_pictures: how many ``image | prediction | ground truth`` panels to draw.
-        score_thresh: detections drawn in the pictures.
-        progress: show a tqdm bar.
-
-    Returns:
-        ``{"task", "metrics", "class_names", "pictures"}`` plus, for semantic models,
-        ``"confusion"`` (``C x C``, rows ground truth) and ``"pr_curves"``; for detection
-        and instance models ``"pr_curves"`` (boxes, IoU 0.5) and ``"coco_summary"``.
-        Semantic metrics come from :class:`~segzoo.metrics.SegmentationMetric` plus
-        ``pr_map`` (mean area under the per-class PR curves); detection metrics from
-        :class:`~segzoo.metrics.CocoEvaluator` plus ``bbox_pr_map50``.
-    """
-    from segzoo import visualize
-    from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
-
-    task = model_task(model)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    if n == 0:
-        raise ValueError("the dataset is empty; check the data config (paths, split)")
-    num_classes = int(model.num_classes)
-    names = class_names or getattr(model, "classes", None) or getattr(dataset, "classes", None)
-    ds_classes = getattr(dataset, "num_classes", None)
-    if isinstance(ds_classes, int) and ds_classes != num_classes:
-        raise ValueError(
-            f"the model has num_classes={num_classes} but the dataset has {ds_classes} classes; "
-            "evaluate a checkpoint trained on this dataset (or fix data.classes in the config)"
-        )
-    names = [str(c) for c in names] if names is not None and len(names) == num_classes else \
-        [str(i) for i in range(num_classes)]
-    if task == "semantic":
-        metric, curves = SegmentationMetric(num_classes, ignore_index), PRCurve(num_classes, ignore_index=ignore_index)
-    else:
-        with_masks = task == "instance"
-        cat_ids = getattr(dataset, "cat_ids", None)
-        coco = CocoEvaluator(num_classes, ("bbox", "segm") if with_masks else ("bbox",),
-                             category_ids=cat_ids if cat_ids is not None and len(cat_ids) == num_classes else None,
-                             class_names=names)
-        curves = DetectionPRCurve(num_classes)
-    indices = range(n)
-    if progress:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc="eval")
-    pictures = []
-    for i in indices:
-        image, target = dataset[i]
-        image = _plain(image)
-        out = predict(model, image, tile=tile, overlap=overlap, tta=tta)
-        if task == "semantic":
-            mask = _plain(target).long()
-            mask = mask[0] if mask.dim() == 3 else mask
-            metric.update(out["mask"][None], mask[None])
-            curves.update(out["probs"][None], mask[None])
-            if len(pictures) < num_pictures:
-                kw = {"num_classes": num_classes, "ignore_index": ignore_index}
-                pred_pic = visualize.draw_semantic(image, out["mask"], **kw)
-                gt_pic = visualize.draw_semantic(image, mask, **kw)
-                pictures.append(visualize.side_by_side([image, pred_pic, gt_pic], _PANEL_TITLES))
-        else:
-            target = {k: _plain(v) for k, v in target.items()}
-            if "image_id" not in target:
-                target["image_id"] = i
-            if task == "instance" and "masks" not in target:
-                raise ValueError("instance evaluation needs ground-truth masks: build the dataset with masks")
-            coco.update([out], [target])
-            curves.update([out], [target])
-            if len(pictures) < num_pictures:
-                pred_pic = visualize.draw_instances(image, out, names, score_thresh)
-                gt_pic = visualize.draw_instances(image, target, names)
-                pictures.append(visualize.side_by_side([image, pred_pic, gt_pic], _PANEL_TITLES))
-    pr = curves.compute()
-    result = {"task": task, "class_names": names, "pictures": pictures, "pr_curves": pr}
-    if task == "semantic":
-        metric.reduce()
-        result["metrics"] = {**metric.compute(), "pr_map": pr["map"]}
-        result["confusion"] = metric.confusion.cpu()
-    else:
-        result["metrics"] = {**coco.compute(), "bbox_pr_map50": pr["map"]}
-        result["coco_summary"] = coco.summary
-    return result
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -410,10 +328,6 @@ def write_prediction(
     boxes xyxy, scores, 0-based labels and class names) and, with masks, ``STEM_masks.png``
     (0 background, ``k + 1`` for the k-th detection of the json; at most 255).
     """
-    import json
-
-    from segzoo import visualize
-
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(os.fspath(out_dir), stem)
     written = []
@@ -449,3 +363,61 @@ def write_prediction(
         visualize.save_mask(ids, base + "_masks.png")
         written.append(base + "_masks.png")
     return written
+
+
+class SkippedImageWarning(UserWarning):
+    """An image file that could not be read and was skipped."""
+
+
+@dataclasses.dataclass
+class FilePrediction:
+    """What :func:`predict_files` did with one file: the files written, or why it was skipped."""
+
+    path: str
+    result: dict | None = None
+    written: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+def predict_files(
+    model: nn.Module,
+    files: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    tile: int | Sequence[int] | None = None,
+    overlap: float = 0.25,
+    tta: str | dict | bool | None = None,
+    score_thresh: float = 0.5,
+    alpha: float = 0.5,
+    class_names: Sequence[str] | None = None,
+) -> Iterator[FilePrediction]:
+    """Predict each image file and write its pictures (:func:`write_prediction`) into ``out_dir``.
+
+    A file that cannot be read as an image (corrupt, truncated, not an image) is skipped with
+    a warning and reported with its ``error``; the others are still predicted. Two files with
+    the same name in different folders are written as ``NAME`` and ``NAME_1``.
+
+    Yields:
+        One :class:`FilePrediction` per file, in order.
+    """
+    check_tta(model.task, tta)
+    names = class_names if class_names is not None else getattr(model, "classes", None)
+    stems: dict[str, int] = {}
+    for path in files:
+        path = os.fspath(path)
+        try:
+            image = load_image(path)
+        except Exception as e:  # noqa: BLE001 (any failure to read the file skips it)
+            reason = " ".join(str(e).split()) or type(e).__name__
+            warnings.warn(f"skipped {path}: {reason}", SkippedImageWarning, stacklevel=2)
+            yield FilePrediction(path, error=reason)
+            continue
+        stem = Path(path).stem
+        if stem in stems:  # same name in two folders: keep both
+            stems[stem] += 1
+            stem = f"{stem}_{stems[stem]}"
+        else:
+            stems[stem] = 0
+        result = predict(model, image, tile=tile, overlap=overlap, tta=tta)
+        written = write_prediction(result, image, out_dir, stem, names, score_thresh=score_thresh, alpha=alpha)
+        yield FilePrediction(path, result, written)

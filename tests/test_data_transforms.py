@@ -311,6 +311,9 @@ def test_build_transforms_rejects_options_of_the_other_task_and_bad_values():
         build_transforms("instance", True, photometric=True)
     with pytest.raises(ValueError, match="unknown"):
         build_transforms("semantic", True, sclae=(0.5, 2.0))
+    # a typed config carries every option: the other task's options at their defaults are fine
+    build_transforms("semantic", True, affine=False, resize_short=None, max_size=1333, pca_lighting=0.0)
+    build_transforms("detection", True, crop=None, photometric=False, cat_max_ratio=1.0, scale_step=None)
     with pytest.raises(ValueError, match="one of them"):
         build_transforms("detection", True, affine=True, resize_short=800)
     with pytest.raises(ValueError, match="max_size"):

@@ -170,15 +170,23 @@ def instance_transforms(
     return v2.Compose(ops)
 
 
-def _options(fn) -> list[str]:
-    return [p for p in inspect.signature(fn).parameters if p != "train"]
+def _options(fn) -> dict[str, Any]:
+    """A preset's options and their defaults."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "train"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
 
 
 def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
     """The preset for a task (``"semantic"``, ``"instance"`` or ``"detection"``).
 
     ``kwargs`` are the config's ``data.augment`` options (see :func:`semantic_transforms` and
-    :func:`instance_transforms`); an option of the other task's preset raises a ValueError.
+    :func:`instance_transforms`). Options of the other task's preset are dropped when they hold
+    their default value (a typed config carries them all) and raise a ValueError otherwise.
     """
     if task == "semantic":
         fn, other, other_name = semantic_transforms, instance_transforms, "detection and instance"
@@ -187,11 +195,15 @@ def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
         fn, other, other_name = instance_transforms, semantic_transforms, "semantic"
     else:
         raise ValueError(f"unknown task {task!r}; expected semantic, instance or detection")
-    valid = _options(fn)
-    for key in kwargs:
-        if key not in valid:
-            where = f"applies to {other_name} models only" if key in _options(other) else "is unknown"
-            raise ValueError(f"augment option {key!r} {where}; the {task} options are: {', '.join(valid)}")
+    valid, foreign = _options(fn), _options(other)
+    for key in list(kwargs):
+        if key in valid:
+            continue
+        if key in foreign and _same(kwargs[key], foreign[key]):
+            del kwargs[key]
+            continue
+        where = f"applies to {other_name} models only" if key in foreign else "is unknown"
+        raise ValueError(f"augment option {key!r} {where}; the {task} options are: {', '.join(valid)}")
     return fn(train, **kwargs)
 
 

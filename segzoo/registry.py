@@ -197,12 +197,21 @@ def check_kwargs(cls: type, name: str, kwargs: dict[str, Any]) -> None:
     """Raise a TypeError naming the accepted arguments if ``kwargs`` has unknown keys.
 
     Family builders call this before constructing ``cls`` so that a typo such as
-    ``num_clases=3`` is reported with the list of what ``name`` accepts.
+    ``num_clases=3`` is reported with the list of what ``name`` accepts. A constructor that
+    passes ``**kwargs`` on to its base class (``MaskRCNN`` to ``FasterRCNN``) accepts what the
+    base accepts.
     """
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [p for p in params if p != "self"]
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        accepted += [p.name for p in params.values() if p.name != "self" and p.name not in accepted
+                     and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    else:
+        return  # **kwargs all the way up: nothing to check against
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:
         hints = []

@@ -168,3 +168,45 @@ def test_focal_matches_its_formula_and_reduces_to_cross_entropy():
     changed[~valid[:, None].expand_as(changed)] = 30.0  # ignored pixels' logits have no effect
     torch.testing.assert_close(focal_loss(changed, targets), focal_loss(logits, targets))
     assert float(focal_loss(logits, targets, gamma=2.0)) < float(cross_entropy(logits, targets))
+
+
+# ---------------------------------------------------------------- the models' loss options
+
+
+@pytest.mark.parametrize("name", ["unet", "pspnet_resnet50"])
+def test_models_use_class_weights_and_ohem(name, small_model):
+    weights = [0.5, 2.0, 1.0, 0.25]
+    x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    y[:, :4] = 255
+    plain = small_model(name, num_classes=4)
+    weighted = small_model(name, num_classes=4, class_weights=weights)
+    ohem = small_model(name, num_classes=4, class_weights=weights, ohem_thresh=0.6, ohem_min_kept=50)
+    for m in (weighted, ohem):
+        m.load_state_dict(plain.state_dict())
+
+    def run(model, *args):  # the same dropout masks for each call
+        torch.manual_seed(1)
+        return model.train()(x, *args)
+
+    logits = run(plain)
+    out = run(weighted, y)
+    torch.testing.assert_close(out["loss_ce"], cross_entropy(logits, y, weight=weights))
+    hard = run(ohem, y)
+    torch.testing.assert_close(hard["loss_ce"], ohem_cross_entropy(logits, y, 0.6, 50, weight=weights))
+    if "loss_aux" in out:  # the auxiliary head keeps the class-weighted cross-entropy, as HRNet-OCR's
+        torch.testing.assert_close(hard["loss_aux"], out["loss_aux"])
+        torch.testing.assert_close(hard["loss"], hard["loss_ce"] + ohem.aux_weight * hard["loss_aux"])
+
+
+def test_loss_options_are_checked_and_recorded_in_the_spec(tmp_path):
+    with pytest.raises(ValueError, match="one weight per class"):
+        segzoo.build("unet", num_classes=3, channels=[8, 16], class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="ohem_thresh"):
+        segzoo.build("unet", num_classes=3, channels=[8, 16], ohem_thresh=0.0)
+    model = segzoo.build("unet", num_classes=3, channels=[8, 16], class_weights=[1.0, 2.0, 0.5], ohem_thresh=0.7,
+                         ohem_min_kept=1000)
+    segzoo.save(model, tmp_path / "m.safetensors")
+    back = segzoo.load(tmp_path / "m.safetensors")
+    assert back.spec.kwargs["class_weights"] == [1.0, 2.0, 0.5]
+    assert (back.ohem_thresh, back.ohem_min_kept) == (0.7, 1000)
+    torch.testing.assert_close(back.class_weights, torch.tensor([1.0, 2.0, 0.5]))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.losses import cross_entropy, dice_loss
+from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -104,6 +104,13 @@ class SegmentationModel(nn.Module):
 
     ``check_inputs`` (default True): check the image values (NaN/inf raise, outside [0, 1]
     warns) at one host sync per call; set it to False on a deployed model.
+
+    Loss options (recorded in ``model.spec``): ``class_weights`` (one per class) weight the
+    cross-entropies (:func:`segzoo.losses.cross_entropy`, ``F.cross_entropy``'s weighted mean;
+    ``segzoo.losses.CITYSCAPES_CLASS_WEIGHTS`` are the official HRNet ones); ``ohem_thresh``
+    turns the main loss into OHEM cross-entropy (:func:`segzoo.losses.ohem_cross_entropy`,
+    keeping at least ``ohem_min_kept`` pixels per batch); the auxiliary loss stays a
+    cross-entropy, as in the official HRNet-OCR code.
     """
 
     task = "semantic"
@@ -120,6 +127,9 @@ class SegmentationModel(nn.Module):
         ignore_index: int = 255,
         aux_weight: float = 0.0,
         dice_weight: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
     ) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -133,6 +143,14 @@ class SegmentationModel(nn.Module):
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0 (0 turns the Dice loss off), got {dice_weight}")
         self.dice_weight = float(dice_weight)
+        weights = None if class_weights is None else class_weight_tensor(list(class_weights), num_classes)
+        self.register_buffer("class_weights", weights, persistent=False)  # follows .to(device)
+        if ohem_thresh is not None and not 0 < ohem_thresh <= 1:
+            raise ValueError(f"ohem_thresh must be in (0, 1] (None turns OHEM off), got {ohem_thresh}")
+        if int(ohem_min_kept) < 1:
+            raise ValueError(f"ohem_min_kept must be >= 1, got {ohem_min_kept}")
+        self.ohem_thresh = None if ohem_thresh is None else float(ohem_thresh)
+        self.ohem_min_kept = int(ohem_min_kept)
         self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
         self.input_std = tuple(float(v) for v in std)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -242,14 +260,18 @@ class SegmentationModel(nn.Module):
         self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         targets = self.check_targets(targets, out)
-        loss_ce = cross_entropy(out, targets, self.ignore_index)
+        w = self.class_weights
+        if self.ohem_thresh is not None:
+            loss_ce = ohem_cross_entropy(out, targets, self.ohem_thresh, self.ohem_min_kept, self.ignore_index, w)
+        else:
+            loss_ce = cross_entropy(out, targets, self.ignore_index, weight=w)
         losses = {"loss_ce": loss_ce}
         total = loss_ce
         if self.dice_weight:
             losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
             total = total + self.dice_weight * losses["loss_dice"]
         if aux is not None:
-            loss_aux = cross_entropy(aux, targets, self.ignore_index)
+            loss_aux = cross_entropy(aux, targets, self.ignore_index, weight=w)
             losses["loss_aux"] = loss_aux
             total = total + self.aux_weight * loss_aux
         losses["loss"] = total

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -349,6 +349,8 @@ class HRNet(_HRNetSegBase):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("head.3",)
@@ -368,8 +370,9 @@ class HRNet(_HRNetSegBase):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBody(arch, fuse_mode, align_corners, backbone_weights)
@@ -405,7 +408,9 @@ class HRNetOCR(_HRNetSegBase):
         fuse_mode: ``"bilinear"`` (official) or ``"nearest"`` (timm).
         align_corners: True as in the official OCR configs.
         backbone_weights: local timm-format HRNet ImageNet weights for the body.
-        ignore_index, mean, std, dice_weight: as in :class:`HRNet`.
+        ignore_index, mean, std, dice_weight, **loss_options: as in :class:`HRNet`; with
+            ``ohem_thresh`` OHEM applies to the OCR logits and the soft-region loss stays a
+            (class-weighted) cross-entropy, as in the official HRNet-OCR code.
     """
 
     class_layers = ("head.aux.3", "head.classifier")
@@ -429,8 +434,10 @@ class HRNetOCR(_HRNetSegBase):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight,
+                         **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBody(arch, fuse_mode, align_corners, backbone_weights)

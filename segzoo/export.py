@@ -32,15 +32,9 @@ OUTPUT_NAMES = {
 }
 
 
-def _task(model: nn.Module) -> str:
-    spec = getattr(model, "spec", None)
-    return spec.task if spec is not None else getattr(model, "task", "semantic")
-
-
 def exportable(model: nn.Module, max_detections: int = 100) -> nn.Module:
     """The module that is exported for ``model`` (itself for semantic models), in eval mode."""
-    task = _task(model)
-    if task == "semantic":
+    if model.task == "semantic":
         return model.eval()
     if not hasattr(model, "exportable"):
         raise NotImplementedError(
@@ -64,7 +58,7 @@ def dynamic_shapes(model: nn.Module, example: torch.Tensor, min_size: int = 64,
     of 1 to 1024 and any height and width in ``[min_size, max_size]``; ``min_size`` is 64
     because models with a stride-32 stage specialise a 1-pixel deepest feature map.
     """
-    task = _task(model)
+    task = model.task
     if task != "semantic":
         raise ValueError(f"dynamic export supports semantic models; {type(model).__name__} is a {task} model, "
                          "whose export is fixed-size: export it at the input size you deploy (dynamic=False)")
@@ -128,7 +122,7 @@ def export_onnx(model: nn.Module | torch.export.ExportedProgram, path: str | os.
         return str(path)
     module = exportable(model, max_detections)
     example = example if example is not None else example_input()
-    names = list(OUTPUT_NAMES[_task(model)])
+    names = list(OUTPUT_NAMES[model.task])
     shapes = None
     if dynamic:
         if not dynamo:

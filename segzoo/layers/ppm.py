@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.layers.aspp import check_pooled_batch
+from segzoo.layers.conv import ConvNormAct
 
 
 class PyramidPooling(nn.Module):
@@ -34,13 +35,7 @@ class PyramidPooling(nn.Module):
             raise ValueError(f"PyramidPooling bins must be positive ints, got {bins}")
         channels = channels or in_channels // len(bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(
-                nn.AdaptiveAvgPool2d(b),
-                nn.Conv2d(in_channels, channels, 1, bias=False),
-                nn.BatchNorm2d(channels),
-                nn.ReLU(inplace=True),
-            )
-            for b in bins
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), *ConvNormAct(in_channels, channels, 1)) for b in bins
         )
         self.bins = bins
         self.out_channels = in_channels + len(bins) * channels

@@ -1,4 +1,5 @@
-"""What every segzoo model shares: input checks, normalisation and the semantic forward.
+"""What every segzoo model shares: the :class:`Model` base (task, classes, normalisation,
+input checks) and the semantic forward (:class:`SegmentationModel`).
 
 Forward contract (DESIGN.md): float RGB images in [0, 1]; normalisation happens inside
 the model with the ``pixel_mean``/``pixel_std`` buffers; ``model(images)`` returns
@@ -9,24 +10,48 @@ weighted total, whatever ``model.training`` is.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segzoo.layers.tracing import is_tracing
 from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
+
+_NOT_A_TENSOR_HINT = (
+    "segzoo models take float torch tensors in [0, 1], N x 3 x H x W (or a list of 3 x H x W); "
+    "for an H x W x 3 uint8 array use torch.from_numpy(img).permute(2, 0, 1).float() / 255, or "
+    "segzoo.predict(model, path_or_array), which reads and converts images for you"
+)
 
 
-def _is_tracing() -> bool:
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-    )
+def refuse_non_tensors(images: Any) -> None:
+    """Raise a TypeError for numpy arrays, PIL images and other non-tensor inputs."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    for i, im in enumerate(items):
+        if not isinstance(im, torch.Tensor):
+            what = "images" if items is not images else f"images[{i}]"
+            kind = "a numpy array" if isinstance(im, np.ndarray) else f"a {type(im).__name__}"
+            raise TypeError(f"{what} is {kind}; {_NOT_A_TENSOR_HINT}")
+
+
+def check_num_classes(num_classes: Any, counts: str) -> int:
+    """``num_classes`` as a Python int >= 1 (numpy integers are accepted; bools are not)."""
+    if isinstance(num_classes, (bool, np.bool_)):
+        raise ValueError(f"num_classes must be a positive int ({counts}), got {num_classes!r}")
+    try:
+        value = operator.index(num_classes)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"num_classes must be a positive int ({counts}), got {num_classes!r}")
+    return int(value)
 
 
 def check_image_tensor(x: torch.Tensor, what: str = "images", values: bool = True) -> None:
@@ -61,7 +86,7 @@ def check_image_values(images: Sequence[torch.Tensor], names: Sequence[str]) -> 
     ``torch.compile`` / ``torch.export``. Models run it when ``model.check_inputs`` is
     True (the default); set it to False to take the sync off the inference path.
     """
-    if _is_tracing():
+    if is_tracing():
         return
     pairs = [(x, n) for x, n in zip(images, names) if x.numel()]
     if not pairs:
@@ -90,7 +115,56 @@ def _crop(t: torch.Tensor, h: int, w: int, exporting: bool = False) -> torch.Ten
     return t[..., :h, :w]
 
 
-class SegmentationModel(nn.Module):
+class Model(nn.Module):
+    """Base of every segzoo model: the task, the class count, input normalisation and checks.
+
+    Class attributes read by the rest of segzoo (never a model's name):
+
+    - ``task``: one of :data:`segzoo.spec.TASKS`; ``model.spec.task`` is copied from it.
+    - ``class_layers``: module-name prefixes of the layers whose shape depends on
+      ``num_classes`` (re-initialised when a checkpoint has another class count).
+    - ``size_divisibility``: inputs are padded to a multiple of this inside the model.
+    - ``check_inputs``: check image values (NaN/inf raise, values outside [0, 1] warn) at one
+      host sync per call; set it to False on a deployed model.
+
+    Inputs of any float dtype are cast to the model's dtype (that of its ``pixel_mean``
+    buffer: float32 unless the model was converted with ``.half()``/``.double()``).
+    """
+
+    task: str = ""
+    class_layers: tuple[str, ...] = ()
+    size_divisibility: int = 1
+    check_inputs: bool = True
+    # what num_classes counts, for messages
+    counts: str = "every label including background"
+
+    def __init__(
+        self,
+        num_classes: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes, self.counts)
+        if len(mean) != 3 or len(std) != 3 or min(float(v) for v in std) <= 0:
+            raise ValueError(f"mean and std need 3 values (R, G, B) and std > 0, got mean={mean}, std={std}")
+        self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
+        self.input_std = tuple(float(v) for v in std)
+        self.register_buffer("pixel_mean", torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype inputs are cast to (the model's floating dtype)."""
+        return self.pixel_mean.dtype
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` in the model's dtype."""
+        x = x.to(self.dtype)
+        return (x - self.pixel_mean) / self.pixel_std
+
+
+class SegmentationModel(Model):
     """Base class of semantic segmentation models.
 
     Input: ``N x 3 x H x W`` float images in [0, 1] (or a list of same-size ``3 x H x W``).
@@ -100,10 +174,9 @@ class SegmentationModel(nn.Module):
 
     Subclasses implement :meth:`forward_logits`, returning the main logits and optionally
     auxiliary logits at any resolution; this class pads the input to
-    ``size_divisibility``, upsamples bilinearly to the input size and crops back.
-
-    ``check_inputs`` (default True): check the image values (NaN/inf raise, outside [0, 1]
-    warns) at one host sync per call; set it to False on a deployed model.
+    ``size_divisibility``, upsamples bilinearly to the input size and crops back. An empty
+    batch (``0 x 3 x H x W``) gives empty logits ``0 x C x H x W`` (an empty list:
+    ``0 x C x 0 x 0``). Class attributes as in :class:`Model`.
 
     Loss options (recorded in ``model.spec``): ``class_weights`` (one per class) weight the
     cross-entropies (:func:`segzoo.losses.cross_entropy`, ``F.cross_entropy``'s weighted mean;
@@ -114,10 +187,6 @@ class SegmentationModel(nn.Module):
     """
 
     task = "semantic"
-    # module-name prefixes of layers whose shape depends on num_classes
-    class_layers: tuple[str, ...] = ()
-    size_divisibility: int = 1
-    check_inputs: bool = True
 
     def __init__(
         self,
@@ -131,19 +200,13 @@ class SegmentationModel(nn.Module):
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
     ) -> None:
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                f"num_classes must be a positive int (every label including background), "
-                f"got {num_classes!r}"
-            )
-        self.num_classes = num_classes
+        super().__init__(num_classes, mean, std)
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0 (0 turns the Dice loss off), got {dice_weight}")
         self.dice_weight = float(dice_weight)
-        weights = None if class_weights is None else class_weight_tensor(list(class_weights), num_classes)
+        weights = None if class_weights is None else class_weight_tensor(list(class_weights), self.num_classes)
         self.register_buffer("class_weights", weights, persistent=False)  # follows .to(device)
         if ohem_thresh is not None and not 0 < ohem_thresh <= 1:
             raise ValueError(f"ohem_thresh must be in (0, 1] (None turns OHEM off), got {ohem_thresh}")
@@ -151,10 +214,6 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"ohem_min_kept must be >= 1, got {ohem_min_kept}")
         self.ohem_thresh = None if ohem_thresh is None else float(ohem_thresh)
         self.ohem_min_kept = int(ohem_min_kept)
-        self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
-        self.input_std = tuple(float(v) for v in std)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ subclass API
     def forward_logits(
@@ -169,9 +228,10 @@ class SegmentationModel(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def stack_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        refuse_non_tensors(images)
         if isinstance(images, (list, tuple)):
             if len(images) == 0:
-                raise ValueError("got an empty list of images")
+                return torch.zeros(0, 3, 0, 0, dtype=self.dtype, device=self.pixel_mean.device)
             sizes = {tuple(im.shape) for im in images}
             if len(sizes) > 1:
                 raise ValueError(
@@ -187,17 +247,18 @@ class SegmentationModel(nn.Module):
             )
         if images.dim() != 4:
             raise ValueError(f"images must be N x 3 x H x W, got shape {tuple(images.shape)}")
-        check_image_tensor(images, values=self.check_inputs)
+        check_image_tensor(images, values=self.check_inputs)  # an empty batch has no values to check
         return images
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         x = self.stack_images(images)
         h, w = x.shape[-2:]
+        if x.shape[0] == 0:
+            if targets is not None:
+                raise ValueError("got an empty batch with targets: losses need at least one image")
+            return x.new_zeros(0, self.num_classes, h, w, dtype=self.dtype)
         x = self.normalize(x)
         d = self.size_divisibility
         # under torch.export with dynamic sizes, padding and resizing run unconditionally (no guard
@@ -239,10 +300,13 @@ class SegmentationModel(nn.Module):
                 "masks must be N x H x W at the image size (apply the same transforms to both)"
             )
         targets = targets.long()
-        if not _is_tracing():
+        if not is_tracing():
             valid = targets != self.ignore_index
-            if bool(valid.any()):
-                lo, hi = (int(v) for v in torch.aminmax(targets[valid]))
+            big = torch.iinfo(torch.int64).max
+            lo = torch.where(valid, targets, big).min()  # ignored pixels left out
+            hi = torch.where(valid, targets, -big).max()
+            any_valid, lo, hi = torch.stack([valid.any().long(), lo, hi]).tolist()  # one host sync
+            if any_valid:
                 if lo < 0 or hi >= self.num_classes:
                     bad = hi if hi >= self.num_classes else lo
                     hint = (

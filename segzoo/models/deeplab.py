@@ -21,7 +21,8 @@ from segzoo.backbones import make_backbone
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
 from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 # ASPP rates of the papers for each output stride
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
@@ -140,12 +141,12 @@ class DeepLabV3(SegmentationModel):
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
                          dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        chs = self.backbone.channels
+        chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         self.aux_index = _level_index(aux_index, chs, "aux_index")
         # tv_mobilenet: the aux head reads the first block of this timm stage, as torchvision
         self.tv_aux_stage: int | None = None
         if tv_mobilenet:
-            match_torchvision_mobilenet(self.backbone.body)
+            match_torchvision_mobilenet(getattr(self.backbone, "body", self.backbone))
             module = self.backbone.body.feature_info.module_name(self.aux_index)  # "blocks.2"
             self.tv_aux_stage = int(module.split(".")[1])
         self.classifier = DeepLabHead(
@@ -159,7 +160,7 @@ class DeepLabV3(SegmentationModel):
         if self.tv_aux_stage is not None:
             last, aux_feat = self._tv_mobilenet_features(x)
         else:
-            feats = self.backbone(x)
+            feats = self.backbone.head_maps(self.backbone(x))
             last, aux_feat = feats[-1], feats[self.aux_index]
         out = self.classifier(last)
         aux = None
@@ -259,7 +260,7 @@ class DeepLabV3Plus(SegmentationModel):
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        strides = self.backbone.strides
+        strides, chs = self.backbone.head_strides, self.backbone.head_channels
         if 4 not in strides:
             raise ValueError(
                 f"DeepLabV3+ needs a stride-4 feature map but backbone {backbone!r} returns "
@@ -268,14 +269,14 @@ class DeepLabV3Plus(SegmentationModel):
             )
         self.low_index = max(i for i, s in enumerate(strides) if s == 4)
         self.decoder = DeepLabV3PlusDecoder(
-            self.backbone.channels[-1], self.backbone.channels[self.low_index], num_classes,
+            chs[-1], chs[self.low_index], num_classes,
             _rates(rates, output_stride), channels, low_proj, aspp_dropout, separable,
         )
 
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone(x)
+        feats = self.backbone.head_maps(self.backbone(x))
         return self.decoder(feats[-1], feats[self.low_index]), None
 
 
@@ -287,30 +288,33 @@ def _deeplabv3plus(name: str, backbone: str, /, **kwargs) -> DeepLabV3Plus:
     return create(DeepLabV3Plus, name, {"backbone": backbone}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3_resnet50(**kwargs) -> DeepLabV3:
     return _deeplabv3("deeplabv3_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3_resnet101(**kwargs) -> DeepLabV3:
     return _deeplabv3("deeplabv3_resnet101", "resnet101", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3_mobilenetv3_large(**kwargs) -> DeepLabV3:
-    # torchvision: dilated last stage (stride 16), rates 12/24/36, aux on the stride-8 level
-    backbone = kwargs.get("backbone", "mobilenetv3_large_100")
-    defaults = {"backbone": backbone, "output_stride": 16, "rates": (12, 24, 36), "aux_index": 2,
-                "tv_mobilenet": backbone.startswith("mobilenetv3")}
+    """DeepLabV3 on MobileNetV3-Large in torchvision's layout.
+
+    Dilated last stage (stride 16), rates 12/24/36, aux head on the stride-8 level and
+    torchvision's BatchNorm numerics and dilation (``tv_mobilenet=True``, explicit here; pass
+    ``tv_mobilenet=False`` with another backbone)."""
+    defaults = {"backbone": "mobilenetv3_large_100", "output_stride": 16, "rates": (12, 24, 36),
+                "aux_index": 2, "tv_mobilenet": True}
     return create(DeepLabV3, "deeplabv3_mobilenetv3_large", defaults, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3plus_resnet50(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3plus_resnet101(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", **kwargs)

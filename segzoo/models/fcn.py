@@ -14,7 +14,8 @@ import torch
 from segzoo.backbones import make_backbone
 from segzoo.layers import FCNHead
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 class FCN(SegmentationModel):
@@ -25,7 +26,10 @@ class FCN(SegmentationModel):
 
     Args:
         num_classes: classes including background.
-        backbone: a timm model name, or an HRNet name (``"hrnet_w18"``).
+        backbone: a timm model name or a segzoo body (``"hrnet_w18"``). The head reads the
+            deepest map and the auxiliary head the one before it; with an HRNet body the head
+            reads the HRNetV2 representation (all branches at stride 4, concatenated) and the
+            auxiliary head the stride-32 branch (see ``Backbone.head_maps``).
         output_stride: 8 (torchvision's FCN), 16 or 32.
         aux_loss: add the auxiliary head on the second-to-last feature level.
         aux_weight: weight of the auxiliary loss.
@@ -59,15 +63,14 @@ class FCN(SegmentationModel):
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
                          dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights, levels=2)
-        self.classifier = FCNHead(self.backbone.channels[-1], num_classes, dropout=dropout)
-        self.aux_classifier = (
-            FCNHead(self.backbone.channels[-2], num_classes, dropout=dropout) if aux_loss else None
-        )
+        chs = self.backbone.head_channels
+        self.classifier = FCNHead(chs[-1], num_classes, dropout=dropout)
+        self.aux_classifier = FCNHead(chs[-2], num_classes, dropout=dropout) if aux_loss else None
 
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone(x)
+        feats = self.backbone.head_maps(self.backbone(x))
         out = self.classifier(feats[-1])
         aux = None
         if with_aux and self.aux_classifier is not None:
@@ -79,11 +82,11 @@ def _fcn(name: str, defaults: dict, kwargs: dict) -> FCN:
     return create(FCN, name, defaults, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def fcn_resnet50(**kwargs) -> FCN:
     return _fcn("fcn_resnet50", {"backbone": "resnet50"}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def fcn_resnet101(**kwargs) -> FCN:
     return _fcn("fcn_resnet101", {"backbone": "resnet101"}, kwargs)

@@ -15,7 +15,8 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 class PSPHead(nn.Sequential):
@@ -93,7 +94,7 @@ class PSPNet(SegmentationModel):
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
                          dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        chs = self.backbone.channels
+        chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         n = len(chs)
         if not -n <= aux_index < n:
             raise ValueError(
@@ -109,7 +110,7 @@ class PSPNet(SegmentationModel):
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone(x)
+        feats = self.backbone.head_maps(self.backbone(x))
         out = self.classifier(feats[-1])
         aux = None
         if with_aux and self.aux_classifier is not None:
@@ -121,11 +122,11 @@ def _pspnet(name: str, backbone: str, /, **kwargs) -> PSPNet:
     return create(PSPNet, name, {"backbone": backbone}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def pspnet_resnet50(**kwargs) -> PSPNet:
     return _pspnet("pspnet_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def pspnet_resnet101(**kwargs) -> PSPNet:
     return _pspnet("pspnet_resnet101", "resnet101", **kwargs)

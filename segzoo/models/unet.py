@@ -26,7 +26,8 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.layers import ConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 class DoubleConv(nn.Sequential):
@@ -220,7 +221,7 @@ class UNetTimm(SegmentationModel):
         return self.head(y), None
 
 
-@register_model(task="semantic")
+@register_model
 def unet(**kwargs) -> UNet:
     return create(UNet, "unet", {}, kwargs)
 
@@ -229,26 +230,26 @@ def _unet(name: str, backbone: str, /, **kwargs) -> UNetTimm:
     return create(UNetTimm, name, {"backbone": backbone}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_resnet18(**kwargs) -> UNetTimm:
     return _unet("unet_resnet18", "resnet18", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_resnet34(**kwargs) -> UNetTimm:
     return _unet("unet_resnet34", "resnet34", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_resnet50(**kwargs) -> UNetTimm:
     return _unet("unet_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_efficientnet_b0(**kwargs) -> UNetTimm:
     return _unet("unet_efficientnet_b0", "efficientnet_b0", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_convnext_tiny(**kwargs) -> UNetTimm:
     return _unet("unet_convnext_tiny", "convnext_tiny", **kwargs)

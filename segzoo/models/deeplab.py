@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,8 @@ class DeepLabV3(SegmentationModel):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier.4", "aux_classifier.4")
@@ -134,9 +137,10 @@ class DeepLabV3(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight)
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         self.aux_index = _level_index(aux_index, chs, "aux_index")
@@ -232,6 +236,8 @@ class DeepLabV3Plus(SegmentationModel):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("decoder.classifier",)
@@ -251,8 +257,9 @@ class DeepLabV3Plus(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         strides, chs = self.backbone.head_strides, self.backbone.head_channels
         if 4 not in strides:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,9 @@ def _variant(arch: HRNetArch) -> str:
 class _HRNetSegBase(SegmentationModel):
     align_corners: bool = False
 
-    def _resize(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _resize(self, t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
         # the official pipeline upsamples logits with the model's align_corners
-        if t.shape[-2:] == (h, w):
+        if not always and t.shape[-2:] == (h, w):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=self.align_corners)
 
@@ -70,6 +71,8 @@ class HRNet(_HRNetSegBase):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("head.3",)
@@ -89,8 +92,9 @@ class HRNet(_HRNetSegBase):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(arch, fuse_mode, align_corners, backbone_weights, name=_variant(arch))
@@ -126,7 +130,9 @@ class HRNetOCR(_HRNetSegBase):
         fuse_mode: ``"bilinear"`` (official) or ``"nearest"`` (timm).
         align_corners: True as in the official OCR configs.
         backbone_weights: local timm-format HRNet ImageNet weights for the body, or a timm tag (``"imagenet"``).
-        ignore_index, mean, std, dice_weight: as in :class:`HRNet`.
+        ignore_index, mean, std, dice_weight, **loss_options: as in :class:`HRNet`; with
+            ``ohem_thresh`` OHEM applies to the OCR logits and the soft-region loss stays a
+            (class-weighted) cross-entropy, as in the official HRNet-OCR code.
     """
 
     class_layers = ("head.aux.3", "head.classifier")
@@ -150,8 +156,10 @@ class HRNetOCR(_HRNetSegBase):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight,
+                         **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(arch, fuse_mode, align_corners, backbone_weights, name=_variant(arch))

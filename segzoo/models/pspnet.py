@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,6 +67,8 @@ class PSPNet(SegmentationModel):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier.3", "aux_classifier.4")
@@ -86,9 +89,10 @@ class PSPNet(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight)
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         n = len(chs)

@@ -1,22 +1,17 @@
 """The accuracy ledger's harness (tools/realdata.py): identical starting weights on both sides, the report, the
 README slot. Fast: small inputs, no training, no wheel needed."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-from realdata_ledger import CASES, END_MARKER, START_MARKER  # noqa: E402
-from realdata_ledger.report import format_table, markdown_report, replace_section, summarise, verdict  # noqa: E402
-from realdata_ledger.run import Recorder, initial_agreement, make_config  # noqa: E402
+from tools.realdata_ledger import CASES, END_MARKER, START_MARKER
+from tools.realdata_ledger.report import format_table, markdown_report, replace_section, summarise, verdict
+from tools.realdata_ledger.run import Recorder, initial_agreement, make_config
 
 
 def test_smp_unet_weights_map_into_segzoo_exactly():
     pytest.importorskip("segmentation_models_pytorch")
-    from realdata_ledger.peers import unet_pair
+    from tools.realdata_ledger.peers import unet_pair
 
     ours, peer = unet_pair("resnet18", 3, seed=1)
     x = torch.rand(2, 3, 64, 96)
@@ -32,7 +27,7 @@ def test_smp_unet_weights_map_into_segzoo_exactly():
 
 @pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
 def test_torchvision_rcnn_starts_from_identical_weights(name):
-    from realdata_ledger.peers import rcnn_pair
+    from tools.realdata_ledger.peers import rcnn_pair
 
     # every anchor and region sampled in training (no random subsets): the losses must agree too
     exhaustive = {"rpn_batch_size_per_image": 10**6, "box_batch_size_per_image": 10**6}

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the ledger imports the peers (smp, torchvision's detectors), so it lives beside this script in
+# tools/realdata_ledger, not in the importable library; run from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from realdata_ledger import CASES, END_MARKER, START_MARKER, parity, run_case  # noqa: E402
-from realdata_ledger.report import checks_line, format_table, markdown_report, replace_section, summarise  # noqa: E402
+from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, parity, run_case  # noqa: E402
+from tools.realdata_ledger.report import checks_line, format_table, markdown_report, replace_section, summarise  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

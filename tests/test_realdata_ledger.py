@@ -135,3 +135,11 @@ def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         cli["main"](["no_such_case"])
     assert "unknown case" in capsys.readouterr().err
+
+
+def test_reproduce_command_comes_from_the_runs():
+    cli = _cli()
+    results = [_run("nuclei_semantic", s, {"nucleus Dice": 0.9}, None) for s in (1, 0)]  # 5 steps each
+    assert cli["reproduce_command"](results) == "python tools/realdata.py nuclei_semantic --seeds 0 1 --steps 5"
+    results = [{**_run(c.name, 0, {}, None), "steps": c.steps} for c in CASES.values()]
+    assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0"

@@ -55,6 +55,18 @@ def missing_requirements(cases) -> list[str]:
     return out
 
 
+def reproduce_command(results: list[dict]) -> str:
+    """The command line that trains ``results`` again (from the runs themselves: also right for --from-json)."""
+    names = list(dict.fromkeys(r["case"] for r in results))
+    steps = {r["steps"] for r in results}
+    default = all(r["steps"] == CASES[r["case"]].steps for r in results if r["case"] in CASES)
+    words = ["python tools/realdata.py", *([] if set(names) == set(CASES) else names),
+             "--seeds", *map(str, sorted({r["seed"] for r in results}))]
+    if len(steps) == 1 and not default:
+        words += ["--steps", str(steps.pop())]
+    return " ".join(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("cases", nargs="*", help=f"cases to run (default: all): {', '.join(CASES)}")
@@ -120,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(run_case(case, seed, steps, args.out, peer_side=not args.segzoo_only, log=log))
                 if args.json:  # after every run: an interrupted ledger keeps what it measured
                     Path(args.json).write_text(json.dumps(results, indent=1))
-    command = "python tools/realdata.py " + " ".join(
-        ["--seeds", *map(str, sorted({r["seed"] for r in results}))]
-        + (["--steps", str(args.steps)] if args.steps else []) + args.cases)
+    command = reproduce_command(results)
     rows = summarise(results)
     if args.markdown or args.readme:
         section = markdown_report(results, command.strip())

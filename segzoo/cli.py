@@ -1,5 +1,5 @@
 """The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check|convert |
-weights list|import | benchmark``.
+weights list|import | benchmark | realdata``.
 
 Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments and a function that runs it (parse, call the library, print). Adding a subcommand
@@ -25,6 +25,7 @@ from pathlib import Path
 OVERRIDES_HELP = "config overrides such as train.epochs=2 model.backbone=resnet18"
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK_HARNESS = REPO / "tools" / "benchmark.py"
+LEDGER_HARNESS = REPO / "tools" / "realdata_ledger" / "main.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,14 +317,26 @@ def _data_convert(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- benchmark
 
 
-def _benchmark(argv: list[str]) -> int:
-    """Run the benchmark harness of a source checkout (it imports the competitors: not installed)."""
-    if not BENCHMARK_HARNESS.is_file():
-        raise FileNotFoundError(f"`segzoo benchmark` runs tools/benchmark.py of a source checkout and there is none "
-                                f"beside this installation ({REPO}); clone the repository and run it there")
+def _harness(name: str, path: Path, shown: str, argv: list[str]) -> int:
+    """Run a harness of a source checkout (it imports the competitors: not installed)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"`segzoo {name}` runs {shown} of a source checkout and there is "
+                                f"none beside this installation ({REPO}); clone the repository and run it there")
     import runpy
 
-    return runpy.run_path(str(BENCHMARK_HARNESS), run_name="segzoo_benchmark")["main"](argv)
+    return runpy.run_path(str(path), run_name=f"segzoo_{name}")["main"](argv)
+
+
+def _benchmark(argv: list[str]) -> int:
+    return _harness("benchmark", BENCHMARK_HARNESS, "tools/benchmark.py", argv)
+
+
+def _realdata(argv: list[str]) -> int:
+    return _harness("realdata", LEDGER_HARNESS, "tools/realdata_ledger/main.py", argv)
+
+
+def _realdata_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the ledger (see `segzoo realdata --help`)")
 
 
 def _weights_list_args(p: argparse.ArgumentParser) -> None:
@@ -436,7 +449,18 @@ segzoo.build(name, weights=TAG) then uses it with no network (SEGZOO_OFFLINE=1 w
     segzoo benchmark --list
     segzoo benchmark fcn_resnet50 --size 256 --runs 3""",
         _benchmark_args, lambda args: _benchmark(args.args)),
+    "realdata": Command(
+        "accuracy on real images beside smp/torchvision (source checkout)", """Run the accuracy ledger of a source
+checkout (tools/realdata_ledger): segzoo models and a peer library's same architecture trained from
+identical weights on the same batches of the stardist / deepforest tiles, scored alike.
+
+    segzoo realdata --list
+    segzoo realdata nuclei_semantic --steps 60 --seeds 0 1 --markdown""",
+        _realdata_args, lambda args: _realdata(args.args)),
 }
+
+
+HARNESSES = ("benchmark", "realdata")  # commands whose arguments all go to a tools/ harness
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -455,7 +479,7 @@ def _parser() -> argparse.ArgumentParser:
                 groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", required=True, metavar="COMMAND")
             target = groups[group[0]]
         c = target.add_parser(leaf, help=cmd.help, description=cmd.description, parents=[common],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, add_help=leaf != "benchmark")
+                              formatter_class=argparse.RawDescriptionHelpFormatter, add_help=leaf not in HARNESSES)
         cmd.arguments(c)
         c.set_defaults(command_spec=cmd)
     return p
@@ -495,8 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = _parser()
-    if argv[:1] == ["benchmark"]:  # the rest belongs to the harness (its own --help included)
-        args = argparse.Namespace(command_spec=COMMANDS["benchmark"], args=[a for a in argv[1:] if a != "--debug"])
+    if argv[:1] and argv[0] in HARNESSES:  # the rest belongs to the harness (its own --help included)
+        args = argparse.Namespace(command_spec=COMMANDS[argv[0]], args=[a for a in argv[1:] if a != "--debug"])
     else:
         args, extra = parser.parse_known_args(argv)
         cmd: Command = args.command_spec

@@ -117,8 +117,9 @@ def test_verdict_and_tables(tmp_path):
 
 
 def _cli():
-    """``tools/realdata.py``'s ``main`` (tools/*.py are scripts)."""
-    return runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "realdata.py"), run_name="ledger_cli")
+    """The ledger's command line (``segzoo realdata`` runs this file by path)."""
+    return runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "realdata_ledger" / "main.py"),
+                          run_name="ledger_cli")
 
 
 def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, capsys):
@@ -143,3 +144,16 @@ def test_reproduce_command_comes_from_the_runs():
     assert cli["reproduce_command"](results) == "python tools/realdata.py nuclei_semantic --seeds 0 1 --steps 5"
     results = [{**_run(c.name, 0, {}, None), "steps": c.steps} for c in CASES.values()]
     assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0"
+
+
+def test_segzoo_realdata_runs_the_checkout_ledger(capsys, monkeypatch, tmp_path):
+    from segzoo import cli
+
+    assert cli.main(["realdata", "--list"]) == 0
+    assert "nuclei_semantic" in capsys.readouterr().out
+    shim = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "realdata.py"), run_name="shim")
+    assert shim["main"](["--list"]) == 0 and "tree_crowns_centernet" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "LEDGER_HARNESS", tmp_path / "tools" / "realdata_ledger" / "main.py")  # installed copy
+    assert cli.main(["realdata", "--list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "source checkout" in err[0]

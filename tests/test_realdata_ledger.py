@@ -144,6 +144,9 @@ def test_reproduce_command_comes_from_the_runs():
     assert cli["reproduce_command"](results) == "python tools/realdata.py nuclei_semantic --seeds 0 1 --steps 5"
     results = [{**_run(c.name, 0, {}, None), "steps": c.steps} for c in CASES.values()]
     assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0"
+    results[0]["steps"] = 7
+    first = "python tools/realdata.py nuclei_semantic --seeds 0 --steps 7`; `"
+    assert cli["reproduce_command"](results).startswith(first)
 
 
 def test_segzoo_realdata_runs_the_checkout_ledger(capsys, monkeypatch, tmp_path):

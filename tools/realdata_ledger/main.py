@@ -57,15 +57,19 @@ def missing_requirements(cases) -> list[str]:
 
 
 def reproduce_command(results: list[dict]) -> str:
-    """The command line that trains ``results`` again (from the runs themselves: also right for --from-json)."""
-    names = list(dict.fromkeys(r["case"] for r in results))
-    steps = {r["steps"] for r in results}
-    default = all(r["steps"] == CASES[r["case"]].steps for r in results if r["case"] in CASES)
-    words = ["python tools/realdata.py", *([] if set(names) == set(CASES) else names),
-             "--seeds", *map(str, sorted({r["seed"] for r in results}))]
-    if len(steps) == 1 and not default:
-        words += ["--steps", str(steps.pop())]
-    return " ".join(words)
+    """The command line(s) that train ``results`` again, from the runs themselves (also right for --from-json);
+    runs of different step budgets need one command each."""
+    if all(r["case"] in CASES and r["steps"] == CASES[r["case"]].steps for r in results):
+        groups = {None: results}
+    else:
+        groups = {s: [r for r in results if r["steps"] == s] for s in dict.fromkeys(r["steps"] for r in results)}
+    lines = []
+    for steps, runs in groups.items():
+        names = list(dict.fromkeys(r["case"] for r in runs))
+        words = ["python tools/realdata.py", *([] if set(names) == set(CASES) else names),
+                 "--seeds", *map(str, sorted({r["seed"] for r in runs}))]
+        lines.append(" ".join(words + ([] if steps is None else ["--steps", str(steps)])))
+    return "`; `".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,17 +161,16 @@ def _eval(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load(args.checkpoint, map_location=device)
     protocol = protocol_kwargs(cfg.eval, model.task)
-    if (args.tile is not None or args.tta is not None) and protocol:
-        default = protocol_kwargs(EvalConfig(), model.task)
-        if protocol != default:
+    if args.tile is not None or args.tta is not None:
+        if protocol != protocol_kwargs(EvalConfig(), model.task):
             raise ValueError("--tile/--tta and the eval protocol (--mode, --crop, --scales, --flip, eval.* keys) are "
                              "two ways to set the same thing; use one of them")
-        protocol = {}
+        protocol = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
     dataset = build_split(cfg, args.split, model.task, train=False)
     result = evaluate(
         model, dataset, batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,
-        num_workers=cfg.data.num_workers, amp_dtype=amp_dtype_for(args.amp, device), tile=args.tile,
-        overlap=args.overlap, tta=args.tta, **protocol, max_images=args.max_images or cfg.eval.max_images,
+        num_workers=cfg.data.num_workers, amp_dtype=amp_dtype_for(args.amp, device), **protocol,
+        max_images=args.max_images or cfg.eval.max_images,
         ignore_index=cfg.data.ignore_index, curves=True, num_pictures=args.pictures,
         score_threshold=cfg.eval.score_threshold if args.score_thresh is None else args.score_thresh,
         progress=not args.no_progress)

@@ -77,6 +77,31 @@ class Obj:
             return (*pts.min(0).tolist(), *pts.max(0).tolist())
         return mask_box(self.pixels(height, width))
 
+    def to_coco(self, height: int, width: int) -> dict:
+        """The object as a COCO annotation (no ids): polygons kept, pixel masks and crowd regions as
+        compressed RLE, ``segmentation: []`` for a box alone; ``area`` is the shape's pixel count, or
+        the box area for a box alone (COCO's convention)."""
+        ann: dict = {"category_id": self.label + 1, "iscrowd": int(self.crowd)}
+        if not self.has_shape:
+            ann["segmentation"] = []
+        elif isinstance(self.segmentation, list) and not self.crowd:
+            ann["segmentation"] = [[round(float(v), 3) for v in p] for p in self.segmentation]
+        else:
+            ann["segmentation"] = _to_rle(self.pixels(height, width))
+        x1, y1, x2, y2 = self.xyxy(height, width)
+        ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+        ann["area"] = float(self.pixels(height, width).sum()) if self.has_shape else (x2 - x1) * (y2 - y1)
+        return ann
+
+
+def _to_rle(mask: np.ndarray) -> dict:
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise ImportError("writing COCO masks needs pycocotools: `pip install 'segzoo[coco]'`") from None
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     """The pixel extent of a bool mask as a box (pixel edges), ``(0, 0, 0, 0)`` when empty."""
@@ -220,6 +245,20 @@ class AnnotatedImages(Dataset):
                 masks[k] = o.pixels(height, width)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         return target
+
+    def coco_ground_truth(self, index: int) -> dict[str, Any]:
+        """The image's objects as COCO ground truth for evaluation, crowd regions included:
+        ``{"image": {"id", "height", "width"}, "annotations": [...]}`` (:meth:`Obj.to_coco`; category
+        id = label + 1, annotation ids left to the evaluator; a box alone gets its rectangle as
+        segmentation for instance tasks, as its target mask)."""
+        h, w = self.image_hw(index)
+        anns = []
+        for o in self.objects(index, h, w):
+            ann = o.to_coco(h, w)
+            if not ann["segmentation"] and self.task == "instance":
+                ann["segmentation"] = [box_polygon(*o.xyxy(h, w))]
+            anns.append(ann)
+        return {"image": {"id": index, "height": h, "width": w}, "annotations": anns}
 
     def __getitem__(self, index: int):
         image = self.load_image(index)

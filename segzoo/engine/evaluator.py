@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -137,6 +138,36 @@ def check_task_data(task: str, target: Any, model_name: str = "the model") -> No
                          "segmentations")
 
 
+def _ground_truth(data, index: int, image: torch.Tensor, target: dict) -> list[dict] | None:
+    """The COCO annotations of an evaluated image from a dataset that has them (``coco_ground_truth``:
+    the COCO json's own entries, or the format readers' objects with crowd regions), or None when the
+    dataset has none or the image was resized after loading (the annotations no longer apply)."""
+    gt = data.coco_ground_truth(index)
+    image_id = int(torch.as_tensor(target.get("image_id", index)).reshape(-1)[0])
+    info = gt["image"]
+    if (info["height"], info["width"]) != tuple(image.shape[-2:]) or info["id"] != image_id:
+        warnings.warn(f"image {image_id} is {image.shape[-1]}x{image.shape[-2]} when evaluated but its annotations "
+                      f"are for {info['width']}x{info['height']} (a resizing transform?); COCO AP is computed from "
+                      "the transformed targets: object areas from their masks or boxes, crowd regions left out",
+                      stacklevel=3)
+        return None
+    return gt["annotations"]
+
+
+def _crowd_target(target: dict, anns: list[dict], cat_to_label: dict[int, int]) -> dict:
+    """``target`` with the crowd regions of ``anns`` added (``iscrowd`` 1), for the PR curves."""
+    crowd = [a for a in anns if a.get("iscrowd") and a.get("bbox") is not None]
+    if not crowd:
+        return target
+    xywh = torch.tensor([a["bbox"] for a in crowd], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.cat([torch.as_tensor(target["boxes"]).float().reshape(-1, 4),
+                       torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)])
+    labels = torch.cat([torch.as_tensor(target["labels"]).long().reshape(-1),
+                        torch.tensor([cat_to_label[a["category_id"]] for a in crowd])])
+    iscrowd = torch.arange(len(boxes)) >= len(boxes) - len(crowd)
+    return {"boxes": boxes, "labels": labels, "iscrowd": iscrowd}
+
+
 def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None, num_classes: int,
            ignore_index: int, score_threshold: float) -> torch.Tensor:
     """``image | prediction | ground truth`` for one image (``pred``: a mask or a detection dict)."""
@@ -240,10 +271,12 @@ def evaluate(
         pr = PRCurve(num_classes, ignore_index=ignore_index) if curves else None
     else:
         cat_ids = getattr(data, "cat_ids", None)
+        cat_ids = list(cat_ids) if cat_ids is not None and len(cat_ids) == num_classes else None
         metric = CocoEvaluator(num_classes, ("bbox", "segm") if task == "instance" else ("bbox",),
-                               category_ids=cat_ids if cat_ids is not None and len(cat_ids) == num_classes else None,
-                               class_names=names)
+                               category_ids=cat_ids, class_names=names)
+        cat_to_label = {c: k for k, c in enumerate(metric.category_ids)}
         pr = DetectionPRCurve(num_classes) if curves else None
+        with_gt = callable(getattr(data, "coco_ground_truth", None))
 
     rank, world, _ = world_info() if is_distributed() else (0, 1, 0)
     loader = DataLoader(_Indexed(data), batch_size=batch_size, sampler=list(range(rank, n, world)),
@@ -269,10 +302,13 @@ def evaluate(
                         pr.update(preds.cpu(), targets)
                     shown = list(masks)
                 else:
-                    targets = [{**t, "image_id": t.get("image_id", i)} for i, _, t in run]
-                    metric.update(preds, targets)
+                    targets = [{**t, "image_id": t.get("image_id", i), "size": tuple(im.shape[-2:])}
+                               for i, im, t in run]
+                    anns = [_ground_truth(data, i, im, t) if with_gt else None for i, im, t in run]
+                    metric.update(preds, targets, anns)
                     if pr is not None:
-                        pr.update(preds, targets)
+                        pr.update(preds, [t if a is None else _crowd_target(t, a, cat_to_label)
+                                          for t, a in zip(targets, anns)])
                     shown = preds
                 for (_, image, target), p in zip(run, shown):
                     if rank == 0 and len(pictures) < num_pictures:

@@ -107,7 +107,8 @@ def make_detections(gt: COCO, with_masks: bool, seed: int = 0) -> dict[int, dict
             for _ in range(2 if a["iscrowd"] else 1):
                 jitter = torch.randn(4, generator=g) * (6 if a["iscrowd"] else 2)
                 x1, y1 = x + float(jitter[0]), y + float(jitter[1])
-                boxes.append([x1, y1, x1 + max(bw * 0.6, bw + float(jitter[2])), y1 + max(bh * 0.6, bh + float(jitter[3]))])
+                x2, y2 = x1 + max(bw * 0.6, bw + float(jitter[2])), y1 + max(bh * 0.6, bh + float(jitter[3]))
+                boxes.append([x1, y1, x2, y2])
                 wrong = float(torch.rand(1, generator=g)) < 0.15
                 labels.append((label_of[a["category_id"]] + wrong) % 3)
                 masks.append(m.roll(int(torch.randint(0, 3, (1,), generator=g)), 1))

@@ -27,7 +27,16 @@ from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.inference import check_tta, detect, semantic_probs
 from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
 from segzoo.metrics.coco import STAT_NAMES
-from segzoo.visualize import draw_instances, draw_semantic, save_image, side_by_side
+from segzoo.visualize import (
+    color_palette,
+    draw_instances,
+    draw_legend,
+    draw_semantic,
+    instance_palette,
+    save_image,
+    shown_instances,
+    side_by_side,
+)
 
 PRIMARY_METRIC = {"semantic": "miou", "instance": "segm_AP", "detection": "bbox_AP"}
 # metrics shown in the one-line summary of an evaluation, after the tracked one
@@ -35,6 +44,7 @@ _SUMMARY = {"semantic": ("miou", "pixel_acc", "mean_acc", "fwiou", "mdice"),
             "instance": ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "bbox_AP75"),
             "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl")}
 PANEL_TITLES = ("image", "prediction", "ground truth")
+TOP_K = 3  # detections drawn below the score threshold when fewer than this reach it
 
 
 def metric_names(task: str) -> tuple[str, ...]:
@@ -170,15 +180,32 @@ def _crowd_target(target: dict, anns: list[dict], cat_to_label: dict[int, int]) 
 
 def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None, num_classes: int,
            ignore_index: int, score_threshold: float) -> torch.Tensor:
-    """``image | prediction | ground truth`` for one image (``pred``: a mask or a detection dict)."""
+    """``image | prediction | ground truth | legend`` for one image (``pred``: a mask or a detection dict).
+
+    The legend lists the classes drawn in either picture, by name (by index without names).
+    Detections scoring >= ``score_threshold`` are drawn, and when fewer than :data:`TOP_K` reach it,
+    the best ones below it in a lighter style (labels in parentheses); the title says the threshold.
+    """
+    names = list(names) if names is not None else [str(i) for i in range(num_classes)]
+    title = PANEL_TITLES[1]
     if task == "semantic":
         kw = dict(num_classes=num_classes, class_names=names, ignore_index=ignore_index, skip_background=True)
         pred_pic = draw_semantic(image, pred, **kw)
-        gt_pic = draw_semantic(image, target, legend=names is not None, **kw)
+        gt_pic = draw_semantic(image, target, **kw)
+        labels = torch.cat([torch.as_tensor(pred).reshape(-1), torch.as_tensor(target).reshape(-1)]).unique()
+        present = [int(k) for k in labels if 0 < k < num_classes]
+        palette = color_palette(num_classes)
     else:
-        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold)
+        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold, top_k=TOP_K)
         gt_pic = draw_instances(image, target, class_names=names)
-    return side_by_side([image, pred_pic, gt_pic], titles=PANEL_TITLES)
+        keep, weak = shown_instances(pred.get("scores"), score_threshold, TOP_K, len(pred["labels"]))
+        labels = torch.cat([torch.as_tensor(pred["labels"]).cpu()[keep | weak],
+                            torch.as_tensor(target["labels"]).cpu().reshape(-1)]).unique()
+        present = [int(k) for k in labels if 0 <= k < num_classes]
+        palette = instance_palette(num_classes)
+        title = f"prediction, score >= {score_threshold:g}" + (", (best below)" if bool(weak.any()) else "")
+    legend = draw_legend(names, palette, height=int(image.shape[-2]), classes=present)
+    return side_by_side([image, pred_pic, gt_pic, legend], titles=(PANEL_TITLES[0], title, PANEL_TITLES[2], ""))
 
 
 def _forward(model: nn.Module, task: str, images: list[torch.Tensor], device: torch.device, amp_dtype,
@@ -240,7 +267,9 @@ def evaluate(
         curves: also compute precision-recall curves (``pr_curves``; adds ``pr_map`` or
             ``bbox_pr_map50`` to the metrics).
         num_pictures: ``image | prediction | ground truth`` panels to draw (main process).
-        score_threshold: detections drawn in the pictures.
+        score_threshold: detections scoring >= it are drawn in the pictures; when fewer than
+            :data:`TOP_K` do, the best ones below it too, in a lighter style. Metrics use every
+            detection the model returns.
         progress: show a tqdm bar.
 
     Returns:

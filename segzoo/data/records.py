@@ -125,6 +125,34 @@ def image_size(path: Path) -> tuple[int, int]:
     return header_size(path)
 
 
+BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")
+
+
+def split_classes(classes: list[str] | None, task: str) -> tuple[list[str] | None, str | None]:
+    """``data.classes`` as ``(object class names, background name)``, one convention for every dataset type.
+
+    Semantic data lists every label including background, label 0 first (as ``mask_folder`` and
+    ``num_classes`` count them): ``[background, cat, dog]``. Instance and detection data list the
+    object classes only, label 0 the first object class (background is implicit): ``[cat, dog]``.
+    """
+    if classes is None:
+        return None, None
+    if isinstance(classes, str) or not all(isinstance(c, (str, int)) for c in classes):
+        raise ValueError(f"data.classes must be a list of names, got {classes!r}")
+    names = [str(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.classes names a class twice: {names}")
+    if task == "semantic":
+        if len(names) < 2:
+            raise ValueError(f"data.classes for semantic data lists every label including background, label 0 first "
+                             f"(e.g. [background, cat, dog]); got {names}")
+        return names[1:], names[0]
+    if names and names[0].lower() in BACKGROUND_NAMES:
+        raise ValueError(f"data.classes for {task} data lists the object classes only, label 0 first (background is "
+                         f"implicit): remove {names[0]!r} from {names}")
+    return names, None
+
+
 def check_task(task: str, allowed: tuple[str, ...] = TASKS) -> str:
     if task not in allowed:
         raise ValueError(f"task must be one of {', '.join(allowed)}, got {task!r}")
@@ -175,6 +203,7 @@ class AnnotatedImages(Dataset):
 
     object_classes: list[str]
     semantic_classes: list[str] | None = None  # label-map formats: the names of the map's values
+    background_name = "background"  # label 0 of semantic maps (the first name of a semantic data.classes)
     palette: list[tuple[int, int, int]] | None = None
     classes_inferred = False  # object classes read from the labels found (sorted), not given
 
@@ -195,7 +224,26 @@ class AnnotatedImages(Dataset):
         if self.task != "semantic":
             return list(self.object_classes)
         return list(self.semantic_classes) if self.semantic_classes is not None else \
-            ["background", *self.object_classes]
+            [self.background_name, *self.object_classes]
+
+    def set_classes(self, classes: list[str] | None) -> list[str] | None:
+        """Read ``data.classes`` (:func:`split_classes`): keeps the background name, returns the object names."""
+        objects, background = split_classes(classes, self.task)
+        if background is not None:
+            self.background_name = background
+        return objects
+
+    def check_class_names(self, found: list[str]) -> None:
+        """Report a semantic ``data.classes`` whose first name (background) names objects of these files."""
+        if self.task == "semantic" and self.background_name in found:
+            self.problems.append(
+                f"data.classes starts with {self.background_name!r}, a label of these files: for semantic data "
+                f"data.classes lists every label including background, label 0 first; prepend the background name: "
+                f"[background, {', '.join([self.background_name, *self.object_classes])}]")
+
+    def source_id(self, label: int) -> int | None:
+        """The id the annotation files give a label, where they number classes (shown by the data check)."""
+        return None
 
     @property
     def num_classes(self) -> int:
@@ -308,6 +356,7 @@ class AnnotatedImages(Dataset):
             except (OSError, ValueError, KeyError) as e:
                 issues["unreadable"].append(f"{name} ({e})")
         report.classes_found = sorted(found)
+        report.name_classes(self.classes, self.source_id)
         messages = {
             "unreadable": "files cannot be read",
             "size": "label maps differ in size from their image",

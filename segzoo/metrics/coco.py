@@ -239,13 +239,15 @@ class CocoEvaluator:
             a.setdefault("id", None)
             a["iscrowd"] = int(a.get("iscrowd", 0) or 0)
             segm = a.get("segmentation")
-            rle = self._rle(segm, h, w, mask_utils) if segm else None
-            if a.get("bbox") is None:
-                if rle is None:
-                    raise ValueError(f"annotation {a.get('id')} of image {image_id} has neither bbox nor segmentation")
-                a["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
-            if a.get("area") is None:
-                a["area"] = float(mask_utils.area(rle)) if rle is not None else float(a["bbox"][2] * a["bbox"][3])
+            if a.get("bbox") is None or a.get("area") is None:
+                rle = self._rle(segm, h, w, mask_utils) if segm else None
+                if a.get("bbox") is None:
+                    if rle is None:
+                        raise ValueError(f"annotation {a.get('id')} of image {image_id} has neither bbox nor "
+                                         "segmentation")
+                    a["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+                if a.get("area") is None:
+                    a["area"] = float(mask_utils.area(rle)) if rle is not None else float(a["bbox"][2] * a["bbox"][3])
             if "segm" in self.iou_types and not segm:
                 raise ValueError(f"segm evaluation needs a segmentation in every annotation; annotation "
                                  f"{a.get('id')} of image {image_id} has none")

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segzoo.registry import ModelSpec
+from segzoo.spec import ModelSpec
 
 PathLike = str | os.PathLike
 PATH_ARGS = ("weights", "backbone_weights")  # the registry's file arguments: never read from a header

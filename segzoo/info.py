@@ -22,6 +22,13 @@ def _build_meta(name: str):
         return build(name)
 
 
+def summary(doc: str) -> str:
+    """The first sentence of a docstring, on one line, without reST markup."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    sentence = re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
+    return re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], sentence).replace("``", "")
+
+
 def model_rows(pattern: str = "*") -> list[dict]:
     rows = []
     for name in list_models(pattern):
@@ -29,10 +36,10 @@ def model_rows(pattern: str = "*") -> list[dict]:
         model = _build_meta(name)
         rows.append({
             "name": name,
-            "task": entry.task,
+            "task": model.task,
             "num_classes": model.num_classes,
             "params": sum(p.numel() for p in model.parameters()),
-            "summary": (entry.fn.__doc__ or type(model).__doc__ or "").strip().splitlines()[0],
+            "summary": summary(entry.fn.__doc__ or type(model).__doc__ or ""),
         })
     return rows
 

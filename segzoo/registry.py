@@ -1,10 +1,12 @@
 """The model registry: one factory (`build`) for every architecture in segzoo.
 
-An entrypoint is a small function that holds a variant's numbers and returns an
-``nn.Module``. Registering it with :func:`register_model` makes it reachable by name
-through :func:`build`, records its task and wraps it so that, however it is called,
-the returned model carries a :class:`ModelSpec` (``model.spec``) from which
-``segzoo.load`` can rebuild it.
+An entrypoint is a small function that holds a variant's numbers and returns a segzoo
+model; its return annotation names the model class. Registering it with
+:func:`register_model` makes it reachable by name through :func:`build` and wraps it so
+that, however it is called, the returned model carries a :class:`ModelSpec`
+(``model.spec``) from which ``segzoo.load`` can rebuild it. A model's task is its class
+attribute ``task``: the registry reads it from the declared class (so :func:`list_models`
+filters by task without building anything) and the spec copies it from the built model.
 """
 
 from __future__ import annotations
@@ -15,77 +17,65 @@ import fnmatch
 import functools
 import inspect
 import json
+import typing
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-TASKS = ("semantic", "instance", "detection")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from segzoo.checkpoint import load_weights
+from segzoo.hub import looks_like_path
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec
 
 # Arguments that `build` handles itself; they never reach the spec's kwargs.
 _FILE_ARGS = ("weights", "backbone_weights")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model: JSON-serialisable and stored in checkpoints.
-
-    Attributes:
-        name: registered entrypoint name, e.g. ``"fcn_resnet50"``.
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
-        num_classes: semantic: every label including background; detection and instance:
-            object classes only (background is implicit).
-        kwargs: the builder keyword arguments given at build time (``backbone`` included),
-            except file paths (``weights``, ``backbone_weights``).
-        mean: per-channel mean the model subtracts from [0, 1] RGB input.
-        std: per-channel std the model divides by.
-    """
-
-    name: str
-    task: str
-    num_classes: int
-    kwargs: dict = dataclasses.field(default_factory=dict)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        data = json.loads(text)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"ModelSpec has unknown fields {sorted(unknown)}")
-        data["mean"] = tuple(data.get("mean", IMAGENET_MEAN))
-        data["std"] = tuple(data.get("std", IMAGENET_STD))
-        return cls(**data)
-
-
-@dataclasses.dataclass(frozen=True)
 class _Entry:
     name: str
-    task: str
     fn: Callable[..., nn.Module]
+    cls: type
     module: str
+
+    @property
+    def task(self) -> str:
+        """The declared model class's task."""
+        return self.cls.task
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(task: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register an entrypoint under its function name.
+def _declared_class(fn: Callable[..., nn.Module]) -> type:
+    """The model class an entrypoint declares as its return annotation, checked."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:  # an annotation that does not resolve
+        raise TypeError(f"entrypoint {fn.__name__!r}: its return annotation does not resolve ({e})") from e
+    cls = hints.get("return")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(
+            f"entrypoint {fn.__name__!r} must declare the model class it returns, e.g. "
+            f"`def {fn.__name__}(**kwargs) -> FCN:`; the registry reads the task from that class"
+        )
+    task = getattr(cls, "task", None)
+    if task not in TASKS:
+        raise ValueError(f"{cls.__name__}.task must be one of {TASKS}, got {task!r} (entrypoint {fn.__name__!r})")
+    return cls
 
-    Args:
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+
+def register_model(fn: Callable[..., nn.Module] | None = None):
+    """Register an entrypoint under its function name (use as ``@register_model``).
+
+    The entrypoint's return annotation must be its model class, whose ``task`` attribute is
+    the model's task.
 
     Raises:
-        ValueError: if the task is unknown or the name is already registered.
+        TypeError: no model class declared, or ``register_model(task=...)`` (the task comes
+            from the class).
+        ValueError: the class's task is unknown, or the name is already registered.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
@@ -95,15 +85,20 @@ def register_model(task: str) -> Callable[[Callable[..., nn.Module]], Callable[.
                 f"model {name!r} is registered twice ({other} and {fn.__module__}); "
                 "rename one of the entrypoints"
             )
+        cls = _declared_class(fn)
 
         @functools.wraps(fn)
         def entrypoint(**kwargs: Any) -> nn.Module:
             return _build_entry(_REGISTRY[name], kwargs)
 
-        _REGISTRY[name] = _Entry(name=name, task=task, fn=fn, module=fn.__module__)
+        _REGISTRY[name] = _Entry(name=name, fn=fn, cls=cls, module=fn.__module__)
         return entrypoint
 
-    return decorator
+    if fn is None:
+        return decorator
+    if not callable(fn):
+        raise TypeError("use @register_model without arguments: the task comes from the model class")
+    return decorator(fn)
 
 
 def _json_safe(value: Any, key: str) -> Any:
@@ -117,23 +112,36 @@ def _json_safe(value: Any, key: str) -> Any:
 
 
 def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
-    from segzoo.checkpoint import load_weights  # late import: checkpoint imports registry
-
     weights = kwargs.pop("weights", None)
-    spec_kwargs = {k: _json_safe(v, k) for k, v in kwargs.items() if k not in _FILE_ARGS}
-    spec_kwargs.pop("num_classes", None)
+    classes = None
+    if isinstance(weights, str) and not looks_like_path(weights):
+        # a published tag: fetched, converted and cached once; the converted checkpoint's
+        # arguments are the defaults (the caller's win, e.g. num_classes to fine-tune)
+        from segzoo.weights import pretrained_state  # late: weights -> convert -> models -> here
+
+        weights, defaults, classes = pretrained_state(entry.name, weights)
+        kwargs = {**defaults, **kwargs}
+    # num_classes is recorded from the built model (an int even when given as a numpy integer)
+    spec_kwargs = {k: _json_safe(v, k) for k, v in kwargs.items() if k not in (*_FILE_ARGS, "num_classes")}
     model = entry.fn(**kwargs)
+    if not isinstance(model, entry.cls) or model.task != entry.cls.task:
+        raise TypeError(
+            f"entrypoint {entry.name!r} declares {entry.cls.__name__} (task {entry.cls.task!r}) but "
+            f"built {type(model).__name__} (task {getattr(model, 'task', None)!r}); fix its return annotation"
+        )
     num_classes = getattr(model, "num_classes", None)
     if not isinstance(num_classes, int):
         raise TypeError(f"entrypoint {entry.name!r} returned a model without an int num_classes")
     mean = tuple(getattr(model, "input_mean", IMAGENET_MEAN))
     std = tuple(getattr(model, "input_std", IMAGENET_STD))
     model.spec = ModelSpec(
-        name=entry.name, task=entry.task, num_classes=num_classes,
+        name=entry.name, task=model.task, num_classes=num_classes,
         kwargs=spec_kwargs, mean=mean, std=std,
     )
     if weights is not None:
         load_weights(model, weights)
+    if classes is not None and len(classes) == num_classes:
+        model.classes = list(classes)
     return model
 
 
@@ -147,7 +155,8 @@ def _closest(name: str, n: int = 5) -> list[str]:
 
 
 def get_entry(name: str) -> _Entry:
-    _ensure_models_imported()
+    """The registered entry of ``name`` (its declared class and task), or a KeyError naming the
+    closest names."""
     if name not in _REGISTRY:
         close = _closest(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -161,10 +170,13 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     Args:
         name: a registered name, e.g. ``"fcn_resnet50"`` (see :func:`list_models`).
         **kwargs: ``num_classes``, ``backbone`` (a timm model name with ``features_only``),
-            ``backbone_weights`` (a local timm weights file), ``weights`` (a segzoo
-            checkpoint, loaded after building; class-dependent layers are re-initialised
-            with a warning when ``num_classes`` differs) and the architecture's own
-            keyword arguments. An unknown keyword raises a TypeError that lists the
+            ``backbone_weights`` (a local timm weights file, ``"imagenet"`` for timm's
+            default pretrained weights of the backbone, or a timm tag such as
+            ``"resnet50.a1_in1k"``), ``weights`` (a segzoo checkpoint, or a published tag
+            from :func:`segzoo.list_weights` such as ``"tv_coco_voc"``: fetched, converted
+            and cached once; loaded after building, and when ``num_classes`` differs the
+            class-dependent layers are re-initialised with a warning) and the
+            architecture's own keyword arguments. An unknown keyword raises a TypeError that lists the
             accepted ones.
 
     Returns:
@@ -176,7 +188,6 @@ def build(name: str, **kwargs: Any) -> nn.Module:
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Sorted names of registered models matching a shell-style pattern and a task."""
-    _ensure_models_imported()
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     return sorted(
@@ -185,24 +196,30 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     )
 
 
-def model_task(name: str) -> str:
-    return get_entry(name).task
-
-
-def _ensure_models_imported() -> None:
-    import segzoo.models  # noqa: F401  (registers every entrypoint)
+def entry_class(name: str) -> type:
+    """The model class the entrypoint ``name`` declares (what converters dispatch on)."""
+    return get_entry(name).cls
 
 
 def check_kwargs(cls: type, name: str, kwargs: dict[str, Any]) -> None:
     """Raise a TypeError naming the accepted arguments if ``kwargs`` has unknown keys.
 
     Family builders call this before constructing ``cls`` so that a typo such as
-    ``num_clases=3`` is reported with the list of what ``name`` accepts.
+    ``num_clases=3`` is reported with the list of what ``name`` accepts. A constructor that
+    passes ``**kwargs`` on to its base class (``MaskRCNN`` to ``FasterRCNN``) accepts what the
+    base accepts.
     """
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [p for p in params if p != "self"]
+    accepted: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        accepted += [p.name for p in params.values() if p.name != "self" and p.name not in accepted
+                     and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    else:
+        return  # **kwargs all the way up: nothing to check against
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:
         hints = []

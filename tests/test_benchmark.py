@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from segzoo import benchmark
-from segzoo.benchmark import Case
+from tools import bench as benchmark
+from tools.bench import Case
 
 
 def _cli():
@@ -115,7 +115,7 @@ def test_scaling_tables_show_per_unit_and_marginal_cost():
 
 
 def test_readme_section_replaced_atomically(tmp_path):
-    from segzoo.benchmark import report
+    from tools.bench import report
 
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- benchmark:start -->\nold table\n<!-- benchmark:end -->\n\nafter\n")
@@ -131,7 +131,7 @@ def test_readme_section_replaced_atomically(tmp_path):
 def test_markdown_report_has_machine_date_peak_and_tables():
     import datetime
 
-    from segzoo.benchmark import report
+    from tools.bench import report
 
     row = {"name": "m", "mode": "infer", "size": "1x3x64x64", "anchor": "", "params": 10, "flops": 2e9,
            "segzoo_s": 0.1, "segzoo_mem": None}

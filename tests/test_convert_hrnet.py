@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import segzoo
 from segzoo.convert import from_hrnet_official
 from segzoo.convert.hrnet import map_hrnet_official
+from segzoo.layers import resize_concat
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parent.parent
@@ -164,7 +165,7 @@ def test_converted_ocr_model_matches_official_head():
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)
-        feats = model.backbone.concat(model.backbone.branches(model.normalize(x)))
+        feats = resize_concat(model.backbone(model.normalize(x)), model.align_corners)
         out, aux = model.head(feats)
         expected_out, expected_aux = _official_ocr_head(official, feats)
     torch.testing.assert_close(out, expected_out, rtol=1e-4, atol=1e-4)

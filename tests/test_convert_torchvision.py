@@ -64,3 +64,28 @@ def test_wrong_state_dict_is_rejected():
         from_torchvision({"roi_heads.box_head.fc6.weight": torch.zeros(1)}, "fcn_resnet50")
     with pytest.raises(KeyError, match="unknown model"):
         from_torchvision({}, "fcn_resnet5000")
+
+
+@pytest.fixture
+def fcn_convnext_tiny():
+    """A new FCN entrypoint on another backbone, registered for this test only."""
+    from segzoo import registry
+    from segzoo.models.fcn import FCN
+
+    @registry.register_model
+    def fcn_convnext_tiny(**kwargs) -> FCN:
+        return registry.create(FCN, "fcn_convnext_tiny", {"backbone": "convnext_tiny"}, kwargs)
+
+    yield "fcn_convnext_tiny"
+    del registry._REGISTRY["fcn_convnext_tiny"]
+
+
+def test_mapper_follows_the_model_class_and_refuses_another_backbone(tv_fcn, fcn_convnext_tiny):
+    # the FCN mapper is chosen by class; the ResNet weights do not fit a ConvNeXt body: a clear error
+    with pytest.raises(ValueError, match=r"holds a torchvision FCN with a ResNet-50 backbone but 'fcn_convnext_tiny' "
+                                         r"builds a FCN with backbone 'convnext_tiny'.*fcn_resnet50"):
+        from_torchvision(tv_fcn.state_dict(), fcn_convnext_tiny)
+    with pytest.raises(ValueError, match="ResNet-50 backbone .* backbone 'resnet18'"):
+        from_torchvision(tv_fcn.state_dict(), "fcn_resnet50", backbone="resnet18")
+    with pytest.raises(ValueError, match="torchvision has no UNetTimm"):
+        from_torchvision(tv_fcn.state_dict(), "unet_resnet34")

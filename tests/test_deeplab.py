@@ -102,7 +102,9 @@ def test_mobilenetv3_large_matches_torchvision_layout():
 @pytest.mark.parametrize("name", ["deeplabv3_resnet50", "deeplabv3plus_resnet50",
                                   "deeplabv3_mobilenetv3_large"])
 def test_backbone_swap_train_and_odd_sizes(name, backbone):
-    model = segzoo.build(name, num_classes=3, backbone=backbone)
+    # deeplabv3_mobilenetv3_large declares torchvision's MobileNetV3 layout; other bodies say so
+    extra = {"tv_mobilenet": False} if name == "deeplabv3_mobilenetv3_large" else {}
+    model = segzoo.build(name, num_classes=3, backbone=backbone, **extra)
     losses = _train_step(model)
     has_aux = name.startswith("deeplabv3_")
     assert ("loss_aux" in losses) == has_aux
@@ -137,6 +139,8 @@ def test_user_errors():
         segzoo.build("deeplabv3_resnet50", rate=(1, 2, 3))
     with pytest.raises(ValueError, match="tv_mobilenet"):
         DeepLabV3(num_classes=3, backbone="resnet18", tv_mobilenet=True)
+    with pytest.raises(ValueError, match="tv_mobilenet=False"):  # explicit, never guessed from a name
+        segzoo.build("deeplabv3_mobilenetv3_large", num_classes=3, backbone="resnet18")
 
 
 def test_checkpoint_round_trip_and_class_layers(tmp_path):

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import segzoo
+from segzoo.backbones import Backbone
+from segzoo.backbones.hrnet import HRModule, hrnet_backbone
 from segzoo.checkpoint import CheckpointError, save_state_dict
-from segzoo.models.hrnet import HRModule, hrnet_backbone
 
 SMALL = dict(width=16, stage1_blocks=1, stage1_channels=32, stage_modules=(1, 1, 1), stage_blocks=2)
 TIMM_HEAD = ("incre_modules", "downsamp_modules", "final_layer", "classifier")
@@ -151,10 +152,14 @@ def test_save_load_round_trip(tmp_path):
 
 def test_hrnet_backbone_contract():
     body = hrnet_backbone("hrnet_w18_small")
+    assert isinstance(body, Backbone)
     feats = body(torch.randn(1, 3, 64, 96))
-    assert body.channels == (16, 32, 64, 128, 240) and body.strides == (4, 8, 16, 32, 4)
+    assert body.channels == (16, 32, 64, 128) and body.strides == (4, 8, 16, 32)  # the four branches
     assert [f.shape[1] for f in feats] == list(body.channels)
     assert [96 // f.shape[-1] for f in feats] == list(body.strides)
+    # heads that read one map see the branches plus the HRNetV2 concatenation at stride 4
+    assert body.head_channels == (16, 32, 64, 128, 240) and body.head_strides == (4, 8, 16, 32, 4)
+    assert body.head_maps(feats)[-1].shape[1:] == (240, 16, 24)
 
 
 def test_fcn_with_hrnet_backbone():

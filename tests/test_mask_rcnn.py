@@ -15,7 +15,10 @@ SMALL = dict(backbone="resnet18", fpn_channels=32, representation_size=64, mask_
 
 
 def small(name: str = "maskrcnn_resnet50_fpn", **kwargs):
-    return segzoo.build(name, num_classes=3, **{**SMALL, **kwargs})
+    kwargs = {**SMALL, **kwargs}
+    if name.startswith("fasterrcnn"):  # no mask branch, no mask_layers argument
+        kwargs.pop("mask_layers")
+    return segzoo.build(name, num_classes=3, **kwargs)
 
 
 def _target(h: int, w: int, boxes: list[list[float]], labels: list[int]) -> dict:
@@ -103,8 +106,10 @@ def test_fasterrcnn_has_no_mask_branch():
     assert "loss_mask" not in losses and torch.isfinite(losses["loss"])
     with torch.no_grad():
         assert "masks" not in model.eval()(torch.rand(1, 3, 64, 64))[0]
-    with pytest.raises(TypeError, match="no mask branch"):
+    with pytest.raises(TypeError, match="with_mask"):  # the class says it: no with_mask switch
         FasterRCNN(with_mask=True)
+    with pytest.raises(TypeError, match="with_mask"):
+        small(with_mask=False)
 
 
 @pytest.mark.parametrize("backbone", ["convnext_tiny", "mobilenetv3_large_100"])

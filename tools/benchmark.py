@@ -12,11 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from segzoo import benchmark
-from segzoo.benchmark import report
+# the harness imports the competitors (torchvision, smp, timm), so it lives beside this script
+# in tools/bench, not in the importable library; run from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools import bench as benchmark  # noqa: E402
+from tools.bench import report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,27 @@
-"""One backbone contract over timm: ``forward(x) -> list[Tensor]`` plus ``channels``/``strides``."""
+"""timm feature extractors behind segzoo's backbone contract."""
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 import timm
 import torch
-from torch import nn
+
+from segzoo.backbones.base import Backbone
 
 
-class TimmBackbone(nn.Module):
+def is_timm_model(name: str) -> bool:
+    return name in timm.list_models()
+
+
+def closest_timm_names(name: str, n: int = 5) -> list[str]:
+    """The timm model names closest to ``name`` (difflib over ``timm.list_models()``)."""
+    return difflib.get_close_matches(name, timm.list_models(), n=n, cutoff=0.6)
+
+
+class TimmBackbone(Backbone):
     """A timm model created with ``features_only=True``.
 
     Input: ``N x 3 x H x W`` normalised images. Output: a list of feature maps, one per
@@ -25,10 +35,14 @@ class TimmBackbone(nn.Module):
         output_stride: 32 (no dilation), 16 or 8: the last stages use dilated
             convolutions instead of striding, as DeepLab and PSPNet need.
         weights: a local timm-format weights file (``.safetensors`` or ``.pth``) holding
-            the state dict of ``timm.create_model(name)``; classifier keys are ignored.
+            the state dict of ``timm.create_model(name)`` (classifier keys are ignored), or
+            a timm tag: ``"imagenet"`` or ``"<name>.<tag>"`` (see :meth:`load_weights`).
         frozen_bn: replace BatchNorm with FrozenBatchNorm2d (statistics and affine fixed).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
+
+    kind = "timm backbone"
+    weights_hint = "the file must hold the state dict of timm.create_model(name)"
 
     def __init__(
         self,
@@ -42,10 +56,11 @@ class TimmBackbone(nn.Module):
         super().__init__()
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        if name not in timm.list_models():
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        if not is_timm_model(name):
+            close = closest_timm_names(name)
             raise ValueError(
-                f"unknown timm backbone {name!r}" + (f"; similar: {', '.join(close)}" if close else "")
+                f"unknown timm backbone {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                + " (timm.list_models() lists them; the model must support features_only)"
             )
         kwargs = dict(features_only=True, pretrained=False, **timm_kwargs)
         if out_indices is not None:
@@ -68,56 +83,27 @@ class TimmBackbone(nn.Module):
         self.channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
         self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
         if weights is not None:
-            self.load_timm_weights(weights)
+            self.load_weights(weights)
         if frozen_bn:
             self.freeze(bn=True, params=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
 
-    def load_timm_weights(self, path: str | os.PathLike) -> None:
-        """Load ``timm.create_model(name).state_dict()`` saved as safetensors or .pth."""
-        from segzoo.checkpoint import CheckpointError, read_state_dict
+    def timm_kwargs(self) -> dict:
+        return dict(self._timm_kwargs)
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"backbone weights not found: {path}; pass a local timm weights file (segzoo "
-                "never downloads weights)"
-            )
-        state = read_state_dict(path)
-        own = self.body.state_dict()
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    def weights_module(self) -> torch.nn.Module:
+        return self.body
+
+    def ignored_weight_keys(self, keys: Iterable[str]) -> set[str]:
+        """The full timm model's keys that the features_only body lacks (its classifier)."""
         with torch.device("meta"):  # the whole classifier's keys, without allocating weights
-            full = set(timm.create_model(self.name, pretrained=False, **self._timm_kwargs).state_dict())
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in full and k not in own]
-        mismatched = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in own if k in state and state[k].shape != own[k].shape
-        ]
-        if missing or mismatched or unexpected:
-            raise CheckpointError(
-                f"{path} does not fit timm backbone {self.name!r}: "
-                + (f"missing {len(missing)} keys ({', '.join(missing[:8])})" if missing else "")
-                + (f" mis-shaped: {'; '.join(mismatched[:8])}" if mismatched else "")
-                + (f" unexpected {len(unexpected)} keys ({', '.join(unexpected[:8])})" if unexpected else "")
-                + "; the file must hold the state dict of timm.create_model(name)"
-            )
-        self.body.load_state_dict({k: state[k] for k in own}, strict=True)
+            full = timm.create_model(self.name, pretrained=False, **self._timm_kwargs).state_dict()
+        return set(full)
 
-    def freeze(self, bn: bool = True, params: bool = True) -> TimmBackbone:
-        """Stop training the backbone.
-
-        Args:
-            bn: replace BatchNorm layers with FrozenBatchNorm2d (fixed statistics).
-            params: set ``requires_grad=False`` on every parameter.
-        """
-        if bn:
-            from timm.layers import freeze_batch_norm_2d
-
-            self.body = freeze_batch_norm_2d(self.body)
-        if params:
-            for p in self.body.parameters():
-                p.requires_grad_(False)
-        return self
+    def stage_prefixes(self) -> list[tuple[str, ...]]:
+        """timm's feature levels (``act1``, ``layer1``... for a ResNet), as parameter prefixes of
+        the features_only body (which renames ``a.b`` to ``a_b``)."""
+        names = self.body.feature_info.module_name()
+        return [("body." + n + ".", "body." + n.replace(".", "_") + ".") for n in names]

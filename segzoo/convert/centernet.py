@@ -37,29 +37,16 @@ from typing import Any
 import torch
 from torch import nn
 
-import segzoo
 from segzoo.checkpoint import load_weights
-from segzoo.registry import get_entry
+from segzoo.convert.keys import resnet_depth
+from segzoo.models.centernet import OFFICIAL_BGR, CenterNet
+from segzoo.registry import build, entry_class
 
-# mean and std of the official pipeline, per BGR channel (datasets/dataset/{coco,pascal}.py)
-OFFICIAL_BGR = {
-    "coco": ((0.40789654, 0.44719302, 0.47026115), (0.28863828, 0.27408164, 0.27809835)),
-    "pascal": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
-# segzoo entry -> (official family, default backbone, default head_conv, default neck widths)
-_ENTRIES = {
-    "centernet_resnet18": ("res", "resnet18", 64, (256, 256, 256)),
-    "centernet_resnet50": ("res", "resnet50", 64, (256, 256, 256)),
-    "centernet_resnet101": ("res", "resnet101", 64, (256, 256, 256)),
-    "centernet_resdcn18": ("resdcn", "resnet18", 64, (256, 128, 64)),
-    "centernet_resdcn101": ("resdcn", "resnet101", 64, (256, 128, 64)),
-    "centernet_dla34": ("dla", "dla34", 256, None),
-    "centernet_dla34_nodcn": ("dlav0", "dla34", 256, None),
-}
+# official family -> segzoo CenterNet neck (a key of segzoo.models.centernet_necks.NECKS)
+FAMILY_NECK = {"res": "deconv", "resdcn": "deconv_dcn", "dla": "dla_up", "dlav0": "dlav0"}
+# a registered model of each family, for messages
 _SUGGEST = {"res": "centernet_resnet18", "resdcn": "centernet_resdcn18", "dla": "centernet_dla34",
             "dlav0": "centernet_dla34_nodcn"}
-_RESNET_DEPTH = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101, (True, 36): 152}
 _UNUSED = re.compile(r"^base\.(fc\.|level[34]\.project\.)")  # DLA-34: unused in two-level trees
 _HEADS = {"hm.": "head.heatmap.", "wh.": "head.size.", "reg.": "head.offset."}
 
@@ -81,15 +68,13 @@ def official_arch(state: dict[str, torch.Tensor]) -> tuple[str, str]:
     else:
         raise KeyError("unrecognised official CenterNet architecture: expected deconv_layers.* "
                        "(res_*, resdcn_*) or dla_up.* (dla_34, dlav0_34) keys")
-    if family.startswith("dla"):
+    if family in ("dla", "dlav0"):
         if state["base.level5.root.conv.weight"].shape[0] != 512:
             raise ValueError("only DLA-34 bodies are supported (level5 with 512 channels)")
         return family, "dla34"
-    bottleneck = "layer1.0.conv3.weight" in state
-    blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layer3."))
-    depth = _RESNET_DEPTH.get((bottleneck, blocks))
+    depth = resnet_depth(state)
     if depth is None:
-        raise ValueError(f"unrecognised ResNet body ({blocks} blocks in layer3)")
+        raise ValueError("unrecognised ResNet body (its layer3 block count is not that of ResNet-18/34/50/101/152)")
     return family, f"resnet{depth}"
 
 
@@ -129,17 +114,19 @@ def from_centernet_official(
     Returns:
         The model in eval mode, taking RGB [0, 1] images, with ``model.spec`` set.
     """
-    get_entry(name)  # a clear KeyError for unknown names
-    if name not in _ENTRIES:
-        raise ValueError(f"{name!r} is not a CenterNet model; choose one of {', '.join(_ENTRIES)}")
+    if not issubclass(entry_class(name), CenterNet):  # a clear KeyError for unknown names
+        raise ValueError(f"{name!r} is not a CenterNet model; choose one of the centernet_* models "
+                         "(segzoo.list_models('centernet_*'))")
     if isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     family, backbone = official_arch(state)
-    want_family, default_backbone, default_head, default_widths = _ENTRIES[name]
-    if family != want_family:
-        raise ValueError(f"the checkpoint is an official {family}_* model but {name!r} is {want_family}_*; "
-                         f"convert it with name {_SUGGEST[family]!r} (or its deeper variants)")
+    with torch.device("meta"):  # what `name` builds by default: neck, backbone, widths (no memory)
+        ref = build(name, **build_kwargs)
+    if ref.neck_name != FAMILY_NECK[family]:
+        raise ValueError(f"the checkpoint is an official {family}_* model (neck {FAMILY_NECK[family]!r}) but "
+                         f"{name!r} has neck {ref.neck_name!r}; convert it with name {_SUGGEST[family]!r} "
+                         "(or its deeper variants)")
     num_classes = int(state["hm.2.weight"].shape[0])
     if convention is None:
         convention = "pascal" if num_classes == 20 else "coco"
@@ -147,19 +134,19 @@ def from_centernet_official(
         raise ValueError(f"convention must be 'coco' or 'pascal', got {convention!r}")
     mean_bgr, std_bgr = OFFICIAL_BGR[convention]
     kwargs: dict[str, Any] = {"mean": list(mean_bgr[::-1]), "std": list(std_bgr[::-1])}
-    if backbone != default_backbone:
+    if backbone != ref.backbone.name:
         kwargs["backbone"] = backbone
     head_conv = int(state["hm.0.weight"].shape[0])
-    if head_conv != default_head:
+    if head_conv != ref.head.heatmap[0].out_channels:
         kwargs["head_conv"] = head_conv
-    if default_widths is not None:
+    if family in ("res", "resdcn"):
         step = 3 if family == "res" else 6
         widths = tuple(int(state[f"deconv_layers.{step * i}.weight"].shape[1 if family == "res" else 0])
                        for i in range(3))
-        if widths != default_widths:
+        if widths != ref.neck.widths:
             kwargs["neck_channels"] = list(widths)
     kwargs.update(build_kwargs)
-    model = segzoo.build(name, num_classes=num_classes, **kwargs)
+    model = build(name, num_classes=num_classes, **kwargs)
 
     mapped = {}
     for k, v in state.items():

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-import segzoo
 from segzoo.checkpoint import load_weights
-from segzoo.registry import get_entry
+from segzoo.models.hrnet import HRNet, HRNetOCR
+from segzoo.registry import build, entry_class
 
 BODY_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "layer1.", "transition", "stage")
 
@@ -124,16 +124,17 @@ def from_hrnet_official(state_dict: dict, name: str, **build_kwargs: Any) -> nn.
     Returns:
         The model in eval mode, with ``model.spec`` set.
     """
-    get_entry(name)  # a clear KeyError for unknown names
-    if not name.startswith("hrnet_"):
-        raise ValueError(f"the official HRNet converter builds HRNet models, not {name!r}")
+    cls = entry_class(name)  # a clear KeyError for unknown names
+    if not issubclass(cls, (HRNet, HRNetOCR)):
+        raise ValueError(f"the official HRNet converter builds HRNet models, not {name!r} ({cls.__name__})")
     mapped, num_classes, is_ocr = map_hrnet_official(state_dict)
-    if is_ocr != name.endswith("_ocr"):
+    wants_ocr = issubclass(cls, HRNetOCR)
+    if is_ocr != wants_ocr:
         kind = "an HRNet + OCR" if is_ocr else "a plain HRNetV2"
         raise ValueError(
             f"the checkpoint holds {kind} model but {name!r} is "
-            f"{'HRNet + OCR' if name.endswith('_ocr') else 'plain HRNetV2'}; choose "
-            f"{'an *_ocr model' if is_ocr else 'hrnet_w18_small ... hrnet_w48'}"
+            f"{'HRNet + OCR' if wants_ocr else 'plain HRNetV2'}; choose "
+            f"{'an HRNet + OCR model (hrnet_w48_ocr)' if is_ocr else 'hrnet_w18_small ... hrnet_w48'}"
         )
     if is_ocr:  # OCR widths as trained (the official configs use 512 and 256)
         mid = int(mapped["head.bottleneck.0.weight"].shape[0])
@@ -141,7 +142,7 @@ def from_hrnet_official(state_dict: dict, name: str, **build_kwargs: Any) -> nn.
         if (mid, key) != (512, 256):
             build_kwargs.setdefault("mid_channels", mid)
             build_kwargs.setdefault("key_channels", key)
-    model = segzoo.build(name, num_classes=num_classes, **build_kwargs)
+    model = build(name, num_classes=num_classes, **build_kwargs)
     width = mapped.get("backbone.transition1.0.0.weight")
     own = model.state_dict().get("backbone.transition1.0.0.weight")
     if width is not None and own is not None and width.shape != own.shape:

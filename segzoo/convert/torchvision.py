@@ -1,41 +1,32 @@
-"""torchvision -> segzoo weight conversion.
+"""torchvision -> segzoo weight conversion, dispatched by the target model's class.
 
-Semantic models (FCN, DeepLabV3) keep torchvision's head layout, so only the backbone
-prefix changes. Detection models (Mask R-CNN, Faster R-CNN) are handled in
-:mod:`segzoo.convert.torchvision_detection`, which also shifts torchvision's 1-based
-labels to segzoo's 0-based ones.
+FCN and DeepLabV3 keep torchvision's head layout, so only the backbone prefix changes
+(ResNet) or the MobileNetV3 feature indices are renamed to timm's. Faster/Mask R-CNN are
+mapped in :mod:`segzoo.convert.torchvision_detection`, which also shifts torchvision's
+1-based labels to segzoo's 0-based ones. The mapper is chosen by the class the entrypoint
+declares (:data:`CONVERTERS`), never by its name; after building, the mapped keys must be
+exactly the model's, or a ValueError says what the state dict holds and which models fit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import timm
 import torch
 from torch import nn
 
-import segzoo
 from segzoo.checkpoint import load_weights
-from segzoo.registry import get_entry
-
-# arch prefix -> function(state_dict, name) -> (segzoo state dict, num_classes)
-_MAPPERS: dict[str, Callable[[dict, str], tuple[dict, int]]] = {}
-
-
-def register_mapper(*prefixes: str):
-    def deco(fn):
-        for p in prefixes:
-            _MAPPERS[p] = fn
-        return fn
-
-    return deco
+from segzoo.convert.keys import resnet_depth, strip_module
+from segzoo.convert.torchvision_detection import describe_rcnn, map_rcnn
+from segzoo.models.deeplab import DeepLabV3
+from segzoo.models.fcn import FCN
+from segzoo.models.mask_rcnn import FasterRCNN
+from segzoo.registry import build, entry_class
 
 
-def _strip_module(state: dict) -> dict:
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-@register_mapper("fcn_")
 def _map_fcn(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
     """torchvision FCN: ``backbone.*`` (IntermediateLayerGetter over ResNet) and heads."""
     out = {}
@@ -72,8 +63,6 @@ def _mobilenetv3_conv_names(state: dict, prefix: str) -> dict[int, tuple[str, st
 def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]:
     """torchvision ``mobilenet_v3_large().features.*`` keys (prefix ``backbone.``) -> timm
     ``mobilenetv3_large_100`` ``features_only`` keys (prefix ``backbone.body.``)."""
-    import timm
-
     body = timm.create_model("mobilenetv3_large_100", features_only=True)
     # timm blocks in order; torchvision features.1..16 are these, features.0 is the stem
     blocks = [f"blocks.{i}.{j}" for i, stage in enumerate(body.blocks) for j in range(len(stage))]
@@ -104,19 +93,10 @@ def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]
     return out
 
 
-@register_mapper("deeplabv3_")
 def _map_deeplabv3(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
     """torchvision DeepLabV3: ResNet (``backbone.layer*``) or MobileNetV3-Large
     (``backbone.<feature index>``) backbone; the heads keep their keys."""
-    mobilenet = "backbone.0.0.weight" in state
-    if mobilenet != name.startswith("deeplabv3_mobilenetv3"):
-        kind = "MobileNetV3" if mobilenet else "ResNet"
-        raise ValueError(
-            f"the state dict holds a torchvision DeepLabV3 with a {kind} backbone but {name!r} "
-            "was asked for; use deeplabv3_mobilenetv3_large for MobileNetV3 weights and "
-            "deeplabv3_resnet50/101 for ResNet weights"
-        )
-    if not mobilenet:
+    if "backbone.0.0.weight" not in state:  # ResNet
         return _map_fcn(state, name)
     out = _map_mobilenetv3_features(state, name)
     for k, v in state.items():
@@ -129,33 +109,103 @@ def _map_deeplabv3(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int
     return out, int(out["classifier.4.weight"].shape[0])
 
 
+def _describe_segmentation(arch: str, entry: str) -> Callable[[dict], tuple[str, str]]:
+    def describe(state: dict) -> tuple[str, str]:
+        if "backbone.0.0.weight" in state:
+            return (f"a torchvision {arch} with a MobileNetV3-Large backbone",
+                    "convert it into deeplabv3_mobilenetv3_large")
+        depth = resnet_depth(state, "backbone.")
+        body = f"ResNet-{depth}" if depth else "ResNet"
+        return (f"a torchvision {arch} with a {body} backbone",
+                f"convert it into {entry}_resnet50/101 (or a {arch} built with backbone='resnet{depth or 50}')")
+
+    return describe
+
+
+def _aux_default(mapped: dict) -> dict[str, Any]:
+    return {"aux_loss": any(k.startswith("aux_classifier.") for k in mapped)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+    """How torchvision weights become one segzoo model family.
+
+    Attributes:
+        map: ``(state_dict, name) -> (segzoo state dict, num_classes)``.
+        build_defaults: builder arguments the mapped weights imply (the user's win).
+        describe: ``state_dict -> (what it holds, which segzoo models fit)`` for errors.
+    """
+
+    map: Callable[[dict, str], tuple[dict[str, torch.Tensor], int]]
+    build_defaults: Callable[[dict], dict[str, Any]]
+    describe: Callable[[dict], tuple[str, str]]
+
+
+#: segzoo model class -> its torchvision converter (subclasses use their base's: MaskRCNN).
+CONVERTERS: dict[type, Converter] = {
+    FCN: Converter(_map_fcn, _aux_default, _describe_segmentation("FCN", "fcn")),
+    DeepLabV3: Converter(_map_deeplabv3, _aux_default, _describe_segmentation("DeepLabV3", "deeplabv3")),
+    # torchvision's trained detectors freeze the backbone's BatchNorm
+    FasterRCNN: Converter(map_rcnn, lambda mapped: {"frozen_bn": True}, describe_rcnn),
+}
+
+
+def converter_for(cls: type) -> Converter:
+    """The converter of a model class (or of its nearest base that has one)."""
+    for klass in cls.__mro__:
+        if klass in CONVERTERS:
+            return CONVERTERS[klass]
+    raise ValueError(
+        f"torchvision has no {cls.__name__} to convert from; the torchvision converter builds "
+        f"{', '.join(c.__name__ for c in CONVERTERS)} models (and their subclasses)"
+    )
+
+
+def check_fits(model: nn.Module, mapped: dict[str, torch.Tensor], name: str, holds: str, fits: str) -> None:
+    """Raise a ValueError unless the mapped keys and shapes are exactly the model's."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    src = {k: tuple(v.shape) for k, v in mapped.items() if not k.endswith("num_batches_tracked")}
+    if own == src:
+        return
+    missing = sorted(set(own) - set(src))
+    extra = sorted(set(src) - set(own))
+    shapes = sorted(k for k in set(own) & set(src) if own[k] != src[k])
+    diff = "; ".join(part for part in (
+        f"{len(missing)} model keys not in it ({', '.join(missing[:3])})" if missing else "",
+        f"{len(extra)} of its keys not in the model ({', '.join(extra[:3])})" if extra else "",
+        f"{len(shapes)} shapes differ ({', '.join(shapes[:3])})" if shapes else "",
+    ) if part)
+    backbone = getattr(getattr(model, "backbone", None), "name", "?")
+    raise ValueError(
+        f"the state dict holds {holds} but {name!r} builds a {type(model).__name__} with backbone "
+        f"{backbone!r}: {diff}; {fits}"
+    )
+
+
 def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
     """Build segzoo model ``name`` holding the weights of a torchvision state dict.
 
     Args:
         state_dict: the torchvision model's ``state_dict()``.
-        name: the segzoo model name (e.g. ``"fcn_resnet50"``, ``"maskrcnn_resnet50_fpn"``).
+        name: the segzoo model name (e.g. ``"fcn_resnet50"``, ``"maskrcnn_resnet50_fpn"``);
+            its class (FCN, DeepLabV3, FasterRCNN, MaskRCNN) picks the key mapping.
         **build_kwargs: extra builder arguments (``num_classes`` is read from the source).
 
     Returns:
         The segzoo model in eval mode, with ``model.spec`` set.
-    """
-    get_entry(name)  # a clear KeyError for unknown names
-    state = _strip_module(dict(state_dict))
-    mapper = next((fn for p, fn in _MAPPERS.items() if name.startswith(p)), None)
-    if mapper is None and name.startswith(("maskrcnn_", "fasterrcnn_")):
-        from segzoo.convert import torchvision_detection  # noqa: F401  (registers mappers)
 
-        mapper = next((fn for p, fn in _MAPPERS.items() if name.startswith(p)), None)
-    if mapper is None:
-        raise ValueError(
-            f"no torchvision converter for {name!r}; supported prefixes: {', '.join(_MAPPERS)}"
-        )
-    mapped, num_classes = mapper(state, name)
-    build_kwargs.setdefault("aux_loss", any(k.startswith("aux_classifier.") for k in mapped)) \
-        if name.startswith(("fcn_", "deeplabv3_")) else None
-    if name.startswith(("maskrcnn_", "fasterrcnn_")):
-        build_kwargs.setdefault("frozen_bn", True)  # torchvision's detectors freeze backbone BN
-    model = segzoo.build(name, num_classes=num_classes, **build_kwargs)
+    Raises:
+        ValueError: the model's class has no torchvision counterpart, or the state dict
+            does not fit the model that ``name`` builds (another backbone, say).
+    """
+    conv = converter_for(entry_class(name))  # a clear KeyError for unknown names
+    state = strip_module(dict(state_dict))
+    mapped, num_classes = conv.map(state, name)
+    kwargs = {**conv.build_defaults(mapped), **build_kwargs}
+    model = build(name, num_classes=num_classes, **kwargs)
+    check_fits(model, mapped, name, *conv.describe(state))
+    for k, v in model.state_dict().items():  # BatchNorm counters the mapping drops
+        if k.endswith("num_batches_tracked") and k not in mapped:
+            mapped[k] = torch.zeros_like(v)
     load_weights(model, mapped)
     return model.eval()

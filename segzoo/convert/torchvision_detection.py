@@ -15,7 +15,9 @@ import re
 
 import torch
 
-from segzoo.convert.torchvision import register_mapper
+from segzoo.convert.keys import resnet_depth
+from segzoo.models.mask_rcnn import MaskRCNN
+from segzoo.registry import entry_class
 
 _RULES = (
     (r"^backbone\.body\.(.*)$", r"backbone.body.\1"),
@@ -40,24 +42,44 @@ def _mask_conv(key: str) -> str | None:
     return None
 
 
-@register_mapper("maskrcnn_", "fasterrcnn_")
-def map_rcnn(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
+def describe_rcnn(state: dict) -> tuple[str, str]:
+    """What a torchvision detector state dict holds and which segzoo models it converts into."""
+    masks = any(k.startswith("roi_heads.mask_") for k in state)
+    arch = "Mask R-CNN" if masks else "Faster R-CNN"
+    depth = resnet_depth(state, "backbone.body.")
+    body = f"ResNet-{depth}" if depth else "ResNet"
+    family = "maskrcnn" if masks else "fasterrcnn"
+    resnet = f"resnet{depth or 50}"
+    fits = f"convert it into a {family}_* model with backbone='{resnet}' (e.g. {family}_{resnet}_fpn)"
+    return f"a torchvision {arch} with a {body} FPN backbone", fits
+
+
+def map_rcnn(state: dict, target: str | type) -> tuple[dict[str, torch.Tensor], int]:
     """Map a torchvision ``maskrcnn_resnet50_fpn`` / ``fasterrcnn_resnet50_fpn`` state dict.
+
+    Args:
+        state: the torchvision state dict.
+        target: the segzoo model name or class: a :class:`~segzoo.models.mask_rcnn.MaskRCNN`
+            keeps the mask branch (and needs one); a plain Faster R-CNN drops it.
 
     Returns:
         The segzoo state dict and ``num_classes`` (object classes, torchvision's minus one).
     """
+    cls = entry_class(target) if isinstance(target, str) else target
+    name = target if isinstance(target, str) else cls.__name__
     if "roi_heads.box_predictor.cls_score.weight" not in state:
         raise KeyError("no roi_heads.box_predictor.cls_score.weight: this is not a torchvision "
                        "Faster/Mask R-CNN state dict")
     has_mask = any(k.startswith("roi_heads.mask_") for k in state)
-    if name.startswith("maskrcnn_") and not has_mask:
-        raise ValueError(f"the state dict has no mask head; convert it as a fasterrcnn_* model, not {name}")
+    want_mask = issubclass(cls, MaskRCNN)
+    if want_mask and not has_mask:
+        raise ValueError(f"the state dict has no mask head; convert it into a Faster R-CNN model "
+                         f"(fasterrcnn_*), not {name}")
     out = {}
     for k, v in state.items():
         if k.endswith("num_batches_tracked"):
             continue
-        if name.startswith("fasterrcnn_") and k.startswith("roi_heads.mask_"):
+        if not want_mask and k.startswith("roi_heads.mask_"):
             continue  # a Mask R-CNN checkpoint converted to Faster R-CNN: drop the mask branch
         new = _mask_conv(k)
         for pattern, repl in _RULES:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import batched_nms, nms
 
+from segzoo.layers.tracing import is_tracing
+
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:
     """Area of ``(..., 4)`` xyxy boxes, ``(...)``; degenerate boxes give 0 or less."""
@@ -107,10 +109,6 @@ def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     return ranks
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-
-
 def nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thresh: float
                  ) -> torch.Tensor:
     """Indices kept by NMS run separately in each group, by decreasing score.
@@ -119,7 +117,7 @@ def nms_by_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
     ``nms`` on boxes shifted apart by group (the same result; ``batched_nms`` itself branches
     on the number of boxes, which export cannot trace).
     """
-    if not _tracing():
+    if not is_tracing():
         return batched_nms(boxes, scores, groups, iou_thresh)
     top = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()  # safe when there are no boxes
     shift = groups.to(boxes) * (top + 1)

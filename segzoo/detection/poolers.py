@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from segzoo.detection.boxes import group_major_order, split_sizes
+
 
 class MultiLevelRoIAlign(nn.Module):
     """RoIAlign from the pyramid level ``k = floor(k0 + log2(sqrt(area) / s0))``.
@@ -65,8 +67,11 @@ class MultiLevelRoIAlign(nn.Module):
             return roi_align(features[0], rois, size, self.scales[0], self.sampling_ratio, self.aligned)
         levels = self.levels(boxes)
         out = boxes.new_zeros((boxes.shape[0], c, size, size), dtype=features[0].dtype)
-        for lvl, scale in enumerate(self.scales):  # one roi_align per level, all images at once
-            idx = torch.nonzero(levels == lvl).squeeze(1)
-            pooled = roi_align(features[lvl], rois[idx], size, scale, self.sampling_ratio, self.aligned)
+        # regions grouped by level; the group sizes are the pooler's one host sync (roi_align
+        # needs each level's regions as a tensor of known size)
+        order = group_major_order(levels)
+        sizes = split_sizes(levels, len(self.scales))
+        for idx, feats, scale in zip(order.split(sizes), features, self.scales):  # one roi_align per level
+            pooled = roi_align(feats, rois[idx], size, scale, self.sampling_ratio, self.aligned)
             out.index_copy_(0, idx, pooled.to(out.dtype))
         return out

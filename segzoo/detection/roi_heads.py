@@ -86,15 +86,14 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """Box head, box predictor and optional mask head, with training targets and losses.
+    """Box head and box predictor (Faster R-CNN), with training targets and losses; Mask R-CNN
+    adds the mask branch with :meth:`add_mask_branch`.
 
     Args:
         num_classes: object classes (background implicit).
         in_channels: channels of the FPN levels.
         strides: strides of the levels pooled from (P2-P5).
-        with_mask: add the mask branch (Mask R-CNN) or not (Faster R-CNN).
         representation_size: width of the two fully connected layers.
-        mask_layers: widths of the mask head's 3x3 convs.
         roi_aligned: the ``aligned`` flag of RoIAlign (False as in torchvision).
         fg_iou_thresh: regions with IoU >= this are foreground.
         bg_iou_thresh: regions with IoU < this are background.
@@ -103,6 +102,8 @@ class RoIHeads(nn.Module):
         score_thresh: keep detections scoring above this.
         nms_thresh: per-class NMS threshold.
         detections_per_img: most detections per image.
+        mask_layers: widths of the mask head's 3x3 convs: builds the mask branch now (None:
+            none; :meth:`add_mask_branch` adds it later).
     """
 
     def __init__(
@@ -110,9 +111,7 @@ class RoIHeads(nn.Module):
         num_classes: int,
         in_channels: int = 256,
         strides: Sequence[int] = (4, 8, 16, 32),
-        with_mask: bool = True,
         representation_size: int = 1024,
-        mask_layers: Sequence[int] = (256, 256, 256, 256),
         roi_aligned: bool = False,
         fg_iou_thresh: float = 0.5,
         bg_iou_thresh: float = 0.5,
@@ -121,20 +120,30 @@ class RoIHeads(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
+        mask_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.box_roi_pool = MultiLevelRoIAlign(strides, 7, 2, roi_aligned)
         self.box_head = BoxHead(in_channels * 7 * 7, representation_size)
         self.box_predictor = BoxPredictor(representation_size, num_classes)
-        self.mask_roi_pool = MultiLevelRoIAlign(strides, 14, 2, roi_aligned) if with_mask else None
-        self.mask_head = MaskHead(in_channels, num_classes, mask_layers) if with_mask else None
+        self.mask_roi_pool: MultiLevelRoIAlign | None = None
+        self.mask_head: MaskHead | None = None
+        self._mask_args = (in_channels, tuple(strides), roi_aligned)
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        if mask_layers is not None:
+            self.add_mask_branch(mask_layers)
+
+    def add_mask_branch(self, layers: Sequence[int] = (256, 256, 256, 256)) -> None:
+        """Add the mask branch: 14x14 RoIAlign and a :class:`MaskHead` with 3x3 convs of ``layers``."""
+        in_channels, strides, roi_aligned = self._mask_args
+        self.mask_roi_pool = MultiLevelRoIAlign(strides, 14, 2, roi_aligned)
+        self.mask_head = MaskHead(in_channels, self.num_classes, layers)
 
     def forward(
         self,

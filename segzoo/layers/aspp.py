@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.layers.conv import SeparableConvNormAct
+from segzoo.layers.conv import ConvNormAct, SeparableConvNormAct
+from segzoo.layers.tracing import is_tracing
 
 
 def check_pooled_batch(x: torch.Tensor, norm: nn.Module, what: str) -> None:
@@ -21,7 +22,7 @@ def check_pooled_batch(x: torch.Tensor, norm: nn.Module, what: str) -> None:
     ``norm`` is the branch's normalisation layer (frozen or eval-mode layers are fine).
     """
     training_bn = isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training
-    if training_bn and x.shape[0] == 1 and not torch.jit.is_tracing():
+    if training_bn and x.shape[0] == 1 and not is_tracing():
         raise ValueError(
             f"{what} has a BatchNorm on a 1x1 pooled map, which needs at least 2 images per "
             "batch in training mode; use a batch size >= 2, or call model.eval() (or freeze "
@@ -36,27 +37,13 @@ class ASPPPooling(nn.Sequential):
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        super().__init__(nn.AdaptiveAvgPool2d(1), *ConvNormAct(in_channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_pooled_batch(x, self[2], "ASPP's image pooling branch")
         size = x.shape[-2:]
         y = super().forward(x)  # (N, C, 1, 1)
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-
-
-def _atrous_conv(in_channels: int, out_channels: int, rate: int) -> nn.Sequential:
-    """3x3 atrous conv -> BN -> ReLU (torchvision's ASPPConv layout)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ASPP(nn.Module):
@@ -90,20 +77,14 @@ class ASPP(nn.Module):
         rates = tuple(int(r) for r in rates)
         if not rates or min(rates) < 1:
             raise ValueError(f"ASPP rates must be positive ints, got {rates}")
-        branches: list[nn.Module] = [nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )]
+        branches: list[nn.Module] = [ConvNormAct(in_channels, out_channels, 1)]
+        # 3x3 atrous branches: torchvision's ASPPConv layout (conv, BN, ReLU)
         branches += [SeparableConvNormAct(in_channels, out_channels, 3, r) if separable
-                     else _atrous_conv(in_channels, out_channels, r) for r in rates]
+                     else ConvNormAct(in_channels, out_channels, 3, dilation=r) for r in rates]
         branches.append(ASPPPooling(in_channels, out_channels))
         self.convs = nn.ModuleList(branches)
         self.project = nn.Sequential(
-            nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            *ConvNormAct(len(branches) * out_channels, out_channels, 1), nn.Dropout(dropout)
         )
         self.rates = rates
         self.out_channels = out_channels

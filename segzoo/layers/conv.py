@@ -6,7 +6,11 @@ from torch import nn
 
 
 class ConvNormAct(nn.Sequential):
-    """``Conv2d (no bias) -> BatchNorm2d -> ReLU``; keys ``0``, ``1`` as in torchvision.
+    """``Conv2d -> BatchNorm2d -> ReLU``; keys ``0`` (conv), ``1`` (norm) as in torchvision.
+
+    The one conv-norm-act block of segzoo. Where a layout keeps the three modules flat in a
+    larger ``nn.Sequential`` (official HRNet-OCR, torchvision's ASPP and FCN head), unpack
+    it: ``nn.Sequential(*ConvNormAct(...), nn.Dropout(0.1))``.
 
     Args:
         in_channels: input channels.
@@ -15,6 +19,7 @@ class ConvNormAct(nn.Sequential):
         stride: convolution stride.
         dilation: convolution dilation (atrous rate).
         act: append a ReLU.
+        bias: give the convolution a bias (the official OCR head has one before its norm).
     """
 
     def __init__(
@@ -25,11 +30,12 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         dilation: int = 1,
         act: bool = True,
+        bias: bool = False,
     ) -> None:
         padding = dilation * (kernel_size - 1) // 2
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                      bias=False),
+                      bias=bias),
             nn.BatchNorm2d(out_channels),
         ]
         if act:
@@ -50,9 +56,7 @@ class FCNHead(nn.Sequential):
     ) -> None:
         channels = channels or in_channels // 4
         super().__init__(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(inplace=True),
+            *ConvNormAct(in_channels, channels, 3),
             nn.Dropout(dropout),
             nn.Conv2d(channels, num_classes, 1),
         )

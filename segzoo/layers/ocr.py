@@ -12,13 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _conv_bn_relu(cin: int, cout: int, kernel_size: int = 1, bias: bool = False) -> list[nn.Module]:
-    return [
-        nn.Conv2d(cin, cout, kernel_size, padding=kernel_size // 2, bias=bias),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    ]
+from segzoo.layers.conv import ConvNormAct
 
 
 def object_regions(feats: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
@@ -54,13 +48,13 @@ class ObjectAttention(nn.Module):
         super().__init__()
         self.key_channels = key_channels
         self.query = nn.Sequential(
-            *_conv_bn_relu(in_channels, key_channels), *_conv_bn_relu(key_channels, key_channels)
+            *ConvNormAct(in_channels, key_channels, 1), *ConvNormAct(key_channels, key_channels, 1)
         )
         self.key = nn.Sequential(
-            *_conv_bn_relu(in_channels, key_channels), *_conv_bn_relu(key_channels, key_channels)
+            *ConvNormAct(in_channels, key_channels, 1), *ConvNormAct(key_channels, key_channels, 1)
         )
-        self.value = nn.Sequential(*_conv_bn_relu(in_channels, key_channels))
-        self.project = nn.Sequential(*_conv_bn_relu(key_channels, in_channels))
+        self.value = nn.Sequential(*ConvNormAct(in_channels, key_channels, 1))
+        self.project = nn.Sequential(*ConvNormAct(key_channels, in_channels, 1))
 
     def forward(self, pixels: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
         """``pixels``: ``N x C x H x W``; ``objects``: ``N x C x K x 1`` -> ``N x C x H x W``."""
@@ -104,11 +98,11 @@ class OCRHead(nn.Module):
     ) -> None:
         super().__init__()
         self.aux = nn.Sequential(
-            *_conv_bn_relu(in_channels, in_channels, bias=True), nn.Conv2d(in_channels, num_classes, 1)
+            *ConvNormAct(in_channels, in_channels, 1, bias=True), nn.Conv2d(in_channels, num_classes, 1)
         )
-        self.bottleneck = nn.Sequential(*_conv_bn_relu(in_channels, mid_channels, 3, bias=True))
+        self.bottleneck = nn.Sequential(*ConvNormAct(in_channels, mid_channels, 3, bias=True))
         self.attention = ObjectAttention(mid_channels, key_channels)
-        self.fuse = nn.Sequential(*_conv_bn_relu(2 * mid_channels, mid_channels), nn.Dropout2d(dropout))
+        self.fuse = nn.Sequential(*ConvNormAct(2 * mid_channels, mid_channels, 1), nn.Dropout2d(dropout))
         self.classifier = nn.Conv2d(mid_channels, num_classes, 1)
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

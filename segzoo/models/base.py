@@ -1,4 +1,5 @@
-"""What every segzoo model shares: input checks, normalisation and the semantic forward.
+"""What every segzoo model shares: the :class:`Model` base (task, classes, normalisation,
+input checks) and the semantic forward (:class:`SegmentationModel`).
 
 Forward contract (DESIGN.md): float RGB images in [0, 1]; normalisation happens inside
 the model with the ``pixel_mean``/``pixel_std`` buffers; ``model(images)`` returns
@@ -9,24 +10,48 @@ weighted total, whatever ``model.training`` is.
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segzoo.losses import cross_entropy, dice_loss
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
+from segzoo.layers.tracing import is_tracing
+from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
+
+_NOT_A_TENSOR_HINT = (
+    "segzoo models take float torch tensors in [0, 1], N x 3 x H x W (or a list of 3 x H x W); "
+    "for an H x W x 3 uint8 array use torch.from_numpy(img).permute(2, 0, 1).float() / 255, or "
+    "segzoo.predict(model, path_or_array), which reads and converts images for you"
+)
 
 
-def _is_tracing() -> bool:
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-    )
+def refuse_non_tensors(images: Any) -> None:
+    """Raise a TypeError for numpy arrays, PIL images and other non-tensor inputs."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    for i, im in enumerate(items):
+        if not isinstance(im, torch.Tensor):
+            what = "images" if items is not images else f"images[{i}]"
+            kind = "a numpy array" if isinstance(im, np.ndarray) else f"a {type(im).__name__}"
+            raise TypeError(f"{what} is {kind}; {_NOT_A_TENSOR_HINT}")
+
+
+def check_num_classes(num_classes: Any, counts: str) -> int:
+    """``num_classes`` as a Python int >= 1 (numpy integers are accepted; bools are not)."""
+    if isinstance(num_classes, (bool, np.bool_)):
+        raise ValueError(f"num_classes must be a positive int ({counts}), got {num_classes!r}")
+    try:
+        value = operator.index(num_classes)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"num_classes must be a positive int ({counts}), got {num_classes!r}")
+    return int(value)
 
 
 def check_image_tensor(x: torch.Tensor, what: str = "images", values: bool = True) -> None:
@@ -61,7 +86,7 @@ def check_image_values(images: Sequence[torch.Tensor], names: Sequence[str]) -> 
     ``torch.compile`` / ``torch.export``. Models run it when ``model.check_inputs`` is
     True (the default); set it to False to take the sync off the inference path.
     """
-    if _is_tracing():
+    if is_tracing():
         return
     pairs = [(x, n) for x, n in zip(images, names) if x.numel()]
     if not pairs:
@@ -82,7 +107,64 @@ def check_image_values(images: Sequence[torch.Tensor], names: Sequence[str]) -> 
 _RANGE_WARNED = [False]
 
 
-class SegmentationModel(nn.Module):
+def _crop(t: torch.Tensor, h: int, w: int, exporting: bool = False) -> torch.Tensor:
+    """The top-left ``h x w`` of ``t``; a negative pad when exporting, which, unlike a slice,
+    leaves no guard on dynamic sizes."""
+    if exporting:
+        return F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
+    return t[..., :h, :w]
+
+
+class Model(nn.Module):
+    """Base of every segzoo model: the task, the class count, input normalisation and checks.
+
+    Class attributes read by the rest of segzoo (never a model's name):
+
+    - ``task``: one of :data:`segzoo.spec.TASKS`; ``model.spec.task`` is copied from it.
+    - ``class_layers``: module-name prefixes of the layers whose shape depends on
+      ``num_classes`` (re-initialised when a checkpoint has another class count).
+    - ``size_divisibility``: inputs are padded to a multiple of this inside the model.
+    - ``check_inputs``: check image values (NaN/inf raise, values outside [0, 1] warn) at one
+      host sync per call; set it to False on a deployed model.
+
+    Inputs of any float dtype are cast to the model's dtype (that of its ``pixel_mean``
+    buffer: float32 unless the model was converted with ``.half()``/``.double()``).
+    """
+
+    task: str = ""
+    class_layers: tuple[str, ...] = ()
+    size_divisibility: int = 1
+    check_inputs: bool = True
+    # what num_classes counts, for messages
+    counts: str = "every label including background"
+
+    def __init__(
+        self,
+        num_classes: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes, self.counts)
+        if len(mean) != 3 or len(std) != 3 or min(float(v) for v in std) <= 0:
+            raise ValueError(f"mean and std need 3 values (R, G, B) and std > 0, got mean={mean}, std={std}")
+        self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
+        self.input_std = tuple(float(v) for v in std)
+        self.register_buffer("pixel_mean", torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.input_std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype inputs are cast to (the model's floating dtype)."""
+        return self.pixel_mean.dtype
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` in the model's dtype."""
+        x = x.to(self.dtype)
+        return (x - self.pixel_mean) / self.pixel_std
+
+
+class SegmentationModel(Model):
     """Base class of semantic segmentation models.
 
     Input: ``N x 3 x H x W`` float images in [0, 1] (or a list of same-size ``3 x H x W``).
@@ -92,17 +174,19 @@ class SegmentationModel(nn.Module):
 
     Subclasses implement :meth:`forward_logits`, returning the main logits and optionally
     auxiliary logits at any resolution; this class pads the input to
-    ``size_divisibility``, upsamples bilinearly to the input size and crops back.
+    ``size_divisibility``, upsamples bilinearly to the input size and crops back. An empty
+    batch (``0 x 3 x H x W``) gives empty logits ``0 x C x H x W`` (an empty list:
+    ``0 x C x 0 x 0``). Class attributes as in :class:`Model`.
 
-    ``check_inputs`` (default True): check the image values (NaN/inf raise, outside [0, 1]
-    warns) at one host sync per call; set it to False on a deployed model.
+    Loss options (recorded in ``model.spec``): ``class_weights`` (one per class) weight the
+    cross-entropies (:func:`segzoo.losses.cross_entropy`, ``F.cross_entropy``'s weighted mean;
+    ``segzoo.losses.CITYSCAPES_CLASS_WEIGHTS`` are the official HRNet ones); ``ohem_thresh``
+    turns the main loss into OHEM cross-entropy (:func:`segzoo.losses.ohem_cross_entropy`,
+    keeping at least ``ohem_min_kept`` pixels per batch); the auxiliary loss stays a
+    cross-entropy, as in the official HRNet-OCR code.
     """
 
     task = "semantic"
-    # module-name prefixes of layers whose shape depends on num_classes
-    class_layers: tuple[str, ...] = ()
-    size_divisibility: int = 1
-    check_inputs: bool = True
 
     def __init__(
         self,
@@ -112,23 +196,24 @@ class SegmentationModel(nn.Module):
         ignore_index: int = 255,
         aux_weight: float = 0.0,
         dice_weight: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
     ) -> None:
-        super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                f"num_classes must be a positive int (every label including background), "
-                f"got {num_classes!r}"
-            )
-        self.num_classes = num_classes
+        super().__init__(num_classes, mean, std)
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0 (0 turns the Dice loss off), got {dice_weight}")
         self.dice_weight = float(dice_weight)
-        self.input_mean = tuple(float(v) for v in mean)  # recorded in model.spec
-        self.input_std = tuple(float(v) for v in std)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        weights = None if class_weights is None else class_weight_tensor(list(class_weights), self.num_classes)
+        self.register_buffer("class_weights", weights, persistent=False)  # follows .to(device)
+        if ohem_thresh is not None and not 0 < ohem_thresh <= 1:
+            raise ValueError(f"ohem_thresh must be in (0, 1] (None turns OHEM off), got {ohem_thresh}")
+        if int(ohem_min_kept) < 1:
+            raise ValueError(f"ohem_min_kept must be >= 1, got {ohem_min_kept}")
+        self.ohem_thresh = None if ohem_thresh is None else float(ohem_thresh)
+        self.ohem_min_kept = int(ohem_min_kept)
 
     # ------------------------------------------------------------------ subclass API
     def forward_logits(
@@ -143,9 +228,10 @@ class SegmentationModel(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def stack_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        refuse_non_tensors(images)
         if isinstance(images, (list, tuple)):
             if len(images) == 0:
-                raise ValueError("got an empty list of images")
+                return torch.zeros(0, 3, 0, 0, dtype=self.dtype, device=self.pixel_mean.device)
             sizes = {tuple(im.shape) for im in images}
             if len(sizes) > 1:
                 raise ValueError(
@@ -161,33 +247,37 @@ class SegmentationModel(nn.Module):
             )
         if images.dim() != 4:
             raise ValueError(f"images must be N x 3 x H x W, got shape {tuple(images.shape)}")
-        check_image_tensor(images, values=self.check_inputs)
+        check_image_tensor(images, values=self.check_inputs)  # an empty batch has no values to check
         return images
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], targets: torch.Tensor | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         x = self.stack_images(images)
         h, w = x.shape[-2:]
+        if x.shape[0] == 0:
+            if targets is not None:
+                raise ValueError("got an empty batch with targets: losses need at least one image")
+            return x.new_zeros(0, self.num_classes, h, w, dtype=self.dtype)
         x = self.normalize(x)
         d = self.size_divisibility
-        pad_h, pad_w = (-h) % d, (-w) % d
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # under torch.export with dynamic sizes, padding and resizing run unconditionally (no guard
+        # on the input size; both are exact no-ops when nothing is to be done)
+        hp, wp = h + (-h) % d, w + (-w) % d
+        exporting = torch.compiler.is_exporting()
+        if exporting or hp != h or wp != w:
+            x = F.pad(x, (0, wp - w, 0, hp - h))
         out, aux = self.forward_logits(x, with_aux=targets is not None)
-        out = self._resize(out, h + pad_h, w + pad_w)[..., :h, :w]
+        out = _crop(self._resize(out, hp, wp, exporting), h, w, exporting)
         if targets is None:
             return out
         if aux is not None:
-            aux = self._resize(aux, h + pad_h, w + pad_w)[..., :h, :w]
+            aux = _crop(self._resize(aux, hp, wp, exporting), h, w, exporting)
         return self.losses(out, aux, targets)
 
     @staticmethod
-    def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if t.shape[-2:] == (h, w):
+    def _resize(t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
+        if not always and t.shape[-2:] == (h, w):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
 
@@ -210,10 +300,13 @@ class SegmentationModel(nn.Module):
                 "masks must be N x H x W at the image size (apply the same transforms to both)"
             )
         targets = targets.long()
-        if not _is_tracing():
+        if not is_tracing():
             valid = targets != self.ignore_index
-            if bool(valid.any()):
-                lo, hi = (int(v) for v in torch.aminmax(targets[valid]))
+            big = torch.iinfo(torch.int64).max
+            lo = torch.where(valid, targets, big).min()  # ignored pixels left out
+            hi = torch.where(valid, targets, -big).max()
+            any_valid, lo, hi = torch.stack([valid.any().long(), lo, hi]).tolist()  # one host sync
+            if any_valid:
                 if lo < 0 or hi >= self.num_classes:
                     bad = hi if hi >= self.num_classes else lo
                     hint = (
@@ -231,14 +324,18 @@ class SegmentationModel(nn.Module):
         self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         targets = self.check_targets(targets, out)
-        loss_ce = cross_entropy(out, targets, self.ignore_index)
+        w = self.class_weights
+        if self.ohem_thresh is not None:
+            loss_ce = ohem_cross_entropy(out, targets, self.ohem_thresh, self.ohem_min_kept, self.ignore_index, w)
+        else:
+            loss_ce = cross_entropy(out, targets, self.ignore_index, weight=w)
         losses = {"loss_ce": loss_ce}
         total = loss_ce
         if self.dice_weight:
             losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
             total = total + self.dice_weight * losses["loss_dice"]
         if aux is not None:
-            loss_aux = cross_entropy(aux, targets, self.ignore_index)
+            loss_aux = cross_entropy(aux, targets, self.ignore_index, weight=w)
             losses["loss_aux"] = loss_aux
             total = total + self.aux_weight * loss_aux
         losses["loss"] = total

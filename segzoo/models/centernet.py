@@ -12,7 +12,6 @@ Registered variants and the official architectures they reproduce (``--arch``):
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
@@ -23,11 +22,11 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.detection import centernet as ct
 from segzoo.detection.boxes import clip_boxes
-from segzoo.models.centernet_necks import DeconvNeck, DLAUpNeck, DLAUpV0Neck
-from segzoo.models.detection_base import DetectionModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
-
-NECKS = ("deconv", "deconv_dcn", "deconv_conv", "dla_up", "dla_up_conv", "dlav0")
+from segzoo.models.centernet_necks import NECKS
+from segzoo.models.detection_base import DetectionModel, image_shapes
+from segzoo.published import COCO_80, WeightsEntry, register_weights
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 class CenterNetHead(nn.Module):
@@ -71,8 +70,9 @@ class CenterNet(DetectionModel):
 
     Args:
         num_classes: object classes (background is implicit).
-        backbone: a timm model name with ``features_only`` support.
-        neck: ``"deconv"`` (official ``res_*``), ``"deconv_dcn"`` (``resdcn_*``),
+        backbone: a timm model name with ``features_only`` support or a segzoo body.
+        neck: a key of :data:`~segzoo.models.centernet_necks.NECKS`: ``"deconv"`` (official
+            ``res_*``), ``"deconv_dcn"`` (``resdcn_*``),
             ``"deconv_conv"`` (``resdcn_*`` with plain convs), ``"dla_up"`` (``dla_34``),
             ``"dla_up_conv"`` (``dla_34`` with plain convs) or ``"dlav0"`` (``dlav0_34``).
         neck_channels: widths of the deconvolution stages of the ``deconv*`` necks; one
@@ -84,7 +84,7 @@ class CenterNet(DetectionModel):
         heatmap_weight: weight of the focal loss.
         size_weight: weight of the size L1 loss.
         offset_weight: weight of the offset L1 loss.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
     """
@@ -110,34 +110,22 @@ class CenterNet(DetectionModel):
     ) -> None:
         super().__init__(num_classes, mean, std)
         if neck not in NECKS:
-            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+            raise ValueError(f"neck must be one of {tuple(NECKS)}, got {neck!r}")
         if not isinstance(head_conv, int) or head_conv < 1:
             raise ValueError(f"head_conv must be a positive int, got {head_conv!r}")
         if max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-        if neck.startswith("deconv"):
-            self.backbone = make_backbone(backbone, 32, backbone_weights, levels=1)
-            last = self.backbone.strides[-1]
-            n_up = round(math.log2(last / self.stride)) if last >= self.stride else -1
-            if n_up < 0 or 2 ** n_up * self.stride != last or len(neck_channels) != n_up:
-                raise ValueError(
-                    f"backbone {backbone!r} ends at stride {last}: the {neck!r} neck needs "
-                    f"{max(n_up, 0)} upsampling stages to reach stride {self.stride}, but "
-                    f"neck_channels={tuple(neck_channels)}; pass neck_channels with one width per stage")
-            conv = {"deconv": "none", "deconv_dcn": "dcn", "deconv_conv": "conv"}[neck]
-            self.neck = DeconvNeck(self.backbone.channels[-1], tuple(neck_channels), conv)
-        else:
-            self.backbone = make_backbone(backbone, 32, backbone_weights, levels=4)
-            if self.backbone.strides[0] != self.stride:
-                raise ValueError(
-                    f"the {neck!r} neck needs backbone maps at strides 4, 8, 16, 32, but {backbone!r} "
-                    f"gives {self.backbone.strides}; use a CNN backbone (resnet, dla, convnext...) "
-                    "or neck='deconv'")
-            if neck == "dlav0":
-                self.neck = DLAUpV0Neck(self.backbone.channels, self.backbone.strides)
-            else:
-                self.neck = DLAUpNeck(self.backbone.channels, self.backbone.strides,
-                                      deformable=neck == "dla_up")
+        spec = NECKS[neck]
+        self.neck_name = neck
+        self.backbone = make_backbone(backbone, 32, backbone_weights, levels=spec.levels)
+        chs, strides = self.backbone.channels, self.backbone.strides
+        if spec.levels is not None:  # segzoo bodies return all their maps
+            chs, strides = chs[-spec.levels:], strides[-spec.levels:]
+        self.neck_levels = len(chs)
+        try:
+            self.neck = spec.build(chs, strides, tuple(neck_channels), self.stride)
+        except ValueError as e:
+            raise ValueError(f"backbone {backbone!r}: {e}") from None
         self.size_divisibility = self.backbone.strides[-1]
         self.head = CenterNetHead(self.neck.out_channels, num_classes, head_conv)
         self.max_detections = max_detections
@@ -150,15 +138,18 @@ class CenterNet(DetectionModel):
 
         Returns ``heatmap`` (logits, ``N x C``), ``size`` and ``offset`` (``N x 2``).
         """
-        return self.head(self.neck(self.backbone(x)))
+        feats = self.backbone(x)
+        return self.head(self.neck(feats[len(feats) - self.neck_levels:]))
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], targets: Sequence[dict] | None = None
     ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        if self.is_empty(images):
+            return self.empty_result(targets)
         x, sizes = self.preprocess(images)
         maps = self.forward_maps(x)
         if targets is not None:
-            return self.losses(maps, self.check_targets(targets, sizes), sizes)
+            return self.losses(maps, self.check_targets(targets, image_shapes(images)), sizes)
         return self.postprocess(maps, sizes)
 
     def losses(self, maps: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
@@ -166,8 +157,10 @@ class CenterNet(DetectionModel):
         """Focal heatmap loss plus L1 size and offset losses at the object centres."""
         boxes = torch.cat([t["boxes"] for t in targets])
         labels = torch.cat([t["labels"] for t in targets])
-        counts = torch.tensor([len(t["labels"]) for t in targets], device=boxes.device)
-        image_idx = torch.repeat_interleave(torch.arange(len(targets), device=boxes.device), counts)
+        num = [len(t["labels"]) for t in targets]
+        counts = torch.tensor(num, device=boxes.device)
+        image_idx = torch.repeat_interleave(torch.arange(len(targets), device=boxes.device), counts,
+                                            output_size=sum(num))  # sizes known: no sync
         enc = ct.encode_targets(boxes, labels, image_idx, image_sizes, self.num_classes,
                                 tuple(maps["heatmap"].shape[-2:]), self.stride)
         losses = {
@@ -237,44 +230,80 @@ _RES = {"neck": "deconv", "neck_channels": (256, 256, 256), "head_conv": 64}
 _RESDCN = {"neck": "deconv_dcn", "neck_channels": (256, 128, 64), "head_conv": 64}
 
 
-@register_model(task="detection")
+# mean and std of the official pipeline, per BGR channel (datasets/dataset/{coco,pascal}.py);
+# segzoo.convert.centernet reverses them into RGB for the converted models
+OFFICIAL_BGR = {
+    "coco": ((0.40789654, 0.44719302, 0.47026115), (0.28863828, 0.27408164, 0.27809835)),
+    "pascal": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@register_model
 def centernet_resnet18(**kwargs) -> CenterNet:
     """CenterNet ResNet-18, three 256-channel deconvs (official res_18)."""
     return _centernet("centernet_resnet18", {"backbone": "resnet18", **_RES}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
 def centernet_resnet50(**kwargs) -> CenterNet:
     """CenterNet ResNet-50, three 256-channel deconvs (official res_50)."""
     return _centernet("centernet_resnet50", {"backbone": "resnet50", **_RES}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
 def centernet_resnet101(**kwargs) -> CenterNet:
     """CenterNet ResNet-101, three 256-channel deconvs (official res_101)."""
     return _centernet("centernet_resnet101", {"backbone": "resnet101", **_RES}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
 def centernet_resdcn18(**kwargs) -> CenterNet:
     """CenterNet ResNet-18, DCNv2 + bilinear deconv stages 256/128/64 (official resdcn_18)."""
     return _centernet("centernet_resdcn18", {"backbone": "resnet18", **_RESDCN}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
 def centernet_resdcn101(**kwargs) -> CenterNet:
     """CenterNet ResNet-101, DCNv2 + bilinear deconv stages 256/128/64 (official resdcn_101)."""
     return _centernet("centernet_resdcn101", {"backbone": "resnet101", **_RESDCN}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
 def centernet_dla34(**kwargs) -> CenterNet:
     """CenterNet DLA-34, DLA-Up + IDA-Up with DCNv2 to stride 4 (official dla_34)."""
     return _centernet("centernet_dla34", {"backbone": "dla34", "neck": "dla_up", "head_conv": 256}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
 def centernet_dla34_nodcn(**kwargs) -> CenterNet:
     """CenterNet DLA-34, original DLA-Up without deformable convs (official dlav0_34)."""
     return _centernet("centernet_dla34_nodcn", {"backbone": "dla34", "neck": "dlav0", "head_conv": 256},
                       kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# the official release is on Google Drive: a manual source; no size or checksum is published
+_CENTERNET_ZOO = "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md"
+# the Google Drive folder that holds every file by name (the README's per-file link for
+# resdcn18 is the same as exdet_coco_dla's, so the folder is the reliable pointer)
+_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1S3NnppRgXea_IG4WeyquJcnOB3I6G-LX"
+
+
+def _official(model: str, tag: str, file_name: str, ap: tuple[float, float, float]) -> WeightsEntry:
+    mean, std = OFFICIAL_BGR["coco"]
+    return WeightsEntry(
+        model=model, tag=tag, source="manual", converter="centernet-official",
+        dataset="COCO train2017 (80 categories)", classes=COCO_80, mean=mean[::-1], std=std[::-1],
+        metrics=(("box_ap", ap[0]), ("box_ap_flip", ap[1]), ("box_ap_multiscale", ap[2])),
+        metric_source="official CenterNet MODEL_ZOO.md (COCO val2017; no test augmentation / flip / multi-scale)",
+        licence="MIT (CenterNet); COCO annotations CC BY 4.0",
+        file_name=file_name, page=_CENTERNET_ZOO, link=_DRIVE_FOLDER, convert_kwargs=(("convention", "coco"),),
+    )
+
+
+register_weights(
+    _official("centernet_resdcn18", "coco", "ctdet_coco_resdcn18.pth", (28.1, 30.0, 33.2)),
+    _official("centernet_resdcn101", "coco", "ctdet_coco_resdcn101.pth", (34.6, 36.2, 39.3)),
+    _official("centernet_dla34", "coco", "ctdet_coco_dla_2x.pth", (37.4, 39.2, 41.7)),
+    _official("centernet_dla34", "coco_1x", "ctdet_coco_dla_1x.pth", (36.3, 38.2, 40.7)),
+)

@@ -16,12 +16,14 @@ backbone with stride-4...32 features works; ``out_channels`` is the map's width.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from segzoo.layers.conv import ConvNormAct
 from segzoo.layers.dcn import ModulatedDeformConv2d
 
 
@@ -77,6 +79,7 @@ class DeconvNeck(nn.Module):
             layers += [up, nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
             c = w
         self.layers = nn.Sequential(*layers)
+        self.widths = tuple(widths)
         self.out_channels = c
         self.upsampling = 2 ** len(widths)
 
@@ -183,11 +186,6 @@ class DLAUpNeck(nn.Module):
         return self.ida_up(out[:-1])[-1]
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class IDAUpV0(nn.Module):
     """Iterative deep aggregation of ``dlav0``: 1x1 projections, concatenating 3x3 nodes."""
 
@@ -195,12 +193,12 @@ class IDAUpV0(nn.Module):
                  node_kernel: int = 3) -> None:
         super().__init__()
         for i, c in enumerate(channels):
-            proj = nn.Identity() if c == out_channels else _conv_bn_relu(c, out_channels, 1)
+            proj = nn.Identity() if c == out_channels else ConvNormAct(c, out_channels, 1)
             f = int(up_factors[i])
             setattr(self, f"proj_{i}", proj)
             setattr(self, f"up_{i}", nn.Identity() if f == 1 else _up(out_channels, f))
         for i in range(1, len(channels)):
-            setattr(self, f"node_{i}", _conv_bn_relu(2 * out_channels, out_channels, node_kernel))
+            setattr(self, f"node_{i}", ConvNormAct(2 * out_channels, out_channels, node_kernel))
         self.num_inputs = len(channels)
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -235,3 +233,58 @@ class DLAUpV0Neck(nn.Module):
             out = getattr(self.dla_up, f"ida_{i}")(layers[-i - 2:])
             layers[-i - 1:] = out
         return out[-1]
+
+
+# ---------------------------------------------------------------------------- the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Neck:
+    """How CenterNet builds one neck.
+
+    Attributes:
+        build: ``(channels, strides, widths, out_stride) -> module`` over the backbone maps it
+            reads; ``widths`` are the ``deconv*`` necks' stage widths.
+        levels: how many of the deepest backbone maps it reads (None: all).
+    """
+
+    build: Callable[[Sequence[int], Sequence[int], Sequence[int], int], nn.Module]
+    levels: int | None
+
+
+def _deconv(conv: str) -> Callable[[Sequence[int], Sequence[int], Sequence[int], int], nn.Module]:
+    def build(channels: Sequence[int], strides: Sequence[int], widths: Sequence[int], out_stride: int) -> nn.Module:
+        last = strides[-1]
+        n_up = round(math.log2(last / out_stride)) if last >= out_stride else -1
+        if n_up < 0 or 2 ** n_up * out_stride != last or len(widths) != n_up:
+            raise ValueError(
+                f"the backbone ends at stride {last}: a deconvolution neck needs {max(n_up, 0)} "
+                f"upsampling stages to reach stride {out_stride}, but neck_channels={tuple(widths)}; pass "
+                "neck_channels with one width per stage")
+        return DeconvNeck(channels[-1], tuple(widths), conv)
+
+    return build
+
+
+def _dla(v0: bool, deformable: bool = True) -> Callable[[Sequence[int], Sequence[int], Sequence[int], int], nn.Module]:
+    def build(channels: Sequence[int], strides: Sequence[int], widths: Sequence[int], out_stride: int) -> nn.Module:
+        if strides[0] != out_stride:
+            raise ValueError(
+                f"the DLA-Up necks need backbone maps from stride {out_stride} up (4, 8, 16, 32), but the "
+                f"backbone gives strides {tuple(strides)}; use a CNN backbone (resnet, dla, convnext...) "
+                "or neck='deconv'")
+        return DLAUpV0Neck(channels, strides) if v0 else DLAUpNeck(channels, strides, deformable)
+
+    return build
+
+
+#: neck name -> how to build it: ``deconv*`` (official ``res_*``/``resdcn_*``), ``dla_up*``
+#: (``dla_34``), ``dlav0`` (``dlav0_34``).
+NECKS: dict[str, Neck] = {
+    "deconv": Neck(_deconv("none"), levels=1),
+    "deconv_dcn": Neck(_deconv("dcn"), levels=1),
+    "deconv_conv": Neck(_deconv("conv"), levels=1),
+    "dla_up": Neck(_dla(v0=False, deformable=True), levels=4),
+    "dla_up_conv": Neck(_dla(v0=False, deformable=False), levels=4),
+    "dlav0": Neck(_dla(v0=True), levels=4),
+}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,9 @@ from segzoo.backbones import make_backbone
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
 from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.published import COCO_VOC, register_weights, torchvision_entry
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 # ASPP rates of the papers for each output stride
 DEFAULT_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
@@ -106,11 +109,13 @@ class DeepLabV3(SegmentationModel):
         tv_mobilenet: compute what torchvision's dilated MobileNetV3 computes with a timm
             MobileNetV3 body (see :func:`match_torchvision_mobilenet`); the auxiliary head
             then reads the first block of the ``aux_index`` stage, as torchvision does.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier.4", "aux_classifier.4")
@@ -132,16 +137,17 @@ class DeepLabV3(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight)
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        chs = self.backbone.channels
+        chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         self.aux_index = _level_index(aux_index, chs, "aux_index")
         # tv_mobilenet: the aux head reads the first block of this timm stage, as torchvision
         self.tv_aux_stage: int | None = None
         if tv_mobilenet:
-            match_torchvision_mobilenet(self.backbone.body)
+            match_torchvision_mobilenet(getattr(self.backbone, "body", self.backbone))
             module = self.backbone.body.feature_info.module_name(self.aux_index)  # "blocks.2"
             self.tv_aux_stage = int(module.split(".")[1])
         self.classifier = DeepLabHead(
@@ -155,7 +161,7 @@ class DeepLabV3(SegmentationModel):
         if self.tv_aux_stage is not None:
             last, aux_feat = self._tv_mobilenet_features(x)
         else:
-            feats = self.backbone(x)
+            feats = self.backbone.head_maps(self.backbone(x))
             last, aux_feat = feats[-1], feats[self.aux_index]
         out = self.classifier(last)
         aux = None
@@ -225,11 +231,13 @@ class DeepLabV3Plus(SegmentationModel):
         aspp_dropout: dropout after the ASPP projection.
         separable: atrous separable (depthwise + pointwise) convolutions in the ASPP and the
             decoder, as in the paper (and mmsegmentation, smp); False for plain 3x3 convs.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("decoder.classifier",)
@@ -249,10 +257,11 @@ class DeepLabV3Plus(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        strides = self.backbone.strides
+        strides, chs = self.backbone.head_strides, self.backbone.head_channels
         if 4 not in strides:
             raise ValueError(
                 f"DeepLabV3+ needs a stride-4 feature map but backbone {backbone!r} returns "
@@ -261,14 +270,14 @@ class DeepLabV3Plus(SegmentationModel):
             )
         self.low_index = max(i for i, s in enumerate(strides) if s == 4)
         self.decoder = DeepLabV3PlusDecoder(
-            self.backbone.channels[-1], self.backbone.channels[self.low_index], num_classes,
+            chs[-1], chs[self.low_index], num_classes,
             _rates(rates, output_stride), channels, low_proj, aspp_dropout, separable,
         )
 
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone(x)
+        feats = self.backbone.head_maps(self.backbone(x))
         return self.decoder(feats[-1], feats[self.low_index]), None
 
 
@@ -280,30 +289,45 @@ def _deeplabv3plus(name: str, backbone: str, /, **kwargs) -> DeepLabV3Plus:
     return create(DeepLabV3Plus, name, {"backbone": backbone}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3_resnet50(**kwargs) -> DeepLabV3:
     return _deeplabv3("deeplabv3_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3_resnet101(**kwargs) -> DeepLabV3:
     return _deeplabv3("deeplabv3_resnet101", "resnet101", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3_mobilenetv3_large(**kwargs) -> DeepLabV3:
-    # torchvision: dilated last stage (stride 16), rates 12/24/36, aux on the stride-8 level
-    backbone = kwargs.get("backbone", "mobilenetv3_large_100")
-    defaults = {"backbone": backbone, "output_stride": 16, "rates": (12, 24, 36), "aux_index": 2,
-                "tv_mobilenet": backbone.startswith("mobilenetv3")}
+    """DeepLabV3 on MobileNetV3-Large in torchvision's layout.
+
+    Dilated last stage (stride 16), rates 12/24/36, aux head on the stride-8 level and
+    torchvision's BatchNorm numerics and dilation (``tv_mobilenet=True``, explicit here; pass
+    ``tv_mobilenet=False`` with another backbone)."""
+    defaults = {"backbone": "mobilenetv3_large_100", "output_stride": 16, "rates": (12, 24, 36),
+                "aux_index": 2, "tv_mobilenet": True}
     return create(DeepLabV3, "deeplabv3_mobilenetv3_large", defaults, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3plus_resnet50(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def deeplabv3plus_resnet101(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", **kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+register_weights(
+    torchvision_entry("deeplabv3_resnet50", "tv_coco_voc", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
+                      COCO_VOC),
+    torchvision_entry("deeplabv3_resnet101", "tv_coco_voc", "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
+                      COCO_VOC),
+    torchvision_entry("deeplabv3_mobilenetv3_large", "tv_coco_voc",
+                      "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+)

@@ -1,5 +1,8 @@
-"""Mask R-CNN (He et al., ICCV 2017) and Faster R-CNN (Ren et al., NeurIPS 2015) with an FPN
-(Lin et al., CVPR 2017) on any timm backbone, in torchvision's form and batched throughout.
+"""Faster R-CNN (Ren et al., NeurIPS 2015) and Mask R-CNN (He et al., ICCV 2017) with an FPN
+(Lin et al., CVPR 2017) on any segzoo backbone, in torchvision's form and batched throughout.
+
+As in torchvision, :class:`FasterRCNN` is the detector and :class:`MaskRCNN` is a Faster
+R-CNN that adds the mask branch, so a model's class says its task.
 """
 
 from __future__ import annotations
@@ -12,39 +15,43 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from segzoo.backbones import TimmBackbone
+from segzoo.backbones import make_backbone
 from segzoo.backbones.fpn import FPN
 from segzoo.detection.boxes import group_counts, rank_in_group, split_sizes
 from segzoo.detection.roi_heads import RoIHeads
 from segzoo.detection.rpn import RegionProposalNetwork
-from segzoo.models.detection_base import DetectionModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, check_kwargs, create, register_model
+from segzoo.models.detection_base import DetectionModel, image_shapes
+from segzoo.published import COCO_90, register_weights, torchvision_entry
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 FPN_STRIDES = (4, 8, 16, 32)
 
 
-class MaskRCNN(DetectionModel):
-    """Backbone (C2-C5) -> FPN (P2-P6) -> RPN -> RoIAlign -> box head (+ mask head).
+class FasterRCNN(DetectionModel):
+    """Backbone (C2-C5) -> FPN (P2-P6) -> RPN -> RoIAlign -> box head; :class:`MaskRCNN` adds a
+    mask head.
 
     Input: ``N x 3 x H x W`` or a list of ``3 x H x W`` float RGB images in [0, 1], any
     size (zero-padded to a multiple of 32 inside, results are in input pixels; resize
     beforehand, the model does not). Output: one dict per image with ``boxes`` (K x 4,
-    xyxy), ``scores`` (K), ``labels`` (K, int64, 0-based) and, with the mask branch,
-    ``masks`` (K x H x W probabilities at the image's size). With ``targets`` (one dict
-    per image: ``boxes``, ``labels`` 0-based, ``masks`` K x H x W for Mask R-CNN; empty for
-    images without objects) the output is the dict of losses ``loss_objectness``,
+    xyxy), ``scores`` (K), ``labels`` (K, int64, 0-based) and, for Mask R-CNN, ``masks``
+    (K x H x W probabilities at the image's size); an empty batch gives ``[]``. With
+    ``targets`` (one dict per image: ``boxes``, ``labels`` 0-based, ``masks`` K x H x W for
+    Mask R-CNN; empty for images without objects) the output is the dict of losses ``loss_objectness``,
     ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg`` (, ``loss_mask``) and their
     sum ``loss``. The RPN keeps its ``*_train`` numbers of proposals in train mode and its
     ``*_test`` numbers in eval mode, as torchvision does.
 
     Args:
         num_classes: object classes (background is implicit).
-        backbone: a timm model with ``features_only`` and stride-4..32 feature levels.
-        backbone_weights: local timm weights file for the backbone.
+        backbone: a segzoo body (``"hrnet_w18"``) or a timm model with ``features_only``,
+            with stride-4..32 feature levels (see :func:`segzoo.backbones.make_backbone`).
+        backbone_weights: local weights file for the backbone (timm's layout), or a timm tag (``"imagenet"``).
         frozen_bn: FrozenBatchNorm2d in the backbone; default: True when
             ``backbone_weights`` is given, else False.
         trainable_backbone_layers: backbone stages (from the deepest) that train; the
-            stem trains only when this counts every stage. Default: 3 with
+            stem trains only when this counts every stage (5 for a ResNet). Default: 3 with
             ``backbone_weights``, else all.
         fpn_channels: channels of the FPN levels.
         anchor_sizes: one anchor size per level P2-P6.
@@ -67,16 +74,14 @@ class MaskRCNN(DetectionModel):
         box_batch_size_per_image: proposals sampled per image for the head losses.
         box_positive_fraction: largest share of foreground proposals.
         representation_size: width of the box head's two fully connected layers.
-        with_mask: add the mask branch.
-        mask_layers: widths of the mask head's 3x3 convs.
         roi_aligned: RoIAlign ``aligned`` flag (False as torchvision; True as detectron2).
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
     """
 
-    task = "instance"
+    task = "detection"
     size_divisibility = 32
-    class_layers = ("roi_heads.box_predictor", "roi_heads.mask_head.mask_logits")
+    class_layers = ("roi_heads.box_predictor",)
 
     def __init__(
         self,
@@ -106,24 +111,29 @@ class MaskRCNN(DetectionModel):
         box_batch_size_per_image: int = 512,
         box_positive_fraction: float = 0.25,
         representation_size: int = 1024,
-        with_mask: bool = True,
-        mask_layers: Sequence[int] = (256, 256, 256, 256),
         roi_aligned: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__(num_classes, mean, std)
         pretrained = backbone_weights is not None
-        self.backbone = TimmBackbone(backbone, weights=backbone_weights,
-                                     frozen_bn=pretrained if frozen_bn is None else frozen_bn)
+        self.backbone = make_backbone(backbone, 32, backbone_weights)
+        if pretrained if frozen_bn is None else frozen_bn:
+            self.backbone.freeze(bn=True, params=False)
         strides = self.backbone.strides
         self.levels = tuple(strides.index(s) for s in FPN_STRIDES if s in strides)
         if len(self.levels) != len(FPN_STRIDES):
             raise ValueError(
-                f"backbone {backbone!r} has feature strides {strides}; Mask R-CNN's FPN needs levels "
-                f"at strides {FPN_STRIDES} (C2-C5): pick a timm model with a 4-stage pyramid (ResNet, "
-                "ConvNeXt, EfficientNet, MobileNet, ...)")
-        self._freeze_stages(trainable_backbone_layers, pretrained)
+                f"backbone {backbone!r} has feature strides {strides}; the FPN needs levels at strides "
+                f"{FPN_STRIDES} (C2-C5): pick a backbone with a 4-stage pyramid (ResNet, ConvNeXt, "
+                "EfficientNet, MobileNet, HRNet, ...)")
+        stages = self.backbone.num_stages
+        if trainable_backbone_layers is None:
+            trainable_backbone_layers = 3 if pretrained else stages
+        if not 0 <= trainable_backbone_layers <= stages:
+            raise ValueError(f"trainable_backbone_layers must be in [0, {stages}] for this backbone "
+                             f"({stages} stages), got {trainable_backbone_layers}")
+        self.backbone.freeze_stages(stages - trainable_backbone_layers)
         self.fpn = FPN([self.backbone.channels[i] for i in self.levels], FPN_STRIDES, fpn_channels)
         if len(anchor_sizes) != len(self.fpn.strides):
             raise ValueError(f"anchor_sizes needs one size per FPN level P2-P6 ({len(self.fpn.strides)}), "
@@ -135,45 +145,28 @@ class MaskRCNN(DetectionModel):
             rpn_nms_thresh, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
             rpn_positive_fraction, rpn_score_thresh)
         self.roi_heads = RoIHeads(
-            num_classes, fpn_channels, FPN_STRIDES, with_mask, representation_size, mask_layers,
-            roi_aligned, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
-            box_positive_fraction, box_score_thresh, box_nms_thresh, box_detections_per_img)
-        self.with_mask = with_mask
-        if not with_mask:
-            self.task = "detection"
+            num_classes, fpn_channels, FPN_STRIDES, representation_size, roi_aligned, box_fg_iou_thresh,
+            box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, box_score_thresh,
+            box_nms_thresh, box_detections_per_img)
 
-    def _freeze_stages(self, trainable: int | None, pretrained: bool) -> None:
-        """Stop gradients to the stem and the first stages, as torchvision's ``trainable_layers``."""
-        names = self.backbone.body.feature_info.module_name()
-        if trainable is None:
-            trainable = 3 if pretrained else len(names)
-        if not 0 <= trainable <= len(names):
-            raise ValueError(f"trainable_backbone_layers must be in [0, {len(names)}] for this backbone "
-                             f"({len(names)} stages), got {trainable}")
-        if trainable == len(names):
-            return
-        params = list(self.backbone.body.named_parameters())
-        first = len(params)  # index of the first parameter of the first trainable stage
-        for name in names[len(names) - trainable:]:
-            prefixes = (name + ".", name.replace(".", "_") + ".")
-            hits = [i for i, (k, _) in enumerate(params) if k.startswith(prefixes)]
-            if hits:
-                first = hits[0]
-                break
-        for _, p in params[:first]:
-            p.requires_grad_(False)
+    @property
+    def has_masks(self) -> bool:
+        """Whether the model predicts masks (Mask R-CNN), read from its modules."""
+        return self.roi_heads.mask_head is not None
 
-    def _pad_targets(self, targets: list[dict], sizes: torch.Tensor, shape: Sequence[int]) -> dict:
+    def _pad_targets(self, targets: list[dict], shape: Sequence[int]) -> dict:
         """Per-image targets -> ``(N, G, ...)`` tensors padded to the most objects (at least 1)."""
-        counts = torch.tensor([len(t["boxes"]) for t in targets], device=sizes.device)
-        g = max(1, max(len(t["boxes"]) for t in targets))
+        device = targets[0]["boxes"].device
+        num = [len(t["boxes"]) for t in targets]
+        g = max(1, max(num))
         boxes = pad_sequence([t["boxes"] for t in targets], batch_first=True)  # (N, G', 4)
         labels = pad_sequence([t["labels"] for t in targets], batch_first=True)
         boxes = F.pad(boxes, (0, 0, 0, g - boxes.shape[1]))
         labels = F.pad(labels, (0, g - labels.shape[1]))
+        counts = torch.tensor(num, device=device)
         out = {"boxes": boxes, "labels": labels,
-               "valid": torch.arange(g, device=sizes.device)[None] < counts[:, None]}
-        if self.with_mask:
+               "valid": torch.arange(g, device=device)[None] < counts[:, None]}
+        if self.has_masks:
             hp, wp = shape
             # pad each image's masks to the batch canvas (image sizes differ in a list input)
             masks = [F.pad(t["masks"].to(boxes.dtype), (0, wp - t["masks"].shape[-1], 0, hp - t["masks"].shape[-2]))
@@ -185,48 +178,68 @@ class MaskRCNN(DetectionModel):
 
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor],
                 targets: Sequence[dict] | None = None) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        if self.is_empty(images):
+            return self.empty_result(targets)
         if not isinstance(images, torch.Tensor):
             images = list(images)
         x, sizes = self.preprocess(images)
+        shapes = image_shapes(images)  # host ints: no sync
         feats = self.backbone(x)
         feats = self.fpn([feats[i] for i in self.levels])
         padded = None
         if targets is not None:
-            padded = self._pad_targets(self.check_targets(targets, sizes, self.with_mask), sizes, x.shape[-2:])
+            checked = self.check_targets(targets, shapes, self.has_masks)
+            padded = self._pad_targets(checked, x.shape[-2:])
         proposals, image_idx, losses = self.rpn(feats, x.shape[-2:], sizes, padded)
         if targets is not None:
             losses.update(self.roi_heads(feats, proposals, image_idx, sizes, padded))
             losses["loss"] = sum(losses.values())
             return losses
-        if isinstance(images, torch.Tensor):
-            canvas = tuple(images.shape[-2:])
-        else:
-            canvas = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
+        canvas = (max(h for h, _ in shapes), max(w for _, w in shapes))
         det = self.roi_heads(feats, proposals, image_idx, sizes, canvas=canvas)
-        n = len(sizes)
-        keys = ["boxes", "scores", "labels"] + (["masks"] if self.with_mask else [])
+        n = len(shapes)
+        keys = ["boxes", "scores", "labels"] + (["masks"] if self.has_masks else [])
         sizes_per_image = split_sizes(det["image_idx"], n)  # the one host sync
         parts = {k: torch.split(det[k], sizes_per_image) for k in keys}
         results = [{k: parts[k][i] for k in keys} for i in range(n)]
-        if self.with_mask:
-            for r, (h, w) in zip(results, sizes.tolist()):  # crop the canvas to each image
+        if self.has_masks:
+            for r, (h, w) in zip(results, shapes):  # crop the canvas to each image
                 r["masks"] = r["masks"][:, :h, :w]
         return results
 
-    def exportable(self, max_detections: int = 100) -> MaskRCNNExport:
+    def exportable(self, max_detections: int = 100) -> RCNNExport:
         """The inference path with fixed-size outputs, for ``torch.export`` and ONNX."""
-        return MaskRCNNExport(self, max_detections)
+        return RCNNExport(self, max_detections)
 
 
-class MaskRCNNExport(nn.Module):
+class MaskRCNN(FasterRCNN):
+    """Mask R-CNN: :class:`FasterRCNN` plus a mask branch (14x14 RoIAlign, four 3x3 convs, a
+    2x2 deconvolution and per-class 28x28 mask logits). Input and output as in
+    :class:`FasterRCNN`, with ``masks`` in the predictions and ``loss_mask`` in the losses.
+
+    Args:
+        num_classes: object classes (background is implicit).
+        mask_layers: widths of the mask head's 3x3 convs.
+        **kwargs: :class:`FasterRCNN`'s arguments.
+    """
+
+    task = "instance"
+    class_layers = ("roi_heads.box_predictor", "roi_heads.mask_head.mask_logits")
+
+    def __init__(self, num_classes: int = 80, mask_layers: Sequence[int] = (256, 256, 256, 256), **kwargs) -> None:
+        super().__init__(num_classes, **kwargs)
+        self.roi_heads.add_mask_branch(mask_layers)
+
+
+class RCNNExport(nn.Module):
     """``images (N x 3 x H x W) -> boxes, scores, labels, [masks,] num_detections``, padded to K.
 
     ``boxes`` ``(N, K, 4)``, ``scores`` ``(N, K)`` (0 for padding), ``labels`` ``(N, K)``
-    (-1 for padding), ``masks`` ``(N, K, H, W)`` and ``num_detections`` ``(N,)``: the first
-    ``num_detections`` rows of each image are what ``model(images)`` returns.
+    (-1 for padding), ``masks`` ``(N, K, H, W)`` (Mask R-CNN only) and ``num_detections``
+    ``(N,)``: the first ``num_detections`` rows of each image are what ``model(images)`` returns.
     """
 
-    def __init__(self, model: MaskRCNN, max_detections: int = 100) -> None:
+    def __init__(self, model: FasterRCNN, max_detections: int = 100) -> None:
         super().__init__()
         self.model = model
         self.max_detections = max_detections
@@ -247,45 +260,60 @@ class MaskRCNNExport(nn.Module):
         labels = torch.full((n, k), -1, dtype=torch.int64, device=x.device).index_put(
             (img, rank), det["labels"][keep])
         num = group_counts(img, n)
-        if not m.with_mask:
+        if not m.has_masks:
             return boxes, scores, labels, num
         h, w = images.shape[-2:]
         masks = det["masks"].new_zeros(n, k, h, w).index_put((img, rank), det["masks"][keep])
         return boxes, scores, labels, masks, num
 
 
-class FasterRCNN(MaskRCNN):
-    """Faster R-CNN with FPN: :class:`MaskRCNN` without the mask branch (``task="detection"``).
-
-    Takes :class:`MaskRCNN`'s arguments except ``with_mask``.
-    """
-
-    task = "detection"
-    class_layers = ("roi_heads.box_predictor",)
-
-    def __init__(self, num_classes: int = 80, **kwargs) -> None:
-        if "with_mask" in kwargs:
-            raise TypeError("FasterRCNN has no mask branch (no with_mask argument); build a maskrcnn_* "
-                            "model for masks")
-        check_kwargs(MaskRCNN, type(self).__name__, kwargs)
-        super().__init__(num_classes, with_mask=False, **kwargs)
-
-
-def _rcnn(cls: type, name: str, defaults: dict, kwargs: dict) -> MaskRCNN:
-    check_kwargs(MaskRCNN, name, kwargs)
-    return create(cls, name, defaults, kwargs)
-
-
-@register_model(task="instance")
+@register_model
 def maskrcnn_resnet50_fpn(**kwargs) -> MaskRCNN:
-    return _rcnn(MaskRCNN, "maskrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
+    """Mask R-CNN with a ResNet-50 FPN (torchvision's maskrcnn_resnet50_fpn)."""
+    return create(MaskRCNN, "maskrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
 
 
-@register_model(task="instance")
+@register_model
 def maskrcnn_resnet101_fpn(**kwargs) -> MaskRCNN:
-    return _rcnn(MaskRCNN, "maskrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
+    """Mask R-CNN with a ResNet-101 FPN."""
+    return create(MaskRCNN, "maskrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
 
 
-@register_model(task="detection")
+@register_model
+def maskrcnn_resnet18_fpn(**kwargs) -> MaskRCNN:
+    """Mask R-CNN with a ResNet-18 FPN, the size a CPU can train."""
+    return create(MaskRCNN, "maskrcnn_resnet18_fpn", {"backbone": "resnet18"}, kwargs)
+
+
+@register_model
+def maskrcnn_convnext_tiny_fpn(**kwargs) -> MaskRCNN:
+    """Mask R-CNN with a ConvNeXt-T FPN."""
+    return create(MaskRCNN, "maskrcnn_convnext_tiny_fpn", {"backbone": "convnext_tiny"}, kwargs)
+
+
+@register_model
 def fasterrcnn_resnet50_fpn(**kwargs) -> FasterRCNN:
-    return _rcnn(FasterRCNN, "fasterrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
+    """Faster R-CNN with a ResNet-50 FPN (torchvision's fasterrcnn_resnet50_fpn)."""
+    return create(FasterRCNN, "fasterrcnn_resnet50_fpn", {"backbone": "resnet50"}, kwargs)
+
+
+@register_model
+def fasterrcnn_resnet18_fpn(**kwargs) -> FasterRCNN:
+    """Faster R-CNN with a ResNet-18 FPN."""
+    return create(FasterRCNN, "fasterrcnn_resnet18_fpn", {"backbone": "resnet18"}, kwargs)
+
+
+@register_model
+def fasterrcnn_resnet101_fpn(**kwargs) -> FasterRCNN:
+    """Faster R-CNN with a ResNet-101 FPN."""
+    return create(FasterRCNN, "fasterrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums; torchvision's 1-based labels become segzoo's 0-based ones
+register_weights(
+    torchvision_entry("maskrcnn_resnet50_fpn", "tv_coco", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1", COCO_90,
+                      detection=True),
+    torchvision_entry("fasterrcnn_resnet50_fpn", "tv_coco", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1", COCO_90,
+                      detection=True),
+)

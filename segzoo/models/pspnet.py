@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +15,8 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 class PSPHead(nn.Sequential):
@@ -60,11 +62,13 @@ class PSPNet(SegmentationModel):
         aux_loss: add the auxiliary head (3x3 conv to in/4, 256 for ResNet ``layer3``).
         aux_index: backbone feature level of the auxiliary head (-2: ResNet ``layer3``).
         aux_weight: weight of the auxiliary loss (0.4 in the paper).
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier.3", "aux_classifier.4")
@@ -85,11 +89,12 @@ class PSPNet(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight)
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        chs = self.backbone.channels
+        chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         n = len(chs)
         if not -n <= aux_index < n:
             raise ValueError(
@@ -105,7 +110,7 @@ class PSPNet(SegmentationModel):
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone(x)
+        feats = self.backbone.head_maps(self.backbone(x))
         out = self.classifier(feats[-1])
         aux = None
         if with_aux and self.aux_classifier is not None:
@@ -117,11 +122,11 @@ def _pspnet(name: str, backbone: str, /, **kwargs) -> PSPNet:
     return create(PSPNet, name, {"backbone": backbone}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def pspnet_resnet50(**kwargs) -> PSPNet:
     return _pspnet("pspnet_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def pspnet_resnet101(**kwargs) -> PSPNet:
     return _pspnet("pspnet_resnet101", "resnet101", **kwargs)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.layers import ConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD, create, register_model
+from segzoo.registry import create, register_model
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 class DoubleConv(nn.Sequential):
@@ -70,6 +72,8 @@ class UNet(SegmentationModel):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier",)
@@ -82,8 +86,9 @@ class UNet(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2 or min(channels) < 1:
             raise ValueError(
@@ -150,11 +155,13 @@ class UNetTimm(SegmentationModel):
         decoder_channels: widths of the decoder blocks, deepest first, one per factor of 2
             (5 for stride-32 encoders); by default the first ``log2(S)`` of
             (256, 128, 64, 32, 16).
-        backbone_weights: local timm weights file for the encoder.
+        backbone_weights: local timm weights file for the encoder, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("head",)
@@ -169,8 +176,9 @@ class UNetTimm(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, 32, backbone_weights)
         strides, chs = self.backbone.strides, self.backbone.channels
         deepest = strides[-1]
@@ -213,7 +221,7 @@ class UNetTimm(SegmentationModel):
         return self.head(y), None
 
 
-@register_model(task="semantic")
+@register_model
 def unet(**kwargs) -> UNet:
     return create(UNet, "unet", {}, kwargs)
 
@@ -222,26 +230,26 @@ def _unet(name: str, backbone: str, /, **kwargs) -> UNetTimm:
     return create(UNetTimm, name, {"backbone": backbone}, kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_resnet18(**kwargs) -> UNetTimm:
     return _unet("unet_resnet18", "resnet18", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_resnet34(**kwargs) -> UNetTimm:
     return _unet("unet_resnet34", "resnet34", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_resnet50(**kwargs) -> UNetTimm:
     return _unet("unet_resnet50", "resnet50", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_efficientnet_b0(**kwargs) -> UNetTimm:
     return _unet("unet_efficientnet_b0", "efficientnet_b0", **kwargs)
 
 
-@register_model(task="semantic")
+@register_model
 def unet_convnext_tiny(**kwargs) -> UNetTimm:
     return _unet("unet_convnext_tiny", "convnext_tiny", **kwargs)

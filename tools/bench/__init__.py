@@ -3,7 +3,7 @@
 A *case* pairs a segzoo model with its anchor (torchvision, smp, timm, ...) and an input.
 Cases live in ``cases_*.py`` modules and register themselves with :func:`register_case`;
 ``tools/benchmark.py`` is a thin CLI over :func:`run`, :func:`run_scaling` and
-:mod:`segzoo.benchmark.report`. Both models are held in memory and called alternately
+:mod:`tools.bench.report`. Both models are held in memory and called alternately
 (segzoo, anchor, segzoo, anchor, ...) so that a change in machine load hits both sides
 alike; each side's time is the median of its runs. The ratio is segzoo / anchor, so
 below 1.0 means segzoo is faster.
@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from segzoo.benchmark.report import format_scaling, format_table, machine_description, markdown_report
+from tools.bench.report import format_scaling, format_table, machine_description, markdown_report
 
 CASE_MODULES = (
-    "segzoo.benchmark.cases_semantic",
-    "segzoo.benchmark.cases_hrnet",
-    "segzoo.benchmark.cases_detection",
-    "segzoo.benchmark.cases_centernet",
+    "tools.bench.cases_semantic",
+    "tools.bench.cases_hrnet",
+    "tools.bench.cases_detection",
+    "tools.bench.cases_centernet",
 )
 # the input-size series: a representative model of each family (every model would cost too much CPU)
 SCALING_CASES = ("fcn_resnet50", "deeplabv3_resnet50", "unet_resnet34", "hrnet_w18", "maskrcnn_resnet50_fpn",

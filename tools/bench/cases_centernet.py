@@ -9,8 +9,8 @@ a lower bound, not a peer: the anchor name says "bare backbone".
 from __future__ import annotations
 
 import segzoo
-from segzoo.benchmark import Case, register_case
-from segzoo.benchmark.cases_semantic import image, normalized
+from tools.bench import Case, register_case
+from tools.bench.cases_semantic import image, normalized
 
 
 def _timm_features(name: str):

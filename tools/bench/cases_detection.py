@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from segzoo.benchmark import Case, register_case, register_series
+import segzoo
+from segzoo.convert.torchvision import from_torchvision
+from tools.bench import Case, register_case, register_series
 
 
 def _tv_maskrcnn(size: int, with_mask: bool = True, depth: int = 50, detections: int = 100):
@@ -43,8 +45,6 @@ def _ours(name: str, size: int, with_mask: bool, depth: int = 50, detections: in
     """segzoo holding the anchor's random weights: the same proposals, so the same work downstream."""
 
     def build():
-        from segzoo.convert.torchvision import from_torchvision
-
         return from_torchvision(_anchor(size, with_mask, depth, detections)().state_dict(), name,
                                 trainable_backbone_layers=3, box_score_thresh=0.0,
                                 box_detections_per_img=detections)
@@ -98,14 +98,17 @@ def _tv_train_step(model, inputs):
     return loss
 
 
-def _cases(name: str, with_mask: bool, size: int | None) -> list[Case]:
+def _cases(name: str, with_mask: bool, size: int | None, depth: int = 50) -> list[Case]:
     s = size or 800
+    # torchvision registers only the ResNet-50 detectors; other depths are its classes on its FPN extractor
+    anchor_name = (f"torchvision {name}" if depth == 50
+                   else f"torchvision {'MaskRCNN' if with_mask else 'FasterRCNN'}(resnet{depth} FPN)")
     return [
-        Case(name=name, size=f"1x3x{s}x{s}", build=_ours(name, s, with_mask),
-             anchor=_anchor(s, with_mask), anchor_name=f"torchvision {name}",
+        Case(name=name, size=f"1x3x{s}x{s}", build=_ours(name, s, with_mask, depth),
+             anchor=_anchor(s, with_mask, depth), anchor_name=anchor_name,
              make_input=_images(s, 1), anchor_input=list),
-        Case(name=name, size=f"2x3x{s}x{s}", mode="train", build=_ours(name, s, with_mask),
-             anchor=_anchor(s, with_mask), anchor_name=f"torchvision {name}",
+        Case(name=name, size=f"2x3x{s}x{s}", mode="train", build=_ours(name, s, with_mask, depth),
+             anchor=_anchor(s, with_mask, depth), anchor_name=anchor_name,
              make_input=_train_input(s), anchor_input=_tv_targets,
              step=_train_step, anchor_step=_tv_train_step),
     ]
@@ -142,3 +145,34 @@ def maskrcnn_detections() -> list[Case]:
 @register_case("fasterrcnn_resnet50_fpn")
 def fasterrcnn_resnet50_fpn(size: int | None = None) -> list[Case]:
     return _cases("fasterrcnn_resnet50_fpn", False, size)
+
+
+@register_case("maskrcnn_resnet18_fpn")
+def maskrcnn_resnet18_fpn(size: int | None = None) -> list[Case]:
+    return _cases("maskrcnn_resnet18_fpn", True, size, depth=18)
+
+
+@register_case("fasterrcnn_resnet18_fpn")
+def fasterrcnn_resnet18_fpn(size: int | None = None) -> list[Case]:
+    return _cases("fasterrcnn_resnet18_fpn", False, size, depth=18)
+
+
+@register_case("fasterrcnn_resnet101_fpn")
+def fasterrcnn_resnet101_fpn(size: int | None = None) -> list[Case]:
+    s = size or 800
+    name = "fasterrcnn_resnet101_fpn"
+    return [Case(name=name, size=f"1x3x{s}x{s}", build=_ours(name, s, False, depth=101),
+                 anchor=_anchor(s, False, depth=101), anchor_name="torchvision FasterRCNN(resnet101 FPN)",
+                 make_input=_images(s, 1), anchor_input=list)]
+
+
+@register_case("maskrcnn_convnext_tiny_fpn")
+def maskrcnn_convnext_tiny_fpn(size: int | None = None) -> list[Case]:
+    """No anchor: torchvision has no ConvNeXt detector; the row gives segzoo's time alone."""
+    s = size or 800
+    name = "maskrcnn_convnext_tiny_fpn"
+
+    def build():
+        return segzoo.build(name, box_score_thresh=0.0)
+
+    return [Case(name=name, size=f"1x3x{s}x{s}", build=build, make_input=_images(s, 1))]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from segzoo.checkpoint import atomic_write
+
 START_MARKER = "<!-- benchmark:start -->"
 END_MARKER = "<!-- benchmark:end -->"
 
@@ -156,8 +158,6 @@ def replace_section(path: str | os.PathLike, text: str) -> None:
     Raises:
         ValueError: the file lacks a marker, or has them out of order or more than once.
     """
-    from segzoo.checkpoint import atomic_write
-
     path = Path(path)
     content = path.read_text(encoding="utf-8")
     starts, ends = content.count(START_MARKER), content.count(END_MARKER)

@@ -1,0 +1,186 @@
+"""The backbone contract every segzoo family builds on.
+
+A backbone maps ``N x 3 x H x W`` normalised images to a list of feature maps, finest first,
+and describes them with two tuples: ``channels[i]`` channels at stride ``strides[i]``.
+Decoders read those tuples and never a backbone's name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from timm.layers import freeze_batch_norm_2d
+from torch import nn
+
+from segzoo.checkpoint import CheckpointError, read_state_dict
+from segzoo.hub import looks_like_path, timm_name, timm_pretrained
+from segzoo.layers.multiscale import resize_concat
+
+
+class Backbone(nn.Module):
+    """Base class of segzoo backbones: ``forward(x) -> list[Tensor]`` plus ``channels``/``strides``.
+
+    Subclasses set ``name``, ``channels`` and ``strides`` in ``__init__``, implement
+    :meth:`forward` and :meth:`stage_prefixes`, and may override :meth:`weights_module`,
+    :meth:`ignored_weight_keys` and ``weights_hint`` to describe their weight files.
+
+    Attributes:
+        name: what the backbone was built from (a timm name, ``"hrnet_w18"``).
+        channels: channels of each returned map.
+        strides: stride of each returned map.
+        head_input: how heads that read one map (FCN, DeepLabV3, PSPNet) use this backbone:
+            ``"last"``: the deepest map; ``"concat"``: every map upsampled to the finest and
+            concatenated (the HRNetV2 representation), for backbones whose branches run in
+            parallel to the end. See :meth:`head_maps`.
+    """
+
+    name: str = ""
+    channels: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    head_input: str = "last"
+    kind: str = "backbone"  # for messages: "timm backbone", "HRNet body"
+    weights_hint: str = "the file must hold the state dict of the same architecture"
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ heads on one map
+    @property
+    def head_channels(self) -> tuple[int, ...]:
+        """``channels`` of :meth:`head_maps`' output."""
+        if self.head_input == "concat":
+            return (*self.channels, sum(self.channels))
+        return self.channels
+
+    @property
+    def head_strides(self) -> tuple[int, ...]:
+        """``strides`` of :meth:`head_maps`' output."""
+        if self.head_input == "concat":
+            return (*self.strides, self.strides[0])
+        return self.strides
+
+    def head_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The maps as heads that read one map see them: ``feats`` itself for ``head_input ==
+        "last"``; with ``"concat"``, ``feats`` plus their concatenation at the finest stride
+        as the last map (so ``[-1]`` is the HRNetV2 representation and ``[-2]`` the deepest
+        branch, which auxiliary heads read)."""
+        if self.head_input == "concat":
+            return [*feats, resize_concat(feats)]
+        return feats
+
+    # ------------------------------------------------------------------ freezing
+    def freeze(self, bn: bool = True, params: bool = True) -> Backbone:
+        """Stop training the backbone.
+
+        Args:
+            bn: replace BatchNorm layers with FrozenBatchNorm2d (fixed statistics and affine).
+            params: set ``requires_grad=False`` on every parameter.
+        """
+        if bn:
+            for child_name, child in list(self.named_children()):
+                setattr(self, child_name, freeze_batch_norm_2d(child))
+        if params:
+            for p in self.parameters():
+                p.requires_grad_(False)
+        return self
+
+    def stage_prefixes(self) -> list[tuple[str, ...]]:
+        """Parameter-name prefixes where each stage starts, stem first, in forward order."""
+        raise NotImplementedError
+
+    @property
+    def num_stages(self) -> int:
+        """Stages, stem included (5 for a ResNet: stem, layer1-4)."""
+        return len(self.stage_prefixes())
+
+    def freeze_stages(self, frozen: int) -> Backbone:
+        """Stop gradients to the first ``frozen`` stages (the stem is stage 0).
+
+        ``frozen = num_stages - k`` trains the last ``k`` stages, as torchvision's
+        ``trainable_backbone_layers=k``: 0 freezes nothing, ``num_stages`` everything.
+        """
+        n = self.num_stages
+        if not 0 <= frozen <= n:
+            raise ValueError(f"can freeze 0 to {n} stages of backbone {self.name!r}, got {frozen}")
+        params = list(self.named_parameters())
+        starts = [0]
+        for prefixes in self.stage_prefixes()[1:]:
+            hits = [i for i, (k, _) in enumerate(params) if k.startswith(prefixes)]
+            starts.append(hits[0] if hits else None)
+        starts.append(len(params))
+        # a stage without parameters (timm's "act1") starts where the next stage starts
+        for i in range(len(starts) - 2, -1, -1):
+            if starts[i] is None:
+                starts[i] = starts[i + 1]
+        for _, p in params[:starts[frozen]]:
+            p.requires_grad_(False)
+        return self
+
+    # ------------------------------------------------------------------ weights
+    def weights_module(self) -> nn.Module:
+        """The module whose ``state_dict()`` a weights file holds (self by default)."""
+        return self
+
+    def ignored_weight_keys(self, keys: Iterable[str]) -> set[str]:
+        """Keys of a weights file that belong to the source model but not to the backbone
+        (an ImageNet classifier); they are dropped, any other foreign key is an error."""
+        return set()
+
+    def timm_kwargs(self) -> dict:
+        """Arguments of ``timm.create_model`` that shape the weights (``in_chans``...), for tags."""
+        return {}
+
+    def load_weights(self, source: str | os.PathLike) -> Backbone:
+        """Load a local weights file (``.safetensors`` or ``.pth``) or timm's pretrained weights, strictly.
+
+        Args:
+            source: a file, or a timm tag: ``"imagenet"`` (timm's default pretrained weights
+                of this architecture) or a timm pretrained name such as ``"resnet50.a1_in1k"``.
+                Tags go through timm's own pretrained loading (the Hugging Face hub cache,
+                ``HF_HUB_OFFLINE``; see :func:`segzoo.hub.timm_pretrained`).
+
+        A ``module.`` prefix is removed; keys named by :meth:`ignored_weight_keys` are
+        dropped; ``num_batches_tracked`` counters may be absent. Any other missing,
+        unexpected or mis-shaped key raises a :class:`~segzoo.checkpoint.CheckpointError`
+        naming them.
+        """
+        if looks_like_path(source):
+            where = Path(source)
+            if not where.exists():
+                raise FileNotFoundError(
+                    f"backbone weights not found: {where} (segzoo never downloads a file path); pass a "
+                    f"local weights file, 'imagenet' or a timm pretrained name ({self.name}.<tag>)"
+                )
+            state = read_state_dict(where)
+        else:
+            name = timm_name(self.name, str(source))
+            where = f"timm weights {name}"
+            state = timm_pretrained(name, **self.timm_kwargs()).state_dict()
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        target = self.weights_module()
+        own = target.state_dict()
+        ignored = self.ignored_weight_keys(state)
+        missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in state if k not in own and k not in ignored]
+        mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                      for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or mismatched or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} keys ({', '.join(missing[:8])})")
+            if mismatched:
+                parts.append(f"mis-shaped: {'; '.join(mismatched[:8])}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:8])})")
+            raise CheckpointError(
+                f"{where} does not fit {self.kind} {self.name!r}: {'; '.join(parts)}; "
+                f"{self.weights_hint}"
+            )
+        target.load_state_dict({k: state.get(k, own[k]) for k in own})
+        return self
+
+
+__all__ = ["Backbone"]

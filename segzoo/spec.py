@@ -1,0 +1,67 @@
+"""What a built model is, as data: :class:`ModelSpec`, the task names and the ImageNet statistics.
+
+This module imports nothing from segzoo, so the registry (which writes specs) and the
+checkpoint module (which reads them) both stand on it without importing each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+#: Task names. A model has exactly one, its class attribute ``task``: ``semantic`` (logits per
+#: pixel), ``detection`` (boxes), ``instance`` (boxes and masks), ``panoptic`` (reserved).
+TASKS = ("semantic", "detection", "instance", "panoptic")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: JSON-serialisable and stored in checkpoints.
+
+    Attributes:
+        name: registered entrypoint name, e.g. ``"fcn_resnet50"``.
+        task: the built model's ``task`` (one of :data:`TASKS`).
+        num_classes: semantic: every label including background; detection and instance:
+            object classes only (background is implicit).
+        kwargs: the builder keyword arguments given at build time (``backbone`` included),
+            except file paths (``weights``, ``backbone_weights``).
+        mean: per-channel mean the model subtracts from [0, 1] RGB input.
+        std: per-channel std the model divides by.
+    """
+
+    name: str
+    task: str
+    num_classes: int
+    kwargs: dict = dataclasses.field(default_factory=dict)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def display_name(self) -> str:
+        """The name with the backbone actually built when it is not the entrypoint's default,
+        e.g. ``"maskrcnn_resnet50_fpn (backbone=resnet18)"``: what tools print."""
+        backbone = self.kwargs.get("backbone")
+        return self.name if backbone is None else f"{self.name} (backbone={backbone})"
+
+    def describe(self) -> str:
+        """One line for logs and reports: display name, task and class count."""
+        return f"{self.display_name}: {self.task}, {self.num_classes} classes"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"ModelSpec has unknown fields {sorted(unknown)}")
+        data["mean"] = tuple(data.get("mean", IMAGENET_MEAN))
+        data["std"] = tuple(data.get("std", IMAGENET_STD))
+        return cls(**data)
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TASKS", "ModelSpec"]

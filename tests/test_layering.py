@@ -1,0 +1,134 @@
+"""Import layering, read from the source with ``ast``: no segzoo import hides in a function
+body (the sign of a cycle being dodged), lower layers never import higher ones, ``spec`` sits
+under both the registry and the checkpoint module, and ``import segzoo`` is enough for
+``segzoo.convert`` while leaving the benchmark harness (and the competitors it imports) out."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "segzoo"
+
+# Function-body segzoo imports allowed, by file, with the reason. Nothing else may import lazily.
+ALLOWED_LAZY = {
+    "segzoo/cli.py": "the CLI imports its subcommands lazily to keep `segzoo --help` fast",
+    # TODO(lead): lazy imports in files owned by other helpers when this test was written; remove each
+    # entry once its file imports at module level (checkpoint.load needs registry.build: move `load`
+    # above the registry, e.g. into segzoo/registry.py or a segzoo/loading.py)
+    "segzoo/checkpoint.py": "TODO: load() -> registry.build/get_entry, save() -> segzoo.__version__",
+    "segzoo/data/__init__.py": "TODO: segzoo.config inside a function",
+}
+
+# module-level imports may only point down this list (or sideways inside one layer)
+LAYERS = [
+    ("segzoo.spec",),
+    ("segzoo.layers", "segzoo.losses", "segzoo.checkpoint"),
+    ("segzoo.backbones", "segzoo.detection"),
+    ("segzoo.registry",),
+    ("segzoo.models",),
+    ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.info"),
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        out[".".join(parts)] = path
+    return out
+
+
+def _segzoo_imports(node: ast.AST) -> list[tuple[int, str]]:
+    if isinstance(node, ast.Import):
+        return [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "segzoo"]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "segzoo":
+        if node.module == "segzoo":  # from segzoo import x: x may be a submodule
+            return [(node.lineno, f"segzoo.{a.name}") for a in node.names]
+        return [(node.lineno, node.module)]
+    return []
+
+
+def _lazy_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for node in ast.walk(fn):
+                found += _segzoo_imports(node)
+    return sorted(set(found))
+
+
+def _module_level_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    found = []
+    for node in tree.body:  # top level, and inside top-level if/try blocks
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                break
+            found += _segzoo_imports(sub)
+    return found
+
+
+def _layer(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+def test_no_segzoo_import_inside_a_function():
+    offenders = []
+    for path in _modules().values():
+        rel = str(path.relative_to(ROOT))
+        lazy = _lazy_imports(ast.parse(path.read_text(encoding="utf-8")))
+        if lazy and rel not in ALLOWED_LAZY:
+            offenders += [f"{rel}:{line} imports {name}" for line, name in lazy]
+    assert not offenders, "segzoo imports inside functions:\n" + "\n".join(offenders)
+
+
+def test_allow_list_has_no_stale_entries():
+    stale = [rel for rel in ALLOWED_LAZY
+             if not (ROOT / rel).exists() or not _lazy_imports(ast.parse((ROOT / rel).read_text(encoding="utf-8")))]
+    assert not stale, f"remove these from ALLOWED_LAZY, they import at module level now: {stale}"
+
+
+def test_lower_layers_never_import_higher_ones():
+    wrong = []
+    for module, path in _modules().items():
+        own = _layer(module)
+        if own is None:
+            continue
+        for line, name in _module_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            target = _layer(name)
+            if target is not None and target > own:
+                wrong.append(f"{module}:{line} (layer {own}) imports {name} (layer {target})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_spec_imports_nothing_from_segzoo():
+    tree = ast.parse((PACKAGE / "spec.py").read_text(encoding="utf-8"))
+    assert not [n for node in ast.walk(tree) for n in _segzoo_imports(node)]
+
+
+def test_the_benchmark_harness_is_not_in_the_library():
+    assert not (PACKAGE / "benchmark").exists()
+    assert (ROOT / "tools" / "bench" / "__init__.py").exists()
+
+
+def _fresh(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT).stdout.strip()
+
+
+@pytest.mark.parametrize("code, expected", [
+    ("import segzoo; print(callable(segzoo.convert.from_torchvision))", "True"),
+    ("import segzoo, sys; print(sorted(m for m in sys.modules if m.startswith(('tools', "
+     "'segmentation_models_pytorch', 'segzoo.benchmark'))))", "[]"),
+])
+def test_import_segzoo_in_a_fresh_interpreter(code, expected):
+    assert _fresh(code) == expected

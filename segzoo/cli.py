@@ -126,7 +126,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--pictures", type=int, default=4, help="prediction panels to write")
-    p.add_argument("--score-thresh", type=float, default=None, help="detections drawn in the panels")
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="detections drawn in the panels (default: eval.score_threshold, 0.5); the metrics use them all")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"], help="autocast (default: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -194,7 +195,12 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, help="sliding-window tile size for large images")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
     p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="detections kept in the pictures and json")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="detections drawn in the pictures (default 0.5; when fewer than 3 reach it, the best ones "
+                        "below it are drawn too, labels in parentheses)")
+    p.add_argument("--keep-thresh", type=float, default=0.05,
+                   help="lowest score kept in NAME.json (default 0.05, as COCO evaluation; the json also holds "
+                        "every detection drawn)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the drawn masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
@@ -208,23 +214,36 @@ def _infer(args: argparse.Namespace) -> int:
     out = check_writable(args.out)
     model = load(args.checkpoint, map_location=_device(args.device))
     files = list_images(args.images, recursive=args.recursive)
+    classes = getattr(model, "classes", None)
+
+    def name(k: int) -> str:
+        return str(classes[k]) if classes and 0 <= k < len(classes) else str(k)
+
     done, skipped = 0, 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)  # printed below, one line each
         for fp in predict_files(model, files, out, tile=args.tile, overlap=args.overlap, tta=args.tta,
-                                score_thresh=args.score_thresh, alpha=args.alpha):
+                                score_thresh=args.score_thresh, alpha=args.alpha, keep_thresh=args.keep_thresh):
             if fp.error is not None:
                 skipped += 1
                 print(f"warning: skipped {fp.path}: {fp.error}", file=sys.stderr)
                 continue
             done += 1
-            names = ", ".join(Path(w).name for w in fp.written)
+            written = ", ".join(Path(w).name for w in fp.written)
             if model.task == "semantic":
-                found = sorted(int(k) for k in torch.unique(fp.result["mask"]))
-                print(f"{fp.path}: labels {found} -> {names}")
-            else:
-                n = int((fp.result["scores"] >= args.score_thresh).sum())
-                print(f"{fp.path}: {n} detections >= {args.score_thresh} -> {names}")
+                found = [name(int(k)) for k in torch.unique(fp.result["mask"])]
+                print(f"{fp.path}: {', '.join(found)} -> {written}")
+                continue
+            scores, labels = fp.result["scores"], fp.result["labels"]
+            order = torch.argsort(scores, descending=True, stable=True).tolist()
+            above = [i for i in order if scores[i] >= args.score_thresh]
+            found = ", ".join(f"{name(int(labels[i]))} {float(scores[i]):.2f}" for i in above[:5])
+            found += f" and {len(above) - 5} more" if len(above) > 5 else ""
+            if not above and order:
+                found = f"best: {name(int(labels[order[0]]))} {float(scores[order[0]]):.2f}"
+            kept = sum(1 for i in order if scores[i] >= min(args.keep_thresh, args.score_thresh))
+            print(f"{fp.path}: {len(above)} detections >= {args.score_thresh:g}" + (f" ({found})" if found else "")
+                  + f"; {kept} in the json (>= {min(args.keep_thresh, args.score_thresh):g}) -> {written}")
     print(f"wrote {done} predictions to {out}" + (f"; skipped {skipped} unreadable files" if skipped else ""),
           file=sys.stderr)
     return 0 if done else 1
@@ -417,9 +436,11 @@ confusion.csv and confusion.png.""",
 
 Semantic models: NAME_overlay.png (mask over the image, with a legend) and NAME_mask.png
 (palettised PNG: pixel values are the labels). Detection / instance models:
-NAME_overlay.png, NAME.json (boxes xyxy, scores, labels, class names) and, with masks,
-NAME_masks.png (0 background, k + 1 for the k-th detection of the json). Files that cannot be
-read are skipped with a warning and counted.""",
+NAME_overlay.png (detections scoring >= --score-thresh, 0.5; when fewer than 3 do, the best
+ones below it too, labels in parentheses), NAME.json (every detection scoring >= --keep-thresh,
+0.05: boxes xyxy, scores, labels, class names) and, with masks, NAME_masks.png (0 background,
+k + 1 for the k-th detection of the json). Each image's line names the classes found. Files
+that cannot be read are skipped with a warning and counted.""",
         _infer_args, _infer),
     "export": Command(
         "export to ONNX or torch.export", """Export a model's inference path to ONNX or a torch.export ExportedProgram.

@@ -103,7 +103,9 @@ class DataConfig(_Section):
     root: str = option("data/shapes", "shapes: where the generated files live")
     train: dict | None = option(None, "dataset arguments of the train split (see segzoo.data.build_dataset)")
     val: dict | None = option(None, "dataset arguments of the validation split")
-    classes: tuple[str, ...] | None = option(None, "class names (mask_folder)")
+    classes: tuple[str, ...] | None = option(None, "class names in label order: semantic data lists every label, "
+                                             "background first (as num_classes counts); instance/detection data "
+                                             "the object classes only. COCO and shapes take theirs from the files")
     binary: bool = option(False, "mask_folder: 0/255 masks, 255 -> label 1")
     mapping: dict | None = option(None, "mask_folder: {raw value: label}")
     ignore_index: int = option(255, "semantic label that is not scored")
@@ -167,7 +169,8 @@ class EvalConfig(_Section):
     metric: str = option("auto", "picks the best checkpoint; auto: miou, segm_AP or bbox_AP by task")
     max_images: int | None = option(None, "evaluate only the first images", ge=1)
     num_pictures: int = option(4, "validation images drawn in predictions.png", ge=0)
-    score_threshold: float = option(0.5, "detections drawn in pictures", ge=0, le=1)
+    score_threshold: float = option(0.5, "detections drawn in pictures (when fewer than 3 reach it, the best ones "
+                                    "below it too, in parentheses); metrics use every detection", ge=0, le=1)
     # the semantic evaluation protocol (segzoo.inference.semantic_probs)
     mode: str = option("whole", "semantic: whole (the image in one forward) or slide (windows of eval.crop)",
                        choices=("whole", "slide"))

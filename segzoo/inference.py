@@ -25,8 +25,8 @@ from segzoo import visualize
 from segzoo.visualize import read_image
 
 __all__ = [
-    "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "fit_scale", "list_images", "load_image", "predict",
-    "predict_files", "semantic_probs", "sliding_window", "tile_origins", "write_prediction",
+    "DRAWN_BELOW", "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "fit_scale", "list_images",
+    "load_image", "predict", "predict_files", "semantic_probs", "sliding_window", "tile_origins", "write_prediction",
 ]
 
 _TTA_PRESETS = {
@@ -353,6 +353,9 @@ def list_images(paths: Sequence[str | os.PathLike], recursive: bool = False) -> 
     return list(dict.fromkeys(found))
 
 
+DRAWN_BELOW = 3  # detections drawn below the picture threshold when fewer than this reach it
+
+
 def write_prediction(
     result: dict,
     image,
@@ -361,14 +364,19 @@ def write_prediction(
     class_names: Sequence[str] | None = None,
     score_thresh: float = 0.5,
     alpha: float = 0.5,
+    keep_thresh: float = 0.05,
 ) -> list[str]:
     """Write the files of one :func:`predict` result; returns their paths.
 
     Semantic: ``STEM_overlay.png`` (with a legend when ``class_names`` are known) and
     ``STEM_mask.png`` (palettised PNG whose pixel values are the labels). Detection /
-    instance: ``STEM_overlay.png``, ``STEM.json`` (detections scoring >= ``score_thresh``:
-    boxes xyxy, scores, 0-based labels and class names) and, with masks, ``STEM_masks.png``
-    (0 background, ``k + 1`` for the k-th detection of the json; at most 255).
+    instance: ``STEM_overlay.png`` (detections scoring >= ``score_thresh``, and when fewer than
+    :data:`DRAWN_BELOW` do, the best ones below it in a lighter style with their labels in
+    parentheses; a caption under the image says so), ``STEM.json`` (every detection scoring >=
+    ``min(keep_thresh, score_thresh)``, best first: ``boxes`` xyxy, ``scores``, 0-based ``labels``
+    and ``classes`` names, one entry per detection in each list, plus the two thresholds) and,
+    with masks, ``STEM_masks.png`` (0 background, ``k + 1`` for the k-th detection of the json;
+    at most 255).
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(os.fspath(out_dir), stem)
@@ -381,10 +389,15 @@ def write_prediction(
         visualize.save_image(overlay, base + "_overlay.png")
         visualize.save_mask(result["mask"], base + "_mask.png")
         return [base + "_overlay.png", base + "_mask.png"]
-    keep = result["scores"] >= score_thresh
-    kept = {k: v[keep] for k, v in result.items()}
-    visualize.save_image(visualize.draw_instances(image, kept, class_names, score_thresh, alpha=alpha),
-                         base + "_overlay.png")
+    order = torch.argsort(result["scores"], descending=True, stable=True)
+    order = order[result["scores"][order] >= min(keep_thresh, score_thresh)]
+    kept = {k: v[order] for k, v in result.items()}
+    overlay = visualize.draw_instances(image, kept, class_names, score_thresh, alpha=alpha, top_k=DRAWN_BELOW)
+    confident, weak = visualize.shown_instances(kept["scores"], score_thresh, DRAWN_BELOW)
+    caption = f"score >= {score_thresh:g}: {int(confident.sum())}"
+    if bool(weak.any()):
+        caption += f"; in ( ): best {int(weak.sum())} below"
+    visualize.save_image(visualize.add_caption(overlay, caption), base + "_overlay.png")
     written.append(base + "_overlay.png")
     labels = kept["labels"].tolist()
     dets = {
@@ -392,6 +405,8 @@ def write_prediction(
         "scores": [round(float(s), 4) for s in kept["scores"].tolist()],
         "labels": labels,
         "classes": [class_names[k] if class_names and k < len(class_names) else str(k) for k in labels],
+        "score_threshold": score_thresh,
+        "keep_threshold": min(keep_thresh, score_thresh),
     }
     with open(base + ".json", "w") as f:
         json.dump(dets, f, indent=1)
@@ -432,12 +447,15 @@ def predict_files(
     score_thresh: float = 0.5,
     alpha: float = 0.5,
     class_names: Sequence[str] | None = None,
+    keep_thresh: float = 0.05,
 ) -> Iterator[FilePrediction]:
     """Predict each image file and write its pictures (:func:`write_prediction`) into ``out_dir``.
 
     A file that cannot be read as an image (corrupt, truncated, not an image) is skipped with
     a warning and reported with its ``error``; the others are still predicted. Two files with
-    the same name in different folders are written as ``NAME`` and ``NAME_1``.
+    the same name in different folders are written as ``NAME`` and ``NAME_1``. ``score_thresh``
+    decides what the pictures show, ``keep_thresh`` what the json keeps (see
+    :func:`write_prediction`); class names default to the checkpoint's (``model.classes``).
 
     Yields:
         One :class:`FilePrediction` per file, in order.
@@ -461,5 +479,6 @@ def predict_files(
         else:
             stems[stem] = 0
         result = predict(model, image, tile=tile, overlap=overlap, tta=tta)
-        written = write_prediction(result, image, out_dir, stem, names, score_thresh=score_thresh, alpha=alpha)
+        written = write_prediction(result, image, out_dir, stem, names, score_thresh=score_thresh, alpha=alpha,
+                                   keep_thresh=keep_thresh)
         yield FilePrediction(path, result, written)

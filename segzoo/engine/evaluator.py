@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,16 @@ from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.inference import check_tta, detect, semantic_probs
 from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
 from segzoo.metrics.coco import STAT_NAMES
-from segzoo.visualize import draw_instances, draw_semantic, save_image, side_by_side
+from segzoo.visualize import (
+    color_palette,
+    draw_instances,
+    draw_legend,
+    draw_semantic,
+    instance_palette,
+    save_image,
+    shown_instances,
+    side_by_side,
+)
 
 PRIMARY_METRIC = {"semantic": "miou", "instance": "segm_AP", "detection": "bbox_AP"}
 # metrics shown in the one-line summary of an evaluation, after the tracked one
@@ -34,6 +44,7 @@ _SUMMARY = {"semantic": ("miou", "pixel_acc", "mean_acc", "fwiou", "mdice"),
             "instance": ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "bbox_AP75"),
             "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl")}
 PANEL_TITLES = ("image", "prediction", "ground truth")
+TOP_K = 3  # detections drawn below the score threshold when fewer than this reach it
 
 
 def metric_names(task: str) -> tuple[str, ...]:
@@ -137,17 +148,64 @@ def check_task_data(task: str, target: Any, model_name: str = "the model") -> No
                          "segmentations")
 
 
+def _ground_truth(data, index: int, image: torch.Tensor, target: dict) -> list[dict] | None:
+    """The COCO annotations of an evaluated image from a dataset that has them (``coco_ground_truth``:
+    the COCO json's own entries, or the format readers' objects with crowd regions), or None when the
+    dataset has none or the image was resized after loading (the annotations no longer apply)."""
+    gt = data.coco_ground_truth(index)
+    image_id = int(torch.as_tensor(target.get("image_id", index)).reshape(-1)[0])
+    info = gt["image"]
+    if (info["height"], info["width"]) != tuple(image.shape[-2:]) or info["id"] != image_id:
+        warnings.warn(f"image {image_id} is {image.shape[-1]}x{image.shape[-2]} when evaluated but its annotations "
+                      f"are for {info['width']}x{info['height']} (a resizing transform?); COCO AP is computed from "
+                      "the transformed targets: object areas from their masks or boxes, crowd regions left out",
+                      stacklevel=3)
+        return None
+    return gt["annotations"]
+
+
+def _crowd_target(target: dict, anns: list[dict], cat_to_label: dict[int, int]) -> dict:
+    """``target`` with the crowd regions of ``anns`` added (``iscrowd`` 1), for the PR curves."""
+    crowd = [a for a in anns if a.get("iscrowd") and a.get("bbox") is not None]
+    if not crowd:
+        return target
+    xywh = torch.tensor([a["bbox"] for a in crowd], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.cat([torch.as_tensor(target["boxes"]).float().reshape(-1, 4),
+                       torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)])
+    labels = torch.cat([torch.as_tensor(target["labels"]).long().reshape(-1),
+                        torch.tensor([cat_to_label[a["category_id"]] for a in crowd])])
+    iscrowd = torch.arange(len(boxes)) >= len(boxes) - len(crowd)
+    return {"boxes": boxes, "labels": labels, "iscrowd": iscrowd}
+
+
 def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None, num_classes: int,
            ignore_index: int, score_threshold: float) -> torch.Tensor:
-    """``image | prediction | ground truth`` for one image (``pred``: a mask or a detection dict)."""
+    """``image | prediction | ground truth | legend`` for one image (``pred``: a mask or a detection dict).
+
+    The legend lists the classes drawn in either picture, by name (by index without names).
+    Detections scoring >= ``score_threshold`` are drawn, and when fewer than :data:`TOP_K` reach it,
+    the best ones below it in a lighter style (labels in parentheses); the title says the threshold.
+    """
+    names = list(names) if names is not None else [str(i) for i in range(num_classes)]
+    title = PANEL_TITLES[1]
     if task == "semantic":
         kw = dict(num_classes=num_classes, class_names=names, ignore_index=ignore_index, skip_background=True)
         pred_pic = draw_semantic(image, pred, **kw)
-        gt_pic = draw_semantic(image, target, legend=names is not None, **kw)
+        gt_pic = draw_semantic(image, target, **kw)
+        labels = torch.cat([torch.as_tensor(pred).reshape(-1), torch.as_tensor(target).reshape(-1)]).unique()
+        present = [int(k) for k in labels if 0 < k < num_classes]
+        palette = color_palette(num_classes)
     else:
-        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold)
+        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold, top_k=TOP_K)
         gt_pic = draw_instances(image, target, class_names=names)
-    return side_by_side([image, pred_pic, gt_pic], titles=PANEL_TITLES)
+        keep, weak = shown_instances(pred.get("scores"), score_threshold, TOP_K, len(pred["labels"]))
+        labels = torch.cat([torch.as_tensor(pred["labels"]).cpu()[keep | weak],
+                            torch.as_tensor(target["labels"]).cpu().reshape(-1)]).unique()
+        present = [int(k) for k in labels if 0 <= k < num_classes]
+        palette = instance_palette(num_classes)
+        title = f"prediction, score >= {score_threshold:g}" + (", (best below)" if bool(weak.any()) else "")
+    legend = draw_legend(names, palette, height=int(image.shape[-2]), classes=present)
+    return side_by_side([image, pred_pic, gt_pic, legend], titles=(PANEL_TITLES[0], title, PANEL_TITLES[2], ""))
 
 
 def protocol_kwargs(ec: EvalConfig, task: str = "semantic") -> dict[str, Any]:
@@ -249,7 +307,9 @@ def evaluate(
         curves: also compute precision-recall curves (``pr_curves``; adds ``pr_map`` or
             ``bbox_pr_map50`` to the metrics).
         num_pictures: ``image | prediction | ground truth`` panels to draw (main process).
-        score_threshold: detections drawn in the pictures.
+        score_threshold: detections scoring >= it are drawn in the pictures; when fewer than
+            :data:`TOP_K` do, the best ones below it too, in a lighter style. Metrics use every
+            detection the model returns.
         progress: show a tqdm bar.
 
     Returns:
@@ -283,10 +343,12 @@ def evaluate(
         pr = PRCurve(num_classes, ignore_index=ignore_index) if curves else None
     else:
         cat_ids = getattr(data, "cat_ids", None)
+        cat_ids = list(cat_ids) if cat_ids is not None and len(cat_ids) == num_classes else None
         metric = CocoEvaluator(num_classes, ("bbox", "segm") if task == "instance" else ("bbox",),
-                               category_ids=cat_ids if cat_ids is not None and len(cat_ids) == num_classes else None,
-                               class_names=names)
+                               category_ids=cat_ids, class_names=names)
+        cat_to_label = {c: k for k, c in enumerate(metric.category_ids)}
         pr = DetectionPRCurve(num_classes) if curves else None
+        with_gt = callable(getattr(data, "coco_ground_truth", None))
 
     rank, world, _ = world_info() if is_distributed() else (0, 1, 0)
     loader = DataLoader(_Indexed(data), batch_size=batch_size, sampler=list(range(rank, n, world)),
@@ -312,10 +374,13 @@ def evaluate(
                         pr.update(preds.cpu(), targets)
                     shown = list(masks)
                 else:
-                    targets = [{**t, "image_id": t.get("image_id", i)} for i, _, t in run]
-                    metric.update(preds, targets)
+                    targets = [{**t, "image_id": t.get("image_id", i), "size": tuple(im.shape[-2:])}
+                               for i, im, t in run]
+                    anns = [_ground_truth(data, i, im, t) if with_gt else None for i, im, t in run]
+                    metric.update(preds, targets, anns)
                     if pr is not None:
-                        pr.update(preds, targets)
+                        pr.update(preds, [t if a is None else _crowd_target(t, a, cat_to_label)
+                                          for t, a in zip(targets, anns)])
                     shown = preds
                 for (_, image, target), p in zip(run, shown):
                     if rank == 0 and len(pictures) < num_pictures:

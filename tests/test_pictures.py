@@ -137,7 +137,7 @@ def test_infer_detection_line_names_classes_and_scores(tmp_path, capsys, task, m
     det = _weak_detections()
     model = Fixed({k: v for k, v in det.items() if k != "masks"})
     model.task, model.classes = task, NAMES
-    monkeypatch.setattr("segzoo.checkpoint.load", lambda *a, **k: model)
+    monkeypatch.setattr("segzoo.registry.load", lambda *a, **k: model)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
     assert cli.main(["infer", "ckpt.safetensors", str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 0
     line = capsys.readouterr().out.strip()

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 import segzoo
 from segzoo import cli, hub, weights
 from segzoo.config import load_config
-from segzoo.published import get_weights
+from segzoo.published import get_weights, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -189,4 +189,7 @@ def test_bash_command_parses_and_its_config_loads(line, words, monkeypatch):
     assert all(cmd.overrides and "=" in e and not e.startswith("-") for e in extra), extra
     config = getattr(args, "config", None) or getattr(args, "data", None)
     if config is not None and cmd.overrides:
-        load_config(config, [*args.overrides, *extra])
+        model = load_config(config, [*args.overrides, *extra]).model
+        tag = model.get("weights")
+        if isinstance(tag, str) and not hub.looks_like_path(tag):
+            resolve(model["name"], tag)  # a published tag of this model

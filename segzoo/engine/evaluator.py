@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segzoo.config import ConfigError
+from segzoo.config import ConfigError, EvalConfig
 from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.inference import check_tta, detect, semantic_probs
 from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
@@ -150,15 +150,49 @@ def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None
     return side_by_side([image, pred_pic, gt_pic], titles=PANEL_TITLES)
 
 
+def protocol_kwargs(ec: EvalConfig, task: str = "semantic") -> dict[str, Any]:
+    """The :func:`evaluate` arguments of a config's evaluation protocol (``eval.mode``, ``crop``,
+    ``stride``, ``resize``, ``scales``, ``flip``).
+
+    ``whole``: the image (fitted to ``eval.resize`` if set) in one forward; ``slide``: windows
+    of ``eval.crop`` stepping by ``eval.stride`` (default two thirds of the crop, as the official
+    HRNet test), logits averaged where windows overlap (mmsegmentation's ``slide``);
+    ``scales``/``flip``: softmax probabilities averaged over the scaled and mirrored views.
+    Detection and instance models take none of these (a ConfigError says so); they get ``{}``.
+    """
+    if task != "semantic":
+        default = EvalConfig()
+        changed = [k for k in ("mode", "crop", "stride", "resize", "scales", "flip")
+                   if getattr(ec, k) != getattr(default, k)]
+        if changed:
+            raise ConfigError(f"eval.{changed[0]} sets a semantic evaluation protocol but the model's task is {task}; "
+                              "remove it (detection sizes come from data.augment)")
+        return {}
+    if ec.mode == "slide" and ec.crop is None:
+        raise ConfigError("eval.mode=slide needs eval.crop (the window, e.g. [512, 1024]); or use eval.mode=whole")
+    if ec.mode == "whole" and (ec.crop is not None or ec.stride is not None):
+        raise ConfigError("eval.crop and eval.stride apply to eval.mode=slide; set eval.mode=slide or remove them")
+    out: dict[str, Any] = {"resize": ec.resize}
+    if ec.mode == "slide":
+        crop = (ec.crop, ec.crop) if isinstance(ec.crop, int) else tuple(ec.crop)
+        stride = ec.stride if ec.stride is not None else tuple(max(1, (2 * c) // 3) for c in crop)
+        out.update(tile=crop, stride=stride, blend="mean")
+    if tuple(ec.scales) != (1.0,) or ec.flip:
+        out["tta"] = {"scales": tuple(ec.scales), "flip": ec.flip}
+    return out
+
+
 def _forward(model: nn.Module, task: str, images: list[torch.Tensor], device: torch.device, amp_dtype,
-             channels_last: bool, tile, overlap: float, tta, tile_batch: int):
+             channels_last: bool, tile, overlap: float, tta, tile_batch: int, stride=None, blend: str = "tent",
+             resize=None):
     """Predictions for same-size images: ``G x C x H x W`` probabilities, or a list of detection dicts."""
     with autocast(device, amp_dtype):
         if task == "semantic":
             x = torch.stack(images).to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return semantic_probs(model, x, tile, overlap, tta, tile_batch)
+            return semantic_probs(model, x, tile, overlap, tta, tile_batch, stride=stride, blend=blend,
+                                  resize=resize)
         out = detect(model, [im.to(device, non_blocking=True) for im in images], tile, overlap,
                      batch_size=tile_batch)
     return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in out]
@@ -176,6 +210,9 @@ def evaluate(
     tile: int | Sequence[int] | None = None,
     overlap: float = 0.25,
     tta: str | dict | bool | None = None,
+    stride: int | Sequence[int] | None = None,
+    blend: str = "tent",
+    resize: int | Sequence[int] | None = None,
     max_images: int | None = None,
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
@@ -202,6 +239,9 @@ def evaluate(
         amp_dtype: autocast dtype (None: full precision).
         channels_last: feed semantic batches in channels-last memory format.
         tile, overlap, tta: sliding-window and test-time augmentation (see :func:`segzoo.predict`).
+        stride, blend, resize: semantic models: the window step and blending, and the size each
+            image is fitted to (see :func:`segzoo.inference.semantic_probs`);
+            :func:`protocol_kwargs` gives all of these from a config's ``eval`` section.
         max_images: score only the first images.
         class_names: names for per-class results and pictures (default ``model.classes``,
             then ``data.classes``).
@@ -221,6 +261,9 @@ def evaluate(
     """
     task = model.task
     check_tta(task, tta)
+    if task != "semantic" and (resize is not None or stride is not None):
+        raise ValueError(f"eval.resize and eval.stride apply to semantic models; this model's task is {task!r} "
+                         "(its size comes from the data transforms)")
     num_classes = int(model.num_classes)
     n = len(data) if max_images is None else min(len(data), max_images)
     if n == 0:
@@ -260,7 +303,7 @@ def evaluate(
         for batch in loader:
             for run in _same_size_runs(batch):
                 preds = _forward(model, task, [im for _, im, _ in run], device, amp_dtype, channels_last, tile,
-                                 overlap, tta, batch_size)
+                                 overlap, tta, batch_size, stride, blend, resize)
                 if task == "semantic":
                     masks = preds.argmax(1).cpu()  # (G, H, W)
                     targets = torch.stack([t[0] if t.dim() == 3 else t for _, _, t in run]).long()

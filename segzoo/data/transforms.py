@@ -99,12 +99,14 @@ def instance_transforms(
     hflip: float = 0.5,
     color_jitter: float = 0.2,
     min_box_size: float = 2.0,
+    per_box: Sequence[str] = (),
 ) -> v2.Compose:
     """The detection/instance preset (targets are dicts with boxes, labels and masks).
 
     Train: scale jitter around ``size``, random crop to at most ``size``, horizontal flip,
     colour jitter, then boxes clamped to the image and degenerate ones dropped together with
-    their labels and masks. Eval: images unchanged (detection models take lists of sizes).
+    their labels, masks and the ``per_box`` target entries (panoptic: ``iscrowd``). Eval: images
+    unchanged (detection models take lists of sizes).
     """
     ops: list[v2.Transform] = []
     if train:
@@ -115,19 +117,37 @@ def instance_transforms(
             ops.append(v2.RandomHorizontalFlip(hflip))
         if color_jitter > 0:
             ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
-        ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size)]
+        getter = _per_box_getter(tuple(per_box)) if per_box else "default"
+        ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=getter)]
     ops.append(_to_float())
     return v2.Compose(ops)
 
 
+class _per_box_getter:  # noqa: N801 (a picklable function: DataLoader workers copy the transforms)
+    """``labels_getter`` of SanitizeBoundingBoxes: the target's labels and its other per-box entries."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+
+    def __call__(self, inputs: Any) -> tuple[torch.Tensor, ...]:
+        target = inputs[1]
+        return (target["labels"], *(target[k] for k in self.keys if k in target))
+
+
 def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
-    """The preset for a task (``"semantic"``, ``"instance"`` or ``"detection"``)."""
+    """The preset for a task (``"semantic"``, ``"instance"``, ``"detection"`` or ``"panoptic"``).
+
+    Panoptic targets (one box, label and mask per segment, things and stuff, and ``iscrowd``) use
+    the instance preset; a segment cropped away leaves with its ``iscrowd``.
+    """
     if task == "semantic":
         return semantic_transforms(train, **kwargs)
-    if task in ("instance", "detection"):
+    if task in ("instance", "detection", "panoptic"):
         kwargs.pop("ignore_index", None)
+        if task == "panoptic":
+            kwargs.setdefault("per_box", ("iscrowd",))
         return instance_transforms(train, **kwargs)
-    raise ValueError(f"unknown task {task!r}; expected semantic, instance or detection")
+    raise ValueError(f"unknown task {task!r}; expected semantic, instance, detection or panoptic")
 
 
 # ---------------------------------------------------------------------------- collate

@@ -188,6 +188,8 @@ def _infer(args: argparse.Namespace) -> int:
             if model.task == "semantic":
                 found = sorted(int(k) for k in torch.unique(fp.result["mask"]))
                 print(f"{fp.path}: labels {found} -> {names}")
+            elif model.task == "panoptic":
+                print(f"{fp.path}: {len(fp.result['segments_info'])} segments -> {names}")
             else:
                 n = int((fp.result["scores"] >= args.score_thresh).sum())
                 print(f"{fp.path}: {n} detections >= {args.score_thresh} -> {names}")

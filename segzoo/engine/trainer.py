@@ -45,7 +45,15 @@ from segzoo.engine.distributed import (
     run_on_main,
     world_info,
 )
-from segzoo.engine.evaluator import autocast, evaluate, primary_metric, save_predictions_png, summary_line, to_device
+from segzoo.engine.evaluator import (
+    autocast,
+    check_categories,
+    evaluate,
+    primary_metric,
+    save_predictions_png,
+    summary_line,
+    to_device,
+)
 from segzoo.engine.logs import RunLog, jsonable
 from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import (
@@ -144,6 +152,7 @@ class Trainer:
         if not hasattr(model, "spec"):
             raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
         self.task = model.task
+        check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
         self.num_classes = model.spec.num_classes
         self.metric_name = primary_metric(self.task, self.ec.metric)
         self.classes = list(classes) if classes is not None and len(classes) == self.num_classes else None

@@ -66,6 +66,15 @@ def _segment_map(item: dict[str, Any], what: str) -> tuple[torch.Tensor, torch.T
     return compact.long(), torch.cat([torch.tensor([-1]), labels]), torch.cat([torch.tensor([False]), crowd])
 
 
+def target_segments(target: dict[str, Any], num_things: int) -> tuple[torch.Tensor, list[dict]]:
+    """A panoptic target (``masks``, ``labels``, optional ``iscrowd``) as a model output would give it:
+    an ``H x W`` map of ids ``1..K`` in target order (0: void) and its ``segments_info``."""
+    seg, cats, crowd = _segment_map(target, "target")
+    info = [{"id": i, "category": int(c), "is_thing": int(c) < num_things, "iscrowd": bool(k)}
+            for i, (c, k) in enumerate(zip(cats.tolist()[1:], crowd.tolist()[1:]), start=1)]
+    return seg, info
+
+
 class PanopticQuality:
     """PQ, SQ and RQ over a dataset, overall and for things and stuff (see the module docstring).
 
@@ -185,4 +194,4 @@ class PanopticQuality:
         return "\n".join(lines)
 
 
-__all__ = ["PanopticQuality"]
+__all__ = ["PanopticQuality", "target_segments"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from segzoo.detection.boxes import group_counts, rank_in_group, split_sizes
+from segzoo.detection.boxes import group_counts, rank_in_group
 from segzoo.detection.panoptic import combine_panoptic
 from segzoo.losses import cross_entropy
 from segzoo.models.base import check_num_classes
@@ -305,14 +305,9 @@ class PanopticExport(nn.Module):
 
 @register_model
 def panoptic_fpn_resnet50(**kwargs) -> PanopticFPN:
-    """Panoptic FPN with a ResNet-50 FPN (detectron2's panoptic_fpn_R_50; COCO: 80 things + 53 stuff)."""
+    """Panoptic FPN with a ResNet-50 FPN (detectron2's panoptic_fpn_R_50; COCO: 80 things + 53 stuff).
+    ``backbone="resnet101"`` gives detectron2's R-101 model."""
     return create(PanopticFPN, "panoptic_fpn_resnet50", {"backbone": "resnet50"}, kwargs)
-
-
-@register_model
-def panoptic_fpn_resnet101(**kwargs) -> PanopticFPN:
-    """Panoptic FPN with a ResNet-101 FPN (detectron2's panoptic_fpn_R_101)."""
-    return create(PanopticFPN, "panoptic_fpn_resnet101", {"backbone": "resnet101"}, kwargs)
 
 
 @register_model

@@ -7,6 +7,7 @@ from segzoo import convert  # noqa: E402  (segzoo.convert.from_torchvision and f
 from segzoo.checkpoint import load, load_weights, save  # noqa: E402
 from segzoo.fuse import fuse  # noqa: E402
 from segzoo.inference import predict  # noqa: E402
+from segzoo.published import list_weights  # noqa: E402
 from segzoo.registry import build, list_models, register_model  # noqa: E402
 from segzoo.spec import TASKS, ModelSpec  # noqa: E402  (the lowest layer: imports nothing from segzoo)
 
@@ -18,6 +19,7 @@ __all__ = [
     "convert",
     "fuse",
     "list_models",
+    "list_weights",
     "load",
     "load_weights",
     "predict",

@@ -1,4 +1,5 @@
-"""The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check|convert | benchmark``.
+"""The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check|convert |
+weights list|import | benchmark``.
 
 Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments and a function that runs it (parse, call the library, print). Adding a subcommand
@@ -328,6 +329,21 @@ def _benchmark(argv: list[str]) -> int:
     return runpy.run_path(str(BENCHMARK_HARNESS), run_name="segzoo_benchmark")["main"](argv)
 
 
+def _weights_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'deeplabv3*'")
+
+
+def _weights_import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="model.tag from `segzoo weights list`, or a timm pretrained name (resnet50.a1_in1k)")
+    p.add_argument("file", help="the file downloaded by hand")
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from segzoo.weights import import_command, list_command
+
+    return list_command(args.pattern) if args.weights_command == "list" else import_command(args.name, args.file)
+
+
 def _benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of tools/benchmark.py (see its --help)")
 
@@ -399,6 +415,24 @@ Cityscapes, ADE20K...) to coco, mask_folder or yolo.
 
     segzoo data convert SRC DST --to coco [--from auto] [--split train]""",
         _data_convert_args, _data_convert),
+    "weights list": Command(
+        "list the published weights", """List the published weights that segzoo.build(name, weights=TAG) accepts.
+
+    segzoo weights list ['deeplabv3*']
+
+One line per model.tag: source (torchvision: downloaded and checked by torch.hub; manual: a
+file you download), dataset, the reported metric, and whether it is in the cache
+(SEGZOO_HOME, default ~/.cache/segzoo).""",
+        _weights_list_args, _weights),
+    "weights import": Command(
+        "check, convert and cache a downloaded weights file", """Check a file downloaded by hand against the
+table (size and sha256 where published), convert it and put it in the cache.
+
+    segzoo weights import hrnet_w48.cityscapes hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth
+    segzoo weights import resnet50.a1_in1k model.safetensors      # timm weights for backbone_weights=
+
+segzoo.build(name, weights=TAG) then uses it with no network (SEGZOO_OFFLINE=1 works).""",
+        _weights_import_args, _weights),
     "benchmark": Command(
         "time models against torchvision/timm (source checkout)", """Run tools/benchmark.py of a source checkout.
 
@@ -446,6 +480,7 @@ def _exit_code(e: BaseException) -> int | None:
     from segzoo.engine.run_folder import RunFolderError
     from segzoo.engine.signals import TrainingInterrupted
     from segzoo.engine.trainer import NonFiniteLossError
+    from segzoo.hub import WeightsError
 
     if isinstance(e, TrainingInterrupted):
         return e.exit_code
@@ -454,7 +489,7 @@ def _exit_code(e: BaseException) -> int | None:
     if isinstance(e, (DataError, NonFiniteLossError)):
         return 1
     user = (ValueError, KeyError, TypeError, ImportError, RunFolderError, FileNotFoundError, PermissionError,
-            NotADirectoryError, IsADirectoryError, FileExistsError)
+            NotADirectoryError, IsADirectoryError, FileExistsError, WeightsError)
     return 2 if isinstance(e, user) else None
 
 

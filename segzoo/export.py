@@ -60,6 +60,33 @@ def example_input(height: int = 128, width: int = 128, batch: int = 1, device: A
     return torch.rand(batch, 3, height, width, device=device)
 
 
+def dynamic_shapes(model: nn.Module, example: torch.Tensor, min_size: int = 64,
+                   max_size: int = 4096) -> tuple[dict[str, Any], torch.Tensor]:
+    """``torch.export`` dynamic shapes with batch, height and width free, and the example to trace.
+
+    Semantic models only (a detection export is fixed-size: export it at the deployed size).
+    Returns the ``dynamic_shapes`` mapping and the example, repeated to a batch of 2 when it
+    has 1 (``torch.export`` specialises sizes of 1). The exported graph then takes any batch
+    of 1 to 1024 and any height and width in ``[min_size, max_size]``; ``min_size`` is 64
+    because models with a stride-32 stage specialise a 1-pixel deepest feature map.
+    """
+    task = model.task
+    if task != "semantic":
+        raise ValueError(f"dynamic export supports semantic models; {type(model).__name__} is a {task} model, "
+                         "whose export is fixed-size: export it at the input size you deploy (dynamic=False)")
+    if example.dim() != 4:
+        raise ValueError(f"the example must be N x 3 x H x W, got shape {tuple(example.shape)}")
+    if not min_size <= min(example.shape[-2:]) <= max(example.shape[-2:]) <= max_size:
+        raise ValueError(f"the example's size {tuple(example.shape[-2:])} must be within [{min_size}, {max_size}] "
+                         "for a dynamic export; use an example of e.g. 128 x 128")
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    height = torch.export.Dim("height", min=min_size, max=max_size)
+    width = torch.export.Dim("width", min=min_size, max=max_size)
+    if example.shape[0] == 1:
+        example = example.expand(2, -1, -1, -1).contiguous()
+    return {"images": {0: batch, 2: height, 3: width}}, example
+
+
 def export_program(model: nn.Module, example: torch.Tensor | None = None, max_detections: int = 100,
                    dynamic: bool = False) -> torch.export.ExportedProgram:
     """``torch.export.export`` of the model's inference path.
@@ -68,22 +95,29 @@ def export_program(model: nn.Module, example: torch.Tensor | None = None, max_de
         model: a segzoo model.
         example: an ``N x 3 x H x W`` input (128 x 128 by default).
         max_detections: K for detection models (see the module docstring).
-        dynamic: mark height and width as dynamic (semantic models).
+        dynamic: leave batch, height and width free (semantic models; see :func:`dynamic_shapes`),
+            so that one program runs at any input size. Otherwise the example's shape is fixed.
     """
     module = exportable(model, max_detections)
     example = example if example is not None else example_input()
     shapes = None
     if dynamic:
-        h = torch.export.Dim("height", min=32, max=4096)
-        w = torch.export.Dim("width", min=32, max=4096)
-        shapes = {"images": {2: h, 3: w}} if model.task == "semantic" else None
+        shapes, example = dynamic_shapes(model, example)
     with torch.no_grad():
         return torch.export.export(module, (example,), dynamic_shapes=shapes)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor | None = None,
-                max_detections: int = 100, opset: int = 18, dynamo: bool = True) -> str:
+def export_onnx(model: nn.Module | torch.export.ExportedProgram, path: str | os.PathLike,
+                example: torch.Tensor | None = None, max_detections: int = 100, opset: int = 18,
+                dynamo: bool = True, dynamic: bool = False) -> str:
     """Write the model's inference path as an ONNX file.
+
+    ``model`` may also be a program from :func:`export_program`, which is then translated as it
+    is (its shapes, dynamic or not, are kept; ``example``, ``max_detections`` and ``dynamic`` do
+    not apply): export once, write both the ``.pt2`` and the ``.onnx``.
+
+    ``dynamic=True`` leaves batch, height and width free (semantic models; see
+    :func:`dynamic_shapes`): one file runs at any input size. It needs the dynamo exporter.
 
     Returns:
         The path written. Input name ``images``; outputs named as in ``OUTPUT_NAMES``.
@@ -92,12 +126,23 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
         import onnx  # noqa: F401
     except ImportError as e:
         raise ImportError("ONNX export needs the export extra: pip install 'segzoo[export]'") from e
+    if isinstance(model, torch.export.ExportedProgram):
+        count = len(model.graph_signature.user_outputs)
+        names = next((list(v) for v in OUTPUT_NAMES.values() if len(v) == count), None)
+        torch.onnx.export(model, (), str(path), input_names=["images"], output_names=names,
+                          opset_version=opset, dynamo=True, verbose=False)
+        return str(path)
     module = exportable(model, max_detections)
     example = example if example is not None else example_input()
     names = list(OUTPUT_NAMES[model.task])
+    shapes = None
+    if dynamic:
+        if not dynamo:
+            raise ValueError("dynamic=True needs the dynamo ONNX exporter (dynamo=True)")
+        shapes, example = dynamic_shapes(model, example)
     with torch.no_grad():
         torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=names,
-                          opset_version=opset, dynamo=dynamo, verbose=False)
+                          opset_version=opset, dynamo=dynamo, dynamic_shapes=shapes, verbose=False)
     return str(path)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from segzoo.checkpoint import load_weights
+from segzoo.hub import looks_like_path
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec
 
 # Arguments that `build` handles itself; they never reach the spec's kwargs.
@@ -112,6 +113,14 @@ def _json_safe(value: Any, key: str) -> Any:
 
 def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
     weights = kwargs.pop("weights", None)
+    classes = None
+    if isinstance(weights, str) and not looks_like_path(weights):
+        # a published tag: fetched, converted and cached once; the converted checkpoint's
+        # arguments are the defaults (the caller's win, e.g. num_classes to fine-tune)
+        from segzoo.weights import pretrained_state  # late: weights -> convert -> models -> here
+
+        weights, defaults, classes = pretrained_state(entry.name, weights)
+        kwargs = {**defaults, **kwargs}
     # num_classes is recorded from the built model (an int even when given as a numpy integer)
     spec_kwargs = {k: _json_safe(v, k) for k, v in kwargs.items() if k not in (*_FILE_ARGS, "num_classes")}
     model = entry.fn(**kwargs)
@@ -131,6 +140,8 @@ def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
     )
     if weights is not None:
         load_weights(model, weights)
+    if classes is not None and len(classes) == num_classes:
+        model.classes = list(classes)
     return model
 
 
@@ -159,10 +170,13 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     Args:
         name: a registered name, e.g. ``"fcn_resnet50"`` (see :func:`list_models`).
         **kwargs: ``num_classes``, ``backbone`` (a timm model name with ``features_only``),
-            ``backbone_weights`` (a local timm weights file), ``weights`` (a segzoo
-            checkpoint, loaded after building; class-dependent layers are re-initialised
-            with a warning when ``num_classes`` differs) and the architecture's own
-            keyword arguments. An unknown keyword raises a TypeError that lists the
+            ``backbone_weights`` (a local timm weights file, ``"imagenet"`` for timm's
+            default pretrained weights of the backbone, or a timm tag such as
+            ``"resnet50.a1_in1k"``), ``weights`` (a segzoo checkpoint, or a published tag
+            from :func:`segzoo.list_weights` such as ``"tv_coco_voc"``: fetched, converted
+            and cached once; loaded after building, and when ``num_classes`` differs the
+            class-dependent layers are re-initialised with a warning) and the
+            architecture's own keyword arguments. An unknown keyword raises a TypeError that lists the
             accepted ones.
 
     Returns:

@@ -36,7 +36,8 @@ def make_backbone(
         output_stride: 32, 16 or 8 for timm models (the last stages dilate instead of
             striding). segzoo's HRNet bodies keep their strides 4-32 whatever is asked: their
             finest branch already runs at stride 4.
-        weights: a local weights file for the backbone (timm's state dict layout).
+        weights: a local weights file for the backbone (timm's state dict layout), or a timm tag
+            (``"imagenet"``, ``"resnet50.a1_in1k"``; see :meth:`Backbone.load_weights`).
         levels: timm models return only their last ``levels`` feature maps (all when None);
             segzoo bodies always return all of theirs.
     """

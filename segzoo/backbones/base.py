@@ -16,6 +16,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from segzoo.checkpoint import CheckpointError, read_state_dict
+from segzoo.hub import looks_like_path, timm_name, timm_pretrained
 from segzoo.layers.multiscale import resize_concat
 
 
@@ -128,21 +129,37 @@ class Backbone(nn.Module):
         (an ImageNet classifier); they are dropped, any other foreign key is an error."""
         return set()
 
-    def load_weights(self, path: str | os.PathLike) -> Backbone:
-        """Load a local weights file (``.safetensors`` or ``.pth``), strictly.
+    def timm_kwargs(self) -> dict:
+        """Arguments of ``timm.create_model`` that shape the weights (``in_chans``...), for tags."""
+        return {}
+
+    def load_weights(self, source: str | os.PathLike) -> Backbone:
+        """Load a local weights file (``.safetensors`` or ``.pth``) or timm's pretrained weights, strictly.
+
+        Args:
+            source: a file, or a timm tag: ``"imagenet"`` (timm's default pretrained weights
+                of this architecture) or a timm pretrained name such as ``"resnet50.a1_in1k"``.
+                Tags go through timm's own pretrained loading (the Hugging Face hub cache,
+                ``HF_HUB_OFFLINE``; see :func:`segzoo.hub.timm_pretrained`).
 
         A ``module.`` prefix is removed; keys named by :meth:`ignored_weight_keys` are
         dropped; ``num_batches_tracked`` counters may be absent. Any other missing,
         unexpected or mis-shaped key raises a :class:`~segzoo.checkpoint.CheckpointError`
         naming them.
         """
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"backbone weights not found: {path}; pass a local weights file (segzoo never "
-                "downloads weights)"
-            )
-        state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+        if looks_like_path(source):
+            where = Path(source)
+            if not where.exists():
+                raise FileNotFoundError(
+                    f"backbone weights not found: {where} (segzoo never downloads a file path); pass a "
+                    f"local weights file, 'imagenet' or a timm pretrained name ({self.name}.<tag>)"
+                )
+            state = read_state_dict(where)
+        else:
+            name = timm_name(self.name, str(source))
+            where = f"timm weights {name}"
+            state = timm_pretrained(name, **self.timm_kwargs()).state_dict()
+        state = {k.removeprefix("module."): v for k, v in state.items()}
         target = self.weights_module()
         own = target.state_dict()
         ignored = self.ignored_weight_keys(state)
@@ -159,7 +176,7 @@ class Backbone(nn.Module):
             if unexpected:
                 parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:8])})")
             raise CheckpointError(
-                f"{path} does not fit {self.kind} {self.name!r}: {'; '.join(parts)}; "
+                f"{where} does not fit {self.kind} {self.name!r}: {'; '.join(parts)}; "
                 f"{self.weights_hint}"
             )
         target.load_state_dict({k: state.get(k, own[k]) for k in own})

@@ -148,8 +148,9 @@ class HRNetBackbone(Backbone):
         align_corners: ``align_corners`` of every bilinear upsampling in the fusion (official:
             False in the plain HRNetV2 configs, True in the OCR configs).
         weights: a local timm-format HRNet weights file (``timm.create_model(name)``'s
-            state dict, or the official ImageNet ``hrnetv2_w*_imagenet_pretrained.pth``);
-            the classification head's keys are ignored.
+            state dict, or the official ImageNet ``hrnetv2_w*_imagenet_pretrained.pth``;
+            the classification head's keys are ignored), or a timm tag (``"imagenet"``,
+            ``"hrnet_w18.ms_aug_in1k"``) when ``name`` is timm's name of the variant.
         name: what the body is called in messages (``"hrnet_w18"``).
     """
 

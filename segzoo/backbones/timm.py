@@ -35,7 +35,8 @@ class TimmBackbone(Backbone):
         output_stride: 32 (no dilation), 16 or 8: the last stages use dilated
             convolutions instead of striding, as DeepLab and PSPNet need.
         weights: a local timm-format weights file (``.safetensors`` or ``.pth``) holding
-            the state dict of ``timm.create_model(name)``; classifier keys are ignored.
+            the state dict of ``timm.create_model(name)`` (classifier keys are ignored), or
+            a timm tag: ``"imagenet"`` or ``"<name>.<tag>"`` (see :meth:`load_weights`).
         frozen_bn: replace BatchNorm with FrozenBatchNorm2d (statistics and affine fixed).
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
     """
@@ -88,6 +89,9 @@ class TimmBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
+
+    def timm_kwargs(self) -> dict:
+        return dict(self._timm_kwargs)
 
     def weights_module(self) -> torch.nn.Module:
         return self.body

@@ -39,14 +39,8 @@ from torch import nn
 
 from segzoo.checkpoint import load_weights
 from segzoo.convert.keys import resnet_depth
-from segzoo.models.centernet import CenterNet
+from segzoo.models.centernet import OFFICIAL_BGR, CenterNet
 from segzoo.registry import build, entry_class
-
-# mean and std of the official pipeline, per BGR channel (datasets/dataset/{coco,pascal}.py)
-OFFICIAL_BGR = {
-    "coco": ((0.40789654, 0.44719302, 0.47026115), (0.28863828, 0.27408164, 0.27809835)),
-    "pascal": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 # official family -> segzoo CenterNet neck (a key of segzoo.models.centernet_necks.NECKS)
 FAMILY_NECK = {"res": "deconv", "resdcn": "deconv_dcn", "dla": "dla_up", "dlav0": "dlav0"}

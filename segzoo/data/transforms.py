@@ -8,6 +8,7 @@ in [0, 1] (models normalise internally) and int64 semantic masks.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,16 +17,10 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from segzoo.data.augment import CenterAffine, PCALighting, PhotoMetricDistortion, RandomRescale, SegRandomCrop
+from segzoo.data.augment import pair as _pair
+
 SEMANTIC_IGNORE = 255
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    size = tuple(int(s) for s in size)
-    if len(size) != 2:
-        raise ValueError(f"size must be an int or (height, width), got {size}")
-    return size
 
 
 class PadToSize(v2.Transform):
@@ -62,6 +57,12 @@ def _to_float() -> v2.Transform:
     return v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: None, "others": None}, scale=True)
 
 
+def _check_p(p: float, what: str) -> float:
+    if not 0 <= p <= 1:
+        raise ValueError(f"{what} is a probability in [0, 1], got {p}")
+    return float(p)
+
+
 def semantic_transforms(
     train: bool,
     size: int | Sequence[int] = 512,
@@ -69,25 +70,41 @@ def semantic_transforms(
     hflip: float = 0.5,
     color_jitter: float = 0.2,
     ignore_index: int = SEMANTIC_IGNORE,
+    crop: int | Sequence[int] | None = None,
+    base_size: int | Sequence[int] | None = None,
+    scale_step: float | None = None,
+    cat_max_ratio: float = 1.0,
+    photometric: bool = False,
 ) -> v2.Compose:
-    """The semantic preset.
+    """The semantic preset (mmsegmentation's and the official HRNet's training pipeline).
 
-    Train: scale jitter around ``size`` (aspect kept), random crop to ``size`` (padding the image
-    with 0 and the mask with ``ignore_index`` when smaller), horizontal flip, colour jitter.
-    Eval: images unchanged (the collate pads batches with ``ignore_index``).
+    Train: random rescale (:class:`~segzoo.data.augment.RandomRescale`: a ratio in ``scale``,
+    on a grid of ``scale_step`` if given, times the factor that fits the image into
+    ``base_size``), random crop of ``crop`` inside the image
+    (:class:`~segzoo.data.augment.SegRandomCrop`, redrawn while one class covers
+    ``cat_max_ratio`` of it), horizontal flip, mmsegmentation's photometric distortion if
+    ``photometric``, colour jitter if ``color_jitter`` > 0, then padding at the bottom/right up
+    to ``crop`` (image 0, mask ``ignore_index``). ``crop`` and ``base_size`` default to
+    ``size``. Eval: images unchanged (the collate pads batches with ``ignore_index``).
+
+    Examples: HRNet on Cityscapes ``base_size=2048, crop=(512, 1024), scale=(0.5, 2.1),
+    scale_step=0.1``; mmsegmentation on Cityscapes ``base_size=(1024, 2048), crop=(512, 1024),
+    cat_max_ratio=0.75, photometric=True, color_jitter=0``.
     """
     ops: list[v2.Transform] = []
     if train:
-        h, w = _pair(size)
+        crop = _pair(crop if crop is not None else size)
         ops += [
-            v2.ScaleJitter((h, w), scale_range=tuple(scale), antialias=True),
-            v2.RandomCrop((h, w), pad_if_needed=True,
-                          fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index, "others": 0}),
+            RandomRescale(base_size if base_size is not None else size, scale, step=scale_step),
+            SegRandomCrop(crop, cat_max_ratio=cat_max_ratio, ignore_index=ignore_index),
         ]
-        if hflip > 0:
+        if _check_p(hflip, "hflip") > 0:
             ops.append(v2.RandomHorizontalFlip(hflip))
+        if photometric:
+            ops.append(PhotoMetricDistortion())
         if color_jitter > 0:
             ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
+        ops.append(PadToSize(crop, fill=0, mask_fill=ignore_index))
     ops += [_to_float(), v2.ToDtype({tv_tensors.Mask: torch.int64, "others": None})]
     return v2.Compose(ops)
 
@@ -99,27 +116,60 @@ def instance_transforms(
     hflip: float = 0.5,
     color_jitter: float = 0.2,
     min_box_size: float = 2.0,
+    resize_short: int | Sequence[int] | None = None,
+    max_size: int = 1333,
+    affine: bool = False,
+    pca_lighting: float = 0.0,
     per_box: Sequence[str] = (),
 ) -> v2.Compose:
     """The detection/instance preset (targets are dicts with boxes, labels and masks).
 
-    Train: scale jitter around ``size``, random crop to at most ``size``, horizontal flip,
-    colour jitter, then boxes clamped to the image and degenerate ones dropped together with
-    their labels, masks and the ``per_box`` target entries (panoptic: ``iscrowd``). Eval: images
-    unchanged (detection models take lists of sizes).
+    Train, one of three geometric schemes, then horizontal flip, colour jitter, PCA lighting
+    noise if ``pca_lighting`` > 0, boxes clamped to the image and degenerate ones dropped
+    together with their labels, masks and the ``per_box`` target entries (panoptic: ``iscrowd``):
+
+    - default: scale jitter around ``size`` and a random crop to at most ``size``;
+    - ``resize_short``: resize the shorter side to a length chosen from ``resize_short``, the
+      longer side capped at ``max_size`` (detectron2's ``ResizeShortestEdge(..., "choice")``,
+      torchvision's ``RandomShortestSize``); eval resizes to the largest length;
+    - ``affine``: CenterNet's random scale (0.6-1.3) and shift crop to ``size``
+      (:class:`~segzoo.data.augment.CenterAffine`); eval letterboxes the whole image to ``size``.
+
+    Eval without either: images unchanged (detection models take lists of sizes).
     """
+    if affine and resize_short is not None:
+        raise ValueError("augment.affine and augment.resize_short are two different schemes; set one of them")
+    shorts = None
+    if resize_short is not None:
+        shorts = [int(resize_short)] if isinstance(resize_short, (int, float)) else [int(s) for s in resize_short]
+        if not shorts or min(shorts) < 1 or max(shorts) > max_size:
+            raise ValueError(f"resize_short must be positive lengths no larger than max_size={max_size}, "
+                             f"got {resize_short!r}")
     ops: list[v2.Transform] = []
-    if train:
+    if not train:
+        if affine:
+            ops.append(CenterAffine(size, random=False))
+        elif shorts:
+            ops.append(v2.RandomShortestSize([max(shorts)], max_size=max_size, antialias=True))
+        ops.append(_to_float())
+        return v2.Compose(ops)
+    if affine:
+        ops.append(CenterAffine(size))
+    elif shorts:
+        ops.append(v2.RandomShortestSize(shorts, max_size=max_size, antialias=True))
+    else:
         h, w = _pair(size)
         ops += [v2.ScaleJitter((h, w), scale_range=tuple(scale), antialias=True),
                 v2.RandomCrop((h, w), pad_if_needed=True, fill=0)]
-        if hflip > 0:
-            ops.append(v2.RandomHorizontalFlip(hflip))
-        if color_jitter > 0:
-            ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
-        getter = _per_box_getter(tuple(per_box)) if per_box else "default"
-        ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=getter)]
-    ops.append(_to_float())
+    if _check_p(hflip, "hflip") > 0:
+        ops.append(v2.RandomHorizontalFlip(hflip))
+    if color_jitter > 0:
+        ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
+    if pca_lighting > 0:
+        ops.append(PCALighting(pca_lighting))
+    getter = _per_box_getter(tuple(per_box)) if per_box else "default"
+    ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=getter),
+            _to_float()]
     return v2.Compose(ops)
 
 
@@ -134,20 +184,45 @@ class _per_box_getter:  # noqa: N801 (a picklable function: DataLoader workers c
         return (target["labels"], *(target[k] for k in self.keys if k in target))
 
 
+def _options(fn) -> dict[str, Any]:
+    """A preset's options and their defaults."""
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items() if k != "train"}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
 def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
     """The preset for a task (``"semantic"``, ``"instance"``, ``"detection"`` or ``"panoptic"``).
 
+    ``kwargs`` are the config's ``data.augment`` options (see :func:`semantic_transforms` and
+    :func:`instance_transforms`). Options of the other task's preset are dropped when they hold
+    their default value (a typed config carries them all) and raise a ValueError otherwise.
     Panoptic targets (one box, label and mask per segment, things and stuff, and ``iscrowd``) use
     the instance preset; a segment cropped away leaves with its ``iscrowd``.
     """
     if task == "semantic":
-        return semantic_transforms(train, **kwargs)
-    if task in ("instance", "detection", "panoptic"):
+        fn, other, other_name = semantic_transforms, instance_transforms, "detection and instance"
+    elif task in ("instance", "detection", "panoptic"):
         kwargs.pop("ignore_index", None)
         if task == "panoptic":
             kwargs.setdefault("per_box", ("iscrowd",))
-        return instance_transforms(train, **kwargs)
-    raise ValueError(f"unknown task {task!r}; expected semantic, instance, detection or panoptic")
+        fn, other, other_name = instance_transforms, semantic_transforms, "semantic"
+    else:
+        raise ValueError(f"unknown task {task!r}; expected semantic, instance, detection or panoptic")
+    valid, foreign = _options(fn), _options(other)
+    for key in list(kwargs):
+        if key in valid:
+            continue
+        if key in foreign and _same(kwargs[key], foreign[key]):
+            del kwargs[key]
+            continue
+        where = f"applies to {other_name} models only" if key in foreign else "is unknown"
+        raise ValueError(f"augment option {key!r} {where}; the {task} options are: {', '.join(valid)}")
+    return fn(train, **kwargs)
 
 
 # ---------------------------------------------------------------------------- collate

@@ -44,8 +44,33 @@ class PyramidPooling(nn.Module):
         if 1 in self.bins:
             check_pooled_batch(x, self.stages[self.bins.index(1)][2], "PyramidPooling's 1x1 bin")
         size = x.shape[-2:]
+        exporting = torch.compiler.is_exporting()
         pooled = [
-            F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
-            for stage in self.stages
+            F.interpolate(stage[1:](adaptive_avg_pool(x, b)) if exporting else stage(x), size=size,
+                          mode="bilinear", align_corners=False)
+            for b, stage in zip(self.bins, self.stages)
         ]
         return torch.cat([x, *pooled], dim=1)  # (N, C + len(bins) * channels, H, W)
+
+
+def _bin_matrix(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """``bins x size``: row ``i`` averages ``[floor(i size / bins), ceil((i + 1) size / bins))``,
+    the windows of ``adaptive_avg_pool2d``."""
+    i = torch.arange(bins, device=like.device)
+    start = i * size // bins
+    end = ((i + 1) * size + bins - 1) // bins
+    pos = torch.arange(size, device=like.device)
+    inside = (pos >= start[:, None]) & (pos < end[:, None])  # (bins, size)
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, bins)`` written as two averaging matrices.
+
+    The same windows and values (up to summation order) from ops that export with dynamic
+    height and width: ONNX has no adaptive pooling, and the exporter's decomposition fixes
+    the windows to the traced size. Input ``N x C x H x W``; output ``N x C x bins x bins``.
+    """
+    rows = _bin_matrix(x.shape[-2], bins, x)  # (bins, H)
+    cols = _bin_matrix(x.shape[-1], bins, x)  # (bins, W)
+    return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)

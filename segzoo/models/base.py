@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.layers.tracing import is_tracing
-from segzoo.losses import cross_entropy, dice_loss
+from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 _NOT_A_TENSOR_HINT = (
@@ -107,6 +107,14 @@ def check_image_values(images: Sequence[torch.Tensor], names: Sequence[str]) -> 
 _RANGE_WARNED = [False]
 
 
+def _crop(t: torch.Tensor, h: int, w: int, exporting: bool = False) -> torch.Tensor:
+    """The top-left ``h x w`` of ``t``; a negative pad when exporting, which, unlike a slice,
+    leaves no guard on dynamic sizes."""
+    if exporting:
+        return F.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]))
+    return t[..., :h, :w]
+
+
 class Model(nn.Module):
     """Base of every segzoo model: the task, the class count, input normalisation and checks.
 
@@ -169,6 +177,13 @@ class SegmentationModel(Model):
     ``size_divisibility``, upsamples bilinearly to the input size and crops back. An empty
     batch (``0 x 3 x H x W``) gives empty logits ``0 x C x H x W`` (an empty list:
     ``0 x C x 0 x 0``). Class attributes as in :class:`Model`.
+
+    Loss options (recorded in ``model.spec``): ``class_weights`` (one per class) weight the
+    cross-entropies (:func:`segzoo.losses.cross_entropy`, ``F.cross_entropy``'s weighted mean;
+    ``segzoo.losses.CITYSCAPES_CLASS_WEIGHTS`` are the official HRNet ones); ``ohem_thresh``
+    turns the main loss into OHEM cross-entropy (:func:`segzoo.losses.ohem_cross_entropy`,
+    keeping at least ``ohem_min_kept`` pixels per batch); the auxiliary loss stays a
+    cross-entropy, as in the official HRNet-OCR code.
     """
 
     task = "semantic"
@@ -181,6 +196,9 @@ class SegmentationModel(Model):
         ignore_index: int = 255,
         aux_weight: float = 0.0,
         dice_weight: float = 0.0,
+        class_weights: Sequence[float] | None = None,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 100_000,
     ) -> None:
         super().__init__(num_classes, mean, std)
         self.ignore_index = ignore_index
@@ -188,6 +206,14 @@ class SegmentationModel(Model):
         if dice_weight < 0:
             raise ValueError(f"dice_weight must be >= 0 (0 turns the Dice loss off), got {dice_weight}")
         self.dice_weight = float(dice_weight)
+        weights = None if class_weights is None else class_weight_tensor(list(class_weights), self.num_classes)
+        self.register_buffer("class_weights", weights, persistent=False)  # follows .to(device)
+        if ohem_thresh is not None and not 0 < ohem_thresh <= 1:
+            raise ValueError(f"ohem_thresh must be in (0, 1] (None turns OHEM off), got {ohem_thresh}")
+        if int(ohem_min_kept) < 1:
+            raise ValueError(f"ohem_min_kept must be >= 1, got {ohem_min_kept}")
+        self.ohem_thresh = None if ohem_thresh is None else float(ohem_thresh)
+        self.ohem_min_kept = int(ohem_min_kept)
 
     # ------------------------------------------------------------------ subclass API
     def forward_logits(
@@ -235,20 +261,23 @@ class SegmentationModel(Model):
             return x.new_zeros(0, self.num_classes, h, w, dtype=self.dtype)
         x = self.normalize(x)
         d = self.size_divisibility
-        pad_h, pad_w = (-h) % d, (-w) % d
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # under torch.export with dynamic sizes, padding and resizing run unconditionally (no guard
+        # on the input size; both are exact no-ops when nothing is to be done)
+        hp, wp = h + (-h) % d, w + (-w) % d
+        exporting = torch.compiler.is_exporting()
+        if exporting or hp != h or wp != w:
+            x = F.pad(x, (0, wp - w, 0, hp - h))
         out, aux = self.forward_logits(x, with_aux=targets is not None)
-        out = self._resize(out, h + pad_h, w + pad_w)[..., :h, :w]
+        out = _crop(self._resize(out, hp, wp, exporting), h, w, exporting)
         if targets is None:
             return out
         if aux is not None:
-            aux = self._resize(aux, h + pad_h, w + pad_w)[..., :h, :w]
+            aux = _crop(self._resize(aux, hp, wp, exporting), h, w, exporting)
         return self.losses(out, aux, targets)
 
     @staticmethod
-    def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if t.shape[-2:] == (h, w):
+    def _resize(t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
+        if not always and t.shape[-2:] == (h, w):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
 
@@ -295,14 +324,18 @@ class SegmentationModel(Model):
         self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         targets = self.check_targets(targets, out)
-        loss_ce = cross_entropy(out, targets, self.ignore_index)
+        w = self.class_weights
+        if self.ohem_thresh is not None:
+            loss_ce = ohem_cross_entropy(out, targets, self.ohem_thresh, self.ohem_min_kept, self.ignore_index, w)
+        else:
+            loss_ce = cross_entropy(out, targets, self.ignore_index, weight=w)
         losses = {"loss_ce": loss_ce}
         total = loss_ce
         if self.dice_weight:
             losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
             total = total + self.dice_weight * losses["loss_dice"]
         if aux is not None:
-            loss_aux = cross_entropy(aux, targets, self.ignore_index)
+            loss_aux = cross_entropy(aux, targets, self.ignore_index, weight=w)
             losses["loss_aux"] = loss_aux
             total = total + self.aux_weight * loss_aux
         losses["loss"] = total

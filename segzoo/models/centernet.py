@@ -24,6 +24,7 @@ from segzoo.detection import centernet as ct
 from segzoo.detection.boxes import clip_boxes
 from segzoo.models.centernet_necks import NECKS
 from segzoo.models.detection_base import DetectionModel, image_shapes
+from segzoo.published import COCO_80, WeightsEntry, register_weights
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -83,7 +84,7 @@ class CenterNet(DetectionModel):
         heatmap_weight: weight of the focal loss.
         size_weight: weight of the size L1 loss.
         offset_weight: weight of the offset L1 loss.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
     """
@@ -229,6 +230,14 @@ _RES = {"neck": "deconv", "neck_channels": (256, 256, 256), "head_conv": 64}
 _RESDCN = {"neck": "deconv_dcn", "neck_channels": (256, 128, 64), "head_conv": 64}
 
 
+# mean and std of the official pipeline, per BGR channel (datasets/dataset/{coco,pascal}.py);
+# segzoo.convert.centernet reverses them into RGB for the converted models
+OFFICIAL_BGR = {
+    "coco": ((0.40789654, 0.44719302, 0.47026115), (0.28863828, 0.27408164, 0.27809835)),
+    "pascal": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
 @register_model
 def centernet_resnet18(**kwargs) -> CenterNet:
     """CenterNet ResNet-18, three 256-channel deconvs (official res_18)."""
@@ -270,3 +279,31 @@ def centernet_dla34_nodcn(**kwargs) -> CenterNet:
     """CenterNet DLA-34, original DLA-Up without deformable convs (official dlav0_34)."""
     return _centernet("centernet_dla34_nodcn", {"backbone": "dla34", "neck": "dlav0", "head_conv": 256},
                       kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# the official release is on Google Drive: a manual source; no size or checksum is published
+_CENTERNET_ZOO = "https://github.com/xingyizhou/CenterNet/blob/master/readme/MODEL_ZOO.md"
+# the Google Drive folder that holds every file by name (the README's per-file link for
+# resdcn18 is the same as exdet_coco_dla's, so the folder is the reliable pointer)
+_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1S3NnppRgXea_IG4WeyquJcnOB3I6G-LX"
+
+
+def _official(model: str, tag: str, file_name: str, ap: tuple[float, float, float]) -> WeightsEntry:
+    mean, std = OFFICIAL_BGR["coco"]
+    return WeightsEntry(
+        model=model, tag=tag, source="manual", converter="centernet-official",
+        dataset="COCO train2017 (80 categories)", classes=COCO_80, mean=mean[::-1], std=std[::-1],
+        metrics=(("box_ap", ap[0]), ("box_ap_flip", ap[1]), ("box_ap_multiscale", ap[2])),
+        metric_source="official CenterNet MODEL_ZOO.md (COCO val2017; no test augmentation / flip / multi-scale)",
+        licence="MIT (CenterNet); COCO annotations CC BY 4.0",
+        file_name=file_name, page=_CENTERNET_ZOO, link=_DRIVE_FOLDER, convert_kwargs=(("convention", "coco"),),
+    )
+
+
+register_weights(
+    _official("centernet_resdcn18", "coco", "ctdet_coco_resdcn18.pth", (28.1, 30.0, 33.2)),
+    _official("centernet_resdcn101", "coco", "ctdet_coco_resdcn101.pth", (34.6, 36.2, 39.3)),
+    _official("centernet_dla34", "coco", "ctdet_coco_dla_2x.pth", (37.4, 39.2, 41.7)),
+    _official("centernet_dla34", "coco_1x", "ctdet_coco_dla_1x.pth", (36.3, 38.2, 40.7)),
+)

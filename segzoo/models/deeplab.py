@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from segzoo.backbones import make_backbone
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
 from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
+from segzoo.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -107,11 +109,13 @@ class DeepLabV3(SegmentationModel):
         tv_mobilenet: compute what torchvision's dilated MobileNetV3 computes with a timm
             MobileNetV3 body (see :func:`match_torchvision_mobilenet`); the auxiliary head
             then reads the first block of the ``aux_index`` stage, as torchvision does.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier.4", "aux_classifier.4")
@@ -133,9 +137,10 @@ class DeepLabV3(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight)
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         self.aux_index = _level_index(aux_index, chs, "aux_index")
@@ -226,11 +231,13 @@ class DeepLabV3Plus(SegmentationModel):
         aspp_dropout: dropout after the ASPP projection.
         separable: atrous separable (depthwise + pointwise) convolutions in the ASPP and the
             decoder, as in the paper (and mmsegmentation, smp); False for plain 3x3 convs.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("decoder.classifier",)
@@ -250,8 +257,9 @@ class DeepLabV3Plus(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         strides, chs = self.backbone.head_strides, self.backbone.head_channels
         if 4 not in strides:
@@ -311,3 +319,15 @@ def deeplabv3plus_resnet50(**kwargs) -> DeepLabV3Plus:
 @register_model
 def deeplabv3plus_resnet101(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", **kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+register_weights(
+    torchvision_entry("deeplabv3_resnet50", "tv_coco_voc", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
+                      COCO_VOC),
+    torchvision_entry("deeplabv3_resnet101", "tv_coco_voc", "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
+                      COCO_VOC),
+    torchvision_entry("deeplabv3_mobilenetv3_large", "tv_coco_voc",
+                      "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+)

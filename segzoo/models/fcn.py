@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from segzoo.backbones import make_backbone
 from segzoo.layers import FCNHead
 from segzoo.models.base import SegmentationModel
+from segzoo.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -33,11 +35,13 @@ class FCN(SegmentationModel):
         aux_loss: add the auxiliary head on the second-to-last feature level.
         aux_weight: weight of the auxiliary loss.
         dropout: dropout before the classifiers.
-        backbone_weights: local timm weights file for the backbone.
+        backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("classifier.4", "aux_classifier.4")
@@ -55,9 +59,10 @@ class FCN(SegmentationModel):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
         super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight)
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights, levels=2)
         chs = self.backbone.head_channels
         self.classifier = FCNHead(chs[-1], num_classes, dropout=dropout)
@@ -86,3 +91,11 @@ def fcn_resnet50(**kwargs) -> FCN:
 @register_model
 def fcn_resnet101(**kwargs) -> FCN:
     return _fcn("fcn_resnet101", {"backbone": "resnet101"}, kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+register_weights(
+    torchvision_entry("fcn_resnet50", "tv_coco_voc", "FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+    torchvision_entry("fcn_resnet101", "tv_coco_voc", "FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
+)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from segzoo.backbones.hrnet import ARCHS, HRNetArch, HRNetBackbone, hrnet_arch
 from segzoo.layers.multiscale import resize_concat
 from segzoo.layers.ocr import OCRHead
 from segzoo.models.base import SegmentationModel
+from segzoo.published import WeightsEntry, register_weights
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -34,9 +36,9 @@ def _variant(arch: HRNetArch) -> str:
 class _HRNetSegBase(SegmentationModel):
     align_corners: bool = False
 
-    def _resize(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _resize(self, t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
         # the official pipeline upsamples logits with the model's align_corners
-        if t.shape[-2:] == (h, w):
+        if not always and t.shape[-2:] == (h, w):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=self.align_corners)
 
@@ -64,11 +66,13 @@ class HRNet(_HRNetSegBase):
             (see :class:`HRNetArch`).
         fuse_mode: ``"bilinear"`` (official segmentation HRNet) or ``"nearest"`` (timm).
         align_corners: of every bilinear upsampling; False as in the official HRNetV2.
-        backbone_weights: local timm-format HRNet ImageNet weights for the body.
+        backbone_weights: local timm-format HRNet ImageNet weights for the body, or a timm tag (``"imagenet"``).
         ignore_index: label ignored by the loss.
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
+        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+            :class:`~segzoo.models.base.SegmentationModel`.
     """
 
     class_layers = ("head.3",)
@@ -88,8 +92,9 @@ class HRNet(_HRNetSegBase):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(arch, fuse_mode, align_corners, backbone_weights, name=_variant(arch))
@@ -124,8 +129,10 @@ class HRNetOCR(_HRNetSegBase):
         aux_weight: weight of the soft-region loss (0.4).
         fuse_mode: ``"bilinear"`` (official) or ``"nearest"`` (timm).
         align_corners: True as in the official OCR configs.
-        backbone_weights: local timm-format HRNet ImageNet weights for the body.
-        ignore_index, mean, std, dice_weight: as in :class:`HRNet`.
+        backbone_weights: local timm-format HRNet ImageNet weights for the body, or a timm tag (``"imagenet"``).
+        ignore_index, mean, std, dice_weight, **loss_options: as in :class:`HRNet`; with
+            ``ohem_thresh`` OHEM applies to the OCR logits and the soft-region loss stays a
+            (class-weighted) cross-entropy, as in the official HRNet-OCR code.
     """
 
     class_layers = ("head.aux.3", "head.classifier")
@@ -149,8 +156,10 @@ class HRNetOCR(_HRNetSegBase):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         dice_weight: float = 0.0,
+        **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight)
+        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight,
+                         **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(arch, fuse_mode, align_corners, backbone_weights, name=_variant(arch))
@@ -197,3 +206,44 @@ def hrnet_w48(**kwargs) -> HRNet:
 @register_model
 def hrnet_w48_ocr(**kwargs) -> HRNetOCR:
     return _hrnet("hrnet_w48_ocr", arch="hrnet_w48", cls=HRNetOCR, **kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# the official releases (OneDrive, Baidu, GitHub releases) are manual sources: segzoo names the
+# page and the file; neither size nor checksum is published (the converter checks the layout)
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+_HRNET_V11 = "https://github.com/HRNet/HRNet-Semantic-Segmentation/tree/pytorch-v1.1"
+_HRNET_OCR = "https://github.com/HRNet/HRNet-Semantic-Segmentation/tree/HRNet-OCR"
+_OCR_RELEASE = "https://github.com/hsfzxjy/models.storage/releases/download/HRNet-OCR/"
+
+
+def _official(model: str, tag: str, file_name: str, miou: float, split: str, page: str, link: str) -> WeightsEntry:
+    return WeightsEntry(
+        model=model, tag=tag, source="manual", converter="hrnet-official",
+        dataset="Cityscapes (19 train ids)", classes=CITYSCAPES_CLASSES, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        metrics=(("miou", miou),), metric_source=f"official HRNet-Semantic-Segmentation README ({split})",
+        licence="MIT (HRNet-Semantic-Segmentation); Cityscapes terms of use (non-commercial) apply",
+        file_name=file_name, page=page, link=link,
+    )
+
+
+register_weights(
+    _official("hrnet_w18_small", "cityscapes", "hrnet_w18_small_v1_cityscapes_cls19_1024x2048_trainset.pth", 70.3,
+           "trained on train, val single scale", _HRNET_V11 + "#small-models",
+           "https://1drv.ms/u/s!Aus8VCZ_C_33gSEsg-2sxTmZL2AT?e=AqHbjh"),
+    _official("hrnet_w18_small_v2", "cityscapes", "hrnet_w18_small_v2_cityscapes_cls19_1024x2048_trainset.pth", 76.2,
+           "trained on train, val single scale", _HRNET_V11 + "#small-models",
+           "https://1drv.ms/u/s!Aus8VCZ_C_33gSAL4OurOW0RX4JH?e=ptLwpW"),
+    _official("hrnet_w48", "cityscapes", "hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth", 81.1,
+           "trained on train, val single scale", _HRNET_V11 + "#big-models",
+           "https://1drv.ms/u/s!Aus8VCZ_C_33gSlK7Fju_sXCxFUt?e=WZ96Ck"),
+    _official("hrnet_w48_ocr", "cityscapes", "hrnet_ocr_cs_8162_torch11.pth", 81.6,
+           "trained on train, val single scale", _HRNET_OCR + "#segmentation-models",
+           _OCR_RELEASE + "hrnet_ocr_cs_8162_torch11.pth"),
+    _official("hrnet_w48_ocr", "cityscapes_trainval", "hrnet_ocr_cs_trainval_8227_torch11.pth", 82.3,
+           "trained on train+val, test set multi-scale + flip", _HRNET_OCR + "#segmentation-models",
+           _OCR_RELEASE + "hrnet_ocr_cs_trainval_8227_torch11.pth"),
+)

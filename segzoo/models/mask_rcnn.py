@@ -21,6 +21,7 @@ from segzoo.detection.boxes import group_counts, rank_in_group, split_sizes
 from segzoo.detection.roi_heads import RoIHeads
 from segzoo.detection.rpn import RegionProposalNetwork
 from segzoo.models.detection_base import DetectionModel, image_shapes
+from segzoo.published import COCO_90, register_weights, torchvision_entry
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -46,7 +47,7 @@ class FasterRCNN(DetectionModel):
         num_classes: object classes (background is implicit).
         backbone: a segzoo body (``"hrnet_w18"``) or a timm model with ``features_only``,
             with stride-4..32 feature levels (see :func:`segzoo.backbones.make_backbone`).
-        backbone_weights: local weights file for the backbone (timm's layout).
+        backbone_weights: local weights file for the backbone (timm's layout), or a timm tag (``"imagenet"``).
         frozen_bn: FrozenBatchNorm2d in the backbone; default: True when
             ``backbone_weights`` is given, else False.
         trainable_backbone_layers: backbone stages (from the deepest) that train; the
@@ -306,3 +307,13 @@ def fasterrcnn_resnet18_fpn(**kwargs) -> FasterRCNN:
 def fasterrcnn_resnet101_fpn(**kwargs) -> FasterRCNN:
     """Faster R-CNN with a ResNet-101 FPN."""
     return create(FasterRCNN, "fasterrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
+
+
+# ---------------------------------------------------------------------------- published weights
+# read from torchvision's Weights enums; torchvision's 1-based labels become segzoo's 0-based ones
+register_weights(
+    torchvision_entry("maskrcnn_resnet50_fpn", "tv_coco", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1", COCO_90,
+                      detection=True),
+    torchvision_entry("fasterrcnn_resnet50_fpn", "tv_coco", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1", COCO_90,
+                      detection=True),
+)

@@ -1,0 +1,358 @@
+"""Where pretrained files come from and where segzoo keeps them.
+
+What the libraries already do, and segzoo leaves to them:
+
+* torchvision's ``Weights`` enums hold the URLs, categories and metrics of their
+  checkpoints; ``Weights.get_state_dict`` downloads through ``torch.hub`` into
+  ``$TORCH_HOME/hub/checkpoints`` (to a temporary file, renamed once the sha256 prefix in
+  the file name matches; a mismatch deletes it) and shows a progress bar.
+* timm resolves pretrained tags (``resnet50.a1_in1k``) and loads them into its models from
+  the Hugging Face hub cache (``huggingface_hub``: ``HF_HOME``, ``HF_HUB_OFFLINE``).
+
+What segzoo adds here: one cache folder of converted checkpoints (``SEGZOO_HOME``), whose
+content digest is checked at every use, offline mode (``SEGZOO_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``:
+nothing touches the network), a file lock so that concurrent processes download and
+convert once, https-only downloads from known hosts, and errors that say where to get a
+file by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import urllib.error
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+import huggingface_hub
+import timm
+import torch
+import torch.hub
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from segzoo.checkpoint import CheckpointError, atomic_write, read_checkpoint, read_state_dict, save
+
+if TYPE_CHECKING:
+    from segzoo.spec import ModelSpec
+
+ENV_HOME = "SEGZOO_HOME"
+ENV_OFFLINE = "SEGZOO_OFFLINE"
+# bump when converted checkpoints must be made again (a converter fix, a format change)
+CACHE_VERSION = 1
+# the only hosts segzoo downloads from, always over https
+TRUSTED_HOSTS = frozenset({"download.pytorch.org"})
+_test_servers: set[str] = set()
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be fetched, verified or used; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------- places
+
+
+def home() -> Path:
+    """segzoo's cache folder: ``$SEGZOO_HOME``, else ``$XDG_CACHE_HOME/segzoo``, else ``~/.cache/segzoo``."""
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "segzoo"
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the converted segzoo checkpoint of ``model.tag`` is cached."""
+    return home() / "checkpoints" / f"{name}.safetensors"
+
+
+def downloads_dir() -> Path:
+    """Where files downloaded by hand are picked up (the error for a missing file names the path)."""
+    return home() / "downloads"
+
+
+def torch_hub_path(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps the file of ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def is_offline() -> bool:
+    """True when ``SEGZOO_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to 1/true/yes/on."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in (ENV_OFFLINE, "HF_HUB_OFFLINE"))
+
+
+def looks_like_path(value: str | os.PathLike) -> bool:
+    """True for a file path, False for a tag: paths are PathLike, exist, or have a separator
+    or a weights suffix."""
+    if not isinstance(value, str):
+        return True
+    return (os.sep in value or "/" in value or Path(value).suffix in (".safetensors", ".pth", ".pt", ".bin")
+            or Path(value).exists())
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+def check_url(url: str) -> None:
+    """Refuse anything but https from a trusted host (a test server only through the hook)."""
+    parts = urlparse(url)
+    if parts.netloc in _test_servers and parts.scheme in ("http", "https"):
+        return
+    if parts.scheme != "https":
+        raise WeightsError(f"refusing to download {url}: segzoo downloads over https only")
+    if parts.hostname not in TRUSTED_HOSTS:
+        raise WeightsError(
+            f"refusing to download {url}: {parts.hostname} is not one of the hosts of segzoo's "
+            f"weights table ({', '.join(sorted(TRUSTED_HOSTS))})"
+        )
+
+
+@contextlib.contextmanager
+def allow_test_server(netloc: str) -> Iterator[None]:
+    """Test hook: also accept (plain http) URLs on ``netloc``, e.g. ``"127.0.0.1:8765"``.
+
+    Only loopback addresses are accepted, so the hook cannot open the door to the network.
+    """
+    host = netloc.rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "[::1]"):
+        raise ValueError(f"only a loopback test server can be allowed, not {netloc!r}")
+    _test_servers.add(netloc)
+    try:
+        yield
+    finally:
+        _test_servers.discard(netloc)
+
+
+def hash_prefix(url: str) -> str | None:
+    """The sha256 prefix that torch.hub reads from a ``name-<sha256 prefix>.ext`` file name."""
+    match = torch.hub.HASH_REGEX.search(os.path.basename(urlparse(url).path))
+    return match.group(1) if match and match.group(1) else None
+
+
+def sha256_file(path: Path, desc: str | None = None) -> str:
+    """The sha256 of a file, with a progress bar when ``desc`` is given."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                                     desc=desc, disable=desc is None, file=sys.stderr) as bar:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    """Hold the lock of ``name`` so that one process at a time fetches and converts it.
+
+    The lock is an OS file lock (``filelock``): it is released when its process dies.
+    """
+    path = home() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        print(f"segzoo: waiting for another process fetching {name} (lock {path})", file=sys.stderr)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---------------------------------------------------------------------------- cache
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def read_cached(name: str) -> tuple[dict[str, torch.Tensor], ModelSpec, list | None] | None:
+    """The cached checkpoint of ``name`` as ``(state, spec, classes)``, or None.
+
+    The checkpoint's own ``content_digest`` is verified on reading: a corrupted file (a disk
+    error, a half-copied file, an edit), or one converted by an older segzoo (its record's
+    cache version), is deleted with a warning, so that it is fetched again.
+    """
+    path = checkpoint_path(name)
+    if not path.exists():
+        return None
+    record = _record_path(path)
+    try:
+        if record.exists() and json.loads(record.read_text()).get("cache_version") != CACHE_VERSION:
+            raise CheckpointError(f"{path} was converted by another segzoo version")
+        return read_checkpoint(path)
+    except (CheckpointError, OSError, ValueError) as e:
+        warnings.warn(f"{e}; deleting the cached copy and fetching it again", stacklevel=3)
+        path.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        return None
+
+
+def store_checkpoint(name: str, model: torch.nn.Module, classes: list[str], source: dict) -> Path:
+    """Save a converted model as the cached checkpoint of ``name`` (atomically, with its
+    content digest and class names in the header) and record where it came from."""
+    path = checkpoint_path(name)
+    save(model, path, classes=classes)
+    atomic_write(_record_path(path), json.dumps({"cache_version": CACHE_VERSION, "source": source}, indent=1).encode())
+    return path
+
+
+# ---------------------------------------------------------------------------- downloads
+
+
+def torchvision_state_dict(weights, what: str, manual_hint: str) -> dict[str, torch.Tensor]:
+    """Fetch a torchvision ``Weights`` enum member's state dict through ``get_state_dict``.
+
+    torch.hub downloads it into its cache (hash-checked, written to a temporary file first)
+    unless it is there already; a cached file whose hash does not match its name is deleted
+    and fetched again. Nothing touches the network when offline.
+
+    Args:
+        weights: a ``torchvision.models.WeightsEnum`` member.
+        what: the weights' name, for messages.
+        manual_hint: how to provide the file by hand (appended to errors).
+    """
+    url = weights.url
+    check_url(url)
+    prefix = hash_prefix(url)
+    if prefix is None:
+        raise WeightsError(f"{url} has no sha256 prefix in its file name; segzoo only downloads verified files")
+    local = torch_hub_path(url)
+    if local.exists() and not sha256_file(local).startswith(prefix):
+        warnings.warn(f"{local} does not match the sha256 prefix {prefix} in its name; deleting it and "
+                      "downloading it again", stacklevel=3)
+        local.unlink()
+    if not local.exists() and is_offline():
+        raise WeightsError(f"{what} is not in the cache and offline mode is on ({ENV_OFFLINE} or "
+                           f"HF_HUB_OFFLINE), so segzoo does not download {url}. {manual_hint}")
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True, map_location="cpu")
+    except urllib.error.HTTPError as e:
+        raise WeightsError(f"downloading {what} from {url} failed: HTTP {e.code} {e.reason}. "
+                           f"{manual_hint}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise WeightsError(f"downloading {what} from {url} failed: {e}. {manual_hint}") from None
+    except RuntimeError as e:
+        if "invalid hash value" not in str(e):
+            raise WeightsError(f"{local} could not be read as a PyTorch weights file ({e}); delete it "
+                               "and try again") from None
+        raise WeightsError(
+            f"the download of {url} does not match its sha256 prefix {prefix} (an interrupted transfer "
+            f"or a changed file: {e}); the partial file was deleted and nothing was cached. Try again; "
+            f"if it persists, {manual_hint[0].lower()}{manual_hint[1:]}"
+        ) from None
+
+
+# ---------------------------------------------------------------------------- timm backbones
+
+
+def timm_name(arch: str, value: str) -> str:
+    """The timm pretrained name (``arch.tag``) for ``backbone_weights=value``.
+
+    Args:
+        arch: the backbone's timm architecture, e.g. ``"resnet34"``.
+        value: ``"imagenet"`` (timm's default pretrained tag for ``arch``) or a timm
+            pretrained name such as ``"resnet34.a1_in1k"``.
+    """
+    if value == "imagenet":
+        if not timm.models.is_model(arch) or not timm.list_pretrained(f"{arch}.*"):
+            raise WeightsError(f"timm has no pretrained weights for {arch!r}; pass a local file as backbone_weights")
+        return f"{arch}.{timm.models.get_pretrained_cfg(arch).tag}"
+    value_arch, tag = timm.models.split_model_name_tag(value)
+    if value_arch != arch:
+        raise WeightsError(
+            f"backbone_weights={value!r} are for the timm model {value_arch!r} but this backbone is {arch!r}; "
+            f"pass 'imagenet' or one of {', '.join(timm.list_pretrained(f'{arch}.*')[:8]) or 'no timm tags'}"
+        )
+    if not tag or not timm.models.is_model_pretrained(value):
+        raise WeightsError(
+            f"{value!r} is not a timm pretrained name; {arch} has "
+            f"{', '.join(timm.list_pretrained(f'{arch}.*')[:8]) or 'none'} (timm.list_pretrained('{arch}.*'))"
+        )
+    return value
+
+
+def _timm_source(name: str) -> tuple[str, str]:
+    """(where timm downloads ``name`` from, the file name segzoo looks for in its downloads)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg.hf_hub_id:
+        repo = cfg.hf_hub_id.split("@")[0]
+        filename = cfg.hf_hub_filename or "model.safetensors"
+        return f"https://huggingface.co/{repo}/resolve/main/{filename}", f"{name}.safetensors"
+    return cfg.url, f"{name}{Path(urlparse(cfg.url or '').path).suffix or '.pth'}"
+
+
+def timm_local_file(name: str) -> Path | None:
+    """A local copy of timm pretrained ``name``: in the Hugging Face hub cache, torch.hub's
+    cache (timm's URL sources) or segzoo's downloads folder; None if there is none."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg.hf_hub_id:
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in ([cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]):
+            found = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url and torch_hub_path(cfg.url).exists():
+        return torch_hub_path(cfg.url)
+    for suffix in (".safetensors", ".pth", ".bin"):
+        if (downloads_dir() / f"{name}{suffix}").exists():
+            return downloads_dir() / f"{name}{suffix}"
+    return None
+
+
+def timm_pretrained(name: str, **create_kwargs) -> torch.nn.Module:
+    """``timm.create_model(name, pretrained=True, **create_kwargs)``: timm's own loading.
+
+    A local copy (see :func:`timm_local_file`) is handed to timm as
+    ``pretrained_cfg_overlay=dict(file=...)``, so a cached file touches no network; without
+    one, timm downloads (Hugging Face hub) unless offline.
+    """
+    cfg = timm.models.get_pretrained_cfg(name)
+    local = None if cfg.custom_load else timm_local_file(name)
+    if local is not None:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(local)), **create_kwargs)
+    url, file_name = _timm_source(name)
+    by_hand = (f"Download {url}, then put it at {downloads_dir() / file_name} or run "
+               f"`segzoo weights import {name} FILE` (or pass backbone_weights=FILE)")
+    if is_offline():
+        raise WeightsError(f"timm weights {name} are not in the Hugging Face or segzoo cache and offline mode is "
+                           f"on ({ENV_OFFLINE} or HF_HUB_OFFLINE). {by_hand}")
+    try:
+        return timm.create_model(name, pretrained=True, **create_kwargs)
+    except OSError as e:  # huggingface_hub's errors are OSErrors
+        raise WeightsError(f"downloading timm weights {name} failed: {e}. {by_hand}") from None
+
+
+def import_timm_file(name: str, file: Path) -> Path:
+    """Check that ``file`` holds the state dict of ``timm.create_model(arch)`` and copy it to
+    segzoo's downloads folder, where :func:`timm_pretrained` finds it."""
+    state = read_state_dict(file)
+    arch = timm.models.split_model_name_tag(name)[0]
+    with torch.device("meta"):
+        own = timm.create_model(arch, pretrained=False).state_dict()
+    bad = [k for k, v in own.items() if k not in state or tuple(state[k].shape) != tuple(v.shape)]
+    if bad:
+        raise WeightsError(f"{file} does not hold timm {arch} weights: {len(bad)} keys are missing or mis-shaped "
+                           f"({', '.join(bad[:5])})")
+    suffix = ".safetensors" if file.suffix == ".safetensors" else ".pth"
+    dst = downloads_dir() / f"{name}{suffix}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(file, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst

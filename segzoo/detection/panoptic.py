@@ -20,6 +20,8 @@ scatter over all pixels of the batch.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 
 
@@ -71,8 +73,8 @@ def combine_panoptic(
         m = masks[:, i]  # (N, H, W)
         area = m.flatten(1).sum(1)  # (N,)
         taken = (m & (seg > 0)).flatten(1).sum(1)
-        ratio = taken.double() / area.clamp(min=1).double()
-        keep = (scores[:, i] >= score_thresh) & (area > 0) & (ratio <= overlap_thresh)  # (N,)
+        # taken / area <= thresh, compared in integers (exact, and no float64: MPS has none)
+        keep = (scores[:, i] >= score_thresh) & (area > 0) & (taken <= _floor_fraction(area, overlap_thresh))
         count = count + keep.long()
         new_id = torch.where(keep, count, 0)  # (N,)
         seg = torch.where(m & (seg == 0), new_id[:, None, None], seg)  # 0 paints nothing
@@ -109,6 +111,14 @@ def combine_panoptic(
         1, flat, torch.ones_like(flat))[:, 1:]  # (N, M): pixels of id r + 1
     return {"segments": seg.to(torch.int32), "labels": table_labels, "scores": table_scores, "areas": areas,
             "num_segments": count}
+
+
+def _floor_fraction(area: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``floor(fraction * area)`` for int64 ``area``: ``taken <= it`` is ``taken / area <= fraction``
+    (``fraction`` as a ratio of integers below 2^20, exact for 0.5 and the like, and no int64 overflow
+    below 2^43 pixels)."""
+    ratio = Fraction(float(fraction)).limit_denominator(1 << 20)
+    return area * ratio.numerator // ratio.denominator
 
 
 __all__ = ["combine_panoptic"]

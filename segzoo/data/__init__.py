@@ -15,7 +15,7 @@ from segzoo.data.coco_panoptic import CocoPanoptic
 from segzoo.data.cvat import CVAT
 from segzoo.data.errors import DataError, ImageFileError
 from segzoo.data.formats import detect_format, resolve_auto
-from segzoo.data.image import image_size, read_image, read_mask
+from segzoo.data.image import image_size, read_image, read_mask, read_panoptic
 from segzoo.data.labelme import LabelMe
 from segzoo.data.mask_folder import MaskFolder
 from segzoo.data.realdata import NucleiTiles, TreeCrownTiles
@@ -144,5 +144,6 @@ __all__ = [
     "DataError", "DataReport", "ImageFileError", "LabelMe", "MaskFolder", "NucleiTiles", "PadToSize", "Shapes",
     "ShapesPanoptic", "TreeCrownTiles",
     "VOCSegmentation", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
-    "collate_semantic", "detect_format", "image_size", "read_image", "read_mask", "resolve_auto",
+    "collate_semantic", "detect_format", "image_size", "read_image", "read_mask", "read_panoptic",
+    "resolve_auto",
 ]

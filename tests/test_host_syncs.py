@@ -5,7 +5,8 @@ Every Python-level way to read a tensor's value on the host is spied on: ``.item
 (``__int__``, ``__float__``, ``__bool__``, ``__index__``) and ``nonzero``. Inference may sync
 only where a size must become a Python int: splitting the flat detections into one dict
 per image (``split_sizes``, once per pooling stage of Mask R-CNN and once at the end),
-CenterNet's per-image counts and Panoptic FPN's counts and segment table. Target checks cost one sync per batch, whatever its size.
+CenterNet's per-image counts and Panoptic FPN's counts and segment table. Target checks cost
+one sync per batch, whatever its size.
 """
 
 from __future__ import annotations

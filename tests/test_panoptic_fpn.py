@@ -165,3 +165,25 @@ def test_class_convention_is_checked():
     assert model.roi_heads.box_predictor.cls_score.out_features == 4  # 3 things + background
     assert model.sem_seg_head.predictor.out_channels == 3  # "things" + 2 stuff
     assert segzoo.list_models("panoptic*", task="panoptic") == ["panoptic_fpn_resnet18", "panoptic_fpn_resnet50"]
+
+
+def test_exportable_gives_the_segments_of_eager_inference():
+    """The fixed-size export path (``exportable()``) and ``model(images)`` give the same segments and table."""
+    torch.manual_seed(0)
+    model = _small(combine_score_thresh=0.0).eval()
+    with torch.no_grad():  # spread the class scores so that the instances are many and well ordered
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, 0.05)
+        model.roi_heads.box_predictor.cls_score.bias.normal_(0, 1)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(x)
+        seg, labels, scores, areas, num = model.exportable(max_detections=100)(x)
+    assert seg.shape == (2, 64, 64) and labels.shape == (2, 100 + 2)
+    for i, out in enumerate(eager):
+        info = out["segments_info"]
+        assert len(info) > 2 and int(num[i]) == len(info)
+        assert torch.equal(seg[i], out["segments"])
+        assert labels[i, : len(info)].tolist() == [s["category"] for s in info]
+        assert areas[i, : len(info)].tolist() == [s["area"] for s in info]
+        torch.testing.assert_close(scores[i, : len(info)], torch.tensor([s["score"] for s in info]))
+        assert bool((labels[i, len(info):] == -1).all())

@@ -10,7 +10,7 @@ import torch
 from segzoo.config import RunConfig
 from segzoo.data import build_dataset, check_dataset
 from segzoo.engine.distributed import init_distributed, run_on_main, world_info
-from segzoo.engine.evaluator import check_categories, check_task_data, primary_metric
+from segzoo.engine.evaluator import check_task_data, primary_metric
 from segzoo.engine.run_folder import RunFolder
 from segzoo.engine.trainer import Trainer, select_device
 from segzoo.registry import build
@@ -89,7 +89,6 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path | None = None, resume:
         train_set, val_set = build_datasets(cfg, task)
         if len(train_set):
             check_task_data(task, train_set[0][1], cfg.model["name"])
-        check_categories(model, train_set)
         classes = getattr(train_set, "classes", None)
         trainer = Trainer(model, train_set, val_set, cfg, folder.path, classes=classes, on_step=on_step)
         return trainer.fit(resume=resume, overwrite=overwrite, folder=folder)

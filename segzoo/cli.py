@@ -234,6 +234,12 @@ def _infer(args: argparse.Namespace) -> int:
                 found = [name(int(k)) for k in torch.unique(fp.result["mask"])]
                 print(f"{fp.path}: {', '.join(found)} -> {written}")
                 continue
+            if model.task == "panoptic":
+                segs = fp.result["segments_info"]
+                found = ", ".join(f"{name(int(s['category']))}" for s in segs[:8])
+                found += f" and {len(segs) - 8} more" if len(segs) > 8 else ""
+                print(f"{fp.path}: {len(segs)} segments" + (f" ({found})" if found else "") + f" -> {written}")
+                continue
             scores, labels = fp.result["scores"], fp.result["labels"]
             order = torch.argsort(scores, descending=True, stable=True).tolist()
             above = [i for i in order if scores[i] >= args.score_thresh]

@@ -166,7 +166,7 @@ class EvalConfig(_Section):
     """Evaluation during training and in ``segzoo eval`` (``eval:``)."""
 
     every: int = option(1, "epochs between evaluations (0: only at the end)", ge=0)
-    metric: str = option("auto", "picks the best checkpoint; auto: miou, segm_AP or bbox_AP by task")
+    metric: str = option("auto", "picks the best checkpoint; auto: miou, segm_AP, bbox_AP or pq by task")
     max_images: int | None = option(None, "evaluate only the first images", ge=1)
     num_pictures: int = option(4, "validation images drawn in predictions.png", ge=0)
     score_threshold: float = option(0.5, "detections drawn in pictures (when fewer than 3 reach it, the best ones "

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torchvision.ops import batched_nms
 
 from segzoo import visualize
+from segzoo.data.coco_panoptic import ids_to_rgb
 from segzoo.visualize import read_image
 
 __all__ = [
@@ -161,10 +163,13 @@ def _tta_config(tta) -> dict:
     raise TypeError(f"tta must be None, a preset name {sorted(_TTA_PRESETS)} or a dict, got {tta!r}")
 
 
-def check_tta(task: str, tta) -> None:
-    """Refuse test-time augmentation for a model whose task has none (detection, instance)."""
+def check_tta(task: str, tta, tile=None) -> None:
+    """Refuse test-time augmentation for a model whose task has none (detection, instance, panoptic) and
+    tiling for panoptic models (segments of different tiles cannot be merged by NMS)."""
     if task != "semantic" and tta not in (None, False):
         raise ValueError(f"tta is implemented for semantic models only; this model's task is {task!r}")
+    if task == "panoptic" and tile is not None:
+        raise ValueError("tiled inference is not implemented for panoptic models; resize the image instead")
 
 
 def fit_scale(h: int, w: int, size: int | Sequence[int]) -> float:
@@ -310,13 +315,15 @@ def predict(
     Returns:
         Semantic: ``{"mask": int64 H x W, "probs": float C x H x W}``. Detection /
         instance: ``{"boxes", "scores", "labels"[, "masks"]}`` as the model returns them,
-        in the image's pixels. CPU tensors; a list of results for a list of images.
+        in the image's pixels. Panoptic: the model's dict (``segments`` H x W int32,
+        ``segments_info`` list of dicts, and the instance keys). CPU tensors; a list of
+        results for a list of images.
     """
     if isinstance(image_or_path, (list, tuple)):
         return [predict(model, im, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size, nms_iou=nms_iou)
                 for im in image_or_path]
     task = model.task
-    check_tta(task, tta)
+    check_tta(task, tta, tile)
     device, dtype = _device_dtype(model)
     x = load_image(image_or_path).to(device=device, dtype=dtype)[None]  # (1, 3, H, W)
     was_training = model.training
@@ -327,7 +334,7 @@ def predict(
                 probs = semantic_probs(model, x, tile, overlap, tta, batch_size)[0]  # (C, H, W)
                 return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
             out = detect(model, [x[0]], tile, overlap, nms_iou, batch_size)[0]
-            return {k: v.detach().cpu() for k, v in out.items()}
+            return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     finally:
         model.train(was_training)
 
@@ -377,10 +384,23 @@ def write_prediction(
     and ``classes`` names, one entry per detection in each list, plus the two thresholds) and,
     with masks, ``STEM_masks.png`` (0 background, ``k + 1`` for the k-th detection of the json;
     at most 255).
+    Panoptic: ``STEM_overlay.png`` (with a legend when ``class_names`` are known), ``STEM_panoptic.png``
+    (COCO-panoptic PNG: segment id ``R + 256 G + 256^2 B``, 0 void) and ``STEM.json``
+    (``segments_info`` with class names).
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(os.fspath(out_dir), stem)
     written = []
+    if "segments" in result:
+        info = [{**s, "class": class_names[s["category"]] if class_names and s["category"] < len(class_names)
+                 else str(s["category"])} for s in result["segments_info"]]
+        names = list(class_names) if class_names else None
+        visualize.save_image(visualize.draw_panoptic(image, result["segments"], info, names, alpha=alpha),
+                             base + "_overlay.png")
+        Image.fromarray(ids_to_rgb(result["segments"])).save(base + "_panoptic.png")
+        with open(base + ".json", "w") as f:
+            json.dump({"segments_info": info}, f, indent=1)
+        return [base + "_overlay.png", base + "_panoptic.png", base + ".json"]
     if "mask" in result:
         n = int(result["probs"].shape[0])
         names = list(class_names) if class_names is not None and len(class_names) == n else None
@@ -460,7 +480,7 @@ def predict_files(
     Yields:
         One :class:`FilePrediction` per file, in order.
     """
-    check_tta(model.task, tta)
+    check_tta(model.task, tta, tile)
     names = class_names if class_names is not None else getattr(model, "classes", None)
     stems: dict[str, int] = {}
     for path in files:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.ops import masks_to_boxes
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from segzoo.data import image as image_file
@@ -23,6 +24,7 @@ __all__ = [
     "color_palette",
     "draw_instances",
     "draw_legend",
+    "draw_panoptic",
     "draw_semantic",
     "instance_palette",
     "save_image",
@@ -387,3 +389,70 @@ def save_mask(mask: torch.Tensor, path: str | os.PathLike, palette: torch.Tensor
     pil.putpalette(pal.flatten().tolist())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     pil.save(path)
+
+
+def _jitter(color: tuple[int, int, int], seed: int) -> tuple[int, int, int]:
+    """A colour near ``color``, the same for the same ``seed``: tells instances of one class apart."""
+    g = torch.Generator().manual_seed(seed)
+    step = torch.rand(3, generator=g) * 2 - 1
+    step = step / step.norm().clamp(min=1e-6) * 90
+    return tuple(int(v) for v in (torch.tensor(color, dtype=torch.float32) + step).clamp(0, 255))
+
+
+def draw_panoptic(
+    image,
+    segments: torch.Tensor,
+    segments_info: Sequence[dict],
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.6,
+    legend: bool = True,
+    palette: torch.Tensor | Sequence | None = None,
+) -> torch.Tensor:
+    """Draw panoptic segments: stuff coloured per class, each thing in its own shade of its class colour
+    with a box and ``"name 0.93"``, void left as it is, and a legend of the classes present.
+
+    Args:
+        image: the image (see the module docstring), ``H x W``.
+        segments: ``H x W`` segment ids (0: void).
+        segments_info: one dict per segment: ``id``, ``category`` (0-based), ``is_thing``, and
+            optional ``score`` and ``iscrowd`` (crowd regions are labelled ``"name (crowd)"``).
+        class_names: a name per category (the legend needs them; the label index otherwise).
+        alpha: opacity of the segment colours.
+        legend: append the legend panel on the right (when ``class_names`` are given).
+        palette: colours per category (the VOC colour map shifted by one, as for instances).
+
+    Returns:
+        uint8 ``3 x H x W`` (``3 x H x (W + legend width)`` with a legend).
+    """
+    img = to_uint8(image)
+    seg = torch.as_tensor(segments).detach().cpu().long()
+    if tuple(seg.shape) != tuple(img.shape[-2:]):
+        raise ValueError(f"segments must be H x W = {tuple(img.shape[-2:])} like the image, got {tuple(seg.shape)}")
+    info = [s for s in segments_info if bool((seg == int(s["id"])).any())]
+    n_cls = max([len(class_names) if class_names else 0] + [int(s["category"]) + 1 for s in info])
+    colors = _colors(color_palette(n_cls + 1)[1:] if palette is None else palette, n_cls)
+    out = img
+    if info:
+        masks = torch.stack([seg == int(s["id"]) for s in info])  # (S, H, W)
+        seg_colors = [_jitter(colors[int(s["category"])], int(s["id"])) if s.get("is_thing") else
+                      colors[int(s["category"])] for s in info]
+        out = draw_segmentation_masks(out, masks, alpha=alpha, colors=seg_colors)
+        things = [i for i, s in enumerate(info) if s.get("is_thing")]
+        if things:
+            boxes = masks_to_boxes(masks[things])
+            boxes[:, 2:] += 1  # pixel extents
+            names = []
+            for i in things:
+                s = info[i]
+                name = class_names[int(s["category"])] if class_names else str(int(s["category"]))
+                if s.get("iscrowd"):
+                    name += " (crowd)"
+                elif s.get("score") is not None:
+                    name += f" {float(s['score']):.2f}"
+                names.append(name)
+            out = draw_bounding_boxes(out, boxes, labels=names, colors=[seg_colors[i] for i in things], width=1)
+    if legend and class_names:
+        present = sorted({int(s["category"]) for s in info})
+        panel = draw_legend(class_names, colors, height=out.shape[1], classes=present)
+        out = torch.cat([out, panel[:, : out.shape[1]]], dim=2)
+    return out

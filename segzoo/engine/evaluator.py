@@ -25,12 +25,14 @@ from torch.utils.data import DataLoader, Dataset
 from segzoo.config import ConfigError, EvalConfig
 from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.inference import check_tta, detect, semantic_probs
-from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
+from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PanopticQuality, PRCurve, SegmentationMetric
 from segzoo.metrics.coco import STAT_NAMES
+from segzoo.metrics.panoptic import target_segments
 from segzoo.visualize import (
     color_palette,
     draw_instances,
     draw_legend,
+    draw_panoptic,
     draw_semantic,
     instance_palette,
     save_image,
@@ -38,11 +40,12 @@ from segzoo.visualize import (
     side_by_side,
 )
 
-PRIMARY_METRIC = {"semantic": "miou", "instance": "segm_AP", "detection": "bbox_AP"}
+PRIMARY_METRIC = {"semantic": "miou", "instance": "segm_AP", "detection": "bbox_AP", "panoptic": "pq"}
 # metrics shown in the one-line summary of an evaluation, after the tracked one
 _SUMMARY = {"semantic": ("miou", "pixel_acc", "mean_acc", "fwiou", "mdice"),
             "instance": ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "bbox_AP75"),
-            "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl")}
+            "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl"),
+            "panoptic": ("pq", "sq", "rq", "pq_th", "pq_st")}
 PANEL_TITLES = ("image", "prediction", "ground truth")
 TOP_K = 3  # detections drawn below the score threshold when fewer than this reach it
 
@@ -51,13 +54,15 @@ def metric_names(task: str) -> tuple[str, ...]:
     """The scalar metrics :func:`evaluate` returns for a task (each can be ``eval.metric``)."""
     if task == "semantic":
         return SegmentationMetric.SCALARS
+    if task == "panoptic":
+        return PanopticQuality.SCALARS
     iou_types = ("bbox", "segm") if task == "instance" else ("bbox",)
     return tuple(f"{t}_{s}" for t in iou_types for s in STAT_NAMES)
 
 
 def primary_metric(task: str, name: str = "auto") -> str:
-    """The metric that picks the best checkpoint (``eval.metric``): ``miou``, ``segm_AP`` or ``bbox_AP``
-    for ``auto``; any other name must be one of :func:`metric_names`, or a ConfigError names the closest."""
+    """The metric that picks the best checkpoint (``eval.metric``): ``miou``, ``segm_AP``, ``bbox_AP`` or
+    ``pq`` for ``auto``; any other name must be one of :func:`metric_names`, or a ConfigError names the closest."""
     if name in (None, "auto"):
         return PRIMARY_METRIC[task]
     names = metric_names(task)
@@ -141,8 +146,13 @@ def check_task_data(task: str, target: Any, model_name: str = "the model") -> No
                              "it on semantic data (data.type: mask_folder, coco_semantic or shapes)")
         return
     if not isinstance(target, dict):
+        kinds = "panoptic segments (data.type: coco_panoptic or shapes_panoptic)" if task == "panoptic" else \
+            "boxes (data.type: coco or shapes)"
         raise ValueError(f"the data gives semantic masks but {model_name} is a {task} model; evaluate it on data "
-                         "with boxes (data.type: coco or shapes)")
+                         f"with {kinds}")
+    if task == "panoptic" and "masks" not in target:
+        raise ValueError(f"{model_name} is a panoptic model but the data has no segment masks; use panoptic data "
+                         "(data.type: coco_panoptic or shapes_panoptic: one mask per thing and stuff segment)")
     if task == "instance" and "masks" not in target:
         raise ValueError(f"{model_name} is an instance model but the data has no instance masks; use COCO data with "
                          "segmentations")
@@ -178,8 +188,26 @@ def _crowd_target(target: dict, anns: list[dict], cat_to_label: dict[int, int]) 
     return {"boxes": boxes, "labels": labels, "iscrowd": iscrowd}
 
 
+def check_categories(model: nn.Module, data) -> None:
+    """Refuse data for a panoptic model that is not panoptic (``data.task``) or whose thing/stuff split is not the
+    model's (``data.num_classes``, ``data.num_stuff``): the labels would mean other classes."""
+    if model.task != "panoptic":
+        return
+    name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
+    kind = getattr(data, "task", "panoptic")
+    if kind != "panoptic":
+        raise ValueError(f"{name} is a panoptic model but the data is {kind} data (things only, no stuff); use "
+                         "panoptic data (data.type: coco_panoptic or shapes_panoptic)")
+    split = (getattr(data, "num_classes", None), getattr(data, "num_stuff", None))
+    if split[1] is not None and split != (model.num_classes, model.num_stuff):
+        raise ValueError(f"the data has {data.num_classes} categories ({data.num_classes - data.num_stuff} things + "
+                         f"{data.num_stuff} stuff) but {name} has num_classes={model.num_classes}, "
+                         f"num_stuff={model.num_stuff}; set model.num_classes={data.num_classes} and "
+                         f"model.num_stuff={data.num_stuff}")
+
+
 def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None, num_classes: int,
-           ignore_index: int, score_threshold: float) -> torch.Tensor:
+           ignore_index: int, score_threshold: float, num_things: int | None = None) -> torch.Tensor:
     """``image | prediction | ground truth | legend`` for one image (``pred``: a mask or a detection dict).
 
     The legend lists the classes drawn in either picture, by name (by index without names).
@@ -188,6 +216,10 @@ def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None
     """
     names = list(names) if names is not None else [str(i) for i in range(num_classes)]
     title = PANEL_TITLES[1]
+    if task == "panoptic":  # segments carry their class names; the ground truth has the legend
+        pred_pic = draw_panoptic(image, pred["segments"], pred["segments_info"], names, legend=False)
+        gt_pic = draw_panoptic(image, *target_segments(target, num_things), names)
+        return side_by_side([image, pred_pic, gt_pic], titles=PANEL_TITLES)
     if task == "semantic":
         kw = dict(num_classes=num_classes, class_names=names, ignore_index=ignore_index, skip_background=True)
         pred_pic = draw_semantic(image, pred, **kw)
@@ -253,7 +285,8 @@ def _forward(model: nn.Module, task: str, images: list[torch.Tensor], device: to
                                   resize=resize)
         out = detect(model, [im.to(device, non_blocking=True) for im in images], tile, overlap,
                      batch_size=tile_batch)
-    return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in out]
+    return [{k: (v.float().cpu() if v.is_floating_point() else v.cpu()) if isinstance(v, torch.Tensor) else v
+             for k, v in p.items()} for p in out]
 
 
 @torch.no_grad()
@@ -305,7 +338,7 @@ def evaluate(
             then ``data.classes``).
         ignore_index: semantic label that is not scored.
         curves: also compute precision-recall curves (``pr_curves``; adds ``pr_map`` or
-            ``bbox_pr_map50`` to the metrics).
+            ``bbox_pr_map50`` to the metrics); panoptic models have none.
         num_pictures: ``image | prediction | ground truth`` panels to draw (main process).
         score_threshold: detections scoring >= it are drawn in the pictures; when fewer than
             :data:`TOP_K` do, the best ones below it too, in a lighter style. Metrics use every
@@ -314,13 +347,14 @@ def evaluate(
 
     Returns:
         ``{"task", "num_images", "class_names", "metrics", "pictures"}`` plus ``"confusion"``
-        (``C x C``, rows ground truth) for semantic models, ``"coco_summary"`` for the others,
-        and ``"pr_curves"`` with ``curves``. Semantic metrics: ``pixel_acc``, ``mean_acc``,
-        ``miou``, ``fwiou``, ``mdice`` and per-class lists; detection metrics: ``bbox_AP``...
-        (and ``segm_AP``...) and per-class dicts.
+        (``C x C``, rows ground truth) for semantic models, ``"coco_summary"`` for the others
+        (panoptic: PQ/SQ/RQ table), and ``"pr_curves"`` with ``curves``. Semantic metrics:
+        ``pixel_acc``, ``mean_acc``, ``miou``, ``fwiou``, ``mdice`` and per-class lists; detection
+        metrics: ``bbox_AP``... (and ``segm_AP``...) and per-class dicts; panoptic metrics: ``pq``,
+        ``sq``, ``rq`` and their ``_th``/``_st`` parts, ``per_class``.
     """
     task = model.task
-    check_tta(task, tta)
+    check_tta(task, tta, tile)
     if task != "semantic" and (resize is not None or stride is not None):
         raise ValueError(f"eval.resize and eval.stride apply to semantic models; this model's task is {task!r} "
                          "(its size comes from the data transforms)")
@@ -337,10 +371,13 @@ def evaluate(
     named = names is not None and len(names) == num_classes
     names = [str(c) for c in names] if named else [str(i) for i in range(num_classes)]
     check_task_data(task, data[0][1], name)
+    check_categories(model, data)
 
     if task == "semantic":
         metric = SegmentationMetric(num_classes, ignore_index=ignore_index)
         pr = PRCurve(num_classes, ignore_index=ignore_index) if curves else None
+    elif task == "panoptic":
+        metric, pr = PanopticQuality(num_classes, model.num_stuff, names), None
     else:
         cat_ids = getattr(data, "cat_ids", None)
         cat_ids = list(cat_ids) if cat_ids is not None and len(cat_ids) == num_classes else None
@@ -385,7 +422,7 @@ def evaluate(
                 for (_, image, target), p in zip(run, shown):
                     if rank == 0 and len(pictures) < num_pictures:
                         pictures.append(_panel(task, image, p, target, names if named else None, num_classes,
-                                               ignore_index, score_threshold))
+                                               ignore_index, score_threshold, getattr(model, "num_things", None)))
     finally:
         model.train(was_training)
     metric.reduce()
@@ -430,7 +467,7 @@ def save_predictions_png(
             if task == "semantic":
                 pred = pred.argmax(0).cpu()
             rows.append(_panel(task, image, pred, target, list(class_names) if named else None, num_classes,
-                               ignore_index, score_threshold))
+                               ignore_index, score_threshold, getattr(model, "num_things", None)))
     finally:
         model.train(was_training)
     save_image(stack_rows(rows), path)

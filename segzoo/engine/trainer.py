@@ -47,6 +47,7 @@ from segzoo.engine.distributed import (
 )
 from segzoo.engine.evaluator import (
     autocast,
+    check_categories,
     evaluate,
     primary_metric,
     protocol_kwargs,
@@ -152,6 +153,7 @@ class Trainer:
         if not hasattr(model, "spec"):
             raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
         self.task = model.task
+        check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
         self.num_classes = model.spec.num_classes
         self.metric_name = primary_metric(self.task, self.ec.metric)
         self.eval_protocol = protocol_kwargs(self.ec, self.task)  # checked before any work

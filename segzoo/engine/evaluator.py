@@ -410,6 +410,9 @@ def evaluate(
                     if pr is not None:
                         pr.update(preds.cpu(), targets)
                     shown = list(masks)
+                elif task == "panoptic":
+                    metric.update(preds, [{**t, "image_id": t.get("image_id", i)} for i, _, t in run])
+                    shown = preds
                 else:
                     targets = [{**t, "image_id": t.get("image_id", i), "size": tuple(im.shape[-2:])}
                                for i, im, t in run]

@@ -15,6 +15,17 @@ batch and returns fixed-size, padded tensors::
 
 with ``K = max_detections``. Eager ``model(images)`` gives the same first
 ``num_detections`` rows.
+
+Panoptic models export their merged output, with ``M = max_detections + num_stuff`` rows::
+
+    segments       (N, H, W) int32   segment ids, 0 void
+    segment_labels (N, M)    int64   row r: category of segment id r + 1 (things first); -1 unused
+    segment_scores (N, M)    float   instance score, or the mean class probability of a stuff segment
+    segment_areas  (N, M)    int64   pixels
+    num_segments   (N,)      int64   rows in use
+
+the same segments as eager ``model(images)`` when at most ``max_detections`` instances per
+image pass ``combine_score_thresh``.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ OUTPUT_NAMES = {
     "semantic": ("logits",),
     "detection": ("boxes", "scores", "labels", "num_detections"),
     "instance": ("boxes", "scores", "labels", "masks", "num_detections"),
+    "panoptic": ("segments", "segment_labels", "segment_scores", "segment_areas", "num_segments"),
 }
 
 

@@ -4,8 +4,9 @@ Every Python-level way to read a tensor's value on the host is spied on: ``.item
 ``.tolist()``, ``int()``/``float()``/``bool()``/``operator.index()`` on a tensor
 (``__int__``, ``__float__``, ``__bool__``, ``__index__``) and ``nonzero``. Inference may sync
 only where a size must become a Python int: splitting the flat detections into one dict
-per image (``split_sizes``, once per pooling stage of Mask R-CNN and once at the end) and
-CenterNet's per-image counts. Target checks cost one sync per batch, whatever its size.
+per image (``split_sizes``, once per pooling stage of Mask R-CNN and once at the end),
+CenterNet's per-image counts and Panoptic FPN's counts and segment table. Target checks cost
+one sync per batch, whatever its size.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def syncs(monkeypatch) -> list[str]:
 
 
 def _model(name: str) -> torch.nn.Module:
-    model = build_small(name, num_classes=3).eval()
+    extra = {"num_stuff": 1} if name.startswith("panoptic") else {}
+    model = build_small(name, num_classes=3, **extra).eval()
     model.check_inputs = False  # the value check's one sync is opt-out and tested on its own
     return model
 
@@ -49,6 +51,9 @@ ALLOWED = {
     "maskrcnn_resnet50_fpn": ["tolist in split_sizes"] * 3,  # box pooler, mask pooler, per-image split
     "fasterrcnn_resnet50_fpn": ["tolist in split_sizes"] * 2,  # box pooler, per-image split
     "centernet_resnet18": ["tolist in postprocess"],  # detections per image
+    # box pooler, mask pooler; then in forward: the detection counts (a device sync), and the segment
+    # table, copied to the host once with .cpu() and read there (two tolist on a CPU tensor)
+    "panoptic_fpn_resnet18": ["tolist in split_sizes"] * 2 + ["tolist in forward"] * 3,
 }
 
 

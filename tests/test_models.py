@@ -14,18 +14,25 @@ import torch
 
 import segzoo
 from segzoo.backbones import Backbone
+from segzoo.registry import get_entry
 from segzoo.spec import TASKS
 
 NUM_CLASSES = 3
+# what a task needs besides num_classes: panoptic models split the categories into things and stuff
+TASK_KWARGS = {"panoptic": {"num_stuff": 1}}
 # parameters that get no gradient by design: name -> (parameter-name prefixes, why)
 NO_GRAD: dict[str, tuple[tuple[str, ...], str]] = {}
 # registered defaults over this many parameters are marked slow
 SLOW_PARAMS = 40_000_000
 
 
+def _build(name: str) -> torch.nn.Module:
+    return segzoo.build(name, num_classes=NUM_CLASSES, **TASK_KWARGS.get(get_entry(name).task, {}))
+
+
 def _params(name: str) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in segzoo.build(name, num_classes=NUM_CLASSES).parameters())
+        return sum(p.numel() for p in _build(name).parameters())
 
 
 def _cases() -> list:
@@ -43,6 +50,13 @@ def _targets(task: str, n: int, h: int, w: int) -> torch.Tensor | list[dict]:
     for i in range(n):
         boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [20.0, 10.0, 60.0, 44.0]]) + i
         t = {"boxes": boxes, "labels": torch.tensor([0, NUM_CLASSES - 1])}
+        if task == "panoptic":  # a thing on one stuff segment (the last label), with a void border
+            thing = torch.zeros(h, w)
+            thing[6:50, 4:40] = 1
+            stuff = 1 - thing
+            stuff[:2] = 0
+            t = {"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0], [0.0, 2.0, w, h]]),
+                 "labels": torch.tensor([0, NUM_CLASSES - 1]), "masks": torch.stack([thing, stuff])}
         if task == "instance":
             masks = torch.zeros(2, h, w)
             for k, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
@@ -66,7 +80,7 @@ def _assert_same(a, b) -> None:
 @pytest.mark.parametrize("name", _cases())
 def test_model(name, tmp_path):
     torch.manual_seed(0)
-    model = segzoo.build(name, num_classes=NUM_CLASSES)
+    model = _build(name)
 
     # one task, read from the model
     assert model.task in TASKS and model.spec.task == model.task

@@ -12,14 +12,16 @@ from segzoo.data.ade20k import ADE20K
 from segzoo.data.checks import DataReport, check_dataset
 from segzoo.data.cityscapes import Cityscapes
 from segzoo.data.coco import CocoInstances, CocoSemantic
+from segzoo.data.coco_panoptic import CocoPanoptic
 from segzoo.data.cvat import CVAT
 from segzoo.data.errors import DataError, ImageFileError
 from segzoo.data.formats import detect_format, resolve_auto
-from segzoo.data.image import image_size, read_image, read_mask
+from segzoo.data.image import image_size, read_image, read_mask, read_panoptic
 from segzoo.data.labelme import LabelMe
 from segzoo.data.mask_folder import MaskFolder
 from segzoo.data.realdata import NucleiTiles, TreeCrownTiles
 from segzoo.data.shapes import Shapes
+from segzoo.data.shapes_panoptic import ShapesPanoptic
 from segzoo.data.transforms import (
     PadToSize,
     build_transforms,
@@ -39,9 +41,15 @@ DATASET_TYPES["cityscapes"] = Cityscapes
 DATASET_TYPES["ade20k"] = ADE20K
 DATASET_TYPES["nuclei"] = NucleiTiles
 DATASET_TYPES["tree_crowns"] = TreeCrownTiles
+DATASET_TYPES["coco_panoptic"] = CocoPanoptic
+DATASET_TYPES["shapes_panoptic"] = ShapesPanoptic
 # short config names for dataset arguments
-_ALIASES = {"images": {"coco": "root", "coco_semantic": "root", "mask_folder": "images_dir"},
-            "masks": {"mask_folder": "masks_dir"}, "annotations": {"coco": "ann_file", "coco_semantic": "ann_file"}}
+_ALIASES = {"images": {"coco": "root", "coco_semantic": "root", "mask_folder": "images_dir", "coco_panoptic": "root"},
+            "masks": {"mask_folder": "masks_dir"},
+            "annotations": {"coco": "ann_file", "coco_semantic": "ann_file", "coco_panoptic": "ann_file"},
+            "panoptic": {"coco_panoptic": "panoptic_root"}}
+# where generated data lives when data.root is left at its default (the two Shapes variants must not share it)
+_GENERATED_ROOTS = {"shapes": "data/shapes", "shapes_panoptic": "data/shapes_panoptic"}
 
 
 def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool | None = None,
@@ -57,7 +65,7 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
     Args:
         data_cfg: the ``data`` section of a resolved config.
         split: ``"train"`` or ``"val"``.
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        task: ``"semantic"``, ``"instance"``, ``"detection"`` or ``"panoptic"``.
         train: use the training augmentation (default: ``split == "train"``).
         with_transforms: attach the task's transform preset.
     """
@@ -81,9 +89,17 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         if task == "semantic":
             aug["ignore_index"] = ignore
         args["transforms"] = build_transforms(task, train, **aug)
-    if kind == "shapes":
-        args.setdefault("root", data_cfg.get("root", "data/shapes"))
-        args.update(split=split, task=task)
+    if kind in _GENERATED_ROOTS:
+        root = data_cfg.get("root")
+        if root is None or (root == _GENERATED_ROOTS["shapes"] and kind != "shapes"):  # the default data.root
+            root = _GENERATED_ROOTS[kind]
+        args.setdefault("root", root)
+        args["split"] = split
+        if kind == "shapes":
+            args["task"] = task
+        elif task not in cls.supported_tasks():
+            raise ValueError(f"data.type {kind} gives {'/'.join(cls.supported_tasks())} data but the model's task is "
+                             f"{task}; use a model of that task or another dataset")
     elif cls is MaskFolder:
         args.setdefault("binary", bool(data_cfg.get("binary")))
         args.setdefault("mapping", data_cfg.get("mapping"))
@@ -113,18 +129,25 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         raise ConfigError(f"data.{split} needs {', '.join(f'data.{split}.{m}' for m in missing)} for "
                           f"data.type={kind} (paths to the dataset's files)")
     try:
-        return cls(**args)
+        dataset = cls(**args)
     except FileNotFoundError as e:  # a wrong path in the config: name its key, without a traceback
         paths = {k: str(v) for k, v in args.items() if isinstance(v, (str, os.PathLike)) and str(v) in str(e)}
         name = max(paths, key=lambda k: len(paths[k])) if paths else "root"  # the longest path in the message
         key = config_name.get(name, name)
         raise ConfigError(f"data.{split}.{key}: {e}; fix the path in the config or override it with "
                           f"data.{split}.{key}=PATH") from None
+    given = data_cfg.get("classes")
+    if given is not None and "classes" not in accepted and list(map(str, given)) != list(dataset.classes):
+        raise ConfigError(f"data.classes={list(given)} but data.type={kind} takes its class names from its files: "
+                          f"{list(dataset.classes)}; remove data.classes (or make it equal)")
+    return dataset
 
 
 __all__ = [
-    "ADE20K", "CVAT", "DATASET_TYPES", "VOC", "YOLO", "Cityscapes", "CocoInstances", "CocoSemantic", "DataError",
-    "DataReport", "ImageFileError", "LabelMe", "MaskFolder", "NucleiTiles", "PadToSize", "Shapes", "TreeCrownTiles",
+    "ADE20K", "CVAT", "DATASET_TYPES", "VOC", "YOLO", "Cityscapes", "CocoInstances", "CocoPanoptic", "CocoSemantic",
+    "DataError", "DataReport", "ImageFileError", "LabelMe", "MaskFolder", "NucleiTiles", "PadToSize", "Shapes",
+    "ShapesPanoptic", "TreeCrownTiles",
     "VOCSegmentation", "build_dataset", "build_transforms", "check_dataset", "collate_for", "collate_instances",
-    "collate_semantic", "detect_format", "image_size", "read_image", "read_mask", "resolve_auto",
+    "collate_semantic", "detect_format", "image_size", "read_image", "read_mask", "read_panoptic",
+    "resolve_auto",
 ]

@@ -44,6 +44,11 @@ Conversion rules:
 * Lossy formats (JPEG, lossy WebP) are refused, because compression noise changes label values
   along every edge.
 
+:func:`read_panoptic` gives a COCO-panoptic PNG as an ``H x W`` int64 array of segment ids
+``R + 256 G + 256^2 B`` (0 is void). Only 8-bit RGB(A) files in a lossless format are accepted
+(alpha ignored, EXIF as for masks): a grey or palette file would decode to wrong ids, and a
+16-bit colour PNG would lose its low bits.
+
 A missing file raises FileNotFoundError. A corrupt, truncated or unsupported file raises
 :class:`ImageFileError`, which names the file.
 """
@@ -70,7 +75,7 @@ _HIGH_BIT_MODES = ("I", "F")  # plus every "I;16*" mode
 _LOSSY_FORMATS = ("JPEG", "MPO")
 FLOAT_SLACK = 1e-3  # float images may exceed [0, 1] by this much (rounding); it is clipped
 
-__all__ = ["ImageFileError", "image_from_pil", "image_size", "read_image", "read_mask"]
+__all__ = ["ImageFileError", "image_from_pil", "image_size", "read_image", "read_mask", "read_panoptic"]
 
 
 def _checked_path(path: PathLike, what: str) -> Path:
@@ -273,3 +278,23 @@ def _mask_array(im: Image.Image, path: Path) -> np.ndarray:
 def read_mask(path: PathLike) -> np.ndarray:
     """A label-mask file as an ``H x W`` int64 array of class values (rules in the module docstring)."""
     return _read(path, "mask", _mask_array)
+
+
+def _panoptic_array(im: Image.Image, path: Path) -> np.ndarray:
+    lossy = im.format in _LOSSY_FORMATS or (im.format == "WEBP" and _webp_is_lossy(path))
+    if lossy:
+        raise ImageFileError(f"panoptic PNG {path} is a lossy {im.format} file: compression noise changes the "
+                             "RGB-encoded segment ids; write the panoptic maps as PNG")
+    rawmode = getattr(im.tile[0], "args", None) if im.tile else None
+    if im.mode not in ("RGB", "RGBA", "RGBX") or (isinstance(rawmode, str) and "16" in rawmode):
+        raise ImageFileError(
+            f"panoptic PNG {path} is a {im.mode} image{' with 16-bit channels' if im.mode.startswith('RGB') else ''}; "
+            "COCO-panoptic maps are 8-bit RGB images whose colour encodes the segment id as R + 256 G + 256^2 B "
+            "(panopticapi's id2rgb)")
+    rgb = np.asarray(_oriented(im).convert("RGB")).astype(np.int64)  # (H, W, 3)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def read_panoptic(path: PathLike) -> np.ndarray:
+    """A COCO-panoptic PNG as an ``H x W`` int64 array of segment ids (rules in the module docstring)."""
+    return _read(path, "panoptic PNG", _panoptic_array)

@@ -131,17 +131,27 @@ def generate(root: PathLike, num_train: int = 200, num_val: int = 50, size: int 
     Returns:
         ``root`` as a Path.
     """
-    root = Path(root)
     meta = {"version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+
+    def write(tmp: Path) -> None:
+        _write_split(tmp / "train", 0, num_train, size, seed)
+        _write_split(tmp / "val", num_train, num_val, size, seed)
+
+    return write_once(root, meta, write, min_size=32)
+
+
+def write_once(root: PathLike, meta: dict, write, min_size: int = 32) -> Path:
+    """Run ``write(folder)`` into a temporary folder and rename it to ``root``, unless ``root/meta.json``
+    already holds ``meta`` (a generated dataset's settings); a ``root`` with other settings is replaced."""
+    root = Path(root)
     meta_file = root / "meta.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) == meta:
         return root
-    if size < 32:
-        raise ValueError(f"Shapes size must be at least 32 pixels, got {size}")
+    if meta["size"] < min_size:
+        raise ValueError(f"Shapes size must be at least {min_size} pixels, got {meta['size']}")
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_split(tmp / "train", 0, num_train, size, seed)
-    _write_split(tmp / "val", num_train, num_val, size, seed)
+    write(tmp)
     (tmp / "meta.json").write_text(json.dumps(meta))
     if meta_file.is_file() and json.loads(meta_file.read_text()) == meta:  # another process won
         shutil.rmtree(tmp, ignore_errors=True)
@@ -192,7 +202,9 @@ class Shapes(Dataset):
         if split not in ("train", "val"):
             raise ValueError(f"Shapes split must be 'train' or 'val', got {split!r}")
         if task not in ("semantic", "instance", "detection"):
-            raise ValueError(f"Shapes task must be semantic, instance or detection, got {task!r}")
+            hint = "; for panoptic models use data.type: shapes_panoptic (segzoo.data.ShapesPanoptic)" \
+                if task == "panoptic" else ""
+            raise ValueError(f"Shapes task must be semantic, instance or detection, got {task!r}{hint}")
         folder = generate(root, num_train, num_val, size, seed) / split
         if task == "semantic":
             self.source = MaskFolder(folder / "images", folder / "masks",
@@ -214,4 +226,4 @@ class Shapes(Dataset):
         return getattr(self.source, name)
 
 
-__all__ = ["CocoSemantic", "Shapes", "encode_rle", "generate", "render"]
+__all__ = ["CocoSemantic", "Shapes", "encode_rle", "generate", "render", "write_once"]

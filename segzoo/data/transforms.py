@@ -120,19 +120,23 @@ def instance_transforms(
     max_size: int = 1333,
     affine: bool = False,
     pca_lighting: float = 0.0,
+    keep_res: bool = False,
+    per_box: Sequence[str] = (),
 ) -> v2.Compose:
     """The detection/instance preset (targets are dicts with boxes, labels and masks).
 
     Train, one of three geometric schemes, then horizontal flip, colour jitter, PCA lighting
     noise if ``pca_lighting`` > 0, boxes clamped to the image and degenerate ones dropped
-    together with their labels and masks:
+    together with their labels, masks and the ``per_box`` target entries (panoptic: ``iscrowd``):
 
     - default: scale jitter around ``size`` and a random crop to at most ``size``;
     - ``resize_short``: resize the shorter side to a length chosen from ``resize_short``, the
       longer side capped at ``max_size`` (detectron2's ``ResizeShortestEdge(..., "choice")``,
       torchvision's ``RandomShortestSize``); eval resizes to the largest length;
     - ``affine``: CenterNet's random scale (0.6-1.3) and shift crop to ``size``
-      (:class:`~segzoo.data.augment.CenterAffine`); eval letterboxes the whole image to ``size``.
+      (:class:`~segzoo.data.augment.CenterAffine`); eval letterboxes the whole image to ``size``,
+      or, with ``keep_res``, keeps the image at its own resolution (the official ``--keep_res``
+      test of the CenterNet model zoo; the model pads it internally).
 
     Eval without either: images unchanged (detection models take lists of sizes).
     """
@@ -146,7 +150,7 @@ def instance_transforms(
                              f"got {resize_short!r}")
     ops: list[v2.Transform] = []
     if not train:
-        if affine:
+        if affine and not keep_res:
             ops.append(CenterAffine(size, random=False))
         elif shorts:
             ops.append(v2.RandomShortestSize([max(shorts)], max_size=max_size, antialias=True))
@@ -166,8 +170,21 @@ def instance_transforms(
         ops.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))  # no hue: slow on CPU
     if pca_lighting > 0:
         ops.append(PCALighting(pca_lighting))
-    ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size), _to_float()]
+    getter = _per_box_getter(tuple(per_box)) if per_box else "default"
+    ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=getter),
+            _to_float()]
     return v2.Compose(ops)
+
+
+class _per_box_getter:  # noqa: N801 (a picklable function: DataLoader workers copy the transforms)
+    """``labels_getter`` of SanitizeBoundingBoxes: the target's labels and its other per-box entries."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+
+    def __call__(self, inputs: Any) -> tuple[torch.Tensor, ...]:
+        target = inputs[1]
+        return (target["labels"], *(target[k] for k in self.keys if k in target))
 
 
 def _options(fn) -> dict[str, Any]:
@@ -182,19 +199,23 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
-    """The preset for a task (``"semantic"``, ``"instance"`` or ``"detection"``).
+    """The preset for a task (``"semantic"``, ``"instance"``, ``"detection"`` or ``"panoptic"``).
 
     ``kwargs`` are the config's ``data.augment`` options (see :func:`semantic_transforms` and
     :func:`instance_transforms`). Options of the other task's preset are dropped when they hold
     their default value (a typed config carries them all) and raise a ValueError otherwise.
+    Panoptic targets (one box, label and mask per segment, things and stuff, and ``iscrowd``) use
+    the instance preset; a segment cropped away leaves with its ``iscrowd``.
     """
     if task == "semantic":
         fn, other, other_name = semantic_transforms, instance_transforms, "detection and instance"
-    elif task in ("instance", "detection"):
+    elif task in ("instance", "detection", "panoptic"):
         kwargs.pop("ignore_index", None)
+        if task == "panoptic":
+            kwargs.setdefault("per_box", ("iscrowd",))
         fn, other, other_name = instance_transforms, semantic_transforms, "semantic"
     else:
-        raise ValueError(f"unknown task {task!r}; expected semantic, instance or detection")
+        raise ValueError(f"unknown task {task!r}; expected semantic, instance, detection or panoptic")
     valid, foreign = _options(fn), _options(other)
     for key in list(kwargs):
         if key in valid:

@@ -38,9 +38,25 @@ def coco_table(metrics: dict[str, Any], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def panoptic_table(metrics: dict[str, Any], names: list[str]) -> str:
+    """PQ, SQ, RQ per category (percent) with its TP/FP/FN counts; ``-`` for categories that never occur."""
+    width = max(5, *(len(n) for n in names))
+    lines = [f"  {'class':<{width}}  kind   {'PQ':>6} {'SQ':>6} {'RQ':>6} {'TP':>5} {'FP':>5} {'FN':>5}"]
+    for name in names:
+        r = metrics["per_class"].get(name)
+        if r is None:
+            continue
+        kind = "thing" if r["is_thing"] else "stuff"
+        lines.append(f"  {name:<{width}}  {kind}  {_pct(r['pq']):>6} {_pct(r['sq']):>6} {_pct(r['rq']):>6} "
+                     f"{r['tp']:>5} {r['fp']:>5} {r['fn']:>5}")
+    return "\n".join(lines)
+
+
 def format_results(result: dict[str, Any]) -> str:
     """The metric table of an evaluation result."""
     names, metrics = result["class_names"], result["metrics"]
+    if result["task"] == "panoptic":
+        return f"{result['coco_summary']}\n{panoptic_table(metrics, names)}"
     if result["task"] == "semantic":
         text = format_table(metrics, names)
         if "pr_map" in metrics:

@@ -6,6 +6,7 @@ from segzoo.models import (
     fcn,  # noqa: F401
     hrnet,  # noqa: F401
     mask_rcnn,  # noqa: F401
+    panoptic_fpn,  # noqa: F401
     pspnet,  # noqa: F401
     unet,  # noqa: F401
 )

@@ -154,26 +154,31 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return order[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        buffers: dict[int, list[int]] = defaultdict(list)
-        seen: dict[int, list[int]] = defaultdict(list)
-        emitted = 0
-        for idx in self._shard():
-            group = self.group_ids[idx]
-            buffers[group].append(idx)
-            seen[group].append(idx)
-            if len(buffers[group]) == self.batch_size:
-                if emitted == len(self):
-                    return
-                yield buffers.pop(group)
-                emitted += 1
-        # top up the fullest incomplete groups with their own images until len(self) batches
-        for group in sorted(buffers, key=lambda g: (-len(buffers[g]), g)):
-            if emitted >= len(self):
-                return
-            batch = buffers[group]
-            yield batch + _repeat_to(seen[group], self.batch_size - len(batch))
-            emitted += 1
-        assert emitted == len(self), (emitted, len(self))
+        yield from group_batches(self._shard(), self.group_ids, self.batch_size, len(self))
 
 
-__all__ = ["GroupedBatchSampler", "aspect_ratio_groups", "image_sizes"]
+def group_batches(order: Sequence[int], group_ids: Sequence[int], batch_size: int, num_batches: int) -> list[list[int]]:
+    """``num_batches`` batches of ``batch_size`` indices of one group each, in the order of ``order``.
+
+    Walks ``order`` and emits a batch whenever a group has ``batch_size`` indices; then tops up
+    the fullest incomplete groups with repeats of their own indices until there are
+    ``num_batches`` (images of incomplete groups beyond that are left out, as in torchvision's
+    reference). Used by :class:`GroupedBatchSampler` and by the trainer (``data.aspect_ratio_groups``).
+    """
+    buffers: dict[int, list[int]] = defaultdict(list)
+    seen: dict[int, list[int]] = defaultdict(list)
+    out: list[list[int]] = []
+    for idx in order:
+        group = group_ids[idx]
+        buffers[group].append(idx)
+        seen[group].append(idx)
+        if len(buffers[group]) == batch_size:
+            if len(out) == num_batches:
+                return out
+            out.append(buffers.pop(group))
+    for group in sorted(buffers, key=lambda g: (-len(buffers[g]), g)):
+        if len(out) >= num_batches:
+            break
+        batch = buffers[group]
+        out.append(batch + _repeat_to(seen[group], batch_size - len(batch)))
+    return out

@@ -68,6 +68,42 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert m2["final"]["miou"] == pytest.approx(m1["final"]["miou"], abs=1e-6)
 
 
+def test_two_torchrun_nodes_match_single_process(tmp_path):
+    """Two "nodes" of one process each, as on two machines: `torchrun --nnodes 2 --node_rank N` with a
+    c10d rendezvous at one endpoint (gloo); their weights equal a 1-process run with the same global batch."""
+    _run(tmp_path / "shapes", tmp_path / "single", batch_size=4)  # also writes the data once
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(node_rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+               "--rdzv_id", "segzoo-two-nodes", "--local_addr", "127.0.0.1", "--max_restarts", "0",
+               str(REPO / "tests" / "ddp_tiny_run.py"), str(tmp_path / "shapes"), str(tmp_path / "nodes"), "2"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      cwd=tmp_path))
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:  # a node that failed must not leave the other waiting for it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log[-3000:]
+    single = read_safetensors(tmp_path / "single" / "model.safetensors")[0]
+    nodes = read_safetensors(tmp_path / "nodes" / "model.safetensors")[0]
+    for k in single:
+        torch.testing.assert_close(nodes[k], single[k], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    init = TinySeg(norm=False).state_dict()
+    assert any(not torch.allclose(init[k], single[k]) for k in single)  # training moved the weights
+    metrics = json.loads((tmp_path / "nodes" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["step"] == 4
+
+
 @pytest.mark.slow
 def test_torchrun_cli_on_cpu(tmp_path):
     """`torchrun --nproc_per_node 2 tools/train.py CONFIG` trains a registered model on CPU."""

@@ -1,15 +1,17 @@
 """segzoo: a pure-PyTorch model zoo of segmentation and detection architectures."""
 
-__version__ = "0.1.0"
+import segzoo.models  # noqa: F401  (registers every entrypoint)
+from segzoo import convert  # segzoo.convert.from_torchvision and friends
+from segzoo.checkpoint import load_weights, save
+from segzoo.fuse import fuse
+from segzoo.inference import predict
+from segzoo.published import list_weights
+from segzoo.registry import build, list_models, load, register_model, set_pretrained_source
+from segzoo.spec import TASKS, ModelSpec  # the lowest layer: imports nothing from segzoo
+from segzoo.version import __version__
+from segzoo.weights import pretrained_state
 
-import segzoo.models  # noqa: E402, F401  (registers every entrypoint)
-from segzoo import convert  # noqa: E402  (segzoo.convert.from_torchvision and friends)
-from segzoo.checkpoint import load, load_weights, save  # noqa: E402
-from segzoo.fuse import fuse  # noqa: E402
-from segzoo.inference import predict  # noqa: E402
-from segzoo.published import list_weights  # noqa: E402
-from segzoo.registry import build, list_models, register_model  # noqa: E402
-from segzoo.spec import TASKS, ModelSpec  # noqa: E402  (the lowest layer: imports nothing from segzoo)
+set_pretrained_source(pretrained_state)  # build(name, weights=TAG): the published tables sit above the models
 
 __all__ = [
     "TASKS",

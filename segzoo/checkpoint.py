@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from segzoo.spec import ModelSpec
+from segzoo.version import __version__
 
 PathLike = str | os.PathLike
 PATH_ARGS = ("weights", "backbone_weights")  # the registry's file arguments: never read from a header
@@ -158,8 +159,6 @@ def save(model: nn.Module, path: PathLike, classes: list[str] | None = None) -> 
     Returns:
         The path written.
     """
-    from segzoo import __version__
-
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
         raise TypeError(
@@ -332,7 +331,7 @@ def _verify_digests(path: PathLike, state: Mapping[str, torch.Tensor], meta: Map
         )
 
 
-def _corrupt_header(path: PathLike, what: str) -> CheckpointError:
+def corrupt_header(path: PathLike, what: str) -> CheckpointError:
     return CheckpointError(f"{path} has a corrupted or edited segzoo header: {what}")
 
 
@@ -341,26 +340,26 @@ def _parse_spec(path: PathLike, text: str, state: Mapping[str, torch.Tensor]) ->
     try:
         spec = ModelSpec.from_json(text)
     except (ValueError, TypeError, AttributeError) as e:  # bad JSON, unknown or missing fields
-        raise _corrupt_header(path, f"the spec does not parse ({e})") from None
+        raise corrupt_header(path, f"the spec does not parse ({e})") from None
     if not isinstance(spec.name, str) or not spec.name or not isinstance(spec.task, str):
-        raise _corrupt_header(path, f"name={spec.name!r} and task={spec.task!r} must be non-empty strings")
+        raise corrupt_header(path, f"name={spec.name!r} and task={spec.task!r} must be non-empty strings")
     n = spec.num_classes
     largest = max((max(t.shape, default=1) for t in state.values()), default=0)
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= largest:
-        raise _corrupt_header(path, f"num_classes={n!r}, but the class layers of a model with the {len(state)} "
+        raise corrupt_header(path, f"num_classes={n!r}, but the class layers of a model with the {len(state)} "
                                     f"tensors in the file have at most {largest} outputs")
     if not isinstance(spec.kwargs, dict):
-        raise _corrupt_header(path, f"the spec's kwargs are a {type(spec.kwargs).__name__}, not a dict")
+        raise corrupt_header(path, f"the spec's kwargs are a {type(spec.kwargs).__name__}, not a dict")
     paths = sorted(k for k in spec.kwargs if k in PATH_ARGS and spec.kwargs[k] is not None)
     if paths:
-        raise _corrupt_header(path, f"its spec names files ({', '.join(f'{k}={spec.kwargs[k]!r}' for k in paths)}); "
+        raise corrupt_header(path, f"its spec names files ({', '.join(f'{k}={spec.kwargs[k]!r}' for k in paths)}); "
                                     "segzoo.load never opens a path written in a checkpoint: remove them")
     for field in ("mean", "std"):
         values = getattr(spec, field)
         ok = len(values) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                       for v in values)
         if not ok or (field == "std" and min(values) <= 0):
-            raise _corrupt_header(path, f"{field}={list(values)!r} is not 3 finite numbers"
+            raise corrupt_header(path, f"{field}={list(values)!r} is not 3 finite numbers"
                                         + (" > 0" if field == "std" else ""))
     for k in PATH_ARGS:  # a null path opens nothing
         spec.kwargs.pop(k, None)
@@ -371,13 +370,13 @@ def _parse_classes(path: PathLike, text: str, num_classes: int) -> list[str] | N
     try:
         classes = json.loads(text)
     except (ValueError, TypeError) as e:
-        raise _corrupt_header(path, f"the class names do not parse ({e})") from None
+        raise corrupt_header(path, f"the class names do not parse ({e})") from None
     if classes is None:
         return None
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise _corrupt_header(path, "the class names are not a list of strings")
+        raise corrupt_header(path, "the class names are not a list of strings")
     if len(classes) != num_classes:
-        raise _corrupt_header(path, f"{len(classes)} class names for num_classes={num_classes}")
+        raise corrupt_header(path, f"{len(classes)} class names for num_classes={num_classes}")
     return classes
 
 
@@ -465,10 +464,10 @@ def load_weights(
                 f"{source} holds a {spec.name!r} model but this model is {own.name!r}; "
                 f"build {spec.name!r} (or use segzoo.load) to use these weights"
             )
-    return _load_state(model, state, where, strict=strict, reinit_class_layers=True)
+    return load_state(model, state, where, strict=strict, reinit_class_layers=True)
 
 
-def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: PathLike | None, strict: bool,
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: PathLike | None, strict: bool,
                 reinit_class_layers: bool) -> nn.Module:
     own_state = model.state_dict()
     missing, unexpected, mismatched, reinit, wrong_kind = _compare(own_state, state, set(class_dependent_keys(model)))
@@ -499,19 +498,19 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: Path
     return model
 
 
-def _check_header_model(path: PathLike, spec: ModelSpec, state: Mapping[str, torch.Tensor], build) -> None:
+def check_header_model(path: PathLike, spec: ModelSpec, state: Mapping[str, torch.Tensor], build) -> None:
     """Build the header's model on the meta device (no memory) and compare it with the file's tensors."""
     try:
         with torch.device("meta"):
             probe = build(spec.name, **{**spec.kwargs, "num_classes": spec.num_classes})
     except (TypeError, ValueError, KeyError) as e:
-        raise _corrupt_header(path, f"the model it describes cannot be built ({e})") from None
+        raise corrupt_header(path, f"the model it describes cannot be built ({e})") from None
     except Exception:  # a model that cannot be built on the meta device is checked after the real build
         return
     missing, unexpected, mismatched, class_mismatched, wrong_kind = _compare(
         probe.state_dict(), state, set(class_dependent_keys(probe)))
     if class_mismatched and not (missing or unexpected or mismatched or wrong_kind):
-        raise _corrupt_header(path, f"num_classes={spec.num_classes} disagrees with the class layers in the file "
+        raise corrupt_header(path, f"num_classes={spec.num_classes} disagrees with the class layers in the file "
                                     f"({class_mismatched[0]})")
     mismatched += class_mismatched
     problems = [f"{len(missing)} missing tensors ({', '.join(missing[:3])})" if missing else "",
@@ -522,35 +521,3 @@ def _check_header_model(path: PathLike, spec: ModelSpec, state: Mapping[str, tor
     if problems:
         raise CheckpointError(f"{path} does not hold the weights of the model its header describes "
                               f"({spec.name}, {spec.kwargs}): {'; '.join(problems)}")
-
-
-def load(path: PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
-    """Rebuild a model from a segzoo checkpoint alone.
-
-    The file is validated first (see the module docstring): a damaged or edited file raises a
-    :class:`CheckpointError` before any model is built.
-
-    Args:
-        path: a ``.safetensors`` file written by :func:`save`.
-        map_location: device to put the model on.
-        **overrides: builder arguments to change (for example ``num_classes`` to fine-tune
-            on other classes: the class-dependent layers are then re-initialised).
-
-    Returns:
-        The model in eval mode, with ``model.spec`` and ``model.classes`` set.
-    """
-    from segzoo.registry import build, get_entry
-
-    state, spec, classes = read_checkpoint(path)
-    try:
-        task = get_entry(spec.name).task
-    except KeyError as e:
-        raise CheckpointError(f"{path} holds a model this segzoo does not have: {e.args[0]}") from None
-    if task != spec.task:
-        raise _corrupt_header(path, f"task={spec.task!r} but {spec.name} is a {task} model")
-    _check_header_model(path, spec, state, build)
-    model = build(spec.name, **{**spec.kwargs, "num_classes": spec.num_classes, **overrides})
-    changed = model.num_classes != spec.num_classes
-    _load_state(model, state, path, strict=True, reinit_class_layers=changed)
-    model.classes = None if changed else classes
-    return model.to(map_location).eval()

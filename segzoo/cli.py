@@ -122,12 +122,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from segzoo.checkpoint import load
     from segzoo.config import load_config
     from segzoo.engine.evaluator import evaluate
     from segzoo.engine.report import format_results, write_report
     from segzoo.engine.run import build_split
     from segzoo.engine.trainer import amp_dtype_for
+    from segzoo.registry import load
 
     cfg = load_config(args.data, args.overrides, require_model=False)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
@@ -169,8 +169,8 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
 def _infer(args: argparse.Namespace) -> int:
     import torch
 
-    from segzoo.checkpoint import load
     from segzoo.inference import SkippedImageWarning, list_images, predict_files
+    from segzoo.registry import load
 
     out = check_writable(args.out)
     model = load(args.checkpoint, map_location=_device(args.device))
@@ -216,9 +216,8 @@ def _export(args: argparse.Namespace) -> int:
     import torch
 
     from segzoo import export as ex
-    from segzoo.checkpoint import load
     from segzoo.fuse import fuse
-    from segzoo.registry import build
+    from segzoo.registry import build, load
 
     out = check_writable(args.out)
     if out.is_dir():

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
+from segzoo.published import get_weights, list_weights
 from segzoo.registry import build, get_entry, list_models
 
 START, END = "<!-- models:start -->", "<!-- models:end -->"
+WEIGHTS_START, WEIGHTS_END = "<!-- weights:start -->", "<!-- weights:end -->"
 
 
 def _build_meta(name: str):
@@ -54,14 +56,33 @@ def model_table(pattern: str = "*") -> str:
     return "\n".join(lines)
 
 
+def weights_table(pattern: str = "*") -> str:
+    """A markdown table of the published weights (``segzoo.list_weights``): what ``weights=TAG`` loads."""
+    lines = ["| model | tag | dataset | classes | reported | source | licence |", "|---|---|---|---:|---|---|---|"]
+    for name in list_weights(pattern):
+        e = get_weights(name)
+        reported = ", ".join(f"{k} {v:g}" for k, v in e.metrics)
+        split = re.search(r"\(([^();]*)", e.metric_source)
+        if split:
+            reported += f" ({split.group(1)})"
+        source = "torchvision, downloaded" if e.source == "torchvision" else f"[by hand]({e.page})"
+        lines.append(f"| `{e.model}` | `{e.tag}` | {e.dataset.split(' (')[0]} | {len(e.classes)} | {reported} | "
+                     f"{source} | {e.licence.split(';')[0].split(' (')[0]} |")
+    return "\n".join(lines)
+
+
+def _replace(text: str, start: str, end: str, table: str, path: Path) -> str:
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} markers")
+    return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{table}\n{end}", text, flags=re.S)
+
+
 def update_readme(path: str | Path) -> bool:
-    """Rewrite the table between the model markers of a README; True if it changed."""
+    """Rewrite the model and weights tables between their markers in a README; True if it changed."""
     path = Path(path)
     text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} markers")
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END),
-                 lambda _: f"{START}\n{model_table()}\n{END}", text, flags=re.S)
+    new = _replace(text, START, END, model_table(), path)
+    new = _replace(new, WEIGHTS_START, WEIGHTS_END, weights_table(), path)
     if new != text:
         path.write_text(new)
     return new != text

@@ -21,14 +21,32 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
-from segzoo.checkpoint import load_weights
+from segzoo.checkpoint import (
+    CheckpointError,
+    PathLike,
+    check_header_model,
+    corrupt_header,
+    load_state,
+    load_weights,
+    read_checkpoint,
+)
 from segzoo.hub import looks_like_path
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec
 
 # Arguments that `build` handles itself; they never reach the spec's kwargs.
 _FILE_ARGS = ("weights", "backbone_weights")
+# build(name, weights=TAG) resolves TAG through segzoo.weights, which converts with segzoo.convert and so
+# sits above the models; `import segzoo` installs it here (set_pretrained_source).
+_PRETRAINED_SOURCE: Callable[[str, str], tuple[dict, dict, list | None]] | None = None
+
+
+def set_pretrained_source(fn: Callable[[str, str], tuple[dict, dict, list | None]]) -> None:
+    """Install what ``build(name, weights=TAG)`` calls: ``fn(model, tag) -> (state, kwargs, classes)``."""
+    global _PRETRAINED_SOURCE
+    _PRETRAINED_SOURCE = fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +135,9 @@ def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
     if isinstance(weights, str) and not looks_like_path(weights):
         # a published tag: fetched, converted and cached once; the converted checkpoint's
         # arguments are the defaults (the caller's win, e.g. num_classes to fine-tune)
-        from segzoo.weights import pretrained_state  # late: weights -> convert -> models -> here
-
-        weights, defaults, classes = pretrained_state(entry.name, weights)
+        if _PRETRAINED_SOURCE is None:
+            raise RuntimeError("no published-weights source is installed; import segzoo (it installs segzoo.weights)")
+        weights, defaults, classes = _PRETRAINED_SOURCE(entry.name, weights)
         kwargs = {**defaults, **kwargs}
     # num_classes is recorded from the built model (an int even when given as a numpy integer)
     spec_kwargs = {k: _json_safe(v, k) for k, v in kwargs.items() if k not in (*_FILE_ARGS, "num_classes")}
@@ -236,3 +254,33 @@ def create(cls: type, name: str, defaults: dict[str, Any], kwargs: dict[str, Any
     """Construct ``cls(**defaults, **kwargs)`` after checking ``kwargs`` (user values win)."""
     check_kwargs(cls, name, kwargs)
     return cls(**{**defaults, **kwargs})
+
+
+def load(path: PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
+    """Rebuild a model from a segzoo checkpoint alone.
+
+    The file is validated first (see the module docstring): a damaged or edited file raises a
+    :class:`CheckpointError` before any model is built.
+
+    Args:
+        path: a ``.safetensors`` file written by :func:`save`.
+        map_location: device to put the model on.
+        **overrides: builder arguments to change (for example ``num_classes`` to fine-tune
+            on other classes: the class-dependent layers are then re-initialised).
+
+    Returns:
+        The model in eval mode, with ``model.spec`` and ``model.classes`` set.
+    """
+    state, spec, classes = read_checkpoint(path)
+    try:
+        task = get_entry(spec.name).task
+    except KeyError as e:
+        raise CheckpointError(f"{path} holds a model this segzoo does not have: {e.args[0]}") from None
+    if task != spec.task:
+        raise corrupt_header(path, f"task={spec.task!r} but {spec.name} is a {task} model")
+    check_header_model(path, spec, state, build)
+    model = build(spec.name, **{**spec.kwargs, "num_classes": spec.num_classes, **overrides})
+    changed = model.num_classes != spec.num_classes
+    load_state(model, state, path, strict=True, reinit_class_layers=changed)
+    model.classes = None if changed else classes
+    return model.to(map_location).eval()

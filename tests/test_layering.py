@@ -18,11 +18,6 @@ PACKAGE = ROOT / "segzoo"
 # Function-body segzoo imports allowed, by file, with the reason. Nothing else may import lazily.
 ALLOWED_LAZY = {
     "segzoo/cli.py": "the CLI imports its subcommands lazily to keep `segzoo --help` fast",
-    # TODO(lead): lazy imports in files owned by other helpers when this test was written; remove each
-    # entry once its file imports at module level (checkpoint.load needs registry.build: move `load`
-    # above the registry, e.g. into segzoo/registry.py or a segzoo/loading.py)
-    "segzoo/checkpoint.py": "TODO: load() -> registry.build/get_entry, save() -> segzoo.__version__",
-    "segzoo/data/__init__.py": "TODO: segzoo.config inside a function",
 }
 
 # module-level imports may only point down this list (or sideways inside one layer)

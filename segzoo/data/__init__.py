@@ -7,6 +7,7 @@ import inspect
 import os
 from typing import Any
 
+from segzoo.config import ConfigError
 from segzoo.data.ade20k import ADE20K
 from segzoo.data.checks import DataReport, check_dataset
 from segzoo.data.cityscapes import Cityscapes
@@ -104,8 +105,6 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
     if unknown:
         raise ValueError(f"data.{split} has unknown arguments {unknown} for {cls.__name__}; accepted: "
                          f"{', '.join(a for a in accepted if a != 'transforms')}")
-    from segzoo.config import ConfigError
-
     params = inspect.signature(cls.__init__).parameters
     config_name = {v.get(kind): k for k, v in _ALIASES.items() if kind in v}  # root -> images, ...
     missing = [config_name.get(n, n) for n, prm in params.items()

@@ -1,0 +1,3 @@
+"""segzoo's version (the lowest layer: checkpoints record it)."""
+
+__version__ = "0.1.0"

@@ -171,8 +171,6 @@ class Trainer:
             self._sync_bn()
         if self.tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # the average of the weights that is evaluated, kept as best and saved as ema.safetensors
-        self.ema = ModelEma(self.model, self.tc.ema_decay, self.tc.ema_warmup) if self.tc.ema else None
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.accum = self.dc.batch_size, self.tc.grad_accum
         global_batch = self.batch_size * self.world_size * self.accum
@@ -198,6 +196,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.net = self.ddp
+        # the average of the weights that is evaluated, kept as best and saved as ema.safetensors;
+        # made after DDP has given every rank the weights of rank 0
+        self.ema = ModelEma(self.model, tc.ema_decay, tc.ema_warmup) if tc.ema else None
         if tc.compile:
             self.net = torch.compile(self.net)
 

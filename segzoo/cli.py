@@ -110,42 +110,76 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/eval)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: data.val_batch_size or data.batch_size, as in training)")
-    p.add_argument("--tile", type=int, default=None, help="sliding-window tile size")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--mode", default=None, choices=["whole", "slide"],
+                   help="semantic protocol (default: the config's eval.mode): whole image or sliding window")
+    p.add_argument("--crop", type=int, nargs="+", default=None, metavar="N",
+                   help="sliding-window size: H [W] (eval.crop)")
+    p.add_argument("--stride", type=int, nargs="+", default=None, metavar="N",
+                   help="sliding-window step: H [W] (eval.stride; default 2/3 of the crop)")
+    p.add_argument("--resize", type=int, nargs="+", default=None, metavar="N",
+                   help="fit each image to this size first: LONG or H W (eval.resize)")
+    p.add_argument("--scales", type=float, nargs="+", default=None, metavar="S",
+                   help="multi-scale test, e.g. 0.5 0.75 1 1.25 1.5 1.75 (eval.scales)")
+    p.add_argument("--flip", action="store_true", default=None, help="also average the flipped image (eval.flip)")
+    p.add_argument("--tile", type=int, default=None, help="sliding-window tile size, tent-blended as segzoo infer")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (with --tile)")
     p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--pictures", type=int, default=4, help="prediction panels to write")
-    p.add_argument("--score-thresh", type=float, default=None, help="detections drawn in the panels")
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="detections drawn in the panels (default: eval.score_threshold, 0.5); the metrics use them all")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"], help="autocast (default: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _protocol_overrides(args: argparse.Namespace) -> list[str]:
+    """The eval.* overrides of the protocol flags (--mode, --crop, ...) that were given."""
+    out = []
+    for flag in ("mode", "crop", "stride", "resize", "scales", "flip"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            if flag != "scales" and len(value) > 2:
+                raise ValueError(f"--{flag} takes one size or two (height width), got {len(value)} numbers")
+            value = value[0] if len(value) == 1 and flag != "scales" else value
+        out.append(f"eval.{flag}={str(value).lower() if isinstance(value, bool) else value}")
+    return out
+
+
 def _eval(args: argparse.Namespace) -> int:
-    from segzoo.config import load_config
-    from segzoo.engine.evaluator import evaluate
+    from segzoo.config import EvalConfig, load_config
+    from segzoo.engine.evaluator import evaluate, protocol_kwargs
     from segzoo.engine.report import format_results, write_report
     from segzoo.engine.run import build_split
     from segzoo.engine.trainer import amp_dtype_for
     from segzoo.registry import load
 
-    cfg = load_config(args.data, args.overrides, require_model=False)
+    cfg = load_config(args.data, [*args.overrides, *_protocol_overrides(args)], require_model=False)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
     check_writable(out)
     device = _device(args.device)
     model = load(args.checkpoint, map_location=device)
+    protocol = protocol_kwargs(cfg.eval, model.task)
+    if args.tile is not None or args.tta is not None:
+        if protocol != protocol_kwargs(EvalConfig(), model.task):
+            raise ValueError("--tile/--tta and the eval protocol (--mode, --crop, --scales, --flip, eval.* keys) are "
+                             "two ways to set the same thing; use one of them")
+        protocol = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
     dataset = build_split(cfg, args.split, model.task, train=False)
     result = evaluate(
         model, dataset, batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,
-        num_workers=cfg.data.num_workers, amp_dtype=amp_dtype_for(args.amp, device), tile=args.tile,
-        overlap=args.overlap, tta=args.tta, max_images=args.max_images or cfg.eval.max_images,
+        num_workers=cfg.data.num_workers, amp_dtype=amp_dtype_for(args.amp, device), **protocol,
+        max_images=args.max_images or cfg.eval.max_images,
         ignore_index=cfg.data.ignore_index, curves=True, num_pictures=args.pictures,
         score_threshold=cfg.eval.score_threshold if args.score_thresh is None else args.score_thresh,
         progress=not args.no_progress)
     print(f"{args.checkpoint}: {model.spec.name} ({model.task}) on {result['num_images']} {args.split} images")
     print(format_results(result))
+    shown = {k: getattr(cfg.eval, k) for k in ("mode", "crop", "stride", "resize", "scales", "flip")}
     path = write_report(result, out, checkpoint=str(args.checkpoint), model=model.spec.name, split=args.split,
-                        tile=args.tile, tta=args.tta)
+                        tile=args.tile, tta=args.tta, protocol=shown if model.task == "semantic" else None)
     print(f"wrote {path} and pictures", file=sys.stderr)
     return 0
 
@@ -161,7 +195,12 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=None, help="sliding-window tile size for large images")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
     p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="detections kept in the pictures and json")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="detections drawn in the pictures (default 0.5; when fewer than 3 reach it, the best ones "
+                        "below it are drawn too, labels in parentheses)")
+    p.add_argument("--keep-thresh", type=float, default=0.05,
+                   help="lowest score kept in NAME.json (default 0.05, as COCO evaluation; the json also holds "
+                        "every detection drawn)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the drawn masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
@@ -175,23 +214,36 @@ def _infer(args: argparse.Namespace) -> int:
     out = check_writable(args.out)
     model = load(args.checkpoint, map_location=_device(args.device))
     files = list_images(args.images, recursive=args.recursive)
+    classes = getattr(model, "classes", None)
+
+    def name(k: int) -> str:
+        return str(classes[k]) if classes and 0 <= k < len(classes) else str(k)
+
     done, skipped = 0, 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)  # printed below, one line each
         for fp in predict_files(model, files, out, tile=args.tile, overlap=args.overlap, tta=args.tta,
-                                score_thresh=args.score_thresh, alpha=args.alpha):
+                                score_thresh=args.score_thresh, alpha=args.alpha, keep_thresh=args.keep_thresh):
             if fp.error is not None:
                 skipped += 1
                 print(f"warning: skipped {fp.path}: {fp.error}", file=sys.stderr)
                 continue
             done += 1
-            names = ", ".join(Path(w).name for w in fp.written)
+            written = ", ".join(Path(w).name for w in fp.written)
             if model.task == "semantic":
-                found = sorted(int(k) for k in torch.unique(fp.result["mask"]))
-                print(f"{fp.path}: labels {found} -> {names}")
-            else:
-                n = int((fp.result["scores"] >= args.score_thresh).sum())
-                print(f"{fp.path}: {n} detections >= {args.score_thresh} -> {names}")
+                found = [name(int(k)) for k in torch.unique(fp.result["mask"])]
+                print(f"{fp.path}: {', '.join(found)} -> {written}")
+                continue
+            scores, labels = fp.result["scores"], fp.result["labels"]
+            order = torch.argsort(scores, descending=True, stable=True).tolist()
+            above = [i for i in order if scores[i] >= args.score_thresh]
+            found = ", ".join(f"{name(int(labels[i]))} {float(scores[i]):.2f}" for i in above[:5])
+            found += f" and {len(above) - 5} more" if len(above) > 5 else ""
+            if not above and order:
+                found = f"best: {name(int(labels[order[0]]))} {float(scores[order[0]]):.2f}"
+            kept = sum(1 for i in order if scores[i] >= min(args.keep_thresh, args.score_thresh))
+            print(f"{fp.path}: {len(above)} detections >= {args.score_thresh:g}" + (f" ({found})" if found else "")
+                  + f"; {kept} in the json (>= {min(args.keep_thresh, args.score_thresh):g}) -> {written}")
     print(f"wrote {done} predictions to {out}" + (f"; skipped {skipped} unreadable files" if skipped else ""),
           file=sys.stderr)
     return 0 if done else 1
@@ -208,6 +260,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--max-detections", type=int, default=100, help="K for detection models")
+    p.add_argument("--dynamic", action="store_true",
+                   help="semantic models: leave batch, height and width free (one file runs at any size from 64 to "
+                        "4096 pixels); --height/--width are only the size traced")
     p.add_argument("--fuse", action="store_true", help="fold BatchNorm into convolutions first")
     p.add_argument("--check", action="store_true", help="run the export and compare with eager outputs")
 
@@ -227,20 +282,24 @@ def _export(args: argparse.Namespace) -> int:
     else:
         kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
         model = build(args.model, **kwargs).eval()
+    if args.dynamic and model.task != "semantic":
+        raise ValueError(f"--dynamic supports semantic models; {model.spec.name} is a {model.task} model, whose "
+                         "export is fixed-size: export it at the size you deploy (--height/--width)")
     x = ex.example_input(args.height, args.width)
     if args.fuse:
         model = fuse(model, x)
     if args.format == "onnx":
-        ex.export_onnx(model, out, x, max_detections=args.max_detections)
+        ex.export_onnx(model, out, x, max_detections=args.max_detections, dynamic=args.dynamic)
         outs = ex.run_onnx(out, x) if args.check else None
     else:
-        program = ex.export_program(model, x, max_detections=args.max_detections)
+        program = ex.export_program(model, x, max_detections=args.max_detections, dynamic=args.dynamic)
         torch.export.save(program, out)
         outs = None
         if args.check:
             o = program.module()(x)
             outs = list(o) if isinstance(o, (list, tuple)) else [o]
-    print(f"wrote {out} ({args.format}, input 1x3x{args.height}x{args.width})")
+    shape = "Nx3xHxW (dynamic)" if args.dynamic else f"1x3x{args.height}x{args.width}"
+    print(f"wrote {out} ({args.format}, input {shape})")
     if outs is not None:
         ref = ex.eager_outputs(model, x, args.max_detections)
         diff = max(float((a.detach().float() - b.float()).abs().max()) for a, b in zip(outs, ref) if a.numel())
@@ -378,9 +437,11 @@ confusion.csv and confusion.png.""",
 
 Semantic models: NAME_overlay.png (mask over the image, with a legend) and NAME_mask.png
 (palettised PNG: pixel values are the labels). Detection / instance models:
-NAME_overlay.png, NAME.json (boxes xyxy, scores, labels, class names) and, with masks,
-NAME_masks.png (0 background, k + 1 for the k-th detection of the json). Files that cannot be
-read are skipped with a warning and counted.""",
+NAME_overlay.png (detections scoring >= --score-thresh, 0.5; when fewer than 3 do, the best
+ones below it too, labels in parentheses), NAME.json (every detection scoring >= --keep-thresh,
+0.05: boxes xyxy, scores, labels, class names) and, with masks, NAME_masks.png (0 background,
+k + 1 for the k-th detection of the json). Each image's line names the classes found. Files
+that cannot be read are skipped with a warning and counted.""",
         _infer_args, _infer),
     "export": Command(
         "export to ONNX or torch.export", """Export a model's inference path to ONNX or a torch.export ExportedProgram.
@@ -388,6 +449,7 @@ read are skipped with a warning and counted.""",
     segzoo export fcn_resnet50 --format onnx --out fcn.onnx
     segzoo export runs/quickstart/model.safetensors --format exported-program --out model.pt2
     segzoo export maskrcnn_resnet50_fpn --format onnx --out mrcnn.onnx --max-detections 100
+    segzoo export hrnet_w18 --format onnx --out hrnet.onnx --dynamic   # any batch, height and width
 
 Detection models export with a fixed maximum number of detections: padded outputs plus a
 num_detections count (see segzoo/export.py).""",

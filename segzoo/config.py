@@ -74,6 +74,25 @@ class AugmentConfig(_Section):
     scale: tuple[float, float] = option((0.5, 2.0), "scale-jitter range around size", gt=0)
     hflip: float = option(0.5, "horizontal flip probability", ge=0, le=1)
     color_jitter: float = option(0.2, "brightness/contrast/saturation jitter", ge=0)
+    # semantic models (segzoo.data.transforms.semantic_transforms)
+    crop: int | tuple[int, int] | None = option(None, "semantic: random crop [height, width] (default: size)", ge=1)
+    base_size: int | tuple[int, int] | None = option(
+        None, "semantic: the size the scale ratios are relative to (default: size); HRNet 2048, mmseg [1024, 2048]",
+        ge=1)
+    scale_step: float | None = option(None, "semantic: draw the scale ratio from a grid with this step (HRNet 0.1)",
+                                      gt=0)
+    cat_max_ratio: float = option(1.0, "semantic: redraw a crop where one class covers this share (mmseg 0.75)",
+                                  gt=0, le=1)
+    photometric: bool = option(False, "semantic: mmsegmentation's PhotoMetricDistortion")
+    # detection and instance models (segzoo.data.transforms.instance_transforms)
+    resize_short: int | tuple[int, ...] | None = option(
+        None, "detection: shorter side length(s) to choose from (detectron2 / torchvision: 800)", ge=1)
+    max_size: int = option(1333, "detection: cap of the longer side with resize_short", ge=1)
+    affine: bool = option(False, "detection: CenterNet's random scale-and-shift crop to size")
+    keep_res: bool = option(False, "detection with affine: evaluate at the image's own resolution "
+                                   "(CenterNet --keep_res) instead of letterboxed to size")
+    pca_lighting: float = option(0.0, "detection: CenterNet's PCA lighting noise (0.1); 0: off", ge=0)
+    min_box_size: float = option(2.0, "detection: boxes smaller than this after augmentation are dropped", ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +103,9 @@ class DataConfig(_Section):
     root: str = option("data/shapes", "shapes: where the generated files live")
     train: dict | None = option(None, "dataset arguments of the train split (see segzoo.data.build_dataset)")
     val: dict | None = option(None, "dataset arguments of the validation split")
-    classes: tuple[str, ...] | None = option(None, "class names (mask_folder)")
+    classes: tuple[str, ...] | None = option(None, "class names in label order: semantic data lists every label, "
+                                             "background first (as num_classes counts); instance/detection data "
+                                             "the object classes only. COCO and shapes take theirs from the files")
     binary: bool = option(False, "mask_folder: 0/255 masks, 255 -> label 1")
     mapping: dict | None = option(None, "mask_folder: {raw value: label}")
     ignore_index: int = option(255, "semantic label that is not scored")
@@ -109,8 +130,15 @@ class TrainConfig(_Section):
     weight_decay: float = option(1.0e-4, "not applied to norms and biases", ge=0)
     backbone_lr_mult: float = option(1.0, "learning-rate multiplier of the model.backbone parameters", ge=0)
     freeze_backbone: bool = option(False, "model.backbone.freeze(): frozen BatchNorm and weights")
-    schedule: str = option("poly", choices=("poly", "cosine", "constant"))
+    schedule: str = option("poly", "poly | cosine | constant | step (multiplied by gamma at each milestone)",
+                           choices=("poly", "cosine", "constant", "step"))
     poly_power: float = option(0.9, gt=0)
+    milestones: tuple[int, ...] = option((), "schedule step: where the lr is multiplied by gamma (in milestone_unit)",
+                                         ge=1)
+    milestone_unit: str = option("epoch", "unit of train.milestones", choices=("epoch", "step"))
+    gamma: float = option(0.1, "schedule step: lr factor at each milestone", gt=0, le=1)
+    norm_bias_decay: bool = option(False, "also decay norm weights and biases (the official HRNet, mmsegmentation "
+                                          "and torchvision recipes do)")
     min_lr_ratio: float = option(0.0, "floor of the decay, as a fraction of lr", ge=0, le=1)
     warmup_steps: int = option(0, "linear warmup steps", ge=0)
     warmup_factor: float = option(0.001, "lr multiplier at step 0 of the warmup", gt=0, le=1)
@@ -141,7 +169,18 @@ class EvalConfig(_Section):
     metric: str = option("auto", "picks the best checkpoint; auto: miou, segm_AP or bbox_AP by task")
     max_images: int | None = option(None, "evaluate only the first images", ge=1)
     num_pictures: int = option(4, "validation images drawn in predictions.png", ge=0)
-    score_threshold: float = option(0.5, "detections drawn in pictures", ge=0, le=1)
+    score_threshold: float = option(0.5, "detections drawn in pictures (when fewer than 3 reach it, the best ones "
+                                    "below it too, in parentheses); metrics use every detection", ge=0, le=1)
+    # the semantic evaluation protocol (segzoo.inference.semantic_probs)
+    mode: str = option("whole", "semantic: whole (the image in one forward) or slide (windows of eval.crop)",
+                       choices=("whole", "slide"))
+    crop: int | tuple[int, int] | None = option(None, "eval.mode slide: window [height, width]", ge=1)
+    stride: int | tuple[int, int] | None = option(None, "eval.mode slide: window step (default: 2/3 of crop)", ge=1)
+    resize: int | tuple[int, int] | None = option(
+        None, "semantic: resize each image (aspect kept) to fit this size before the forward, logits back to the "
+              "image (mmseg's test Resize, e.g. [512, 2048]); null: full resolution", ge=1)
+    scales: tuple[float, ...] = option((1.0,), "semantic: image scales averaged (HRNet: 0.5 ... 1.75)", gt=0)
+    flip: bool = option(False, "semantic: also average the horizontally flipped image")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,8 +25,8 @@ from segzoo import visualize
 from segzoo.visualize import read_image
 
 __all__ = [
-    "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "list_images", "load_image", "predict",
-    "predict_files", "semantic_probs", "sliding_window", "tile_origins", "write_prediction",
+    "DRAWN_BELOW", "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "fit_scale", "list_images",
+    "load_image", "predict", "predict_files", "semantic_probs", "sliding_window", "tile_origins", "write_prediction",
 ]
 
 _TTA_PRESETS = {
@@ -52,11 +52,19 @@ def load_image(image) -> torch.Tensor:
     return image
 
 
-def tile_origins(size: int, tile: int, overlap: float) -> list[int]:
-    """Start offsets of tiles covering ``[0, size)``; the last tile ends at the border."""
+def tile_origins(size: int, tile: int, overlap: float, stride: int | None = None) -> list[int]:
+    """Start offsets of tiles covering ``[0, size)``; the last tile ends at the border.
+
+    The step is ``stride`` pixels, or ``tile * (1 - overlap)`` without it. With a stride these
+    are mmsegmentation's ``slide`` windows (``ceil((size - tile) / stride) + 1`` of them, the
+    last moved back to end at the border).
+    """
     if tile >= size:
         return [0]
-    stride = max(1, int(round(tile * (1 - overlap))))
+    if stride is None:
+        stride = max(1, int(round(tile * (1 - overlap))))
+    if stride < 1:
+        raise ValueError(f"the sliding-window stride must be >= 1 pixel, got {stride}")
     starts = list(range(0, size - tile, stride))
     return starts + [size - tile]
 
@@ -82,14 +90,19 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+BLENDS = ("tent", "mean")
+
+
 def sliding_window(
-    model: nn.Module, image: torch.Tensor, tile: int | Sequence[int], overlap: float = 0.25, batch_size: int = 4
+    model: nn.Module, image: torch.Tensor, tile: int | Sequence[int], overlap: float = 0.25, batch_size: int = 4,
+    stride: int | Sequence[int] | None = None, blend: str = "tent",
 ) -> torch.Tensor:
     """Semantic logits of a large image from overlapping tiles.
 
-    Tiles of size ``tile`` step by ``tile * (1 - overlap)``; their logits are blended with
-    tent weights (highest at the tile centre), so each pixel is dominated by the tiles it
-    sits deepest in.
+    Tiles of size ``tile`` step by ``stride`` pixels (default ``tile * (1 - overlap)``); their
+    logits are blended with tent weights (``blend="tent"``: highest at the tile centre, so each
+    pixel is dominated by the tiles it sits deepest in) or averaged uniformly over the tiles
+    that cover each pixel (``blend="mean"``: mmsegmentation's ``slide`` mode).
 
     Args:
         model: a semantic model returning ``N x C x h x w`` logits.
@@ -97,18 +110,23 @@ def sliding_window(
         tile: tile size, int or ``(height, width)``.
         overlap: fraction of a tile shared with its neighbour, in [0, 1).
         batch_size: tiles per forward pass.
+        stride: tile step in pixels, int or ``(height, width)`` (overrides ``overlap``).
+        blend: ``"tent"`` or ``"mean"``.
 
     Returns:
         ``C x H x W`` blended logits.
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if blend not in BLENDS:
+        raise ValueError(f"blend must be one of {BLENDS}, got {blend!r}")
     x = image[None] if image.dim() == 3 else image
     _, _, h, w = x.shape
     th, tw = _tile_size(tile)
     th, tw = min(th, h), min(tw, w)
-    boxes = [(y, x0) for y in tile_origins(h, th, overlap) for x0 in tile_origins(w, tw, overlap)]
-    weight = _window(th, tw, x.device)
+    sy, sx = (None, None) if stride is None else _tile_size(stride)
+    boxes = [(y, x0) for y in tile_origins(h, th, overlap, sy) for x0 in tile_origins(w, tw, overlap, sx)]
+    weight = _window(th, tw, x.device) if blend == "tent" else x.new_ones(th, tw)
     total = None
     norm = x.new_zeros(1, h, w)
     for i in range(0, len(boxes), batch_size):
@@ -149,33 +167,57 @@ def check_tta(task: str, tta) -> None:
         raise ValueError(f"tta is implemented for semantic models only; this model's task is {task!r}")
 
 
+def fit_scale(h: int, w: int, size: int | Sequence[int]) -> float:
+    """The factor that fits an ``h x w`` image into ``size`` with its aspect ratio kept:
+    ``min(max(size) / max(h, w), min(size) / min(h, w))`` (mmsegmentation's ``Resize(keep_ratio=True)``
+    rule, whatever the orientation; an int ``size`` is the longer side)."""
+    if isinstance(size, (int, float)):
+        return float(size) / max(h, w)
+    sh, sw = _tile_size(size)
+    return min(max(sh, sw) / max(h, w), min(sh, sw) / min(h, w))
+
+
 def semantic_probs(
     model: nn.Module, x: torch.Tensor, tile: int | Sequence[int] | None = None, overlap: float = 0.25,
-    tta: str | dict | bool | None = None, batch_size: int = 4,
+    tta: str | dict | bool | None = None, batch_size: int = 4, *, stride: int | Sequence[int] | None = None,
+    blend: str = "tent", resize: int | Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Class probabilities of a batch, optionally tiled and averaged over test-time augmentations.
+    """Class probabilities of a batch: the evaluation protocols of the published recipes.
+
+    - whole image: one forward at full resolution (``tile=None``), or after resizing to fit
+      ``resize`` (aspect kept; mmsegmentation's test ``Resize``), the logits resized back;
+    - sliding window: tiles of ``tile`` stepping by ``stride`` (or ``overlap``), blended as
+      ``blend`` says (``"mean"``: mmsegmentation's ``slide`` mode);
+    - multi-scale + flip (``tta``): each scale (relative to the full or ``resize`` size) and
+      its mirror image go through the whole-image or sliding-window path; their softmax
+      probabilities, resized to the input, are averaged.
 
     Args:
         model: a semantic model returning ``N x C x h x w`` logits.
         x: ``N x 3 x H x W`` float images in [0, 1], on the model's device.
         tile, overlap, tta, batch_size: as in :func:`predict`.
+        stride, blend: of :func:`sliding_window`.
+        resize: a reference size (int: the longer side; ``(h, w)``) the image is fitted to.
 
     Returns:
         ``N x C x H x W`` float32 softmax probabilities (``argmax(1)`` is the predicted mask).
     """
     cfg = _tta_config(tta)
     _, _, h, w = x.shape
+    base = 1.0 if resize is None else fit_scale(h, w, resize)
     probs = None
     n = 0
     for s in cfg["scales"]:
         xs = x
-        if s != 1.0:
-            size = (max(1, round(h * s)), max(1, round(w * s)))
-            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=s < 1).clamp(0, 1)
+        f = base * s
+        size = (max(1, int(h * f + 0.5)), max(1, int(w * f + 0.5)))
+        if size != (h, w):
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=f < 1).clamp(0, 1)
         for flip in (False, True) if cfg["flip"] else (False,):
             xi = xs.flip(-1) if flip else xs
             if tile is not None:
-                logits = torch.stack([sliding_window(model, im[None], tile, overlap, batch_size) for im in xi])
+                logits = torch.stack([sliding_window(model, im[None], tile, overlap, batch_size, stride, blend)
+                                      for im in xi])
             else:
                 logits = _logits(model, xi).float()  # (N, C, h, w)
             if flip:
@@ -311,6 +353,9 @@ def list_images(paths: Sequence[str | os.PathLike], recursive: bool = False) -> 
     return list(dict.fromkeys(found))
 
 
+DRAWN_BELOW = 3  # detections drawn below the picture threshold when fewer than this reach it
+
+
 def write_prediction(
     result: dict,
     image,
@@ -319,14 +364,19 @@ def write_prediction(
     class_names: Sequence[str] | None = None,
     score_thresh: float = 0.5,
     alpha: float = 0.5,
+    keep_thresh: float = 0.05,
 ) -> list[str]:
     """Write the files of one :func:`predict` result; returns their paths.
 
     Semantic: ``STEM_overlay.png`` (with a legend when ``class_names`` are known) and
     ``STEM_mask.png`` (palettised PNG whose pixel values are the labels). Detection /
-    instance: ``STEM_overlay.png``, ``STEM.json`` (detections scoring >= ``score_thresh``:
-    boxes xyxy, scores, 0-based labels and class names) and, with masks, ``STEM_masks.png``
-    (0 background, ``k + 1`` for the k-th detection of the json; at most 255).
+    instance: ``STEM_overlay.png`` (detections scoring >= ``score_thresh``, and when fewer than
+    :data:`DRAWN_BELOW` do, the best ones below it in a lighter style with their labels in
+    parentheses; a caption under the image says so), ``STEM.json`` (every detection scoring >=
+    ``min(keep_thresh, score_thresh)``, best first: ``boxes`` xyxy, ``scores``, 0-based ``labels``
+    and ``classes`` names, one entry per detection in each list, plus the two thresholds) and,
+    with masks, ``STEM_masks.png`` (0 background, ``k + 1`` for the k-th detection of the json;
+    at most 255).
     """
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(os.fspath(out_dir), stem)
@@ -339,10 +389,15 @@ def write_prediction(
         visualize.save_image(overlay, base + "_overlay.png")
         visualize.save_mask(result["mask"], base + "_mask.png")
         return [base + "_overlay.png", base + "_mask.png"]
-    keep = result["scores"] >= score_thresh
-    kept = {k: v[keep] for k, v in result.items()}
-    visualize.save_image(visualize.draw_instances(image, kept, class_names, score_thresh, alpha=alpha),
-                         base + "_overlay.png")
+    order = torch.argsort(result["scores"], descending=True, stable=True)
+    order = order[result["scores"][order] >= min(keep_thresh, score_thresh)]
+    kept = {k: v[order] for k, v in result.items()}
+    overlay = visualize.draw_instances(image, kept, class_names, score_thresh, alpha=alpha, top_k=DRAWN_BELOW)
+    confident, weak = visualize.shown_instances(kept["scores"], score_thresh, DRAWN_BELOW)
+    caption = f"score >= {score_thresh:g}: {int(confident.sum())}"
+    if bool(weak.any()):
+        caption += f"; in ( ): best {int(weak.sum())} below"
+    visualize.save_image(visualize.add_caption(overlay, caption), base + "_overlay.png")
     written.append(base + "_overlay.png")
     labels = kept["labels"].tolist()
     dets = {
@@ -350,6 +405,8 @@ def write_prediction(
         "scores": [round(float(s), 4) for s in kept["scores"].tolist()],
         "labels": labels,
         "classes": [class_names[k] if class_names and k < len(class_names) else str(k) for k in labels],
+        "score_threshold": score_thresh,
+        "keep_threshold": min(keep_thresh, score_thresh),
     }
     with open(base + ".json", "w") as f:
         json.dump(dets, f, indent=1)
@@ -390,12 +447,15 @@ def predict_files(
     score_thresh: float = 0.5,
     alpha: float = 0.5,
     class_names: Sequence[str] | None = None,
+    keep_thresh: float = 0.05,
 ) -> Iterator[FilePrediction]:
     """Predict each image file and write its pictures (:func:`write_prediction`) into ``out_dir``.
 
     A file that cannot be read as an image (corrupt, truncated, not an image) is skipped with
     a warning and reported with its ``error``; the others are still predicted. Two files with
-    the same name in different folders are written as ``NAME`` and ``NAME_1``.
+    the same name in different folders are written as ``NAME`` and ``NAME_1``. ``score_thresh``
+    decides what the pictures show, ``keep_thresh`` what the json keeps (see
+    :func:`write_prediction`); class names default to the checkpoint's (``model.classes``).
 
     Yields:
         One :class:`FilePrediction` per file, in order.
@@ -419,5 +479,6 @@ def predict_files(
         else:
             stems[stem] = 0
         result = predict(model, image, tile=tile, overlap=overlap, tta=tta)
-        written = write_prediction(result, image, out_dir, stem, names, score_thresh=score_thresh, alpha=alpha)
+        written = write_prediction(result, image, out_dir, stem, names, score_thresh=score_thresh, alpha=alpha,
+                                   keep_thresh=keep_thresh)
         yield FilePrediction(path, result, written)

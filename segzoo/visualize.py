@@ -19,12 +19,15 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from segzoo.data import image as image_file
 
 __all__ = [
+    "add_caption",
     "color_palette",
     "draw_instances",
     "draw_legend",
     "draw_semantic",
+    "instance_palette",
     "save_image",
     "save_mask",
+    "shown_instances",
     "side_by_side",
     "to_uint8",
 ]
@@ -51,6 +54,47 @@ def _font(size: int = 11):
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has a single bitmap font
         return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` broken at spaces into lines of at most ``width`` pixels (a longer word keeps its line)."""
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _fit_text(text: str, width: int, sizes: Sequence[int] = (12, 11, 10, 9, 8)) -> tuple[object, list[str], int]:
+    """A font and lines for ``text`` within ``width`` pixels: ``(font, lines, line height)``.
+
+    One line in the largest of ``sizes`` (down to 10 pixels) that fits; else the text broken at
+    spaces, in the largest size whose lines fit (the smallest size when none does).
+    """
+    for size in sizes:
+        font = _font(size)
+        if size >= min(10, sizes[0]) and font.getlength(str(text)) <= width:
+            return font, [str(text)], size + 3
+    for size in sizes:
+        font = _font(size)
+        lines = _wrap(text, font, width)
+        if all(font.getlength(line) <= width for line in lines):
+            break
+    return font, lines, size + 3
+
+
+def add_caption(image, text: str, size: int = 11) -> torch.Tensor:
+    """The image with ``text`` on a white band below it, wrapped to the image's width."""
+    img = to_uint8(image)
+    w = img.shape[-1]
+    font, lines, line_h = _fit_text(text, w - 4, sizes=(size, size - 1, size - 2, 8))
+    band = Image.new("RGB", (w, line_h * len(lines) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for i, line in enumerate(lines):
+        draw.text((2, 2 + i * line_h), line, fill=(0, 0, 0), font=font)
+    return torch.cat([img, to_uint8(band)], dim=1)
 
 
 def read_image(image) -> torch.Tensor:
@@ -201,6 +245,7 @@ def draw_instances(
     alpha: float = 0.5,
     palette: torch.Tensor | Sequence | None = None,
     width: int = 2,
+    top_k: int = 0,
 ) -> torch.Tensor:
     """Draw detections or ground-truth instances: masks, boxes and ``"name 0.93"`` labels.
 
@@ -209,11 +254,15 @@ def draw_instances(
         prediction: a segzoo detection dict: ``boxes`` (K x 4 xyxy), ``labels`` (K, 0-based),
             optional ``scores`` (K; ground truth has none) and ``masks`` (K x H x W).
         class_names: a name per class; the label index otherwise.
-        score_thresh: instances scoring below it are not drawn.
+        score_thresh: instances scoring below it are not drawn (but see ``top_k``).
         mask_thresh: probability above which a mask pixel is drawn.
         alpha: opacity of the masks.
-        palette: colours per class (the VOC colour map shifted by one, so no class is black).
+        palette: colours per class (:func:`instance_palette`: no class is black).
         width: box line width.
+        top_k: when fewer than ``top_k`` instances reach ``score_thresh``, the best-scoring ones
+            below it are drawn too, up to ``top_k`` in all, in a lighter style (1-pixel boxes,
+            fainter masks, labels in parentheses: ``"(name 0.31)"``), so the picture of a weak
+            model still shows what it found.
 
     Returns:
         uint8 ``3 x H x W``.
@@ -222,41 +271,69 @@ def draw_instances(
     boxes = torch.as_tensor(prediction.get("boxes", torch.zeros(0, 4))).detach().cpu().float().reshape(-1, 4)
     labels = torch.as_tensor(prediction.get("labels", torch.zeros(len(boxes)))).detach().cpu().long().reshape(-1)
     scores = prediction.get("scores")
-    keep = torch.ones(len(boxes), dtype=torch.bool)
     if scores is not None:
         scores = torch.as_tensor(scores).detach().cpu().float().reshape(-1)
-        keep = scores >= score_thresh
+    keep, weak = shown_instances(scores, score_thresh, top_k, len(boxes))
     n_cls = max(len(class_names) if class_names else 0, int(labels.max()) + 1 if len(labels) else 0)
-    pal = color_palette(n_cls + 1)[1:] if palette is None else palette
-    colors = _colors(pal, n_cls)
-    idx = keep.nonzero().flatten()
-    if len(idx) == 0:
-        return img
-    inst_colors = [colors[int(labels[i])] for i in idx]
-    out = img
+    colors = _colors(instance_palette(n_cls) if palette is None else palette, n_cls)
     masks = prediction.get("masks")
     if masks is not None:
         masks = torch.as_tensor(masks).detach().cpu()
         if masks.dim() == 4:  # K x 1 x H x W
             masks = masks[:, 0]
-        masks = masks[idx]
         masks = masks > mask_thresh if masks.is_floating_point() else masks.bool()
-        out = draw_segmentation_masks(out, masks, alpha=alpha, colors=inst_colors)
-    names = [class_names[int(labels[i])] if class_names else str(int(labels[i])) for i in idx]
-    if scores is not None:
-        names = [f"{n} {float(scores[i]):.2f}" for n, i in zip(names, idx)]
-    h, w = img.shape[-2:]
-    b = boxes[idx].clone()
-    b[:, 0::2] = b[:, 0::2].clamp(0, w - 1)
-    b[:, 1::2] = b[:, 1::2].clamp(0, h - 1)
-    b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2])  # degenerate boxes (x2 a rounding error below x1) still draw
-    return draw_bounding_boxes(out, b, labels=names, colors=inst_colors, width=width)
+    out = img
+    # the lighter ones first, so the confident ones are drawn on top
+    for sel, line, opacity, fmt in ((weak, 1, alpha / 2, "({})"), (keep, width, alpha, "{}")):
+        idx = sel.nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        inst_colors = [colors[int(labels[i])] for i in idx]
+        if masks is not None:
+            out = draw_segmentation_masks(out, masks[idx], alpha=opacity, colors=inst_colors)
+        names = [class_names[int(labels[i])] if class_names else str(int(labels[i])) for i in idx]
+        if scores is not None:
+            names = [fmt.format(f"{n} {float(scores[i]):.2f}") for n, i in zip(names, idx)]
+        h, w = img.shape[-2:]
+        b = boxes[idx].clone()
+        b[:, 0::2] = b[:, 0::2].clamp(0, w - 1)
+        b[:, 1::2] = b[:, 1::2].clamp(0, h - 1)
+        b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2])  # degenerate boxes (x2 a rounding error below x1) still draw
+        out = draw_bounding_boxes(out, b, labels=names, colors=inst_colors, width=line)
+    return out
+
+
+def shown_instances(scores: torch.Tensor | None, score_thresh: float, top_k: int = 0, count: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which instances :func:`draw_instances` draws: ``(confident, weak)`` boolean masks.
+
+    ``confident``: scoring >= ``score_thresh`` (all of them without scores); ``weak``: when fewer
+    than ``top_k`` are confident, the best-scoring others, up to ``top_k`` in all.
+    """
+    if scores is None:
+        return torch.ones(count or 0, dtype=torch.bool), torch.zeros(count or 0, dtype=torch.bool)
+    scores = torch.as_tensor(scores).detach().cpu().float().reshape(-1)
+    keep = scores >= score_thresh
+    weak = torch.zeros_like(keep)
+    missing = top_k - int(keep.sum())
+    if missing > 0:
+        order = torch.argsort(scores, descending=True, stable=True)
+        weak[order[~keep[order]][:missing]] = True
+    return keep, weak
+
+
+def instance_palette(num_classes: int) -> torch.Tensor:
+    """Colours of the instance drawings and their legends: the VOC colour map shifted by one (no black)."""
+    return color_palette(num_classes + 1)[1:]
 
 
 def side_by_side(images: Sequence, titles: Sequence[str] | None = None, gap: int = 4) -> torch.Tensor:
     """Put images next to each other (e.g. image, prediction, ground truth) with titles.
 
-    Images of different heights are top-aligned on a white background.
+    Images of different heights are top-aligned on a white background. Each title is written
+    above its image in the largest font (12 down to 8 pixels) at which it fits the image's
+    width, broken at spaces into several lines where needed (the title band grows), so titles
+    of small images are not cut off.
 
     Returns:
         uint8 ``3 x H x W`` tensor of the whole panel.
@@ -266,7 +343,8 @@ def side_by_side(images: Sequence, titles: Sequence[str] | None = None, gap: int
         raise ValueError("side_by_side needs at least one image")
     if titles is not None and len(titles) != len(imgs):
         raise ValueError(f"got {len(titles)} titles for {len(imgs)} images")
-    title_h = 16 if titles else 0
+    texts = [_fit_text(str(t), max(im.shape[2] - 2, 1)) for im, t in zip(imgs, titles)] if titles else []
+    title_h = max(16, *(1 + line_h * len(lines) for _, lines, line_h in texts)) if texts else 0
     h = max(im.shape[1] for im in imgs) + title_h
     w = sum(im.shape[2] for im in imgs) + gap * (len(imgs) - 1)
     canvas = torch.full((3, h, w), 255, dtype=torch.uint8)
@@ -274,11 +352,12 @@ def side_by_side(images: Sequence, titles: Sequence[str] | None = None, gap: int
     for im in imgs:
         canvas[:, title_h : title_h + im.shape[1], x : x + im.shape[2]] = im
         x += im.shape[2] + gap
-    if titles:
+    if texts:
         pil = Image.fromarray(canvas.permute(1, 2, 0).numpy())
-        draw, font, x = ImageDraw.Draw(pil), _font(12), 0
-        for im, title in zip(imgs, titles):
-            draw.text((x + 2, 1), str(title), fill=(0, 0, 0), font=font)
+        draw, x = ImageDraw.Draw(pil), 0
+        for im, (font, lines, line_h) in zip(imgs, texts):
+            for i, line in enumerate(lines):
+                draw.text((x + 2, 1 + i * line_h), line, fill=(0, 0, 0), font=font)
             x += im.shape[2] + gap
         canvas = to_uint8(pil)
     return canvas

@@ -188,31 +188,37 @@ def write_cvat(root: Path, project: bool = False) -> Path:
 CITY_FRAME = "aachen_000000_000019"
 
 
-def write_cityscapes(root: Path, splits=("train", "val")) -> Path:
-    """leftImg8bit/{split}/{city}/*_leftImg8bit.png + gtFine/{split}/{city}/*_gtFine_{labelIds,instanceIds,...}."""
+def write_cityscapes(root: Path, splits=("train", "val"), frames: int = 1) -> Path:
+    """leftImg8bit/{split}/{city}/*_leftImg8bit.png + gtFine/{split}/{city}/*_gtFine_{labelIds,instanceIds,...};
+    ``frames`` images per split."""
     for split in splits:
-        city = "aachen" if split == "train" else "frankfurt"
-        frame = CITY_FRAME.replace("aachen", city)
-        img_dir, gt_dir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
-        img_dir.mkdir(parents=True, exist_ok=True)
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rgb()).save(img_dir / f"{frame}_leftImg8bit.png")
-        ids = np.full((H, W), 7, np.uint8)   # road
-        ids[:10] = 23                        # sky
-        ids[10:14] = 4                       # static (ignored)
-        ids[20:30, 5:15] = 26                # car 1
-        ids[20:30, 20:30] = 26               # car 2
-        ids[30:38, 35:45] = 24               # a crowd of persons (no instance ids)
-        ids[0:3, 0:3] = 29                   # caravan (ignored)
-        inst = ids.astype(np.uint16)
-        inst[20:30, 5:15] = 26000
-        inst[20:30, 20:30] = 26001
-        Image.fromarray(ids, mode="L").save(gt_dir / f"{frame}_gtFine_labelIds.png")
-        Image.fromarray(inst).save(gt_dir / f"{frame}_gtFine_instanceIds.png")  # 16-bit grey
-        Image.fromarray(rgb(seed=5)).save(gt_dir / f"{frame}_gtFine_color.png")
-        (gt_dir / f"{frame}_gtFine_polygons.json").write_text(json.dumps({"imgHeight": H, "imgWidth": W,
-                                                                          "objects": []}))
+        for k in range(frames):
+            _write_city_frame(root, split, CITY_FRAME.replace("000000", f"{k:06d}"))
     return root
+
+
+def _write_city_frame(root: Path, split: str, frame: str) -> None:
+    city = "aachen" if split == "train" else "frankfurt"
+    frame = frame.replace("aachen", city)
+    img_dir, gt_dir = root / "leftImg8bit" / split / city, root / "gtFine" / split / city
+    img_dir.mkdir(parents=True, exist_ok=True)
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb()).save(img_dir / f"{frame}_leftImg8bit.png")
+    ids = np.full((H, W), 7, np.uint8)   # road
+    ids[:10] = 23                        # sky
+    ids[10:14] = 4                       # static (ignored)
+    ids[20:30, 5:15] = 26                # car 1
+    ids[20:30, 20:30] = 26               # car 2
+    ids[30:38, 35:45] = 24               # a crowd of persons (no instance ids)
+    ids[0:3, 0:3] = 29                   # caravan (ignored)
+    inst = ids.astype(np.uint16)
+    inst[20:30, 5:15] = 26000
+    inst[20:30, 20:30] = 26001
+    Image.fromarray(ids, mode="L").save(gt_dir / f"{frame}_gtFine_labelIds.png")
+    Image.fromarray(inst).save(gt_dir / f"{frame}_gtFine_instanceIds.png")  # 16-bit grey
+    Image.fromarray(rgb(seed=5)).save(gt_dir / f"{frame}_gtFine_color.png")
+    (gt_dir / f"{frame}_gtFine_polygons.json").write_text(json.dumps({"imgHeight": H, "imgWidth": W,
+                                                                      "objects": []}))
 
 
 def write_ade20k(root: Path) -> Path:
@@ -229,3 +235,25 @@ def write_ade20k(root: Path) -> Path:
         Image.fromarray(lab, mode="L").save(ade / "annotations" / folder / f"{stem}.png")
     (ade / "sceneCategories.txt").write_text("ADE_train_00000001 airport_terminal\n")
     return ade
+
+
+def write_coco(root: Path, splits=(("train2017", 2), ("val2017", 1))) -> Path:
+    """``{split}/*.jpg`` + ``annotations/instances_{split}.json`` with polygon objects of two categories."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": 1, "name": "person", "supercategory": "person"},
+                  {"id": 3, "name": "car", "supercategory": "vehicle"}]
+    for split, n in splits:
+        (root / split).mkdir(parents=True, exist_ok=True)
+        images, anns = [], []
+        for i in range(n):
+            name = f"{i:012d}.jpg"
+            Image.fromarray(rgb(seed=i)).save(root / split / name)
+            images.append({"id": i + 1, "file_name": name, "height": H, "width": W})
+            for cat, (x0, y0, x1, y1) in ((1, (4, 6, 20, 30)), (3, (26, 10, 44, 34))):
+                poly = [x0, y0, x1, y0, x1, y1, x0, y1]
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
+                             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0)),
+                             "segmentation": [[float(v) for v in poly]]})
+        doc = {"images": images, "annotations": anns, "categories": categories}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    return root

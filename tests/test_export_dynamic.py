@@ -91,3 +91,33 @@ def test_dynamic_export_refuses_detection_models_and_tiny_examples():
         detector = segzoo.build("centernet_resnet18", num_classes=2)
     with pytest.raises(ValueError, match="semantic models"):
         ex.dynamic_shapes(detector, torch.rand(1, 3, 128, 128))
+
+
+@pytest.mark.parametrize("fmt", ["exported-program", pytest.param("onnx", marks=needs_onnx)])
+def test_export_cli_dynamic_file_runs_at_two_sizes(fmt, tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    model = _model("unet", channels=[8, 16, 32])
+    ckpt = tmp_path / "unet.safetensors"
+    segzoo.save(model, ckpt)
+    out = tmp_path / ("unet.onnx" if fmt == "onnx" else "unet.pt2")
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "tools" / "export.py"), run_name="x")["main"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([str(ckpt), "--format", fmt, "--out", str(out), "--dynamic", "--height", "96",
+                     "--width", "128"]) == 0
+    assert "dynamic" in capsys.readouterr().out
+    for shape in SIZES:  # one file, two batch sizes and input sizes, neither the traced one
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            ref = model(x)
+        out_t = ex.run_onnx(out, x)[0] if fmt == "onnx" else torch.export.load(out).module()(x)
+        _close(out_t, ref)
+
+
+def test_export_cli_dynamic_refuses_detection_models(tmp_path, capsys):
+    from segzoo.cli import main
+
+    assert main(["export", "centernet_resnet18", "--out", str(tmp_path / "c.onnx"), "--dynamic"]) == 2
+    assert "semantic models" in capsys.readouterr().err

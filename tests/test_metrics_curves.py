@@ -121,3 +121,15 @@ def test_detection_curve_ignores_crowd_regions():
     curve.update([pred], [gt])
     res = curve.compute()["per_class"][0]
     assert res["num_positives"] == 1 and res["precision"] == [1.0] and res["ap"] == pytest.approx(1.0)
+
+
+def test_binned_curve_has_no_point_where_nothing_is_predicted():
+    """Thresholds above every score predict nothing: no (recall 0, precision 0) point starts the curve."""
+    p = torch.tensor([[[0.8, 0.3], [0.6, 0.1]]])
+    curve = PRCurve(2, num_bins=11)
+    curve.update(torch.stack([1 - p, p], 1), torch.tensor([[[1, 0], [1, 0]]]))
+    res = curve.compute()["per_class"][1]
+    assert res["thresholds"][0] == pytest.approx(0.8)  # the highest score, not 1.0
+    assert (res["recall"][0], res["precision"][0]) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert all(p > 0 for p in res["precision"]) and res["ap"] == pytest.approx(1.0)
+    assert len(res["precision"]) == len(res["recall"]) == len(res["thresholds"])

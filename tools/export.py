@@ -2,6 +2,7 @@
 
     python tools/export.py fcn_resnet50 --format onnx --out fcn.onnx
     python tools/export.py runs/quickstart/model.safetensors --format exported-program --out model.pt2
+    python tools/export.py hrnet_w18 --format onnx --out hrnet.onnx --dynamic   # any batch, height and width
 """
 
 import sys

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import timm
@@ -141,12 +142,18 @@ class Converter:
     describe: Callable[[dict], tuple[str, str]]
 
 
+#: builder arguments of a Faster/Mask R-CNN converted from torchvision: the recipe of
+#: torchvision's trained detectors (``maskrcnn_resnet50_fpn(weights=...)``); a build argument
+#: of the same name overrides it
+RCNN_RECIPE = MappingProxyType({"frozen_bn": True, "trainable_backbone_layers": 3})
+
 #: segzoo model class -> its torchvision converter (subclasses use their base's: MaskRCNN).
 CONVERTERS: dict[type, Converter] = {
     FCN: Converter(_map_fcn, _aux_default, _describe_segmentation("FCN", "fcn")),
     DeepLabV3: Converter(_map_deeplabv3, _aux_default, _describe_segmentation("DeepLabV3", "deeplabv3")),
-    # torchvision's trained detectors freeze the backbone's BatchNorm
-    FasterRCNN: Converter(map_rcnn, lambda mapped: {"frozen_bn": True}, describe_rcnn),
+    # torchvision's recipe for its trained detectors: frozen BatchNorm in the backbone and
+    # trainable_backbone_layers=3 (the stem and layer1 do not train)
+    FasterRCNN: Converter(map_rcnn, lambda mapped: dict(RCNN_RECIPE), describe_rcnn),
 }
 
 
@@ -190,6 +197,9 @@ def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
         name: the segzoo model name (e.g. ``"fcn_resnet50"``, ``"maskrcnn_resnet50_fpn"``);
             its class (FCN, DeepLabV3, FasterRCNN, MaskRCNN) picks the key mapping.
         **build_kwargs: extra builder arguments (``num_classes`` is read from the source).
+            They win over what the conversion implies: a Faster/Mask R-CNN is built with
+            torchvision's fine-tuning recipe (:data:`RCNN_RECIPE`: frozen BatchNorm, the
+            last 3 backbone stages trainable), ``trainable_backbone_layers=5`` trains all.
 
     Returns:
         The segzoo model in eval mode, with ``model.spec`` set.

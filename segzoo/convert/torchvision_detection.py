@@ -6,7 +6,8 @@ Key layout: ``backbone.body.*`` is unchanged (timm's ResNet has torchvision's na
 (segzoo's classifier also has background first) while the box regressor and mask
 predictor drop its unused outputs, so segzoo label ``c`` is torchvision label ``c + 1``.
 BatchNorm ``num_batches_tracked`` counters are dropped: converted models use frozen
-BatchNorm in the backbone, as torchvision's trained detectors do.
+BatchNorm in the backbone and train its last 3 stages (``conv1`` and ``layer1`` frozen), as
+torchvision's trained detectors do (``trainable_backbone_layers=3``).
 """
 
 from __future__ import annotations

@@ -113,13 +113,18 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         raise ConfigError(f"data.{split} needs {', '.join(f'data.{split}.{m}' for m in missing)} for "
                           f"data.type={kind} (paths to the dataset's files)")
     try:
-        return cls(**args)
+        dataset = cls(**args)
     except FileNotFoundError as e:  # a wrong path in the config: name its key, without a traceback
         paths = {k: str(v) for k, v in args.items() if isinstance(v, (str, os.PathLike)) and str(v) in str(e)}
         name = max(paths, key=lambda k: len(paths[k])) if paths else "root"  # the longest path in the message
         key = config_name.get(name, name)
         raise ConfigError(f"data.{split}.{key}: {e}; fix the path in the config or override it with "
                           f"data.{split}.{key}=PATH") from None
+    given = data_cfg.get("classes")
+    if given is not None and "classes" not in accepted and list(map(str, given)) != list(dataset.classes):
+        raise ConfigError(f"data.classes={list(given)} but data.type={kind} takes its class names from its files: "
+                          f"{list(dataset.classes)}; remove data.classes (or make it equal)")
+    return dataset
 
 
 __all__ = [

@@ -42,6 +42,9 @@ class DataReport:
         classes_found: sorted labels (0-based, as the model sees them) that occur in the data.
         errors: problems that make training refuse the data.
         warnings: suspicious but usable data.
+        found_names: how :meth:`format` shows ``classes_found``: ``name (source id N)`` with the id
+            the files give the class (a COCO category id, a mask value, a YOLO id), or just the name
+            where the files name classes; the label where the class has no name.
     """
 
     name: str
@@ -49,13 +52,19 @@ class DataReport:
     classes_found: list[int] = dataclasses.field(default_factory=list)
     errors: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    found_names: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
+    def name_classes(self, names: list[str] | None, source_id=None) -> None:
+        """Fill ``found_names`` from class names (by label) and ``source_id(label)`` (int, list or None)."""
+        self.found_names = [class_display(k, names, source_id(k) if source_id else None) for k in self.classes_found]
+
     def format(self) -> str:
-        lines = [f"[{self.name}] {self.num_items} images, classes found: {self.classes_found}"]
+        found = ", ".join(self.found_names) if self.found_names else str(self.classes_found)
+        lines = [f"[{self.name}] {self.num_items} images, classes found: {found}"]
         lines += [f"  ERROR: {e}" for e in self.errors]
         lines += [f"  warning: {w}" for w in self.warnings]
         if self.ok:
@@ -66,6 +75,16 @@ class DataReport:
         if self.errors:
             raise DataError(f"the {self.name} data has problems (run `segzoo data check CONFIG`):\n"
                             + "\n".join(f"  - {e}" for e in self.errors))
+
+
+def class_display(label: int, names: list[str] | None, source=None) -> str:
+    """``cat (source id 3)``: a label's name and the id(s) its files give it; the label without a name."""
+    name = str(names[label]) if names and 0 <= label < len(names) else None
+    sources = [s for s in (source if isinstance(source, (list, tuple)) else [source]) if s is not None]
+    ids = f" (source id {', '.join(map(str, sources))})" if sources else ""
+    if name is None:
+        return str(label) if sources in ([], [label]) else f"{label}{ids}"
+    return f"{name}{ids}"
 
 
 def _examples(items: list[str], n: int = 3) -> str:
@@ -111,6 +130,11 @@ def check_dataset(
 
 def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empty: bool, report: DataReport) -> None:
     report.num_items = len(ds)
+    if ds.num_classes is not None and ds.num_classes != num_classes:
+        report.errors.append(
+            f"data.classes names {ds.num_classes} labels ({_examples(ds.classes, 6)}) but num_classes={num_classes}: "
+            "for semantic data data.classes lists every label including background, label 0 first; give one name "
+            f"per label or set model.num_classes={ds.num_classes}")
     if ds.missing_masks:
         report.errors.append(f"{len(ds.missing_masks)} images have no mask with the same stem in "
                              f"{ds.masks_dir}: {_examples(ds.missing_masks)}; add the masks or remove the images")
@@ -165,6 +189,13 @@ def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empt
         (report.warnings if allow_empty else report.errors).append(
             msg + ("" if allow_empty else "; remove them or set data.allow_empty=true"))
     _missing_classes(report, num_classes, ds.classes)
+    report.name_classes(ds.classes, lambda v: _mask_values(ds, v))
+
+
+def _mask_values(ds: MaskFolder, label: int) -> list[int]:
+    """The raw mask values that become ``label`` (``data.mapping``/``binary``)."""
+    mapping = {int(k): int(v) for k, v in (ds.mapping or {}).items()}
+    return sorted({k for k, v in mapping.items() if v == label} | ({label} if label not in mapping else set()))
 
 
 def _missing_classes(report: DataReport, num_classes: int, names: list[str] | None) -> None:
@@ -244,6 +275,8 @@ def _check_coco(ds: CocoInstances, num_classes: int, allow_empty: bool, report: 
             msg + ("" if allow_empty else "; remove them or set data.allow_empty=true to keep them as negatives "
                    "(background only)"))
     _missing_classes(report, num_classes, ds.classes)
+    shift = 1 if semantic else 0
+    report.name_classes(ds.classes, lambda k: ds.cat_ids[k - shift] if 0 <= k - shift < len(ds.cat_ids) else None)
 
 
 def _valid_box(bbox) -> bool:

@@ -14,6 +14,7 @@ a json width/height that is not the file's) is refused when it is loaded. Images
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -26,7 +27,7 @@ from torchvision import tv_tensors
 
 from segzoo.data.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
 from segzoo.data.errors import DataError
-from segzoo.data.image import read_image
+from segzoo.data.image import image_size, read_image
 
 PathLike = str | os.PathLike
 
@@ -161,6 +162,18 @@ class CocoInstances(Dataset):
                 masks[k] = decode_segmentation(a["segmentation"], height, width)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         return target
+
+    def coco_ground_truth(self, index: int) -> dict[str, Any]:
+        """The image's json entries for evaluation: ``{"image": {"id", "height", "width"}, "annotations":
+        [...]}`` with every annotation as written (crowd regions, ``area`` and ids included), so that
+        segzoo's COCO AP is pycocotools' on this json. ``height``/``width`` are read from the file's
+        header when the json has none."""
+        info = self.images[index]
+        h, w = info.get("height"), info.get("width")
+        if not (isinstance(h, int) and isinstance(w, int)):
+            h, w = image_size(self.image_path(index))
+        anns = [copy.deepcopy(a) for a in self.anns[int(info["id"])]]
+        return {"image": {"id": int(info["id"]), "height": h, "width": w}, "annotations": anns}
 
     def crowd_mask(self, index: int, height: int, width: int) -> np.ndarray:
         """Union of the image's crowd regions as an ``H x W`` bool array."""

@@ -108,29 +108,6 @@ def _image_name(ds: AnnotatedImages, index: int, names: _Names) -> str:
     return names(path.name if path.is_file() else Path(path.name).stem + ".png")
 
 
-def _to_rle(mask: np.ndarray) -> dict:
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError:
-        raise ImportError("writing COCO masks needs pycocotools: `pip install 'segzoo[coco]'`") from None
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def _coco_annotation(obj: Obj, h: int, w: int) -> dict:
-    ann: dict = {"category_id": obj.label + 1, "iscrowd": int(obj.crowd)}
-    if not obj.has_shape:
-        ann["segmentation"] = []
-    elif isinstance(obj.segmentation, list) and not obj.crowd:
-        ann["segmentation"] = [[round(float(v), 3) for v in p] for p in obj.segmentation]
-    else:
-        ann["segmentation"] = _to_rle(obj.pixels(h, w))
-    x1, y1, x2, y2 = obj.xyxy(h, w)
-    ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
-    ann["area"] = float(obj.pixels(h, w).sum()) if obj.has_shape else (x2 - x1) * (y2 - y1)
-    return ann
-
-
 def write_coco(parts, dst: Path, report: ConvertReport) -> None:
     (dst / "annotations").mkdir(parents=True)
     for split, ds in parts:
@@ -143,7 +120,7 @@ def write_coco(parts, dst: Path, report: ConvertReport) -> None:
             _write_image(ds, i, folder / name)
             images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
             for obj in ds.objects(i, h, w):
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, **_coco_annotation(obj, h, w)})
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, **obj.to_coco(h, w)})
                 report.crowd_kept += obj.crowd
         cats = [{"id": k + 1, "name": c, "supercategory": ""} for k, c in enumerate(ds.object_classes)]
         doc = {"images": images, "annotations": anns, "categories": cats}

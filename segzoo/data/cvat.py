@@ -98,8 +98,9 @@ class CVAT(AnnotatedImages):
         root: the export folder (``annotations.xml`` + ``images/``) or the xml file.
         task: ``"instance"``, ``"detection"`` or ``"semantic"``.
         subset: keep the images of one project subset (``<image subset=...>``, e.g. ``Train``).
-        classes: object class names in label order (default: the ``<labels>`` of ``<meta>`` in file
-            order, else the labels used, sorted).
+        classes: class names in label order (``data.classes``): the object classes for instance and
+            detection, every label with background first for semantic (:func:`split_classes`);
+            default: the ``<labels>`` of ``<meta>`` in file order, else the labels used, sorted.
         images: the image folder (default ``images/`` beside the xml, or the xml's folder).
         transforms: a joint transform ``transforms(image, target)``.
         ignore_index: semantic label of crowd regions.
@@ -109,6 +110,7 @@ class CVAT(AnnotatedImages):
                  classes: list[str] | None = None, images: PathLike | None = None, transforms=None,
                  ignore_index: int = 255) -> None:
         super().__init__(task, transforms, ignore_index)
+        classes = self.set_classes(classes)
         root = Path(root)
         self.xml = root / "annotations.xml" if root.is_dir() else root
         if not self.xml.is_file():
@@ -134,7 +136,8 @@ class CVAT(AnnotatedImages):
             classes = [n for n in declared if n] or used
             self.classes_inferred = not declared
         self.object_classes = [str(c) for c in classes]
-        unknown = sorted(set(used) - set(self.object_classes))
+        self.check_class_names(used)
+        unknown = sorted(set(used) - set(self.object_classes) - {self.background_name})
         if unknown:
             self.problems.append(f"shapes use labels {unknown} that are not in the classes {self.object_classes}")
         skipped = Counter(el.tag for im in self.entries for el in im if el.tag in SKIPPED)

@@ -76,9 +76,10 @@ class LabelMe(AnnotatedImages):
     Args:
         root: the folder.
         task: ``"instance"``, ``"detection"`` or ``"semantic"``.
-        classes: object class names in label order; default ``labels.txt`` in ``root`` or its parent
-            (labelme's convention: one name per line, ``__ignore__`` and ``_background_`` skipped),
-            else the labels found, sorted.
+        classes: class names in label order (``data.classes``): the object classes for instance and
+            detection, every label with background first for semantic (:func:`split_classes`);
+            default ``labels.txt`` in ``root`` or its parent (labelme's convention: one name per
+            line, ``__ignore__`` and ``_background_`` skipped), else the labels found, sorted.
         transforms: a joint transform ``transforms(image, target)``.
         ignore_index: semantic label of ``__ignore__`` regions.
     """
@@ -86,6 +87,7 @@ class LabelMe(AnnotatedImages):
     def __init__(self, root: PathLike, task: str = "instance", classes: list[str] | None = None,
                  transforms=None, ignore_index: int = 255) -> None:
         super().__init__(task, transforms, ignore_index)
+        classes = self.set_classes(classes)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"LabelMe folder not found: {self.root}")
@@ -123,7 +125,8 @@ class LabelMe(AnnotatedImages):
             else:
                 classes, self.classes_inferred = found, True
         self.object_classes = [str(c) for c in classes]
-        unknown = sorted(set(found) - set(self.object_classes))
+        self.check_class_names(found)
+        unknown = sorted(set(found) - set(self.object_classes) - {self.background_name})
         if unknown:
             self.problems.append(f"labels {unknown} are not in the classes {self.object_classes}; add them to "
                                  "data.classes (or labels.txt)")

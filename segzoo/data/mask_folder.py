@@ -66,7 +66,8 @@ class MaskFolder(Dataset):
         masks_dir: folder of label maps with the same stems (PNG; also lossless TIFF, BMP, WebP).
         num_classes: number of labels including background; inferred by the data check when
             None.
-        classes: optional class names (``len == num_classes``).
+        classes: optional class names, every label in label order, background (label 0) first
+            (``data.classes``; ``len == num_classes``).
         binary: the masks are 0/255 foreground masks: 255 becomes label 1. Without it, masks
             holding only 0 and 255 are refused by the data check (255 is the ignore index).
         mapping: explicit value -> label table applied to the raw mask values (e.g.
@@ -121,7 +122,8 @@ class MaskFolder(Dataset):
         if classes is not None:
             classes = [str(c) for c in classes]
             if num_classes is not None and len(classes) != num_classes:
-                raise ValueError(f"{len(classes)} class names for num_classes={num_classes}")
+                raise ValueError(f"{len(classes)} class names for num_classes={num_classes}: data.classes lists every "
+                                 "label including background, label 0 first")
             num_classes = len(classes)
         if num_classes is None and binary:
             num_classes = 2

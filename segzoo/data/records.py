@@ -77,6 +77,31 @@ class Obj:
             return (*pts.min(0).tolist(), *pts.max(0).tolist())
         return mask_box(self.pixels(height, width))
 
+    def to_coco(self, height: int, width: int) -> dict:
+        """The object as a COCO annotation (no ids): polygons kept, pixel masks and crowd regions as
+        compressed RLE, ``segmentation: []`` for a box alone; ``area`` is the shape's pixel count, or
+        the box area for a box alone (COCO's convention)."""
+        ann: dict = {"category_id": self.label + 1, "iscrowd": int(self.crowd)}
+        if not self.has_shape:
+            ann["segmentation"] = []
+        elif isinstance(self.segmentation, list) and not self.crowd:
+            ann["segmentation"] = [[round(float(v), 3) for v in p] for p in self.segmentation]
+        else:
+            ann["segmentation"] = _to_rle(self.pixels(height, width))
+        x1, y1, x2, y2 = self.xyxy(height, width)
+        ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+        ann["area"] = float(self.pixels(height, width).sum()) if self.has_shape else (x2 - x1) * (y2 - y1)
+        return ann
+
+
+def _to_rle(mask: np.ndarray) -> dict:
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise ImportError("writing COCO masks needs pycocotools: `pip install 'segzoo[coco]'`") from None
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     """The pixel extent of a bool mask as a box (pixel edges), ``(0, 0, 0, 0)`` when empty."""
@@ -98,6 +123,34 @@ def box_polygon(x1: float, y1: float, x2: float, y2: float) -> list[float]:
 def image_size(path: Path) -> tuple[int, int]:
     """``(height, width)`` from the image header, as :func:`read_image` gives it (EXIF orientation applied)."""
     return header_size(path)
+
+
+BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")
+
+
+def split_classes(classes: list[str] | None, task: str) -> tuple[list[str] | None, str | None]:
+    """``data.classes`` as ``(object class names, background name)``, one convention for every dataset type.
+
+    Semantic data lists every label including background, label 0 first (as ``mask_folder`` and
+    ``num_classes`` count them): ``[background, cat, dog]``. Instance and detection data list the
+    object classes only, label 0 the first object class (background is implicit): ``[cat, dog]``.
+    """
+    if classes is None:
+        return None, None
+    if isinstance(classes, str) or not all(isinstance(c, (str, int)) for c in classes):
+        raise ValueError(f"data.classes must be a list of names, got {classes!r}")
+    names = [str(c) for c in classes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"data.classes names a class twice: {names}")
+    if task == "semantic":
+        if len(names) < 2:
+            raise ValueError(f"data.classes for semantic data lists every label including background, label 0 first "
+                             f"(e.g. [background, cat, dog]); got {names}")
+        return names[1:], names[0]
+    if names and names[0].lower() in BACKGROUND_NAMES:
+        raise ValueError(f"data.classes for {task} data lists the object classes only, label 0 first (background is "
+                         f"implicit): remove {names[0]!r} from {names}")
+    return names, None
 
 
 def check_task(task: str, allowed: tuple[str, ...] = TASKS) -> str:
@@ -150,6 +203,7 @@ class AnnotatedImages(Dataset):
 
     object_classes: list[str]
     semantic_classes: list[str] | None = None  # label-map formats: the names of the map's values
+    background_name = "background"  # label 0 of semantic maps (the first name of a semantic data.classes)
     palette: list[tuple[int, int, int]] | None = None
     classes_inferred = False  # object classes read from the labels found (sorted), not given
 
@@ -170,7 +224,26 @@ class AnnotatedImages(Dataset):
         if self.task != "semantic":
             return list(self.object_classes)
         return list(self.semantic_classes) if self.semantic_classes is not None else \
-            ["background", *self.object_classes]
+            [self.background_name, *self.object_classes]
+
+    def set_classes(self, classes: list[str] | None) -> list[str] | None:
+        """Read ``data.classes`` (:func:`split_classes`): keeps the background name, returns the object names."""
+        objects, background = split_classes(classes, self.task)
+        if background is not None:
+            self.background_name = background
+        return objects
+
+    def check_class_names(self, found: list[str]) -> None:
+        """Report a semantic ``data.classes`` whose first name (background) names objects of these files."""
+        if self.task == "semantic" and self.background_name in found:
+            self.problems.append(
+                f"data.classes starts with {self.background_name!r}, a label of these files: for semantic data "
+                f"data.classes lists every label including background, label 0 first; prepend the background name: "
+                f"[background, {', '.join([self.background_name, *self.object_classes])}]")
+
+    def source_id(self, label: int) -> int | None:
+        """The id the annotation files give a label, where they number classes (shown by the data check)."""
+        return None
 
     @property
     def num_classes(self) -> int:
@@ -221,6 +294,20 @@ class AnnotatedImages(Dataset):
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         return target
 
+    def coco_ground_truth(self, index: int) -> dict[str, Any]:
+        """The image's objects as COCO ground truth for evaluation, crowd regions included:
+        ``{"image": {"id", "height", "width"}, "annotations": [...]}`` (:meth:`Obj.to_coco`; category
+        id = label + 1, annotation ids left to the evaluator; a box alone gets its rectangle as
+        segmentation for instance tasks, as its target mask)."""
+        h, w = self.image_hw(index)
+        anns = []
+        for o in self.objects(index, h, w):
+            ann = o.to_coco(h, w)
+            if not ann["segmentation"] and self.task == "instance":
+                ann["segmentation"] = [box_polygon(*o.xyxy(h, w))]
+            anns.append(ann)
+        return {"image": {"id": index, "height": h, "width": w}, "annotations": anns}
+
     def __getitem__(self, index: int):
         image = self.load_image(index)
         h, w = image.shape[-2:]
@@ -269,6 +356,7 @@ class AnnotatedImages(Dataset):
             except (OSError, ValueError, KeyError) as e:
                 issues["unreadable"].append(f"{name} ({e})")
         report.classes_found = sorted(found)
+        report.name_classes(self.classes, self.source_id)
         messages = {
             "unreadable": "files cannot be read",
             "size": "label maps differ in size from their image",

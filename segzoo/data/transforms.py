@@ -120,6 +120,7 @@ def instance_transforms(
     max_size: int = 1333,
     affine: bool = False,
     pca_lighting: float = 0.0,
+    keep_res: bool = False,
 ) -> v2.Compose:
     """The detection/instance preset (targets are dicts with boxes, labels and masks).
 
@@ -132,7 +133,9 @@ def instance_transforms(
       longer side capped at ``max_size`` (detectron2's ``ResizeShortestEdge(..., "choice")``,
       torchvision's ``RandomShortestSize``); eval resizes to the largest length;
     - ``affine``: CenterNet's random scale (0.6-1.3) and shift crop to ``size``
-      (:class:`~segzoo.data.augment.CenterAffine`); eval letterboxes the whole image to ``size``.
+      (:class:`~segzoo.data.augment.CenterAffine`); eval letterboxes the whole image to ``size``,
+      or, with ``keep_res``, keeps the image at its own resolution (the official ``--keep_res``
+      test of the CenterNet model zoo; the model pads it internally).
 
     Eval without either: images unchanged (detection models take lists of sizes).
     """
@@ -146,7 +149,7 @@ def instance_transforms(
                              f"got {resize_short!r}")
     ops: list[v2.Transform] = []
     if not train:
-        if affine:
+        if affine and not keep_res:
             ops.append(CenterAffine(size, random=False))
         elif shorts:
             ops.append(v2.RandomShortestSize([max(shorts)], max_size=max_size, antialias=True))

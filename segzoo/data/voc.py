@@ -171,9 +171,10 @@ class VOC(AnnotatedImages):
         split: the list name; None takes every ``Annotations/*.xml`` (detection) or
             ``SegmentationClass/*.png`` (semantic/instance) when the layout has no ``ImageSets``.
         task: ``"semantic"``, ``"instance"`` or ``"detection"``.
-        classes: object class names in label order (background excluded); default: from
-            ``labelmap.txt``, else the 20 VOC classes (detection: the names found when they are not
-            VOC's).
+        classes: class names in label order (``data.classes``): the object classes for instance and
+            detection, every label with background first for semantic (:func:`split_classes`);
+            default: from ``labelmap.txt``, else the 20 VOC classes (detection: the names found
+            when they are not VOC's).
         use_difficult: keep objects marked difficult in detection targets.
         sbd_root: SBD's ``benchmark_RELEASE/dataset`` folder, for the augmented set.
         transforms: a joint transform ``transforms(image, target)``.
@@ -184,6 +185,7 @@ class VOC(AnnotatedImages):
                  classes: list[str] | None = None, use_difficult: bool = False, sbd_root: PathLike | None = None,
                  transforms=None, ignore_index: int = 255) -> None:
         super().__init__(task, transforms, ignore_index)
+        classes = self.set_classes(classes)
         self.root = voc_root(root)
         self.split = split
         self.use_difficult = use_difficult
@@ -218,7 +220,7 @@ class VOC(AnnotatedImages):
                     self.problems.append(f"Annotations/{i}.xml has objects named {bad} that are not in the classes "
                                          f"{list(classes)}; add them to data.classes or rename them")
         self.object_classes = [str(c) for c in (classes if classes is not None else VOC_CLASSES)]
-        self.semantic_classes = ["background", *self.object_classes]
+        self.semantic_classes = [self.background_name, *self.object_classes]
         self.palette = colours or voc_colormap(len(self.semantic_classes))
         self.images = [self._image_file(i) for i in self.ids]
         missing = [str(p) for p in self.images if not p.is_file()]
@@ -294,6 +296,10 @@ class VOC(AnnotatedImages):
 
     def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
         return self._class_map(index)
+
+    def source_id(self, label: int) -> int | None:
+        """The ``SegmentationClass`` value of a label (detection labels come from names)."""
+        return {"semantic": label, "instance": label + 1}.get(self.task)
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         if self.task == "detection":

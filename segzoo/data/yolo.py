@@ -97,7 +97,9 @@ class YOLO(AnnotatedImages):
         split: the yaml key (``train``, ``val``, ``test``).
         task: ``"detection"``, ``"instance"`` (polygon masks) or ``"semantic"`` (polygons painted,
             label ``k`` -> ``k + 1``).
-        classes: class names in id order (default: the yaml's ``names``).
+        classes: class names (``data.classes``): the object classes in YOLO id order for instance and
+            detection, every label with background first for semantic (:func:`split_classes`);
+            default: the yaml's ``names``.
         transforms: a joint transform ``transforms(image, target)``.
         ignore_index: semantic ignore label.
     """
@@ -105,6 +107,7 @@ class YOLO(AnnotatedImages):
     def __init__(self, root: PathLike, split: str = "train", task: str = "detection",
                  classes: list[str] | None = None, transforms=None, ignore_index: int = 255) -> None:
         super().__init__(task, transforms, ignore_index)
+        classes = self.set_classes(classes)
         root = Path(root)
         if not root.exists():
             raise FileNotFoundError(f"YOLO dataset not found: {root}")
@@ -125,6 +128,9 @@ class YOLO(AnnotatedImages):
                 raise ValueError(f"{yaml_path} describes a pose (keypoint) dataset (kpt_shape); segzoo reads YOLO "
                                  "detection and segmentation labels")
             names = read_names(spec, yaml_path)
+            if classes is not None and len(classes) != len(names):
+                raise ValueError(f"data.classes names {len(classes)} object classes {classes} but {yaml_path} has "
+                                 f"{len(names)} ({names}); YOLO ids index these names")
             classes = classes if classes is not None else names
             base = Path(spec["path"]) if spec.get("path") else yaml_path.parent
             if not base.is_absolute():
@@ -147,6 +153,11 @@ class YOLO(AnnotatedImages):
 
     def image_path(self, index: int) -> Path:
         return self.images[index]
+
+    def source_id(self, label: int) -> int | None:
+        """The YOLO class id of a label (semantic label 0, background, has none)."""
+        k = label - 1 if self.task == "semantic" else label
+        return k if k >= 0 else None
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         path = self.labels[index]

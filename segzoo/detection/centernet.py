@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segzoo.detection.boxes import clip_boxes
+from segzoo.detection.boxes import clip_boxes, rank_in_group
 
 
 def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
@@ -63,6 +63,7 @@ def encode_targets(
     num_classes: int,
     out_size: tuple[int, int],
     stride: int,
+    max_objects: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Heatmap, size and offset targets for a batch of images.
 
@@ -74,6 +75,9 @@ def encode_targets(
         num_classes: heatmap channels.
         out_size: ``(H, W)`` of the output maps.
         stride: input pixels per output cell.
+        max_objects: keep only the first ``max_objects`` boxes of each image (in the order
+            given, before dropping empty ones), as the official code's ``max_objs`` (128 for
+            COCO); None keeps all.
 
     Returns:
         ``heatmap``: ``N x C x H x W`` Gaussian peaks in [0, 1]; for the ``P`` boxes
@@ -87,6 +91,8 @@ def encode_targets(
     b = clip_boxes(boxes.float()[:, None], image_sizes[image_idx])[:, 0] / stride  # (M, 4) in cells
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     keep = (w > 0) & (h > 0)
+    if max_objects is not None:
+        keep = keep & (rank_in_group(image_idx, n) < max_objects)
     b, w, h, labels, image_idx = b[keep], w[keep], h[keep], labels[keep], image_idx[keep]
     centre = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], dim=1)  # (P, 2) x, y
     cell = centre.floor().long()

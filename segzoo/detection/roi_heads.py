@@ -23,6 +23,42 @@ from segzoo.detection.poolers import MultiLevelRoIAlign
 from segzoo.detection.postprocess import detect, paste_masks
 
 
+def mask_targets(masks: torch.Tensor, rois: torch.Tensor, mask_idx: torch.Tensor, image_hw: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """Ground-truth masks sampled in each region (``size x size``), batched over the images.
+
+    The same values as torchvision's ``project_masks_on_boxes``, which runs RoIAlign (not
+    aligned, adaptive sampling) on each image's own masks. There, a sample point in the last
+    pixel row (``H - 1 < y <= H``) takes the edge row's value and one below (``y > H``)
+    counts 0 (likewise for columns). Here all images share one canvas: ``masks`` are
+    edge-padded beyond their image, which gives the first rule; the second only happens to
+    regions under one pixel high (a region of height ``h >= 1`` ends at ``y2 <= H`` and
+    samples strictly inside), where RoIAlign takes a single sample per output row, so the
+    output rows whose sample lies below the image are zeroed (and columns alike).
+
+    Args:
+        masks: ``(K, Hp, Wp)`` float masks on the batch canvas, each edge-padded beyond its
+            image (``F.pad(..., mode="replicate")``).
+        rois: ``(F, 4)`` xyxy regions, clipped to their images.
+        mask_idx: ``(F,)`` row of ``masks`` each region samples.
+        image_hw: ``(F, 2)`` height and width of each region's image.
+        size: output side (28 for Mask R-CNN).
+
+    Returns:
+        ``(F, size, size)`` targets in [0, 1].
+    """
+    boxes = torch.cat([mask_idx[:, None].to(rois.dtype), rois], dim=1)  # (F, 5)
+    out = roi_align(masks[:, None], boxes, (size, size), 1.0)[:, 0]  # (F, M, M)
+    # the sample centre of each output row/column, computed as RoIAlign does (same float ops)
+    start = rois[:, :2]  # (F, 2) x1, y1
+    extent = torch.clamp(rois[:, 2:] - start, min=1.0)  # (F, 2) RoIAlign's roi width, height
+    step = extent / size  # (F, 2)
+    cells = torch.arange(size, device=rois.device, dtype=rois.dtype)
+    centre = start[:, :, None] + cells * step[:, :, None] + 0.5 * step[:, :, None]  # (F, 2, M)
+    inside = centre <= image_hw.flip(1).to(rois.dtype)[:, :, None]  # (F, 2, M): x vs W, y vs H
+    return out * (inside[:, 1, :, None] & inside[:, 0, None, :])  # rows by y, columns by x
+
+
 class BoxHead(nn.Module):
     """Two fully connected layers with ReLU (``fc6``, ``fc7``) on flattened pooled features."""
 
@@ -165,7 +201,7 @@ class RoIHeads(nn.Module):
             canvas. With targets: ``loss_classifier``, ``loss_box_reg`` and ``loss_mask``.
         """
         if targets is not None:
-            return self.losses(features, proposals, image_idx, targets)
+            return self.losses(features, proposals, image_idx, targets, image_sizes)
         logits, deltas = self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_idx)))
         r = proposals.shape[0]
         boxes = self.box_coder.decode(deltas.view(r, self.num_classes, 4), proposals[:, None, :])  # (R, C, 4)
@@ -182,13 +218,15 @@ class RoIHeads(nn.Module):
 
     def losses(
         self, features: Sequence[torch.Tensor], proposals: torch.Tensor, image_idx: torch.Tensor,
-        targets: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor], image_sizes: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Sample regions (ground-truth boxes added), match them and compute the losses.
 
         Args:
             targets: ``boxes`` ``(N, G, 4)``, ``labels`` ``(N, G)`` (0-based), ``valid``
-                ``(N, G)`` and, for masks, ``masks`` ``(N * G, Hp, Wp)`` float.
+                ``(N, G)`` and, for masks, ``masks`` ``(N * G, Hp, Wp)`` float, each
+                edge-padded beyond its image (see :func:`mask_targets`).
+            image_sizes: ``(N, 2)`` height and width of each image before padding.
         """
         gt_boxes, gt_labels, valid = targets["boxes"], targets["labels"], targets["valid"]
         n, g = valid.shape
@@ -215,10 +253,9 @@ class RoIHeads(nn.Module):
             fg_rois, fg_img = rois[fg], roi_img[fg]
             mask_logits = self.mask_head(self.mask_roi_pool(features, fg_rois, fg_img))  # (F, C, M, M)
             m = mask_logits.shape[-1]
-            gt_index = (roi_img[fg] * g + roi_match[fg]).to(fg_rois.dtype)  # row in masks (N*G, H, W)
-            mask_targets = roi_align(targets["masks"][:, None], torch.cat([gt_index[:, None], fg_rois], 1),
-                                     (m, m), 1.0)[:, 0]  # (F, M, M)
+            gt_index = fg_img * g + roi_match[fg]  # row in masks (N*G, Hp, Wp)
+            target = mask_targets(targets["masks"], fg_rois, gt_index, image_sizes[fg_img], m)  # (F, M, M)
             fg_logits = mask_logits[torch.arange(len(fg), device=fg.device), fg_cls]
             losses["loss_mask"] = F.binary_cross_entropy_with_logits(
-                fg_logits, mask_targets, reduction="sum") / max(fg_logits.numel(), 1)  # 0 without objects
+                fg_logits, target, reduction="sum") / max(fg_logits.numel(), 1)  # 0 without objects
         return losses

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,12 +22,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segzoo.config import ConfigError
+from segzoo.config import ConfigError, EvalConfig
 from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.inference import check_tta, detect, semantic_probs
 from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PRCurve, SegmentationMetric
 from segzoo.metrics.coco import STAT_NAMES
-from segzoo.visualize import draw_instances, draw_semantic, save_image, side_by_side
+from segzoo.visualize import (
+    color_palette,
+    draw_instances,
+    draw_legend,
+    draw_semantic,
+    instance_palette,
+    save_image,
+    shown_instances,
+    side_by_side,
+)
 
 PRIMARY_METRIC = {"semantic": "miou", "instance": "segm_AP", "detection": "bbox_AP"}
 # metrics shown in the one-line summary of an evaluation, after the tracked one
@@ -34,6 +44,7 @@ _SUMMARY = {"semantic": ("miou", "pixel_acc", "mean_acc", "fwiou", "mdice"),
             "instance": ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "bbox_AP75"),
             "detection": ("bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl")}
 PANEL_TITLES = ("image", "prediction", "ground truth")
+TOP_K = 3  # detections drawn below the score threshold when fewer than this reach it
 
 
 def metric_names(task: str) -> tuple[str, ...]:
@@ -137,28 +148,109 @@ def check_task_data(task: str, target: Any, model_name: str = "the model") -> No
                          "segmentations")
 
 
+def _ground_truth(data, index: int, image: torch.Tensor, target: dict) -> list[dict] | None:
+    """The COCO annotations of an evaluated image from a dataset that has them (``coco_ground_truth``:
+    the COCO json's own entries, or the format readers' objects with crowd regions), or None when the
+    dataset has none or the image was resized after loading (the annotations no longer apply)."""
+    gt = data.coco_ground_truth(index)
+    image_id = int(torch.as_tensor(target.get("image_id", index)).reshape(-1)[0])
+    info = gt["image"]
+    if (info["height"], info["width"]) != tuple(image.shape[-2:]) or info["id"] != image_id:
+        warnings.warn(f"image {image_id} is {image.shape[-1]}x{image.shape[-2]} when evaluated but its annotations "
+                      f"are for {info['width']}x{info['height']} (a resizing transform?); COCO AP is computed from "
+                      "the transformed targets: object areas from their masks or boxes, crowd regions left out",
+                      stacklevel=3)
+        return None
+    return gt["annotations"]
+
+
+def _crowd_target(target: dict, anns: list[dict], cat_to_label: dict[int, int]) -> dict:
+    """``target`` with the crowd regions of ``anns`` added (``iscrowd`` 1), for the PR curves."""
+    crowd = [a for a in anns if a.get("iscrowd") and a.get("bbox") is not None]
+    if not crowd:
+        return target
+    xywh = torch.tensor([a["bbox"] for a in crowd], dtype=torch.float32).reshape(-1, 4)
+    boxes = torch.cat([torch.as_tensor(target["boxes"]).float().reshape(-1, 4),
+                       torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)])
+    labels = torch.cat([torch.as_tensor(target["labels"]).long().reshape(-1),
+                        torch.tensor([cat_to_label[a["category_id"]] for a in crowd])])
+    iscrowd = torch.arange(len(boxes)) >= len(boxes) - len(crowd)
+    return {"boxes": boxes, "labels": labels, "iscrowd": iscrowd}
+
+
 def _panel(task: str, image: torch.Tensor, pred, target, names: list[str] | None, num_classes: int,
            ignore_index: int, score_threshold: float) -> torch.Tensor:
-    """``image | prediction | ground truth`` for one image (``pred``: a mask or a detection dict)."""
+    """``image | prediction | ground truth | legend`` for one image (``pred``: a mask or a detection dict).
+
+    The legend lists the classes drawn in either picture, by name (by index without names).
+    Detections scoring >= ``score_threshold`` are drawn, and when fewer than :data:`TOP_K` reach it,
+    the best ones below it in a lighter style (labels in parentheses); the title says the threshold.
+    """
+    names = list(names) if names is not None else [str(i) for i in range(num_classes)]
+    title = PANEL_TITLES[1]
     if task == "semantic":
         kw = dict(num_classes=num_classes, class_names=names, ignore_index=ignore_index, skip_background=True)
         pred_pic = draw_semantic(image, pred, **kw)
-        gt_pic = draw_semantic(image, target, legend=names is not None, **kw)
+        gt_pic = draw_semantic(image, target, **kw)
+        labels = torch.cat([torch.as_tensor(pred).reshape(-1), torch.as_tensor(target).reshape(-1)]).unique()
+        present = [int(k) for k in labels if 0 < k < num_classes]
+        palette = color_palette(num_classes)
     else:
-        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold)
+        pred_pic = draw_instances(image, pred, class_names=names, score_thresh=score_threshold, top_k=TOP_K)
         gt_pic = draw_instances(image, target, class_names=names)
-    return side_by_side([image, pred_pic, gt_pic], titles=PANEL_TITLES)
+        keep, weak = shown_instances(pred.get("scores"), score_threshold, TOP_K, len(pred["labels"]))
+        labels = torch.cat([torch.as_tensor(pred["labels"]).cpu()[keep | weak],
+                            torch.as_tensor(target["labels"]).cpu().reshape(-1)]).unique()
+        present = [int(k) for k in labels if 0 <= k < num_classes]
+        palette = instance_palette(num_classes)
+        title = f"prediction, score >= {score_threshold:g}" + (", (best below)" if bool(weak.any()) else "")
+    legend = draw_legend(names, palette, height=int(image.shape[-2]), classes=present)
+    return side_by_side([image, pred_pic, gt_pic, legend], titles=(PANEL_TITLES[0], title, PANEL_TITLES[2], ""))
+
+
+def protocol_kwargs(ec: EvalConfig, task: str = "semantic") -> dict[str, Any]:
+    """The :func:`evaluate` arguments of a config's evaluation protocol (``eval.mode``, ``crop``,
+    ``stride``, ``resize``, ``scales``, ``flip``).
+
+    ``whole``: the image (fitted to ``eval.resize`` if set) in one forward; ``slide``: windows
+    of ``eval.crop`` stepping by ``eval.stride`` (default two thirds of the crop, as the official
+    HRNet test), logits averaged where windows overlap (mmsegmentation's ``slide``);
+    ``scales``/``flip``: softmax probabilities averaged over the scaled and mirrored views.
+    Detection and instance models take none of these (a ConfigError says so); they get ``{}``.
+    """
+    if task != "semantic":
+        default = EvalConfig()
+        changed = [k for k in ("mode", "crop", "stride", "resize", "scales", "flip")
+                   if getattr(ec, k) != getattr(default, k)]
+        if changed:
+            raise ConfigError(f"eval.{changed[0]} sets a semantic evaluation protocol but the model's task is {task}; "
+                              "remove it (detection sizes come from data.augment)")
+        return {}
+    if ec.mode == "slide" and ec.crop is None:
+        raise ConfigError("eval.mode=slide needs eval.crop (the window, e.g. [512, 1024]); or use eval.mode=whole")
+    if ec.mode == "whole" and (ec.crop is not None or ec.stride is not None):
+        raise ConfigError("eval.crop and eval.stride apply to eval.mode=slide; set eval.mode=slide or remove them")
+    out: dict[str, Any] = {"resize": ec.resize}
+    if ec.mode == "slide":
+        crop = (ec.crop, ec.crop) if isinstance(ec.crop, int) else tuple(ec.crop)
+        stride = ec.stride if ec.stride is not None else tuple(max(1, (2 * c) // 3) for c in crop)
+        out.update(tile=crop, stride=stride, blend="mean")
+    if tuple(ec.scales) != (1.0,) or ec.flip:
+        out["tta"] = {"scales": tuple(ec.scales), "flip": ec.flip}
+    return out
 
 
 def _forward(model: nn.Module, task: str, images: list[torch.Tensor], device: torch.device, amp_dtype,
-             channels_last: bool, tile, overlap: float, tta, tile_batch: int):
+             channels_last: bool, tile, overlap: float, tta, tile_batch: int, stride=None, blend: str = "tent",
+             resize=None):
     """Predictions for same-size images: ``G x C x H x W`` probabilities, or a list of detection dicts."""
     with autocast(device, amp_dtype):
         if task == "semantic":
             x = torch.stack(images).to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return semantic_probs(model, x, tile, overlap, tta, tile_batch)
+            return semantic_probs(model, x, tile, overlap, tta, tile_batch, stride=stride, blend=blend,
+                                  resize=resize)
         out = detect(model, [im.to(device, non_blocking=True) for im in images], tile, overlap,
                      batch_size=tile_batch)
     return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in out]
@@ -176,6 +268,9 @@ def evaluate(
     tile: int | Sequence[int] | None = None,
     overlap: float = 0.25,
     tta: str | dict | bool | None = None,
+    stride: int | Sequence[int] | None = None,
+    blend: str = "tent",
+    resize: int | Sequence[int] | None = None,
     max_images: int | None = None,
     class_names: Sequence[str] | None = None,
     ignore_index: int = 255,
@@ -202,6 +297,9 @@ def evaluate(
         amp_dtype: autocast dtype (None: full precision).
         channels_last: feed semantic batches in channels-last memory format.
         tile, overlap, tta: sliding-window and test-time augmentation (see :func:`segzoo.predict`).
+        stride, blend, resize: semantic models: the window step and blending, and the size each
+            image is fitted to (see :func:`segzoo.inference.semantic_probs`);
+            :func:`protocol_kwargs` gives all of these from a config's ``eval`` section.
         max_images: score only the first images.
         class_names: names for per-class results and pictures (default ``model.classes``,
             then ``data.classes``).
@@ -209,7 +307,9 @@ def evaluate(
         curves: also compute precision-recall curves (``pr_curves``; adds ``pr_map`` or
             ``bbox_pr_map50`` to the metrics).
         num_pictures: ``image | prediction | ground truth`` panels to draw (main process).
-        score_threshold: detections drawn in the pictures.
+        score_threshold: detections scoring >= it are drawn in the pictures; when fewer than
+            :data:`TOP_K` do, the best ones below it too, in a lighter style. Metrics use every
+            detection the model returns.
         progress: show a tqdm bar.
 
     Returns:
@@ -221,6 +321,9 @@ def evaluate(
     """
     task = model.task
     check_tta(task, tta)
+    if task != "semantic" and (resize is not None or stride is not None):
+        raise ValueError(f"eval.resize and eval.stride apply to semantic models; this model's task is {task!r} "
+                         "(its size comes from the data transforms)")
     num_classes = int(model.num_classes)
     n = len(data) if max_images is None else min(len(data), max_images)
     if n == 0:
@@ -240,10 +343,12 @@ def evaluate(
         pr = PRCurve(num_classes, ignore_index=ignore_index) if curves else None
     else:
         cat_ids = getattr(data, "cat_ids", None)
+        cat_ids = list(cat_ids) if cat_ids is not None and len(cat_ids) == num_classes else None
         metric = CocoEvaluator(num_classes, ("bbox", "segm") if task == "instance" else ("bbox",),
-                               category_ids=cat_ids if cat_ids is not None and len(cat_ids) == num_classes else None,
-                               class_names=names)
+                               category_ids=cat_ids, class_names=names)
+        cat_to_label = {c: k for k, c in enumerate(metric.category_ids)}
         pr = DetectionPRCurve(num_classes) if curves else None
+        with_gt = callable(getattr(data, "coco_ground_truth", None))
 
     rank, world, _ = world_info() if is_distributed() else (0, 1, 0)
     loader = DataLoader(_Indexed(data), batch_size=batch_size, sampler=list(range(rank, n, world)),
@@ -260,7 +365,7 @@ def evaluate(
         for batch in loader:
             for run in _same_size_runs(batch):
                 preds = _forward(model, task, [im for _, im, _ in run], device, amp_dtype, channels_last, tile,
-                                 overlap, tta, batch_size)
+                                 overlap, tta, batch_size, stride, blend, resize)
                 if task == "semantic":
                     masks = preds.argmax(1).cpu()  # (G, H, W)
                     targets = torch.stack([t[0] if t.dim() == 3 else t for _, _, t in run]).long()
@@ -269,10 +374,13 @@ def evaluate(
                         pr.update(preds.cpu(), targets)
                     shown = list(masks)
                 else:
-                    targets = [{**t, "image_id": t.get("image_id", i)} for i, _, t in run]
-                    metric.update(preds, targets)
+                    targets = [{**t, "image_id": t.get("image_id", i), "size": tuple(im.shape[-2:])}
+                               for i, im, t in run]
+                    anns = [_ground_truth(data, i, im, t) if with_gt else None for i, im, t in run]
+                    metric.update(preds, targets, anns)
                     if pr is not None:
-                        pr.update(preds, targets)
+                        pr.update(preds, [t if a is None else _crowd_target(t, a, cat_to_label)
+                                          for t, a in zip(targets, anns)])
                     shown = preds
                 for (_, image, target), p in zip(run, shown):
                     if rank == 0 and len(pictures) < num_pictures:

@@ -10,7 +10,7 @@ import torch
 from segzoo.config import RunConfig
 from segzoo.data import build_dataset, check_dataset
 from segzoo.engine.distributed import init_distributed, run_on_main, world_info
-from segzoo.engine.evaluator import check_task_data, primary_metric
+from segzoo.engine.evaluator import check_task_data, primary_metric, protocol_kwargs
 from segzoo.engine.run_folder import RunFolder
 from segzoo.engine.trainer import Trainer, select_device
 from segzoo.registry import build
@@ -81,6 +81,7 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path | None = None, resume:
         model = build_model(cfg)
         task = model.task
         primary_metric(task, cfg.eval.metric)
+        protocol_kwargs(cfg.eval, task)
         # every rank builds and checks the data itself (Shapes generation is safe to run
         # concurrently), so a data error stops all ranks instead of leaving some in a barrier
         if cfg.data.check:

@@ -49,7 +49,15 @@ from segzoo.engine.distributed import (
     world_info,
 )
 from segzoo.engine.ema import ModelEma
-from segzoo.engine.evaluator import autocast, evaluate, primary_metric, save_predictions_png, summary_line, to_device
+from segzoo.engine.evaluator import (
+    autocast,
+    evaluate,
+    primary_metric,
+    protocol_kwargs,
+    save_predictions_png,
+    summary_line,
+    to_device,
+)
 from segzoo.engine.logs import RunLog, jsonable
 from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import (
@@ -153,6 +161,7 @@ class Trainer:
         self.task = model.task
         self.num_classes = model.spec.num_classes
         self.metric_name = primary_metric(self.task, self.ec.metric)
+        self.eval_protocol = protocol_kwargs(self.ec, self.task)  # checked before any work
         self.classes = list(classes) if classes is not None and len(classes) == self.num_classes else None
         self.out_dir = Path(out_dir)
         self.on_step = on_step
@@ -185,9 +194,11 @@ class Trainer:
 
         tc = self.tc
         self.optimizer = build_optimizer(self.model, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas,
-                                         tc.backbone_lr_mult)
+                                         tc.backbone_lr_mult, tc.norm_bias_decay)
+        self.milestones = tuple(m * self.steps_per_epoch if tc.milestone_unit == "epoch" else m
+                                for m in tc.milestones)  # in optimizer steps
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.schedule, tc.warmup_steps,
-                                         tc.warmup_factor, tc.poly_power, tc.min_lr_ratio)
+                                         tc.warmup_factor, tc.poly_power, tc.min_lr_ratio, self.milestones, tc.gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.net: nn.Module = self.model
@@ -407,7 +418,7 @@ class Trainer:
         return evaluate(self.eval_model, self.val_set, batch_size=self.dc.val_batch_size or self.batch_size,
                         num_workers=self.dc.num_workers, amp_dtype=self.amp_dtype,
                         channels_last=self.tc.channels_last, max_images=self.ec.max_images,
-                        class_names=self.classes, ignore_index=self.dc.ignore_index)
+                        class_names=self.classes, ignore_index=self.dc.ignore_index, **self.eval_protocol)
 
     def _end_of_epoch(self, epoch: int, pbar) -> bool:
         """Evaluate, keep the best checkpoint, save; returns True when early stopping fires."""

@@ -1,13 +1,17 @@
 """COCO-style box and mask AP on in-memory predictions, through pycocotools.
 
 Ground truth and detections are built in memory into ``COCO`` objects (no json files),
-so any dataset that yields segzoo targets can be scored the COCO way. pycocotools is the
-``coco`` extra: ``pip install segzoo[coco]``.
+so any dataset that yields segzoo targets can be scored the COCO way. When the ground truth
+comes as COCO annotations (a COCO dataset's own json entries: ``area``, ``iscrowd`` and ids
+as written), the numbers are exactly those of pycocotools' ``COCOeval`` on that json and a
+results file of the same detections. pycocotools is the ``coco`` extra:
+``pip install segzoo[coco]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 from collections.abc import Sequence
@@ -61,7 +65,13 @@ class CocoEvaluator:
 
     Labels are mapped back to COCO category ids with ``category_ids[label]`` (default
     ``label + 1``). Without an ``area`` the ground-truth area (which decides
-    small/medium/large) is the mask area when masks are given, else the box area.
+    small/medium/large) is the mask area when masks are given, else the box area (COCO's
+    convention); objects with ``iscrowd`` 1 are ignore regions, as in COCO.
+
+    ``update(..., annotations=...)`` takes the ground truth of each image as COCO annotation
+    dicts instead (``bbox`` xywh, ``category_id``, ``area``, ``iscrowd``, ``segmentation``
+    as polygons or RLE, ``id``), e.g. a COCO dataset's own json entries: they are scored as
+    written, so the result equals COCOeval on that json.
 
     ``compute`` returns ``{iou_type}_{stat}`` for stat in AP, AP50, AP75, APs, APm, APl,
     AR1, AR10, AR100, ARs, ARm, ARl as fractions in [0, 1] (NaN where COCOeval reports
@@ -110,21 +120,34 @@ class CocoEvaluator:
     def reset(self) -> None:
         """Forget everything accumulated."""
         self.images: list[dict] = []
-        self.gt_anns: list[dict] = []
+        self.gt_anns: list[dict] = []  # "id" None: numbered in compute(), after the ids given
         self.dt_anns: dict[str, list[dict]] = {t: [] for t in self.iou_types}
         self._next_id = 0
         self.summary = ""
 
     # ------------------------------------------------------------------ accumulate
-    def update(self, predictions: Sequence[dict], targets: Sequence[dict]) -> None:
-        """Add one batch: a prediction dict and a target dict per image."""
+    def update(self, predictions: Sequence[dict], targets: Sequence[dict],
+               annotations: Sequence[Sequence[dict] | None] | None = None) -> None:
+        """Add one batch: a prediction dict and a target dict per image.
+
+        Args:
+            predictions: segzoo detection dicts, one per image.
+            targets: target dicts, one per image (``image_id``, and ``size`` ``(H, W)`` when no
+                masks tell it).
+            annotations: optional COCO annotations of each image (crowd regions included), in
+                the image's pixels; where given (not None) they are the image's ground truth
+                instead of its target's boxes and masks.
+        """
         if isinstance(predictions, dict):
             predictions, targets = [predictions], [targets]
+            annotations = None if annotations is None else [annotations]
         predictions, targets = list(predictions), list(targets)
-        if len(predictions) != len(targets):
-            raise ValueError(f"got {len(predictions)} predictions for {len(targets)} targets; pass one per image")
+        annotations = [None] * len(targets) if annotations is None else list(annotations)
+        if not len(predictions) == len(targets) == len(annotations):
+            raise ValueError(f"got {len(predictions)} predictions for {len(targets)} targets and {len(annotations)} "
+                             "annotation lists; pass one per image")
         _, _, mask_utils = _require_pycocotools()
-        for pred, target in zip(predictions, targets):
+        for pred, target, anns in zip(predictions, targets, annotations):
             image_id = target.get("image_id")
             if image_id is None:
                 image_id = self._next_id
@@ -132,7 +155,10 @@ class CocoEvaluator:
             self._next_id = max(self._next_id, image_id + 1)
             h, w = self._image_size(pred, target)
             self.images.append({"id": image_id, "height": h, "width": w})
-            self._add_targets(image_id, target, mask_utils)
+            if anns is None:
+                self._add_targets(image_id, target, mask_utils)
+            else:
+                self._add_annotations(image_id, anns, h, w, mask_utils)
             self._add_predictions(image_id, pred, mask_utils)
 
     def _image_size(self, pred: dict, target: dict) -> tuple[int, int]:
@@ -193,12 +219,48 @@ class CocoEvaluator:
             area = xywh[:, 2] * xywh[:, 3]
         for i in range(len(boxes)):
             ann = {
-                "id": len(self.gt_anns) + 1, "image_id": image_id, "category_id": cats[i],
+                "id": None, "image_id": image_id, "category_id": cats[i],
                 "bbox": xywh[i].tolist(), "area": float(area[i]), "iscrowd": int(crowd[i]),
             }
             if rles is not None:
                 ann["segmentation"] = rles[i]
             self.gt_anns.append(ann)
+
+    def _add_annotations(self, image_id: int, anns: Sequence[dict], h: int, w: int, mask_utils) -> None:
+        """COCO annotations as ground truth, kept as written; what COCOeval cannot do without (an
+        ``area``, an ``iscrowd``, a crowd region's ``bbox``) is filled in as COCO defines it."""
+        known = set(self.category_ids)
+        for a in anns:
+            a = copy.deepcopy(dict(a))  # COCOeval rewrites segmentations in place
+            if a.get("category_id") not in known:
+                raise ValueError(f"annotation {a.get('id')} of image {image_id} has category_id "
+                                 f"{a.get('category_id')!r}, not one of the category ids {self.category_ids}")
+            a["image_id"] = image_id
+            a.setdefault("id", None)
+            a["iscrowd"] = int(a.get("iscrowd", 0) or 0)
+            segm = a.get("segmentation")
+            if a.get("bbox") is None or a.get("area") is None:
+                rle = self._rle(segm, h, w, mask_utils) if segm else None
+                if a.get("bbox") is None:
+                    if rle is None:
+                        raise ValueError(f"annotation {a.get('id')} of image {image_id} has neither bbox nor "
+                                         "segmentation")
+                    a["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+                if a.get("area") is None:
+                    a["area"] = float(mask_utils.area(rle)) if rle is not None else float(a["bbox"][2] * a["bbox"][3])
+            if "segm" in self.iou_types and not segm:
+                raise ValueError(f"segm evaluation needs a segmentation in every annotation; annotation "
+                                 f"{a.get('id')} of image {image_id} has none")
+            self.gt_anns.append(a)
+
+    @staticmethod
+    def _rle(segm, h: int, w: int, mask_utils) -> dict:
+        """A COCO segmentation (polygons, RLE) as one compressed RLE, as ``COCO.annToRLE`` makes it."""
+        if isinstance(segm, list):
+            return mask_utils.merge(mask_utils.frPyObjects(segm, h, w))
+        if isinstance(segm.get("counts"), list):
+            return mask_utils.frPyObjects(segm, *segm["size"])
+        return segm
 
     def _add_predictions(self, image_id: int, pred: dict, mask_utils) -> None:
         boxes = _np(pred.get("boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4)
@@ -242,8 +304,7 @@ class CocoEvaluator:
         self.reset()
         for images, gts, dts in gathered:
             self.images += images
-            for ann in gts:
-                self.gt_anns.append({**ann, "id": len(self.gt_anns) + 1})
+            self.gt_anns += gts
             for k in self.iou_types:
                 self.dt_anns[k] += dts[k]
 
@@ -268,7 +329,14 @@ class CocoEvaluator:
             raise ValueError("CocoEvaluator.compute() called before any update()")
         results: dict = {}
         summaries = []
-        gt = self._coco(self.gt_anns)
+        given = [a["id"] for a in self.gt_anns if a["id"] is not None]
+        next_id = max(given, default=0) + 1
+        gt_anns = []
+        for a in self.gt_anns:
+            if a["id"] is None:
+                a, next_id = {**a, "id": next_id}, next_id + 1
+            gt_anns.append(copy.deepcopy(a))  # COCOeval rewrites segmentations in place
+        gt = self._coco(gt_anns)
         for iou_type in self.iou_types:
             dts = [{**a, "id": i + 1} for i, a in enumerate(self.dt_anns[iou_type])]
             dt = self._coco(dts)
@@ -284,8 +352,8 @@ class CocoEvaluator:
             # precision: (iou thresholds, recall points, classes, area ranges, max dets)
             prec = ev.eval["precision"][:, :, :, 0, -1]
             per_class = {}
-            for k, name in enumerate(self.class_names):
-                p = prec[:, :, k]
+            for cat, name in zip(self.category_ids, self.class_names):
+                p = prec[:, :, list(ev.params.catIds).index(cat)]
                 p = p[p > -1]
                 per_class[name] = float(p.mean()) if p.size else math.nan
             results[f"{iou_type}_per_class"] = per_class

@@ -10,8 +10,9 @@ Two accumulators, one result format:
   IoU >= ``iou_thresh``; the curve is exact.
 
 ``compute()`` gives, per class: ``precision``, ``recall``, ``thresholds`` (lists, by
-decreasing threshold), ``ap``, ``best_f1``, ``best_threshold`` and ``num_positives``;
-and ``map``, the mean AP over classes that have positives. Plots need matplotlib
+decreasing threshold; a curve has a point only where something is predicted positive, so
+it never starts at a made-up (recall 0, precision 0)), ``ap``, ``best_f1``, ``best_threshold``
+and ``num_positives``; and ``map``, the mean AP over classes that have positives. Plots need matplotlib
 (``pip install segzoo[plot]``).
 """
 
@@ -180,9 +181,13 @@ class PRCurve:
             tp = torch.flip(self.pos[c].cpu(), [0]).cumsum(0).double()
             fp = torch.flip(self.neg[c].cpu(), [0]).cumsum(0).double()
             n_pos = float(tp[-1])
-            precision = tp / (tp + fp).clamp(min=1)
+            # thresholds above every score predict nothing: precision is undefined there, not 0, so
+            # they are left out (they would start the curve at a spurious (recall 0, precision 0))
+            some = (tp + fp) > 0
+            tp, fp, thr = tp[some], fp[some], thresholds[some]
+            precision = tp / (tp + fp)
             recall = tp / n_pos if n_pos > 0 else torch.zeros_like(tp)
-            per_class.append(_summarise(precision, recall, thresholds, int(n_pos), interpolate=False))
+            per_class.append(_summarise(precision, recall, thr, int(n_pos), interpolate=False))
         return _with_map(per_class)
 
 

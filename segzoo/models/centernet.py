@@ -84,6 +84,8 @@ class CenterNet(DetectionModel):
         heatmap_weight: weight of the focal loss.
         size_weight: weight of the size L1 loss.
         offset_weight: weight of the offset L1 loss.
+        max_objects: objects per image that make targets, the first ones in the target
+            order (the official code's ``max_objs``: 128 on COCO); None (the default) uses all.
         backbone_weights: local timm weights file for the backbone, or a timm tag (``"imagenet"``).
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
@@ -104,6 +106,7 @@ class CenterNet(DetectionModel):
         heatmap_weight: float = 1.0,
         size_weight: float = 0.1,
         offset_weight: float = 1.0,
+        max_objects: int | None = None,
         backbone_weights: str | os.PathLike | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -115,6 +118,10 @@ class CenterNet(DetectionModel):
             raise ValueError(f"head_conv must be a positive int, got {head_conv!r}")
         if max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        if max_objects is not None and (isinstance(max_objects, bool) or not isinstance(max_objects, int)
+                                        or max_objects < 1):
+            raise ValueError(f"max_objects must be a positive int (128 as the official COCO recipe) or "
+                             f"None to use every object, got {max_objects!r}")
         spec = NECKS[neck]
         self.neck_name = neck
         self.backbone = make_backbone(backbone, 32, backbone_weights, levels=spec.levels)
@@ -130,6 +137,7 @@ class CenterNet(DetectionModel):
         self.head = CenterNetHead(self.neck.out_channels, num_classes, head_conv)
         self.max_detections = max_detections
         self.score_thresh = score_thresh
+        self.max_objects = max_objects
         self.loss_weights = {"loss_heatmap": heatmap_weight, "loss_size": size_weight,
                              "loss_offset": offset_weight}
 
@@ -162,7 +170,7 @@ class CenterNet(DetectionModel):
         image_idx = torch.repeat_interleave(torch.arange(len(targets), device=boxes.device), counts,
                                             output_size=sum(num))  # sizes known: no sync
         enc = ct.encode_targets(boxes, labels, image_idx, image_sizes, self.num_classes,
-                                tuple(maps["heatmap"].shape[-2:]), self.stride)
+                                tuple(maps["heatmap"].shape[-2:]), self.stride, self.max_objects)
         losses = {
             "loss_heatmap": ct.focal_loss(maps["heatmap"], enc["heatmap"]),
             "loss_size": ct.regression_l1(maps["size"], enc["index"], enc["size"]),

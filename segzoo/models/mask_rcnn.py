@@ -168,8 +168,10 @@ class FasterRCNN(DetectionModel):
                "valid": torch.arange(g, device=device)[None] < counts[:, None]}
         if self.has_masks:
             hp, wp = shape
-            # pad each image's masks to the batch canvas (image sizes differ in a list input)
-            masks = [F.pad(t["masks"].to(boxes.dtype), (0, wp - t["masks"].shape[-1], 0, hp - t["masks"].shape[-2]))
+            # each image's masks on the batch canvas, edge-padded: RoIAlign then samples them as it
+            # samples the unpadded masks (see segzoo.detection.roi_heads.mask_targets)
+            masks = [F.pad(t["masks"].to(boxes.dtype)[:, None],
+                           (0, wp - t["masks"].shape[-1], 0, hp - t["masks"].shape[-2]), mode="replicate")[:, 0]
                      for t in targets]
             masks = pad_sequence(masks, batch_first=True)  # (N, G', Hp, Wp)
             masks = F.pad(masks, (0, 0, 0, 0, 0, g - masks.shape[1]))

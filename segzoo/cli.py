@@ -432,9 +432,10 @@ COMMANDS: dict[str, Command] = {
 
 Prints the resolved config, checks the data, trains, evaluates and writes the run folder
 (default runs/<config name>/): model.safetensors, train_state.pt, best.safetensors,
-log.jsonl, metrics.json, predictions.png, config.yaml. A folder that holds a run is refused
-unless --resume (continue it) or --overwrite (replace it) is given; one training at a time may
-use a folder. SIGINT/SIGTERM finish the current step, write a checkpoint and exit 130/143.""",
+ema.safetensors (with train.ema), log.jsonl, metrics.json, predictions.png, config.yaml. A
+folder that holds a run is refused unless --resume (continue it) or --overwrite (replace it) is
+given; one training at a time may use a folder. SIGINT/SIGTERM finish the current step, write a
+checkpoint and exit 130/143.""",
         _train_args, _train, overrides=True),
     "eval": Command(
         "evaluate a checkpoint on a config's dataset", """Evaluate a checkpoint on a split of a config's dataset.

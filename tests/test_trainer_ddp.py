@@ -26,18 +26,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(batch_size, grad_accum):
+def _config(batch_size, grad_accum, **extra):
     # no padding (crop inside the scaled image) and no BatchNorm: every rank sees as many labelled
     # pixels as the others, so the mean of the per-rank losses is the global-batch loss
     train = {"max_steps": 4, "lr": 0.05, "seed": 5, "progress": False, "tensorboard": False, "device": "cpu"}
-    train["grad_accum"] = grad_accum
+    train.update(grad_accum=grad_accum, **extra)
     return {"data": {"batch_size": batch_size, "num_workers": 0}, "train": train, "eval": {"num_pictures": 0}}
 
 
-def _run(root, out, batch_size, grad_accum=1):
+def _run(root, out, batch_size, grad_accum=1, **extra):
     torch.manual_seed(0)
     model = TinySeg(norm=False)
-    return Trainer(model, *shapes_sets(root, size=32, scale=(1.5, 2.0)), _config(batch_size, grad_accum), out).fit()
+    config = _config(batch_size, grad_accum, **extra)
+    return Trainer(model, *shapes_sets(root, size=32, scale=(1.5, 2.0)), config, out).fit()
 
 
 def _worker(rank, world, port, root, out):
@@ -66,6 +67,44 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert m2["world_size"] == 2 and m2["step"] == m1["step"] == 4
     # evaluation is sharded over the ranks and the confusion matrices are summed
     assert m2["final"]["miou"] == pytest.approx(m1["final"]["miou"], abs=1e-6)
+
+
+def test_two_torchrun_nodes_match_single_process(tmp_path):
+    """Two "nodes" of one process each, as on two machines: `torchrun --nnodes 2 --node_rank N` with a
+    c10d rendezvous at one endpoint (gloo); their weights (and EMA) equal a 1-process run with the same global
+    batch."""
+    _run(tmp_path / "shapes", tmp_path / "single", batch_size=4, ema=True, ema_decay=0.5)  # also writes the data
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(node_rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+               "--rdzv_id", "segzoo-two-nodes", "--local_addr", "127.0.0.1", "--max_restarts", "0",
+               str(REPO / "tests" / "ddp_tiny_run.py"), str(tmp_path / "shapes"), str(tmp_path / "nodes"), "2"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                      cwd=tmp_path))
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:  # a node that failed must not leave the other waiting for it
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log[-3000:]
+    for name in ("model.safetensors", "ema.safetensors"):
+        single = read_safetensors(tmp_path / "single" / name)[0]
+        nodes = read_safetensors(tmp_path / "nodes" / name)[0]
+        for k in single:
+            torch.testing.assert_close(nodes[k], single[k], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    init = TinySeg(norm=False).state_dict()
+    assert any(not torch.allclose(init[k], single[k]) for k in single)  # training moved the weights
+    metrics = json.loads((tmp_path / "nodes" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["step"] == 4 and metrics["evaluated"] == "ema"
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ class Backbone(nn.Module):
     channels: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
     head_input: str = "last"
+    grad_checkpointing: bool = False  # see set_grad_checkpointing
     kind: str = "backbone"  # for messages: "timm backbone", "HRNet body"
     weights_hint: str = "the file must hold the state dict of the same architecture"
 
@@ -85,6 +86,19 @@ class Backbone(nn.Module):
         if params:
             for p in self.parameters():
                 p.requires_grad_(False)
+        return self
+
+    # ------------------------------------------------------------------ memory
+    def set_grad_checkpointing(self, enable: bool = True) -> Backbone:
+        """Recompute the body's activations in backward instead of keeping them (timm's API).
+
+        Saves most of the backbone's activation memory for about one more backbone forward
+        per training step. Backbones that support it override this; the base class raises.
+        """
+        if enable:
+            raise ValueError(f"{self.kind} {self.name!r} does not support gradient checkpointing; set "
+                             "train.grad_checkpointing=false or use a backbone that supports it (timm models, "
+                             "segzoo's HRNet bodies)")
         return self
 
     def stage_prefixes(self) -> list[tuple[str, ...]]:

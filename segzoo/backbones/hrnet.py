@@ -25,6 +25,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from segzoo.backbones.base import Backbone
+from segzoo.layers.checkpoint import checkpoint_module
 from segzoo.layers.conv import ConvNormAct
 
 FUSE_MODES = ("bilinear", "nearest")
@@ -230,14 +231,21 @@ class HRNetBackbone(Backbone):
         """The four branch outputs of the last stage (strides 4, 8, 16, 32)."""
         x = self.act(self.bn1(self.conv1(x)))
         x = self.act(self.bn2(self.conv2(x)))
-        xs = [self.layer1(x)]
+        xs = [checkpoint_module(self.layer1, x, enabled=self.grad_checkpointing)]
         for s in (2, 3, 4):
             transition = getattr(self, f"transition{s - 1}")
             xs = [
                 t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(transition)
             ]
-            xs = getattr(self, f"stage{s}")(xs)
+            for module in getattr(self, f"stage{s}"):
+                xs = checkpoint_module(module, xs, enabled=self.grad_checkpointing)
         return xs
+
+    def set_grad_checkpointing(self, enable: bool = True) -> HRNetBackbone:
+        """Recompute stage 1 and every multi-resolution module in backward (the stem and the
+        transitions keep their activations); BatchNorm statistics are updated once per step."""
+        self.grad_checkpointing = bool(enable)
+        return self
 
     def ignored_weight_keys(self, keys: Iterable[str]) -> set[str]:
         """The ImageNet classification head of timm's and the official HRNet."""

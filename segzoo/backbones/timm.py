@@ -90,6 +90,25 @@ class TimmBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> TimmBackbone:
+        """timm's ``set_grad_checkpointing`` on the feature extractor (or, for models whose
+        features come from ``forward_intermediates``, on the model itself).
+
+        timm recomputes each stage in backward (not the first or last); its recomputation
+        folds the batch into BatchNorm running statistics a second time, as in timm.
+        """
+        target = self.body if hasattr(self.body, "set_grad_checkpointing") else getattr(self.body, "model", None)
+        setter = getattr(target, "set_grad_checkpointing", None)
+        if setter is None:
+            return super().set_grad_checkpointing(enable)
+        try:
+            setter(enable)
+        except (AssertionError, NotImplementedError, RuntimeError) as e:
+            raise ValueError(f"timm backbone {self.name!r} does not support gradient checkpointing ({e}); set "
+                             "train.grad_checkpointing=false") from e
+        self.grad_checkpointing = bool(enable)
+        return self
+
     def timm_kwargs(self) -> dict:
         return dict(self._timm_kwargs)
 

@@ -1,7 +1,7 @@
 """Run folders that never lose a run: an exclusive lock, and no silent reuse of a folder that holds one.
 
 A run folder holds ``model.safetensors`` (latest weights), ``train_state.pt`` (optimizer,
-scheduler, step, RNG), ``best.safetensors``, ``log.jsonl``, ``metrics.json``,
+scheduler, step, RNG), ``best.safetensors``, ``ema.safetensors`` (with ``train.ema``), ``log.jsonl``, ``metrics.json``,
 ``predictions.png``, ``config.yaml`` and ``tensorboard/``. One training at a time may use a
 folder (``fcntl.flock`` on ``.segzoo.lock``, which records the holder's pid), and a folder that
 already holds a run is continued (``--resume``), replaced only when asked (``--overwrite``),
@@ -22,13 +22,14 @@ except ImportError:  # Windows: no advisory locks; folders are still never reuse
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "train_state.pt"
 BEST_FILE = "best.safetensors"
+EMA_FILE = "ema.safetensors"
 LOG_FILE = "log.jsonl"
 METRICS_FILE = "metrics.json"
 PICTURE_FILE = "predictions.png"
 CONFIG_FILE = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".segzoo.lock"
-RUN_FILES = (WEIGHTS_FILE, STATE_FILE, BEST_FILE, LOG_FILE, METRICS_FILE, PICTURE_FILE, CONFIG_FILE)
+RUN_FILES = (WEIGHTS_FILE, STATE_FILE, BEST_FILE, EMA_FILE, LOG_FILE, METRICS_FILE, PICTURE_FILE, CONFIG_FILE)
 
 
 class RunFolderError(RuntimeError):
@@ -112,7 +113,7 @@ class RunFolder:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / TENSORBOARD_DIR, ignore_errors=True)
         if self.path.is_dir():
-            for name in (WEIGHTS_FILE, STATE_FILE, BEST_FILE, METRICS_FILE, CONFIG_FILE, LOG_FILE):
+            for name in (WEIGHTS_FILE, STATE_FILE, BEST_FILE, EMA_FILE, METRICS_FILE, CONFIG_FILE, LOG_FILE):
                 for stale in self.path.glob(f".{name}.*.tmp"):  # temporaries of a save that was killed
                     stale.unlink(missing_ok=True)
 

@@ -3,7 +3,9 @@
 The loop reads only ``model.task`` and the forward contract (``model(images, targets)``
 returns a loss dict with ``loss``; ``model(images)`` returns predictions), never a model's
 name. It provides device auto-selection, AMP (bf16, or fp16 with a GradScaler, on CUDA),
-channels_last, optional ``torch.compile``, DDP under torchrun, gradient accumulation,
+channels_last, optional ``torch.compile``, DDP under torchrun (with SyncBatchNorm on GPUs:
+``train.sync_bn``), an EMA of the weights (``train.ema``), gradient checkpointing of the
+backbone (``train.grad_checkpointing``), gradient accumulation,
 parameter groups, warmup + poly/cosine schedules, gradient clipping, NaN/inf detection (one
 host sync per optimizer step, on the already-reduced losses), atomic checkpoints with exact
 resume, clean stops on SIGINT/SIGTERM, per-epoch evaluation (:func:`segzoo.engine.evaluate`),
@@ -11,8 +13,9 @@ best-checkpoint keeping, early stopping, tqdm progress and JSONL (+ TensorBoard)
 
 Run folder (:mod:`segzoo.engine.run_folder`): ``model.safetensors`` (latest weights, spec in
 the header), ``train_state.pt`` (optimizer, scheduler, scaler, step, RNG, elapsed time, last
-evaluation), ``best.safetensors``, ``log.jsonl``, ``metrics.json``, ``predictions.png``,
-``config.yaml``.
+evaluation), ``best.safetensors``, ``ema.safetensors`` (the averaged weights, with
+``train.ema``: they are what is evaluated and kept as best), ``log.jsonl``, ``metrics.json``,
+``predictions.png``, ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from segzoo.engine.distributed import (
     run_on_main,
     world_info,
 )
+from segzoo.engine.ema import ModelEma
 from segzoo.engine.evaluator import (
     autocast,
     check_categories,
@@ -60,6 +64,7 @@ from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import (
     BEST_FILE,
     CONFIG_FILE,
+    EMA_FILE,
     LOG_FILE,
     METRICS_FILE,
     PICTURE_FILE,
@@ -69,8 +74,8 @@ from segzoo.engine.run_folder import (
 )
 from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
 
-__all__ = ["BEST_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer", "TrainingInterrupted",
-           "amp_dtype_for", "select_device"]
+__all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer",
+           "TrainingInterrupted", "amp_dtype_for", "select_device"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -141,8 +146,10 @@ class Trainer:
     convolution algorithms are non-deterministic. ``torch.use_deterministic_algorithms(True)``
     (with the environment variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) before training
     makes every op that has a deterministic implementation use it and raises for the others
-    (``roi_align`` and bilinear upsampling backward among them); pass ``warn_only=True`` to
-    train anyway. Deterministic runs are slower.
+    (``roi_align`` and bilinear upsampling backward among them, and CUDA ``NLLLoss``, so every
+    semantic model's cross-entropy); pass ``warn_only=True`` to train anyway. tests/test_cuda.py
+    checks that two CenterNet-ResNet18 runs in this mode end with identical weights.
+    Deterministic runs are slower.
     """
 
     def __init__(self, model: nn.Module, train_set, val_set=None, cfg: RunConfig | Mapping | None = None,
@@ -169,6 +176,10 @@ class Trainer:
         self.model = model.to(self.device)
         if self.tc.freeze_backbone:
             self._freeze_backbone()
+        if self.tc.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        if self.tc.sync_bn:
+            self._sync_bn()
         if self.tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_set, self.val_set = train_set, val_set
@@ -198,6 +209,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.net = self.ddp
+        # the average of the weights that is evaluated, kept as best and saved as ema.safetensors;
+        # made after DDP has given every rank the weights of rank 0
+        self.ema = ModelEma(self.model, tc.ema_decay, tc.ema_warmup) if tc.ema else None
         if tc.compile:
             self.net = torch.compile(self.net)
 
@@ -231,6 +245,22 @@ class Trainer:
                              "freeze() method (segzoo backbones have one)")
         backbone.freeze(bn=True, params=True)
 
+    def _sync_bn(self) -> None:
+        """BatchNorm -> SyncBatchNorm under DDP (statistics over the global batch), as torchvision's
+        references do with ``--sync-bn``; in a single process there is nothing to synchronise and
+        the model is left as it is."""
+        if not is_distributed():
+            return
+        if self.device.type != "cuda":
+            raise ValueError(f"train.sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only) but this "
+                             f"run trains on {self.device.type}; set train.sync_bn=false")
+        self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept as best: the EMA when ``train.ema`` is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
         return DataLoader(
             SeededDataset(dataset, self.tc.seed), batch_size=batch_size, sampler=sampler,
@@ -255,7 +285,9 @@ class Trainer:
         if self.saved_step != self.step:
             self.saved_seconds = self.seconds
         if self.is_main and self.saved_step != self.step:
-            weights = encode_state_dict(self.model.state_dict(), self._metadata())
+            files = {self.out_dir / WEIGHTS_FILE: encode_state_dict(self.model.state_dict(), self._metadata())}
+            if self.ema is not None:
+                files[self.out_dir / EMA_FILE] = encode_state_dict(self.ema.state_dict(), self._metadata())
             state = {
                 "step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -264,12 +296,14 @@ class Trainer:
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                 "best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
                 "closed_step": self.closed_step, "train_seconds": self.saved_seconds, "last_eval": self.last_eval,
+                "ema_updates": self.ema.updates if self.ema is not None else None,
             }
             buf = io.BytesIO()
             torch.save(state, buf)
             # both files are written in full before either replaces its previous version: a kill
             # or a full disk mid-save leaves the last (weights, state) pair for --resume
-            atomic_write_all({self.out_dir / WEIGHTS_FILE: weights, self.out_dir / STATE_FILE: buf.getvalue()})
+            files[self.out_dir / STATE_FILE] = buf.getvalue()
+            atomic_write_all(files)
         self.saved_step = self.step
         barrier()
 
@@ -287,6 +321,7 @@ class Trainer:
         if state["total_steps"] != self.total_steps:
             raise ValueError(f"the run was planned for {state['total_steps']} steps but this config gives "
                              f"{self.total_steps}; keep train.epochs/max_steps/batch_size as they were")
+        self._load_ema(state)
         self.model.load_state_dict(weights, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -300,6 +335,24 @@ class Trainer:
         self.bad_evals, self.closed_step = state["bad_evals"], state["closed_step"]
         self.seconds_before = self.saved_seconds = float(state.get("train_seconds", 0.0))
         self.last_eval = state.get("last_eval", {})
+
+    def _load_ema(self, state: dict) -> None:
+        """Restore the EMA of a resumed run (checked before anything is loaded)."""
+        saved = state.get("ema_updates")
+        if (saved is not None) != (self.ema is not None):
+            was, now = ("on", "off") if saved is not None else ("off", "on")
+            raise ValueError(f"the run was saved with train.ema {was} but this config has it {now}; resume with "
+                             f"train.ema={'true' if saved is not None else 'false'} (the EMA continues with the run)")
+        if self.ema is None:
+            return
+        path = self.out_dir / EMA_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"cannot resume: the run uses train.ema but {path} is missing")
+        weights, meta = read_safetensors(path)
+        if int(meta.get("step", -1)) != state["step"]:
+            raise ValueError(f"{path} is at step {meta.get('step')} but the training state at step {state['step']}: "
+                             "the run was cut off between writes; resume is unsafe")
+        self.ema.load_state_dict(weights, saved)
 
     # ------------------------------------------------------------------ loop
     def _non_finite(self, losses: dict[str, float], epoch: int) -> None:
@@ -357,11 +410,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
+        if self.ema is not None and self.step % self.tc.ema_every == 0:
+            self.ema.update(self.model)
         return out, values[len(keys)] > 0
 
     def run_eval(self) -> dict[str, Any]:
-        """Evaluate on the validation set with :func:`segzoo.engine.evaluate` (all ranks; results reduced)."""
-        return evaluate(self.model, self.val_set, batch_size=self.dc.val_batch_size or self.batch_size,
+        """Evaluate :attr:`eval_model` on the validation set with :func:`segzoo.engine.evaluate` (all ranks;
+        results reduced)."""
+        return evaluate(self.eval_model, self.val_set, batch_size=self.dc.val_batch_size or self.batch_size,
                         num_workers=self.dc.num_workers, amp_dtype=self.amp_dtype,
                         channels_last=self.tc.channels_last, max_images=self.ec.max_images,
                         class_names=self.classes, ignore_index=self.dc.ignore_index, **self.eval_protocol)
@@ -379,7 +435,7 @@ class Trainer:
             if improved:
                 self.best, self.best_step, self.bad_evals = value, self.step, 0
                 if self.is_main:
-                    save_state_dict(self.model.state_dict(), self.out_dir / BEST_FILE, self._metadata())
+                    save_state_dict(self.eval_model.state_dict(), self.out_dir / BEST_FILE, self._metadata())
             else:
                 self.bad_evals += 1
             self.last_eval = results
@@ -503,13 +559,13 @@ class Trainer:
             "model": self.model.spec.name, "task": self.task, "step": self.step, "total_steps": self.total_steps,
             "epochs": self.step / self.steps_per_epoch, "metric": self.metric_name, "best": self.best,
             "best_step": self.best_step, "train_seconds": round(seconds, 2), "world_size": self.world_size,
-            "final": self.last_eval,
+            "evaluated": "ema" if self.ema is not None else "weights", "final": self.last_eval,
         }
         if self.is_main:
             atomic_write(self.out_dir / METRICS_FILE, json.dumps(jsonable(metrics), indent=2).encode())
             data = self.val_set if self.val_set is not None else self.train_set
             if self.ec.num_pictures:
-                save_predictions_png(self.model, data, self.out_dir / PICTURE_FILE, self.classes,
+                save_predictions_png(self.eval_model, data, self.out_dir / PICTURE_FILE, self.classes,
                                      self.ec.num_pictures, self.ec.score_threshold, self.dc.ignore_index)
         barrier()
         return metrics

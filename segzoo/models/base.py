@@ -163,6 +163,20 @@ class Model(nn.Module):
         x = x.to(self.dtype)
         return (x - self.pixel_mean) / self.pixel_std
 
+    def set_grad_checkpointing(self, enable: bool = True) -> Model:
+        """Recompute the backbone's activations in backward instead of keeping them (as timm's
+        ``model.set_grad_checkpointing()``): less memory for about one more backbone forward
+        per training step. Raises a ValueError when the backbone does not support it."""
+        backbone = getattr(self, "backbone", None)
+        if not callable(getattr(backbone, "set_grad_checkpointing", None)):
+            if not enable:
+                return self
+            name = self.spec.name if hasattr(self, "spec") else type(self).__name__
+            raise ValueError(f"{name} has no backbone that supports gradient checkpointing; set "
+                             "train.grad_checkpointing=false")
+        backbone.set_grad_checkpointing(enable)
+        return self
+
 
 class SegmentationModel(Model):
     """Base class of semantic segmentation models.

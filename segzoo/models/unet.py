@@ -25,6 +25,7 @@ from torch import nn
 
 from segzoo.backbones import make_backbone
 from segzoo.layers import ConvNormAct
+from segzoo.layers.checkpoint import checkpoint_module
 from segzoo.models.base import SegmentationModel
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
@@ -77,6 +78,7 @@ class UNet(SegmentationModel):
     """
 
     class_layers = ("classifier",)
+    grad_checkpointing = False
 
     def __init__(
         self,
@@ -104,6 +106,11 @@ class UNet(SegmentationModel):
         )
         self.classifier = nn.Conv2d(channels[0], num_classes, 1)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> UNet:
+        """Recompute every encoder and decoder block after the stem in backward."""
+        self.grad_checkpointing = bool(enable)
+        return self
+
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,9 +118,9 @@ class UNet(SegmentationModel):
         skips = []
         for block in self.down:
             skips.append(x)
-            x = block(F.max_pool2d(x, 2))
+            x = checkpoint_module(block, F.max_pool2d(x, 2), enabled=self.grad_checkpointing)
         for block, skip in zip(self.up, reversed(skips)):
-            x = block(x, skip)
+            x = checkpoint_module(block, x, skip, enabled=self.grad_checkpointing)
         return self.classifier(x), None
 
 

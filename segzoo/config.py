@@ -114,6 +114,9 @@ class DataConfig(_Section):
     batch_size: int = option(8, "per process (global batch = batch_size x processes x grad_accum)", ge=1)
     val_batch_size: int | None = option(None, "evaluation batch size (default: batch_size)", ge=1)
     num_workers: int = option(2, "data-loading processes", ge=0)
+    aspect_ratio_groups: int | None = option(
+        None, "detection/instance/panoptic training: batches of one aspect-ratio group, this many bins per factor "
+              "of two (torchvision's --aspect-ratio-group-factor, 3 in its recipes); null: off", ge=0)
     augment: AugmentConfig = option(AugmentConfig())
 
 

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+from segzoo.data.samplers import group_batches
+
 
 def world_info() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)``: from the process group when there is one, else torchrun's env."""
@@ -135,6 +137,30 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return max(len(self.indices()) - self.skip, 0)
+
+
+class GroupedShardBatches(Sampler):
+    """A :class:`ShardSampler`'s epoch shard cut into batches of one group each (``data.aspect_ratio_groups``).
+
+    The shard (same shuffle, same ranks, same sample count) is walked in order and a batch is
+    emitted whenever a group has ``batch_size`` samples (:func:`segzoo.data.samplers.group_batches`),
+    so every rank gets ``len(shard) // batch_size`` batches and a resumed epoch skips the batches
+    already trained (``shard.skip`` samples). Yields lists of ``(index, epoch)`` pairs.
+    """
+
+    def __init__(self, shard: ShardSampler, group_ids: list[int], batch_size: int) -> None:
+        if len(group_ids) != shard.size:
+            raise ValueError(f"{len(group_ids)} group ids for a dataset of {shard.size} samples")
+        self.shard, self.group_ids, self.batch_size = shard, group_ids, batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.shard.indices()
+        batches = group_batches(order, self.group_ids, self.batch_size, len(order) // self.batch_size)
+        for batch in batches[self.shard.skip // self.batch_size:]:
+            yield [(i, self.shard.epoch) for i in batch]
+
+    def __len__(self) -> int:
+        return max(len(self.shard.indices()) // self.batch_size - self.shard.skip // self.batch_size, 0)
 
 
 def run_on_main(fn: Callable[[], Any]) -> None:

@@ -34,11 +34,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segzoo import __version__
 from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
 from segzoo.config import RunConfig, dump, parse_config
+from segzoo.data.samplers import aspect_ratio_groups, image_sizes
 from segzoo.data.transforms import collate_for
 from segzoo.engine.distributed import (
+    GroupedShardBatches,
     SeededDataset,
     ShardSampler,
     all_reduce_mean,
@@ -73,6 +74,7 @@ from segzoo.engine.run_folder import (
     RunFolder,
 )
 from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
+from segzoo.version import __version__
 
 __all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer",
            "TrainingInterrupted", "amp_dtype_for", "select_device"]
@@ -193,6 +195,7 @@ class Trainer:
         self.total_steps = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
         self.sampler = ShardSampler(len(train_set), self.rank, self.world_size, shuffle=True, seed=self.tc.seed,
                                     num_samples_per_rank=self.steps_per_epoch * self.accum * self.batch_size)
+        self.group_ids = self._aspect_ratio_groups(train_set)
 
         tc = self.tc
         self.optimizer = build_optimizer(self.model, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas,
@@ -261,7 +264,28 @@ class Trainer:
         """The weights that are evaluated and kept as best: the EMA when ``train.ema`` is on."""
         return self.ema.module if self.ema is not None else self.model
 
+    def _aspect_ratio_groups(self, train_set) -> list[int] | None:
+        """``data.aspect_ratio_groups``: each training image's aspect-ratio group, or None (off)."""
+        k = self.dc.aspect_ratio_groups
+        if k is None:
+            return None
+        if self.task == "semantic":
+            raise ValueError("data.aspect_ratio_groups groups detection, instance and panoptic batches by aspect "
+                             "ratio; semantic training crops every image to one size: remove it")
+        try:
+            sizes = image_sizes(train_set)
+        except TypeError as e:
+            raise ValueError(f"data.aspect_ratio_groups needs the training images' sizes: {e}") from None
+        return aspect_ratio_groups(sizes, k)
+
     def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
+        if self.group_ids is not None and sampler is self.sampler:
+            return DataLoader(
+                SeededDataset(dataset, self.tc.seed), batch_sampler=GroupedShardBatches(sampler, self.group_ids,
+                                                                                         batch_size),
+                collate_fn=collate_for(self.task), num_workers=self.dc.num_workers,
+                pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.tc.seed),
+            )
         return DataLoader(
             SeededDataset(dataset, self.tc.seed), batch_size=batch_size, sampler=sampler,
             collate_fn=collate_for(self.task), num_workers=self.dc.num_workers, drop_last=sampler.shuffle,

@@ -1,0 +1,73 @@
+"""``data.aspect_ratio_groups``: the trainer's batches hold images of one aspect-ratio group, the
+same batches on resume, and the option is refused where it means nothing."""
+
+import pytest
+import torch
+
+import segzoo
+from segzoo.engine import Trainer
+from segzoo.engine.distributed import GroupedShardBatches, ShardSampler
+
+
+class Boxes(torch.utils.data.Dataset):
+    """Detection images, landscape (32 x 48) at even indices and portrait (48 x 32) at odd ones."""
+
+    def __init__(self, n=12):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def image_hw(self, i):
+        return (32, 48) if i % 2 == 0 else (48, 32)
+
+    def __getitem__(self, i):
+        h, w = self.image_hw(i)
+        g = torch.Generator().manual_seed(i)
+        target = {"boxes": torch.tensor([[4.0, 4.0, 20.0, 24.0]]), "labels": torch.tensor([i % 2])}
+        return torch.rand(3, h, w, generator=g), target
+
+
+def config(**data):
+    return {"data": {"batch_size": 2, "num_workers": 0, **data}, "train": {"max_steps": 2, "lr": 0.001},
+            "eval": {"every": 0}}
+
+
+def orientations(batches):
+    return [{tuple(im.shape[-2:]) for im in images} for images, _ in batches]
+
+
+def test_batches_hold_one_aspect_ratio_group(tmp_path):
+    model = segzoo.build("fasterrcnn_resnet18_fpn", num_classes=2)
+    trainer = Trainer(model, Boxes(), None, config(aspect_ratio_groups=0), tmp_path)
+    assert trainer.group_ids[0::2] == [trainer.group_ids[0]] * 6 and trainer.group_ids[0] != trainer.group_ids[1]
+    trainer.sampler.set_epoch(3)
+    batches = list(trainer._loader(trainer.train_set, trainer.sampler, 2))
+    assert len(batches) == 6 and all(len(o) == 1 for o in orientations(batches))
+    # without the option the shuffled batches mix portrait and landscape images
+    plain = Trainer(model, Boxes(), None, config(), tmp_path / "plain")
+    plain.sampler.set_epoch(3)
+    assert any(len(o) == 2 for o in orientations(plain._loader(plain.train_set, plain.sampler, 2)))
+    trainer.fit()  # trains on grouped batches
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_resume_skips_the_batches_already_trained():
+    groups = [i % 3 for i in range(20)]
+    shard = ShardSampler(20, shuffle=True, seed=5, num_samples_per_rank=16)
+    shard.set_epoch(2)
+    full = list(GroupedShardBatches(shard, groups, 4))
+    assert len(full) == 4 and all(len({groups[i] for i, _ in b}) == 1 for b in full)
+    assert all(epoch == 2 for b in full for _, epoch in b)
+    shard.set_epoch(2, skip=8)
+    rest = GroupedShardBatches(shard, groups, 4)
+    assert list(rest) == full[2:] and len(rest) == 2
+
+
+def test_refused_for_semantic_training_and_for_wrong_group_counts(tmp_path):
+    model = segzoo.build("unet", num_classes=2, channels=[4, 8, 16, 32, 64])
+    data = [(torch.rand(3, 32, 32), torch.zeros(32, 32, dtype=torch.long)) for _ in range(4)]
+    with pytest.raises(ValueError, match="semantic training crops every image to one size"):
+        Trainer(model, data, None, config(aspect_ratio_groups=3), tmp_path)
+    with pytest.raises(ValueError, match="3 group ids for a dataset of 4"):
+        GroupedShardBatches(ShardSampler(4), [0, 1, 0], 2)

@@ -98,3 +98,6 @@ def test_mask_folder_class_count_is_checked(tmp_path):
     assert ok.ok and "classes found: bg (source id 0), cat (source id 1), dog (source id 2)" in ok.format()
     report = check_dataset(MaskFolder(tmp_path / "im", tmp_path / "m", classes=["cat", "dog"]), 3)
     assert any("data.classes names 2 labels" in e and "background, label 0 first" in e for e in report.errors)
+    # names for every label in the masks but a wider model: a warning (a head for classes to come), not an error
+    wide = check_dataset(MaskFolder(tmp_path / "im", tmp_path / "m", classes=["bg", "cat", "dog"]), 5)
+    assert wide.ok and any("set model.num_classes=3 unless" in w for w in wide.warnings)

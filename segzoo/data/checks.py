@@ -130,11 +130,12 @@ def check_dataset(
 
 def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empty: bool, report: DataReport) -> None:
     report.num_items = len(ds)
-    if ds.num_classes is not None and ds.num_classes != num_classes:
+    if ds.num_classes is not None and ds.num_classes > num_classes:
         report.errors.append(
             f"data.classes names {ds.num_classes} labels ({_examples(ds.classes, 6)}) but num_classes={num_classes}: "
             "for semantic data data.classes lists every label including background, label 0 first; give one name "
             f"per label or set model.num_classes={ds.num_classes}")
+
     if ds.missing_masks:
         report.errors.append(f"{len(ds.missing_masks)} images have no mask with the same stem in "
                              f"{ds.masks_dir}: {_examples(ds.missing_masks)}; add the masks or remove the images")
@@ -188,6 +189,18 @@ def _check_mask_folder(ds: MaskFolder, num_classes: int, ignore: int, allow_empt
         msg = (f"{len(empty)} masks have no labelled pixel (only ignore_index={ignore}): {_examples(empty)}")
         (report.warnings if allow_empty else report.errors).append(
             msg + ("" if allow_empty else "; remove them or set data.allow_empty=true"))
+    if ds.num_classes is not None and ds.num_classes < num_classes:
+        unnamed = sorted(v for v in found if v >= ds.num_classes)
+        if unnamed:  # labels without a name: usually the background left out of data.classes
+            report.errors.append(
+                f"data.classes names {ds.num_classes} labels ({_examples(ds.classes, 6)}) but the masks hold labels "
+                f"{_examples([str(v) for v in unnamed], 6)} too: for semantic data data.classes lists every label "
+                "including background, label 0 first; give one name per label")
+        else:  # more outputs than labels: a head made for classes to come, or a num_classes typo
+            report.warnings.append(
+                f"the data names {ds.num_classes} labels ({_examples(ds.classes, 6)}) and its masks use no other, but "
+                f"the model has num_classes={num_classes}; set model.num_classes={ds.num_classes} unless the extra "
+                "outputs are intended")
     _missing_classes(report, num_classes, ds.classes)
     report.name_classes(ds.classes, lambda v: _mask_values(ds, v))
 

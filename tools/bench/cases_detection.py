@@ -176,3 +176,24 @@ def maskrcnn_convnext_tiny_fpn(size: int | None = None) -> list[Case]:
         return segzoo.build(name, box_score_thresh=0.0)
 
     return [Case(name=name, size=f"1x3x{s}x{s}", build=build, make_input=_images(s, 1))]
+
+
+def _panoptic(name: str, size: int | None) -> list[Case]:
+    """No anchor: detectron2, the only library with Panoptic FPN, needs its compiled ops; the row gives
+    segzoo's time alone (Mask R-CNN's anchor rows time the shared parts)."""
+    s = size or 800
+
+    def build():
+        return segzoo.build(name, box_score_thresh=0.0)
+
+    return [Case(name=name, size=f"1x3x{s}x{s}", build=build, make_input=_images(s, 1))]
+
+
+@register_case("panoptic_fpn_resnet50")
+def panoptic_fpn_resnet50(size: int | None = None) -> list[Case]:
+    return _panoptic("panoptic_fpn_resnet50", size)
+
+
+@register_case("panoptic_fpn_resnet18")
+def panoptic_fpn_resnet18(size: int | None = None) -> list[Case]:
+    return _panoptic("panoptic_fpn_resnet18", size)

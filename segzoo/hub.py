@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 ENV_HOME = "SEGZOO_HOME"
 ENV_OFFLINE = "SEGZOO_OFFLINE"
 # bump when converted checkpoints must be made again (a converter fix, a format change)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: converted torchvision R-CNNs record trainable_backbone_layers=3 (torchvision's recipe)
 # the only hosts segzoo downloads from, always over https
 TRUSTED_HOSTS = frozenset({"download.pytorch.org"})
 _test_servers: set[str] = set()

@@ -5,7 +5,6 @@ import hashlib
 import io
 import socket
 
-import huggingface_hub.constants
 import pytest
 import timm
 import torch
@@ -20,7 +19,7 @@ from segzoo.convert import from_torchvision
 from segzoo.engine.run import build_model
 from segzoo.hub import WeightsError
 from segzoo.published import get_weights
-from tests.test_weights_hub import Server
+from tests.test_weights_hub import Server, empty_caches
 from tests.test_weights_timm import prefill_hf_cache
 
 NAME = "deeplabv3_resnet50.tv_coco_voc"
@@ -28,12 +27,7 @@ NAME = "deeplabv3_resnet50.tv_coco_voc"
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path / "segzoo"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("SEGZOO_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
+    return empty_caches(tmp_path, monkeypatch)
 
 
 def test_build_with_a_torchvision_tag_then_offline(env, monkeypatch):

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import torch
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
@@ -83,14 +84,19 @@ def server():
     s.stop()
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Empty caches (segzoo, torch.hub) in tmp_path and online mode."""
+def empty_caches(tmp_path, monkeypatch):
+    """Empty caches (segzoo, torch.hub, Hugging Face hub) in tmp_path and online mode."""
     monkeypatch.setenv("SEGZOO_HOME", str(tmp_path / "segzoo"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.delenv("SEGZOO_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    return empty_caches(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ Hugging Face hub cache; sockets are blocked so that any network access fails lou
 
 import socket
 
-import huggingface_hub.constants
 import pytest
 import timm
 import torch
@@ -11,6 +10,7 @@ from safetensors.torch import save_file
 
 from segzoo import hub
 from segzoo.hub import WeightsError
+from tests.test_weights_hub import empty_caches
 
 TAG = "resnet18.a1_in1k"
 
@@ -25,12 +25,7 @@ def no_network(monkeypatch):
 
 @pytest.fixture
 def env(tmp_path, monkeypatch, no_network):
-    monkeypatch.setenv("SEGZOO_HOME", str(tmp_path / "segzoo"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.delenv("SEGZOO_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    return tmp_path
+    return empty_caches(tmp_path, monkeypatch)
 
 
 def prefill_hf_cache(cache, repo: str, filename: str, state: dict) -> None:

@@ -158,7 +158,8 @@ class TrainConfig(_Section):
     grad_checkpointing: bool = option(False, "recompute the backbone's activations in backward (less memory)")
     device: str = option("auto", "auto | cpu | cuda | cuda:N | mps", pattern=r"auto|cpu|mps|cuda(:\d+)?")
     seed: int = option(0, "seeds initialisation, data order, augmentation and dropout", ge=0)
-    checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: end of each epoch only)", ge=0)
+    checkpoint_every: int = option(0, "optimizer steps between checkpoints (0: at the end of each epoch; N: every N "
+                                      "steps, after each evaluation and at the end)", ge=0)
     early_stop_patience: int = option(0, "evaluations without improvement before stopping (0: never)", ge=0)
     progress: bool = option(True, "tqdm progress bar")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")

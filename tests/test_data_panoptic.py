@@ -168,3 +168,38 @@ def test_a_model_with_another_thing_stuff_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match="num_stuff=2"):
         check_categories(model, ds)
     check_categories(right, ds)
+
+
+def test_auto_recognises_coco_panoptic_layouts(tmp_path):
+    """``data.type: auto`` tells a COCO-panoptic json from an instances json (both have images /
+    annotations / categories) and finds the images beside it, not the PNG folder."""
+    from segzoo.data import detect_format, resolve_auto
+    from segzoo.data.convert import convert
+
+    for name in ("flat", "src"):
+        (tmp_path / name).mkdir()
+    _write(tmp_path / "flat")  # images/ + panoptic.json + panoptic/ (the panoptic Shapes layout)
+    assert detect_format(tmp_path / "flat") == "coco_panoptic"
+    assert detect_format(tmp_path / "flat" / "panoptic.json") == "coco_panoptic"
+    ds = build_dataset({"type": "auto", "val": {"root": str(tmp_path / "flat")}}, "val", "panoptic",
+                       with_transforms=False)
+    assert isinstance(ds, CocoPanoptic) and ds.root == tmp_path / "flat" / "images" and len(ds) == 1
+
+    coco = tmp_path / "coco"  # the COCO 2017 layout: val2017/, annotations/panoptic_val2017{.json,/}
+    images, ann, pngs = _write(tmp_path / "src")
+    (coco / "annotations").mkdir(parents=True)
+    images.rename(coco / "val2017")
+    pngs.rename(coco / "annotations" / "panoptic_val2017")
+    ann.rename(coco / "annotations" / "panoptic_val2017.json")
+    kind, args = resolve_auto(coco, "val")
+    assert kind == "coco_panoptic" and args == {"root": coco / "val2017",
+                                                "ann_file": coco / "annotations" / "panoptic_val2017.json"}
+    assert CocoPanoptic(**args)[0][1] is not None  # the PNGs are found at the default place
+
+    # an instances json beside it: both layouts fit, and the message says to name one
+    (coco / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": [], "annotations": [], "categories": [{"id": 1, "name": "dog"}]}))
+    with pytest.raises(ValueError, match="several layouts fit .*coco, coco_panoptic(.|\n)*set data.type"):
+        detect_format(coco)
+    with pytest.raises(ValueError, match="is COCO-panoptic.*does not convert it"):
+        convert(tmp_path / "flat", tmp_path / "out", "coco")

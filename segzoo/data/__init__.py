@@ -132,7 +132,9 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         dataset = cls(**args)
     except FileNotFoundError as e:  # a wrong path in the config: name its key, without a traceback
         paths = {k: str(v) for k, v in args.items() if isinstance(v, (str, os.PathLike)) and str(v) in str(e)}
-        name = max(paths, key=lambda k: len(paths[k])) if paths else "root"  # the longest path in the message
+        if not paths:  # not a path of the config (a wheel not fetched, ...): the message says the fix
+            raise ConfigError(f"data.{split} (data.type={kind}): {e}") from None
+        name = max(paths, key=lambda k: len(paths[k]))  # the longest path in the message
         key = config_name.get(name, name)
         raise ConfigError(f"data.{split}.{key}: {e}; fix the path in the config or override it with "
                           f"data.{split}.{key}=PATH") from None

@@ -20,17 +20,35 @@ from segzoo.data.voc import voc_dirs
 from segzoo.data.yolo import find_yaml
 
 PathLike = str | os.PathLike
-FORMATS = ("coco", "voc", "yolo", "labelme", "cvat", "cityscapes", "ade20k", "mask_folder")
+FORMATS = ("coco", "coco_panoptic", "voc", "yolo", "labelme", "cvat", "cityscapes", "ade20k", "mask_folder")
 _PROBE = 20  # json files opened at most per folder
 
 
-def _json_keys(path: Path) -> set[str]:
+def _json_doc(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, ValueError):
-        return set()
-    return set(doc) if isinstance(doc, dict) else set()
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _json_keys(path: Path) -> set[str]:
+    return set(_json_doc(path))
+
+
+def _coco_kind(doc: dict) -> str | None:
+    """``"coco"`` (instances), ``"coco_panoptic"`` or None for a loaded json.
+
+    Both COCO kinds have ``images`` / ``annotations`` / ``categories``; a panoptic file's annotations
+    carry ``segments_info`` (one PNG each) and its categories ``isthing``.
+    """
+    if not {"images", "annotations", "categories"} <= set(doc):
+        return None
+    anns, cats = doc["annotations"], doc["categories"]
+    panoptic = (isinstance(anns, list) and any(isinstance(a, dict) and "segments_info" in a for a in anns[:1])) or \
+        (isinstance(cats, list) and any(isinstance(c, dict) and "isthing" in c for c in cats))
+    return "coco_panoptic" if panoptic else "coco"
 
 
 def _xml_root(path: Path) -> str:
@@ -42,9 +60,10 @@ def _xml_root(path: Path) -> str:
     return ""
 
 
-def coco_files(root: Path) -> list[Path]:
+def coco_files(root: Path, kind: str = "coco") -> list[Path]:
+    """The COCO json files of ``kind`` (``"coco"`` instances or ``"coco_panoptic"``) in ``root`` or ``root/annotations``."""
     cands = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
-    return [p for p in cands[:_PROBE] if {"images", "annotations", "categories"} <= _json_keys(p)]
+    return [p for p in cands[:_PROBE] if _coco_kind(_json_doc(p)) == kind]
 
 
 def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
@@ -52,7 +71,8 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
     out: dict[str, tuple[bool, str]] = {}
     if root.is_file():
         suffix = root.suffix.lower()
-        keys = _json_keys(root) if suffix == ".json" else set()
+        doc = _json_doc(root) if suffix == ".json" else {}
+        keys, kind = set(doc), _coco_kind(doc)
         tag = _xml_root(root) if suffix == ".xml" else ""
         spec = {}
         if suffix in (".yaml", ".yml"):
@@ -60,7 +80,9 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
                 spec = yaml.safe_load(root.read_text()) or {}
             except yaml.YAMLError:
                 spec = {}
-        out["coco"] = ({"images", "annotations", "categories"} <= keys, f"json keys {sorted(keys)[:6]}")
+        out["coco"] = (kind == "coco", f"json keys {sorted(keys)[:6]}")
+        out["coco_panoptic"] = (kind == "coco_panoptic", "annotations with segments_info" if kind == "coco_panoptic"
+                                else "no panoptic annotations")
         out["labelme"] = ({"shapes", "imagePath"} <= keys, f"json keys {sorted(keys)[:6]}")
         out["cvat"] = (tag == "annotations", f"xml root <{tag}>" if tag else "not an xml file")
         out["yolo"] = (isinstance(spec, dict) and "names" in spec, "yaml with 'names'" if spec else "not a yaml")
@@ -98,6 +120,10 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
     cocos = coco_files(root)
     out["coco"] = (bool(cocos), f"COCO json {[p.name for p in cocos]}" if cocos else "no json with images/"
                    "annotations/categories")
+    panoptic = coco_files(root, "coco_panoptic")
+    out["coco_panoptic"] = (bool(panoptic), f"COCO-panoptic json {[p.name for p in panoptic]}" if panoptic else
+                            "no json with segments_info annotations")
+    cocos = cocos + panoptic  # neither is LabelMe
     jsons = sorted(root.rglob("*.json"))[:_PROBE]
     lm = [p for p in jsons if {"shapes", "imagePath"} <= _json_keys(p)]
     out["labelme"] = (bool(lm) and not cocos, f"{len(lm)} of {len(jsons)} json files have shapes/imagePath")
@@ -134,8 +160,8 @@ def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
     """``(data.type, dataset arguments)`` for the dataset at ``root``, one split of it."""
     root = Path(root)
     kind = detect_format(root)
-    if kind == "coco":
-        return "coco", _coco_args(root, split)
+    if kind in ("coco", "coco_panoptic"):
+        return kind, _coco_args(root, split, kind)
     if kind == "mask_folder":
         masks = next(root / d for d in ("masks", "annotations", "labels") if (root / d).is_dir())
         images = root / "images"
@@ -147,19 +173,20 @@ def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
     return kind, {"root": root, "split": split}
 
 
-def _coco_args(root: Path, split: str) -> dict:
+def _coco_args(root: Path, split: str, kind: str = "coco") -> dict:
     if root.is_file():
         folder = root.parent / "images" if (root.parent / "images").is_dir() else root.parent
         return {"root": folder, "ann_file": root}
-    files = coco_files(root)
+    files = coco_files(root, kind)
     named = [p for p in files if split in p.stem] or files
     if len(named) != 1:
         raise ValueError(f"data.type auto: {root} holds COCO files {[p.name for p in files]}; none or several match "
                          f"split {split!r}: set data.{split}.annotations and data.{split}.images")
     ann = named[0]
-    stem = ann.stem.replace("instances_", "")
+    stem = ann.stem.replace("instances_", "").replace("panoptic_", "")
+    pngs = ann.with_suffix("")  # a panoptic json's PNG folder (annotations/panoptic_val2017/) holds no images
     for folder in (root / stem, root / "images" / split, root / split, root / "images", root):
-        if folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+        if folder.is_dir() and folder != pngs and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
             return {"root": folder, "ann_file": ann}
     raise FileNotFoundError(f"data.type auto: no image folder for {ann} under {root} (tried {stem}/, images/{split}/, "
                             f"{split}/, images/); set data.{split}.images")

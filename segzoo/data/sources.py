@@ -95,6 +95,9 @@ def open_splits(src: PathLike, fmt: str, task: str, splits: list[str] | None = N
         fmt = detect_format(src)
     if fmt not in FORMATS:
         raise ValueError(f"unknown source format {fmt!r}; use one of {', '.join(FORMATS)} or auto")
+    if fmt == "coco_panoptic":
+        raise ValueError(f"{src} is COCO-panoptic: segzoo reads it for training (data.type: coco_panoptic) but does "
+                         "not convert it; its instances json (instances_*.json) converts as --from coco")
     if task == "auto":
         task = "detection" if fmt == "voc" and not (voc_root(src) / "SegmentationObject").is_dir() else "instance"
     out: list[tuple[str, AnnotatedImages]] = []

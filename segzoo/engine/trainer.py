@@ -450,8 +450,9 @@ class Trainer:
         """Evaluate, keep the best checkpoint, save; returns True when early stopping fires."""
         finished = self.step >= self.total_steps
         every = self.ec.every
-        stop = False
+        stop = evaluated = False
         if self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished):
+            evaluated = True
             results = self.run_eval()["metrics"]
             value = results[self.metric_name]
             value = float(value) if math.isfinite(float(value)) else -math.inf
@@ -474,7 +475,10 @@ class Trainer:
                 self.log({"type": "early_stop", "step": self.step, "epoch": epoch + 1, "best": self.best,
                           "best_step": self.best_step})
         self.closed_step = self.step
-        self.save_checkpoint()
+        # train.checkpoint_every > 0 sets the checkpoint interval: an epoch end then saves only after an
+        # evaluation or at the end (a 12-image dataset would otherwise write the full state every 3 steps)
+        if not self.tc.checkpoint_every or evaluated or finished or stop:
+            self.save_checkpoint()
         return stop
 
     def _stop_requested(self) -> bool:
@@ -575,8 +579,7 @@ class Trainer:
                 pbar.close()
 
     def _finish(self) -> dict[str, Any]:
-        if self.closed_step != self.step:
-            self.save_checkpoint()
+        self.save_checkpoint()  # a no-op when this step's checkpoint is written
         # the clock of the whole run stops at its final checkpoint (a finished run resumed adds nothing)
         seconds = self.saved_seconds if self.saved_step == self.step else self.seconds
         metrics = {

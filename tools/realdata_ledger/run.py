@@ -69,7 +69,8 @@ class Recorder(Dataset):
 def make_config(case: Case, seed: int, steps: int, overrides: dict[str, Any] | None = None) -> RunConfig:
     """The case's recipe with ``train.seed`` and ``train.max_steps`` set (and any ``{"section.key": value}``)."""
     recipe = json.loads(json.dumps(case.recipe))  # a deep copy
-    recipe["train"].update(seed=seed, max_steps=steps)
+    # one checkpoint at the end: 12 tiles in batches of 4 would otherwise save the full state every 3 steps
+    recipe["train"].update(seed=seed, max_steps=steps, checkpoint_every=steps)
     for key, value in (overrides or {}).items():
         section, name = key.split(".", 1)
         recipe[section][name] = value

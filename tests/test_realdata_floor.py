@@ -29,7 +29,8 @@ CONFIG = {
     "data": {"type": "nuclei", "train": {"tile_size": 128}, "val": {"tile_size": 128}, "batch_size": 4,
              "val_batch_size": 4, "num_workers": 0, "check": False,
              "augment": {"size": 128, "scale": [0.75, 1.5], "hflip": 0.5, "color_jitter": 0.2}},
-    "train": {"max_steps": STEPS, "checkpoint_every": STEPS, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
+    "train": {"max_steps": STEPS, "checkpoint_every": STEPS, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
+              "schedule": "cosine",
               "warmup_steps": 10, "seed": 0, "device": "cpu", "amp": "off", "progress": False, "tensorboard": False},
     "eval": {"every": 0, "num_pictures": 0},
 }

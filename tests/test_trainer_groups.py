@@ -71,3 +71,18 @@ def test_refused_for_semantic_training_and_for_wrong_group_counts(tmp_path):
         Trainer(model, data, None, config(aspect_ratio_groups=3), tmp_path)
     with pytest.raises(ValueError, match="3 group ids for a dataset of 4"):
         GroupedShardBatches(ShardSampler(4), [0, 1, 0], 2)
+
+
+def test_shard_length_is_counted_without_drawing_the_permutation(monkeypatch):
+    shards = [ShardSampler(size, rank, ws, shuffle, seed=1, num_samples_per_rank=n)
+              for size in (0, 1, 7, 20) for ws in (1, 2, 3) for rank in range(ws) for shuffle in (True, False)
+              for n in (None, 0, 2, 7, 30)]
+    expected = [len(s.indices()) for s in shards]
+    import segzoo.engine.distributed as dist
+
+    monkeypatch.setattr(dist.torch, "randperm", lambda *a, **k: pytest.fail("len() drew a permutation"))
+    assert [s.count() for s in shards] == expected
+    for s in shards:
+        s.set_epoch(3, skip=2)
+        assert len(s) == max(s.count() - 2, 0)
+        assert len(GroupedShardBatches(s, [i % 2 for i in range(s.size)], 2)) == max(s.count() // 2 - 1, 0)

@@ -245,7 +245,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("src", help="source dataset folder (or COCO json / CVAT xml / YOLO data.yaml)")
     p.add_argument("dst", help="new destination folder")
     p.add_argument("--to", required=True, choices=TARGETS, help="format to write")
-    p.add_argument("--from", dest="source_format", default="auto", choices=("auto", *(f for f in FORMATS if f != "coco_panoptic")),
+    sources = ("auto", *(f for f in FORMATS if f != "coco_panoptic"))  # panoptic is read, not converted
+    p.add_argument("--from", dest="source_format", default="auto", choices=sources,
                    help="source format (default: recognised from the files)")
     p.add_argument("--split", dest="splits", action="append", help="convert only this split (repeatable)")
     p.add_argument("--task", default="auto", choices=("auto", "instance", "detection"),

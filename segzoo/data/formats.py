@@ -61,7 +61,7 @@ def _xml_root(path: Path) -> str:
 
 
 def coco_files(root: Path, kind: str = "coco") -> list[Path]:
-    """The COCO json files of ``kind`` (``"coco"`` instances or ``"coco_panoptic"``) in ``root`` or ``root/annotations``."""
+    """The json files of ``kind`` (``"coco"`` or ``"coco_panoptic"``) in ``root`` or ``root/annotations``."""
     cands = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
     return [p for p in cands[:_PROBE] if _coco_kind(_json_doc(p)) == kind]
 

@@ -131,12 +131,19 @@ class ShardSampler(Sampler):
         n = self.num_samples_per_rank if self.num_samples_per_rank is not None else self.size // self.world_size
         return perm[: n * self.world_size][self.rank :: self.world_size]
 
+    def count(self) -> int:
+        """``len(self.indices())`` without drawing the permutation."""
+        if not self.shuffle:
+            return len(range(self.rank, self.size, self.world_size))
+        n = self.num_samples_per_rank if self.num_samples_per_rank is not None else self.size // self.world_size
+        return len(range(self.rank, min(n * self.world_size, self.size), self.world_size))
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i in self.indices()[self.skip :]:
             yield i, self.epoch
 
     def __len__(self) -> int:
-        return max(len(self.indices()) - self.skip, 0)
+        return max(self.count() - self.skip, 0)
 
 
 class GroupedShardBatches(Sampler):
@@ -160,7 +167,7 @@ class GroupedShardBatches(Sampler):
             yield [(i, self.shard.epoch) for i in batch]
 
     def __len__(self) -> int:
-        return max(len(self.shard.indices()) // self.batch_size - self.shard.skip // self.batch_size, 0)
+        return max(self.shard.count() // self.batch_size - self.shard.skip // self.batch_size, 0)
 
 
 def run_on_main(fn: Callable[[], Any]) -> None:

@@ -178,6 +178,11 @@ class FasterRCNN(DetectionModel):
             out["masks"] = masks.flatten(0, 1)  # (N*G, Hp, Wp)
         return out
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The FPN levels of a preprocessed batch (what the RPN, the heads and the exports all start from)."""
+        feats = self.backbone(x)
+        return self.fpn([feats[i] for i in self.levels])
+
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor],
                 targets: Sequence[dict] | None = None) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
         if self.is_empty(images):
@@ -186,8 +191,7 @@ class FasterRCNN(DetectionModel):
             images = list(images)
         x, sizes = self.preprocess(images)
         shapes = image_shapes(images)  # host ints: no sync
-        feats = self.backbone(x)
-        feats = self.fpn([feats[i] for i in self.levels])
+        feats = self.features(x)
         padded = None
         if targets is not None:
             checked = self.check_targets(targets, shapes, self.has_masks)
@@ -249,8 +253,7 @@ class RCNNExport(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
         x, sizes = m.preprocess(images)
-        feats = m.backbone(x)
-        feats = m.fpn([feats[i] for i in m.levels])
+        feats = m.features(x)
         proposals, image_idx, _ = m.rpn(feats, x.shape[-2:], sizes)
         det = m.roi_heads(feats, proposals, image_idx, sizes, canvas=tuple(images.shape[-2:]))
         n, k = images.shape[0], self.max_detections

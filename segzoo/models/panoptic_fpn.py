@@ -195,8 +195,7 @@ class PanopticFPN(MaskRCNN):
             images = list(images)
         x, sizes = self.preprocess(images)
         shapes = image_shapes(images)  # host ints: no sync
-        feats = self.backbone(x)
-        feats = self.fpn([feats[i] for i in self.levels])
+        feats = self.features(x)
         sem_logits = self._semantic_logits(feats, x.shape[-2:])
         if targets is not None:
             padded = self._pad_targets(self.check_targets(targets, shapes), x.shape[-2:])
@@ -293,8 +292,7 @@ class PanopticExport(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.model
         x, sizes = m.preprocess(images)
-        feats = m.backbone(x)
-        feats = m.fpn([feats[i] for i in m.levels])
+        feats = m.features(x)
         sem_logits = m._semantic_logits(feats, x.shape[-2:])
         proposals, image_idx, _ = m.rpn(feats, x.shape[-2:], sizes)
         canvas = tuple(images.shape[-2:])

@@ -79,7 +79,7 @@ def test_cases_and_their_configs():
 
 def _run(case, seed, seg, peer):
     side = {"metrics": seg, "train_s": 10.0, "checkpoint_s": 2.0, "eval_s": 1.0, "losses": [1.0], "batches": "x"}
-    run = {"case": case, "seed": seed, "steps": 5, "segzoo": side, "load_start": 1.0, "load_end": 2.0}
+    run = {"case": case, "seed": seed, "steps": 5, "segzoo": side, "load_start": 1.0, "load_end": 2.0, "threads": 1}
     if peer is not None:
         run.update(peer={**side, "metrics": peer, "checkpoint_s": 0.0}, same_batches=True, init={"agree": True})
     return run
@@ -101,7 +101,7 @@ def test_verdict_and_tables(tmp_path):
     text = markdown_report(results, "python tools/realdata.py")
     assert "| nuclei (stardist), 128 px tiles | `unet_resnet34` | smp Unet('resnet34') | nucleus Dice | " \
            "0.805 (0.800-0.810) | 0.810 (0.810-0.810) |" in text
-    assert "10 s (2 s checkpoints) / 10 s" in text and "load average 1.0-2.0" in text
+    assert "10 s (2 s checkpoints) / 10 s" in text and "load average 1.0-2.0" in text and "torch threads 1;" in text
     assert "| 0.400 | - | no peer |" in text
     assert "nucleus IoU" in format_table(rows)
 

@@ -107,9 +107,11 @@ def markdown_report(results: list[dict[str, Any]], command: str) -> str:
     rows = summarise(results)
     loads = [v for r in results for v in (r.get("load_start"), r.get("load_end")) if v is not None]
     load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
+    threads = sorted({r["threads"] for r in results if r.get("threads")})
     return "\n".join([
-        f"Measured {datetime.date.today().isoformat()} on {machine_description()}; 1-minute load average "
-        f"{load} during the runs. Values are the mean (min-max) over seeds; times are per run.",
+        f"Measured {datetime.date.today().isoformat()} on {machine_description()}, torch threads "
+        f"{'/'.join(map(str, threads)) or 'unknown'}; 1-minute load average {load} during the runs. Values are "
+        "the mean (min-max) over seeds; times are per run.",
         "",
         format_table(rows, markdown=True),
         "",

@@ -101,7 +101,7 @@ def test_verdict_and_tables(tmp_path):
     text = markdown_report(results, "python tools/realdata.py")
     assert "| nuclei (stardist), 128 px tiles | `unet_resnet34` | smp Unet('resnet34') | nucleus Dice | " \
            "0.805 (0.800-0.810) | 0.810 (0.810-0.810) |" in text
-    assert "10 s (2 s checkpoints) / 10 s" in text and "load average 1.0-2.0" in text and "torch threads 1;" in text
+    assert "10 s (2 s checkpoints) / 10 s" in text and "load average 1.0-2.0" in text and "torch threads 1," in text
     assert "| 0.400 | - | no peer |" in text
     assert "nucleus IoU" in format_table(rows)
 

@@ -27,10 +27,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_description() -> str:
-    """CPU model, logical cores, torch threads, GPU if any, torch version."""
+def machine_description(threads: str | int | None = None) -> str:
+    """CPU model, logical cores, torch threads (this process's unless given), GPU if any, torch version."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu_model()} ({os.cpu_count()} logical cores), torch threads {torch.get_num_threads()}{gpu}, "
+    threads = torch.get_num_threads() if threads is None else threads
+    return (f"{cpu_model()} ({os.cpu_count()} logical cores), torch threads {threads}{gpu}, "
             f"torch {torch.__version__}")
 
 

@@ -81,10 +81,12 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
     for r in rows:
         n = len(r["seeds"])
         first = r["first"]
-        lines.append([r["data"] if first else "", f"`{r['model']}`" if first and markdown else r["model"] if first
-                      else "", r["peer_name"] if first else "", r["metric"], _cell(r["segzoo"], n),
-                      _cell(r["peer"], n), r["verdict"], "/".join(map(str, r["steps"])) if first else "",
-                      str(n) if first else "", _time(r) if first else ""])
+        name, _, note = r["model"].partition(" ")  # "maskrcnn_resnet50_fpn (backbone resnet18)"
+        model = f"`{name}` {note}".strip() if markdown else r["model"]
+        lines.append([r["data"] if first else "", model if first else "", r["peer_name"] if first else "", r["metric"],
+                      _cell(r["segzoo"], n), _cell(r["peer"], n), r["verdict"],
+                      "/".join(map(str, r["steps"])) if first else "", str(n) if first else "",
+                      _time(r) if first else ""])
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(out + ["| " + " | ".join(c) + " |" for c in lines])
@@ -109,9 +111,9 @@ def markdown_report(results: list[dict[str, Any]], command: str) -> str:
     load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "unknown"
     threads = sorted({r["threads"] for r in results if r.get("threads")})
     return "\n".join([
-        f"Measured {datetime.date.today().isoformat()} on {machine_description()}, torch threads "
-        f"{'/'.join(map(str, threads)) or 'unknown'}; 1-minute load average {load} during the runs. Values are "
-        "the mean (min-max) over seeds; times are per run.",
+        f"Measured {datetime.date.today().isoformat()} on {machine_description('/'.join(map(str, threads)) or None)}"
+        f"; 1-minute load average {load} during the runs. Values are the mean (min-max) over seeds; times are per "
+        "run.",
         "",
         format_table(rows, markdown=True),
         "",

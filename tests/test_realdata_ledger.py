@@ -1,5 +1,6 @@
 """The accuracy ledger's harness (tools/realdata.py): identical starting weights on both sides, the report, the
-README slot. Fast: small inputs, no training, no wheel needed."""
+README slot. Fast: small inputs, no training, no wheel needed; except the last test, which trains one step of
+the two diagnostics on the real tiles (slow, skips without the stardist wheel)."""
 
 import runpy
 from pathlib import Path
@@ -7,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.realdata_ledger import CASES, END_MARKER, START_MARKER
+from segzoo.data.realdata import WHEELS, find_wheel
+from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity
 from tools.realdata_ledger.report import format_table, markdown_report, replace_section, summarise, verdict
 from tools.realdata_ledger.run import Recorder, initial_agreement, make_config
 
@@ -160,3 +162,17 @@ def test_segzoo_realdata_runs_the_checkout_ledger(capsys, monkeypatch, tmp_path)
     assert cli.main(["realdata", "--list"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "source checkout" in err[0]
+
+
+@pytest.mark.slow
+def test_crosscheck_and_parity_control_on_the_real_tiles():
+    """One step of the two diagnostics behind the README's reading of the ledger (needs the stardist wheel)."""
+    if find_wheel("stardist", WHEELS["stardist"]) is None:
+        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.realdata fetch`")
+    case = CASES["nuclei_instance"]
+    check = crosscheck(case, 0, 1, log=lambda line: None)
+    assert check["agree"], check  # the peer's weights score the same through segzoo's model
+    assert check["largest_differences"]["mask_pixels"] == 0 and check["largest_differences"]["box"] < 1e-3
+    res = parity(case, 0, 1, log=lambda line: None)
+    assert res["same_batches"] and res["first_step"] < 1e-5 and len(res["control"]) == 1
+    assert res["control"][0] < 1e-5  # 1e-7 nudges move the first loss by float rounding only

@@ -4,7 +4,7 @@ lives under tools/, not in the importable library)."""
 
 from .cases import CASES, Case, Metric
 from .report import END_MARKER, START_MARKER, markdown_report, replace_section, summarise
-from .run import parity, run_case
+from .run import crosscheck, parity, run_case
 
-__all__ = ["CASES", "END_MARKER", "START_MARKER", "Case", "Metric", "markdown_report", "parity",
+__all__ = ["CASES", "END_MARKER", "START_MARKER", "Case", "Metric", "crosscheck", "markdown_report", "parity",
            "replace_section", "run_case", "summarise"]

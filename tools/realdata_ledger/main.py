@@ -7,6 +7,7 @@ library's same architecture, on real labelled tiles.
     python tools/realdata.py --json runs/ledger.json           # keep every run (losses included)
     python tools/realdata.py --from-json runs/ledger.json --markdown   # tables again, without training
     python tools/realdata.py --parity 5                        # losses step by step from identical weights
+    python tools/realdata.py nuclei_instance --crosscheck      # the peer's trained weights scored through segzoo
 
 Each pair trains from identical random weights (the peer's, mapped into segzoo's model) on the
 same batches with the same recipe: segzoo through its Trainer, the peer through the plain loop
@@ -32,7 +33,7 @@ from segzoo.data.realdata import WHEELS, default_cache_dir, find_wheel
 # source checkout, not in the importable library; `segzoo realdata` runs this file by path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, parity, run_case  # noqa: E402
+from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity, run_case  # noqa: E402
 from tools.realdata_ledger.report import checks_line, format_table, markdown_report, replace_section, summarise  # noqa: E402
 
 WHEEL_OF = {"nuclei": "stardist", "tree_crowns": "deepforest"}  # data.type -> the wheel that holds its images
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segzoo-only", action="store_true", help="train the segzoo side only")
     p.add_argument("--parity", type=int, metavar="STEPS",
                    help="compare the two sides' losses step by step for STEPS steps (every anchor/region sampled)")
+    p.add_argument("--crosscheck", action="store_true",
+                   help="R-CNN cases: train the peer, map its weights into segzoo's model and score both")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     args = p.parse_args(argv)
@@ -122,9 +125,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{case.name} step {i:3d}: segzoo {a:.6f}  peer {b:.6f}  relative difference {r:.2e}")
             print(f"{case.name}: largest relative loss difference {res['max']:.2e} (step 1: {res['first_step']:.2e}); "
                   f"same batches: {res['same_batches']}; initial outputs {res['init']}")
+            print(f"{case.name} control (the peer against itself, weights nudged by 1e-7): relative differences "
+                  f"{', '.join(f'{r:.2e}' for r in res['control'])}")
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
         return 0
+
+    if args.crosscheck:
+        out = []
+        for case in (c for c in cases if c.model.startswith(("maskrcnn_", "fasterrcnn_"))):
+            steps = args.steps or case.steps
+            log(f"{case.name}: crosscheck, seed {args.seeds[0]}, {steps} steps")
+            res = crosscheck(case, args.seeds[0], steps, log=log)
+            out.append(res)
+            print(f"{case.name}: peer {res['peer']}; segzoo with the peer's weights {res['segzoo_with_peer_weights']}; "
+                  f"largest differences {res['largest_differences']}; agree: {res['agree']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return 0 if all(r["agree"] for r in out) else 1
 
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())

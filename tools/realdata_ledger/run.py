@@ -10,6 +10,7 @@ weight decay on norms and biases). Both sides are scored by :func:`segzoo.engine
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 
 from segzoo.config import RunConfig, parse_config
+from segzoo.convert.torchvision_detection import map_rcnn
 from segzoo.data import build_dataset
 from segzoo.data.transforms import collate_for
 from segzoo.engine import Trainer, evaluate
@@ -217,16 +219,74 @@ def run_case(case: Case, seed: int, steps: int, out_dir: str | os.PathLike | Non
 EXHAUSTIVE = {"rpn_batch_size_per_image": 10**6, "box_batch_size_per_image": 10**6}
 
 
+def _relative(a: list[float], b: list[float]) -> list[float]:
+    return [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)]
+
+
 def parity(case: Case, seed: int, steps: int, log=print) -> dict[str, Any]:
     """Train both sides ``steps`` steps from identical weights and batches and compare the losses step by step.
 
     Detection cases sample every anchor and region (:data:`EXHAUSTIVE`); U-Net has no sampling.
-    Returns the per-step losses and the largest relative difference (at step 1 and over all steps).
+    The control trains the peer against itself with its weights nudged by 1e-7 (relative): how far
+    float rounding alone moves the losses in as many steps (an RPN proposal that flips at an NMS or
+    top-k boundary makes a step change). Returns the per-step losses and relative differences.
     """
     overrides = EXHAUSTIVE if case.model.startswith(("maskrcnn_", "fasterrcnn_")) else {}
     result = run_case(case, seed, steps, build_overrides=overrides, scored=False, log=log)
     a, b = result["segzoo"]["losses"], result["peer"]["losses"]
-    rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)]
+    rel = _relative(a, b)
+    _, peer = case.build(seed, **overrides)
+    nudged = copy.deepcopy(peer)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for param in nudged.parameters():
+            param.mul_(1 + 1e-7 * torch.randn(param.shape, generator=g))
+    cfg = make_config(case, seed, steps)
+    train_set = build_dataset(cfg.data.to_dict(), "train", peer.task)
+    control = _relative(train_peer(nudged, train_set, cfg)["losses"], b)
     return {"case": case.name, "seed": seed, "steps": steps, "segzoo": a, "peer": b, "relative_diff": rel,
             "first_step": rel[0] if rel else None, "max": max(rel) if rel else None,
+            "control": control, "control_max": max(control) if control else None,
             "same_batches": result["same_batches"], "init": result["init"]}
+
+
+def crosscheck(case: Case, seed: int, steps: int, log=print) -> dict[str, Any]:
+    """Train the peer, map its trained weights into a fresh segzoo model and score both on the held-out tiles.
+
+    Equal metrics and equal detections say that segzoo's inference (decoding, NMS, mask pasting)
+    scores the peer's own weights exactly as the peer does: any gap in the ledger comes from training.
+    """
+    if not case.model.startswith(("maskrcnn_", "fasterrcnn_")):
+        raise ValueError(f"crosscheck maps torchvision R-CNN weights; {case.name} is not an R-CNN case")
+    cfg = make_config(case, seed, steps)
+    ours, peer = case.build(seed)
+    data = cfg.data.to_dict()
+    train_set, val_set = build_dataset(data, "train", ours.task), build_dataset(data, "val", ours.task)
+    trained = train_peer(peer, train_set, cfg)
+    log(f"  peer trained {steps} steps in {trained['train_s']} s")
+    mapped, _ = map_rcnn(peer.net.state_dict(), case.model.split()[0])
+    counters = {k: v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")}
+    ours.load_state_dict({**counters, **mapped}, strict=True)
+    out: dict[str, Any] = {"case": case.name, "seed": seed, "steps": steps,
+                           "peer": score(peer, val_set, cfg, case)["metrics"],
+                           "segzoo_with_peer_weights": score(ours, val_set, cfg, case)["metrics"]}
+    ours.eval()
+    peer.eval()
+    worst = {"score": 0.0, "box": 0.0, "mask_prob": 0.0, "mask_pixels": 0, "same_counts": True}
+    with torch.no_grad():
+        for i in range(len(val_set)):
+            image = val_set[i][0]
+            a, b = ours([image])[0], peer([image])[0]
+            if len(a["scores"]) != len(b["scores"]):
+                worst["same_counts"] = False
+                continue
+            if not len(a["scores"]):
+                continue
+            worst["score"] = max(worst["score"], float((a["scores"] - b["scores"]).abs().max()))
+            worst["box"] = max(worst["box"], float((a["boxes"] - b["boxes"]).abs().max()))
+            if "masks" in a:
+                worst["mask_prob"] = max(worst["mask_prob"], float((a["masks"] - b["masks"]).abs().max()))
+                worst["mask_pixels"] += int(((a["masks"] > 0.5) != (b["masks"] > 0.5)).sum())
+    out["largest_differences"] = worst
+    out["agree"] = out["peer"] == out["segzoo_with_peer_weights"] and worst["same_counts"]
+    return out

@@ -143,11 +143,14 @@ def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, c
 def test_reproduce_command_comes_from_the_runs():
     cli = _cli()
     results = [_run("nuclei_semantic", s, {"nucleus Dice": 0.9}, None) for s in (1, 0)]  # 5 steps each
-    assert cli["reproduce_command"](results) == "python tools/realdata.py nuclei_semantic --seeds 0 1 --steps 5"
+    assert cli["reproduce_command"](results) == ("python tools/realdata.py nuclei_semantic --seeds 0 1 --steps 5 "
+                                                 "--threads 1")
     results = [{**_run(c.name, 0, {}, None), "steps": c.steps} for c in CASES.values()]
+    assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0 --threads 1"
+    results[1]["threads"] = 2  # runs of different thread counts: the command does not pin one
     assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0"
     results[0]["steps"] = 7
-    first = "python tools/realdata.py nuclei_semantic --seeds 0 --steps 7`; `"
+    first = "python tools/realdata.py nuclei_semantic --seeds 0 --steps 7 --threads 1`; `"
     assert cli["reproduce_command"](results).startswith(first)
 
 

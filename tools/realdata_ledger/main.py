@@ -69,7 +69,10 @@ def reproduce_command(results: list[dict]) -> str:
         names = list(dict.fromkeys(r["case"] for r in runs))
         words = ["python tools/realdata.py", *([] if set(names) == set(CASES) else names),
                  "--seeds", *map(str, sorted({r["seed"] for r in runs}))]
-        lines.append(" ".join(words + ([] if steps is None else ["--steps", str(steps)])))
+        threads = {r.get("threads") for r in runs}
+        words += [] if steps is None else ["--steps", str(steps)]
+        lines.append(" ".join(words + (["--threads", str(*threads)] if len(threads) == 1 and None not in threads
+                                       else [])))
     return "`; `".join(lines)
 
 

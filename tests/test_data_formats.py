@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segzoo.data import CVAT, VOC, YOLO, LabelMe, build_dataset, check_dataset, detect_format
+from segzoo.data import CVAT, VOC, YOLO, LabelMe, build_dataset, check_dataset, detect_format, resolve_auto
 from segzoo.data.voc import VOC_CLASSES
 from tests.data_layouts import (
     CVAT_MASK,
@@ -239,3 +239,24 @@ def test_check_reports_class_count_and_boxes(tmp_path):
     report = check_dataset(LabelMe(root, task="detection"), num_classes=2)
     assert any("outside their image" in e for e in report.errors)
     assert VOC_OBJECTS  # the layouts module is shared with the benchmark tests
+
+
+def test_auto_parses_each_json_once(tmp_path, monkeypatch):
+    """Recognising a COCO folder asks about its json for instances, panoptic, LabelMe and the split's
+    arguments; each file is parsed once (a COCO json can be hundreds of MB), and again when it changes."""
+    import json
+
+    import segzoo.data.formats as formats
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "train").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "train" / "a.png")
+    ann = tmp_path / "annotations" / "instances_train.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    parsed = []
+    load = json.load
+    monkeypatch.setattr(formats.json, "load", lambda f, **kw: (parsed.append(f.name), load(f, **kw))[1])
+    assert resolve_auto(tmp_path, "train") == ("coco", {"root": tmp_path / "train", "ann_file": ann})
+    assert parsed == [str(ann)]
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "x", "isthing": 1}]}))
+    assert detect_format(tmp_path) == "coco_panoptic" and parsed == [str(ann)] * 2  # changed: read again

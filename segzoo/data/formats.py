@@ -8,6 +8,7 @@ arguments of that format's dataset.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -24,17 +25,29 @@ FORMATS = ("coco", "coco_panoptic", "voc", "yolo", "labelme", "cvat", "cityscape
 _PROBE = 20  # json files opened at most per folder
 
 
-def _json_doc(path: Path) -> dict:
+def _json_summary(path: Path) -> tuple[frozenset[str], str | None]:
+    """``(top-level keys, COCO kind)`` of a json file, parsed once per file version.
+
+    Recognising a layout asks about the same files several times (COCO instances, COCO-panoptic,
+    LabelMe, then the split's arguments); a COCO json can be hundreds of MB, so only this small
+    summary is kept, keyed by the file's path, size and modification time.
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return frozenset(), None
+    return _summarise_json(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _summarise_json(path: str, size: int, mtime_ns: int) -> tuple[frozenset[str], str | None]:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def _json_keys(path: Path) -> set[str]:
-    return set(_json_doc(path))
+        return frozenset(), None
+    doc = doc if isinstance(doc, dict) else {}
+    return frozenset(doc), _coco_kind(doc)
 
 
 def _coco_kind(doc: dict) -> str | None:
@@ -63,7 +76,7 @@ def _xml_root(path: Path) -> str:
 def coco_files(root: Path, kind: str = "coco") -> list[Path]:
     """The json files of ``kind`` (``"coco"`` or ``"coco_panoptic"``) in ``root`` or ``root/annotations``."""
     cands = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
-    return [p for p in cands[:_PROBE] if _coco_kind(_json_doc(p)) == kind]
+    return [p for p in cands[:_PROBE] if _json_summary(p)[1] == kind]
 
 
 def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
@@ -71,8 +84,7 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
     out: dict[str, tuple[bool, str]] = {}
     if root.is_file():
         suffix = root.suffix.lower()
-        doc = _json_doc(root) if suffix == ".json" else {}
-        keys, kind = set(doc), _coco_kind(doc)
+        keys, kind = _json_summary(root) if suffix == ".json" else (frozenset(), None)
         tag = _xml_root(root) if suffix == ".xml" else ""
         spec = {}
         if suffix in (".yaml", ".yml"):
@@ -125,7 +137,7 @@ def _evidence(root: Path) -> dict[str, tuple[bool, str]]:
                             "no json with segments_info annotations")
     cocos = cocos + panoptic  # neither is LabelMe
     jsons = sorted(root.rglob("*.json"))[:_PROBE]
-    lm = [p for p in jsons if {"shapes", "imagePath"} <= _json_keys(p)]
+    lm = [p for p in jsons if {"shapes", "imagePath"} <= _json_summary(p)[0]]
     out["labelme"] = (bool(lm) and not cocos, f"{len(lm)} of {len(jsons)} json files have shapes/imagePath")
     masks = next((root / d for d in ("masks", "annotations", "labels") if (root / d).is_dir()
                   and any((root / d).rglob("*.png"))), None)

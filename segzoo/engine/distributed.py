@@ -128,15 +128,17 @@ class ShardSampler(Sampler):
             return list(range(self.rank, self.size, self.world_size))
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(self.size, generator=g).tolist()
+        return perm[: self._taken()][self.rank :: self.world_size]
+
+    def _taken(self) -> int:
+        """How many of the epoch's permutation all ranks take together (training)."""
         n = self.num_samples_per_rank if self.num_samples_per_rank is not None else self.size // self.world_size
-        return perm[: n * self.world_size][self.rank :: self.world_size]
+        return min(n * self.world_size, self.size)
 
     def count(self) -> int:
         """``len(self.indices())`` without drawing the permutation."""
-        if not self.shuffle:
-            return len(range(self.rank, self.size, self.world_size))
-        n = self.num_samples_per_rank if self.num_samples_per_rank is not None else self.size // self.world_size
-        return len(range(self.rank, min(n * self.world_size, self.size), self.world_size))
+        end = self._taken() if self.shuffle else self.size
+        return len(range(self.rank, end, self.world_size))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i in self.indices()[self.skip :]:

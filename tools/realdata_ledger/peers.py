@@ -148,13 +148,20 @@ def rcnn_pair(name: str, num_classes: int, seed: int, backbone: str = "resnet50"
     anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
     cls = MaskRCNN if with_mask else FasterRCNN
     net = cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
-    # segzoo.convert.from_torchvision builds converted detectors with frozen BatchNorm (what trained
-    # torchvision weights need) and its loader then misses the num_batches_tracked counters of
-    # trainable BatchNorm; map the keys with the converter's own mapper and load those counters too
-    mapped, n = map_rcnn(net.state_dict(), name)
-    assert n == num_classes, (n, num_classes)
     ours = segzoo.build(name, num_classes=num_classes, backbone=backbone, frozen_bn=False,
                         anchor_sizes=tuple(anchor_sizes), **kwargs)
+    load_torchvision_rcnn(ours, net, name)
+    return ours, TorchvisionRCNN(net, num_classes, with_mask)
+
+
+def load_torchvision_rcnn(ours: nn.Module, net: nn.Module, name: str) -> None:
+    """Load torchvision R-CNN ``net``'s weights into segzoo model ``ours`` (built as ``name``), strictly.
+
+    segzoo.convert.from_torchvision builds converted detectors with frozen BatchNorm (what trained
+    torchvision weights need) and its loader then misses the num_batches_tracked counters of
+    trainable BatchNorm; the keys are mapped with the converter's own mapper and ``ours``'s counters kept.
+    """
+    mapped, n = map_rcnn(net.state_dict(), name)
+    assert n == ours.num_classes, (n, ours.num_classes)
     counters = {k: v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")}
     ours.load_state_dict({**counters, **mapped}, strict=True)
-    return ours, TorchvisionRCNN(net, num_classes, with_mask)

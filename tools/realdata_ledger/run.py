@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import box_iou
 
 from segzoo.config import RunConfig, parse_config
-from segzoo.convert.torchvision_detection import map_rcnn
 from segzoo.data import build_dataset
 from segzoo.data.transforms import collate_for
 from segzoo.engine import Trainer, evaluate
@@ -35,7 +34,7 @@ from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import LOG_FILE
 
 from .cases import Case
-from .peers import PeerAdapter
+from .peers import PeerAdapter, load_torchvision_rcnn
 
 
 class Recorder(Dataset):
@@ -264,9 +263,7 @@ def crosscheck(case: Case, seed: int, steps: int, log=print) -> dict[str, Any]:
     train_set, val_set = build_dataset(data, "train", ours.task), build_dataset(data, "val", ours.task)
     trained = train_peer(peer, train_set, cfg)
     log(f"  peer trained {steps} steps in {trained['train_s']} s")
-    mapped, _ = map_rcnn(peer.net.state_dict(), case.model.split()[0])
-    counters = {k: v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")}
-    ours.load_state_dict({**counters, **mapped}, strict=True)
+    load_torchvision_rcnn(ours, peer.net, case.model.split()[0])
     out: dict[str, Any] = {"case": case.name, "seed": seed, "steps": steps,
                            "peer": score(peer, val_set, cfg, case)["metrics"],
                            "segzoo_with_peer_weights": score(ours, val_set, cfg, case)["metrics"]}

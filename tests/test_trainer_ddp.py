@@ -20,6 +20,17 @@ from test_trainer import TinySeg, shapes_sets  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def assert_same_trained_weights(single_file, other_file):
+    """The distributed run's weights equal the single process's, and training moved them from the seed-0 init."""
+    single = read_safetensors(single_file)[0]
+    other = read_safetensors(other_file)[0]
+    for k in single:
+        torch.testing.assert_close(other[k], single[k], rtol=1e-5, atol=1e-6)
+    torch.manual_seed(0)
+    init = TinySeg(norm=False).state_dict()
+    assert any(not torch.allclose(init[k], single[k]) for k in single)  # training moved the weights
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,13 +66,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     """Also covers gradient accumulation under DDP (no_sync on the first micro-batch)."""
     _run(tmp_path / "shapes", tmp_path / "single", batch_size=4)  # also writes the data once
     mp.spawn(_worker, args=(2, _free_port(), tmp_path / "shapes", tmp_path / "ddp"), nprocs=2, join=True)
-    single = read_safetensors(tmp_path / "single" / "model.safetensors")[0]
-    ddp = read_safetensors(tmp_path / "ddp" / "model.safetensors")[0]
-    for k in single:
-        torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-6)
-    torch.manual_seed(0)
-    init = TinySeg(norm=False).state_dict()
-    assert any(not torch.allclose(init[k], single[k]) for k in single)  # training moved the weights
+    assert_same_trained_weights(tmp_path / "single" / "model.safetensors", tmp_path / "ddp" / "model.safetensors")
     m1 = json.loads((tmp_path / "single" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert m2["world_size"] == 2 and m2["step"] == m1["step"] == 4
@@ -96,13 +101,7 @@ def test_two_torchrun_nodes_match_single_process(tmp_path):
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log[-3000:]
     for name in ("model.safetensors", "ema.safetensors"):
-        single = read_safetensors(tmp_path / "single" / name)[0]
-        nodes = read_safetensors(tmp_path / "nodes" / name)[0]
-        for k in single:
-            torch.testing.assert_close(nodes[k], single[k], rtol=1e-5, atol=1e-6)
-    torch.manual_seed(0)
-    init = TinySeg(norm=False).state_dict()
-    assert any(not torch.allclose(init[k], single[k]) for k in single)  # training moved the weights
+        assert_same_trained_weights(tmp_path / "single" / name, tmp_path / "nodes" / name)
     metrics = json.loads((tmp_path / "nodes" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["step"] == 4 and metrics["evaluated"] == "ema"
 

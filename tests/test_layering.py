@@ -23,7 +23,7 @@ ALLOWED_LAZY = {
 # module-level imports may only point down this list (or sideways inside one layer)
 LAYERS = [
     ("segzoo.spec",),
-    ("segzoo.layers", "segzoo.losses", "segzoo.checkpoint"),
+    ("segzoo.layers", "segzoo.losses", "segzoo.checkpoint", "segzoo.setpred"),
     ("segzoo.backbones", "segzoo.detection"),
     ("segzoo.registry",),
     ("segzoo.models",),

@@ -1,0 +1,18 @@
+"""Set prediction for universal segmentation (Mask2Former, EoMT): a model predicts ``Q`` (class,
+mask) pairs per image; training matches them one-to-one to the targets (:class:`HungarianMatcher`)
+and supervises the matched pairs (:class:`SetCriterion`); inference merges them into a semantic
+map, instances or a panoptic segmentation (:mod:`segzoo.setpred.merge`).
+
+Conventions: class logits are ``B x Q x (C + 1)``, the last column "no object"; mask logits are
+``B x Q x h x w`` at any resolution (points are sampled in normalised coordinates); targets are
+segzoo's instance/panoptic targets, one dict per image with ``labels`` (``K``, 0-based, int64) and
+``masks`` (``K x H x W``, binary).
+"""
+
+from segzoo.setpred.losses import SetCriterion
+from segzoo.setpred.matcher import HungarianMatcher, pad_target_masks
+from segzoo.setpred.merge import instance_merge, panoptic_merge, semantic_merge
+from segzoo.setpred.points import point_sample, uncertain_points
+
+__all__ = ["HungarianMatcher", "SetCriterion", "instance_merge", "pad_target_masks", "panoptic_merge",
+           "point_sample", "semantic_merge", "uncertain_points"]

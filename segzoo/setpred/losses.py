@@ -44,7 +44,8 @@ class SetCriterion(nn.Module):
     ``mask_logits`` ``B x Q x h x w`` (the last decoder layer), ``targets`` one dict per image
     (``labels`` K, ``masks`` K x H x W; ``H x W`` need not equal ``h x w``: points are sampled in
     normalised coordinates, the targets of a batch padded at the bottom right to its largest size)
-    and ``aux`` the earlier layers' ``(class_logits, mask_logits)`` pairs. Returns
+    and ``aux`` the earlier layers' ``(class_logits, mask_logits)`` pairs; ``canvas`` is the
+    ``(H, W)`` of the padded input batch the mask logits cover (default: the largest target). Returns
     ``loss_class``, ``loss_mask``, ``loss_dice`` (last layer), ``loss_class_{i}``, ... for
     ``aux[i]``, all unweighted, and ``loss``: their sum weighted by ``class_weight``,
     ``mask_weight``, ``dice_weight``.
@@ -77,13 +78,14 @@ class SetCriterion(nn.Module):
         self.register_buffer("class_weights", class_w, persistent=False)
 
     def forward(self, class_logits: torch.Tensor, mask_logits: torch.Tensor, targets: Sequence[dict],
-                aux: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> dict[str, torch.Tensor]:
+                aux: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+                canvas: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         if class_logits.dim() != 3 or class_logits.shape[-1] != self.num_classes + 1:
             raise ValueError(f"class_logits must be B x Q x (num_classes + 1) = B x Q x {self.num_classes + 1}, "
                              f"got {tuple(class_logits.shape)}")
         _check_targets(targets, class_logits.shape[0])
         device = class_logits.device
-        masks, labels, sizes = pad_target_masks(targets, device)
+        masks, labels, sizes = pad_target_masks(targets, device, canvas)
         if any(sizes):  # one host sync per batch: labels must name a class
             lo, hi = torch.aminmax(torch.cat([t["labels"].reshape(-1).to(device) for t in targets]))
             lo, hi = torch.stack([lo, hi]).tolist()

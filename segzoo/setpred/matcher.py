@@ -31,13 +31,18 @@ def _check_targets(targets: Sequence[dict], batch: int) -> None:
                              f"{tuple(masks.shape)}; expected K and K x H x W with the same K")
 
 
-def pad_target_masks(targets: Sequence[dict], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def pad_target_masks(targets: Sequence[dict], device: torch.device,
+                     canvas: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """The batch's target masks as one float32 ``B x Kmax x H x W`` tensor (each image's masks at
-    the top left of the largest ``H x W``, zeros elsewhere, as a padded image batch), their
-    labels ``B x Kmax`` (0 where padded) and the counts ``K_i``."""
+    the top left of ``canvas``, by default the largest ``H x W``, zeros elsewhere, as a padded
+    image batch), their labels ``B x Kmax`` (0 where padded) and the counts ``K_i``."""
     sizes = [len(t["labels"]) for t in targets]
     h = max(int(t["masks"].shape[-2]) for t in targets)
     w = max(int(t["masks"].shape[-1]) for t in targets)
+    if canvas is not None:
+        if h > canvas[0] or w > canvas[1]:
+            raise ValueError(f"target masks of {h} x {w} do not fit the {canvas[0]} x {canvas[1]} image canvas")
+        h, w = int(canvas[0]), int(canvas[1])
     k = max(sizes, default=0)
     masks = torch.zeros(len(targets), k, h, w, device=device)
     labels = torch.zeros(len(targets), k, dtype=torch.int64, device=device)

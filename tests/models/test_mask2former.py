@@ -1,0 +1,125 @@
+"""Mask2Former equals Hugging Face's Mask2FormerForUniversalSegmentation (random weights, a small
+config on a timm ResNet-18 body, mapped by segzoo's converter): every decoder layer's class and
+mask logits, and the training loss; plus segzoo's forward contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segzoo.layers.deform_attn import MSDeformAttn
+from segzoo.models.mask2former import Mask2Former, hf_build_kwargs, map_hf_state_dict
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("scipy")
+
+
+def _pair(num_labels=5, queries=7, decoder_layers=4, seed=0):
+    torch.manual_seed(seed)
+    backbone = transformers.TimmBackboneConfig(backbone="resnet18", out_indices=(1, 2, 3, 4),
+                                               use_pretrained_backbone=False)
+    cfg = transformers.Mask2FormerConfig(
+        backbone_config=backbone, num_labels=num_labels, feature_size=64, mask_feature_size=64, hidden_dim=64,
+        encoder_feedforward_dim=128, encoder_layers=2, decoder_layers=decoder_layers, num_attention_heads=4,
+        dim_feedforward=128, num_queries=queries, train_num_points=400)
+    ref = transformers.Mask2FormerForUniversalSegmentation(cfg).eval()
+    ours = Mask2Former(backbone="resnet18", **hf_build_kwargs(cfg)).eval()
+    ours.load_state_dict(map_hf_state_dict(ref.state_dict()), strict=True)
+    return ref, ours
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return _pair()
+
+
+def test_the_converter_maps_every_key_one_to_one(pair):
+    ref, ours = pair
+    mapped = map_hf_state_dict(ref.state_dict())
+    assert set(mapped) == set(ours.state_dict())
+    n_ref = sum(v.numel() for k, v in ref.state_dict().items() if not k.startswith("criterion."))
+    assert sum(v.numel() for v in mapped.values()) == n_ref
+
+
+def test_every_layers_logits_equal_hugging_face(pair):
+    ref, ours = pair
+    x = torch.rand(2, 3, 96, 128)
+    with torch.no_grad():
+        expected = ref(ours.normalize(x), output_auxiliary_logits=True)
+        got = ours.forward_logits(ours.normalize(x))
+        blocked = ours.decoder.predict(ours.decoder.query_feat.weight[None], torch.randn(1, 64, 24, 32), (3, 4))[2]
+    assert len(got) == 4  # the queries' own prediction + 3 layers
+    torch.testing.assert_close(got[-1][0], expected.class_queries_logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(got[-1][1], expected.masks_queries_logits, rtol=0, atol=1e-4)
+    for (cls, msk), aux in zip(got[:-1], expected.auxiliary_logits):
+        torch.testing.assert_close(cls, aux["class_queries_logits"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(msk, aux["masks_queries_logits"], rtol=0, atol=1e-4)
+    assert got[-1][1].shape == (2, 7, 24, 32) and got[-1][0].shape == (2, 7, 6)
+    assert 0 < blocked.float().mean() < 1  # masked attention blocks some pixels, not all
+
+
+def test_the_training_loss_equals_hugging_face(pair):
+    ref, ours = pair
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 64, 96, generator=g)
+    targets = [{"labels": torch.tensor([1, 4, 0]), "masks": (torch.rand(3, 64, 96, generator=g) > 0.5).float()},
+               {"labels": torch.tensor([2]), "masks": (torch.rand(1, 64, 96, generator=g) > 0.3).float()}]
+    torch.manual_seed(7)
+    expected = ref(ours.normalize(x), mask_labels=[t["masks"] for t in targets],
+                   class_labels=[t["labels"] for t in targets])
+    torch.manual_seed(7)
+    got = ours(x, targets)
+    torch.testing.assert_close(got["loss"], expected.loss, rtol=1e-5, atol=1e-4)
+    assert len(got) == 1 + 3 * 4  # deep supervision over the 4 predictions
+
+
+@pytest.mark.parametrize("size", [(64, 64), (70, 90)])
+def test_one_forward_gives_semantic_instance_and_panoptic(size):
+    torch.manual_seed(0)
+    m = Mask2Former(num_classes=4, num_stuff=2, backbone="resnet18", dim=64, mask_dim=64, heads=4,
+                    encoder_layers=1, encoder_ffn=64, decoder_layers=3, decoder_ffn=64, num_queries=6,
+                    score_thresh=0.2, overlap_thresh=0.5).eval()
+    h, w = size
+    with torch.no_grad():
+        out = m(torch.rand(2, 3, h, w))
+    assert len(out) == 2
+    for r in out:
+        assert r["sem_seg"].shape == (4, h, w)
+        k = len(r["labels"])
+        assert r["masks"].shape == (k, h, w) and r["boxes"].shape == (k, 4) and r["scores"].shape == (k,)
+        assert bool((r["labels"] < 2).all())  # instances are things only when there is stuff
+        assert r["segments"].shape == (h, w) and r["segments"].dtype == torch.int32
+        assert {int(i) for i in torch.unique(r["segments"])} - {0} <= {s["id"] for s in r["segments_info"]}
+
+
+def test_images_of_different_sizes_and_backward():
+    torch.manual_seed(0)
+    m = Mask2Former(num_classes=3, backbone="resnet18", dim=32, mask_dim=32, heads=2, encoder_layers=1,
+                    encoder_ffn=32, decoder_layers=2, decoder_ffn=32, num_queries=4, num_points=64)
+    images = [torch.rand(3, 40, 56), torch.rand(3, 64, 33)]
+    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 40, 56) > 0.5},
+               {"labels": torch.tensor([1]), "masks": torch.rand(1, 64, 33) > 0.5}]
+    losses = m(images, targets)
+    losses["loss"].backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    no_grad = [k for k, p in m.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad
+    m.eval()
+    with torch.no_grad():
+        out = m(images)
+    assert out[0]["sem_seg"].shape == (3, 40, 56) and out[1]["segments"].shape == (64, 33)
+    with pytest.raises(ValueError, match="image size"):
+        m(images, [targets[1], targets[0]])
+
+
+def test_deformable_attention_samples_where_its_offsets_point():
+    """One head, one level, one point, no learned offset: the output is the value at the reference."""
+    attn = MSDeformAttn(dim=4, heads=1, levels=1, points=1)
+    torch.nn.init.zeros_(attn.sampling_offsets.bias)
+    for lin in (attn.value_proj, attn.output_proj):
+        torch.nn.init.eye_(lin.weight)
+        torch.nn.init.zeros_(lin.bias)
+    value = torch.randn(1, 4, 5, 6)  # (B, C, h, w)
+    ref = torch.tensor([[[[(2 + 0.5) / 6, (3 + 0.5) / 5]]]])  # the centre of pixel (y=3, x=2)
+    out = attn(torch.randn(1, 1, 4), ref, value.flatten(2).transpose(1, 2), [(5, 6)])
+    torch.testing.assert_close(out[0, 0], value[0, :, 3, 2])

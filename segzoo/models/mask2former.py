@@ -387,3 +387,17 @@ def hf_build_kwargs(config) -> dict:
                 decoder_ffn=config.dim_feedforward, num_queries=config.num_queries,
                 class_weight=config.class_weight, mask_weight=config.mask_weight, dice_weight=config.dice_weight,
                 no_object_weight=config.no_object_weight, num_points=config.train_num_points)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+# Not registered yet (see docs/models/mask2former.md: export and the task objects come first).
+def mask2former_resnet50(**kwargs) -> Mask2Former:
+    """The paper's R-50 model: 100 queries, 9 decoder layers, 6 encoder layers, width 256."""
+    return Mask2Former(**{"backbone": "resnet50", **kwargs})
+
+
+def mask2former_resnet18_small(**kwargs) -> Mask2Former:
+    """A CPU-sized variant for tests and Shapes: width 64, 2 encoder and 3 decoder layers, 20 queries."""
+    small = dict(backbone="resnet18", dim=64, mask_dim=64, heads=4, encoder_layers=2, encoder_ffn=128,
+                 decoder_layers=3, decoder_ffn=128, num_queries=20, num_points=1024)
+    return Mask2Former(**{**small, **kwargs})

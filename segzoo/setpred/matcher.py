@@ -29,6 +29,9 @@ def _check_targets(targets: Sequence[dict], batch: int) -> None:
         if masks.dim() != 3 or labels.dim() != 1 or len(labels) != len(masks):
             raise ValueError(f"targets[{i}] has labels of shape {tuple(labels.shape)} and masks of shape "
                              f"{tuple(masks.shape)}; expected K and K x H x W with the same K")
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"targets[{i}]['labels'] have dtype {labels.dtype}; give integer class indices "
+                             "(labels.long())")
 
 
 def pad_target_masks(targets: Sequence[dict], device: torch.device,

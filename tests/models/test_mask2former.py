@@ -123,3 +123,16 @@ def test_deformable_attention_samples_where_its_offsets_point():
     ref = torch.tensor([[[[(2 + 0.5) / 6, (3 + 0.5) / 5]]]])  # the centre of pixel (y=3, x=2)
     out = attn(torch.randn(1, 1, 4), ref, value.flatten(2).transpose(1, 2), [(5, 6)])
     torch.testing.assert_close(out[0, 0], value[0, :, 3, 2])
+
+
+def test_bf16_autocast_training_step_gives_finite_float32_losses():
+    from segzoo.models.mask2former import mask2former_resnet18_small
+
+    torch.manual_seed(0)
+    m = mask2former_resnet18_small(num_classes=3, num_queries=5, num_points=128)
+    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 64, 64) > 0.5}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = m(torch.rand(1, 3, 64, 64), targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

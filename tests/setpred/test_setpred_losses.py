@@ -95,6 +95,7 @@ def test_nan_costs_do_not_break_matching():
     ([{"labels": torch.tensor([0, 1]), "masks": torch.zeros(1, 4, 4)}], "same K"),
     ([{"labels": torch.tensor([4]), "masks": torch.zeros(1, 4, 4)}], "num_classes=4"),
     ([{"labels": torch.tensor([-1]), "masks": torch.zeros(1, 4, 4)}], "0-based"),
+    ([{"labels": torch.tensor([1.0]), "masks": torch.zeros(1, 4, 4)}], "integer class indices"),
 ])
 def test_bad_targets_are_refused_with_the_fix(targets, match):
     cls, msk, _ = _inputs(b=1, ks=(1,))

@@ -1,6 +1,6 @@
 """Mask2Former equals Hugging Face's Mask2FormerForUniversalSegmentation (random weights, a small
-config on a timm ResNet-18 body, mapped by segzoo's converter): every decoder layer's class and
-mask logits, and the training loss; plus segzoo's forward contract."""
+config on a timm ResNet-18 or ConvNeXt-atto body, mapped by segzoo's converter): every decoder
+layer's class and mask logits, and the training loss; plus segzoo's forward contract."""
 
 from __future__ import annotations
 
@@ -14,23 +14,25 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("scipy")
 
 
-def _pair(num_labels=5, queries=7, decoder_layers=4, seed=0):
+BODIES = {"resnet18": (1, 2, 3, 4), "convnext_atto": (0, 1, 2, 3)}  # timm indices of strides 4-32
+
+
+def _pair(body="resnet18", num_labels=5, queries=7, decoder_layers=4, seed=0):
     torch.manual_seed(seed)
-    backbone = transformers.TimmBackboneConfig(backbone="resnet18", out_indices=(1, 2, 3, 4),
-                                               use_pretrained_backbone=False)
+    backbone = transformers.TimmBackboneConfig(backbone=body, out_indices=BODIES[body], use_pretrained_backbone=False)
     cfg = transformers.Mask2FormerConfig(
         backbone_config=backbone, num_labels=num_labels, feature_size=64, mask_feature_size=64, hidden_dim=64,
         encoder_feedforward_dim=128, encoder_layers=2, decoder_layers=decoder_layers, num_attention_heads=4,
         dim_feedforward=128, num_queries=queries, train_num_points=400)
     ref = transformers.Mask2FormerForUniversalSegmentation(cfg).eval()
-    ours = Mask2Former(backbone="resnet18", **hf_build_kwargs(cfg)).eval()
+    ours = Mask2Former(backbone=body, **hf_build_kwargs(cfg)).eval()
     ours.load_state_dict(map_hf_state_dict(ref.state_dict()), strict=True)
     return ref, ours
 
 
-@pytest.fixture(scope="module")
-def pair():
-    return _pair()
+@pytest.fixture(scope="module", params=list(BODIES))
+def pair(request):
+    return _pair(request.param)
 
 
 def test_the_converter_maps_every_key_one_to_one(pair):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones import make_backbone
+from segzoo.backbones.timm import TimmBackbone
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.position import sine_position_embedding
 from segzoo.models.detection_base import DetectionModel, image_shapes
@@ -218,6 +219,8 @@ class Mask2Former(DetectionModel):
         num_classes: every category, things first (133 for COCO panoptic, 150 for ADE20K).
         num_stuff: how many of them (the last ones) are stuff.
         backbone: a timm model name (features at strides 4, 8, 16, 32).
+        backbone_kwargs: keyword arguments for ``timm.create_model`` (Swin: ``strict_img_size=False``
+            for any input size, ``img_size`` for the window layout).
         dim, mask_dim: pixel decoder / transformer width and mask embedding width (256).
         encoder_layers, encoder_ffn: deformable encoder depth and FFN width (6, 1024).
         decoder_layers, decoder_ffn, heads: transformer decoder depth (9), FFN width (2048), heads (8).
@@ -234,7 +237,8 @@ class Mask2Former(DetectionModel):
     size_divisibility = 32
 
     def __init__(self, num_classes: int = 133, num_stuff: int = 0, backbone: str = "resnet50",
-                 backbone_weights: str | None = None, dim: int = 256, mask_dim: int = 256, heads: int = 8,
+                 backbone_weights: str | None = None, backbone_kwargs: dict | None = None,
+                 dim: int = 256, mask_dim: int = 256, heads: int = 8,
                  encoder_layers: int = 6, encoder_ffn: int = 1024, decoder_layers: int = 9, decoder_ffn: int = 2048,
                  num_queries: int = 100, class_weight: float = 2.0, mask_weight: float = 5.0,
                  dice_weight: float = 5.0, no_object_weight: float = 0.1, num_points: int = 12544,
@@ -247,7 +251,11 @@ class Mask2Former(DetectionModel):
         self.num_stuff = num_stuff
         self.num_things = self.num_classes - num_stuff
         self.backbone_name = backbone
-        self.backbone = make_backbone(backbone, weights=backbone_weights, levels=4)
+        if backbone_kwargs:
+            self.backbone = TimmBackbone(backbone, out_indices=(-4, -3, -2, -1), weights=backbone_weights,
+                                         **backbone_kwargs)
+        else:
+            self.backbone = make_backbone(backbone, weights=backbone_weights, levels=4)
         if tuple(self.backbone.strides) != (4, 8, 16, 32):
             raise ValueError(f"Mask2Former needs a body with features at strides 4, 8, 16, 32; {backbone} gives "
                              f"{tuple(self.backbone.strides)}")
@@ -394,6 +402,14 @@ def hf_build_kwargs(config) -> dict:
 def mask2former_resnet50(**kwargs) -> Mask2Former:
     """The paper's R-50 model: 100 queries, 9 decoder layers, 6 encoder layers, width 256."""
     return Mask2Former(**{"backbone": "resnet50", **kwargs})
+
+
+def mask2former_swin_tiny(**kwargs) -> Mask2Former:
+    """Swin-T (timm's ``swin_tiny_patch4_window7_224``) at any input size. ``img_size=384`` lays
+    the windows out as for inputs of 384 px and more: the last stage (12 x 12 there) keeps its
+    shifted windows, as the detectron2 Swin of the paper, which shifts in every stage."""
+    return Mask2Former(**{"backbone": "swin_tiny_patch4_window7_224",
+                          "backbone_kwargs": {"strict_img_size": False, "img_size": 384}, **kwargs})
 
 
 def mask2former_resnet18_small(**kwargs) -> Mask2Former:

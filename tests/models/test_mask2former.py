@@ -138,3 +138,17 @@ def test_bf16_autocast_training_step_gives_finite_float32_losses():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_swin_tiny_body_runs_at_any_size():
+    from segzoo.models.mask2former import mask2former_swin_tiny
+
+    torch.manual_seed(0)
+    m = mask2former_swin_tiny(num_classes=3, dim=32, mask_dim=32, heads=2, encoder_layers=1, encoder_ffn=32,
+                              decoder_layers=1, decoder_ffn=32, num_queries=4).eval()
+    last = m.backbone.body.layers_3.blocks[1]
+    assert last.shift_size == (3, 3)  # shifted windows in the last stage, as the paper's Swin
+    with torch.no_grad():
+        for h, w in ((64, 64), (70, 100)):
+            out = m(torch.rand(1, 3, h, w))[0]
+            assert out["sem_seg"].shape == (3, h, w) and torch.isfinite(out["sem_seg"]).all()

@@ -105,8 +105,9 @@ class HungarianMatcher:
         with torch.autocast(class_logits.device.type, enabled=False):
             prob = class_logits.float().softmax(-1)
             cost_class = -prob.gather(2, target_labels[:, None, :].expand(b, q, k))  # (B, Q, K)
-            # one draw per image, in image order: the same numbers as one rand(1, P, 2) per image
-            coords = torch.rand(b, self.num_points, 2, device=class_logits.device, generator=self.generator)
+            # one draw per image, in image order (the reference's draws on every device)
+            coords = torch.cat([torch.rand(1, self.num_points, 2, device=class_logits.device,
+                                           generator=self.generator) for _ in range(b)])
             pred_pts = point_sample(mask_logits.float(), coords)  # (B, Q, P)
             tgt_pts = point_sample(target_masks, coords)  # (B, K, P)
             bce, dice = pairwise_mask_costs(pred_pts, tgt_pts)

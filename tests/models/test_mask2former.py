@@ -152,3 +152,40 @@ def test_swin_tiny_body_runs_at_any_size():
         for h, w in ((64, 64), (70, 100)):
             out = m(torch.rand(1, 3, h, w))[0]
             assert out["sem_seg"].shape == (3, h, w) and torch.isfinite(out["sem_seg"]).all()
+
+
+@pytest.mark.slow
+def test_overfits_one_panoptic_image_end_to_end():
+    """Training, the panoptic merge and PQ together: one image, two things on one stuff segment."""
+    from segzoo.metrics.panoptic import PanopticQuality
+    from segzoo.models.mask2former import mask2former_resnet18_small
+
+    torch.manual_seed(0)
+    m = mask2former_resnet18_small(num_classes=3, num_stuff=1, num_queries=8, num_points=256, score_thresh=0.5,
+                                   overlap_thresh=0.5)
+    img = torch.full((1, 3, 64, 64), 0.2)
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[0, 8:30, 6:28] = True
+    masks[1, 36:60, 30:58] = True
+    masks[2] = ~(masks[0] | masks[1])
+    img[0, 0][masks[0]] = 0.9
+    img[0, 1][masks[1]] = 0.9
+    targets = [{"labels": torch.tensor([0, 1, 2]), "masks": masks}]
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # about 15 s on one free core; two threads on a busy machine are far slower
+    try:
+        for _ in range(40):
+            loss = m(img, targets)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    m.eval()
+    with torch.no_grad():
+        out = m(img)[0]
+    pq = PanopticQuality(num_classes=3, num_stuff=1)
+    pq.update([out], targets)
+    assert pq.compute()["pq"] > 0.9
+    assert (out["sem_seg"].argmax(0) == masks.float().argmax(0)).float().mean() > 0.95

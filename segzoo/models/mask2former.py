@@ -33,7 +33,7 @@ from segzoo.backbones.timm import TimmBackbone
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.position import sine_position_embedding
 from segzoo.models.detection_base import DetectionModel, image_shapes
-from segzoo.setpred import SetCriterion, instance_merge, panoptic_merge, semantic_merge
+from segzoo.setpred import SetCriterion, drop_crowd, instance_merge, panoptic_merge, semantic_merge
 
 
 def _gn_conv(cin: int, cout: int, k: int, bias: bool, relu: bool) -> nn.Sequential:
@@ -211,9 +211,10 @@ class Mask2Former(DetectionModel):
       (:func:`~segzoo.setpred.panoptic_merge`).
 
     With ``targets`` (one dict per image: ``labels`` K in ``[0, num_classes)``, ``masks``
-    K x H x W; a semantic map becomes one mask per present class, an instance or panoptic
-    target one mask per object or segment) the output is :class:`~segzoo.setpred.SetCriterion`'s
-    losses over all ``decoder_layers + 1`` predictions.
+    K x H x W, optional ``iscrowd`` K: crowd segments are left out; an instance or panoptic
+    target gives one mask per object or segment, :func:`~segzoo.setpred.semantic_to_set_targets`
+    one per class present of a semantic map) the output is
+    :class:`~segzoo.setpred.SetCriterion`'s losses over all ``decoder_layers + 1`` predictions.
 
     Args:
         num_classes: every category, things first (133 for COCO panoptic, 150 for ADE20K).
@@ -285,7 +286,7 @@ class Mask2Former(DetectionModel):
         x, _ = self.preprocess(images)
         preds = self.forward_logits(x)
         if targets is not None:
-            targets = [targets] if isinstance(targets, dict) else list(targets)
+            targets = drop_crowd([targets] if isinstance(targets, dict) else list(targets))
             for i, (t, (h, w)) in enumerate(zip(targets, shapes)):
                 if "masks" in t and tuple(t["masks"].shape[-2:]) != (h, w):
                     raise ValueError(f"targets[{i}]['masks'] are {tuple(t['masks'].shape[-2:])} but the image is "

@@ -189,3 +189,19 @@ def test_overfits_one_panoptic_image_end_to_end():
     pq.update([out], targets)
     assert pq.compute()["pq"] > 0.9
     assert (out["sem_seg"].argmax(0) == masks.float().argmax(0)).float().mean() > 0.95
+
+
+def test_crowd_segments_do_not_count_in_the_loss():
+    from segzoo.models.mask2former import mask2former_resnet18_small
+
+    torch.manual_seed(0)
+    m = mask2former_resnet18_small(num_classes=3, num_queries=5, num_points=64)
+    x = torch.rand(1, 3, 64, 64)
+    masks = torch.rand(2, 64, 64) > 0.5
+    with_crowd = {"labels": torch.tensor([0, 1]), "masks": masks, "iscrowd": torch.tensor([0, 1])}
+    without = {"labels": torch.tensor([0]), "masks": masks[:1]}
+    torch.manual_seed(1)
+    a = m(x, [with_crowd])
+    torch.manual_seed(1)
+    b = m(x, [without])
+    assert all(torch.equal(a[k], b[k]) for k in a)

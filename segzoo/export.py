@@ -41,7 +41,14 @@ OUTPUT_NAMES = {
     "detection": ("boxes", "scores", "labels", "num_detections"),
     "instance": ("boxes", "scores", "labels", "masks", "num_detections"),
     "panoptic": ("segments", "segment_labels", "segment_scores", "segment_areas", "num_segments"),
+    # set-prediction models (Mask2Former, EoMT; ``export_kind = "set"``): the final prediction before the merges
+    "set": ("class_logits", "mask_logits"),
 }
+
+
+def _kind(model: nn.Module) -> str:
+    """The key of ``OUTPUT_NAMES`` for ``model``: its ``export_kind`` if it has one, else its task."""
+    return getattr(model, "export_kind", None) or model.task
 
 
 def exportable(model: nn.Module, max_detections: int = 100) -> nn.Module:
@@ -64,14 +71,15 @@ def dynamic_shapes(model: nn.Module, example: torch.Tensor, min_size: int = 64,
                    max_size: int = 4096) -> tuple[dict[str, Any], torch.Tensor]:
     """``torch.export`` dynamic shapes with batch, height and width free, and the example to trace.
 
-    Semantic models only (a detection export is fixed-size: export it at the deployed size).
+    Semantic models and those whose ``dynamic_export`` is True (Mask2Former, EoMT); a detection
+    export is fixed-size: export it at the deployed size.
     Returns the ``dynamic_shapes`` mapping and the example, repeated to a batch of 2 when it
     has 1 (``torch.export`` specialises sizes of 1). The exported graph then takes any batch
     of 1 to 1024 and any height and width in ``[min_size, max_size]``; ``min_size`` is 64
     because models with a stride-32 stage specialise a 1-pixel deepest feature map.
     """
     task = model.task
-    if task != "semantic":
+    if task != "semantic" and not getattr(model, "dynamic_export", False):
         raise ValueError(f"dynamic export supports semantic models; {type(model).__name__} is a {task} model, "
                          "whose export is fixed-size: export it at the input size you deploy (dynamic=False)")
     if example.dim() != 4:
@@ -134,7 +142,7 @@ def export_onnx(model: nn.Module | torch.export.ExportedProgram, path: str | os.
         return str(path)
     module = exportable(model, max_detections)
     example = example if example is not None else example_input()
-    names = list(OUTPUT_NAMES[model.task])
+    names = list(OUTPUT_NAMES[_kind(model)])
     shapes = None
     if dynamic:
         if not dynamo:

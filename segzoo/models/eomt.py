@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.models.detection_base import DetectionModel, image_shapes
-from segzoo.models.mask2former import Mask2Former
+from segzoo.models.mask2former import Mask2Former, SetPredictionExport
 from segzoo.setpred import SetCriterion, drop_crowd
 
 
@@ -155,6 +155,19 @@ class EoMT(DetectionModel):
         probs = [mask_annealing(step, s, e) for s, e in windows]
         self.attn_mask_probs.copy_(torch.tensor(probs))
         return probs
+
+    export_kind = "set"  # segzoo.export: outputs (class_logits, mask_logits), any H and W
+    dynamic_export = True
+
+    def exportable(self, max_detections: int | None = None) -> SetPredictionExport:
+        """The module ``segzoo.export`` exports (see :class:`~segzoo.models.mask2former.SetPredictionExport`),
+        with the blocks' masked-attention probabilities as they are now: 0 (a finished model)
+        exports a plain ViT, 1 the masked blocks; values in between draw at random and are refused."""
+        probs = [float(p) for p in self.attn_mask_probs.tolist()]
+        if any(0 < p < 1 for p in probs):
+            raise ValueError(f"attn_mask_probs {probs} are mid-annealing (random masks); export a model whose "
+                             "probabilities are all 0 or 1 (model.attn_mask_probs.fill_(0.0) after training)")
+        return SetPredictionExport(self, probs=probs)
 
     # ------------------------------------------------------------------------------------------ forward
     def predict(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

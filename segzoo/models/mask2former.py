@@ -91,8 +91,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """``1 x S x 1 x 2``: the centre of each flattened pixel, ``(x, y)`` in ``[0, 1]``."""
         refs = []
         for h, w in shapes:
-            y, x = torch.meshgrid(torch.linspace(0.5, h - 0.5, h, device=device, dtype=dtype) / h,
-                                  torch.linspace(0.5, w - 0.5, w, device=device, dtype=dtype) / w, indexing="ij")
+            y, x = torch.meshgrid((torch.arange(h, device=device, dtype=dtype) + 0.5) / h,  # arange: any size
+                                  (torch.arange(w, device=device, dtype=dtype) + 0.5) / w, indexing="ij")  # exports
+
             refs.append(torch.stack([x.reshape(-1), y.reshape(-1)], -1))
         return torch.cat(refs)[None, :, None]
 
@@ -101,7 +102,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         srcs, pos, shapes = [], [], []
         for i, f in enumerate(coarse):
             h, w = f.shape[-2:]
-            shapes.append((int(h), int(w)))
+            shapes.append((h, w))  # ints, or symbolic sizes under torch.export
             srcs.append(self.input_proj[i](f).flatten(2).transpose(1, 2))  # (B, h*w, dim)
             p = sine_position_embedding(h, w, self.dim // 2, f.device, f.dtype).flatten(2).transpose(1, 2)
             pos.append(p + self.level_embed[i].view(1, 1, -1))
@@ -180,7 +181,7 @@ class MaskedAttentionDecoder(nn.Module):
         memory, pos, sizes = [], [], []
         for i, f in enumerate(multi_scale):
             h, w = f.shape[-2:]
-            sizes.append((int(h), int(w)))
+            sizes.append((h, w))
             memory.append(self.input_proj[i](f).flatten(2).transpose(1, 2) + self.level_embed.weight[i])
             pos.append(sine_position_embedding(h, w, self.query_feat.embedding_dim // 2, f.device,
                                                f.dtype).flatten(2).transpose(1, 2))
@@ -278,6 +279,14 @@ class Mask2Former(DetectionModel):
         mask_features, multi_scale = self.pixel_decoder(feats)
         return self.decoder(multi_scale, mask_features)
 
+    export_kind = "set"  # segzoo.export: outputs (class_logits, mask_logits), any H and W
+    dynamic_export = True
+
+    def exportable(self, max_detections: int | None = None) -> SetPredictionExport:
+        """The module ``segzoo.export`` exports (``max_detections`` does not apply): see
+        :class:`SetPredictionExport`."""
+        return SetPredictionExport(self)
+
     def forward(self, images: torch.Tensor | Sequence[torch.Tensor],
                 targets: Sequence[dict] | None = None) -> list[dict] | dict[str, torch.Tensor]:
         if self.is_empty(images):
@@ -310,6 +319,29 @@ class Mask2Former(DetectionModel):
                               thing_classes=self.thing_classes if self.num_stuff else None)
         pan = panoptic_merge(class_logits, logits, self.thing_classes, self.score_thresh, self.overlap_thresh)
         return [{"sem_seg": sem[i], **inst[i], **pan[i]} for i in range(len(shapes))]
+
+
+class SetPredictionExport(nn.Module):
+    """The exported inference path of a set-prediction model (Mask2Former, EoMT): ``N x 3 x H x W``
+    images in [0, 1] in, the final prediction out, before the merges::
+
+        class_logits (N, Q, C + 1)   the last column "no object"
+        mask_logits  (N, Q, Hp / 4, Wp / 4)   Hp, Wp: H, W padded to size_divisibility
+
+    The merges are post-processing on the host: ``model.postprocess(class_logits, mask_logits,
+    (Hp, Wp), [(H, W)] * N)`` gives the dicts of eager ``model(images)``. (They hold Python lists
+    of segments, and keeping them out keeps N x Q x H x W masks out of the graph.)
+    """
+
+    def __init__(self, model: nn.Module, **logits_kwargs) -> None:
+        super().__init__()
+        self.model, self.logits_kwargs = model, logits_kwargs
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.model.size_divisibility
+        h, w = images.shape[-2:]
+        x = F.pad(self.model.normalize(images), (0, (-w) % d, 0, (-h) % d))
+        return self.model.forward_logits(x, **self.logits_kwargs)[-1]
 
 
 # ---------------------------------------------------------------------------------------------- converter

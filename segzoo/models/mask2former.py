@@ -431,7 +431,7 @@ def hf_build_kwargs(config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- variants
-# Not registered yet (see docs/models/mask2former.md: export and the task objects come first).
+# Not registered yet (see docs/models/mask2former.md: a benchmark case, a README row and the task objects first).
 def mask2former_resnet50(**kwargs) -> Mask2Former:
     """The paper's R-50 model: 100 queries, 9 decoder layers, 6 encoder layers, width 256."""
     return Mask2Former(**{"backbone": "resnet50", **kwargs})

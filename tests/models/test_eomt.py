@@ -150,3 +150,37 @@ def test_bad_arguments_say_what_to_use():
         eomt_vit_tiny_test(num_classes=3, anneal_steps=[(0, 1)])
     with pytest.raises(KeyError, match="unexpected key"):
         map_hf_state_dict({"encoder.something": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("size", ["small", "base", "large"])
+def test_the_published_layouts_map_one_to_one(size):
+    """The tue-mps COCO 640 px layouts (HF's default config is ViT-L), built on the meta device:
+    every mapped key exists in segzoo's eomt_vit_* with the same shape."""
+    from segzoo.models import eomt
+    width, depth, heads = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}[size]
+    cfg = transformers.EomtConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                                  num_labels=133)
+    with torch.device("meta"):
+        ref = transformers.EomtForUniversalSegmentation(cfg)
+        ours = getattr(eomt, f"eomt_vit_{size}")(num_classes=133, num_stuff=53)
+    mapped = map_hf_state_dict(ref.state_dict())
+    expected = ours.state_dict()
+    assert set(mapped) == set(expected)
+    bad = {k: (tuple(v.shape), tuple(expected[k].shape)) for k, v in mapped.items() if v.shape != expected[k].shape}
+    assert not bad, bad
+
+
+def test_bf16_autocast_training_step_gives_float32_losses_close_to_float32():
+    torch.manual_seed(0)
+    m = eomt_vit_tiny_test(num_classes=3, num_points=64)
+    x = torch.rand(2, 3, 64, 64)
+    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 64, 64) > 0.5},
+               {"labels": torch.tensor([1]), "masks": torch.rand(1, 64, 64) > 0.5}]
+    torch.manual_seed(1)
+    ref = m(x, targets)["loss"]
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = m(x, targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in got.values())
+    assert abs(float(got["loss"]) - float(ref)) < 0.05 * float(ref)
+    got["loss"].backward()

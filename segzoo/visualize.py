@@ -492,6 +492,6 @@ def draw_panoptic(
             out = draw_bounding_boxes(out, boxes, labels=names, colors=[seg_colors[i] for i in things], width=1)
     if legend and class_names:
         present = sorted({int(s["category"]) for s in info})
-        panel = draw_legend(class_names, colors, height=out.shape[1], classes=drawn)
+        panel = draw_legend(class_names, colors, height=out.shape[1], classes=present)
         out = torch.cat([out, panel[:, : out.shape[1]]], dim=2)
     return out

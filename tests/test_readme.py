@@ -89,3 +89,17 @@ def test_the_generated_sections_have_their_markers_in_the_docs():
     assert "<!-- realdata:end -->" in (DOCS / "accuracy.md").read_text()
     for page in DOCS.rglob("*.md"):
         assert "segzoo.benchmark.Options" not in page.read_text(), f"{page}: segzoo.benchmark does not exist"
+
+
+def test_the_changelog_page_is_rendered_from_the_log(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("changelog_tool", REPO / "tools" / "changelog.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    log = "2026-12-06\tREADME: wording\n2026-12-06\tFix <b> tags\n2026-12-05\t" + "x " * 100 + "\n"
+    monkeypatch.setattr(tool.subprocess, "run", lambda *a, **k: type("Done", (), {"stdout": log})())
+    text = tool.render(tool.entries())
+    assert text.startswith("# Changelog") and "README: wording" not in text and "- Fix &lt;b> tags" in text
+    assert text.index("## 2026-12-06") < text.index("## 2026-12-05") and text.rstrip().endswith("…")
+    assert (DOCS / "changelog.md").read_text().startswith(tool.HEADER)

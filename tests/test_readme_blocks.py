@@ -7,7 +7,7 @@ is ``python``, ``yaml`` or ``bash`` and is checked as follows.
 - YAML blocks are configs: each loads through the config loader (its ``_base_`` resolved as in
   ``configs/``), the files its data section names are generated, and ``segzoo data check`` passes.
 - Python blocks run top to bottom, each in a fresh namespace, in a folder that holds what the
-  README says exists at that point: the quickstart's run folder and a photo, and (offline, no
+  pages say exists at that point: the quickstart's run folder and a photo, and (offline, no
   network) the pretrained weights the blocks name, pre-filled in segzoo's cache. ``torch.compile``
   runs with the eager backend: dynamo still traces ``fullgraph=True`` (a graph break fails), only
   the C++ code generation is skipped.

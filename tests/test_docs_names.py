@@ -32,7 +32,7 @@ TOOL_PARSERS = ["tools/benchmark.py", "tools/realdata_ledger/main.py", "tools/mo
 # flags of other programs that the docs name (torchrun, pip, pytest, mkdocs, and the references' own options)
 OTHER_PROGRAMS = {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",
                   "--index-url", "--no-deps", "--sync-bn", "--aspect-ratio-group-factor", "--keep_res", "--cov",
-                  "--strict"}
+                  "--strict", "--config-settings"}
 CODE = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")

@@ -194,7 +194,7 @@ def _keys_digest(keys) -> str:
 
 def _tensor_crc32(t: torch.Tensor) -> int:
     data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()  # the bytes, no copy
-    return zlib.crc32(data)  # releases the GIL: tensors are checked in parallel threads
+    return zlib.crc32(data.data)  # releases the GIL: tensors are checked in parallel threads
 
 
 def content_digest(state: Mapping[str, torch.Tensor], spec: str, classes: str) -> str:
@@ -429,7 +429,9 @@ def _compare(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
     """``(missing, unexpected, mismatched, class_mismatched, wrong_kind)`` between a model and a file."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    mismatched, class_mismatched, wrong_kind = [], [], []
+    mismatched: list[str] = []
+    class_mismatched: list[str] = []
+    wrong_kind: list[str] = []
     for k, v in state.items():
         if k not in own:
             continue

@@ -80,8 +80,23 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out (its files are deleted)")
 
 
+def _summary(cfg, out: Path) -> str:
+    """Four lines on what a training will do; the whole resolved config goes to the run folder."""
+    m, d, tc = cfg.model, cfg.data, cfg.train
+    model = m.get("name", "?") + (f" (backbone {m['backbone']})" if m.get("backbone") else "")
+    start = f"weights {m['weights']}" if m.get("weights") else (
+        f"backbone weights {m['backbone_weights']}" if m.get("backbone_weights") else "random init")
+    budget = f"{tc.max_steps} steps" if tc.max_steps else f"{tc.epochs} epochs"
+    return "\n".join([
+        f"model  {model}, num_classes {m.get('num_classes', 'default')}, {start}",
+        f"data   {d.type}, batch {d.batch_size}, augment size {d.augment.size}",
+        f"train  {budget}, {tc.optimizer} lr {tc.lr:g} ({tc.schedule}), device {tc.device}, seed {tc.seed}",
+        f"out    {out} (the full resolved config is written to {out / 'config.yaml'})",
+    ])
+
+
 def _train(args: argparse.Namespace) -> int:
-    from segzoo.config import dump, load_config
+    from segzoo.config import load_config
     from segzoo.engine.distributed import world_info
     from segzoo.engine.run import default_out_dir, train_from_config
 
@@ -90,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
     check_writable(out)
     rank = world_info()[0]
     if rank == 0:
-        print("# resolved config\n" + dump(cfg), flush=True)
+        print(_summary(cfg, out), flush=True)
     metrics = train_from_config(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if rank == 0:
         best = metrics["best"]
@@ -430,7 +445,7 @@ COMMANDS: dict[str, Command] = {
     segzoo train configs/quickstart.yaml [key.sub=value ...] [--out DIR] [--resume | --overwrite]
     torchrun --nproc_per_node 2 tools/train.py configs/quickstart.yaml
 
-Prints the resolved config, checks the data, trains, evaluates and writes the run folder
+Prints a four-line summary, checks the data, trains, evaluates and writes the run folder
 (default runs/<config name>/): model.safetensors, train_state.pt, best.safetensors,
 ema.safetensors (with train.ema), log.jsonl, metrics.json, predictions.png, config.yaml. A
 folder that holds a run is refused unless --resume (continue it) or --overwrite (replace it) is

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import urllib.error
 import warnings
@@ -329,10 +330,34 @@ def timm_pretrained(name: str, **create_kwargs) -> torch.nn.Module:
     if is_offline():
         raise WeightsError(f"timm weights {name} are not in the Hugging Face or segzoo cache and offline mode is "
                            f"on ({ENV_OFFLINE} or HF_HUB_OFFLINE). {by_hand}")
+    unreachable = _unreachable(url)
+    if unreachable:  # fail at once: huggingface_hub would retry for about a minute before giving up
+        raise WeightsError(f"cannot download timm weights {name}: {unreachable}. Without a network, set "
+                           f"{ENV_OFFLINE}=1 (nothing is fetched and a missing file fails at once). {by_hand}")
     try:
         return timm.create_model(name, pretrained=True, **create_kwargs)
     except OSError as e:  # huggingface_hub's errors are OSErrors
-        raise WeightsError(f"downloading timm weights {name} failed: {e}. {by_hand}") from None
+        raise WeightsError(f"downloading timm weights {name} failed: {str(e).strip().rstrip('.')}. "
+                           f"{by_hand}") from None
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _unreachable(url: str | None, timeout: float = 3.0) -> str | None:
+    """Why the host of ``url`` cannot be reached (one TCP connection, ``timeout`` seconds), or None.
+
+    Behind a proxy the host is not contacted directly, so nothing is probed there.
+    """
+    parts = urlparse(url or "")
+    if not parts.hostname or any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{parts.hostname}:{port} cannot be reached ({e.strerror or e})"
+    return None
 
 
 def import_timm_file(name: str, file: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Facts about registered models, for the README's model table and the CLI."""
+"""Facts about registered models, for the documentation's generated tables and the CLI."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from segzoo.registry import build, get_entry, list_models
 
 START, END = "<!-- models:start -->", "<!-- models:end -->"
 WEIGHTS_START, WEIGHTS_END = "<!-- weights:start -->", "<!-- weights:end -->"
+# where the generated tables live (relative to a source checkout's root)
+MODELS_PAGE, WEIGHTS_PAGE = "docs/models/index.md", "docs/weights.md"
 
 
 def _build_meta(name: str):
@@ -71,18 +73,32 @@ def weights_table(pattern: str = "*") -> str:
     return "\n".join(lines)
 
 
-def _replace(text: str, start: str, end: str, table: str, path: Path) -> str:
-    if start not in text or end not in text:
-        raise ValueError(f"{path} has no {start} ... {end} markers")
+def _replace(text: str, start: str, end: str, table: str) -> str:
     return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{table}\n{end}", text, flags=re.S)
 
 
-def update_readme(path: str | Path) -> bool:
-    """Rewrite the model and weights tables between their markers in a README; True if it changed."""
+def update_tables(path: str | Path) -> bool:
+    """Rewrite the generated tables between their markers in a Markdown file; True if it changed.
+
+    The file holds the model table (``<!-- models:start -->``), the weights table
+    (``<!-- weights:start -->``) or both; a file with neither is refused, naming the pages
+    that hold them.
+    """
     path = Path(path)
     text = path.read_text()
-    new = _replace(text, START, END, model_table(), path)
-    new = _replace(new, WEIGHTS_START, WEIGHTS_END, weights_table(), path)
+    new = text
+    found = False
+    for start, end, make in ((START, END, model_table), (WEIGHTS_START, WEIGHTS_END, weights_table)):
+        if (start in text) != (end in text):
+            raise ValueError(f"{path} has {start if start in text else end} without its pair")
+        if start in text:
+            found = True
+            new = _replace(new, start, end, make())
+    if not found:
+        raise ValueError(f"{path} has no generated-table markers ({START}, {WEIGHTS_START}); "
+                         f"the tables live in {MODELS_PAGE} and {WEIGHTS_PAGE}")
     if new != text:
-        path.write_text(new)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
     return new != text

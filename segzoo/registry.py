@@ -59,7 +59,7 @@ class _Entry:
     @property
     def task(self) -> str:
         """The declared model class's task."""
-        return self.cls.task
+        return self.cls.task  # type: ignore[attr-defined]  # checked by _declared_class at registration
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -141,12 +141,13 @@ def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
         kwargs = {**defaults, **kwargs}
     # num_classes is recorded from the built model (an int even when given as a numpy integer)
     spec_kwargs = {k: _json_safe(v, k) for k, v in kwargs.items() if k not in (*_FILE_ARGS, "num_classes")}
-    model = entry.fn(**kwargs)
-    if not isinstance(model, entry.cls) or model.task != entry.cls.task:
+    built = entry.fn(**kwargs)
+    if not isinstance(built, entry.cls) or getattr(built, "task", None) != entry.task:
         raise TypeError(
-            f"entrypoint {entry.name!r} declares {entry.cls.__name__} (task {entry.cls.task!r}) but "
-            f"built {type(model).__name__} (task {getattr(model, 'task', None)!r}); fix its return annotation"
+            f"entrypoint {entry.name!r} declares {entry.cls.__name__} (task {entry.task!r}) but "
+            f"built {type(built).__name__} (task {getattr(built, 'task', None)!r}); fix its return annotation"
         )
+    model: Any = built  # Any: spec, classes and task are plain attributes that nn.Module's stubs do not know
     num_classes = getattr(model, "num_classes", None)
     if not isinstance(num_classes, int):
         raise TypeError(f"entrypoint {entry.name!r} returned a model without an int num_classes")
@@ -231,7 +232,7 @@ def check_kwargs(cls: type, name: str, kwargs: dict[str, Any]) -> None:
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
-        params = inspect.signature(klass.__init__).parameters
+        params = inspect.signature(vars(klass)["__init__"]).parameters
         accepted += [p.name for p in params.values() if p.name != "self" and p.name not in accepted
                      and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -279,7 +280,7 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", **overrides: 
     if task != spec.task:
         raise corrupt_header(path, f"task={spec.task!r} but {spec.name} is a {task} model")
     check_header_model(path, spec, state, build)
-    model = build(spec.name, **{**spec.kwargs, "num_classes": spec.num_classes, **overrides})
+    model: Any = build(spec.name, **{**spec.kwargs, "num_classes": spec.num_classes, **overrides})
     changed = model.num_classes != spec.num_classes
     load_state(model, state, path, strict=True, reinit_class_layers=changed)
     model.classes = None if changed else classes

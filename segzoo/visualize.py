@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 from torchvision.ops import masks_to_boxes
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
@@ -176,6 +176,14 @@ def draw_legend(
     return to_uint8(panel)
 
 
+BACKGROUND_NAMES = ("background", "bg", "_background_", "__background__")
+
+
+def is_background_name(name: str) -> bool:
+    """True for the usual names of the background class (case-insensitive)."""
+    return str(name).strip().lower() in BACKGROUND_NAMES
+
+
 def draw_semantic(
     image,
     mask: torch.Tensor,
@@ -185,7 +193,7 @@ def draw_semantic(
     alpha: float = 0.5,
     ignore_index: int | None = 255,
     legend: bool = False,
-    skip_background: bool = False,
+    skip_background: bool | None = None,
 ) -> torch.Tensor:
     """Overlay a semantic mask on an image.
 
@@ -199,7 +207,10 @@ def draw_semantic(
         ignore_index: label left undrawn.
         legend: append a legend panel of the classes present on the right (the result is
             then wider than the image); needs ``class_names``.
-        skip_background: leave class 0 undrawn.
+        skip_background: leave class 0 undrawn, so that the photo shows through where nothing was
+            found. ``None`` (default): when class 0 is the background, i.e. it is named
+            "background" (or "bg", "_background_") or there are no names; a class 0 with another name
+            (Cityscapes' "road") is drawn.
 
     Returns:
         uint8 ``3 x H x W`` (``3 x H x (W + legend width)`` with ``legend=True``).
@@ -220,6 +231,8 @@ def draw_semantic(
     present = [int(k) for k in torch.unique(mask[valid]) if 0 <= k < num_classes]
     if valid.any() and int(mask[valid].max()) >= num_classes:
         raise ValueError(f"mask has label {int(mask[valid].max())} but num_classes={num_classes}")
+    if skip_background is None:
+        skip_background = class_names is None or is_background_name(class_names[0])
     drawn = [k for k in present if not (skip_background and k == 0)]
     out = img
     if drawn:
@@ -231,7 +244,7 @@ def draw_semantic(
             raise ValueError("legend=True needs class_names")
         if len(class_names) < num_classes:
             raise ValueError(f"got {len(class_names)} class_names for {num_classes} classes")
-        panel = draw_legend(class_names, colors, height=out.shape[1], classes=present)
+        panel = draw_legend(class_names, colors, height=out.shape[1], classes=drawn)
         if panel.shape[1] > out.shape[1]:
             panel = panel[:, : out.shape[1]]
         out = torch.cat([out, panel], dim=2)
@@ -301,8 +314,34 @@ def draw_instances(
         b[:, 0::2] = b[:, 0::2].clamp(0, w - 1)
         b[:, 1::2] = b[:, 1::2].clamp(0, h - 1)
         b[:, 2:] = torch.maximum(b[:, 2:], b[:, :2])  # degenerate boxes (x2 a rounding error below x1) still draw
-        out = draw_bounding_boxes(out, b, labels=names, colors=inst_colors, width=line)
+        out = draw_bounding_boxes(out, b, colors=inst_colors, width=line)
+        out = draw_box_labels(out, b, names, inst_colors)
     return out
+
+
+def _text_color(rgb) -> tuple[int, int, int]:
+    """Black or white, whichever reads better on ``rgb`` (ITU-R BT.601 luma)."""
+    r, g, b = (int(v) for v in rgb)
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 140 else (255, 255, 255)
+
+
+def draw_box_labels(image: torch.Tensor, boxes: torch.Tensor, labels: Sequence[str], colors: Sequence) -> torch.Tensor:
+    """Labels on filled tags in each box's colour (black or white text, whichever contrasts), above
+    the box where there is room and inside its top edge otherwise, kept inside the image; the font
+    grows with the image (10-16 px), so that labels stay readable on small and large pictures alike."""
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(pil)
+    h, w = image.shape[-2:]
+    font = _font(max(10, min(16, min(h, w) // 20)))
+    for box, text, color in zip(boxes.tolist(), labels, colors):
+        color = tuple(int(v) for v in (ImageColor.getrgb(color) if isinstance(color, str) else color))
+        left, top, right, bottom = draw.textbbox((0, 0), str(text), font=font)
+        tw, th = right - left + 4, bottom - top + 3
+        x = min(max(0, int(box[0])), max(0, w - tw))
+        y = int(box[1]) - th if int(box[1]) - th >= 0 else min(int(box[1]), max(0, h - th))
+        draw.rectangle([x, y, x + tw - 1, y + th - 1], fill=color)
+        draw.text((x + 2 - left, y + 1 - top), str(text), fill=_text_color(color), font=font)
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
 
 
 def shown_instances(scores: torch.Tensor | None, score_thresh: float, top_k: int = 0, count: int | None = None

@@ -133,3 +133,23 @@ def test_binned_curve_has_no_point_where_nothing_is_predicted():
     assert (res["recall"][0], res["precision"][0]) == (pytest.approx(0.5), pytest.approx(1.0))
     assert all(p > 0 for p in res["precision"]) and res["ap"] == pytest.approx(1.0)
     assert len(res["precision"]) == len(res["recall"]) == len(res["thresholds"])
+
+
+def test_pr_legend_is_beside_the_curves(tmp_path, monkeypatch):
+    """The legend never covers the curves: it sits right of the axes."""
+    import matplotlib.figure
+
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append(fig)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    curve = PRCurve(3, num_bins=11)
+    probs = torch.softmax(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)), 1)
+    curve.update(probs, torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(1)))
+    plot_pr_curves(curve.compute(), tmp_path / "pr.png", ["background", "cat", "dog"])
+    ax = saved[0].axes[0]
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1

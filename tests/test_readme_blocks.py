@@ -1,9 +1,13 @@
-"""Every code block of the README runs as written.
+"""Every code block of the README and of the docs (docs/**/*.md) runs as written, or says why not.
+
+A block preceded by the line ``<!-- not run: REASON -->`` is not run (it needs the reader's own
+data, a GPU or a download); its commands still parse and its flags must exist. Every other block
+is ``python``, ``yaml`` or ``bash`` and is checked as follows.
 
 - YAML blocks are configs: each loads through the config loader (its ``_base_`` resolved as in
   ``configs/``), the files its data section names are generated, and ``segzoo data check`` passes.
 - Python blocks run top to bottom, each in a fresh namespace, in a folder that holds what the
-  README says exists at that point: the quickstart's run folder and a photo, and (offline, no
+  pages say exists at that point: the quickstart's run folder and a photo, and (offline, no
   network) the pretrained weights the blocks name, pre-filled in segzoo's cache. ``torch.compile``
   runs with the eager backend: dynamo still traces ``fullgraph=True`` (a graph break fails), only
   the C++ code generation is skipped.
@@ -35,21 +39,45 @@ from segzoo.published import get_weights, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$")
 
 
-def blocks(lang: str) -> list[tuple[int, str]]:
-    """``(line number, text)`` of the README's fenced blocks in ``lang``."""
-    text = README.read_text()
-    return [(text[: m.start()].count("\n") + 1, m.group(2)) for m in FENCE.finditer(text) if m.group(1) == lang]
+def _all_blocks() -> list[tuple[str, int, str, str, str | None]]:
+    """``(page, line, lang, text, reason not run or None)`` of every fenced block."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            line = text[: m.start()].count("\n") + 1
+            before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            reason = NOT_RUN.search(before)
+            found.append((page.relative_to(REPO).as_posix(), line, m.group(1), m.group(2),
+                          reason.group(1) if reason else None))
+    return found
 
 
-def ids(found: list[tuple[int, str]]) -> list[str]:
-    return [f"line{line}" for line, _ in found]
+def blocks(lang: str, runnable: bool = True) -> list[tuple[str, str]]:
+    """``(where, text)`` of the fenced blocks in ``lang``; ``runnable=False``: those marked not run too."""
+    return [(f"{page}:{line}", text) for page, line, kind, text, reason in _all_blocks()
+            if kind == lang and (reason is None or not runnable)]
 
 
-def test_the_readme_has_blocks_of_each_kind():
+def ids(found: list[tuple[str, str]]) -> list[str]:
+    return [where for where, _ in found]
+
+
+def test_the_readme_and_docs_have_blocks_of_each_kind():
     assert len(blocks("python")) >= 3 and len(blocks("yaml")) >= 1 and len(blocks("bash")) >= 3
+    assert any(where.startswith("README.md") for where, _ in blocks("python"))
+
+
+def test_every_block_is_checked_here_or_says_why_not():
+    for page, line, lang, _, reason in _all_blocks():
+        assert reason is not None or lang in ("python", "yaml", "bash"), (
+            f"{page}:{line}: a ```{lang} block is not checked by a test; make it python/yaml/bash or put "
+            "<!-- not run: REASON --> on the line before it")
 
 
 # ---------------------------------------------------------------------------- YAML
@@ -66,23 +94,55 @@ def _write_mask_folder(images: Path, masks: Path, num_classes: int, n: int = 3) 
         Image.fromarray(mask).save(masks / f"{i:03d}.png")
 
 
+def _write_coco(images: Path, annotations: Path, num_classes: int, n: int = 2) -> None:
+    """A COCO json with one square object per category in each image."""
+    import json
+
+    images.mkdir(parents=True, exist_ok=True)
+    annotations.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    doc = {"images": [], "annotations": [],
+           "categories": [{"id": c + 1, "name": f"class{c + 1}"} for c in range(num_classes)]}
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / f"{i:03d}.jpg")
+        doc["images"].append({"id": i + 1, "file_name": f"{i:03d}.jpg", "height": 40, "width": 48})
+        for c in range(num_classes):
+            x0, y0 = 4 + 12 * c, 6
+            poly = [x0, y0, x0 + 10, y0, x0 + 10, y0 + 10, x0, y0 + 10]
+            doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": i + 1, "category_id": c + 1,
+                                       "iscrowd": 0, "bbox": [x0, y0, 10, 10], "area": 100.0,
+                                       "segmentation": [[float(v) for v in poly]]})
+    annotations.write_text(json.dumps(doc))
+
+
 def _generate_data(cfg, config_file: Path) -> None:
     """Write a few files where the config's data section says its data lives."""
+    import data_layouts
+
     data = cfg.data
     splits = [s for s in (data.train, data.val) if s]
     if data.type == "mask_folder":
         for split in splits:
             _write_mask_folder(Path(split["images"]), Path(split["masks"]), cfg.model["num_classes"])
+    elif data.type == "coco":
+        for split in splits:
+            _write_coco(Path(split["images"]), Path(split["annotations"]), cfg.model["num_classes"])
+    elif data.type == "labelme":
+        for split in splits:
+            data_layouts.write_labelme(Path(split["root"]))
+    elif data.type == "yolo":
+        for root in {split["root"] for split in splits}:
+            data_layouts.write_yolo(Path(root))
     elif data.type != "shapes":  # shapes generates itself
         pytest.fail(f"{config_file.name}: teach tests/test_readme_blocks.py to write data.type={data.type!r} files")
 
 
-@pytest.mark.parametrize("line,text", blocks("yaml"), ids=ids(blocks("yaml")))
-def test_yaml_block_is_a_config_that_loads_and_whose_data_checks(line, text, tmp_path, monkeypatch, capsys):
-    assert isinstance(yaml.safe_load(text), dict), f"README line {line}: not a YAML mapping"
+@pytest.mark.parametrize("where,text", blocks("yaml"), ids=ids(blocks("yaml")))
+def test_yaml_block_is_a_config_that_loads_and_whose_data_checks(where, text, tmp_path, monkeypatch, capsys):
+    assert isinstance(yaml.safe_load(text), dict), f"{where}: not a YAML mapping"
     configs = tmp_path / "configs"
     shutil.copytree(REPO / "configs" / "_base_", configs / "_base_")
-    path = configs / f"readme_line{line}.yaml"
+    path = configs / "block.yaml"
     path.write_text(text)
     monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
@@ -133,11 +193,11 @@ def _eager_compile(monkeypatch):
     monkeypatch.setattr(torch, "compile", compile_eager)
 
 
-@pytest.mark.parametrize("line,text", blocks("python"), ids=ids(blocks("python")))
-def test_python_block_runs(line, text, readme_folder, monkeypatch):
+@pytest.mark.parametrize("where,text", blocks("python"), ids=ids(blocks("python")))
+def test_python_block_runs(where, text, readme_folder, monkeypatch):
     _eager_compile(monkeypatch)
     torch.manual_seed(0)
-    script = readme_folder / f"readme_block_line{line}.py"
+    script = readme_folder / "block.py"
     script.write_text(text)
     runpy.run_path(str(script), run_name="__readme__")
 
@@ -145,20 +205,22 @@ def test_python_block_runs(line, text, readme_folder, monkeypatch):
 # ---------------------------------------------------------------------------- bash
 
 
-def commands() -> list[tuple[int, list[str]]]:
-    """Every tools/segzoo/torchrun command line of the README's bash blocks, continuations joined."""
+def commands(runnable: bool = True) -> list[tuple[str, list[str]]]:
+    """Every tools/segzoo/torchrun command line of the bash blocks, continuations joined
+    (``runnable=False``: of the blocks marked not run too)."""
     found = []
-    for line, text in blocks("bash"):
+    for where, text in blocks("bash", runnable):
+        page, line = where.rsplit(":", 1)
         joined = re.sub(r"\\\n\s*", " ", text)
         for i, raw in enumerate(joined.splitlines()):
             words = shlex.split(raw, comments=True)
             for sep in ("&&", ";"):  # the first block chains its commands
                 while sep in words:
                     j = words.index(sep)
-                    found.append((line + i, words[:j]))
+                    found.append((f"{page}:{int(line) + i}", words[:j]))
                     words = words[j + 1:]
             if words:
-                found.append((line + i, words))
+                found.append((f"{page}:{int(line) + i}", words))
     return [(n, w) for n, w in found
             if w[0] in ("python", "torchrun", "segzoo") and w[:3] != ["python", "-m", "pytest"]]
 
@@ -175,13 +237,13 @@ def _segzoo_argv(words: list[str]) -> list[str] | None:
     return [*shim.group(1).split(), *words[2:]] if shim else None
 
 
-@pytest.mark.parametrize("line,words", commands(), ids=[f"line{n}" for n, _ in commands()])
-def test_bash_command_parses_and_its_config_loads(line, words, monkeypatch):
+@pytest.mark.parametrize("where,words", commands(), ids=[n for n, _ in commands()])
+def test_bash_command_parses_and_its_config_loads(where, words, monkeypatch):
     monkeypatch.chdir(REPO)
     argv = _segzoo_argv(words)
     for word in words:
         if word.endswith(".yaml"):
-            assert (REPO / word).is_file(), f"README line {line} names {word}, which does not exist"
+            assert (REPO / word).is_file(), f"{where} names {word}, which does not exist"
     if argv is None:
         return
     args, extra = cli._parser().parse_known_args(argv)
@@ -193,3 +255,15 @@ def test_bash_command_parses_and_its_config_loads(line, words, monkeypatch):
         tag = model.get("weights")
         if isinstance(tag, str) and not hub.looks_like_path(tag):
             resolve(model["name"], tag)  # a published tag of this model
+
+
+NOT_RUN_COMMANDS = [c for c in commands(runnable=False) if c not in commands()]
+
+
+@pytest.mark.parametrize("where,words", NOT_RUN_COMMANDS, ids=[n for n, _ in NOT_RUN_COMMANDS])
+def test_a_command_not_run_still_parses(where, words):
+    """The blocks that need the reader's files: their tools exist and their flags parse."""
+    argv = _segzoo_argv(words)
+    if argv is not None:
+        args, extra = cli._parser().parse_known_args(argv)
+        assert all(args.command_spec.overrides and "=" in e and not e.startswith("-") for e in extra), extra

@@ -51,7 +51,9 @@ def test_train_writes_run_folder(tmp_path, capsys):
             *_small_shapes(tmp_path / "shapes")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "# resolved config" in out and "max_steps: 2" in out and "best miou" in out
+    assert "train  2 steps, adamw" in out and "best miou" in out
+    assert "max_steps" not in out and f"full resolved config is written to {run / 'config.yaml'}" in out
+    assert "max_steps: 2" in (run / "config.yaml").read_text()
     for name in ("model.safetensors", "train_state.pt", "log.jsonl", "metrics.json", "predictions.png"):
         assert (run / name).is_file(), name
     assert json.loads((run / "metrics.json").read_text())["step"] == 2

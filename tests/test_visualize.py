@@ -69,3 +69,46 @@ def test_side_by_side_and_saving(tmp_path):
     back = Image.open(tmp_path / "m.png")
     assert back.mode == "P" and np.array_equal(np.array(back), mask.numpy())
     assert vis.to_uint8(tmp_path / "sub" / "p.png").shape == (3, 36, 52)
+
+
+def test_semantic_overlay_leaves_the_background_as_the_photo():
+    """Class 0 is left undrawn when it is the background (named so, or no names), not painted black."""
+    img = torch.rand(3, 32, 32)
+    mask = torch.zeros(32, 32, dtype=torch.long)
+    mask[8:24, 8:24] = 1
+    photo = vis.to_uint8(img)
+    for names in (None, ["background", "cat"], ["Background", "cat"], ["_background_", "cat"]):
+        out = vis.draw_semantic(img, mask, num_classes=2, class_names=names)
+        assert torch.equal(out[:, :8], photo[:, :8]), names  # background pixels: the photo itself
+        assert not torch.equal(out[:, 8:24, 8:24], photo[:, 8:24, 8:24])
+    road = vis.draw_semantic(img, mask, num_classes=2, class_names=["road", "car"])  # Cityscapes' class 0
+    assert not torch.equal(road[:, :8], photo[:, :8])
+    assert torch.equal(vis.draw_semantic(img, mask, num_classes=2, skip_background=False), road)
+
+
+def test_semantic_legend_lists_the_drawn_classes_only():
+    img = torch.rand(3, 40, 30)
+    mask = torch.zeros(40, 30, dtype=torch.long)
+    mask[5:15, 5:15] = 1
+    with_bg = vis.draw_semantic(img, mask, class_names=["road", "car"], legend=True)
+    without_bg = vis.draw_semantic(img, mask, class_names=["background", "car"], legend=True)
+    legend = without_bg[:, :, 30:]
+    # one swatch row (the car) instead of two: the second row of the legend is blank
+    assert (legend[:, 22:34] == 255).all() and not (with_bg[:, 22:34, 30:] == 255).all()
+
+
+def test_detection_labels_sit_on_filled_tags_that_contrast():
+    img = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    pred = {"boxes": torch.tensor([[20.0, 30.0, 50.0, 60.0], [0.0, 0.0, 20.0, 20.0]]),
+            "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 1])}
+    out = vis.draw_instances(img, pred, ["cat", "dog"], score_thresh=0.5, alpha=0.0)
+    colors = vis.instance_palette(2)
+    tag = out[:, 20:29, 21:40]  # above the first box (room there), filled with its colour
+    fill = colors[0].view(3, 1, 1)
+    share = (tag == fill).all(0).float().mean()
+    assert share > 0.4, share
+    text = vis._text_color(colors[0].tolist())
+    near_text = (tag.int() - torch.tensor(text).view(3, 1, 1)).abs().amax(0) < 60  # antialiased glyphs
+    assert near_text.float().mean() > 0.05  # the text, in the contrasting colour
+    # the box at the top edge has no room above: its tag sits inside, at its top
+    assert (out[:, 1:8, 1:15] == colors[1].view(3, 1, 1)).all(0).float().mean() > 0.4

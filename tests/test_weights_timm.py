@@ -83,3 +83,35 @@ def test_import_a_timm_file_then_use_it_offline(env, monkeypatch, timm_state, tm
     assert hub.import_timm_file(TAG, src) == hub.downloads_dir() / f"{TAG}.safetensors"
     body = hub.timm_pretrained(TAG, features_only=True, out_indices=(1, 2))
     torch.testing.assert_close(body.state_dict()["layer2.0.conv1.weight"], timm_state["layer2.0.conv1.weight"])
+
+
+def test_no_network_fails_at_once_naming_offline_mode(env, monkeypatch):
+    """Without a network the error comes before timm's download retries, and says how to go offline."""
+    def unreachable(address, timeout=None, *args):
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    def download(*args, **kwargs):
+        raise AssertionError("timm's download (and its retries) started")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(timm, "create_model", download)
+    for proxy in hub.PROXY_VARIABLES:
+        monkeypatch.delenv(proxy, raising=False)
+    with pytest.raises(WeightsError) as e:
+        hub.timm_pretrained(TAG, features_only=True)
+    msg = str(e.value)
+    assert "huggingface.co:443 cannot be reached (Temporary failure in name resolution)" in msg
+    assert "set SEGZOO_OFFLINE=1" in msg and f"segzoo weights import {TAG} FILE" in msg and ".." not in msg
+
+
+def test_a_failed_download_has_one_full_stop(env, monkeypatch):
+    monkeypatch.setattr(hub, "_unreachable", lambda url: None)
+
+    def download(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.")
+
+    monkeypatch.setattr(timm, "create_model", download)
+    with pytest.raises(WeightsError) as e:
+        hub.timm_pretrained(TAG, features_only=True)
+    assert "failed: We couldn't connect to 'https://huggingface.co'. Download" in str(e.value)
+    assert ".." not in str(e.value)

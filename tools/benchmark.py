@@ -2,8 +2,8 @@
 
     python tools/benchmark.py                      # every case at its standard input
     python tools/benchmark.py fcn_resnet50 --size 256 --runs 3
-    python tools/benchmark.py --markdown --scaling # README section: machine, main and scaling tables
-    python tools/benchmark.py --markdown --scaling --readme README.md   # ... written between the markers
+    python tools/benchmark.py --markdown --scaling # docs section: machine, main and scaling tables
+    python tools/benchmark.py --markdown --scaling --write docs/performance.md   # ... between the markers
     python tools/benchmark.py --list
 """
 
@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=None, help="timed calls per side (default: 3-7, by speed)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--markdown", action="store_true", help="print the markdown report (machine, date, tables)")
-    p.add_argument("--readme", default=None, metavar="FILE",
-                   help=f"write the markdown report between {report.START_MARKER} and {report.END_MARKER} in FILE")
+    p.add_argument("--write", "--readme", dest="readme", default=None, metavar="FILE",
+                   help=f"write the markdown report between {report.START_MARKER} and {report.END_MARKER} in FILE "
+                        "(docs/performance.md)")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--no-peak", action="store_true", help="skip measuring the machine's conv throughput")
     p.add_argument("--scaling", action="store_true",

@@ -314,7 +314,9 @@ def plot_pr_curves(
         ax.set_title(f"{title} (mAP={curves['map']:.3f})")
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(loc="lower left", fontsize=7, ncol=1 + len(ax.lines) // 12)
+            # beside the axes, never over the curves (bbox_inches="tight" widens the picture to hold it)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8,
+                      ncol=1 + len(ax.lines) // 20, title="class, AP", title_fontsize=8, frameon=False)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fig.savefig(path, bbox_inches="tight")
     finally:

@@ -3,7 +3,7 @@ library's same architecture, on real labelled tiles.
 
     python tools/realdata.py                                   # every case, default steps, seeds 0 1 2
     python tools/realdata.py nuclei_semantic --steps 20 --seeds 0
-    python tools/realdata.py --markdown --readme README.md     # the table, written between the markers
+    python tools/realdata.py --markdown --write docs/accuracy.md   # the table, written between the markers
     python tools/realdata.py --json runs/ledger.json           # keep every run (losses included)
     python tools/realdata.py --from-json runs/ledger.json --markdown   # tables again, without training
     python tools/realdata.py --parity 5                        # losses step by step from identical weights
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: each case's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     p.add_argument("--markdown", action="store_true", help="print the markdown section (machine, load, table)")
-    p.add_argument("--readme", metavar="FILE", help=f"write the section between {START_MARKER} and {END_MARKER}")
+    p.add_argument("--write", "--readme", dest="readme", metavar="FILE",
+                   help=f"write the section between {START_MARKER} and {END_MARKER} in FILE (docs/accuracy.md)")
     p.add_argument("--json", metavar="FILE", help="write every run's results (losses included) to FILE")
     p.add_argument("--from-json", metavar="FILE", help="report runs saved with --json instead of training")
     p.add_argument("--out", metavar="DIR", help="keep the segzoo run folders under DIR (default: temporary)")

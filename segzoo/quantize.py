@@ -53,7 +53,7 @@ def _images(calibration_images: Any) -> list[torch.Tensor]:
             raise ValueError(f"calibration images must be 3 x H x W or N x 3 x H x W float tensors, got {shape}")
         if not im.is_floating_point():
             raise ValueError(f"calibration images must be float in [0, 1], got {im.dtype}; divide uint8 by 255")
-        out += list(im[None] if im.dim() == 3 else im.split(1))
+        out += [im[None]] if im.dim() == 3 else list(im.split(1))
     if not out:
         raise ValueError("no calibration images: give a few dozen images like the ones the model will see")
     return out

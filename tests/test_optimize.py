@@ -113,3 +113,41 @@ def test_compile_option_compiles():
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fast(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_predict_optimizes_once_and_again_after_the_weights_change():
+    from segzoo import inference
+
+    torch.manual_seed(0)
+    model = randomize_bn(build_small("fcn_resnet50", num_classes=3))
+    image = torch.rand(3, 48, 64)
+    fast = segzoo.predict(model, image)
+    first = inference._FAST[model][1]
+    assert isinstance(first, OptimizedModel)
+    segzoo.predict(model, [image, image])
+    assert inference._FAST[model][1] is first  # kept while the weights are unchanged
+    plain = segzoo.predict(model, image, fast=False)
+    torch.testing.assert_close(fast["probs"], plain["probs"], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        model.classifier[4].bias.add_(1.0)  # an optimizer step would do the same (in place)
+    segzoo.predict(model, image)
+    assert inference._FAST[model][1] is not first
+    assert inference.fast_model(model, False) is model and inference.fast_model(first) is first
+    bf = inference.fast_model(model, {"bf16": True})
+    assert bf.choices.bf16 and inference.fast_model(model, {"bf16": True}) is bf
+
+
+def test_cli_fast_flags():
+    import argparse
+
+    from segzoo.cli import _fast_option
+
+    def opt(no_fast=False, fast=None):
+        return _fast_option(argparse.Namespace(no_fast=no_fast, fast=fast))
+
+    assert opt() is True and opt(no_fast=True) is False
+    assert opt(fast="bf16,compile") == {"bf16": True, "compile": True} and opt(fast="bf16") == {"bf16": True}
+    with pytest.raises(ValueError, match="--fast takes"):
+        opt(fast="int8")
+    with pytest.raises(ValueError, match="contradict"):
+        opt(no_fast=True, fast="bf16")

@@ -415,9 +415,10 @@ def _run_cases(cases: list[Case], dev: torch.device, warmup, runs, flops: bool, 
             progress(f"  FAILED {row['error']}")
         elif progress:
             ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
+            variants = "".join(f", {k} {row[k + '_s'] * 1e3:.0f} ms" for k in ("optimized", "int8") if k + "_s" in row)
             progress(f"  {row['segzoo_s'] * 1e3:.0f} ms, anchor "
-                     f"{row['anchor_s'] * 1e3:.0f} ms, ratio {ratio}" if "anchor_s" in row
-                     else f"  {row['segzoo_s'] * 1e3:.0f} ms (no anchor)")
+                     f"{row['anchor_s'] * 1e3:.0f} ms, ratio {ratio}{variants}" if "anchor_s" in row
+                     else f"  {row['segzoo_s'] * 1e3:.0f} ms (no anchor){variants}")
     return rows
 
 

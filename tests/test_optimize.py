@@ -150,3 +150,20 @@ def test_cli_fast_flags():
         opt(fast="int8")
     with pytest.raises(ValueError, match="contradict"):
         opt(no_fast=True, fast="bf16")
+
+
+def test_infer_cli_fast_flags(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from segzoo import cli, inference
+
+    model = segzoo.build("unet", num_classes=2, channels=(4, 8, 16, 32, 64))
+    segzoo.save(model, tmp_path / "m.safetensors")
+    Image.new("RGB", (40, 32), (120, 30, 200)).save(tmp_path / "a.png")
+    seen = []
+    monkeypatch.setattr(inference, "optimize", lambda m, **kw: seen.append(kw) or optimize(m, **kw))
+    args = ["infer", str(tmp_path / "m.safetensors"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 0 and cli.main([*args, "--no-fast"]) == 0 and cli.main([*args, "--fast", "bf16"]) == 0
+    assert seen == [{}, {"bf16": True}]  # optimized by default, not with --no-fast, bf16 with --fast bf16
+    assert cli.main([*args, "--fast", "int8"]) == 2
+    assert "--fast takes bf16, compile" in capsys.readouterr().err

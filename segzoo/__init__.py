@@ -5,7 +5,9 @@ from segzoo import convert  # segzoo.convert.from_torchvision and friends
 from segzoo.checkpoint import load_weights, save
 from segzoo.fuse import fuse
 from segzoo.inference import predict
+from segzoo.optimize import optimize
 from segzoo.published import list_weights
+from segzoo.quantize import quantize
 from segzoo.registry import build, list_models, load, register_model, set_pretrained_source
 from segzoo.spec import TASKS, ModelSpec  # the lowest layer: imports nothing from segzoo
 from segzoo.version import __version__
@@ -24,7 +26,9 @@ __all__ = [
     "list_weights",
     "load",
     "load_weights",
+    "optimize",
     "predict",
+    "quantize",
     "register_model",
     "save",
 ]

@@ -147,6 +147,31 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"], help="autocast (default: off)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _fast_args(p)
+
+
+def _fast_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-fast", action="store_true",
+                   help="run the model as loaded (default: an optimized copy with BatchNorm folded, channels_last "
+                        "where faster and inference mode, equal outputs within float rounding)")
+    p.add_argument("--fast", nargs="?", const="bf16,compile", default=None, metavar="EXTRAS",
+                   help="also the optimizations that change numbers or cost time up front: bf16, compile or both "
+                        "(default with --fast: bf16,compile)")
+
+
+def _fast_option(args: argparse.Namespace) -> bool | dict:
+    """predict()'s fast= from --no-fast / --fast EXTRAS."""
+    if args.no_fast:
+        if args.fast is not None:
+            raise ValueError("--no-fast and --fast contradict each other; give one of them")
+        return False
+    if args.fast is None:
+        return True
+    extras = {e.strip() for e in args.fast.split(",") if e.strip()}
+    unknown = extras - {"bf16", "compile"}
+    if unknown:
+        raise ValueError(f"--fast takes bf16, compile or bf16,compile; got {', '.join(sorted(unknown))}")
+    return {e: True for e in sorted(extras)}
 
 
 def _protocol_overrides(args: argparse.Namespace) -> list[str]:
@@ -170,6 +195,7 @@ def _eval(args: argparse.Namespace) -> int:
     from segzoo.engine.report import format_results, write_report
     from segzoo.engine.run import build_split
     from segzoo.engine.trainer import amp_dtype_for
+    from segzoo.inference import fast_model
     from segzoo.registry import load
 
     cfg = load_config(args.data, [*args.overrides, *_protocol_overrides(args)], require_model=False)
@@ -185,7 +211,8 @@ def _eval(args: argparse.Namespace) -> int:
         protocol = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
     dataset = build_split(cfg, args.split, model.task, train=False)
     result = evaluate(
-        model, dataset, batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,
+        fast_model(model, _fast_option(args)), dataset,
+        batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,
         num_workers=cfg.data.num_workers, amp_dtype=amp_dtype_for(args.amp, device), **protocol,
         max_images=args.max_images or cfg.eval.max_images,
         ignore_index=cfg.data.ignore_index, curves=True, num_pictures=args.pictures,
@@ -219,6 +246,7 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
                         "every detection drawn)")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the drawn masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    _fast_args(p)
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -239,7 +267,8 @@ def _infer(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)  # printed below, one line each
         for fp in predict_files(model, files, out, tile=args.tile, overlap=args.overlap, tta=args.tta,
-                                score_thresh=args.score_thresh, alpha=args.alpha, keep_thresh=args.keep_thresh):
+                                score_thresh=args.score_thresh, alpha=args.alpha, keep_thresh=args.keep_thresh,
+                                fast=_fast_option(args)):
             if fp.error is not None:
                 skipped += 1
                 print(f"warning: skipped {fp.path}: {fp.error}", file=sys.stderr)

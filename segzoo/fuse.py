@@ -68,11 +68,15 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-def _consumer_counts(outputs: Any) -> dict[Any, int]:
-    """How many autograd nodes take each node's output as an input (the backward graph)."""
+def _consumer_counts(outputs: Any, inner: list | None = None) -> dict[Any, int]:
+    """How many autograd nodes take each node's output as an input (the backward graph).
+
+    The walk starts from the model's outputs and from ``inner`` nodes (every submodule's
+    outputs), so that a graph cut by a ``no_grad`` postprocess (detection decoding) is still
+    walked up to where the cut is."""
     counts: dict[Any, int] = defaultdict(int)
     roots = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
-    seen, stack = set(), list(roots)
+    seen, stack = set(), list(roots) + list(inner or [])
     while stack:
         node = stack.pop()
         if node in seen:
@@ -104,11 +108,17 @@ def find_conv_bn_pairs(model: nn.Module, example: Any) -> list[tuple[str, str]]:
     def norm_hook(mod, inp):
         feeds[mod].append(node_conv.get(inp[0].grad_fn))
 
+    inner: list = []  # grad_fn of every submodule output: where the walk also starts
+
+    def any_hook(mod, inp, out):
+        inner.extend(t.grad_fn for t in _tensors(out) if t.grad_fn is not None)
+
     for m in model.modules():
         if type(m) is nn.Conv2d:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, norms):
             handles.append(m.register_forward_pre_hook(norm_hook))
+        handles.append(m.register_forward_hook(any_hook))
     if isinstance(example, torch.Tensor):
         example = example.detach().clone().requires_grad_(True)
     elif isinstance(example, (list, tuple)):
@@ -119,7 +129,7 @@ def find_conv_bn_pairs(model: nn.Module, example: Any) -> list[tuple[str, str]]:
     finally:
         for h in handles:
             h.remove()
-    counts = _consumer_counts(out)
+    counts = _consumer_counts(out, inner)
     pairs = []
     for norm, producers in feeds.items():
         convs = set(producers)

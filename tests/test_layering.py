@@ -27,7 +27,7 @@ LAYERS = [
     ("segzoo.backbones", "segzoo.detection"),
     ("segzoo.registry",),
     ("segzoo.models",),
-    ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.info"),
+    ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.optimize", "segzoo.quantize", "segzoo.info"),
 ]
 
 

@@ -5,6 +5,7 @@
     python tools/benchmark.py --markdown --scaling # docs section: machine, main and scaling tables
     python tools/benchmark.py --markdown --scaling --write docs/performance.md   # ... between the markers
     python tools/benchmark.py --list
+    python tools/benchmark.py fcn_resnet50 unet_resnet34 --optimize --size 256 --threads 1   # eager / optimized / int8
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="channels_last models and inputs on both sides")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile both models (default backend: inductor)")
+    p.add_argument("--optimize", action="store_true",
+                   help="inference cases: anchor and segzoo eager under torch.no_grad() beside segzoo.optimize and "
+                        "segzoo.quantize (int8, semantic models; compiling costs minutes) in one run")
+    p.add_argument("--no-int8", action="store_true", help="with --optimize: skip the int8 column")
     args = p.parse_args(argv)
     if args.list:
         print("\n".join(benchmark.list_cases()))
@@ -66,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     peak = None if args.no_peak else benchmark.machine_peak_gflops(device)
     if peak:
         progress(f"dense 3x3 conv peak {peak:.0f} GFLOP/s")
-    options = benchmark.Options(args.amp, args.channels_last, args.compile)
+    if args.optimize and (args.amp or args.channels_last or args.compile):
+        p.error("--optimize compares segzoo.optimize with plain models; drop --amp, --channels-last and --compile")
+    options = benchmark.Options(args.amp, args.channels_last, args.compile, args.optimize, not args.no_int8)
     progress(f"both sides run {options.describe()}")
     rows = benchmark.run(args.names, device, args.size, args.warmup, args.runs, progress, options)
     scaling = []
@@ -80,9 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"wrote the report into {args.readme}")
         else:
             print(text)
+        if args.optimize:
+            print("\n" + benchmark.format_optimized(rows, markdown=True))
     else:
         print(f"# {report.machine_description()}" + (f", dense 3x3 conv peak {peak:.0f} GFLOP/s" if peak else ""))
         print(report.format_table(rows, peak_gflops=peak))
+        if args.optimize:
+            print()
+            print(benchmark.format_optimized(rows, markdown=args.markdown))
         if scaling:
             print()
             print(report.format_scaling(scaling))

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tools.bench.optimized import format_optimized, no_grad_call, variant_calls
 from tools.bench.report import format_scaling, format_table, machine_description, markdown_report
 
 CASE_MODULES = (
@@ -76,17 +77,29 @@ class Options:
         amp: ``"bf16"`` or ``"fp16"`` to run under ``torch.autocast``; None for float32.
         channels_last: convert models and 4-d input tensors to channels_last memory format.
         compile: a ``torch.compile`` backend (e.g. ``"inductor"``) applied to both models; None for eager.
+        optimize: inference cases: the anchor and segzoo eager under ``torch.no_grad()`` (their READMEs'
+            usage) beside ``segzoo.optimize`` and ``segzoo.quantize`` copies (:mod:`tools.bench.optimized`);
+            excludes the three options above.
+        int8: with ``optimize``, also time the int8 model (semantic cases; compiling costs minutes).
     """
 
     amp: str | None = None
     channels_last: bool = False
     compile: str | None = None
+    optimize: bool = False
+    int8: bool = True
 
     def __post_init__(self) -> None:
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be 'bf16', 'fp16' or None, got {self.amp!r}")
+        if self.optimize and (self.amp or self.channels_last or self.compile):
+            raise ValueError("optimize compares segzoo.optimize with plain models; it excludes amp, channels_last "
+                             "and compile")
 
     def describe(self) -> str:
+        if self.optimize:
+            return "float32; anchor and segzoo eager under torch.no_grad(), beside segzoo.optimize" + (
+                " and segzoo.quantize" if self.int8 else "")
         parts = [f"autocast {self.amp}" if self.amp else "float32"]
         parts += ["channels_last"] if self.channels_last else []
         parts += [f"torch.compile({self.compile})"] if self.compile else []
@@ -346,19 +359,31 @@ def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: 
     inputs = case.make_input(device)
     step = case.step or _default_step
     row = {"name": case.name, "mode": case.mode, "size": case.size, "anchor": case.anchor_name, **case.extra}
-    model = case.build()
+    model = case.build().to(device)
     row["params"] = sum(p.numel() for p in model.parameters())
-    fns = [_callable(model, step, inputs, case.mode, device, options)]
+    as_readme = options is not None and options.optimize and case.mode == "infer"
+    fns = [no_grad_call(model, step, inputs) if as_readme else _callable(model, step, inputs, case.mode, device,
+                                                                         options)]
     if case.anchor is not None:
-        anchor = case.anchor()
+        anchor = case.anchor().to(device)
         a_in = case.anchor_input(inputs) if case.anchor_input else inputs
-        fns.append(_callable(anchor, case.anchor_step or step, a_in, case.mode, device, options))
+        a_step = case.anchor_step or step
+        fns.append(no_grad_call(anchor, a_step, a_in) if as_readme else _callable(anchor, a_step, a_in, case.mode,
+                                                                                   device, options))
+    variants: list[str] = []
+    if as_readme:
+        calls, info = variant_calls(model, step, inputs, int8=options.int8)
+        row.update(info)
+        variants = ["optimized", "int8"][:len(calls)]
+        fns += calls
     first, row["flops"] = _first_call(fns[0], device, flops)  # the FLOP counter's call doubles as warm-up
     first = [first] + [_timed(fn, device) for fn in fns[1:]]
     times, peaks = time_interleaved(fns, device, warmup, runs, first, memory=True)
     row["segzoo_s"], row["segzoo_mem"] = times[0], peaks[0]
-    if len(fns) == 2:
+    if case.anchor is not None:
         row["anchor_s"], row["anchor_mem"], row["ratio"] = times[1], peaks[1], times[0] / times[1]
+    for k, name in enumerate(variants, start=len(fns) - len(variants)):
+        row[f"{name}_s"], row[f"{name}_mem"] = times[k], peaks[k]
     del model, fns
     gc.collect()
     return row
@@ -390,9 +415,10 @@ def _run_cases(cases: list[Case], dev: torch.device, warmup, runs, flops: bool, 
             progress(f"  FAILED {row['error']}")
         elif progress:
             ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
+            variants = "".join(f", {k} {row[k + '_s'] * 1e3:.0f} ms" for k in ("optimized", "int8") if k + "_s" in row)
             progress(f"  {row['segzoo_s'] * 1e3:.0f} ms, anchor "
-                     f"{row['anchor_s'] * 1e3:.0f} ms, ratio {ratio}" if "anchor_s" in row
-                     else f"  {row['segzoo_s'] * 1e3:.0f} ms (no anchor)")
+                     f"{row['anchor_s'] * 1e3:.0f} ms, ratio {ratio}{variants}" if "anchor_s" in row
+                     else f"  {row['segzoo_s'] * 1e3:.0f} ms (no anchor){variants}")
     return rows
 
 
@@ -464,7 +490,8 @@ def _key(row: dict) -> tuple:
     return row["name"], row["mode"], row["size"], row["anchor"]
 
 
-__all__ = ["SCALING_CASES", "SCALING_SIDES", "Case", "Options", "auto_runs", "count_flops", "format_scaling",
+__all__ = ["SCALING_CASES", "SCALING_SIDES", "Case", "Options", "auto_runs", "count_flops", "format_optimized",
+           "format_scaling",
            "format_table",
            "list_cases", "machine_description", "machine_peak_gflops", "markdown_report", "register_case",
            "register_series", "run", "run_case", "run_scaling", "scaling_cases", "time_call",

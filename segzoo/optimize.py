@@ -1,0 +1,190 @@
+"""An inference copy of a model: BatchNorm folded, channels_last, inference mode, optional compile and bf16.
+
+``segzoo.optimize(model)`` returns an :class:`OptimizedModel` that computes the same outputs as
+``model`` in eval mode (within float rounding) faster on the CPU. The exact parts are on by default:
+
+- **fold BN**: every ``Conv2d -> BatchNorm`` pair whose convolution feeds only that norm layer
+  becomes one convolution (:func:`segzoo.fuse.fuse`); fewer passes over memory.
+- **channels_last**: weights (and 4-d inputs) in NHWC memory order, which oneDNN's CPU convolutions
+  run without reordering. Chosen per family and device from measurements (:data:`CHANNELS_LAST`),
+  because the non-convolution ops of some families (RoIAlign, ``grid_sample``) lose in NHWC what
+  the convolutions gain.
+- **inference mode**: the forward runs under ``torch.inference_mode()`` (no autograd records,
+  no version counters) and parameters stop requiring gradients.
+
+Opt-in, because they change the numbers or cost time up front:
+
+- ``bf16=True``: ``torch.autocast`` in bfloat16; outputs are cast back to float32. Argmax and
+  scores move slightly (see docs/performance-optimize.md for the measured cost).
+- ``compile=True``: ``torch.compile`` (inductor); the first call of each input shape compiles.
+
+The caller's model is never modified (``inplace=False``, the default, works on a deep copy): a
+model being trained keeps its BatchNorm layers, its memory format and its gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from segzoo.fuse import fuse as fold_batchnorm
+
+__all__ = ["CHANNELS_LAST", "OptimizedModel", "optimize", "uses_channels_last"]
+
+# Whether channels_last is faster, per model class and device type, from tools/benchmark.py --optimize
+# (one thread, see docs/performance-optimize.md); a class not listed uses the "*" entry of its device.
+# Devices not listed have not been measured and keep the contiguous layout.
+CHANNELS_LAST: dict[str, dict[str, bool]] = {
+    "cpu": {
+        "*": True,
+    },
+}
+
+
+def uses_channels_last(model: nn.Module, device: torch.device | str) -> bool:
+    """The measured choice of :data:`CHANNELS_LAST` for ``model``'s class on ``device``."""
+    table = CHANNELS_LAST.get(torch.device(device).type)
+    if not table:
+        return False
+    for cls in type(model).__mro__:  # the most specific class listed wins
+        if cls.__name__ in table:
+            return table[cls.__name__]
+    return table.get("*", False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """What :func:`optimize` applied."""
+
+    fused: int  # conv-norm pairs folded
+    channels_last: bool
+    bf16: bool
+    compiled: bool
+
+    def describe(self) -> str:
+        parts = [f"{self.fused} conv-bn folded"] + ["channels_last"] * self.channels_last
+        return ", ".join(parts + ["inference mode"] + ["bf16 autocast"] * self.bf16 + ["compiled"] * self.compiled)
+
+
+def _channels_last_input(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _float32(obj: Any) -> Any:
+    """Floating tensors back to float32 and a contiguous layout, through lists, tuples and dicts."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and obj.dtype != torch.float32:
+            obj = obj.float()
+        return obj.contiguous()
+    if isinstance(obj, dict):
+        return {k: _float32(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_float32(v) for v in obj)
+    return obj
+
+
+class OptimizedModel(nn.Module):
+    """An inference-only wrapper around an optimised copy of a segzoo model.
+
+    ``optimized(images)`` returns what ``model(images)`` returns in eval mode. Attributes that
+    the wrapper does not have (``task``, ``spec``, ``num_classes``, ``classes``, ``exportable``,
+    ...) are read from the wrapped model, so :func:`segzoo.predict`, ``segzoo.engine.evaluate``
+    and :func:`segzoo.export.export_program` take it as they take the model. It computes no
+    losses: train and save the original model.
+    """
+
+    def __init__(self, model: nn.Module, choices: Choices, runner: nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        self.choices = choices
+        object.__setattr__(self, "_runner", runner if runner is not None else model)  # not a second submodule
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("model")  # absent while being copied or unpickled
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+    def train(self, mode: bool = True) -> OptimizedModel:
+        if mode:
+            raise RuntimeError("an optimized model is for inference only (its BatchNorm is folded); train the "
+                               "original model, and call segzoo.optimize again afterwards")
+        return super().train(False)
+
+    def forward(self, images: Any, targets: Any = None) -> Any:
+        if targets is not None:
+            raise ValueError("an optimized model computes predictions only; compute losses with the original model")
+        if self.choices.channels_last:
+            images = _channels_last_input(images)
+        with torch.inference_mode():
+            if self.choices.bf16:
+                device = images[0].device if isinstance(images, (list, tuple)) else images.device
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    return _float32(self._runner(images))
+            out = self._runner(images)
+            return _float32(out) if self.choices.channels_last else out
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def optimize(
+    model: nn.Module,
+    example: Any = None,
+    *,
+    fuse: bool = True,
+    channels_last: bool | str = "auto",
+    bf16: bool = False,
+    compile: bool | str = False,
+    inplace: bool = False,
+) -> OptimizedModel:
+    """An inference copy of ``model``: the same outputs, computed faster.
+
+    Args:
+        model: a segzoo model (or any module whose eval forward takes ``example``).
+        example: an input to trace which convolution feeds which BatchNorm (an ``N x 3 x H x W``
+            batch, or a list of ``3 x H x W`` images for detection models); a ``1 x 3 x 64 x 64``
+            batch on the model's device by default.
+        fuse: fold BatchNorm into the preceding convolutions (exact to float rounding).
+        channels_last: ``"auto"``: the measured choice for the model's family and device
+            (:func:`uses_channels_last`); True / False to force it.
+        bf16: run under bfloat16 autocast (outputs float32). Not exact; opt-in.
+        compile: ``torch.compile`` the copy (True: inductor; or a backend name). Compiles on the
+            first call of each input shape.
+        inplace: optimise ``model`` itself instead of a deep copy (saves the memory of a second
+            copy; the model is then unfit for training: its BatchNorm layers are gone).
+
+    Returns:
+        An :class:`OptimizedModel` in eval mode; ``.choices`` says what was applied.
+    """
+    if isinstance(model, OptimizedModel):
+        raise TypeError("this model is optimized already; pass the original model to segzoo.optimize")
+    if channels_last not in ("auto", True, False):
+        raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+    device = _device(model)
+    if fuse:
+        model = fold_batchnorm(model, example, inplace=inplace)  # a copy unless inplace
+        fused = len(model.fused_pairs)
+    else:
+        model = model if inplace else copy.deepcopy(model)
+        fused = 0
+    model.eval()
+    model.requires_grad_(False)
+    last = uses_channels_last(model, device) if channels_last == "auto" else bool(channels_last)
+    if last:
+        model = model.to(memory_format=torch.channels_last)
+    runner = None
+    if compile:
+        runner = torch.compile(model, backend="inductor" if compile is True else compile)
+    return OptimizedModel(model, Choices(fused, last, bool(bf16), bool(compile)), runner).eval()

@@ -1,0 +1,156 @@
+"""int8 post-training quantization (PT2E with the x86 inductor quantizer).
+
+``segzoo.quantize(model, calibration_images)`` exports the model's inference path with
+``torch.export``, inserts observers where :class:`X86InductorQuantizer` says (convolutions and
+linear layers with per-channel symmetric int8 weights, their inputs as uint8 activations, and
+the pooling / add / concatenation around them), runs the calibration images through it, and
+converts the observed ranges into quantize / dequantize pairs. Inductor (``torch.compile`` with
+weight freezing) then lowers each pair and its convolution into one oneDNN int8 kernel; without
+compiling, the graph runs the reference (slow) int8 arithmetic.
+
+The PT2E API lives in ``torchao`` since torch 2.10 (``torchao.quantization.pt2e``); it is the
+``int8`` extra: ``pip install 'segzoo[int8]'``. See docs/performance-optimize.md for the
+accuracy cost measured on Shapes and on the nuclei tiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from segzoo.export import dynamic_shapes, exportable
+
+__all__ = ["QuantizedModel", "quantize"]
+
+
+def _pt2e():
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as e:
+        raise ImportError("int8 quantization needs torchao (PT2E): pip install 'segzoo[int8]'") from e
+    return prepare_pt2e, convert_pt2e, xiq
+
+
+def _images(calibration_images: Any) -> list[torch.Tensor]:
+    """Calibration images as a list of ``1 x 3 x H x W`` float tensors."""
+    if isinstance(calibration_images, torch.Tensor):
+        calibration_images = [calibration_images]
+    if not isinstance(calibration_images, Iterable):
+        raise TypeError("calibration_images must be a tensor, or a list or iterable of image tensors, got "
+                        f"{type(calibration_images).__name__}")
+    out = []
+    for im in calibration_images:
+        if isinstance(im, (tuple, list)) and im and isinstance(im[0], torch.Tensor):
+            im = im[0]  # (image, target) pairs of a dataset
+        if not isinstance(im, torch.Tensor) or im.dim() not in (3, 4) or im.shape[-3] != 3:
+            shape = tuple(im.shape) if isinstance(im, torch.Tensor) else type(im).__name__
+            raise ValueError(f"calibration images must be 3 x H x W or N x 3 x H x W float tensors, got {shape}")
+        if not im.is_floating_point():
+            raise ValueError(f"calibration images must be float in [0, 1], got {im.dtype}; divide uint8 by 255")
+        out += [im[None]] if im.dim() == 3 else list(im.split(1))
+    if not out:
+        raise ValueError("no calibration images: give a few dozen images like the ones the model will see")
+    return out
+
+
+class QuantizedModel(nn.Module):
+    """The int8 model of a semantic model: ``forward(images)`` returns logits ``N x C x H x W``.
+
+    Attributes:
+        graph_module: the converted PT2E graph (``torch.export.export`` it, or use :meth:`export`).
+        task, num_classes, classes, spec: copied from the float model.
+        dynamic: whether the batch and image size are free (``dynamic=True``); otherwise every
+            input must have the calibration images' size.
+    """
+
+    def __init__(self, graph_module: nn.Module, source: nn.Module, example: torch.Tensor, dynamic: bool,
+                 compile: bool):
+        super().__init__()
+        self.graph_module = graph_module
+        self.task = source.task
+        self.num_classes = getattr(source, "num_classes", None)
+        self.classes = getattr(source, "classes", None)
+        self.spec = getattr(source, "spec", None)
+        self.dynamic = dynamic
+        self.example_shape = tuple(example.shape)
+        self.compiled = compile
+        runner = torch.compile(graph_module, dynamic=dynamic) if compile else graph_module
+        object.__setattr__(self, "_runner", runner)
+
+    def train(self, mode: bool = True) -> QuantizedModel:
+        if mode:
+            raise RuntimeError("an int8 model is for inference only; train the float model and quantize it again")
+        self.training = False  # an exported graph has no train/eval switch: its modes were fixed at export
+        return self
+
+    def forward(self, images: torch.Tensor) -> Any:
+        if not self.dynamic and tuple(images.shape) != self.example_shape:
+            raise ValueError(f"this int8 model was quantized for inputs of shape {self.example_shape}, got "
+                             f"{tuple(images.shape)}; resize the input, or quantize with dynamic=True")
+        # weight freezing lets inductor pre-pack the int8 weights into oneDNN kernels (compile(options=...)
+        # does not reach that pass in torch 2.14: the config is patched around the call that compiles)
+        freezing = torch._inductor.config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
+        with torch.no_grad(), freezing:
+            return self._runner(images)
+
+    def export(self, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
+        """``torch.export`` of the int8 graph (save it with ``torch.export.save``)."""
+        example = torch.rand(self.example_shape) if example is None else example
+        shapes = dynamic_shapes(self, example)[0] if self.dynamic else None
+        with torch.no_grad():
+            return torch.export.export(self.graph_module, (example,), dynamic_shapes=shapes)
+
+
+def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False, compile: bool = True
+             ) -> QuantizedModel:
+    """int8 copy of a semantic ``model`` by PT2E post-training quantization (x86 inductor quantizer, CPU).
+
+    Args:
+        model: a segzoo model (left unchanged: a copy is exported).
+        calibration_images: tensors ``3 x H x W`` or ``N x 3 x H x W`` (float in [0, 1]), a list
+            of them or a dataset of ``(image, target)``: 20-100 images like those the model will
+            see. Without ``dynamic`` they must all have one size, the size the int8 model runs at.
+        dynamic: leave batch, height and width free (one graph for every size).
+        compile: compile with inductor (weight freezing) on the first call, which gives the int8
+            speed; False keeps the reference graph (for export or debugging).
+
+    Returns:
+        A :class:`QuantizedModel`.
+    """
+    prepare_pt2e, convert_pt2e, xiq = _pt2e()
+    images = _images(calibration_images)
+    if getattr(model, "task", None) != "semantic":
+        # Mask/Faster R-CNN call one RPN convolution on every FPN level (the quantizer refuses a convolution
+        # with several outputs); CenterNet's decoding feeds booleans to the activation observers
+        raise NotImplementedError(f"int8 quantization supports semantic models; {type(model).__name__} is a "
+                                  f"{getattr(model, 'task', 'non-segzoo')} model: use segzoo.optimize for it")
+    sizes = {tuple(im.shape[-2:]) for im in images}
+    if not dynamic and len(sizes) > 1:
+        raise ValueError(f"calibration images have {len(sizes)} sizes ({sorted(sizes)[:3]}...); resize them to the "
+                         "one size the int8 model will run at, or use dynamic=True")
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ValueError(f"int8 PT2E quantization with the x86 inductor quantizer runs on the CPU; the model is on "
+                         f"{device}: move it with model.cpu()")
+    example = images[0]
+    float_model = copy.deepcopy(model).eval()  # prepare_pt2e folds BatchNorm into the convolutions itself
+    module = exportable(float_model)
+    shapes = None
+    if dynamic:
+        shapes, example = dynamic_shapes(float_model, example)
+    with torch.no_grad():
+        graph = torch.export.export(module, (example,), dynamic_shapes=shapes).module()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for im in images:
+            prepared(im)
+    converted = convert_pt2e(prepared)
+    return QuantizedModel(converted, model, images[0], dynamic, compile)

@@ -13,7 +13,7 @@ README = REPO / "README.md"
 DOCS = REPO / "docs"
 # pages other branches write at the same time; the lead adds them to the nav when they land
 PAGES_OF_OTHER_BRANCHES = {"transfer-learning.md", "trust-no-file.md", "models/segformer.md", "models/upernet.md",
-                           "performance-optimize.md", "toolbox.md"}
+                           "toolbox.md"}
 
 
 def _between(text: str, start: str, end: str) -> str:

@@ -355,6 +355,46 @@ def parse_section(cls: type, mapping: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _section_paths(cls: type, prefix: str) -> dict[str, type]:
+    """``{"data.augment": AugmentConfig, ...}``: the nested sections of a section."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out[f"{prefix}{f.name}"] = hints[f.name]
+            out.update(_section_paths(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def check_sections(mapping: Any, source: str | None = None) -> None:
+    """Refuse a section (``model``, ``data``, ``train``, ``eval``, ``data.augment``) written with nothing in it.
+
+    ``data:`` with no keys under it (or only commented-out ones), ``train: null`` and ``eval: {}``
+    are errors, never "use the defaults": the one merge rule is that a file's section adds keys to
+    its base's, so an empty one is a mistake (a lost indentation, lines commented out) whose
+    silent meaning would be training on the built-in defaults. ``source`` names the file.
+    """
+    if not isinstance(mapping, Mapping):
+        return
+    where = f"{source}: " if source else ""
+    paths = {"model": dict, **SECTIONS}
+    for k, cls in SECTIONS.items():
+        paths.update(_section_paths(cls, f"{k}."))
+    for path in paths:
+        node: Any = mapping
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping) or keys[-1] not in node:
+            continue
+        value = node[keys[-1]]
+        if value is None or (isinstance(value, Mapping) and not value):
+            shown = "null" if value is None else "{}"
+            raise ConfigError(f"{where}config section {path!r} is empty ({shown}: nothing under it, or every line "
+                              "commented out); an empty section does not mean 'use the defaults': write its keys, "
+                              f"or delete the line '{keys[-1]}:' to inherit the base's and the defaults")
+
+
 def parse_config(mapping: Mapping, name: str | None = None, require_model: bool = True) -> RunConfig:
     """A :class:`RunConfig` from a plain mapping with ``model``/``data``/``train``/``eval`` sections.
 
@@ -368,6 +408,7 @@ def parse_config(mapping: Mapping, name: str | None = None, require_model: bool 
     for key in mapping:
         if key not in ("model", *SECTIONS):
             raise ConfigError(f"unknown config key {key!r}{_closest(str(key), ['model', *SECTIONS])}")
+    check_sections(mapping)
     model = mapping.get("model") or {}
     if not isinstance(model, Mapping):
         raise ConfigError(f"config key 'model' must be a mapping, got {_short.repr(model)}")
@@ -453,6 +494,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a YAML config file; name a .yaml file (e.g. configs/fcn.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -465,6 +508,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path} is not a text (UTF-8) file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping with model/data/train/eval sections")
+    if "_base_" in data and not data["_base_"]:
+        raise ConfigError(f"{path}: '_base_' is empty; name the base file(s) or delete the line")
+    check_sections(data, str(path))
     bases = data.pop("_base_", None) or []
     if isinstance(bases, str):
         bases = [bases]

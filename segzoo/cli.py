@@ -69,6 +69,12 @@ def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
 
 
+def _pixel_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-pixels", default=None, metavar="N",
+                   help="refuse image files whose header declares more than N pixels, before decoding them "
+                        "(default: SEGZOO_MAX_IMAGE_PIXELS or 89478485, Pillow's; 0: no limit)")
+
+
 # ---------------------------------------------------------------------------- train
 
 
@@ -104,6 +110,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
+    _pixel_limit(p)
     p.add_argument("checkpoint", help="a segzoo .safetensors checkpoint")
     p.add_argument("--data", required=True, help="YAML config whose data section names the dataset")
     _overrides(p)
@@ -189,6 +196,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _infer_args(p: argparse.ArgumentParser) -> None:
+    _pixel_limit(p)
     p.add_argument("checkpoint", help="a segzoo .safetensors checkpoint")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
@@ -353,6 +361,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _data_check_args(p: argparse.ArgumentParser) -> None:
+    _pixel_limit(p)
     p.add_argument("config", help="YAML config file (see configs/)")
     _overrides(p)
 
@@ -600,6 +609,10 @@ def main(argv: list[str] | None = None) -> int:
         if cmd.overrides:
             args.overrides = [*args.overrides, *extra]
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from segzoo.data.image import set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
         return args.command_spec.run(args)
     except BaseException as e:
         code = _exit_code(e)

@@ -111,6 +111,9 @@ class DataConfig(_Section):
     ignore_index: int = option(255, "semantic label that is not scored")
     allow_empty: bool = option(False, "keep images without labels (reported as warnings)")
     check: bool = option(True, "run the data checks before training")
+    max_image_pixels: int | None = option(
+        None, "refuse image files declaring more pixels (width x height) than this before decoding them; null: "
+              "SEGZOO_MAX_IMAGE_PIXELS or Pillow's 89478485; 0: no limit", ge=0)
     batch_size: int = option(8, "per process (global batch = batch_size x processes x grad_accum)", ge=1)
     val_batch_size: int | None = option(None, "evaluation batch size (default: batch_size)", ge=1)
     num_workers: int = option(2, "data-loading processes", ge=0)

@@ -77,6 +77,8 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
             raise ValueError(f"data.type auto needs data.{split}.root (the dataset folder or file)")
         rest = {k: v for k, v in data_cfg[split].items() if k != "root"}
         kind, found = resolve_auto(data_cfg[split]["root"], split)
+        if data_cfg.get("classes") is not None:  # data.classes wins over a classes.txt found beside the data
+            found.pop("classes", None)
         data_cfg = {**data_cfg, "type": kind, split: {**found, **rest}}
     if kind not in DATASET_TYPES:
         raise ValueError(f"unknown data.type {kind!r}; use one of {', '.join(DATASET_TYPES)}")

@@ -42,9 +42,12 @@ class Command:
 # ---------------------------------------------------------------------------- helpers
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Raise a one-line OSError unless ``path`` (a file or folder to write) can be created; creates nothing."""
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Raise a one-line OSError unless ``path`` (a file or, with ``folder``, a folder to write) can be created;
+    creates nothing."""
     path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"cannot write the output folder {path}: it is a file; give a folder")
     if path.exists():
         if not os.access(path, os.W_OK):
             raise PermissionError(f"cannot write {path}: no write permission")
@@ -62,7 +65,10 @@ def check_writable(path: str | os.PathLike) -> Path:
 def _device(name: str):
     from segzoo.engine.trainer import select_device
 
-    return select_device(name)
+    try:
+        return select_device(name)
+    except ValueError as e:  # its message names the config key; here the flag was given
+        raise ValueError(str(e).replace("train.device", "--device")) from None
 
 
 def _overrides(p: argparse.ArgumentParser) -> None:
@@ -93,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else default_out_dir(cfg)
-    check_writable(out)
+    check_writable(out, folder=True)
     rank = world_info()[0]
     if rank == 0:
         print("# resolved config\n" + dump(cfg), flush=True)
@@ -166,7 +172,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.data, [*args.overrides, *_protocol_overrides(args)], require_model=False)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
-    check_writable(out)
+    check_writable(out, folder=True)
     device = _device(args.device)
     model = load(args.checkpoint, map_location=device)
     protocol = protocol_kwargs(cfg.eval, model.task)
@@ -220,7 +226,9 @@ def _infer(args: argparse.Namespace) -> int:
     from segzoo.inference import SkippedImageWarning, list_images, predict_files
     from segzoo.registry import load
 
-    out = check_writable(args.out)
+    out = check_writable(args.out, folder=True)
+    if not 0 <= args.alpha <= 1:
+        raise ValueError(f"--alpha is the opacity of the drawn masks, in [0, 1]; got {args.alpha}")
     model = load(args.checkpoint, map_location=_device(args.device))
     files = list_images(args.images, recursive=args.recursive)
     classes = getattr(model, "classes", None)

@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = convert(args.src, args.dst, args.to, args.source_format, args.splits, args.task, args.simplify)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2
     print(report.format())
     return 0

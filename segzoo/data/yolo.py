@@ -123,8 +123,11 @@ class YOLO(AnnotatedImages):
         else:
             try:
                 spec = yaml.safe_load(yaml_path.read_text()) or {}
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise ValueError(f"{yaml_path} is not valid YAML: {e}") from None
+            if not isinstance(spec, dict):
+                raise ValueError(f"{yaml_path} is not a YOLO dataset yaml: it holds a {type(spec).__name__}, not a "
+                                 "mapping with path, train, val and names")
             if "kpt_shape" in spec:
                 raise ValueError(f"{yaml_path} describes a pose (keypoint) dataset (kpt_shape); segzoo reads YOLO "
                                  "detection and segmentation labels")

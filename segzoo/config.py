@@ -358,44 +358,22 @@ def parse_section(cls: type, mapping: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _section_paths(cls: type, prefix: str) -> dict[str, type]:
-    """``{"data.augment": AugmentConfig, ...}``: the nested sections of a section."""
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out[f"{prefix}{f.name}"] = hints[f.name]
-            out.update(_section_paths(hints[f.name], f"{prefix}{f.name}."))
-    return out
-
-
 def check_sections(mapping: Any, source: str | None = None) -> None:
-    """Refuse a section (``model``, ``data``, ``train``, ``eval``, ``data.augment``) written with nothing in it.
-
-    ``data:`` with no keys under it (or only commented-out ones), ``train: null`` and ``eval: {}``
-    are errors, never "use the defaults": the one merge rule is that a file's section adds keys to
-    its base's, so an empty one is a mistake (a lost indentation, lines commented out) whose
-    silent meaning would be training on the built-in defaults. ``source`` names the file.
-    """
+    """Refuse a section (``model``, ``data``, ``train``, ``eval``, ``data.augment``) written with nothing in it:
+    ``data:`` with no keys (or only commented-out ones), ``train: null`` or ``eval: {}`` is a lost indentation
+    or commented-out lines, never "use the defaults". ``source`` names the file."""
     if not isinstance(mapping, Mapping):
         return
-    where = f"{source}: " if source else ""
-    paths = {"model": dict, **SECTIONS}
-    for k, cls in SECTIONS.items():
-        paths.update(_section_paths(cls, f"{k}."))
-    for path in paths:
+    for path in ("model", *SECTIONS, "data.augment"):
+        *parents, key = path.split(".")
         node: Any = mapping
-        keys = path.split(".")
-        for k in keys[:-1]:
+        for k in parents:
             node = node.get(k) if isinstance(node, Mapping) else None
-        if not isinstance(node, Mapping) or keys[-1] not in node:
-            continue
-        value = node[keys[-1]]
-        if value is None or (isinstance(value, Mapping) and not value):
-            shown = "null" if value is None else "{}"
-            raise ConfigError(f"{where}config section {path!r} is empty ({shown}: nothing under it, or every line "
-                              "commented out); an empty section does not mean 'use the defaults': write its keys, "
-                              f"or delete the line '{keys[-1]}:' to inherit the base's and the defaults")
+        if isinstance(node, Mapping) and key in node and (node[key] is None or node[key] == {}):
+            raise ConfigError(f"{source + ': ' if source else ''}config section {path!r} is empty "
+                              f"({'null' if node[key] is None else '{}'}: nothing under it, or every line commented "
+                              "out); an empty section does not mean 'use the defaults': write its keys, or delete "
+                              f"the line '{key}:' to inherit the base's and the defaults")
 
 
 def parse_config(mapping: Mapping, name: str | None = None, require_model: bool = True) -> RunConfig:

@@ -618,9 +618,11 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [*args.overrides, *extra]
     try:
         if getattr(args, "max_image_pixels", None) is not None:
-            from segzoo.data.image import set_max_image_pixels
+            from segzoo.data.image import max_image_pixels, set_max_image_pixels
 
             set_max_image_pixels(args.max_image_pixels)
+            if hasattr(args, "overrides"):  # the flag wins over the config's data.max_image_pixels
+                args.overrides = [*args.overrides, f"data.max_image_pixels={max_image_pixels() or 0}"]
         return args.command_spec.run(args)
     except BaseException as e:
         code = _exit_code(e)

@@ -98,6 +98,7 @@ def test_config_key_sets_the_limit_for_data_check_and_training(tmp_path, limit_e
                    f"  val: {{images: {root / 'images'}, masks: {root / 'masks'}}}\n")
     assert cli(["data", "check", str(cfg)]) == 1  # 1600 pixels > 1000: named as an error, not decoded
     assert cli(["data", "check", str(cfg), "data.max_image_pixels=2000"]) == 0
+    assert cli(["data", "check", str(cfg), "--max-image-pixels", "2000"]) == 0  # the flag wins over the config
 
 
 def test_cli_flag_sets_the_limit_and_refuses_a_bad_value(tmp_path, limit_env, capsys):

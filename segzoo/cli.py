@@ -42,9 +42,12 @@ class Command:
 # ---------------------------------------------------------------------------- helpers
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Raise a one-line OSError unless ``path`` (a file or folder to write) can be created; creates nothing."""
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """Raise a one-line OSError unless ``path`` (a file or, with ``folder``, a folder to write) can be created;
+    creates nothing."""
     path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"cannot write the output folder {path}: it is a file; give a folder")
     if path.exists():
         if not os.access(path, os.W_OK):
             raise PermissionError(f"cannot write {path}: no write permission")
@@ -62,11 +65,20 @@ def check_writable(path: str | os.PathLike) -> Path:
 def _device(name: str):
     from segzoo.engine.trainer import select_device
 
-    return select_device(name)
+    try:
+        return select_device(name)
+    except ValueError as e:  # its message names the config key; here the flag was given
+        raise ValueError(str(e).replace("train.device", "--device")) from None
 
 
 def _overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+
+
+def _pixel_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-pixels", default=None, metavar="N",
+                   help="refuse image files whose header declares more than N pixels, before decoding them "
+                        "(default: SEGZOO_MAX_IMAGE_PIXELS or 89478485, Pillow's; 0: no limit)")
 
 
 # ---------------------------------------------------------------------------- train
@@ -102,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else default_out_dir(cfg)
-    check_writable(out)
+    check_writable(out, folder=True)
     rank = world_info()[0]
     if rank == 0:
         print(_summary(cfg, out), flush=True)
@@ -119,6 +131,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
+    _pixel_limit(p)
     p.add_argument("checkpoint", help="a segzoo .safetensors checkpoint")
     p.add_argument("--data", required=True, help="YAML config whose data section names the dataset")
     _overrides(p)
@@ -200,7 +213,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.data, [*args.overrides, *_protocol_overrides(args)], require_model=False)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
-    check_writable(out)
+    check_writable(out, folder=True)
     device = _device(args.device)
     model = load(args.checkpoint, map_location=device)
     protocol = protocol_kwargs(cfg.eval, model.task)
@@ -231,6 +244,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _infer_args(p: argparse.ArgumentParser) -> None:
+    _pixel_limit(p)
     p.add_argument("checkpoint", help="a segzoo .safetensors checkpoint")
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
@@ -255,7 +269,9 @@ def _infer(args: argparse.Namespace) -> int:
     from segzoo.inference import SkippedImageWarning, list_images, predict_files
     from segzoo.registry import load
 
-    out = check_writable(args.out)
+    out = check_writable(args.out, folder=True)
+    if not 0 <= args.alpha <= 1:
+        raise ValueError(f"--alpha is the opacity of the drawn masks, in [0, 1]; got {args.alpha}")
     model = load(args.checkpoint, map_location=_device(args.device))
     files = list_images(args.images, recursive=args.recursive)
     classes = getattr(model, "classes", None)
@@ -397,6 +413,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _data_check_args(p: argparse.ArgumentParser) -> None:
+    _pixel_limit(p)
     p.add_argument("config", help="YAML config file (see configs/)")
     _overrides(p)
 
@@ -644,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         if cmd.overrides:
             args.overrides = [*args.overrides, *extra]
     try:
+        if getattr(args, "max_image_pixels", None) is not None:
+            from segzoo.data.image import max_image_pixels, set_max_image_pixels
+
+            set_max_image_pixels(args.max_image_pixels)
+            if hasattr(args, "overrides"):  # the flag wins over the config's data.max_image_pixels
+                args.overrides = [*args.overrides, f"data.max_image_pixels={max_image_pixels() or 0}"]
         return args.command_spec.run(args)
     except BaseException as e:
         code = _exit_code(e)

@@ -111,6 +111,9 @@ class DataConfig(_Section):
     ignore_index: int = option(255, "semantic label that is not scored")
     allow_empty: bool = option(False, "keep images without labels (reported as warnings)")
     check: bool = option(True, "run the data checks before training")
+    max_image_pixels: int | None = option(
+        None, "refuse image files declaring more pixels (width x height) than this before decoding them; null: "
+              "SEGZOO_MAX_IMAGE_PIXELS or Pillow's 89478485; 0: no limit", ge=0)
     batch_size: int = option(8, "per process (global batch = batch_size x processes x grad_accum)", ge=1)
     val_batch_size: int | None = option(None, "evaluation batch size (default: batch_size)", ge=1)
     num_workers: int = option(2, "data-loading processes", ge=0)
@@ -355,6 +358,24 @@ def parse_section(cls: type, mapping: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def check_sections(mapping: Any, source: str | None = None) -> None:
+    """Refuse a section (``model``, ``data``, ``train``, ``eval``, ``data.augment``) written with nothing in it:
+    ``data:`` with no keys (or only commented-out ones), ``train: null`` or ``eval: {}`` is a lost indentation
+    or commented-out lines, never "use the defaults". ``source`` names the file."""
+    if not isinstance(mapping, Mapping):
+        return
+    for path in ("model", *SECTIONS, "data.augment"):
+        *parents, key = path.split(".")
+        node: Any = mapping
+        for k in parents:
+            node = node.get(k) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and key in node and (node[key] is None or node[key] == {}):
+            raise ConfigError(f"{source + ': ' if source else ''}config section {path!r} is empty "
+                              f"({'null' if node[key] is None else '{}'}: nothing under it, or every line commented "
+                              "out); an empty section does not mean 'use the defaults': write its keys, or delete "
+                              f"the line '{key}:' to inherit the base's and the defaults")
+
+
 def parse_config(mapping: Mapping, name: str | None = None, require_model: bool = True) -> RunConfig:
     """A :class:`RunConfig` from a plain mapping with ``model``/``data``/``train``/``eval`` sections.
 
@@ -368,6 +389,7 @@ def parse_config(mapping: Mapping, name: str | None = None, require_model: bool 
     for key in mapping:
         if key not in ("model", *SECTIONS):
             raise ConfigError(f"unknown config key {key!r}{_closest(str(key), ['model', *SECTIONS])}")
+    check_sections(mapping)
     model = mapping.get("model") or {}
     if not isinstance(model, Mapping):
         raise ConfigError(f"config key 'model' must be a mapping, got {_short.repr(model)}")
@@ -453,6 +475,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"_base_ cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a YAML config file; name a .yaml file (e.g. configs/fcn.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -465,6 +489,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path} is not a text (UTF-8) file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping with model/data/train/eval sections")
+    if "_base_" in data and not data["_base_"]:
+        raise ConfigError(f"{path}: '_base_' is empty; name the base file(s) or delete the line")
+    check_sections(data, str(path))
     bases = data.pop("_base_", None) or []
     if isinstance(bases, str):
         bases = [bases]

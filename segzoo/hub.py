@@ -159,17 +159,30 @@ def locked(name: str) -> Iterator[None]:
     The lock is an OS file lock (``filelock``): it is released when its process dies.
     """
     path = home() / "locks" / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
     try:
-        lock.acquire(timeout=1)
-    except Timeout:
-        print(f"segzoo: waiting for another process fetching {name} (lock {path})", file=sys.stderr)
-        lock.acquire()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=1)
+        except Timeout:
+            print(f"segzoo: waiting for another process fetching {name} (lock {path})", file=sys.stderr)
+            lock.acquire()
+    except OSError as e:  # SEGZOO_HOME is a file, read-only, on a full disk, ...
+        raise WeightsError(unwritable_home(e)) from None
     try:
         yield
     finally:
         lock.release()
+
+
+def unwritable_home(error: OSError) -> str:
+    """The message for a cache folder that cannot be written, naming SEGZOO_HOME and the fix."""
+    root = home()
+    what = next((f"{p} is a file, not a folder" for p in (root, *root.parents) if p.is_file()), None)
+    if what is None:
+        what = f"it cannot be written ({error.strerror or error})"
+    return (f"segzoo's weights cache {ENV_HOME}={root}: {what}; set {ENV_HOME} to a writable folder (a read-only "
+            "shared cache works for weights already in it)")
 
 
 # ---------------------------------------------------------------------------- cache
@@ -196,9 +209,18 @@ def read_cached(name: str) -> tuple[dict[str, torch.Tensor], ModelSpec, list | N
         return read_checkpoint(path)
     except (CheckpointError, OSError, ValueError) as e:
         warnings.warn(f"{e}; deleting the cached copy and fetching it again", stacklevel=3)
-        path.unlink(missing_ok=True)
-        record.unlink(missing_ok=True)
+        discard_cached(name)
         return None
+
+
+def discard_cached(name: str) -> None:
+    """Delete the cached checkpoint of ``name`` (left in place, silently, in a read-only cache)."""
+    path = checkpoint_path(name)
+    for p in (path, _record_path(path)):
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def store_checkpoint(name: str, model: torch.nn.Module, classes: list[str], source: dict) -> Path:

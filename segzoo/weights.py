@@ -12,7 +12,9 @@ Names are ``model.tag`` (as timm's ``resnet50.a1_in1k``): ``deeplabv3_resnet50.t
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from segzoo import hub
 from segzoo.checkpoint import CheckpointError, read_checkpoint, read_state_dict
+from segzoo.checkpoint import _check_file as check_file
 from segzoo.convert import converter
 from segzoo.hub import WeightsError
 from segzoo.published import WeightsEntry, get_weights, list_weights, resolve
@@ -46,8 +49,11 @@ def load_pretrained(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], Model
     Manual sources are picked up from ``SEGZOO_HOME/downloads/<file name>``; torchvision's are
     downloaded (unless offline). One process at a time fetches a given entry.
     """
+    cached = _cached(entry)  # a pre-filled cache is read without a lock (it may be read-only)
+    if cached is not None:
+        return cached
     with hub.locked(entry.name):
-        cached = hub.read_cached(entry.name)
+        cached = _cached(entry)
         if cached is not None:
             return cached
         if entry.source == "torchvision":
@@ -62,6 +68,39 @@ def load_pretrained(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], Model
                 )
             path = _convert_and_store(entry, _read_verified(entry, local), {"file": str(local)})
         return read_checkpoint(path)
+
+
+def _cached(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], ModelSpec, list | None] | None:
+    """The valid cached checkpoint of ``entry``; one of another model (or class count) under its name is
+    deleted with a warning, so that it is fetched again."""
+    cached = hub.read_cached(entry.name)
+    if cached is None:
+        return None
+    spec = cached[1]
+    if spec.name != entry.model or spec.num_classes != len(entry.classes):
+        warnings.warn(f"{hub.checkpoint_path(entry.name)} holds a {spec.name} checkpoint with {spec.num_classes} "
+                      f"classes, not {entry.model} with {len(entry.classes)} ({entry.name}); deleting the cached copy "
+                      "and fetching it again", stacklevel=3)
+        hub.discard_cached(entry.name)
+        return None
+    return cached
+
+
+def cache_status(entry: WeightsEntry) -> bool:
+    """Whether ``build(weights=TAG)`` can load the cached file of ``entry`` (its framing, cache version and
+    model are read from the header; the content digest is verified when it is loaded)."""
+    path = hub.checkpoint_path(entry.name)
+    if not path.is_file():
+        return False
+    try:
+        header = check_file(path)
+        spec = json.loads((header.get("__metadata__") or {})["spec"])
+        record = path.with_suffix(".json")
+        if record.exists() and json.loads(record.read_text()).get("cache_version") != hub.CACHE_VERSION:
+            return False
+        return spec.get("name") == entry.model and spec.get("num_classes") == len(entry.classes)
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def pretrained_checkpoint(entry: WeightsEntry) -> Path:
@@ -135,7 +174,7 @@ def format_table(names: list[str]) -> str:
     for n in names:
         e = get_weights(n)
         metric = ", ".join(f"{k} {v:g}" for k, v in e.metrics)
-        rows.append((n, e.source, e.dataset, metric, "yes" if hub.checkpoint_path(n).exists() else "no"))
+        rows.append((n, e.source, e.dataset, metric, "yes" if cache_status(e) else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

@@ -16,7 +16,7 @@ from segzoo.data.coco_panoptic import CocoPanoptic
 from segzoo.data.cvat import CVAT
 from segzoo.data.errors import DataError, ImageFileError
 from segzoo.data.formats import detect_format, resolve_auto
-from segzoo.data.image import image_size, read_image, read_mask, read_panoptic
+from segzoo.data.image import image_size, read_image, read_mask, read_panoptic, set_max_image_pixels
 from segzoo.data.labelme import LabelMe
 from segzoo.data.mask_folder import MaskFolder
 from segzoo.data.realdata import NucleiTiles, TreeCrownTiles
@@ -69,12 +69,16 @@ def build_dataset(data_cfg: dict[str, Any], split: str, task: str, train: bool |
         train: use the training augmentation (default: ``split == "train"``).
         with_transforms: attach the task's transform preset.
     """
+    if data_cfg.get("max_image_pixels") is not None:  # every reader checks file headers against it
+        set_max_image_pixels(data_cfg["max_image_pixels"])
     kind = data_cfg.get("type")
     if kind == "auto":  # recognise the layout from data.<split>.root
         if not (data_cfg.get(split) or {}).get("root"):
             raise ValueError(f"data.type auto needs data.{split}.root (the dataset folder or file)")
         rest = {k: v for k, v in data_cfg[split].items() if k != "root"}
         kind, found = resolve_auto(data_cfg[split]["root"], split)
+        if data_cfg.get("classes") is not None:  # data.classes wins over a classes.txt found beside the data
+            found.pop("classes", None)
         data_cfg = {**data_cfg, "type": kind, split: {**found, **rest}}
     if kind not in DATASET_TYPES:
         raise ValueError(f"unknown data.type {kind!r}; use one of {', '.join(DATASET_TYPES)}")

@@ -26,6 +26,7 @@ from typing import Any
 
 from segzoo.data.errors import DataError
 
+MAX_POLYGON_POINTS = 1_000_000  # per annotation: bounds what rasterising its polygons allocates
 REQUIRED = {"image": ("id", "file_name"), "annotation": ("id", "image_id", "category_id"), "category": ("id",)}
 INT_KEYS = {"image": ("id",), "annotation": ("id", "image_id", "category_id"), "category": ("id",)}
 
@@ -49,6 +50,12 @@ KINDS: dict[str, tuple[str, str, str]] = {
                        "[x1, y1, x2, y2, ...] with an even number of coordinates"),
     "polygon_points": ("error", "annotations whose polygons all have fewer than 3 points (their mask would be "
                        "empty)", "redraw or remove these annotations"),
+    "polygon_size": ("error", "polygons with more points than an annotation can hold",
+                     f"an object's polygons hold at most {MAX_POLYGON_POINTS:,} points: simplify them, or store a "
+                     "mask (RLE)"),
+    "polygon_far": ("error", "polygons reaching far outside their image (rasterising them would allocate memory in "
+                    "proportion to their length)", "fix the export's coordinates: polygons are in pixels of this "
+                    "image"),
     "polygon_part": ("warning", "polygon parts with fewer than 3 points, left out of the masks (they cover no "
                      "area)", "remove them from the export"),
     "rle_format": ("error", "malformed RLE segmentations", "RLE is {'size': [height, width], 'counts': [...]} "
@@ -239,6 +246,12 @@ def segmentation_problems(segm: Any, size: tuple[int, int] | None) -> list[tuple
                 return [("polygon_format", f"polygon {_short(poly)} has an odd number of coordinates ({len(poly)})")]
             if not all(math.isfinite(v) for v in poly):
                 return [("non_finite", f"polygon {_short(poly)}")]
+        if sum(len(p) for p in segm) > 2 * MAX_POLYGON_POINTS:
+            return [("polygon_size", f"{sum(len(p) for p in segm) // 2:,} points")]
+        if size is not None:
+            far = _far_outside(segm, size)
+            if far:
+                return [("polygon_far", far)]
         short = [p for p in segm if len(p) < 6]
         if len(short) == len(segm):
             return [("polygon_points", f"polygon {_short(short[0])} has {len(short[0]) // 2} points")]
@@ -269,6 +282,16 @@ def segmentation_problems(segm: Any, size: tuple[int, int] | None) -> list[tuple
                      f"(width x height)")]
         return []
     return [("segm_format", f"segmentation is a {type(segm).__name__}")]
+
+
+def _far_outside(polygons: list[list], size: tuple[int, int]) -> str | None:
+    """A detail when a polygon reaches more than one image size beyond the image (None when it does not)."""
+    h, w = size
+    for poly in polygons:
+        xs, ys = poly[0::2], poly[1::2]
+        if xs and (min(xs) < -w - 1 or max(xs) > 2 * w + 1 or min(ys) < -h - 1 or max(ys) > 2 * h + 1):
+            return (f"polygon spans x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g} in a {w}x{h} image")
+    return None
 
 
 def rle_string_counts(text: str) -> list[int] | None:

@@ -197,6 +197,30 @@ def write_yolo(parts, dst: Path, report: ConvertReport, tolerance: float = 0.0) 
     (dst / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
+SPLITS = ("train", "val", "test")
+
+
+def _standard_splits(parts: list, notes: list[str]) -> list:
+    """The splits renamed to train / val / test, which every target's reader (and data.type auto) finds:
+    ``train2017`` -> train, ``validation`` -> val, a single ``instances.json`` -> train."""
+    names: dict[int, str] = {}
+    for k, (split, _) in enumerate(parts):
+        known = [s for s in SPLITS if s in split.lower()]
+        if known and known[0] not in names.values():
+            names[k] = known[0]
+    for k in range(len(parts)):
+        if k not in names:
+            free = [s for s in SPLITS if s not in names.values()]
+            if not free:
+                raise ValueError(f"the source has more splits than {', '.join(SPLITS)}: {[s for s, _ in parts]}; "
+                                 "convert some of them with --split")
+            names[k] = free[0]
+    renamed = [f"{split!r} as {names[k]!r}" for k, (split, _) in enumerate(parts) if names[k] != split]
+    if renamed:
+        notes.append(f"split {', '.join(renamed)} (the names segzoo's readers look for)")
+    return [(names[k], ds) for k, (_, ds) in enumerate(parts)]
+
+
 def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", splits: list[str] | None = None,
             task: str = "auto", tolerance: float = 0.0) -> ConvertReport:
     """Convert the dataset at ``src`` into ``dst`` in format ``to`` (see the module docstring).
@@ -220,7 +244,9 @@ def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", 
     classes = [d.object_classes for _, d in parts]
     if any(c != classes[0] for c in classes):
         raise ValueError(f"the splits of {src} have different classes {classes}; give the class names explicitly")
-    report = ConvertReport(fmt, to, str(dst), classes=parts[0][1].classes)
+    notes: list[str] = []
+    parts = _standard_splits(parts, notes)
+    report = ConvertReport(fmt, to, str(dst), classes=parts[0][1].classes, notes=notes)
     for _, d in parts:
         report.notes += [n for n in d.notices + d.problems if n not in report.notes]
     tmp = dst.with_name(f".{dst.name}.partial")
@@ -260,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = convert(args.src, args.dst, args.to, args.source_format, args.splits, args.task, args.simplify)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2
     print(report.format())
     return 0

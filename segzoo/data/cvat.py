@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation
+from segzoo.data.validation import BadObject, check_polygons
 
 PathLike = str | os.PathLike
 AREA_SHAPES = ("box", "polygon", "mask", "ellipse")
@@ -40,8 +41,17 @@ ELLIPSE_VERTICES = 64
 
 
 def decode_cvat_rle(rle: str, left: int, top: int, width: int, height: int, img_h: int, img_w: int) -> np.ndarray:
-    """A CVAT ``<mask>`` as an ``H x W`` bool array."""
+    """A CVAT ``<mask>`` as an ``H x W`` bool array.
+
+    The crop must lie in the image (1 px of slack) and its runs must not add up to more than its
+    ``width x height``: both are checked from the numbers, before anything is allocated
+    (:class:`~segzoo.data.validation.BadObject` otherwise)."""
+    if width < 1 or height < 1 or left < -1 or top < -1 or left + width > img_w + 1 or top + height > img_h + 1:
+        raise BadObject("outside", f"<mask> crop {width}x{height} at ({left}, {top}) in a {img_w}x{img_h} image")
     counts = np.asarray([int(float(v)) for v in rle.replace(" ", "").split(",") if v], dtype=np.int64)
+    if (counts < 0).any() or int(counts.sum()) > width * height:
+        raise BadObject("rle_format", f"<mask> runs add up to {int(counts.sum()):,} pixels (negative runs: "
+                                      f"{int((counts < 0).sum())}) but its crop is {width}x{height}")
     flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)[: width * height]
     flat = np.pad(flat, (0, width * height - len(flat)))
     crop = flat.reshape(height, width)
@@ -84,6 +94,13 @@ def element_polygon(el: ET.Element, where: str) -> list[float] | None:
             raise
         raise ValueError(f"{where}: <{el.tag}> has missing or malformed coordinates ({e})") from None
     return None
+
+
+def _int_or_text(value: str | None):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
 
 
 def _is_crowd(el: ET.Element) -> bool:
@@ -156,11 +173,12 @@ class CVAT(AnnotatedImages):
             return self.images_dir / im.get("subset") / name
         return direct
 
-    def image_hw(self, index: int) -> tuple[int, int]:
+    def declared_hw(self, index: int) -> tuple[int, int] | None:
+        """The ``<image>`` element's ``height`` and ``width`` (checked against the image file)."""
         im = self.entries[index]
-        if im.get("height") and im.get("width"):
-            return int(im.get("height")), int(im.get("width"))
-        return super().image_hw(index)
+        if im.get("height") is None and im.get("width") is None:
+            return None
+        return _int_or_text(im.get("height")), _int_or_text(im.get("width"))
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         im = self.entries[index]
@@ -176,21 +194,23 @@ class CVAT(AnnotatedImages):
             gid = int(el.get("group_id", 0) or 0)
             groups.setdefault((name, gid if gid else ("shape", n)), []).append(el)
         out = []
-        for (name, _), els in groups.items():
+        for (name, key), els in groups.items():
+            at = f"<{els[0].tag}> {key[1] + 1}" if isinstance(key, tuple) else f"group_id {key}"
             crowd = any(_is_crowd(el) for el in els)
             polys = [p for p in (element_polygon(el, where) for el in els) if p is not None]
-            masks = [self._mask(el, height, width, where) for el in els if el.tag == "mask"]
+            masks = [self._mask(el, height, width, f"{where} {at}") for el in els if el.tag == "mask"]
             if masks:
                 m = np.logical_or.reduce(masks)
                 if polys:
+                    check_polygons(polys, height, width, f"{where} {at}")  # before they are rasterised
                     m |= decode_segmentation(polys, height, width).astype(bool)
-                out.append(Obj(label_of[name], mask=m, crowd=crowd))
+                out.append(Obj(label_of[name], mask=m, crowd=crowd, where=at))
             elif len(els) == 1 and els[0].tag == "box" and not float(els[0].get("rotation", 0) or 0):
                 a = els[0].attrib
                 box = tuple(float(a[k]) for k in ("xtl", "ytl", "xbr", "ybr"))
-                out.append(Obj(label_of[name], box=box, crowd=crowd))
+                out.append(Obj(label_of[name], box=box, crowd=crowd, where=at))
             else:
-                out.append(Obj(label_of[name], segmentation=polys, crowd=crowd))
+                out.append(Obj(label_of[name], segmentation=polys, crowd=crowd, where=at))
         return out
 
     @staticmethod
@@ -198,7 +218,9 @@ class CVAT(AnnotatedImages):
         try:
             left, top, w, h = (int(float(el.get(k))) for k in ("left", "top", "width", "height"))
             return decode_cvat_rle(el.get("rle", ""), left, top, w, h, height, width)
-        except (TypeError, ValueError) as e:
+        except BadObject as e:
+            raise BadObject(e.kind, f"{where}: {e.detail}") from None
+        except (TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"{where}: <mask> needs rle, left, top, width and height ({e})") from None
 
     def item_name(self, index: int) -> str:

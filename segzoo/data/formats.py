@@ -179,7 +179,11 @@ def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
         images = root / "images"
         if (images / split).is_dir() and (masks / split).is_dir():
             images, masks = images / split, masks / split
-        return "mask_folder", {"images_dir": images, "masks_dir": masks}
+        args: dict = {"images_dir": images, "masks_dir": masks}
+        listed = root / "classes.txt"  # what `segzoo data convert --to mask_folder` writes
+        if listed.is_file():
+            args["classes"] = [n.strip() for n in listed.read_text().splitlines() if n.strip()]
+        return "mask_folder", args
     if kind in ("labelme", "cvat"):
         return kind, {"root": root}
     return kind, {"root": root, "split": split}

@@ -51,12 +51,22 @@ Conversion rules:
 
 A missing file raises FileNotFoundError. A corrupt, truncated or unsupported file raises
 :class:`ImageFileError`, which names the file.
+
+**Pixel limit.** Every reader checks the width and height that the file's header declares before
+decoding a pixel: a file declaring more than :func:`max_image_pixels` pixels (width x height, as
+Pillow's ``MAX_IMAGE_PIXELS``; default Pillow's 89,478,485, about 9459 x 9459) raises
+:class:`ImageTooLargeError`, so a few-KB PNG that declares 11000 x 11000 costs nothing. Raise the
+limit with the environment variable ``SEGZOO_MAX_IMAGE_PIXELS``, the config key
+``data.max_image_pixels``, ``--max-image-pixels`` of ``segzoo infer``/``eval``/``data check`` or
+:func:`set_max_image_pixels` (0 or ``none``: no limit). A raised limit is applied to Pillow's own
+check too.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,7 +85,63 @@ _HIGH_BIT_MODES = ("I", "F")  # plus every "I;16*" mode
 _LOSSY_FORMATS = ("JPEG", "MPO")
 FLOAT_SLACK = 1e-3  # float images may exceed [0, 1] by this much (rounding); it is clipped
 
-__all__ = ["ImageFileError", "image_from_pil", "image_size", "read_image", "read_mask", "read_panoptic"]
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default MAX_IMAGE_PIXELS (1 GiB of 24-bit pixels / 4)
+MAX_PIXELS_ENV = "SEGZOO_MAX_IMAGE_PIXELS"
+
+__all__ = ["DEFAULT_MAX_IMAGE_PIXELS", "ImageFileError", "ImageTooLargeError", "image_from_pil", "image_size",
+           "max_image_pixels", "read_image", "read_mask", "read_panoptic", "set_max_image_pixels"]
+
+
+class ImageTooLargeError(ImageFileError):
+    """A file whose header declares more pixels than :func:`max_image_pixels`; nothing was decoded."""
+
+
+def _parse_limit(value: Any, source: str) -> int | None:
+    """A pixel limit from an int or a string: a positive count, or 0 / "none" for no limit (None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "0", "")):
+        return None
+    try:
+        n = int(str(value).replace("_", "").replace(",", "")) if isinstance(value, str) else value
+    except ValueError:
+        n = -1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{source} must be a number of pixels (width x height), or 0 / none for no limit; "
+                         f"got {value!r}")
+    return n or None
+
+
+def max_image_pixels() -> int | None:
+    """The pixel limit now in force: ``SEGZOO_MAX_IMAGE_PIXELS`` (set by :func:`set_max_image_pixels`
+    too), else :data:`DEFAULT_MAX_IMAGE_PIXELS`; None means no limit."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    return DEFAULT_MAX_IMAGE_PIXELS if raw is None else _parse_limit(raw, MAX_PIXELS_ENV)
+
+
+def set_max_image_pixels(limit: int | str | None) -> None:
+    """Set the pixel limit of every reader (0 or None: no limit) for this process and the processes it starts.
+
+    It is kept in ``SEGZOO_MAX_IMAGE_PIXELS`` so data-loading workers inherit it.
+    """
+    n = _parse_limit(limit, "the image pixel limit")
+    os.environ[MAX_PIXELS_ENV] = "none" if n is None else str(n)
+
+
+def _check_pixels(im: Image.Image, path: Path | str, what: str) -> None:
+    """Refuse a file whose header declares more pixels than the limit, before anything is decoded."""
+    limit = max_image_pixels()
+    w, h = im.size
+    if limit is not None and w * h > limit:
+        raise ImageTooLargeError(
+            f"{what} {path} declares {w} x {h} = {w * h:,} pixels, above the limit of {limit:,} pixels; it was not "
+            f"decoded. If you trust the file, raise the limit ({MAX_PIXELS_ENV}=N, data.max_image_pixels=N or "
+            "--max-image-pixels N; 0: no limit), or cut it into tiles")
+
+
+def _allow_in_pillow() -> None:
+    """Pillow's own bomb check (in open, GIF frames, crop) must not refuse what segzoo's limit allows."""
+    limit, pil = max_image_pixels(), Image.MAX_IMAGE_PIXELS
+    if pil is not None and (limit is None or limit > pil):
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def _checked_path(path: PathLike, what: str) -> Path:
@@ -94,7 +160,8 @@ def _reason(error: Exception, path: Path) -> str:
             hint = " (convert it to JPEG/PNG, or install pillow-heif and register its opener)"
         return f"not an image format Pillow can read, or not an image at all{hint}"
     if isinstance(error, Image.DecompressionBombError):
-        return f"{error} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file)"
+        return (f"{error} (if you trust the file, raise the limit: {MAX_PIXELS_ENV}=N, data.max_image_pixels=N or "
+                "--max-image-pixels N)")
     if isinstance(error, OSError) and error.errno is not None:  # permissions, I/O errors: not the file's content
         return f"it cannot be opened ({error.strerror or error})"
     text = str(error) or type(error).__name__
@@ -106,8 +173,13 @@ def _reason(error: Exception, path: Path) -> str:
 def _read(path: PathLike, what: str, fn: Callable[[Image.Image, Path], Any]) -> Any:
     """Open ``path`` with Pillow and return ``fn(image, path)``. Decoding errors become an ImageFileError."""
     path = _checked_path(path, what)
+    _allow_in_pillow()
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # segzoo's limit decides, below
+            im = Image.open(path)
+        with im:
+            _check_pixels(im, path, what)
             return fn(im, path)
     except (DataError, MemoryError):
         raise
@@ -177,6 +249,7 @@ def image_from_pil(im: Image.Image, name: str | None = None) -> tv_tensors.Image
         name: what to call the image in error messages (default: its file name).
     """
     name = name or getattr(im, "filename", None) or "image"
+    _check_pixels(im, name, "image")  # images opened elsewhere (LabelMe imageData) too, before decoding
     im.load()
     mode = im.mode
     depth = _bit_depth(im) if mode == "I" or mode.startswith("I;16") else (32, False)  # before the tags are lost

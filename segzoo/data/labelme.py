@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 
 from segzoo.data.image import image_from_pil
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation, polygon_from_points
+from segzoo.data.validation import BadObject, check_polygons
 
 PathLike = str | os.PathLike
 IGNORE_LABEL, BACKGROUND_LABEL = "__ignore__", "_background_"
@@ -57,16 +58,25 @@ def shape_polygon(shape: dict, where: str) -> list[float] | None:
 
 
 def shape_mask(shape: dict, height: int, width: int, where: str) -> np.ndarray:
-    """A ``mask`` shape's pixels placed in an ``H x W`` bool array."""
+    """A ``mask`` shape's pixels placed in an ``H x W`` bool array.
+
+    Its crop must lie in the image (1 px of slack); this is checked from the embedded PNG's header,
+    before it is decoded."""
     pts = np.asarray(shape.get("points") or [], dtype=np.float64).reshape(-1, 2)
-    if len(pts) != 2 or not shape.get("mask"):
-        raise ValueError(f"{where}: mask shape {shape.get('label')!r} needs two corner points and base64 'mask' data")
-    with Image.open(io.BytesIO(base64.b64decode(shape["mask"]))) as im:
-        pixels = np.asarray(im.convert("L")) > 0
+    if len(pts) != 2 or not shape.get("mask") or not np.isfinite(pts).all():
+        raise ValueError(f"{where}: mask shape {shape.get('label')!r} needs two finite corner points and base64 "
+                         "'mask' data")
     x1, y1 = (int(round(v)) for v in pts.min(0))
+    with Image.open(io.BytesIO(base64.b64decode(shape["mask"]))) as im:
+        mw, mh = im.size
+        if x1 < -1 or y1 < -1 or x1 + mw > width + 1 or y1 + mh > height + 1:
+            raise BadObject("outside", f"{where}: mask shape {shape.get('label')!r} of {mw}x{mh} pixels at "
+                                       f"({x1}, {y1}) in a {width}x{height} image")
+        pixels = np.asarray(im.convert("L")) > 0
+    x0, y0 = max(x1, 0), max(y1, 0)
     out = np.zeros((height, width), dtype=bool)
-    crop = pixels[: max(height - y1, 0), : max(width - x1, 0)]
-    out[y1:y1 + crop.shape[0], x1:x1 + crop.shape[1]] = crop
+    crop = pixels[y0 - y1: height - y1, x0 - x1: width - x1]
+    out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
     return out
 
 
@@ -138,10 +148,15 @@ class LabelMe(AnnotatedImages):
         rel = str(self.docs[index]["imagePath"]).replace("\\", "/")
         return self.files[index].parent / rel
 
+    def declared_hw(self, index: int) -> tuple[int, int] | None:
+        """``imageHeight``/``imageWidth`` of the json (checked against the image)."""
+        doc = self.docs[index]
+        if doc.get("imageHeight") is None and doc.get("imageWidth") is None:
+            return None
+        return doc.get("imageHeight"), doc.get("imageWidth")
+
     def image_hw(self, index: int) -> tuple[int, int]:
         doc = self.docs[index]
-        if doc.get("imageHeight") and doc.get("imageWidth"):
-            return int(doc["imageHeight"]), int(doc["imageWidth"])
         if not self.image_path(index).is_file() and doc.get("imageData"):
             return tuple(self.load_image(index).shape[-2:])
         return super().image_hw(index)
@@ -167,17 +182,19 @@ class LabelMe(AnnotatedImages):
             gid = s.get("group_id")
             groups.setdefault((name, ("shape", n) if gid is None else ("group", gid)), []).append(s)
         out = []
-        for (name, _), shapes in groups.items():
+        for (name, (kind, n)), shapes in groups.items():
+            at = f"shape {n + 1}" if kind == "shape" else f"group {n}"
             polys = [p for p in (shape_polygon(s, where) for s in shapes) if p is not None]
             masks = [shape_mask(s, height, width, where) for s in shapes if s.get("shape_type") == "mask"]
             label, crowd = (0, True) if name == IGNORE_LABEL else (label_of[name], False)
             if masks:
                 m = np.logical_or.reduce(masks)
                 if polys:
+                    check_polygons(polys, height, width, f"{where} {at}")  # before they are rasterised
                     m |= decode_segmentation(polys, height, width).astype(bool)
-                out.append(Obj(label, mask=m, crowd=crowd))
+                out.append(Obj(label, mask=m, crowd=crowd, where=at))
             else:
-                out.append(Obj(label, segmentation=polys, crowd=crowd))
+                out.append(Obj(label, segmentation=polys, crowd=crowd, where=at))
         return out
 
     def item_name(self, index: int) -> str:

@@ -26,7 +26,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 # the project's one image reader: the readers below read images and label PNGs through these two names
+from segzoo.data import validation
 from segzoo.data.coco import decode_segmentation
+from segzoo.data.errors import DataError
 from segzoo.data.image import image_size as header_size
 from segzoo.data.image import read_image, read_mask
 
@@ -47,6 +49,7 @@ class Obj:
         mask: an ``H x W`` bool array, for formats that store pixels.
         crowd: a region to ignore (COCO ``iscrowd``); left out of instance targets, ``ignore_index``
             in semantic maps.
+        where: where the reader found it (``"line 3"``, ``"<polygon> 2"``), for messages.
     """
 
     label: int
@@ -54,6 +57,7 @@ class Obj:
     segmentation: list | dict | None = None
     mask: np.ndarray | None = None
     crowd: bool = False
+    where: str | None = None
 
     @property
     def has_shape(self) -> bool:
@@ -257,8 +261,47 @@ class AnnotatedImages(Dataset):
         raise NotImplementedError
 
     def image_hw(self, index: int) -> tuple[int, int]:
-        """``(height, width)`` of an image without decoding it."""
+        """``(height, width)`` of an image without decoding it (from the file's header)."""
         return image_size(self.image_path(index))
+
+    def declared_hw(self, index: int) -> tuple[int, int] | None:
+        """``(height, width)`` that the annotation files state for an image (None where they state none).
+
+        It is checked against the image file, never used instead of it."""
+        return None
+
+    def object_name(self, obj: Obj, k: int) -> str:
+        names = self.object_classes
+        label = names[obj.label] if 0 <= obj.label < len(names) else f"label {obj.label}"
+        return f"{obj.where or f'object {k + 1}'} ({'crowd region' if obj.crowd else label})"
+
+    def annotation_problems(self, index: int, height: int, width: int) -> tuple[list[Obj], list[tuple[str, str]]]:
+        """The image's objects and their problems (:mod:`segzoo.data.validation`), each detail naming the object.
+
+        Nothing is rasterised: the objects' numbers are checked before any mask is made from them."""
+        problems = []
+        size = validation.size_problem(self.declared_hw(index), height, width)
+        if size is not None:
+            problems.append(size)
+        objs = self.objects(index, height, width)
+        for k, o in enumerate(objs):
+            problems += [(kind, f"{self.object_name(o, k)}: {detail}")
+                         for kind, detail in validation.object_problems(o, height, width)]
+        return objs, problems
+
+    def valid_objects(self, index: int, height: int, width: int) -> list[Obj]:
+        """:meth:`objects`, refused with a DataError naming the file and object when one has an ``"error"`` problem
+        (so ``data.check: false`` never trains on it)."""
+        objs, problems = self.annotation_problems(index, height, width)
+        self._refuse(index, problems)
+        return objs
+
+    def _refuse(self, index: int, problems: list[tuple[str, str]]) -> None:
+        for kind, detail in problems:
+            severity, title, hint = validation.KINDS[kind]
+            if severity == "error":
+                raise DataError(f"{self.item_name(index)}: {detail} (one of the {title}); {hint}. "
+                                "`segzoo data check CONFIG` lists every such problem")
 
     def load_image(self, index: int) -> tv_tensors.Image:
         return read_image(self.image_path(index))
@@ -270,7 +313,7 @@ class AnnotatedImages(Dataset):
     def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
         """The int64 label map: objects painted largest first (label ``k`` -> ``k + 1``), crowd -> ignore."""
         out = np.zeros((height, width), dtype=np.int64)
-        objs = self.objects(index, height, width)
+        objs = self.valid_objects(index, height, width)
         painted = [(o, o.pixels(height, width)) for o in objs if not o.crowd]
         for o, m in sorted(painted, key=lambda om: -int(om[1].sum())):
             out[m] = o.label + 1
@@ -280,7 +323,7 @@ class AnnotatedImages(Dataset):
         return out
 
     def target(self, index: int, height: int, width: int) -> dict[str, Any]:
-        objs = [o for o in self.objects(index, height, width) if not o.crowd]
+        objs = [o for o in self.valid_objects(index, height, width) if not o.crowd]
         boxes = torch.tensor([o.xyxy(height, width) for o in objs], dtype=torch.float32).reshape(-1, 4)
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
@@ -301,7 +344,7 @@ class AnnotatedImages(Dataset):
         segmentation for instance tasks, as its target mask)."""
         h, w = self.image_hw(index)
         anns = []
-        for o in self.objects(index, h, w):
+        for o in self.valid_objects(index, h, w):
             ann = o.to_coco(h, w)
             if not ann["segmentation"] and self.task == "instance":
                 ann["segmentation"] = [box_polygon(*o.xyxy(h, w))]
@@ -311,6 +354,8 @@ class AnnotatedImages(Dataset):
     def __getitem__(self, index: int):
         image = self.load_image(index)
         h, w = image.shape[-2:]
+        size = validation.size_problem(self.declared_hw(index), h, w)
+        self._refuse(index, [size] if size else [])
         if self.task == "semantic":
             label = self.semantic_map(index, h, w)
             if label.shape != (h, w):
@@ -348,11 +393,23 @@ class AnnotatedImages(Dataset):
             name = self.item_name(i)
             try:
                 h, w = self.image_hw(i)
+                from_objects = self.task != "semantic" or type(self).semantic_map is AnnotatedImages.semantic_map
+                if from_objects:
+                    objs, problems = self.annotation_problems(i, h, w)
+                else:  # a label-map format: only the stated size is the annotation's
+                    size = validation.size_problem(self.declared_hw(i), h, w)
+                    objs, problems = [], [size] if size else []
+                for kind, detail in problems:
+                    issues[kind].append(f"{name}: {detail}")
+                if any(validation.severity(kind) == "error" for kind, _ in problems):
+                    continue  # its targets are not built from numbers that are known to be wrong
                 if self.task == "semantic":
                     self._check_map(self.semantic_map(i, h, w), (h, w), name, num_classes, ignore_index,
                                     found, issues)
                 else:
-                    self._check_objects(self.objects(i, h, w), (h, w), name, found, issues)
+                    self._check_objects(objs, (h, w), name, found, issues)
+            except validation.BadObject as e:
+                issues[e.kind].append(f"{name}: {e.detail}")
             except (OSError, ValueError, KeyError) as e:
                 issues["unreadable"].append(f"{name} ({e})")
         report.classes_found = sorted(found)
@@ -360,14 +417,16 @@ class AnnotatedImages(Dataset):
         messages = {
             "unreadable": "files cannot be read",
             "size": "label maps differ in size from their image",
-            "outside": "boxes lie outside their image (check the export's coordinate convention)",
-            "degenerate": "boxes have zero or negative width/height",
             "no_shape": "objects have no polygon or mask but the instance task needs masks",
             "label": f"objects have a label outside the {len(self.object_classes)} classes",
         }
         for key, text in messages.items():
             if issues[key]:
                 report.errors.append(f"{len(issues[key])} {text}: {examples(issues[key])}")
+        for kind in validation.KINDS:
+            if issues[kind]:
+                warn = validation.severity(kind) == "warning"
+                (report.warnings if warn else report.errors).append(validation.line(kind, issues[kind]))
         for v, files in sorted(issues.items()):
             if v.startswith("value "):
                 value = int(v.split()[1])
@@ -400,7 +459,6 @@ class AnnotatedImages(Dataset):
                 issues[f"value {v}"].append(name)
 
     def _check_objects(self, objs, hw, name, found, issues) -> None:
-        h, w = hw
         real = [o for o in objs if not o.crowd]
         if not objs:  # crowd regions count: an image with only crowd regions is not empty (issue 21.6)
             issues["empty"].append(name)
@@ -411,10 +469,4 @@ class AnnotatedImages(Dataset):
             found.add(o.label)
             if self.task == "instance" and not o.has_shape:
                 issues["no_shape"].append(name)
-            if o.box is None and o.segmentation is None:
-                continue  # a pixel mask: its box comes from its pixels
-            x1, y1, x2, y2 = o.xyxy(h, w)
-            if x2 <= x1 or y2 <= y1:
-                issues["degenerate"].append(f"{name} (box {[round(v, 2) for v in (x1, y1, x2, y2)]})")
-            elif x1 < -1 or y1 < -1 or x2 > w + 1 or y2 > h + 1:
-                issues["outside"].append(f"{name} (box {[round(v, 2) for v in (x1, y1, x2, y2)]} in a {w}x{h} image)")
+        # boxes and shapes outside the image or without area: annotation_problems (segzoo.data.validation)

@@ -103,6 +103,8 @@ def open_splits(src: PathLike, fmt: str, task: str, splits: list[str] | None = N
     out: list[tuple[str, AnnotatedImages]] = []
     if fmt == "yolo":
         spec = yaml.safe_load(find_yaml(src).read_text()) or {}
+        if not isinstance(spec, dict):
+            YOLO(src, "train", task)  # raises, naming the file
         out = [(s, YOLO(src, s, task)) for s in ("train", "val", "test") if spec.get(s)]
     elif fmt == "voc":
         sets = voc_root(src) / "ImageSets" / ("Main" if task == "detection" else "Segmentation")

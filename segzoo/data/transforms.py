@@ -171,9 +171,40 @@ def instance_transforms(
     if pca_lighting > 0:
         ops.append(PCALighting(pca_lighting))
     getter = _per_box_getter(tuple(per_box)) if per_box else "default"
-    ops += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=min_box_size, labels_getter=getter),
-            _to_float()]
+    ops += [v2.ClampBoundingBoxes(), CountedSanitize(min_size=min_box_size, labels_getter=getter), _to_float()]
     return v2.Compose(ops)
+
+
+DROPPED = "dropped"  # target key: boxes the training transforms removed from this sample
+
+
+class CountedSanitize(v2.SanitizeBoundingBoxes):
+    """SanitizeBoundingBoxes that records how many boxes it removed in ``target["dropped"]``.
+
+    It is the only step of the presets that removes objects (boxes cropped away, under
+    ``augment.min_box_size``, or with no area), so the trainer can count and report them
+    (:func:`pop_dropped`) instead of training on fewer targets than the data check saw.
+    """
+
+    def forward(self, *inputs: Any) -> Any:
+        target = inputs[1] if len(inputs) == 2 and isinstance(inputs[1], dict) else None
+        before = len(target["boxes"]) if target is not None and "boxes" in target else None
+        out = super().forward(*inputs)
+        if before is not None:
+            out[1][DROPPED] = before - len(out[1]["boxes"])
+        return out
+
+
+def pop_dropped(targets: Any) -> tuple[int, int, int]:
+    """``(boxes dropped, boxes kept, samples left with no box that had some)`` of a collated batch's targets;
+    the ``dropped`` entries are removed (models never see them)."""
+    dropped = kept = emptied = 0
+    if isinstance(targets, (list, tuple)):
+        for t in targets:
+            if isinstance(t, dict) and DROPPED in t:
+                n, k = int(t.pop(DROPPED)), len(t["boxes"])
+                dropped, kept, emptied = dropped + n, kept + k, emptied + int(n > 0 and k == 0)
+    return dropped, kept, emptied
 
 
 class _per_box_getter:  # noqa: N801 (a picklable function: DataLoader workers copy the transforms)

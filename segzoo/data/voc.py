@@ -270,10 +270,11 @@ class VOC(AnnotatedImages):
     def image_path(self, index: int) -> Path:
         return self.images[index]
 
-    def image_hw(self, index: int) -> tuple[int, int]:
+    def declared_hw(self, index: int) -> tuple[int, int] | None:
+        """The ``<size>`` of the image's ``Annotations`` xml (checked against the file)."""
         if self.annotations and self.annotations[index]["height"] > 0:
             return self.annotations[index]["height"], self.annotations[index]["width"]
-        return super().image_hw(index)
+        return None
 
     def label_file(self, index: int) -> Path:
         """The class map of an image (``SegmentationClassAug``, ``SegmentationClass`` or SBD ``.mat``)."""
@@ -305,11 +306,12 @@ class VOC(AnnotatedImages):
         if self.task == "detection":
             label = {c: k for k, c in enumerate(self.object_classes)}
             out = []
-            for o in self.annotations[index]["objects"]:
+            for k, o in enumerate(self.annotations[index]["objects"]):
                 if o["name"] not in label:
                     raise ValueError(f"Annotations/{self.ids[index]}.xml: object {o['name']!r} is not one of the "
                                      f"classes {self.object_classes}; add it to data.classes")
-                out.append(Obj(label[o["name"]], box=o["box"], crowd=o["difficult"] and not self.use_difficult))
+                out.append(Obj(label[o["name"]], box=o["box"], crowd=o["difficult"] and not self.use_difficult,
+                               where=f"Annotations/{self.ids[index]}.xml <object> {k + 1}"))
             return out
         path = self.root / "SegmentationObject" / f"{self.ids[index]}.png"
         inst = read_colour_mask(path, voc_colormap(256), self.ignore_index)

@@ -16,6 +16,7 @@ or a ``.txt`` file of image paths.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -122,8 +123,11 @@ class YOLO(AnnotatedImages):
         else:
             try:
                 spec = yaml.safe_load(yaml_path.read_text()) or {}
-            except yaml.YAMLError as e:
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
                 raise ValueError(f"{yaml_path} is not valid YAML: {e}") from None
+            if not isinstance(spec, dict):
+                raise ValueError(f"{yaml_path} is not a YOLO dataset yaml: it holds a {type(spec).__name__}, not a "
+                                 "mapping with path, train, val and names")
             if "kpt_shape" in spec:
                 raise ValueError(f"{yaml_path} describes a pose (keypoint) dataset (kpt_shape); segzoo reads YOLO "
                                  "detection and segmentation labels")
@@ -173,19 +177,20 @@ class YOLO(AnnotatedImages):
             except ValueError:
                 raise ValueError(f"{path}:{n}: {line.strip()!r} is not numbers") from None
             cls, coords = values[0], values[1:]
-            if cls != int(cls) or not 0 <= cls < len(self.object_classes):
+            if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < len(self.object_classes):
                 raise ValueError(f"{path}:{n}: class {parts[0]} is not an id in 0..{len(self.object_classes) - 1} "
                                  f"(names: {self.object_classes[:5]}{'...' if len(self.object_classes) > 5 else ''})")
-            if min(coords, default=0) < -0.01 or max(coords, default=0) > 1.01:
+            finite = [c for c in coords if math.isfinite(c)]  # NaN and inf: the shared check names them
+            if min(finite, default=0) < -0.01 or max(finite, default=0) > 1.01:
                 raise ValueError(f"{path}:{n}: coordinates {[round(c, 3) for c in coords[:4]]} are not normalised to "
                                  "[0, 1]; YOLO labels divide x by the image width and y by its height")
             if len(coords) == 4:
                 xc, yc, bw, bh = coords[0] * width, coords[1] * height, coords[2] * width, coords[3] * height
                 box = (xc - bw / 2, yc - bh / 2, xc + bw / 2, yc + bh / 2)
-                out.append(Obj(int(cls), box=box))
+                out.append(Obj(int(cls), box=box, where=f"line {n}"))
             elif len(coords) >= 6 and len(coords) % 2 == 0:
                 poly = [c * (width if k % 2 == 0 else height) for k, c in enumerate(coords)]
-                out.append(Obj(int(cls), segmentation=[poly]))
+                out.append(Obj(int(cls), segmentation=[poly], where=f"line {n}"))
             else:
                 raise ValueError(f"{path}:{n}: {len(coords)} coordinates; a YOLO line holds 4 (box: x_centre y_centre "
                                  "width height) or an even number >= 6 (polygon x1 y1 x2 y2 ...)")

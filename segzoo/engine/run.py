@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from segzoo.config import RunConfig
-from segzoo.data import build_dataset, check_dataset
+from segzoo.data import DataError, build_dataset, check_dataset
+from segzoo.data.transforms import pop_dropped
 from segzoo.engine.distributed import init_distributed, run_on_main, world_info
 from segzoo.engine.evaluator import check_task_data, primary_metric, protocol_kwargs
 from segzoo.engine.run_folder import RunFolder
@@ -52,6 +53,23 @@ def check_data(cfg: RunConfig, num_classes: int, task: str, print_fn=print) -> l
     return reports
 
 
+def check_augmentation(cfg: RunConfig, train_set, samples: int = 8) -> None:
+    """Refuse augmentation settings that remove every box: the training transforms are run on up to
+    ``samples`` images with objects (the random state is restored) and must keep at least one."""
+    dropped = kept = 0
+    with torch.random.fork_rng():
+        for i in torch.linspace(0, len(train_set) - 1, min(samples, len(train_set))).long().tolist():
+            target = train_set[i][1]
+            d, k, _ = pop_dropped([dict(target)] if isinstance(target, dict) else None)
+            dropped, kept = dropped + d, kept + k
+    if dropped and not kept:
+        aug = cfg.data.augment
+        raise DataError(f"the training augmentation removes every target: in {min(samples, len(train_set))} training "
+                        f"images it dropped all {dropped} boxes (data.augment.min_box_size={aug.min_box_size}, "
+                        f"size={aug.size}, scale={list(aug.scale)}); lower data.augment.min_box_size or raise "
+                        "data.augment.size so that objects survive the crop")
+
+
 def default_out_dir(cfg: RunConfig) -> Path:
     """``runs/<config name>``."""
     return Path("runs") / (cfg.name or "train")
@@ -90,6 +108,7 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path | None = None, resume:
         train_set, val_set = build_datasets(cfg, task)
         if len(train_set):
             check_task_data(task, train_set[0][1], cfg.model["name"])
+            check_augmentation(cfg, train_set)
         classes = getattr(train_set, "classes", None)
         trainer = Trainer(model, train_set, val_set, cfg, folder.path, classes=classes, on_step=on_step)
         return trainer.fit(resume=resume, overwrite=overwrite, folder=folder)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
-from segzoo.data.transforms import collate_for
+from segzoo.data.transforms import collate_for, pop_dropped
 from segzoo.engine.distributed import (
     GroupedShardBatches,
     SeededDataset,
@@ -446,6 +446,19 @@ class Trainer:
                         channels_last=self.tc.channels_last, max_images=self.ec.max_images,
                         class_names=self.classes, ignore_index=self.dc.ignore_index, **self.eval_protocol)
 
+    def _report_dropped(self, epoch: int, dropped: int, kept: int, emptied: int, pbar) -> None:
+        """Log and print what the training transforms removed in an epoch (this process's batches)."""
+        if not dropped:
+            return
+        self.log({"type": "dropped", "step": self.step, "epoch": epoch + 1, "boxes_dropped": dropped,
+                  "boxes_kept": kept, "images_emptied": emptied})
+        if self.is_main:
+            emptied_text = (f"; {emptied} images were left with no target although they had some (they train as "
+                            "background)" if emptied else "")
+            (pbar.write if pbar is not None else print)(
+                f"warning: epoch {epoch + 1}: the augmentation dropped {dropped} of {dropped + kept} boxes (cropped "
+                f"away, or smaller than data.augment.min_box_size={self.cfg.data.augment.min_box_size}){emptied_text}")
+
     def _end_of_epoch(self, epoch: int, pbar) -> bool:
         """Evaluate, keep the best checkpoint, save; returns True when early stopping fires."""
         finished = self.step >= self.total_steps
@@ -543,6 +556,7 @@ class Trainer:
                 self.sampler.set_epoch(epoch, skip=in_epoch * self.accum * self.batch_size)
                 self.net.train()
                 batches = iter(self._loader(self.train_set, self.sampler, self.batch_size))
+                drops = [0, 0, 0]  # boxes dropped, boxes kept, images left without a box
                 for _ in range(in_epoch, spe):
                     if self.step >= self.total_steps:
                         break
@@ -554,6 +568,8 @@ class Trainer:
                         if self._signals.signum is not None:  # Ctrl-C also stopped the loader workers
                             self._interrupt()
                         raise
+                    for _images, targets in micro:  # what the augmentation removed: reported per epoch
+                        drops = [a + b for a, b in zip(drops, pop_dropped(targets))]
                     losses, stop_requested = self.train_step(micro, epoch)
                     dt = time.perf_counter() - t0
                     ips = self.batch_size * self.accum * self.world_size / max(dt, 1e-9)
@@ -570,6 +586,7 @@ class Trainer:
                         self.on_step(self)
                     if stop_requested:
                         self._interrupt()
+                self._report_dropped(epoch, *drops, pbar)
                 if self.step % spe == 0 or self.step >= self.total_steps:
                     stop = self._end_of_epoch(epoch, pbar)
                 if self.step < self.total_steps and not stop and self._stop_requested():

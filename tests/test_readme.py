@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 # pages other branches write at the same time; the lead adds them to the nav when they land
-PAGES_OF_OTHER_BRANCHES = {"transfer-learning.md", "trust-no-file.md", "models/segformer.md", "models/upernet.md",
+PAGES_OF_OTHER_BRANCHES = {"transfer-learning.md", "models/segformer.md", "models/upernet.md",
                            "toolbox.md"}
 
 

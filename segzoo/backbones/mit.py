@@ -184,7 +184,8 @@ class MiT(Backbone):
         arch = ARCHS[name]
         self.name = name
         self.arch = arch
-        rates = torch.linspace(0, drop_path_rate, sum(arch.depths)).tolist()
+        total = sum(arch.depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear in depth
         stages, start, in_ch = [], 0, 3
         for i, (dim, depth) in enumerate(zip(arch.dims, arch.depths)):
             stages.append(MiTStage(in_ch, dim, depth, arch.heads[i], arch.sr_ratios[i], arch.mlp_ratio,

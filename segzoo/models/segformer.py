@@ -284,7 +284,7 @@ def mit_variant(mapped: dict[str, torch.Tensor]) -> str | None:
 # ---------------------------------------------------------------------------- published weights
 NVIDIA_LICENCE = ("NVIDIA Source Code License for SegFormer: non-commercial use only (research/evaluation); "
                   "ADE20K terms apply")
-_MIT_METRIC = "the SegFormer paper, Table 1/2 (ADE20K val, single scale, 512x512)"
+_MIT_METRIC = "the SegFormer paper, Table 1 (ADE20K val, single scale)"
 
 
 def _nvidia_ade(model: str, repo: str, miou: float, size: int) -> WeightsEntry:

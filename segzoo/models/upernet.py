@@ -77,9 +77,9 @@ class UPerHead(nn.Module):
 
 
 class UPerNet(SegmentationModel):
-    """UPerNet on a four-stage body; losses ``loss_ce``, ``loss_aux`` (weight ``aux_weight``), ``loss``.
+    """UPerNet: a four-stage body -> PPM + FPN fusion head (+ auxiliary FCN head on stage 3).
 
-    Inputs are padded to a multiple of the deepest stride (32) and the logits cropped back.
+    Losses ``loss_ce``, ``loss_aux`` (weight ``aux_weight``) and ``loss``. Inputs are padded to a multiple of the deepest stride (32) and the logits cropped back.
 
     Args:
         num_classes: classes including background.

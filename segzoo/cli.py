@@ -319,7 +319,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="torchvision, hrnet-official, centernet-official or huggingface")
+                   help="torchvision, hrnet-official, centernet-official, huggingface or smp")
     p.add_argument("--name", required=True, help="segzoo model name, e.g. fcn_resnet50")
     p.add_argument("--classes", default=None, help="class names: a JSON list or a text file with one name a line")
     p.add_argument("src", help="source weights (.pth/.pt read with weights_only=True, or .safetensors)")

@@ -21,7 +21,7 @@ from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCE_KINDS = ("torchvision", "manual", "huggingface")
 # the segzoo.convert sources (segzoo.convert.SOURCES; the converters sit above the models)
-CONVERTERS = ("torchvision", "hrnet-official", "centernet-official", "huggingface")
+CONVERTERS = ("torchvision", "hrnet-official", "centernet-official", "huggingface", "smp")
 TORCHVISION_LICENCE = ("BSD-3-Clause (torchvision); trained on COCO, whose annotations are CC BY 4.0 "
                        "and images carry their own terms")
 TORCHVISION_PAGE = "https://pytorch.org/vision/stable/models.html"

@@ -66,10 +66,10 @@ class PatchEmbed(nn.Module):
     Input ``N x in_channels x H x W``; output ``(N x hw x dim tokens, h, w)``.
     """
 
-    def __init__(self, in_channels: int, dim: int, kernel_size: int, stride: int, eps: float) -> None:
+    def __init__(self, in_channels: int, dim: int, kernel_size: int, stride: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size, stride, kernel_size // 2)
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = nn.LayerNorm(dim)  # eps 1e-5, whatever norm_eps is (as the official weights)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
@@ -81,7 +81,7 @@ class EfficientAttention(nn.Module):
     """Multi-head self-attention whose keys/values come from the map reduced ``sr_ratio`` times
     per side (``sr_ratio x sr_ratio`` conv of the same stride, then LN; none for ratio 1)."""
 
-    def __init__(self, dim: int, heads: int, sr_ratio: int, eps: float) -> None:
+    def __init__(self, dim: int, heads: int, sr_ratio: int) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"MiT width {dim} is not divisible by its {heads} heads")
@@ -93,7 +93,7 @@ class EfficientAttention(nn.Module):
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
-            self.sr_norm = nn.LayerNorm(dim, eps=eps)
+            self.sr_norm = nn.LayerNorm(dim)  # eps 1e-5, as the patch embeddings
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         n, length, dim = x.shape
@@ -127,7 +127,7 @@ class MiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = EfficientAttention(dim, heads, sr_ratio, eps)
+        self.attn = EfficientAttention(dim, heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.ffn = MixFFN(dim, dim * mlp_ratio)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -143,7 +143,7 @@ class MiTStage(nn.Module):
     def __init__(self, in_channels: int, dim: int, depth: int, heads: int, sr_ratio: int, mlp_ratio: int,
                  kernel_size: int, stride: int, drop_paths: Sequence[float], eps: float) -> None:
         super().__init__()
-        self.patch_embed = PatchEmbed(in_channels, dim, kernel_size, stride, eps)
+        self.patch_embed = PatchEmbed(in_channels, dim, kernel_size, stride)
         self.blocks = nn.ModuleList(MiTBlock(dim, heads, sr_ratio, mlp_ratio, p, eps) for p in drop_paths)
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.grad_checkpointing = False
@@ -167,8 +167,9 @@ class MiT(Backbone):
     Args:
         name: a key of :data:`ARCHS` (``"mit_b0"`` ... ``"mit_b5"``).
         drop_path_rate: stochastic depth, rising linearly over all blocks to this value (0.1 in the paper).
-        norm_eps: LayerNorm epsilon: 1e-6 in the paper's code; Hugging Face's port uses
-            PyTorch's default 1e-5 (a difference of ~1e-6 in the logits).
+        norm_eps: epsilon of the blocks' and the stage-end LayerNorms: 1e-6 in the paper's code
+            (and smp's copy of it); Hugging Face's port uses PyTorch's default 1e-5 (a difference
+            of ~1e-6 in the logits). The patch-embedding and reduction norms use 1e-5 in all three.
         weights: a local file holding this class's state dict (``segzoo.save`` of a model, or
             :func:`segzoo.convert.from_huggingface`'s output) for the backbone.
     """

@@ -14,7 +14,7 @@ from torch import nn
 
 from segzoo.convert.centernet import from_centernet_official
 from segzoo.convert.hrnet import from_hrnet_official
-from segzoo.convert.huggingface import from_huggingface
+from segzoo.convert.huggingface import from_huggingface, from_smp
 from segzoo.convert.torchvision import from_torchvision
 
 #: CLI source name -> converter
@@ -23,6 +23,7 @@ SOURCES: dict[str, Callable[..., nn.Module]] = {
     "hrnet-official": from_hrnet_official,
     "centernet-official": from_centernet_official,
     "huggingface": from_huggingface,
+    "smp": from_smp,
 }
 
 
@@ -34,4 +35,4 @@ def converter(source: str) -> Callable[..., nn.Module]:
 
 
 __all__ = ["SOURCES", "converter", "from_centernet_official", "from_hrnet_official", "from_huggingface",
-           "from_torchvision"]
+           "from_smp", "from_torchvision"]

@@ -43,7 +43,8 @@ from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 def pyramid_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs: Any) -> Backbone:
     """A body that returns four maps at strides 4-32: a segzoo body (MiT, HRNet) or the last four
     levels of a timm ``features_only`` model (a ResNet's ``layer1``-``layer4``; ConvNeXt; Swin,
-    built with timm's ``dynamic_img_size`` so that any input size works). ``kwargs`` go to MiT."""
+    built with timm's ``dynamic_img_size`` so that any input size works, and ``always_partition``).
+    ``kwargs`` go to MiT."""
     if name in BODIES:
         if kwargs:
             return MiT(name, weights=weights, **kwargs) if name.startswith("mit_") else make_backbone(name)
@@ -52,11 +53,15 @@ def pyramid_backbone(name: str, weights: str | os.PathLike | None = None, **kwar
         raise ValueError(f"{', '.join(kwargs)} only apply to MiT bodies (mit_b0 ... mit_b5), not {name!r}")
     if not timm.models.is_model(name):
         return make_backbone(name, weights=weights, levels=4)  # raises with the closest names
-    try:  # Swin and other token models: any input size (timm's dynamic_img_size)
-        return TimmBackbone(name, out_indices=(-4, -3, -2, -1), weights=weights, dynamic_img_size=True)
-    except ValueError as e:
-        if "dynamic_img_size" not in str(e):
-            raise
+    # Swin: any input size (timm's dynamic_img_size) and shifted windows at every stage, also where a
+    # stage is no larger than a window (always_partition), as the Swin segmentation code and Hugging
+    # Face's SwinBackbone; other token models take what applies, convolutional ones neither
+    for extra in ({"dynamic_img_size": True, "always_partition": True}, {"dynamic_img_size": True}):
+        try:
+            return TimmBackbone(name, out_indices=(-4, -3, -2, -1), weights=weights, **extra)
+        except ValueError as e:
+            if not any(k in str(e) for k in extra):
+                raise
     return TimmBackbone(name, out_indices=(-4, -3, -2, -1), weights=weights)
 
 
@@ -103,8 +108,8 @@ class SegFormer(SegmentationModel):
         embed_dim: the head's width ``E``.
         dropout: dropout before the classifier.
         drop_path_rate: stochastic depth of MiT bodies (0.1 in the paper).
-        norm_eps: LayerNorm epsilon of MiT bodies (1e-6 as the paper's code; 1e-5 is
-            Hugging Face's port).
+        norm_eps: epsilon of the MiT blocks' and stage-end LayerNorms (1e-6 as the paper's code;
+            1e-5 is Hugging Face's port; see :class:`~segzoo.backbones.mit.MiT`).
         backbone_weights: a local weights file for the backbone, or a timm tag for timm bodies.
         ignore_index, mean, std, dice_weight, **loss_options: as in
             :class:`~segzoo.models.base.SegmentationModel`.
@@ -267,6 +272,66 @@ def map_huggingface(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
         raise KeyError(f"{len(unknown)} keys are not SegFormer keys: {', '.join(unknown[:8])}")
     if "decode_head.classifier.weight" not in out:
         raise KeyError("no decode_head.classifier.weight: not a SegformerForSemanticSegmentation state dict")
+    return out, int(out["decode_head.classifier.weight"].shape[0])
+
+
+_SMP_BLOCK = (("norm1.", "norm1."), ("attn.q.", "attn.q."), ("attn.proj.", "attn.proj."), ("attn.sr.", "attn.sr."),
+              ("attn.norm.", "attn.sr_norm."), ("norm2.", "norm2."), ("mlp.fc1.", "ffn.fc1."),
+              ("mlp.dwconv.dwconv.", "ffn.dwconv."), ("mlp.fc2.", "ffn.fc2."))
+
+
+def _smp_key(k: str) -> str | None:
+    m = re.match(r"encoder\.patch_embed(\d)\.(proj|norm)\.", k)
+    if m:
+        return _tail(f"backbone.stages.{int(m[1]) - 1}.patch_embed.{m[2]}.", k[m.end():])
+    m = re.match(r"encoder\.norm(\d)\.", k)
+    if m:
+        return _tail(f"backbone.stages.{int(m[1]) - 1}.norm.", k[m.end():])
+    m = re.match(r"encoder\.block(\d)\.(\d+)\.", k)
+    if m:
+        rest = k[m.end():]
+        for theirs, ours in _SMP_BLOCK:
+            if rest.startswith(theirs):
+                return _tail(f"backbone.stages.{int(m[1]) - 1}.blocks.{m[2]}.{ours}", rest[len(theirs):])
+        return None
+    m = re.match(r"decoder\.mlp_stage\.(\d)\.linear\.", k)  # deepest stage first
+    if m:
+        return _tail(f"decode_head.proj.{3 - int(m[1])}.", k[m.end():])
+    m = re.match(r"decoder\.fuse_stage\.([01])\.", k)
+    if m:
+        return _tail(f"decode_head.fuse.{m[1]}.", k[m.end():])
+    if k.startswith("segmentation_head.0."):
+        return _tail("decode_head.classifier.", k[len("segmentation_head.0."):])
+    return None
+
+
+def map_smp(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """Rename an smp ``Segformer`` (``encoder_name="mit_bN"``) state dict to segzoo's names: the
+    fused ``attn.kv`` projection is split into ``attn.k`` and ``attn.v`` (its two halves), the head's
+    linear layers (deepest stage first in smp) become 1x1 convolutions.
+
+    Returns:
+        ``(segzoo state dict, num_classes)``.
+
+    Raises:
+        KeyError: naming every key that has no segzoo counterpart.
+    """
+    out, unknown = {}, []
+    for k, v in state_dict.items():
+        kv = re.match(r"encoder\.block(\d)\.(\d+)\.attn\.kv\.(weight|bias)$", k)
+        if kv:
+            prefix = f"backbone.stages.{int(kv[1]) - 1}.blocks.{kv[2]}.attn."
+            out[prefix + "k." + kv[3]], out[prefix + "v." + kv[3]] = v.chunk(2, dim=0)  # (2C, ...) -> k, v
+            continue
+        new = _smp_key(k)
+        if new is None:
+            unknown.append(k)
+            continue
+        out[new] = v[:, :, None, None] if re.fullmatch(r"decode_head\.proj\.\d+\.weight", new) else v
+    if unknown:
+        raise KeyError(f"{len(unknown)} keys are not smp Segformer keys: {', '.join(unknown[:8])}")
+    if "decode_head.classifier.weight" not in out:
+        raise KeyError("no segmentation_head.0.weight: not an smp Segformer state dict")
     return out, int(out["decode_head.classifier.weight"].shape[0])
 
 

@@ -15,8 +15,8 @@ For the four maps ``C_1..C_4`` (strides 4-32) and width ``D`` (512)::
 Transformer and ConvNeXt bodies normalise each returned map (a LayerNorm per level, as
 mmsegmentation's and Hugging Face's ConvNeXt/Swin backbones do): ``out_norm_eps``.
 
-The key map of Hugging Face's layout (the published ``openmmlab/upernet-convnext-*`` files) is
-:func:`map_huggingface`, beside the family.
+The key map of Hugging Face's layout (the published ``openmmlab/upernet-convnext-*`` and
+``openmmlab/upernet-swin-*`` files) is :func:`map_huggingface`, beside the family.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ class UPerHead(nn.Module):
 class UPerNet(SegmentationModel):
     """UPerNet: a four-stage body -> PPM + FPN fusion head (+ auxiliary FCN head on stage 3).
 
-    Losses ``loss_ce``, ``loss_aux`` (weight ``aux_weight``) and ``loss``. Inputs are padded to a multiple of the deepest stride (32) and the logits cropped back.
+    Losses ``loss_ce``, ``loss_aux`` (weight ``aux_weight``) and ``loss``. Inputs are padded to a
+    multiple of the deepest stride (32) and the logits cropped back.
 
     Args:
         num_classes: classes including background.
@@ -185,24 +186,72 @@ _HEAD = (  # UperNetConvModule (conv, batch_norm) -> ConvNormAct (0, 1)
 )
 
 
+_SWIN_BLOCK = (  # after layers.{i}.blocks.{j}.: (published, transformers 5, timm)
+    ("layernorm_before.", "layernorm_before.", "norm1."),
+    ("layernorm_after.", "layernorm_after.", "norm2."),
+    ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table",
+     "attn.relative_position_bias_table"),
+    ("attention.output.dense.", "attention.o_proj.", "attn.proj."),
+    ("intermediate.dense.", "mlp.fc1.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2.", "mlp.fc2."),
+)
+_SWIN_QKV = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}
+
+
+def _swin_key(k: str) -> tuple[str | None, int | None]:
+    """timm's name of a Hugging Face Swin backbone key (``backbone.`` / ``backbone.swin.`` stripped),
+    and the slot (0 q, 1 k, 2 v) where three keys fill one ``qkv`` tensor; ``("", None)`` for keys
+    without a timm counterpart that change nothing (buffers timm recomputes, the unused last norm)."""
+    if k.startswith("embeddings.patch_embeddings.projection."):
+        return _tail("backbone.body.patch_embed.proj.", k.rsplit(".", 1)[1]), None
+    if k.startswith("embeddings.norm."):
+        return _tail("backbone.body.patch_embed.norm.", k.rsplit(".", 1)[1]), None
+    if k.startswith("layernorm."):  # SwinModel's final norm: SwinBackbone's outputs do not use it
+        return "", None
+    m = re.match(r"encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\.(\w+)$", k)
+    if m:  # Hugging Face merges patches at the end of a stage, timm at the start of the next one
+        return _tail(f"backbone.body.layers_{int(m[1]) + 1}.downsample.{m[2]}.", m[3]), None
+    m = re.match(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.", k)
+    if not m:
+        return None, None
+    rest, prefix = k[m.end():], f"backbone.body.layers_{m[1]}.blocks.{m[2]}."
+    if rest.endswith("relative_position_index") or rest.endswith("attn_mask"):
+        return "", None
+    q = re.match(r"attention\.(?:self\.)?(query|key|value|q_proj|k_proj|v_proj)\.(\w+)$", rest)
+    if q:
+        return _tail(prefix + "attn.qkv.", q[2]), _SWIN_QKV[q[1]]
+    for published, renamed, ours in _SWIN_BLOCK:
+        for name in (published, renamed):
+            if rest.startswith(name):
+                return _tail(prefix + ours, rest[len(name):]), None
+    return None, None
+
+
 def map_huggingface(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-    """Rename a Hugging Face ``UperNetForSemanticSegmentation`` state dict (ConvNeXt backbone)
-    to segzoo's names: the body to timm's ConvNeXt, ``hidden_states_norms.stage{k}`` to
-    ``out_norms.{k-1}``, the heads' ``conv``/``batch_norm`` pairs to ``ConvNormAct``'s ``0``/``1``.
+    """Rename a Hugging Face ``UperNetForSemanticSegmentation`` state dict to segzoo's names.
+
+    ConvNeXt backbones map key for key to timm's ConvNeXt; Swin backbones to timm's Swin, where
+    the ``query``/``key``/``value`` projections are concatenated into ``qkv`` and patch merging
+    moves to the next stage. ``hidden_states_norms.stage{k}`` become ``out_norms.{k-1}`` and the
+    heads' ``conv``/``batch_norm`` pairs ``ConvNormAct``'s ``0``/``1``. Both the published
+    layout and transformers 5's names are read.
 
     Returns:
         ``(segzoo state dict, num_classes)``.
 
     Raises:
-        KeyError: naming every key that has no segzoo counterpart (e.g. a Swin backbone's).
+        KeyError: naming every key that has no segzoo counterpart.
     """
-    out, unknown = {}, []
+    out, unknown, qkv = {}, [], {}
+    swin = any(".encoder.layers." in k for k in state_dict)
     for k, v in state_dict.items():
-        new = None
+        new, slot = None, None
         m = re.match(r"backbone\.hidden_states_norms\.stage(\d+)\.", k)
         if m:
             new = _tail(f"out_norms.{int(m[1]) - 1}.", k[m.end():])
-        for pattern, ours in (*_CONVNEXT, *_HEAD):
+        elif swin and k.startswith("backbone."):
+            new, slot = _swin_key(k.removeprefix("backbone.").removeprefix("swin."))
+        for pattern, ours in (() if swin else _CONVNEXT) + _HEAD:
             if new is not None:
                 break
             m = re.match(pattern, k)
@@ -210,27 +259,39 @@ def map_huggingface(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
                 new = _tail(m.expand(ours), k[m.end():])
         if new is None:
             unknown.append(k)
+        elif new == "":
+            continue
+        elif slot is not None:
+            qkv.setdefault(new, [None, None, None])[slot] = v
         elif new in out:
             raise KeyError(f"two Hugging Face keys map to {new}")
         else:
             out[new] = v
+    for new, parts in qkv.items():
+        if any(p is None for p in parts):
+            raise KeyError(f"{new} needs the query, key and value tensors; the file lacks some")
+        out[new] = torch.cat(parts, dim=0)  # (3C, C): q, k, v as timm's qkv
     if unknown:
-        raise KeyError(f"{len(unknown)} keys are not UPerNet-ConvNeXt keys: {', '.join(unknown[:8])}")
+        kind = "UPerNet-Swin" if swin else "UPerNet-ConvNeXt"
+        raise KeyError(f"{len(unknown)} keys are not {kind} keys: {', '.join(unknown[:8])}")
     if "decode_head.classifier.weight" not in out:
         raise KeyError("no decode_head.classifier.weight: not an UperNetForSemanticSegmentation state dict")
     return out, int(out["decode_head.classifier.weight"].shape[0])
 
 
 # ---------------------------------------------------------------------------- published weights
-def _openmmlab(model: str, repo: str, miou: float) -> WeightsEntry:
+def _openmmlab(model: str, repo: str, miou: float, paper: str) -> WeightsEntry:
     return WeightsEntry(
         model=model, tag="ade", source="huggingface", converter="huggingface", hf_repo=repo,
         dataset="ADE20K (150 classes, 512x512 crops, 160k iterations)", classes=ADE20K_CLASSES,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, metrics=(("miou", miou),),
-        metric_source="the ConvNeXt paper, Table 3 (ADE20K val, single scale; mmsegmentation's UPerNet)",
-        licence="MIT (the model card of the Hugging Face repository; ConvNeXt's code and weights); ADE20K terms apply",
+        metric_source=f"{paper} (ADE20K val, single scale; mmsegmentation's UPerNet)",
+        licence="MIT (the model card of the Hugging Face repository; the body's code and weights); ADE20K terms apply",
         file_name=f"{model}.ade.bin", page=f"https://huggingface.co/{repo}",
     )
 
 
-register_weights(_openmmlab("upernet_convnext_tiny", "openmmlab/upernet-convnext-tiny", 46.0))
+register_weights(
+    _openmmlab("upernet_convnext_tiny", "openmmlab/upernet-convnext-tiny", 46.0, "the ConvNeXt paper, Table 3"),
+    _openmmlab("upernet_swin_tiny", "openmmlab/upernet-swin-tiny", 44.5, "the Swin Transformer paper, Table 3"),
+)

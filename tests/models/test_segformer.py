@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import segzoo
 from segzoo.checkpoint import read_state_dict
-from segzoo.convert import from_huggingface
-from segzoo.models.segformer import SegFormer, map_huggingface
+from segzoo.convert import from_huggingface, from_smp
+from segzoo.models.segformer import SegFormer, map_huggingface, map_smp
 from tests.models.hf_reference import TOL, batch, max_diff, randomise_norms
 
 transformers = pytest.importorskip("transformers")
@@ -110,3 +110,22 @@ def test_any_input_size_and_timm_bodies():
 def test_mit_refuses_timm_tags():
     with pytest.raises(ValueError, match="MiT bodies take a local weights file"):
         segzoo.build("segformer_b0", num_classes=3, backbone_weights="imagenet")
+
+
+def test_smp_layout_maps_one_to_one_and_gives_smp_logits():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    torch.manual_seed(0)
+    ref = randomise_norms(smp.Segformer(encoder_name="mit_b0", encoder_weights=None, classes=5)).eval()
+    state = ref.state_dict()
+    mapped, classes = map_smp(state)
+    own = segzoo.build("segformer_b0", num_classes=5).state_dict()
+    kv = sum(k.endswith("attn.kv.weight") or k.endswith("attn.kv.bias") for k in state)
+    assert classes == 5 and len(mapped) == len(state) + kv  # each fused kv becomes k and v
+    assert set(mapped) == set(own) and all(mapped[k].shape == own[k].shape for k in own)
+    ours = from_smp(state, "segformer_b0")  # the paper's LayerNorm epsilons, as smp
+    images, normalised, _ = batch(size=(64, 96))
+    with torch.no_grad():
+        expected = ref.segmentation_head[0](ref.decoder(ref.encoder(normalised)))  # stride 4, before smp's upsampling
+        got, _ = ours.forward_logits(ours.normalize(images))
+    assert expected.std() > 0.1
+    assert max_diff(got, expected) <= TOL

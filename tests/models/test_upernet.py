@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import segzoo
+from segzoo.checkpoint import read_state_dict
 from segzoo.convert import from_huggingface
 from segzoo.models.upernet import map_huggingface
 from tests.models.hf_reference import TOL, batch, max_diff, randomise_norms
@@ -65,3 +66,21 @@ def test_other_bodies_take_any_size(name):
     assert model.backbone.strides == (4, 8, 16, 32)
     with torch.no_grad():
         assert model(torch.rand(1, 3, 50, 70)).shape == (1, 3, 50, 70)
+
+
+@pytest.mark.slow  # two 60M-parameter models at 224 x 224 (~20 s on one core)
+def test_swin_logits_equal_huggingface(tmp_path):
+    torch.manual_seed(0)
+    backbone = transformers.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                                       out_features=["stage1", "stage2", "stage3", "stage4"])
+    ref = randomise_norms(transformers.UperNetForSemanticSegmentation(
+        transformers.UperNetConfig(backbone_config=backbone, num_labels=5))).eval()
+    ref.save_pretrained(tmp_path)  # the published layout (attention.self.query ...)
+    published = read_state_dict(tmp_path / "model.safetensors")
+    images, normalised, _ = batch(n=1, size=(224, 224))  # Swin's 7 x 7 windows tile every stage
+    with torch.no_grad():
+        expected = ref(pixel_values=normalised).logits
+        assert expected.std() > 0.1
+        for state in (ref.state_dict(), published):
+            ours = from_huggingface(state, "upernet_swin_tiny")
+            assert max_diff(ours(images), expected) <= TOL

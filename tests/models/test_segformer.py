@@ -129,3 +129,17 @@ def test_smp_layout_maps_one_to_one_and_gives_smp_logits():
         got, _ = ours.forward_logits(ours.normalize(images))
     assert expected.std() > 0.1
     assert max_diff(got, expected) <= TOL
+
+
+def test_cli_converts_a_published_file(tmp_path, capsys):
+    from segzoo.cli import main
+
+    ref = reference("segformer_b0")
+    ref.save_pretrained(tmp_path / "hf")
+    dst = tmp_path / "b0.safetensors"
+    assert main(["convert", "--from", "huggingface", "--name", "segformer_b0",
+                 str(tmp_path / "hf" / "model.safetensors"), str(dst)]) == 0
+    assert "num_classes=5" in capsys.readouterr().out
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(segzoo.load(dst)(x), from_huggingface(ref.state_dict(), "segformer_b0")(x))

@@ -379,7 +379,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="SOURCE",
-                   help="torchvision, hrnet-official or centernet-official")
+                   help="torchvision, hrnet-official, centernet-official, huggingface or smp")
     p.add_argument("--name", required=True, help="segzoo model name, e.g. fcn_resnet50")
     p.add_argument("--classes", default=None, help="class names: a JSON list or a text file with one name a line")
     p.add_argument("src", help="source weights (.pth/.pt read with weights_only=True, or .safetensors)")
@@ -539,7 +539,8 @@ num_detections count (see segzoo/export.py).""",
 
     segzoo convert --from torchvision --name fcn_resnet50 fcn.pth weights/fcn.safetensors
     segzoo convert --from hrnet-official --name hrnet_w48 hrnet_w48_city.pth out.safetensors
-    segzoo convert --from centernet-official --name centernet_dla34 ctdet_coco_dla_2x.pth out.safetensors""",
+    segzoo convert --from centernet-official --name centernet_dla34 ctdet_coco_dla_2x.pth out.safetensors
+    segzoo convert --from huggingface --name segformer_b0 pytorch_model.bin out.safetensors""",
         _convert_args, _convert),
     "data check": Command(
         "check a config's data", """Check a config's data before training (classes, mask values, 0/255 masks,

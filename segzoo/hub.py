@@ -278,6 +278,39 @@ def torchvision_state_dict(weights, what: str, manual_hint: str) -> dict[str, to
         ) from None
 
 
+def huggingface_state_dict(repo: str, files: tuple[str, ...], what: str, manual: Path,
+                           manual_hint: str) -> dict[str, torch.Tensor]:
+    """The state dict of a Hugging Face hub repository's weight file, as timm bodies are found:
+    the hub cache first (``HF_HOME``/``HF_HUB_CACHE``; no network), then ``manual`` (a copy
+    downloaded by hand), then ``huggingface_hub.hf_hub_download`` unless offline.
+
+    Args:
+        repo: ``"nvidia/segformer-b0-finetuned-ade-512-512"``.
+        files: the repository's weight files, tried in order (``model.safetensors``, ``pytorch_model.bin``).
+        what: the weights' name, for messages.
+        manual: where a copy downloaded by hand is picked up.
+        manual_hint: how to provide the file by hand (appended to errors).
+    """
+    for filename in files:
+        found = huggingface_hub.try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return read_state_dict(found)
+    if manual.exists():
+        return read_state_dict(manual)
+    if is_offline():
+        raise WeightsError(f"{what} is not in the Hugging Face or segzoo cache and offline mode is on "
+                           f"({ENV_OFFLINE} or HF_HUB_OFFLINE). {manual_hint}")
+    errors = []
+    for filename in files:
+        try:
+            return read_state_dict(huggingface_hub.hf_hub_download(repo, filename))
+        except huggingface_hub.errors.EntryNotFoundError as e:  # the repository has the other file
+            errors.append(str(e).splitlines()[0])
+        except OSError as e:  # huggingface_hub's network errors are OSErrors
+            raise WeightsError(f"downloading {what} from {repo} failed: {e}. {manual_hint}") from None
+    raise WeightsError(f"{repo} has none of {', '.join(files)} ({'; '.join(errors)}). {manual_hint}")
+
+
 # ---------------------------------------------------------------------------- timm backbones
 
 

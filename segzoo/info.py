@@ -67,7 +67,8 @@ def weights_table(pattern: str = "*") -> str:
         split = re.search(r"\(([^();]*)", e.metric_source)
         if split:
             reported += f" ({split.group(1)})"
-        source = "torchvision, downloaded" if e.source == "torchvision" else f"[by hand]({e.page})"
+        source = {"torchvision": "torchvision, downloaded",
+                  "huggingface": f"[Hugging Face hub]({e.page}), downloaded"}.get(e.source, f"[by hand]({e.page})")
         lines.append(f"| `{e.model}` | `{e.tag}` | {e.dataset.split(' (')[0]} | {len(e.classes)} | {reported} | "
                      f"{source} | {e.licence.split(';')[0].split(' (')[0]} |")
     return "\n".join(lines)

@@ -19,9 +19,9 @@ from torchvision.models import get_weight
 from segzoo.hub import WeightsError
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
-SOURCE_KINDS = ("torchvision", "manual")
+SOURCE_KINDS = ("torchvision", "manual", "huggingface")
 # the segzoo.convert sources (segzoo.convert.SOURCES; the converters sit above the models)
-CONVERTERS = ("torchvision", "hrnet-official", "centernet-official")
+CONVERTERS = ("torchvision", "hrnet-official", "centernet-official", "huggingface", "smp")
 TORCHVISION_LICENCE = ("BSD-3-Clause (torchvision); trained on COCO, whose annotations are CC BY 4.0 "
                        "and images carry their own terms")
 TORCHVISION_PAGE = "https://pytorch.org/vision/stable/models.html"
@@ -40,8 +40,9 @@ class WeightsEntry:
     Attributes:
         model: the segzoo model it converts into, e.g. ``"deeplabv3_resnet50"``.
         tag: short name, unique per model; ``model.tag`` names the weights.
-        source: ``"torchvision"`` (downloaded through torchvision's ``Weights`` enum) or
-            ``"manual"`` (a host segzoo cannot download from: the user fetches the file).
+        source: ``"torchvision"`` (downloaded through torchvision's ``Weights`` enum),
+            ``"huggingface"`` (a Hugging Face hub repository, read from the hub cache as timm
+            bodies are) or ``"manual"`` (a host segzoo cannot download from: the user fetches the file).
         converter: the :mod:`segzoo.convert` source that turns the file into segzoo's layout.
         dataset: what it was trained on.
         classes: class names in segzoo's label order (label ``i`` is ``classes[i]``).
@@ -57,6 +58,9 @@ class WeightsEntry:
         size: the file's size in bytes, where the source publishes it.
         sha256: the file's full sha256, where the source publishes it.
         convert_kwargs: extra converter arguments, as ``(key, value)`` pairs.
+        hf_repo: the Hugging Face hub repository (``"huggingface"`` entries only);
+            ``file_name`` is then the name of a copy downloaded by hand.
+        hf_files: the repository's weight files, tried in this order.
     """
 
     model: str
@@ -77,6 +81,8 @@ class WeightsEntry:
     size: int | None = None
     sha256: str | None = None
     convert_kwargs: tuple[tuple[str, Any], ...] = ()
+    hf_repo: str | None = None
+    hf_files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 
     def __post_init__(self) -> None:
         if self.source not in SOURCE_KINDS:
@@ -85,6 +91,8 @@ class WeightsEntry:
             raise ValueError(f"converter must be one of {CONVERTERS}, got {self.converter!r}")
         if (self.source == "torchvision") != (self.torchvision is not None):
             raise ValueError("torchvision entries name their Weights enum member, and only they do")
+        if (self.source == "huggingface") != (self.hf_repo is not None):
+            raise ValueError("huggingface entries name their hub repository, and only they do")
         if "." in self.tag or not self.tag:
             raise ValueError(f"a tag is a non-empty name without dots, got {self.tag!r}")
 
@@ -98,7 +106,10 @@ class WeightsEntry:
 
     @property
     def url(self) -> str | None:
-        """The download URL: torchvision's, read from its enum; None for manual sources."""
+        """The download URL: torchvision's, read from its enum; the hub's for Hugging Face entries
+        (its first file); None for manual sources."""
+        if self.hf_repo:
+            return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.hf_files[0]}"
         return self.weights_enum().url if self.torchvision else None
 
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 def _by_hand(entry: WeightsEntry) -> str:
     where = hub.torch_hub_path(entry.url) if entry.source == "torchvision" else hub.downloads_dir() / entry.file_name
-    get = entry.url if entry.source == "torchvision" else f"{entry.file_name} from {entry.link or entry.page}"
+    get = entry.url if entry.source != "manual" else f"{entry.file_name} from {entry.link or entry.page}"
     page = f" (page: {entry.page})" if entry.source == "manual" and entry.link else ""
     return (f"Download {get}{page}, then put it at {where} or run `segzoo weights import {entry.name} FILE`")
 
@@ -59,6 +59,10 @@ def load_pretrained(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], Model
         if entry.source == "torchvision":
             state = hub.torchvision_state_dict(entry.weights_enum(), entry.name, _by_hand(entry))
             path = _convert_and_store(entry, state, {"url": entry.url})
+        elif entry.source == "huggingface":
+            state = hub.huggingface_state_dict(entry.hf_repo, entry.hf_files, entry.name,
+                                               hub.downloads_dir() / entry.file_name, _by_hand(entry))
+            path = _convert_and_store(entry, state, {"huggingface": entry.hf_repo})
         else:
             local = hub.downloads_dir() / entry.file_name
             if not local.exists():

@@ -21,6 +21,8 @@ FAMILIES = {
     "deeplabv3plus_resnet50": {},
     "pspnet_resnet50": {},
     "hrnet_w18_small": {},
+    "segformer_b0": {},
+    "upernet_resnet50": {},  # build_small: on a ResNet-18
 }
 SIZES = [(2, 3, 72, 100), (1, 3, 96, 64)]
 needs_onnx = pytest.mark.skipif(

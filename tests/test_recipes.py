@@ -14,13 +14,14 @@ on a ResNet-18 of the same kind; the W18-Small and CenterNet recipes run their o
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from segzoo.config import load_config
 from segzoo.engine.run import train_from_config
-from tests.data_layouts import write_cityscapes, write_coco, write_voc
+from tests.data_layouts import write_ade20k, write_cityscapes, write_coco, write_voc
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "recipes").glob("*.yaml"))
 COMMON = ["train.max_steps=2", "data.batch_size=2", "data.val_batch_size=1", "data.num_workers=0",
@@ -35,6 +36,7 @@ SHRINK = {
     "maskrcnn_resnet50_fpn": _R18, "fasterrcnn_resnet50_fpn": _R18,
     "fcn_resnet50": ["model.backbone=resnet18d"], "pspnet_resnet50": ["model.backbone=resnet18d"],  # V1c-like stem
     "deeplabv3_resnet50": ["model.backbone=resnet18d"], "deeplabv3plus_resnet50": ["model.backbone=resnet18d"],
+    "upernet_convnext_tiny": ["model.backbone=convnext_atto", "model.channels=64", "model.aux_channels=32"],
 }
 
 
@@ -49,6 +51,12 @@ def _layout(kind: str, tmp: Path) -> list[str]:
         (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text(ids)  # the augmented list
         return [f"data.train.root={voc.parent}", f"data.val.root={voc.parent}",
                 f"data.train.sbd_root={tmp / 'no_sbd'}"]
+    if kind == "ade20k":
+        ade = write_ade20k(tmp / "ade20k")
+        for folder in ("images", "annotations"):  # 2 training images: BatchNorm on pooled maps needs 2
+            for src in (ade / folder / "training").iterdir():
+                shutil.copy(src, src.with_name(src.name.replace("00000001", "00000002")))
+        return [f"data.train.root={ade}", f"data.val.root={ade}"]
     if kind == "coco":
         root = write_coco(tmp / "coco")
         return [f"data.train.images={root / 'train2017'}",

@@ -17,12 +17,15 @@ from collections.abc import Callable
 from segzoo.backbones.base import Backbone
 from segzoo.backbones.hrnet import ARCHS as HRNET_ARCHS
 from segzoo.backbones.hrnet import HRNetBackbone, hrnet_backbone
+from segzoo.backbones.mit import ARCHS as MIT_ARCHS
+from segzoo.backbones.mit import MiT, mit_backbone
 from segzoo.backbones.timm import TimmBackbone, closest_timm_names, is_timm_model
 
 #: segzoo's own bodies: name -> builder(weights=...) returning a Backbone. Names not in this
 #: table are timm model names.
 BODIES: dict[str, Callable[..., Backbone]] = {
-    name: functools.partial(hrnet_backbone, name) for name in HRNET_ARCHS
+    **{name: functools.partial(hrnet_backbone, name) for name in HRNET_ARCHS},
+    **{name: functools.partial(mit_backbone, name) for name in MIT_ARCHS},  # SegFormer's encoders
 }
 
 
@@ -57,4 +60,4 @@ def make_backbone(
     return TimmBackbone(name, out_indices=indices, output_stride=output_stride, weights=weights)
 
 
-__all__ = ["BODIES", "Backbone", "HRNetBackbone", "TimmBackbone", "make_backbone"]
+__all__ = ["BODIES", "Backbone", "HRNetBackbone", "MiT", "TimmBackbone", "make_backbone"]

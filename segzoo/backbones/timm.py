@@ -82,12 +82,16 @@ class TimmBackbone(Backbone):
         self.output_stride = output_stride
         self.channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
         self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
+        # Swin and other token models return N x H x W x C maps; the contract is N x C x H x W
+        self.channels_last_maps = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         if weights is not None:
             self.load_weights(weights)
         if frozen_bn:
             self.freeze(bn=True, params=False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.channels_last_maps:
+            return [f.permute(0, 3, 1, 2) for f in self.body(x)]  # (N, H, W, C) -> (N, C, H, W)
         return list(self.body(x))
 
     def set_grad_checkpointing(self, enable: bool = True) -> TimmBackbone:

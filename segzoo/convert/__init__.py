@@ -14,6 +14,7 @@ from torch import nn
 
 from segzoo.convert.centernet import from_centernet_official
 from segzoo.convert.hrnet import from_hrnet_official
+from segzoo.convert.huggingface import from_huggingface, from_smp
 from segzoo.convert.torchvision import from_torchvision
 
 #: CLI source name -> converter
@@ -21,6 +22,8 @@ SOURCES: dict[str, Callable[..., nn.Module]] = {
     "torchvision": from_torchvision,
     "hrnet-official": from_hrnet_official,
     "centernet-official": from_centernet_official,
+    "huggingface": from_huggingface,
+    "smp": from_smp,
 }
 
 
@@ -31,4 +34,5 @@ def converter(source: str) -> Callable[..., nn.Module]:
     return SOURCES[source]
 
 
-__all__ = ["SOURCES", "converter", "from_centernet_official", "from_hrnet_official", "from_torchvision"]
+__all__ = ["SOURCES", "converter", "from_centernet_official", "from_hrnet_official", "from_huggingface",
+           "from_smp", "from_torchvision"]

@@ -8,5 +8,7 @@ from segzoo.models import (
     mask_rcnn,  # noqa: F401
     panoptic_fpn,  # noqa: F401
     pspnet,  # noqa: F401
+    segformer,  # noqa: F401
     unet,  # noqa: F401
+    upernet,  # noqa: F401
 )

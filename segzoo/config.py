@@ -34,6 +34,8 @@ from typing import Any, Union
 
 import yaml
 
+from segzoo.losses import parse_loss
+
 PathLike = str | os.PathLike
 
 MAX_CONFIG_BYTES = 1 << 20   # a config file larger than 1 MiB is not a config
@@ -375,6 +377,11 @@ def parse_config(mapping: Mapping, name: str | None = None, require_model: bool 
         raise ConfigError("the config has no model.name; set it to a registered model (segzoo.list_models())")
     if "name" in model and model["name"] is not None and not isinstance(model["name"], str):
         raise ConfigError(f"config key 'model.name' must be a string, got {_short.repr(model['name'])}")
+    if model.get("loss") is not None:  # names, options and types; ranges once num_classes is known (the build)
+        try:
+            parse_loss(model["loss"], where="model.loss")
+        except ValueError as e:
+            raise ConfigError(f"config key {e}") from None
     sections = {k: parse_section(cls, mapping.get(k), f"{k}.") for k, cls in SECTIONS.items()}
     return RunConfig(model=copy.deepcopy(dict(model)), name=name, **sections)
 

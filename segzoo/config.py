@@ -165,6 +165,13 @@ class TrainConfig(_Section):
     early_stop_patience: int = option(0, "evaluations without improvement before stopping (0: never)", ge=0)
     progress: bool = option(True, "tqdm progress bar")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
+    loggers: tuple[str, ...] = option(("jsonl", "tensorboard"), "where runs are logged (log.jsonl is always written)",
+                                      choices=("jsonl", "tensorboard", "mlflow", "wandb"))
+    tracking_uri: str | None = option(None, "mlflow: tracking URI (default: MLFLOW_TRACKING_URI, else the file store "
+                                            "<run folder>/mlruns)")
+    experiment: str = option("segzoo", "mlflow experiment / wandb project")
+    wandb_mode: str = option("offline", "wandb: offline (<run folder>/wandb; wandb sync uploads it) or online",
+                             choices=("offline", "online"))
 
 
 @dataclasses.dataclass(frozen=True)

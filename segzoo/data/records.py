@@ -47,6 +47,7 @@ class Obj:
         mask: an ``H x W`` bool array, for formats that store pixels.
         crowd: a region to ignore (COCO ``iscrowd``); left out of instance targets, ``ignore_index``
             in semantic maps.
+        score: a model's confidence, for pre-labels (``segzoo infer --to``); None for annotations.
     """
 
     label: int
@@ -54,6 +55,7 @@ class Obj:
     segmentation: list | dict | None = None
     mask: np.ndarray | None = None
     crowd: bool = False
+    score: float | None = None
 
     @property
     def has_shape(self) -> bool:
@@ -91,6 +93,8 @@ class Obj:
         x1, y1, x2, y2 = self.xyxy(height, width)
         ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
         ann["area"] = float(self.pixels(height, width).sum()) if self.has_shape else (x2 - x1) * (y2 - y1)
+        if self.score is not None:
+            ann["score"] = round(float(self.score), 4)
         return ann
 
 

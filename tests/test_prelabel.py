@@ -176,3 +176,30 @@ def test_segzoo_infer_to_labelme_writes_what_the_model_predicts(tmp_path, capsys
         assert np.array_equal(ds[i][1].numpy(), expected)
     assert cli(["infer", str(tmp_path / "m.safetensors"), str(images), "--out", str(out), "--to", "labelme"]) == 2
     assert "holds pre-labels already" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~20 s on one shared core: a Mask R-CNN is built, loaded and run twice
+def test_segzoo_infer_to_coco_keeps_an_instance_models_detections(tmp_path, capsys):
+    from segzoo.cli import main as cli
+
+    torch.manual_seed(0)
+    model = segzoo.build("maskrcnn_resnet18_fpn", num_classes=2).eval()
+    segzoo.save(model, tmp_path / "m.safetensors", classes=["tree", "roof"])
+    image = _image(tmp_path / "aerial.png")
+    out = tmp_path / "out"
+    args = ["infer", str(tmp_path / "m.safetensors"), str(image), "--out", str(out), "--to", "coco",
+            "--score-thresh", "0.05"]
+    assert cli(args) == 0
+    expected = segzoo.predict(segzoo.load(tmp_path / "m.safetensors"), str(image))
+    keep = torch.argsort(expected["scores"], descending=True)
+    keep = keep[expected["scores"][keep] >= 0.05]
+    assert len(keep) > 0
+    doc = json.loads((out / "prelabels_coco" / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in doc["categories"]] == ["tree", "roof"]
+    assert [a["score"] for a in doc["annotations"]] == pytest.approx(expected["scores"][keep].tolist(), abs=1e-4)
+    objs = _read(out / "prelabels_coco").objects(0, H, W)
+    assert [o.label for o in objs] == expected["labels"][keep].tolist()
+    for o, k in zip(objs, keep.tolist()):
+        m = expected["masks"][k].numpy() >= 0.5
+        if m.any():
+            assert np.array_equal(o.pixels(H, W), m)

@@ -98,10 +98,11 @@ class RunLog:
             for t in self.trackers:
                 t.log_artifact(Path(path), kind)
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """Close the log and the trackers' runs (``status``: FINISHED, KILLED or FAILED)."""
         trackers, self.trackers = self.trackers, []
         for t in trackers:
-            t.close(ok)
+            t.close(status)
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -68,7 +68,8 @@ class Tracker:
         """``kind``: ``pictures`` or ``checkpoint``."""
         raise NotImplementedError
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """``status``: ``FINISHED``, ``KILLED`` (stopped by a signal; resumable) or ``FAILED``."""
         raise NotImplementedError
 
 
@@ -123,8 +124,8 @@ class MLflowTracker(Tracker):
     def log_artifact(self, path: Path, kind: str) -> None:
         self.client.log_artifact(self.run_id, str(path), kind)
 
-    def close(self, ok: bool = True) -> None:
-        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
 
 
 class WandbTracker(Tracker):
@@ -161,8 +162,8 @@ class WandbTracker(Tracker):
         artifact.add_file(str(path))
         self.run.log_artifact(artifact)
 
-    def close(self, ok: bool = True) -> None:
-        self.run.finish(exit_code=0 if ok else 1)
+    def close(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code={"FINISHED": 0, "KILLED": 130}.get(status, 1))
 
 
 def check_installed(loggers: tuple[str, ...]) -> None:
@@ -193,7 +194,7 @@ def build_trackers(loggers: tuple[str, ...], run_dir: Path, run_name: str, resum
                 trackers.append(WandbTracker(run_dir, run_name, experiment, wandb_mode, ids.get("wandb")))
     except Exception:
         for t in trackers:
-            t.close(ok=False)
+            t.close("FAILED")
         raise
     if trackers:
         atomic_write(ids_file, json.dumps({t.name: t.run_id for t in trackers}, indent=2).encode())

@@ -506,7 +506,7 @@ class Trainer:
         """
         own = folder is None
         folder = folder or RunFolder(self.out_dir)
-        ok = False
+        status = "FAILED"  # the trackers' run status if no return is reached
         try:
             run_on_main(lambda: (folder.lock(), folder.prepare(resume, overwrite)))
             if resume:
@@ -528,11 +528,14 @@ class Trainer:
             with self._signals:
                 self._loop()
             metrics = self._finish()
-            ok = True
+            status = "FINISHED"
             return metrics
+        except TrainingInterrupted:
+            status = "KILLED"
+            raise
         finally:
             if self._log is not None:
-                self._log.close(ok)
+                self._log.close(status)
                 self._log = None
             if own:
                 folder.unlock()

@@ -151,3 +151,33 @@ def test_loggers_are_checked_in_the_config_and_records_flattened():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
     record = {"type": "eval", "step": 3, "miou": 0.5, "iou": {"cat": 0.25, "dog": float("nan")}, "name": "x"}
     assert scalars(record) == {"miou": 0.5, "iou/cat": 0.25}
+
+
+def test_an_interrupted_run_is_killed_in_mlflow_and_resumed_into_the_same_run(shapes, tmp_path):
+    pytest.importorskip("mlflow", reason="mlflow (pip install 'segzoo[mlflow]') is not installed")
+    from mlflow.tracking import MlflowClient
+
+    from segzoo.engine.signals import TrainingInterrupted
+
+    torch.manual_seed(0)
+    out = tmp_path / "run"
+    model = segzoo.build("unet", num_classes=shapes[0].num_classes, channels=[8, 16])
+    cfg = {"model": {"name": "unet"}, "data": {"batch_size": 4, "num_workers": 0}, "eval": {"num_pictures": 0},
+           "train": {"epochs": 2, "progress": False, "device": "cpu", "loggers": ["jsonl", "mlflow"]}}
+
+    def stop(trainer):
+        if trainer.step == 1:
+            trainer._signals.signum = 2  # as SIGINT does
+
+    with pytest.raises(TrainingInterrupted):
+        Trainer(model, *shapes, cfg, out, classes=shapes[0].classes, on_step=stop).fit()
+    run_id = json.loads((out / "tracking.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    assert client.get_run(run_id).info.status == "KILLED"
+    Trainer(model, *shapes, cfg, out, classes=shapes[0].classes).fit(resume=True)
+    assert json.loads((out / "tracking.json").read_text())["mlflow"] == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert max(steps) == 4 and set(steps) == {1, 2, 3, 4}
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/best.safetensors"]

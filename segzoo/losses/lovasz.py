@@ -3,8 +3,8 @@
 The Lovasz extension of the Jaccard loss of one class is ``dot(sort(errors, descending), g)``
 where ``g`` is the discrete gradient of ``1 - IoU`` along the sorted pixels (the paper's
 Algorithm 1). Both losses here compute it for every class at once: the pixels' errors are
-sorted per row of a ``rows x pixels`` matrix, ignored pixels sort last and count nothing, so
-there is no Python loop over classes or images and no host sync.
+sorted per row of a ``classes x pixels`` matrix (the batch's labelled pixels; per image, ignored
+pixels sort last and count nothing), so there is no Python loop over classes or images.
 """
 
 from __future__ import annotations
@@ -17,32 +17,40 @@ import torch.nn.functional as F
 from segzoo.losses.core import class_mean, valid_onehot
 
 
-def _lovasz_rows(errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor, hinge: bool) -> torch.Tensor:
-    """The Lovasz extension of each row: errors, foreground and labelled masks are ``R x P``; returns ``R``.
+def _lovasz_rows(errors: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor | None, hinge: bool) -> torch.Tensor:
+    """The Lovasz extension of each row: errors and foreground (and labelled masks, or None when every
+    pixel counts) are ``R x P``; returns ``R``.
 
     ``hinge``: the errors are margins' hinge errors (any real, ReLU'd after sorting as in the paper);
     otherwise they are absolute errors in [0, 1].
     """
-    key = torch.where(valid, errors, torch.full_like(errors, -torch.inf))  # ignored pixels sort last
-    _, perm = key.sort(dim=1, descending=True)
-    err = errors.gather(1, perm)
-    fg_sorted = fg.gather(1, perm) * valid.gather(1, perm)
-    valid_sorted = valid.gather(1, perm).float()
+    if valid is not None:
+        errors = torch.where(valid, errors, torch.full_like(errors, -torch.inf))  # ignored pixels sort last
+    err, perm = errors.sort(dim=1, descending=True)
+    fg_sorted = fg.gather(1, perm)
     gts = fg_sorted.sum(1, keepdim=True)
+    if valid is None:
+        union = gts + (1 - fg_sorted).cumsum(1)
+    else:
+        valid_sorted = valid.gather(1, perm)
+        fg_sorted = fg_sorted * valid_sorted
+        union = gts + (valid_sorted.float() - fg_sorted).cumsum(1)
+        err = torch.where(valid_sorted, err, torch.zeros_like(err))  # -inf -> 0: no value, no gradient
     inter = gts - fg_sorted.cumsum(1)
-    union = gts + (valid_sorted - fg_sorted).cumsum(1)
     jaccard = 1 - inter / union.clamp(min=torch.finfo(torch.float32).eps)
     grad = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], 1)  # (R, P)
     if hinge:
         err = F.relu(err)
-    return (err * valid_sorted * grad).sum(1)
+    return (err * grad).sum(1)
 
 
-def _rows(t: torch.Tensor, per_image: bool) -> torch.Tensor:
-    """``N x C x H x W`` -> ``C x (N*H*W)`` rows (``(N*C) x (H*W)`` with ``per_image``)."""
+def _rows(t: torch.Tensor, per_image: bool, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``N x C x H x W`` -> ``C x (N*H*W)`` rows, only the ``keep`` columns when given (``(N*C) x (H*W)``
+    with ``per_image``)."""
     if per_image:
         return t.flatten(2).flatten(0, 1)
-    return t.transpose(0, 1).flatten(1)
+    rows = t.transpose(0, 1).flatten(1)
+    return rows if keep is None else rows[:, keep]
 
 
 def _reduce(per: torch.Tensor, present: torch.Tensor, classes: str,
@@ -76,10 +84,11 @@ def lovasz_softmax(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
     _check(classes)
     valid, onehot = valid_onehot(logits, targets, ignore_index)
     probs = logits.float().softmax(1)
-    errors = (onehot - probs).abs()
-    v = valid[:, None].expand_as(probs)
-    per = _lovasz_rows(_rows(errors, per_image), _rows(onehot, per_image), _rows(v, per_image), hinge=False)
-    present = _rows(onehot, per_image).sum(-1) > 0
+    keep = None if per_image else valid.flatten()  # the batch's labelled pixels: (N*H*W,)
+    fg = _rows(onehot, per_image, keep)
+    v = _rows(valid[:, None].expand_as(probs), per_image) if per_image else None
+    per = _lovasz_rows((fg - _rows(probs, per_image, keep)).abs(), fg, v, hinge=False)
+    present = fg.sum(-1) > 0
     c = logits.shape[1]
     if per_image:
         per, present = per.view(-1, c), present.view(-1, c)
@@ -108,10 +117,11 @@ def lovasz_hinge(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int 
         top2 = x.topk(2, dim=1).values  # (N, 2, H, W)
         best_other = torch.where(x == top2[:, :1], top2[:, 1:], top2[:, :1])  # max over the other classes
         margins = x - best_other
-    errors = 1 - margins * (2 * fg - 1)
-    v = valid[:, None].expand_as(margins)
-    per = _lovasz_rows(_rows(errors, per_image), _rows(fg, per_image), _rows(v, per_image), hinge=True)
-    present = _rows(fg, per_image).sum(-1) > 0
+    keep = None if per_image else valid.flatten()
+    fg_rows = _rows(fg, per_image, keep)
+    v = _rows(valid[:, None].expand_as(margins), per_image) if per_image else None
+    per = _lovasz_rows(1 - _rows(margins, per_image, keep) * (2 * fg_rows - 1), fg_rows, v, hinge=True)
+    present = fg_rows.sum(-1) > 0
     c = margins.shape[1]
     if per_image:
         per, present = per.view(-1, c), present.view(-1, c)

@@ -120,8 +120,10 @@ def soft_bce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
         onehot = (torch.where(valid, targets, 0) == 1).float()[:, None]
     else:
         valid, onehot = valid_onehot(logits, targets, ignore_index)
-    soft = onehot * (1 - smooth_factor) + (1 - onehot) * smooth_factor
-    bce = F.binary_cross_entropy_with_logits(logits.float(), soft, reduction="none") * valid[:, None]
-    w = torch.ones(c, device=logits.device) if weight is None else class_weight_tensor(weight, c, logits.device)
-    total = (bce * w[None, :, None, None]).sum()
+    soft = onehot * (1 - 2 * smooth_factor) + smooth_factor if smooth_factor else onehot
+    bce = F.binary_cross_entropy_with_logits(logits.float(), soft, reduction="none")  # (N, C, H, W)
+    if weight is None:
+        return (bce * valid[:, None]).sum() / (valid.sum() * c).clamp(min=1)
+    w = class_weight_tensor(weight, c, logits.device)
+    total = (bce * (w[None, :, None, None] * valid[:, None])).sum()
     return total / (valid.sum() * w.sum()).clamp(min=torch.finfo(torch.float32).eps)

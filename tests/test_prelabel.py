@@ -89,6 +89,7 @@ def test_instance_prelabels_round_trip_with_their_scores(predictions, tmp_path, 
         assert [e.tag for e in els] == ["polygon", "mask", "polygon", "polygon", "box"]
         assert all(e.get("source") == "auto" for e in els)
         scores = list(dict.fromkeys(float(e.find("attribute[@name='score']").text) for e in els))
+        assert root.findtext("meta/task/name") == "cvat"
         declared = root.findall(".//labels/label/attributes/attribute/name")
         assert [d.text for d in declared] == ["score", "score"]
     assert scores == pytest.approx([0.95, 0.9, 0.8, 0.6])

@@ -150,7 +150,7 @@ def write_cvat(parts, dst: Path, report, copy_image) -> None:
     root = ET.Element("annotations")
     ET.SubElement(root, "version").text = "1.1"
     meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
-    ET.SubElement(meta, "name").text = dst.name
+    ET.SubElement(meta, "name").text = Path(report.dst).name  # dst is the temporary folder
     labels = ET.SubElement(meta, "labels")
     scored = any(o.score is not None for _, ds in parts for i in range(len(ds)) for o in ds.objects(i, *ds.image_hw(i)))
     crowd = any(o.crowd for _, ds in parts for i in range(len(ds)) for o in ds.objects(i, *ds.image_hw(i)))

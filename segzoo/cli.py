@@ -193,8 +193,12 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--recursive", action="store_true", help="also search sub-folders")
-    p.add_argument("--tile", type=int, default=None, help="sliding-window tile size for large images")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size for large images: semantic logits tent-blended; detections of the tiles merged "
+                        "(--merge), instance masks kept as crops (docs/toolbox.md, sliced inference)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--merge", default="nms", choices=["nms", "fuse"],
+                   help="detections of overlapping tiles: class-wise NMS or box fusion (with --tile)")
     p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="detections drawn in the pictures (default 0.5; when fewer than 3 reach it, the best ones "
@@ -231,7 +235,8 @@ def _infer(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)  # printed below, one line each
         for fp in predict_files(model, files, out, tile=args.tile, overlap=args.overlap, tta=args.tta,
-                                score_thresh=args.score_thresh, alpha=args.alpha, keep_thresh=args.keep_thresh):
+                                merge=args.merge, score_thresh=args.score_thresh, alpha=args.alpha,
+                                keep_thresh=args.keep_thresh):
             if fp.error is not None:
                 skipped += 1
                 print(f"warning: skipped {fp.path}: {fp.error}", file=sys.stderr)

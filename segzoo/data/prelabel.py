@@ -28,6 +28,7 @@ import numpy as np
 from segzoo.data.contours import mask_to_polygons
 from segzoo.data.convert import TARGETS, ConvertReport, write
 from segzoo.data.records import BACKGROUND_NAMES, AnnotatedImages, Obj, image_size, voc_colormap
+from segzoo.slicing import CropMasks
 
 PathLike = str | os.PathLike
 SPLIT = "train"  # the one split of pre-labels (YOLO data.yaml knows train/val/test only)
@@ -37,12 +38,21 @@ def _numpy(v: Any) -> np.ndarray:
     return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
 
 
-def shape_object(label: int, mask: np.ndarray, score: float | None = None) -> Obj:
+def shape_object(label: int, mask: np.ndarray, score: float | None = None, origin: tuple[int, int] = (0, 0),
+                 size: tuple[int, int] | None = None) -> Obj:
     """An object of the pixels of ``mask``: polygons traced along the pixel edges (they rasterise back to
-    the same pixels), or the mask itself where it has holes, which polygons cannot hold."""
+    the same pixels), or the mask itself where it has holes, which polygons cannot hold.
+
+    ``mask`` may be a crop whose top-left pixel is ``origin`` ``(y, x)`` of a ``size`` image (sliced
+    inference's :class:`~segzoo.slicing.CropMasks`): polygons are shifted, a mask pasted at full size."""
     outers, holes = mask_to_polygons(mask)
+    y, x = origin
     if outers and not holes:
-        return Obj(label, segmentation=[p.reshape(-1).tolist() for p in outers], score=score)
+        return Obj(label, segmentation=[(p + np.array([x, y])).reshape(-1).tolist() for p in outers], score=score)
+    if size is not None and (mask.shape != tuple(size) or origin != (0, 0)):
+        full = np.zeros(size, dtype=bool)
+        full[y : y + mask.shape[0], x : x + mask.shape[1]] = mask
+        mask = full
     return Obj(label, mask=mask, score=score)
 
 
@@ -89,10 +99,17 @@ class Predictions(AnnotatedImages):
             keep = keep[np.argsort(-scores[keep], kind="stable")]
             labels = _numpy(result["labels"]).astype(np.int64)
             boxes = _numpy(result["boxes"]).astype(np.float64)
-            masks = _numpy(result["masks"]) if self.task == "instance" and "masks" in result else None
+            masks = result.get("masks") if self.task == "instance" else None
+            crops = isinstance(masks, CropMasks)
+            masks = _numpy(masks) if masks is not None and not crops else masks
             item = []
             for k in keep:
-                if masks is not None:
+                if crops:
+                    c, y, x = masks.numpy_crop(int(k))
+                    if c.any():
+                        item.append(shape_object(int(labels[k]), c, float(scores[k]), (y, x), tuple(hw)))
+                        continue
+                elif masks is not None:
                     m = masks[k].reshape(hw) >= self.mask_thresh
                     if m.any():
                         item.append(shape_object(int(labels[k]), m, float(scores[k])))

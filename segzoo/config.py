@@ -95,6 +95,10 @@ class AugmentConfig(_Section):
                                    "(CenterNet --keep_res) instead of letterboxed to size")
     pca_lighting: float = option(0.0, "detection: CenterNet's PCA lighting noise (0.1); 0: off", ge=0)
     min_box_size: float = option(2.0, "detection: boxes smaller than this after augmentation are dropped", ge=0)
+    crop_mode: str = option(
+        "resized", "detection: resized (image fitted to size, then cropped), or crops at the image's own resolution "
+        "(sliced training): random or object-centred (holding a random object)",
+        choices=("resized", "random", "object-centred"))
 
 
 @dataclasses.dataclass(frozen=True)

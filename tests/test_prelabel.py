@@ -204,3 +204,28 @@ def test_segzoo_infer_to_coco_keeps_an_instance_models_detections(tmp_path, caps
         m = expected["masks"][k].numpy() >= 0.5
         if m.any():
             assert np.array_equal(o.pixels(H, W), m)
+
+
+@pytest.mark.slow  # ~30 s on one shared core: a Mask R-CNN runs on the tiles twice
+def test_segzoo_infer_tiled_instance_prelabels_are_the_sliced_predictions(tmp_path):
+    """`segzoo infer --tile --overlap --merge fuse --to coco`: the crop masks of sliced inference reach the
+    pre-labels at the image's pixels (polygons shifted from the crops)."""
+    from segzoo.cli import main as cli
+
+    torch.manual_seed(0)
+    model = segzoo.build("maskrcnn_resnet18_fpn", num_classes=2, box_score_thresh=0.0,
+                         box_detections_per_img=5).eval()
+    segzoo.save(model, tmp_path / "m.safetensors", classes=["tree", "roof"])
+    image = _image(tmp_path / "aerial.png")
+    out = tmp_path / "out"
+    assert cli(["infer", str(tmp_path / "m.safetensors"), str(image), "--out", str(out), "--to", "coco",
+                "--score-thresh", "0.0", "--tile", "24", "--overlap", "0.25", "--merge", "fuse"]) == 0
+    expected = segzoo.predict(segzoo.load(tmp_path / "m.safetensors"), str(image), tile=24, overlap=0.25,
+                              merge="fuse")
+    assert len(expected["boxes"]) > 5  # more than one tile's worth
+    objs = _read(out / "prelabels_coco").objects(0, H, W)
+    assert [o.label for o in objs] == expected["labels"].tolist()
+    for o, k in zip(objs, range(len(objs))):
+        m = expected["masks"].mask(k).numpy()
+        if m.any():
+            assert np.array_equal(o.pixels(H, W), m)

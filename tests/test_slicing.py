@@ -184,3 +184,55 @@ def test_memory_of_sliced_instance_inference_is_bounded():
     n, extra_mb = out.stdout.split()
     assert int(n) == 324
     assert float(extra_mb) < 250, f"sliced inference grew the peak memory by {extra_mb} MB"
+
+
+# ------------------------------------------------------------------ sliced training crops (data.augment.crop_mode)
+
+
+def _huge_sample(box=(900, 900, 910, 910), size=1000):
+    from torchvision import tv_tensors
+
+    image = tv_tensors.Image(torch.zeros(3, size, size, dtype=torch.uint8))
+    mask = torch.zeros(1, size, size, dtype=torch.uint8)
+    x0, y0, x1, y1 = box
+    mask[0, y0:y1, x0:x1] = 1
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.tensor([box], dtype=torch.float32), format="XYXY",
+                                                canvas_size=(size, size)),
+              "labels": torch.tensor([0]), "masks": tv_tensors.Mask(mask)}
+    return image, target
+
+
+@pytest.mark.parametrize("mode", ["resized", "random", "object-centred"])
+def test_crop_modes_of_the_detection_preset(mode):
+    from segzoo.data.transforms import instance_transforms
+
+    torch.manual_seed(0)
+    tf = instance_transforms(True, size=128, scale=(1.0, 1.0), hflip=0.0, color_jitter=0.0, crop_mode=mode)
+    found = []
+    for _ in range(20):
+        image, target = tf(*_huge_sample())
+        assert tuple(image.shape) == (3, 128, 128)
+        found.append(len(target["boxes"]))
+        if len(target["boxes"]):
+            b = target["boxes"][0]
+            assert mode == "resized" or (float(b[2] - b[0]), float(b[3] - b[1]), int(target["masks"].sum())) == \
+                (10.0, 10.0, 100)
+    if mode == "object-centred":
+        assert found == [1] * 20  # the one small object, at its own resolution, in every crop
+    elif mode == "random":
+        assert sum(found) < 5  # native-resolution slices: most of them hold nothing
+    else:
+        assert sum(found) == 0  # the whole 1000 px image fitted to 128 px: a 10 px crown is 1.3 px, dropped
+
+
+def test_object_centred_crop_of_a_box_larger_than_the_crop_lies_inside_it():
+    from segzoo.data.augment import ObjectCentredCrop
+    from segzoo.data.transforms import instance_transforms
+
+    torch.manual_seed(0)
+    image, target = _huge_sample(box=(100, 200, 700, 900))
+    for _ in range(10):
+        params = ObjectCentredCrop(256).make_params([image, target["boxes"]])
+        assert 100 <= params["left"] <= 700 - 256 and 200 <= params["top"] <= 900 - 256
+    with pytest.raises(ValueError, match="crop_mode must be one of"):
+        instance_transforms(True, crop_mode="centre")

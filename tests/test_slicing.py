@@ -83,6 +83,12 @@ def test_fused_tiles_equal_the_whole_image():
         assert torch.equal(sliced["masks"].dense()[os_], whole["masks"][ow, 0])
 
 
+@pytest.mark.parametrize("merge", ["nms", "fuse"])
+def test_an_image_without_objects(merge):
+    out = sliced_detect(Blobs(), torch.zeros(3, 100, 150), 64, 0.25, merge=merge)
+    assert out["boxes"].shape == (0, 4) and len(out["masks"]) == 0 and out["masks"].id_map().shape == (100, 150)
+
+
 def test_nms_merges_the_copies_that_overlapping_tiles_see():
     im = _image(256, 256, 12, seed=1)
     whole = Blobs()([im])[0]

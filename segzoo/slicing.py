@@ -199,19 +199,12 @@ def _ios(boxes: torch.Tensor, best: torch.Tensor) -> torch.Tensor:
     return inter / torch.minimum(area, best_area).clamp(min=1e-6)
 
 
-def merge_detections(det: dict, merge: str = "nms", iou: float = 0.5) -> dict:
-    """Merge the detections of overlapping tiles (``boxes``, ``scores``, ``labels``[, ``masks``
-    as :class:`CropMasks`]) by class-wise NMS or by box fusion (see the module's doc); best first."""
-    if merge not in MERGES:
-        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+def _fuse(det: dict, iou: float) -> dict:
+    """Greedy fusion of all of ``det`` (best first; see the module's doc)."""
     boxes, scores, labels = det["boxes"].float(), det["scores"].float(), det["labels"]
     masks = det.get("masks")
-    if merge == "nms":
-        keep = batched_nms(boxes, scores, labels, iou)
-        out = {k: v[keep] for k, v in det.items()}
-        return out
     order = torch.argsort(scores, descending=True, stable=True)
-    free = torch.ones(len(order), dtype=torch.bool)
+    free = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
     b, lab = boxes[order], labels[order]
     groups = []
     for i in range(len(order)):
@@ -235,9 +228,65 @@ def merge_detections(det: dict, merge: str = "nms", iou: float = 0.5) -> dict:
     out["boxes"] = out_boxes.to(det["boxes"].dtype)
     if masks is not None:
         unions = [masks.union(order[g].tolist()) for g in groups]
-        out["masks"] = CropMasks([u[0] for u in unions], torch.tensor([u[1] for u in unions], dtype=torch.int64),
-                                 masks.size)
+        out["masks"] = CropMasks([u[0] for u in unions],
+                                 torch.tensor([u[1] for u in unions], dtype=torch.int64).reshape(-1, 2), masks.size)
     return out
+
+
+def _select(det: dict, idx: torch.Tensor) -> dict:
+    return {k: v[idx] for k, v in det.items()}
+
+
+def _cat(parts: Sequence[dict], size) -> dict:
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "masks"}
+    if "masks" in parts[0]:
+        out["masks"] = CropMasks.cat([p["masks"] for p in parts], size)
+    return out
+
+
+def merge_detections(det: dict, merge: str = "nms", iou: float = 0.5, cut: torch.Tensor | None = None) -> dict:
+    """Merge the detections of overlapping tiles (``boxes``, ``scores``, ``labels``[, ``masks``
+    as :class:`CropMasks`]) by class-wise NMS or by box fusion (see the module's doc).
+
+    ``cut`` (bool per detection) marks those touching an inner tile border. With it, fusion
+    first drops each cut detection that lies within a whole (not cut) one of its class (a piece of
+    an object another tile saw whole), fuses the remaining cut pieces with each other, then runs
+    class-wise NMS over all; without it, every detection may fuse with every other.
+    """
+    if merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+    boxes, scores, labels = det["boxes"].float(), det["scores"].float(), det["labels"]
+    if merge == "nms":
+        return _select(det, batched_nms(boxes, scores, labels, iou))
+    if cut is None:
+        return _fuse(det, iou)
+    cut = cut.to(boxes.device).bool()
+    whole, pieces = (~cut).nonzero().flatten(), cut.nonzero().flatten()
+    if len(pieces) and len(whole):
+        lt = torch.maximum(boxes[pieces, None, :2], boxes[None, whole, :2])
+        rb = torch.minimum(boxes[pieces, None, 2:], boxes[None, whole, 2:])
+        inter = (rb - lt).clamp(min=0).prod(2)  # (P, W)
+        area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(1)
+        ios = inter / torch.minimum(area[pieces, None], area[None, whole]).clamp(min=1e-6)
+        same = labels[pieces, None] == labels[None, whole]
+        pieces = pieces[~((ios >= iou) & same).any(1)]
+    size = det["masks"].size if "masks" in det else None
+    merged = _cat([_select(det, whole), _fuse(_select(det, pieces), iou)], size)
+    return merge_detections(merged, "nms", iou)
+
+
+def _cut(boxes: torch.Tensor, y: int, x: int, th: int, tw: int, h: int, w: int, margin: float = 2.0) -> torch.Tensor:
+    """Which of a tile's ``boxes`` (tile pixels) touch one of its borders inside the image."""
+    cut = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    if x > 0:
+        cut |= boxes[:, 0] <= margin
+    if y > 0:
+        cut |= boxes[:, 1] <= margin
+    if x + tw < w:
+        cut |= boxes[:, 2] >= tw - margin
+    if y + th < h:
+        cut |= boxes[:, 3] >= th - margin
+    return cut
 
 
 @torch.no_grad()
@@ -271,16 +320,18 @@ def sliced_detect(
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i : i + batch_size]
         outs = model([image[:, y : y + th, x : x + tw] for y, x, th, tw in chunk])
-        for (y, x, _, _), out in zip(chunk, outs):
+        for (y, x, th, tw), out in zip(chunk, outs):
             shift = torch.tensor([x, y, x, y], dtype=out["boxes"].dtype, device=out["boxes"].device)
-            parts.append({"boxes": out["boxes"] + shift, "scores": out["scores"], "labels": out["labels"]})
+            parts.append({"boxes": out["boxes"] + shift, "scores": out["scores"], "labels": out["labels"],
+                          "cut": _cut(out["boxes"], y, x, th, tw, h, w)})
             if "masks" in out:
                 mask_parts.append(CropMasks.from_masks(out["masks"], (y, x), (h, w), mask_thresh))
         del outs  # the tile-size float masks go before the next batch
     merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if mask_parts:
         merged["masks"] = CropMasks.cat(mask_parts, (h, w))
-    out = merge_detections(merged, merge, iou)
+    cut = merged.pop("cut")
+    out = merge_detections(merged, merge, iou, cut=cut)
     order = torch.argsort(out["scores"], descending=True, stable=True)
     if max_detections is not None:
         order = order[:max_detections]

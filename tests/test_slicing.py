@@ -116,6 +116,16 @@ def test_fusion_is_class_wise_and_unions_boxes_and_masks():
         merge_detections(det, "wbf")
 
 
+def test_fusion_with_tile_borders_drops_pieces_of_whole_objects_and_unions_the_rest():
+    det = {"boxes": torch.tensor([[10.0, 10, 20, 20], [0, 0, 100, 100], [40, 0, 50, 10], [45, 0, 55, 10]]),
+           "scores": torch.tensor([0.9, 0.3, 0.8, 0.7]), "labels": torch.zeros(4, dtype=torch.int64)}
+    cut = torch.tensor([False, True, True, True])
+    out = merge_detections(det, "fuse", iou=0.5, cut=cut)
+    # the large cut box lies around a whole detection: dropped, not fused with it; the two pieces fuse
+    assert sorted(out["boxes"].tolist()) == [[10, 10, 20, 20], [40, 0, 55, 10]]
+    assert merge_detections(det, "fuse", iou=0.5)["boxes"].tolist() == [[0, 0, 100, 100]]  # no borders known
+
+
 def test_crop_masks_index_paste_and_id_map():
     masks = torch.zeros(3, 1, 20, 30)
     masks[0, 0, 2:5, 3:9] = 0.9

@@ -249,8 +249,12 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--recursive", action="store_true", help="also search sub-folders")
-    p.add_argument("--tile", type=int, default=None, help="sliding-window tile size for large images")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile size for large images: semantic logits tent-blended; detections of the tiles merged "
+                        "(--merge), instance masks kept as crops (docs/toolbox.md, sliced inference)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
+    p.add_argument("--merge", default="nms", choices=["nms", "fuse"],
+                   help="detections of overlapping tiles: class-wise NMS or box fusion (with --tile)")
     p.add_argument("--tta", default=None, choices=["flip", "ms", "ms_flip"], help="semantic test-time augmentation")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="detections drawn in the pictures (default 0.5; when fewer than 3 reach it, the best ones "
@@ -261,6 +265,12 @@ def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the drawn masks")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     _fast_args(p)
+    p.add_argument("--to", default=None, choices=PRELABEL_FORMATS,
+                   help="also write the predictions as pre-labels for a labelling tool into OUT/prelabels_FORMAT/ "
+                        "(detections scoring >= --score-thresh; see segzoo.data.prelabel)")
+
+
+PRELABEL_FORMATS = ("coco", "labelme", "cvat", "yolo", "mask_folder")  # segzoo.data.convert.TARGETS
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -275,6 +285,7 @@ def _infer(args: argparse.Namespace) -> int:
     model = load(args.checkpoint, map_location=_device(args.device))
     files = list_images(args.images, recursive=args.recursive)
     classes = getattr(model, "classes", None)
+    prelabels = _prelabels(args, model, out)
 
     def name(k: int) -> str:
         return str(classes[k]) if classes and 0 <= k < len(classes) else str(k)
@@ -283,13 +294,15 @@ def _infer(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedImageWarning)  # printed below, one line each
         for fp in predict_files(model, files, out, tile=args.tile, overlap=args.overlap, tta=args.tta,
-                                score_thresh=args.score_thresh, alpha=args.alpha, keep_thresh=args.keep_thresh,
-                                fast=_fast_option(args)):
+                                merge=args.merge, score_thresh=args.score_thresh, alpha=args.alpha,
+                                keep_thresh=args.keep_thresh, fast=_fast_option(args)):
             if fp.error is not None:
                 skipped += 1
                 print(f"warning: skipped {fp.path}: {fp.error}", file=sys.stderr)
                 continue
             done += 1
+            if prelabels is not None:
+                prelabels[0].add(fp.path, fp.result)
             written = ", ".join(Path(w).name for w in fp.written)
             if model.task == "semantic":
                 found = [name(int(k)) for k in torch.unique(fp.result["mask"])]
@@ -313,7 +326,24 @@ def _infer(args: argparse.Namespace) -> int:
                   + f"; {kept} in the json (>= {min(args.keep_thresh, args.score_thresh):g}) -> {written}")
     print(f"wrote {done} predictions to {out}" + (f"; skipped {skipped} unreadable files" if skipped else ""),
           file=sys.stderr)
+    if prelabels is not None and done:
+        from segzoo.data.prelabel import write_prelabels
+
+        print(write_prelabels(prelabels[0], prelabels[1], args.to).format())
     return 0 if done else 1
+
+
+def _prelabels(args: argparse.Namespace, model, out):
+    """``(Predictions, folder)`` for ``--to`` (checked before any image is predicted), else None."""
+    if args.to is None:
+        return None
+    from segzoo.data.prelabel import Predictions
+
+    dst = Path(out) / f"prelabels_{args.to}"
+    if dst.exists() and any(dst.iterdir()):
+        raise ValueError(f"{dst} holds pre-labels already; choose another --out or delete it")
+    names = getattr(model, "classes", None) or [f"class_{k}" for k in range(model.spec.num_classes)]
+    return Predictions(model.task, [str(c) for c in names], score_thresh=args.score_thresh), dst
 
 
 # ---------------------------------------------------------------------------- export
@@ -521,7 +551,9 @@ NAME_overlay.png (detections scoring >= --score-thresh, 0.5; when fewer than 3 d
 ones below it too, labels in parentheses), NAME.json (every detection scoring >= --keep-thresh,
 0.05: boxes xyxy, scores, labels, class names) and, with masks, NAME_masks.png (0 background,
 k + 1 for the k-th detection of the json). Each image's line names the classes found. Files
-that cannot be read are skipped with a warning and counted.""",
+that cannot be read are skipped with a warning and counted. --to coco|labelme|cvat|yolo|mask_folder
+also writes OUT/prelabels_FORMAT/: the predictions (detections >= --score-thresh, masks traced
+into polygons, scores where the format has a place) as annotations for a labelling tool.""",
         _infer_args, _infer),
     "export": Command(
         "export to ONNX or torch.export", """Export a model's inference path to ONNX or a torch.export ExportedProgram.

@@ -34,6 +34,8 @@ from typing import Any, Union
 
 import yaml
 
+from segzoo.losses import parse_loss
+
 PathLike = str | os.PathLike
 
 MAX_CONFIG_BYTES = 1 << 20   # a config file larger than 1 MiB is not a config
@@ -93,6 +95,10 @@ class AugmentConfig(_Section):
                                    "(CenterNet --keep_res) instead of letterboxed to size")
     pca_lighting: float = option(0.0, "detection: CenterNet's PCA lighting noise (0.1); 0: off", ge=0)
     min_box_size: float = option(2.0, "detection: boxes smaller than this after augmentation are dropped", ge=0)
+    crop_mode: str = option(
+        "resized", "detection: resized (image fitted to size, then cropped), or crops at the image's own resolution "
+        "(sliced training): random or object-centred (holding a random object)",
+        choices=("resized", "random", "object-centred"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +172,13 @@ class TrainConfig(_Section):
     early_stop_patience: int = option(0, "evaluations without improvement before stopping (0: never)", ge=0)
     progress: bool = option(True, "tqdm progress bar")
     tensorboard: bool = option(True, "also log to TensorBoard when it is installed")
+    loggers: tuple[str, ...] = option(("jsonl", "tensorboard"), "where runs are logged (log.jsonl is always written)",
+                                      choices=("jsonl", "tensorboard", "mlflow", "wandb"))
+    tracking_uri: str | None = option(None, "mlflow: tracking URI (default: MLFLOW_TRACKING_URI, else the file store "
+                                            "<run folder>/mlruns)")
+    experiment: str = option("segzoo", "mlflow experiment / wandb project")
+    wandb_mode: str = option("offline", "wandb: offline (<run folder>/wandb; wandb sync uploads it) or online",
+                             choices=("offline", "online"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +410,11 @@ def parse_config(mapping: Mapping, name: str | None = None, require_model: bool 
         raise ConfigError("the config has no model.name; set it to a registered model (segzoo.list_models())")
     if "name" in model and model["name"] is not None and not isinstance(model["name"], str):
         raise ConfigError(f"config key 'model.name' must be a string, got {_short.repr(model['name'])}")
+    if model.get("loss") is not None:  # names, options and types; ranges once num_classes is known (the build)
+        try:
+            parse_loss(model["loss"], where="model.loss")
+        except ValueError as e:
+            raise ConfigError(f"config key {e}") from None
     sections = {k: parse_section(cls, mapping.get(k), f"{k}.") for k, cls in SECTIONS.items()}
     return RunConfig(model=copy.deepcopy(dict(model)), name=name, **sections)
 

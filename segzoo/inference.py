@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchvision.ops import batched_nms
 
 from segzoo import visualize
 from segzoo.data.coco_panoptic import ids_to_rgb
 from segzoo.optimize import OptimizedModel, optimize
+from segzoo.slicing import CropMasks, sliced_detect, tile_origins
+from segzoo.slicing import tile_size as _tile_size
 from segzoo.visualize import read_image
 
 __all__ = [
@@ -55,30 +56,6 @@ def load_image(image) -> torch.Tensor:
             raise ValueError(f"integer images must be uint8, got {image.dtype}")
         image = image.float() / 255
     return image
-
-
-def tile_origins(size: int, tile: int, overlap: float, stride: int | None = None) -> list[int]:
-    """Start offsets of tiles covering ``[0, size)``; the last tile ends at the border.
-
-    The step is ``stride`` pixels, or ``tile * (1 - overlap)`` without it. With a stride these
-    are mmsegmentation's ``slide`` windows (``ceil((size - tile) / stride) + 1`` of them, the
-    last moved back to end at the border).
-    """
-    if tile >= size:
-        return [0]
-    if stride is None:
-        stride = max(1, int(round(tile * (1 - overlap))))
-    if stride < 1:
-        raise ValueError(f"the sliding-window stride must be >= 1 pixel, got {stride}")
-    starts = list(range(0, size - tile, stride))
-    return starts + [size - tile]
-
-
-def _tile_size(tile) -> tuple[int, int]:
-    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
-    if th < 1 or tw < 1:
-        raise ValueError(f"tile must be a positive size, got {tile}")
-    return int(th), int(tw)
 
 
 def _window(h: int, w: int, device) -> torch.Tensor:
@@ -238,44 +215,24 @@ def semantic_probs(
     return probs / n if n > 1 else probs
 
 
-def _detect_tiled(model: nn.Module, image: torch.Tensor, tile, overlap: float, nms_iou: float,
-                  batch_size: int) -> dict:
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    _, h, w = image.shape
-    th, tw = _tile_size(tile)
-    th, tw = min(th, h), min(tw, w)
-    origins = [(y, x0) for y in tile_origins(h, th, overlap) for x0 in tile_origins(w, tw, overlap)]
-    parts = []
-    for i in range(0, len(origins), batch_size):
-        chunk = origins[i : i + batch_size]
-        outs = model([image[:, y : y + th, x0 : x0 + tw] for y, x0 in chunk])
-        for (y, x0), out in zip(chunk, outs):
-            shift = torch.tensor([x0, y, x0, y], dtype=out["boxes"].dtype, device=out["boxes"].device)
-            part = {"boxes": out["boxes"] + shift, "scores": out["scores"], "labels": out["labels"]}
-            if "masks" in out:
-                m = out["masks"]
-                m = m[:, 0] if m.dim() == 4 else m
-                # paste the tile masks into full-size canvases: (K, H, W)
-                part["masks"] = F.pad(m, (x0, w - x0 - m.shape[-1], y, h - y - m.shape[-2]))
-            parts.append(part)
-    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    keep = batched_nms(merged["boxes"].float(), merged["scores"].float(), merged["labels"], nms_iou)
-    return {k: v[keep] for k, v in merged.items()}
-
-
 def detect(
     model: nn.Module, images: Sequence[torch.Tensor], tile: int | Sequence[int] | None = None,
-    overlap: float = 0.25, nms_iou: float = 0.5, batch_size: int = 4,
+    overlap: float = 0.25, nms_iou: float = 0.5, batch_size: int = 4, *, merge: str = "nms",
+    crop_masks: bool = False,
 ) -> list[dict]:
-    """Detections for a list of ``3 x H x W`` images: one batched forward, or tiles merged with NMS.
+    """Detections for a list of ``3 x H x W`` images: one batched forward, or sliced
+    (:func:`segzoo.slicing.sliced_detect`: tiles merged by class-wise NMS or box fusion, ``merge``).
 
     Returns:
-        One dict per image (``boxes``, ``scores``, ``labels``[, ``masks``]) on the model's device.
+        One dict per image (``boxes``, ``scores``, ``labels``[, ``masks``]) on the model's device;
+        sliced masks are :class:`~segzoo.slicing.CropMasks` with ``crop_masks``, else ``K x H x W``.
     """
     if tile is None:
         return list(model(list(images)))
-    return [_detect_tiled(model, im, tile, overlap, nms_iou, batch_size) for im in images]
+    outs = [sliced_detect(model, im, tile, overlap, merge=merge, iou=nms_iou, batch_size=batch_size) for im in images]
+    if not crop_masks:
+        outs = [{**o, "masks": o["masks"].dense()} if "masks" in o else o for o in outs]
+    return outs
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -326,6 +283,7 @@ def predict(
     tta: str | dict | bool | None = None,
     batch_size: int = 4,
     nms_iou: float = 0.5,
+    merge: str = "nms",
     fast: bool | dict = True,
 ):
     """Run a model on one image (or a list of them) and return a task-appropriate result.
@@ -350,18 +308,21 @@ def predict(
             where measured faster, inference mode; outputs equal within float rounding), made on
             the first call and kept while the weights are unchanged. False runs ``model`` as it
             is; a dict passes options to ``optimize`` (``{"bf16": True, "compile": True}``).
+        merge: how detections of different tiles are merged: ``"nms"`` (class-wise NMS) or
+            ``"fuse"`` (box fusion; see :mod:`segzoo.slicing`).
 
     Returns:
         Semantic: ``{"mask": int64 H x W, "probs": float C x H x W}``. Detection /
         instance: ``{"boxes", "scores", "labels"[, "masks"]}`` as the model returns them,
-        in the image's pixels. Panoptic: the model's dict (``segments`` H x W int32,
-        ``segments_info`` list of dicts, and the instance keys). CPU tensors; a list of
+        in the image's pixels (tiled instance masks: :class:`~segzoo.slicing.CropMasks`, one bool
+        crop per detection, so that no full-size mask exists per detection). Panoptic: the model's
+        dict (``segments`` H x W int32, ``segments_info`` list of dicts, and the instance keys). CPU tensors; a list of
         results for a list of images.
     """
     if isinstance(image_or_path, (list, tuple)):
         model = fast_model(model, fast)
         return [predict(model, im, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size, nms_iou=nms_iou,
-                        fast=False) for im in image_or_path]
+                        merge=merge, fast=False) for im in image_or_path]
     task = model.task
     check_tta(task, tta, tile)
     model = fast_model(model, fast)
@@ -374,7 +335,7 @@ def predict(
             if task == "semantic":
                 probs = semantic_probs(model, x, tile, overlap, tta, batch_size)[0]  # (C, H, W)
                 return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
-            out = detect(model, [x[0]], tile, overlap, nms_iou, batch_size)[0]
+            out = detect(model, [x[0]], tile, overlap, nms_iou, batch_size, merge=merge, crop_masks=True)[0]
             return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     finally:
         model.train(was_training)
@@ -472,7 +433,10 @@ def write_prediction(
     with open(base + ".json", "w") as f:
         json.dump(dets, f, indent=1)
     written.append(base + ".json")
-    if "masks" in kept and len(kept["masks"]) <= 255:
+    if "masks" in kept and len(kept["masks"]) <= 255 and isinstance(kept["masks"], CropMasks):
+        visualize.save_mask(kept["masks"].id_map(), base + "_masks.png")
+        written.append(base + "_masks.png")
+    elif "masks" in kept and len(kept["masks"]) <= 255:
         m = kept["masks"]
         m = (m[:, 0] if m.dim() == 4 else m) > 0.5
         ids = torch.zeros(m.shape[-2:], dtype=torch.int64)
@@ -509,6 +473,7 @@ def predict_files(
     alpha: float = 0.5,
     class_names: Sequence[str] | None = None,
     keep_thresh: float = 0.05,
+    merge: str = "nms",
     fast: bool | dict = True,
 ) -> Iterator[FilePrediction]:
     """Predict each image file and write its pictures (:func:`write_prediction`) into ``out_dir``.
@@ -542,7 +507,7 @@ def predict_files(
             stem = f"{stem}_{stems[stem]}"
         else:
             stems[stem] = 0
-        result = predict(model, image, tile=tile, overlap=overlap, tta=tta, fast=False)
+        result = predict(model, image, tile=tile, overlap=overlap, tta=tta, merge=merge, fast=False)
         written = write_prediction(result, image, out_dir, stem, names, score_thresh=score_thresh, alpha=alpha,
                                    keep_thresh=keep_thresh)
         yield FilePrediction(path, result, written)

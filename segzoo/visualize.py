@@ -18,6 +18,7 @@ from torchvision.ops import masks_to_boxes
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from segzoo.data import image as image_file
+from segzoo.slicing import CropMasks
 
 __all__ = [
     "add_caption",
@@ -292,7 +293,7 @@ def draw_instances(
     n_cls = max(len(class_names) if class_names else 0, int(labels.max()) + 1 if len(labels) else 0)
     colors = _colors(instance_palette(n_cls) if palette is None else palette, n_cls)
     masks = prediction.get("masks")
-    if masks is not None:
+    if masks is not None and not isinstance(masks, CropMasks):  # CropMasks (sliced inference) are drawn crop by crop
         masks = torch.as_tensor(masks).detach().cpu()
         if masks.dim() == 4:  # K x 1 x H x W
             masks = masks[:, 0]
@@ -304,7 +305,9 @@ def draw_instances(
         if len(idx) == 0:
             continue
         inst_colors = [colors[int(labels[i])] for i in idx]
-        if masks is not None:
+        if isinstance(masks, CropMasks):
+            out = masks.blend(out, idx.tolist(), inst_colors, opacity)
+        elif masks is not None:
             out = draw_segmentation_masks(out, masks[idx], alpha=opacity, colors=inst_colors)
         names = [class_names[int(labels[i])] if class_names else str(int(labels[i])) for i in idx]
         if scores is not None:

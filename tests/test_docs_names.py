@@ -28,11 +28,12 @@ from segzoo.registry import get_entry
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md",
          *sorted(p for p in (REPO / "docs").rglob("*.md") if p.name != "changelog.md")]
-TOOL_PARSERS = ["tools/benchmark.py", "tools/realdata_ledger/main.py", "tools/model_table.py", "tools/changelog.py"]
+TOOL_PARSERS = ["tools/benchmark.py", "tools/realdata_ledger/main.py", "tools/model_table.py", "tools/changelog.py",
+                "tools/int8_accuracy.py", "tools/bench/slicing_memory.py", "tools/bench/sliced_trees.py"]
 # flags of other programs that the docs name (torchrun, pip, pytest, mkdocs, and the references' own options)
 OTHER_PROGRAMS = {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",
                   "--index-url", "--no-deps", "--sync-bn", "--aspect-ratio-group-factor", "--keep_res", "--cov",
-                  "--strict", "--config-settings"}
+                  "--strict", "--config-settings", "--backend-store-uri"}
 CODE = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")

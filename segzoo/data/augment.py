@@ -9,6 +9,8 @@ torch's generator, so ``torch.manual_seed`` makes them repeatable.
   HRNet ``multi_scale_aug`` (a random factor relative to a reference size, aspect kept).
 - :class:`SegRandomCrop`: mmsegmentation's ``RandomCrop`` with ``cat_max_ratio`` (the crop
   stays inside the image; pad afterwards with :class:`~segzoo.data.transforms.PadToSize`).
+- :class:`ObjectCentredCrop`: a detection crop around a randomly chosen object (sliced training on
+  huge images with small objects: most random crops of such an image hold no object).
 - :class:`PhotoMetricDistortion`: mmsegmentation's photometric distortion.
 - :class:`CenterAffine`: the official CenterNet ``ctdet`` scale-and-shift crop to a fixed size.
 - :class:`PCALighting`: CenterNet's (AlexNet's) PCA lighting noise.
@@ -141,6 +143,44 @@ class SegRandomCrop(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["whole"]:
             return inpt
+        return TF.crop(inpt, params["top"], params["left"], params["height"], params["width"])
+
+
+class ObjectCentredCrop(v2.Transform):
+    """A ``size`` crop (the whole side where the image is smaller) holding one object chosen at random.
+
+    The crop's position is drawn uniformly among those that contain the chosen box (or, for a box
+    larger than the crop, that the box covers), so objects do not always sit in the middle; without
+    boxes it is a random crop. Pad to ``size`` afterwards (``v2.RandomCrop(size, pad_if_needed=True)``).
+    """
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.size = pair(size, "crop")
+
+    @staticmethod
+    def _start(lo: float, hi: float, crop: int, side: int) -> int:
+        """A start in ``[0, side - crop]`` whose window holds ``[lo, hi]`` (or lies inside it when it is longer)."""
+        a, b = (hi - crop, lo) if hi - lo <= crop else (lo, hi - crop)
+        a, b = max(0, int(a + 0.999)), min(side - crop, int(b))
+        if a > b:  # near the border: the closest valid start
+            a = b = min(max(0, int(lo)), side - crop)
+        return int(torch.randint(a, b + 1, ()))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(self.size[0], h), min(self.size[1], w)
+        boxes = next((x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes)), None)
+        if boxes is not None and len(boxes):
+            xyxy = TF.convert_bounding_box_format(boxes.as_subclass(torch.Tensor), old_format=boxes.format,
+                                                  new_format=tv_tensors.BoundingBoxFormat.XYXY)
+            x0, y0, x1, y1 = xyxy[int(torch.randint(len(xyxy), ()))].tolist()
+            top, left = self._start(y0, y1, ch, h), self._start(x0, x1, cw, w)
+        else:
+            top, left = int(torch.randint(h - ch + 1, ())), int(torch.randint(w - cw + 1, ()))
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return TF.crop(inpt, params["top"], params["left"], params["height"], params["width"])
 
 

@@ -13,6 +13,9 @@ The source is opened with the format's reader (``--from``, default recognised by
   rasterise back to the same pixels); objects with only a box become boxes, or rectangles when the
   split has polygons. YOLO cannot hold crowd regions or holes: those are dropped or filled and the
   report says how many.
+* ``labelme``: ``NAME.json`` beside each image and ``labels.txt``; ``cvat``: ``annotations.xml`` (CVAT
+  for images 1.1) and ``images/`` (:mod:`segzoo.data.writers`: polygons, masks with holes as the
+  formats' masks, crowd regions as ``__ignore__`` / ``is_crowd``).
 
 The destination is written to a temporary folder beside it and renamed at the end, so a failed
 conversion leaves nothing half-written; an existing non-empty destination is refused.
@@ -36,9 +39,10 @@ from segzoo.data.contours import mask_to_polygons
 from segzoo.data.formats import FORMATS
 from segzoo.data.records import AnnotatedImages, Obj, examples, palette_bytes
 from segzoo.data.sources import open_splits
+from segzoo.data.writers import write_cvat, write_labelme
 
 PathLike = str | os.PathLike
-TARGETS = ("coco", "mask_folder", "yolo")
+TARGETS = ("coco", "mask_folder", "yolo", "labelme", "cvat")
 
 
 @dataclasses.dataclass
@@ -106,6 +110,15 @@ def _write_image(ds: AnnotatedImages, index: int, dst: Path) -> None:
 def _image_name(ds: AnnotatedImages, index: int, names: _Names) -> str:
     path = ds.image_path(index)
     return names(path.name if path.is_file() else Path(path.name).stem + ".png")
+
+
+def _copy_images(ds: AnnotatedImages, folder: Path):
+    """Copy each image of ``ds`` into ``folder`` under a unique name; yields ``(index, name)``."""
+    names = _Names()
+    for i in range(len(ds)):
+        name = _image_name(ds, i, names)
+        _write_image(ds, i, folder / name)
+        yield i, name
 
 
 def write_coco(parts, dst: Path, report: ConvertReport) -> None:
@@ -221,6 +234,22 @@ def _standard_splits(parts: list, notes: list[str]) -> list:
     return [(names[k], ds) for k, (_, ds) in enumerate(parts)]
 
 
+def write(parts, dst: Path, report: ConvertReport, to: str, tolerance: float = 0.0) -> None:
+    """Write ``[(split, dataset)]`` into the new folder ``dst`` in format ``to`` (one of :data:`TARGETS`)."""
+    if to == "coco":
+        write_coco(parts, dst, report)
+    elif to == "mask_folder":
+        write_mask_folder(parts, dst, report)
+    elif to == "yolo":
+        write_yolo(parts, dst, report, tolerance)
+    elif to == "labelme":
+        write_labelme(parts, dst, report, _copy_images)
+    elif to == "cvat":
+        write_cvat(parts, dst, report, _copy_images)
+    else:
+        raise ValueError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+
+
 def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", splits: list[str] | None = None,
             task: str = "auto", tolerance: float = 0.0) -> ConvertReport:
     """Convert the dataset at ``src`` into ``dst`` in format ``to`` (see the module docstring).
@@ -228,7 +257,7 @@ def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", 
     Args:
         src: the source folder (or file, for COCO json / CVAT xml / YOLO yaml).
         dst: the destination folder; must not exist or be empty.
-        to: ``"coco"``, ``"mask_folder"`` or ``"yolo"``.
+        to: ``"coco"``, ``"mask_folder"``, ``"yolo"``, ``"labelme"`` or ``"cvat"``.
         source_format: one of :data:`~segzoo.data.formats.FORMATS`, or ``"auto"``.
         splits: convert only these splits.
         task: which annotations to read for coco/yolo: ``"instance"`` (shapes), ``"detection"``
@@ -254,7 +283,7 @@ def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", 
         shutil.rmtree(tmp)  # our own leftover from an interrupted conversion
     tmp.mkdir(parents=True)
     try:
-        {"coco": write_coco, "mask_folder": write_mask_folder, "yolo": write_yolo}[to](parts, tmp, report)
+        write(parts, tmp, report, to, tolerance)
         if to == "yolo" and tolerance:
             report.notes.append(f"polygons traced from masks were simplified by {tolerance} px")
     except BaseException:

@@ -50,6 +50,7 @@ class Obj:
         crowd: a region to ignore (COCO ``iscrowd``); left out of instance targets, ``ignore_index``
             in semantic maps.
         where: where the reader found it (``"line 3"``, ``"<polygon> 2"``), for messages.
+        score: a model's confidence, for pre-labels (``segzoo infer --to``); None for annotations.
     """
 
     label: int
@@ -58,6 +59,7 @@ class Obj:
     mask: np.ndarray | None = None
     crowd: bool = False
     where: str | None = None
+    score: float | None = None
 
     @property
     def has_shape(self) -> bool:
@@ -95,6 +97,8 @@ class Obj:
         x1, y1, x2, y2 = self.xyxy(height, width)
         ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
         ann["area"] = float(self.pixels(height, width).sum()) if self.has_shape else (x2 - x1) * (y2 - y1)
+        if self.score is not None:
+            ann["score"] = round(float(self.score), 4)
         return ann
 
 

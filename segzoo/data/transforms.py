@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from segzoo.data.augment import CenterAffine, PCALighting, PhotoMetricDistortion, RandomRescale, SegRandomCrop
+from segzoo.data.augment import (
+    CenterAffine,
+    ObjectCentredCrop,
+    PCALighting,
+    PhotoMetricDistortion,
+    RandomRescale,
+    SegRandomCrop,
+)
 from segzoo.data.augment import pair as _pair
 
 SEMANTIC_IGNORE = 255
@@ -109,6 +116,9 @@ def semantic_transforms(
     return v2.Compose(ops)
 
 
+CROP_MODES = ("resized", "random", "object-centred")
+
+
 def instance_transforms(
     train: bool,
     size: int | Sequence[int] = 512,
@@ -122,6 +132,7 @@ def instance_transforms(
     pca_lighting: float = 0.0,
     keep_res: bool = False,
     per_box: Sequence[str] = (),
+    crop_mode: str = "resized",
 ) -> v2.Compose:
     """The detection/instance preset (targets are dicts with boxes, labels and masks).
 
@@ -129,7 +140,12 @@ def instance_transforms(
     noise if ``pca_lighting`` > 0, boxes clamped to the image and degenerate ones dropped
     together with their labels, masks and the ``per_box`` target entries (panoptic: ``iscrowd``):
 
-    - default: scale jitter around ``size`` and a random crop to at most ``size``;
+    - default (``crop_mode="resized"``): scale jitter around ``size`` (the image fitted into it)
+      and a random crop to at most ``size``;
+    - sliced training crops, for huge images with small objects: the image keeps its own
+      resolution (times a ratio drawn from ``scale``) and is cropped to ``size``, at random
+      (``crop_mode="random"``) or around an object chosen at random (``"object-centred"``,
+      :class:`~segzoo.data.augment.ObjectCentredCrop`);
     - ``resize_short``: resize the shorter side to a length chosen from ``resize_short``, the
       longer side capped at ``max_size`` (detectron2's ``ResizeShortestEdge(..., "choice")``,
       torchvision's ``RandomShortestSize``); eval resizes to the largest length;
@@ -148,6 +164,8 @@ def instance_transforms(
         if not shorts or min(shorts) < 1 or max(shorts) > max_size:
             raise ValueError(f"resize_short must be positive lengths no larger than max_size={max_size}, "
                              f"got {resize_short!r}")
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
     ops: list[v2.Transform] = []
     if not train:
         if affine and not keep_res:
@@ -162,8 +180,13 @@ def instance_transforms(
         ops.append(v2.RandomShortestSize(shorts, max_size=max_size, antialias=True))
     else:
         h, w = _pair(size)
-        ops += [v2.ScaleJitter((h, w), scale_range=tuple(scale), antialias=True),
-                v2.RandomCrop((h, w), pad_if_needed=True, fill=0)]
+        if crop_mode == "resized":
+            ops.append(v2.ScaleJitter((h, w), scale_range=tuple(scale), antialias=True))
+        else:
+            ops.append(RandomRescale(None, scale))  # ratios of the image's own resolution
+        if crop_mode == "object-centred":
+            ops.append(ObjectCentredCrop((h, w)))  # then RandomCrop only pads
+        ops.append(v2.RandomCrop((h, w), pad_if_needed=True, fill=0))
     if _check_p(hflip, "hflip") > 0:
         ops.append(v2.RandomHorizontalFlip(hflip))
     if color_jitter > 0:

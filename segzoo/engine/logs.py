@@ -1,4 +1,5 @@
-"""The run log: ``log.jsonl`` (one JSON record a line) and TensorBoard when it is installed.
+"""The run log: ``log.jsonl`` (one JSON record a line), TensorBoard when it is installed, and the
+experiment trackers of ``train.loggers`` (:mod:`segzoo.engine.trackers`).
 
 Records have a ``type`` (``train``: one per optimizer step; ``eval``; ``early_stop``;
 ``error``) and a ``step``. A resumed run first cuts the log back to its checkpoint, so the
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segzoo.checkpoint import atomic_write
+from segzoo.engine.trackers import Tracker
 
 
 def jsonable(v: Any) -> Any:
@@ -55,11 +57,13 @@ class RunLog:
         tensorboard: also write TensorBoard events beside it (when installed).
         resume_step: continue an existing log from this checkpoint step (None: start a new log).
         closed: whether the checkpoint at ``resume_step`` was written after its evaluation.
+        trackers: MLflow / W&B runs that receive every record too (closed with the log).
     """
 
     def __init__(self, path: str | Path, tensorboard: bool = False, resume_step: int | None = None,
-                 closed: bool = True) -> None:
+                 closed: bool = True, trackers: list[Tracker] | None = None) -> None:
         path = Path(path)
+        self.trackers = list(trackers or [])
         if resume_step is not None and path.is_file():
             truncate_log(path, resume_step, closed)
         self._file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115
@@ -80,8 +84,25 @@ class RunLog:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
                     self._tb.add_scalar(f"{prefix}/{k}", v, record.get("step", 0))
+        for t in self.trackers:
+            t.log(record)
 
-    def close(self) -> None:
+    def log_params(self, params: dict[str, Any]) -> None:
+        """The run's parameters (flattened config) to the trackers."""
+        for t in self.trackers:
+            t.log_params(params)
+
+    def log_artifact(self, path: Path, kind: str) -> None:
+        """A file of the run folder (``pictures`` or ``checkpoint``) to the trackers."""
+        if Path(path).is_file():
+            for t in self.trackers:
+                t.log_artifact(Path(path), kind)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Close the log and the trackers' runs (``status``: FINISHED, KILLED or FAILED)."""
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            t.close(status)
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -29,7 +29,9 @@ PICTURE_FILE = "predictions.png"
 CONFIG_FILE = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".segzoo.lock"
-RUN_FILES = (WEIGHTS_FILE, STATE_FILE, BEST_FILE, EMA_FILE, LOG_FILE, METRICS_FILE, PICTURE_FILE, CONFIG_FILE)
+TRACKING_FILE = "tracking.json"  # the MLflow / W&B run ids of a run (segzoo.engine.trackers)
+RUN_FILES = (WEIGHTS_FILE, STATE_FILE, BEST_FILE, EMA_FILE, LOG_FILE, METRICS_FILE, PICTURE_FILE, CONFIG_FILE,
+             TRACKING_FILE)
 
 
 class RunFolderError(RuntimeError):

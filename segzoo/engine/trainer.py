@@ -74,6 +74,7 @@ from segzoo.engine.run_folder import (
     RunFolder,
 )
 from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
+from segzoo.engine.trackers import build_trackers, check_installed, flatten
 from segzoo.version import __version__
 
 __all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer",
@@ -159,6 +160,7 @@ class Trainer:
                  on_step: Callable[[Trainer], None] | None = None) -> None:
         self.cfg = cfg if isinstance(cfg, RunConfig) else parse_config(cfg or {}, require_model=False)
         self.tc, self.dc, self.ec = self.cfg.train, self.cfg.data, self.cfg.eval
+        check_installed(self.tc.loggers)  # a tracker that cannot start fails before any work
         if not hasattr(model, "spec"):
             raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
         self.task = model.task
@@ -517,6 +519,7 @@ class Trainer:
         """
         own = folder is None
         folder = folder or RunFolder(self.out_dir)
+        status = "FAILED"  # the trackers' run status if no return is reached
         try:
             run_on_main(lambda: (folder.lock(), folder.prepare(resume, overwrite)))
             if resume:
@@ -527,14 +530,25 @@ class Trainer:
             self._start = time.perf_counter()
             if self.is_main:
                 atomic_write(self.out_dir / CONFIG_FILE, dump(self.cfg).encode())
-                self._log = RunLog(self.out_dir / LOG_FILE, self.tc.tensorboard,
-                                   self.step if resume else None, self.closed_step == self.step)
+                tc = self.tc
+                trackers = build_trackers(tc.loggers, self.out_dir, self.cfg.name or self.out_dir.name, resume,
+                                          tracking_uri=tc.tracking_uri, experiment=tc.experiment,
+                                          wandb_mode=tc.wandb_mode)
+                self._log = RunLog(self.out_dir / LOG_FILE, tc.tensorboard and "tensorboard" in tc.loggers,
+                                   self.step if resume else None, self.closed_step == self.step, trackers)
+                self._log.log_params({**flatten(self.cfg.to_dict()), "model.num_classes": self.num_classes,
+                                      "model.task": self.task})
             with self._signals:
                 self._loop()
-            return self._finish()
+            metrics = self._finish()
+            status = "FINISHED"
+            return metrics
+        except TrainingInterrupted:
+            status = "KILLED"
+            raise
         finally:
             if self._log is not None:
-                self._log.close()
+                self._log.close(status)
                 self._log = None
             if own:
                 folder.unlock()
@@ -611,5 +625,10 @@ class Trainer:
             if self.ec.num_pictures:
                 save_predictions_png(self.eval_model, data, self.out_dir / PICTURE_FILE, self.classes,
                                      self.ec.num_pictures, self.ec.score_threshold, self.dc.ignore_index)
+            if self._log is not None:  # the trackers' artifacts: the pictures and the best (else last) weights
+                if self.ec.num_pictures:
+                    self._log.log_artifact(self.out_dir / PICTURE_FILE, "pictures")
+                best = self.out_dir / BEST_FILE
+                self._log.log_artifact(best if best.is_file() else self.out_dir / WEIGHTS_FILE, "checkpoint")
         barrier()
         return metrics

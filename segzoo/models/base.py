@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.layers.tracing import is_tracing
-from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy
+from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy, parse_loss, weighted_losses
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 _NOT_A_TENSOR_HINT = (
@@ -197,7 +197,10 @@ class SegmentationModel(Model):
     ``segzoo.losses.CITYSCAPES_CLASS_WEIGHTS`` are the official HRNet ones); ``ohem_thresh``
     turns the main loss into OHEM cross-entropy (:func:`segzoo.losses.ohem_cross_entropy`,
     keeping at least ``ohem_min_kept`` pixels per batch); the auxiliary loss stays a
-    cross-entropy, as in the official HRNet-OCR code.
+    cross-entropy, as in the official HRNet-OCR code. ``loss`` replaces the main loss with
+    named, weighted terms (:func:`segzoo.losses.parse_loss`, e.g.
+    ``[{"name": "lovasz"}, {"name": "dice", "weight": 0.5}]``), returned as ``loss_<name>``;
+    it excludes ``dice_weight`` and ``ohem_thresh`` (give ``dice`` or ``ohem`` terms instead).
     """
 
     task = "semantic"
@@ -213,6 +216,7 @@ class SegmentationModel(Model):
         class_weights: Sequence[float] | None = None,
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
+        loss: Sequence[Any] | str | None = None,
     ) -> None:
         super().__init__(num_classes, mean, std)
         self.ignore_index = ignore_index
@@ -228,6 +232,10 @@ class SegmentationModel(Model):
             raise ValueError(f"ohem_min_kept must be >= 1, got {ohem_min_kept}")
         self.ohem_thresh = None if ohem_thresh is None else float(ohem_thresh)
         self.ohem_min_kept = int(ohem_min_kept)
+        if loss is not None and (dice_weight or ohem_thresh is not None):
+            raise ValueError("loss replaces dice_weight and ohem_thresh; add {name: dice, weight: W} or "
+                             "{name: ohem, thresh: T} to loss instead")
+        self.loss_terms = () if loss is None else parse_loss(loss, self.num_classes)
 
     # ------------------------------------------------------------------ subclass API
     def forward_logits(
@@ -339,15 +347,17 @@ class SegmentationModel(Model):
     ) -> dict[str, torch.Tensor]:
         targets = self.check_targets(targets, out)
         w = self.class_weights
-        if self.ohem_thresh is not None:
-            loss_ce = ohem_cross_entropy(out, targets, self.ohem_thresh, self.ohem_min_kept, self.ignore_index, w)
+        if self.loss_terms:
+            losses, total = weighted_losses(self.loss_terms, out, targets, self.ignore_index, w)
         else:
-            loss_ce = cross_entropy(out, targets, self.ignore_index, weight=w)
-        losses = {"loss_ce": loss_ce}
-        total = loss_ce
-        if self.dice_weight:
-            losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
-            total = total + self.dice_weight * losses["loss_dice"]
+            if self.ohem_thresh is not None:
+                loss_ce = ohem_cross_entropy(out, targets, self.ohem_thresh, self.ohem_min_kept, self.ignore_index, w)
+            else:
+                loss_ce = cross_entropy(out, targets, self.ignore_index, weight=w)
+            losses, total = {"loss_ce": loss_ce}, loss_ce
+            if self.dice_weight:
+                losses["loss_dice"] = dice_loss(out, targets, self.ignore_index)
+                total = total + self.dice_weight * losses["loss_dice"]
         if aux is not None:
             loss_aux = cross_entropy(aux, targets, self.ignore_index, weight=w)
             losses["loss_aux"] = loss_aux

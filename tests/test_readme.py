@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 # pages other branches write at the same time; the lead adds them to the nav when they land
-PAGES_OF_OTHER_BRANCHES = {"transfer-learning.md"}
+PAGES_OF_OTHER_BRANCHES: set[str] = set()  # pages of branches not merged yet
 
 
 def _between(text: str, start: str, end: str) -> str:

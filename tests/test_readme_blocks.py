@@ -231,6 +231,13 @@ def _segzoo_argv(words: list[str]) -> list[str] | None:
         return words[1:]
     if words[0] == "torchrun":
         words = ["python", *[w for w in words[1:] if not w.startswith("--") and not w.isdigit()]]
+    if words[1] == "-m":  # python -m MODULE: a module of segzoo or of the repository's tools
+        module = words[2]
+        if module == "segzoo.cli":
+            return words[3:]
+        path = REPO / module.replace(".", "/")
+        assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), f"{module} does not exist"
+        return None
     tool = REPO / words[1]
     assert tool.is_file(), f"{words[1]} does not exist"
     shim = re.search(r'command\("([\w ]+)"\)', tool.read_text())

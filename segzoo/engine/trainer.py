@@ -178,8 +178,8 @@ class Trainer:
         self.amp_dtype = amp_dtype_for(self.tc.amp, self.device)
 
         self.model = model.to(self.device)
-        if self.tc.freeze_backbone:
-            self._freeze_backbone()
+        if self.tc.freeze_backbone or self.tc.freeze_backbone_bn:
+            self._freeze_backbone(params=self.tc.freeze_backbone)
         if self.tc.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         if self.tc.sync_bn:
@@ -243,12 +243,14 @@ class Trainer:
         """Training time of the whole run so far, time before a resume included."""
         return self.seconds_before + time.perf_counter() - self._start
 
-    def _freeze_backbone(self) -> None:
+    def _freeze_backbone(self, params: bool = True) -> None:
+        """train.freeze_backbone (BatchNorm and weights) or train.freeze_backbone_bn (BatchNorm only)."""
         backbone = getattr(self.model, "backbone", None)
+        which = "freeze_backbone" if params else "freeze_backbone_bn"
         if not callable(getattr(backbone, "freeze", None)):
-            raise ValueError(f"train.freeze_backbone is set but {self.model.spec.name} has no model.backbone with a "
+            raise ValueError(f"train.{which} is set but {self.model.spec.name} has no model.backbone with a "
                              "freeze() method (segzoo backbones have one)")
-        backbone.freeze(bn=True, params=True)
+        backbone.freeze(bn=True, params=params)
 
     def _sync_bn(self) -> None:
         """BatchNorm -> SyncBatchNorm under DDP (statistics over the global batch), as torchvision's
@@ -575,7 +577,9 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
                     t0 = time.perf_counter()
-                    lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step uses (head group)
+                    # the lr this step uses, of a head group (backbone groups sort last and carry backbone_lr_mult)
+                    lr = next((g["lr"] for g in self.optimizer.param_groups if g.get("name", "").startswith("head")),
+                              self.optimizer.param_groups[-1]["lr"])
                     try:
                         micro = [next(batches) for _ in range(self.accum)]
                     except Exception:

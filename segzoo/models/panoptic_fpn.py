@@ -312,3 +312,9 @@ def panoptic_fpn_resnet50(**kwargs) -> PanopticFPN:
 def panoptic_fpn_resnet18(**kwargs) -> PanopticFPN:
     """Panoptic FPN with a ResNet-18 FPN, the size a CPU can train."""
     return create(PanopticFPN, "panoptic_fpn_resnet18", {"backbone": "resnet18"}, kwargs)
+
+
+@register_model
+def panoptic_fpn_mobilenetv2(**kwargs) -> PanopticFPN:
+    """Panoptic FPN on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return create(PanopticFPN, "panoptic_fpn_mobilenetv2", {"backbone": "mobilenetv2_100"}, kwargs)

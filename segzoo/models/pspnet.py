@@ -130,3 +130,9 @@ def pspnet_resnet50(**kwargs) -> PSPNet:
 @register_model
 def pspnet_resnet101(**kwargs) -> PSPNet:
     return _pspnet("pspnet_resnet101", "resnet101", **kwargs)
+
+
+@register_model
+def pspnet_mobilenetv2(**kwargs) -> PSPNet:
+    """PSPNet on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return _pspnet("pspnet_mobilenetv2", "mobilenetv2_100", **kwargs)

@@ -260,3 +260,9 @@ def unet_efficientnet_b0(**kwargs) -> UNetTimm:
 @register_model
 def unet_convnext_tiny(**kwargs) -> UNetTimm:
     return _unet("unet_convnext_tiny", "convnext_tiny", **kwargs)
+
+
+@register_model
+def unet_mobilenetv2(**kwargs) -> UNetTimm:
+    """U-Net on timm's mobilenetv2_100 (ImageNet: torchvision's file, from its wheel)."""
+    return _unet("unet_mobilenetv2", "mobilenetv2_100", **kwargs)

@@ -32,6 +32,7 @@ CASE_MODULES = (
     "tools.bench.cases_detection",
     "tools.bench.cases_centernet",
     "tools.bench.cases_transformer",
+    "tools.bench.cases_mobilenetv2",
 )
 # the input-size series: a representative model of each family (every model would cost too much CPU)
 SCALING_CASES = ("fcn_resnet50", "deeplabv3_resnet50", "unet_resnet34", "hrnet_w18", "maskrcnn_resnet50_fpn",

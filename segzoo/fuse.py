@@ -96,6 +96,8 @@ def find_conv_bn_pairs(model: nn.Module, example: Any) -> list[tuple[str, str]]:
     and the conv's output feeds nothing but that norm (checked on the autograd graph)."""
     names = {m: n for n, m in model.named_modules()}
     norms = _NORMS + ((BatchNormAct2d,) if BatchNormAct2d else ())
+    if not any(isinstance(m, norms) for m in names):  # nothing to fold: no trace (the model may not be traceable)
+        return []
     conv_nodes: dict[nn.Module, list] = defaultdict(list)
     node_conv: dict[Any, nn.Module] = {}
     feeds: dict[nn.Module, list] = defaultdict(list)  # norm -> producer conv of each input

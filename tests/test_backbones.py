@@ -43,7 +43,7 @@ def test_wrong_weights_file_is_named(tmp_path):
     ref = timm.create_model("resnet34", pretrained=False)
     path = tmp_path / "r34.safetensors"
     save_state_dict(ref.state_dict(), path)
-    with pytest.raises(CheckpointError, match="does not fit timm backbone 'resnet18'"):
+    with pytest.raises(CheckpointError, match="fit timm 'resnet34', but the backbone is 'resnet18'"):
         TimmBackbone("resnet18", weights=path)
     with pytest.raises(FileNotFoundError, match="never downloads"):
         TimmBackbone("resnet18", weights=tmp_path / "missing.safetensors")

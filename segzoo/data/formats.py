@@ -184,9 +184,24 @@ def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
         if listed.is_file():
             args["classes"] = [n.strip() for n in listed.read_text().splitlines() if n.strip()]
         return "mask_folder", args
-    if kind in ("labelme", "cvat"):
-        return kind, {"root": root}
+    if kind == "labelme":  # what `data convert --to labelme` writes for several splits: <split>/ folders
+        return kind, {"root": root / split if (root / split).is_dir() else root}
+    if kind == "cvat":  # a project export: the split is a subset (Train, Validation, ...) of one xml
+        return kind, {"root": root, **_cvat_subset(root, split)}
     return kind, {"root": root, "split": split}
+
+
+def _cvat_subset(root: Path, split: str) -> dict:
+    """``{"subset": name}`` when the CVAT file's images carry subsets and one of them is ``split``
+    (``train``/``Train``, ``val``/``Validation``), so that no split reads another's images; else ``{}``."""
+    from segzoo.data.cvat import CVAT  # formats is imported by the readers' package
+
+    subsets = {im.get("subset") for im in CVAT(root, "detection").entries if im.get("subset")}
+    found = [s for s in sorted(subsets) if s.lower() == split or s.lower().startswith(split)]
+    if subsets and not found:
+        raise ValueError(f"data.type auto: {root} has CVAT subsets {sorted(subsets)} and none is {split!r}; "
+                         f"set data.type: cvat and data.{split}.subset")
+    return {"subset": found[0]} if found else {}
 
 
 def _coco_args(root: Path, split: str, kind: str = "coco") -> dict:

@@ -124,6 +124,7 @@ class Model(nn.Module):
     - ``class_layers``: module-name prefixes of the layers whose shape depends on
       ``num_classes`` (re-initialised when a checkpoint has another class count).
     - ``size_divisibility``: inputs are padded to a multiple of this inside the model.
+    - ``min_input_size``: and to at least this many pixels per side (1: no minimum).
     - ``check_inputs``: check image values (NaN/inf raise, values outside [0, 1] warn) at one
       host sync per call; set it to False on a deployed model.
 
@@ -134,6 +135,7 @@ class Model(nn.Module):
     task: str = ""
     class_layers: tuple[str, ...] = ()
     size_divisibility: int = 1
+    min_input_size: int = 1
     check_inputs: bool = True
     # what num_classes counts, for messages
     counts: str = "every label including background"
@@ -287,6 +289,8 @@ class SegmentationModel(Model):
         # on the input size; both are exact no-ops when nothing is to be done)
         hp, wp = h + (-h) % d, w + (-w) % d
         exporting = torch.compiler.is_exporting()
+        if self.min_input_size > 1 and not exporting:  # exported programs declare their own minimum size
+            hp, wp = max(hp, self.min_input_size), max(wp, self.min_input_size)
         if exporting or hp != h or wp != w:
             x = F.pad(x, (0, wp - w, 0, hp - h))
         out, aux = self.forward_logits(x, with_aux=targets is not None)

@@ -140,6 +140,8 @@ class SegFormer(SegmentationModel):
                              f"{len(self.backbone.channels)}")
         # MiT's padded convolutions take any size (and match the reference without padding)
         self.size_divisibility = 1 if isinstance(self.backbone, MiT) else max(self.backbone.strides)
+        # ...but the first stage's 8 x 8 spatial-reduction conv needs a map of 8 x 8: inputs of 29 px and more
+        self.min_input_size = 32 if isinstance(self.backbone, MiT) else 1
         self.decode_head = SegFormerHead(self.backbone.channels, num_classes, embed_dim, dropout)
 
     def forward_logits(self, x: torch.Tensor, with_aux: bool = False) -> tuple[torch.Tensor, None]:

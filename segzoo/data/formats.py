@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from segzoo.data.cvat import CVAT
 from segzoo.data.records import IMAGE_SUFFIXES
 from segzoo.data.voc import voc_dirs
 from segzoo.data.yolo import find_yaml
@@ -194,8 +195,6 @@ def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
 def _cvat_subset(root: Path, split: str) -> dict:
     """``{"subset": name}`` when the CVAT file's images carry subsets and one of them is ``split``
     (``train``/``Train``, ``val``/``Validation``), so that no split reads another's images; else ``{}``."""
-    from segzoo.data.cvat import CVAT  # formats is imported by the readers' package
-
     subsets = {im.get("subset") for im in CVAT(root, "detection").entries if im.get("subset")}
     found = [s for s in sorted(subsets) if s.lower() == split or s.lower().startswith(split)]
     if subsets and not found:

@@ -148,9 +148,9 @@ def test_prelabels_refuse_a_used_folder_and_leave_nothing_half_written(predictio
     (tmp_path / "used" / "x").write_text("")
     with pytest.raises(FileExistsError, match="not empty"):
         write_prelabels(predictions, tmp_path / "used", "coco")
-    import segzoo.data.prelabel as prelabel
+    import segzoo.data.convert as convert  # the one folder writer behind data convert and the pre-labels
 
-    monkeypatch.setattr(prelabel, "write", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    monkeypatch.setattr(convert, "write", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
     with pytest.raises(RuntimeError):
         write_prelabels(predictions, tmp_path / "new", "coco")
     assert not (tmp_path / "new").exists() and not (tmp_path / ".new.partial").exists()

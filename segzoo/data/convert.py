@@ -278,21 +278,27 @@ def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", 
     report = ConvertReport(fmt, to, str(dst), classes=parts[0][1].classes, notes=notes)
     for _, d in parts:
         report.notes += [n for n in d.notices + d.problems if n not in report.notes]
+    write_folder(parts, dst, report, to, tolerance)
+    if to == "yolo" and tolerance:
+        report.notes.append(f"polygons traced from masks were simplified by {tolerance} px")
+    return report
+
+
+def write_folder(parts, dst: Path, report: ConvertReport, to: str, tolerance: float = 0.0) -> None:
+    """:func:`write` into a sibling ``.NAME.partial`` folder renamed to ``dst`` once complete, so an
+    interrupted or failed write leaves no half-written dataset (``dst`` must not exist or be empty)."""
     tmp = dst.with_name(f".{dst.name}.partial")
     if tmp.exists():
-        shutil.rmtree(tmp)  # our own leftover from an interrupted conversion
+        shutil.rmtree(tmp)  # our own leftover from an interrupted write
     tmp.mkdir(parents=True)
     try:
         write(parts, tmp, report, to, tolerance)
-        if to == "yolo" and tolerance:
-            report.notes.append(f"polygons traced from masks were simplified by {tolerance} px")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if dst.exists():
         dst.rmdir()
     tmp.rename(dst)
-    return report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -19,14 +19,13 @@ Class names come from the checkpoint (``model.classes``; ``class_<k>`` where it 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segzoo.data.contours import mask_to_polygons
-from segzoo.data.convert import TARGETS, ConvertReport, write
+from segzoo.data.convert import TARGETS, ConvertReport, write_folder
 from segzoo.data.records import BACKGROUND_NAMES, AnnotatedImages, Obj, image_size, voc_colormap
 from segzoo.slicing import CropMasks
 
@@ -168,17 +167,7 @@ def write_prelabels(predictions: Predictions, dst: PathLike, to: str) -> Convert
     report = ConvertReport(f"{predictions.kind} predictions", to, str(dst), classes=predictions.classes)
     if to in ("yolo", "mask_folder") and predictions.kind != "semantic":
         report.notes.append(f"{to} has no place for scores: they are in the COCO, LabelMe and CVAT pre-labels")
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        if to == "mask_folder":
-            predictions.as_label_maps()
-        write([(SPLIT, predictions)], tmp, report, to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if dst.exists():
-        dst.rmdir()
-    tmp.rename(dst)
+    if to == "mask_folder":
+        predictions.as_label_maps()
+    write_folder([(SPLIT, predictions)], dst, report, to)
     return report

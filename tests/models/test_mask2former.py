@@ -9,6 +9,7 @@ import torch
 
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.models.mask2former import Mask2Former, hf_build_kwargs, map_hf_state_dict
+from tests.models.set_models import check_mixed_sizes_and_backward
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("scipy")
@@ -98,20 +99,7 @@ def test_images_of_different_sizes_and_backward():
     torch.manual_seed(0)
     m = Mask2Former(num_classes=3, backbone="resnet18", dim=32, mask_dim=32, heads=2, encoder_layers=1,
                     encoder_ffn=32, decoder_layers=2, decoder_ffn=32, num_queries=4, num_points=64)
-    images = [torch.rand(3, 40, 56), torch.rand(3, 64, 33)]
-    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 40, 56) > 0.5},
-               {"labels": torch.tensor([1]), "masks": torch.rand(1, 64, 33) > 0.5}]
-    losses = m(images, targets)
-    losses["loss"].backward()
-    assert all(torch.isfinite(v) for v in losses.values())
-    no_grad = [k for k, p in m.named_parameters() if p.grad is None]
-    assert not no_grad, no_grad
-    m.eval()
-    with torch.no_grad():
-        out = m(images)
-    assert out[0]["sem_seg"].shape == (3, 40, 56) and out[1]["segments"].shape == (64, 33)
-    with pytest.raises(ValueError, match="image size"):
-        m(images, [targets[1], targets[0]])
+    check_mixed_sizes_and_backward(m)
 
 
 def test_deformable_attention_samples_where_its_offsets_point():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check segzoo's GPU paths on a CUDA machine, in under 8 minutes on one GPU:
-#   1. the tests marked `cuda` (tests/test_cuda.py): AMP bf16 and fp16 training steps with the
+#   1. the tests marked `cuda` (tests/engine/test_cuda.py): AMP bf16 and fp16 training steps with the
 #      GradScaler, channels_last, torch.compile, NCCL DDP with SyncBatchNorm (2 processes; skipped
 #      with fewer than 2 GPUs) and deterministic mode;
 #   2. the benchmark of every model beside its anchor under bf16 autocast and channels_last.
@@ -32,7 +32,7 @@ print(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, "
 EOF
 
 status=0
-echo "== tests marked cuda (tests/test_cuda.py)"
+echo "== tests marked cuda (tests/engine/test_cuda.py)"
 timeout 240 python -m pytest -m cuda -n 0 -p no:cacheprovider -q -rs --durations=10 tests 2>&1 \
     | tee "$out/cuda_tests.log" || status=$?
 if [ "$status" -ne 0 ]; then

@@ -142,7 +142,7 @@ class Trainer:
 
     Determinism: ``train.seed`` seeds the model initialisation, the data order and
     augmentation (every loader worker) and dropout, so two CPU runs with the same config
-    give bit-identical weights (tests/reliability/test_determinism.py). On CUDA they differ
+    give bit-identical weights (tests/engine/test_determinism.py). On CUDA they differ
     in the last bits: the backward passes of ``roi_align`` (Mask R-CNN), ``deform_conv2d``
     (CenterNet DCN), bilinear ``F.interpolate`` (every semantic model) and
     ``scatter``/``index_add`` accumulate with atomic adds in a varying order, and some cuDNN
@@ -150,7 +150,7 @@ class Trainer:
     (with the environment variable ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) before training
     makes every op that has a deterministic implementation use it and raises for the others
     (``roi_align`` and bilinear upsampling backward among them, and CUDA ``NLLLoss``, so every
-    semantic model's cross-entropy); pass ``warn_only=True`` to train anyway. tests/test_cuda.py
+    semantic model's cross-entropy); pass ``warn_only=True`` to train anyway. tests/engine/test_cuda.py
     checks that two CenterNet-ResNet18 runs in this mode end with identical weights.
     Deterministic runs are slower.
     """

@@ -13,8 +13,8 @@ from segzoo.data.ade20k import ADE20K_CLASSES
 from segzoo.hub import WeightsError
 from segzoo.published import get_weights
 from tests.models.hf_reference import randomise_norms
-from tests.test_weights_hub import empty_caches
-from tests.test_weights_timm import no_network  # noqa: F401 (a fixture)
+from tests.hub.test_weights_hub import empty_caches
+from tests.hub.test_weights_timm import no_network  # noqa: F401 (a fixture)
 
 transformers = pytest.importorskip("transformers")
 REPO = "nvidia/segformer-b0-finetuned-ade-512-512"

@@ -10,8 +10,8 @@ from segzoo import export as ex
 from segzoo.optimize import CHANNELS_LAST, OptimizedModel, optimize, uses_channels_last
 from segzoo.registry import get_entry
 from tests.conftest import build_small
-from tests.test_export import compare, randomize_bn, spread_scores
 from tests.models.test_models import _cases  # every registered model; those over 40M parameters marked slow
+from tests.test_export import compare, randomize_bn, spread_scores
 
 
 def _model(name: str) -> torch.nn.Module:

@@ -134,7 +134,8 @@ def _generate_data(cfg, config_file: Path) -> None:
         for root in {split["root"] for split in splits}:
             data_layouts.write_yolo(Path(root))
     elif data.type != "shapes":  # shapes generates itself
-        pytest.fail(f"{config_file.name}: teach tests/docs/test_readme_blocks.py to write data.type={data.type!r} files")
+        pytest.fail(f"{config_file.name}: teach tests/docs/test_readme_blocks.py to write "
+                    f"data.type={data.type!r} files")
 
 
 @pytest.mark.parametrize("where,text", blocks("yaml"), ids=ids(blocks("yaml")))

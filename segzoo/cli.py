@@ -63,7 +63,7 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
 
 
 def _device(name: str):
-    from segzoo.engine.trainer import select_device
+    from segzoo.engine.device import select_device
 
     try:
         return select_device(name)
@@ -204,10 +204,10 @@ def _protocol_overrides(args: argparse.Namespace) -> list[str]:
 
 def _eval(args: argparse.Namespace) -> int:
     from segzoo.config import EvalConfig, load_config
+    from segzoo.engine.device import amp_dtype_for
     from segzoo.engine.evaluator import evaluate, protocol_kwargs
     from segzoo.engine.report import format_results, write_report
     from segzoo.engine.run import build_split
-    from segzoo.engine.trainer import amp_dtype_for
     from segzoo.inference import fast_model
     from segzoo.registry import load
 

@@ -11,7 +11,6 @@ ranks before computing, so every rank returns the same numbers.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import warnings
@@ -23,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from segzoo.config import ConfigError, EvalConfig
+from segzoo.engine.device import autocast
 from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.inference import check_tta, detect, semantic_probs
 from segzoo.metrics import CocoEvaluator, DetectionPRCurve, PanopticQuality, PRCurve, SegmentationMetric
@@ -78,29 +78,6 @@ def summary_line(metrics: dict[str, Any], task: str, tracked: str | None = None)
     """``miou=0.8123, pixel_acc=...``: the tracked metric first, then the task's usual ones."""
     keys = dict.fromkeys([tracked or PRIMARY_METRIC[task], *_SUMMARY[task]])
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def to_device(images, targets, device: torch.device, channels_last: bool = False):
-    """Move a collated batch (tensor or list images; tensor or list-of-dict targets) to ``device``."""
-    if isinstance(images, torch.Tensor):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-    else:
-        images = [im.to(device, non_blocking=True) for im in images]
-    if isinstance(targets, torch.Tensor):
-        targets = targets.to(device, non_blocking=True)
-    else:
-        targets = [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-                   for t in targets]
-    return images, targets
 
 
 def _plain(t: Any) -> Any:

@@ -10,10 +10,11 @@ import torch
 from segzoo.config import RunConfig
 from segzoo.data import DataError, build_dataset, check_dataset
 from segzoo.data.transforms import pop_dropped
+from segzoo.engine.device import select_device
 from segzoo.engine.distributed import init_distributed, run_on_main, world_info
 from segzoo.engine.evaluator import check_task_data, primary_metric, protocol_kwargs
 from segzoo.engine.run_folder import RunFolder
-from segzoo.engine.trainer import Trainer, select_device
+from segzoo.engine.trainer import Trainer
 from segzoo.registry import build
 
 

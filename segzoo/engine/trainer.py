@@ -38,6 +38,7 @@ from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict,
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
 from segzoo.data.transforms import collate_for, pop_dropped
+from segzoo.engine.device import amp_dtype_for, autocast, select_device, to_device
 from segzoo.engine.distributed import (
     GroupedShardBatches,
     SeededDataset,
@@ -51,14 +52,12 @@ from segzoo.engine.distributed import (
 )
 from segzoo.engine.ema import ModelEma
 from segzoo.engine.evaluator import (
-    autocast,
     check_categories,
     evaluate,
     primary_metric,
     protocol_kwargs,
     save_predictions_png,
     summary_line,
-    to_device,
 )
 from segzoo.engine.logs import RunLog, jsonable
 from segzoo.engine.optim import build_optimizer, build_scheduler
@@ -78,53 +77,11 @@ from segzoo.engine.trackers import build_trackers, check_installed, flatten
 from segzoo.version import __version__
 
 __all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer",
-           "TrainingInterrupted", "amp_dtype_for", "select_device"]
+           "TrainingInterrupted"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint."""
-
-
-def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA (this process's local rank under torchrun), then MPS, then CPU."""
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            name = f"cuda:{local_rank % torch.cuda.device_count()}"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=auto or cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"train.device={name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
-        torch.cuda.set_device(device)
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"train.device={name!r} but MPS is not available; use train.device=auto or cpu")
-    return device
-
-
-def amp_dtype_for(setting: str | bool | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision).
-
-    ``auto``: bf16 on CUDA GPUs that support it, fp16 (with a GradScaler) on older ones,
-    off on CPU and MPS. ``bf16`` and ``fp16`` force a dtype; ``off`` (or false) disables AMP.
-    """
-    if setting in (False, None, "off", "none", "fp32"):
-        return None
-    if setting in ("auto", True):
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if setting == "bf16":
-        return torch.bfloat16
-    if setting == "fp16":
-        if device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 or off on CPU")
-        return torch.float16
-    raise ValueError(f"unknown train.amp={setting!r}; use auto, bf16, fp16 or off")
 
 
 class Trainer:

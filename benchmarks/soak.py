@@ -1,7 +1,7 @@
 """Long-run soak: train a tiny model for many steps and check that memory stays flat.
 
-    python tools/soak.py                          # 2,000 steps, eval + checkpoint every 100
-    python tools/soak.py --steps 500 --out /tmp/soak --max-growth 0.05
+    python -m benchmarks.soak                          # 2,000 steps, eval + checkpoint every 100
+    python -m benchmarks.soak --steps 500 --out /tmp/soak --max-growth 0.05
 
 Trains the original U-Net with tiny widths on the built-in Shapes data through the normal
 config path (``segzoo.engine.run.train_from_config``): 100 optimizer steps per epoch, an

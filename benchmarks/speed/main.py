@@ -1,11 +1,11 @@
 """Time segzoo models against the closest anchor on the same input.
 
-    python tools/benchmark.py                      # every case at its standard input
-    python tools/benchmark.py fcn_resnet50 --size 256 --runs 3
-    python tools/benchmark.py --markdown --scaling # docs section: machine, main and scaling tables
-    python tools/benchmark.py --markdown --scaling --write docs/performance.md   # ... between the markers
-    python tools/benchmark.py --list
-    python tools/benchmark.py fcn_resnet50 unet_resnet34 --optimize --size 256 --threads 1   # eager / optimized / int8
+    python -m benchmarks.speed                      # every case at its standard input
+    python -m benchmarks.speed fcn_resnet50 --size 256 --runs 3
+    python -m benchmarks.speed --markdown --scaling # docs section: machine, main and scaling tables
+    python -m benchmarks.speed --markdown --scaling --write docs/performance.md   # ... between the markers
+    python -m benchmarks.speed --list
+    python -m benchmarks.speed fcn_resnet50 unet_resnet34 --optimize --size 256 --threads 1   # eager / optimized / int8
 """
 
 from __future__ import annotations
@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-# the harness imports the competitors (torchvision, smp, timm), so it lives beside this script
-# in tools/bench, not in the importable library; run from anywhere
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools import bench as benchmark  # noqa: E402
-from tools.bench import report  # noqa: E402
+from benchmarks import speed as benchmark
+from benchmarks.speed import report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The accuracy cost of int8 (segzoo.quantize) and bf16 (segzoo.optimize(bf16=True)) for a semantic checkpoint.
 
-    python tools/int8_accuracy.py runs/quickstart/best.safetensors --data configs/quickstart.yaml --threads 1
+    python -m benchmarks.int8_accuracy runs/quickstart/best.safetensors --data configs/quickstart.yaml --threads 1
 
 Calibrates the int8 model on the first --calib training images (evaluation transforms), then scores
 float, optimized (exact parts), bf16 and int8 on the validation split: mIoU, pixel accuracy and the

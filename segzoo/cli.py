@@ -1,9 +1,12 @@
 """The ``segzoo`` command: ``segzoo train | eval | infer | export | convert | data check|convert |
-weights list|import | benchmark | realdata``.
+weights list|fetch|import``.
 
 Each subcommand is one entry of :data:`COMMANDS`: a help line, a function that adds its
 arguments and a function that runs it (parse, call the library, print). Adding a subcommand
-is one more entry. ``tools/*.py`` are shims over :func:`command`.
+is one more entry. ``tools/*.py`` are shims over :func:`command`. The speed benchmark and the
+accuracy ledger import the competitors, so they live in the repository's ``benchmarks/`` package
+(``python -m benchmarks.speed``, ``python -m benchmarks.ledger`` from a checkout), not here:
+:data:`MOVED` answers their old subcommands with that line.
 
 User errors (a bad config, a missing or unreadable file, a model of the wrong task, an output
 path that cannot be written) print one line ``error: ...`` on stderr and exit with status 2;
@@ -23,9 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 OVERRIDES_HELP = "config overrides such as train.epochs=2 model.backbone=resnet18"
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARK_HARNESS = REPO / "tools" / "benchmark.py"
-LEDGER_HARNESS = REPO / "tools" / "realdata_ledger" / "main.py"
+# subcommands that ran files of a source checkout: the installed package runs nothing outside itself
+MOVED = {"benchmark": "python -m benchmarks.speed", "realdata": "python -m benchmarks.ledger"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,29 +472,7 @@ def _data_convert(args: argparse.Namespace) -> int:
     return run(args)
 
 
-# ---------------------------------------------------------------------------- benchmark
-
-
-def _harness(name: str, path: Path, shown: str, argv: list[str]) -> int:
-    """Run a harness of a source checkout (it imports the competitors: not installed)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"`segzoo {name}` runs {shown} of a source checkout and there is "
-                                f"none beside this installation ({REPO}); clone the repository and run it there")
-    import runpy
-
-    return runpy.run_path(str(path), run_name=f"segzoo_{name}")["main"](argv)
-
-
-def _benchmark(argv: list[str]) -> int:
-    return _harness("benchmark", BENCHMARK_HARNESS, "tools/benchmark.py", argv)
-
-
-def _realdata(argv: list[str]) -> int:
-    return _harness("realdata", LEDGER_HARNESS, "tools/realdata_ledger/main.py", argv)
-
-
-def _realdata_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the ledger (see `segzoo realdata --help`)")
+# ---------------------------------------------------------------------------- weights
 
 
 def _weights_list_args(p: argparse.ArgumentParser) -> None:
@@ -514,10 +494,6 @@ def _weights(args: argparse.Namespace) -> int:
     if args.weights_command == "fetch":
         return fetch_command(args.name)
     return list_command(args.pattern) if args.weights_command == "list" else import_command(args.name, args.file)
-
-
-def _benchmark_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of tools/benchmark.py (see its --help)")
 
 
 COMMANDS: dict[str, Command] = {
@@ -618,24 +594,7 @@ table (size and sha256 where published), convert it and put it in the cache.
 
 segzoo.build(name, weights=TAG) then uses it with no network (SEGZOO_OFFLINE=1 works).""",
         _weights_import_args, _weights),
-    "benchmark": Command(
-        "time models against torchvision/timm (source checkout)", """Run tools/benchmark.py of a source checkout.
-
-    segzoo benchmark --list
-    segzoo benchmark fcn_resnet50 --size 256 --runs 3""",
-        _benchmark_args, lambda args: _benchmark(args.args)),
-    "realdata": Command(
-        "accuracy on real images beside smp/torchvision (source checkout)", """Run the accuracy ledger of a source
-checkout (tools/realdata_ledger): segzoo models and a peer library's same architecture trained from
-identical weights on the same batches of the stardist / deepforest tiles, scored alike.
-
-    segzoo realdata --list
-    segzoo realdata nuclei_semantic --steps 60 --seeds 0 1 --markdown""",
-        _realdata_args, lambda args: _realdata(args.args)),
 }
-
-
-HARNESSES = ("benchmark", "realdata")  # commands whose arguments all go to a tools/ harness
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -654,7 +613,7 @@ def _parser() -> argparse.ArgumentParser:
                 groups[group[0]] = g.add_subparsers(dest=f"{group[0]}_command", required=True, metavar="COMMAND")
             target = groups[group[0]]
         c = target.add_parser(leaf, help=cmd.help, description=cmd.description, parents=[common],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, add_help=leaf not in HARNESSES)
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.arguments(c)
         c.set_defaults(command_spec=cmd)
     return p
@@ -694,17 +653,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = _parser()
-    if argv[:1] and argv[0] in HARNESSES:  # the rest belongs to the harness (its own --help included)
-        args = argparse.Namespace(command_spec=COMMANDS[argv[0]], args=[a for a in argv[1:] if a != "--debug"])
-    else:
-        args, extra = parser.parse_known_args(argv)
-        cmd: Command = args.command_spec
-        # overrides may come after options (train CONFIG --out DIR a.b=1): collect them here
-        bad = [e for e in extra if not cmd.overrides or e.startswith("-") or "=" not in e]
-        if bad:
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
-        if cmd.overrides:
-            args.overrides = [*args.overrides, *extra]
+    if argv[:1] and argv[0] in MOVED:
+        rest = " ".join(a for a in argv[1:] if a != "--debug") or "--help"
+        print(f"error: `segzoo {argv[0]}` is not part of the installed package (it imports the libraries it is "
+              f"compared with); from a source checkout run `{MOVED[argv[0]]} {rest}`", file=sys.stderr)
+        return 2
+    args, extra = parser.parse_known_args(argv)
+    cmd: Command = args.command_spec
+    # overrides may come after options (train CONFIG --out DIR a.b=1): collect them here
+    bad = [e for e in extra if not cmd.overrides or e.startswith("-") or "=" not in e]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if cmd.overrides:
+        args.overrides = [*args.overrides, *extra]
     try:
         if getattr(args, "max_image_pixels", None) is not None:
             from segzoo.data.image import max_image_pixels, set_max_image_pixels

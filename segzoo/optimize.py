@@ -35,7 +35,7 @@ from segzoo.fuse import fuse as fold_batchnorm
 
 __all__ = ["CHANNELS_LAST", "OptimizedModel", "optimize", "uses_channels_last"]
 
-# Whether channels_last is faster, per model class and device type, from tools/benchmark.py --optimize
+# Whether channels_last is faster, per model class and device type, from python -m benchmarks.speed --optimize
 # (one thread, see docs/performance-optimize.md); a class not listed uses the "*" entry of its device.
 # Devices not listed have not been measured and keep the contiguous layout.
 CHANNELS_LAST: dict[str, dict[str, bool]] = {

@@ -15,7 +15,7 @@ image's pixels and merged across tiles:
 Instance masks never exist at full size: each tile's masks are thresholded at once and kept as
 :class:`CropMasks`, one bool crop per detection (its mask's bounding box) and the crop's origin in
 the image. They are pasted only when written (:meth:`CropMasks.id_map`, :meth:`CropMasks.mask`),
-so a 12-megapixel image with hundreds of detections stays far under 2 GiB (``tools/bench/slicing.py``).
+so a 12-megapixel image with hundreds of detections stays far under 2 GiB (``benchmarks/speed/slicing_memory.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Import layering, read from the source with ``ast``: no segzoo import hides in a function
 body (the sign of a cycle being dodged), lower layers never import higher ones, ``spec`` sits
 under both the registry and the checkpoint module, and ``import segzoo`` is enough for
-``segzoo.convert`` while leaving the benchmark harness (and the competitors it imports) out."""
+``segzoo.convert`` while leaving the benchmarks (and the competitors they import) out."""
 
 from __future__ import annotations
 
@@ -110,9 +110,23 @@ def test_spec_imports_nothing_from_segzoo():
     assert not [n for node in ast.walk(tree) for n in _segzoo_imports(node)]
 
 
-def test_the_benchmark_harness_is_not_in_the_library():
-    assert not (PACKAGE / "benchmark").exists()
-    assert (ROOT / "tools" / "bench" / "__init__.py").exists()
+def test_the_benchmarks_are_not_in_the_library():
+    """benchmarks/ (it imports the competitors) stays out of the wheel, and the package runs no file of the tree."""
+    from setuptools import find_packages
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    assert (ROOT / "benchmarks" / "speed" / "__init__.py").exists() and not (PACKAGE / "benchmark").exists()
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = find_packages(str(ROOT), **find)
+    assert "segzoo.models" in shipped and not [p for p in shipped if not p.startswith("segzoo")], shipped
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                      if n.split(".")[0] in ("runpy", "benchmarks", "tools")]
+    assert not wrong, wrong
 
 
 def _fresh(code: str) -> str:
@@ -122,7 +136,7 @@ def _fresh(code: str) -> str:
 
 @pytest.mark.parametrize("code, expected", [
     ("import segzoo; print(callable(segzoo.convert.from_torchvision))", "True"),
-    ("import segzoo, sys; print(sorted(m for m in sys.modules if m.startswith(('tools', "
+    ("import segzoo, sys; print(sorted(m for m in sys.modules if m.startswith(('tools', 'benchmarks', "
      "'segmentation_models_pytorch', 'segzoo.benchmark'))))", "[]"),
 ])
 def test_import_segzoo_in_a_fresh_interpreter(code, expected):

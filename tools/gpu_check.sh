@@ -45,7 +45,7 @@ bench=0
 if [ "$left" -lt 30 ]; then
     bench=124
 else
-    timeout "$left" python tools/benchmark.py "$@" --device cuda --amp bf16 --channels-last --markdown \
+    timeout "$left" python -m benchmarks.speed "$@" --device cuda --amp bf16 --channels-last --markdown \
         > "$out/benchmark.md" 2> >(tee "$out/benchmark.log" >&2) || bench=$?
 fi
 if [ "$bench" -eq 124 ]; then

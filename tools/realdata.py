@@ -1,13 +1,13 @@
-"""The accuracy ledger on real labelled images (the same as `segzoo realdata`; see --help).
+"""The accuracy ledger on real labelled images (the same as `python -m benchmarks.ledger`; see --help).
 
-    python tools/realdata.py --list
-    python tools/realdata.py nuclei_semantic --steps 60 --seeds 0 1 --markdown
+    python -m benchmarks.ledger nuclei_semantic --steps 60 --seeds 0 1 --markdown
 """
 
 import sys
+from pathlib import Path
 
-from segzoo.cli import command
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's benchmarks/ package
+from benchmarks.ledger.main import main  # noqa: E402
 
-main = command("realdata")
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,18 +1,16 @@
-import runpy
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
-from tools import bench as benchmark
-from tools.bench import Case
+from benchmarks import speed as benchmark
+from benchmarks.speed import Case
 
 
 def _cli():
-    """``tools/benchmark.py``'s ``main`` (tools/ is not a package)."""
-    root = Path(__file__).resolve().parents[2]
-    return runpy.run_path(str(root / "tools" / "benchmark.py"), run_name="benchmark_cli")["main"]
+    """``python -m benchmarks.speed``'s ``main``."""
+    from benchmarks.speed.main import main
+
+    return main
 
 
 def tiny():
@@ -115,7 +113,7 @@ def test_scaling_tables_show_per_unit_and_marginal_cost():
 
 
 def test_readme_section_replaced_atomically(tmp_path):
-    from tools.bench import report
+    from benchmarks.speed import report
 
     readme = tmp_path / "README.md"
     readme.write_text("# title\n\n<!-- benchmark:start -->\nold table\n<!-- benchmark:end -->\n\nafter\n")
@@ -131,7 +129,7 @@ def test_readme_section_replaced_atomically(tmp_path):
 def test_markdown_report_has_machine_date_peak_and_tables():
     import datetime
 
-    from tools.bench import report
+    from benchmarks.speed import report
 
     row = {"name": "m", "mode": "infer", "size": "1x3x64x64", "anchor": "", "params": 10, "flops": 2e9,
            "segzoo_s": 0.1, "segzoo_mem": None}

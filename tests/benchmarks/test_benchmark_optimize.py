@@ -1,4 +1,4 @@
-"""tools/benchmark.py --optimize: eager and anchor under no_grad beside segzoo.optimize and segzoo.quantize."""
+"""python -m benchmarks.speed --optimize: eager and anchor under no_grad beside segzoo.optimize and segzoo.quantize."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import segzoo
-from tools import bench as benchmark
-from tools.bench import Case
+from benchmarks import speed as benchmark
+from benchmarks.speed import Case
 
 
 def _unet():

@@ -1,22 +1,27 @@
-"""The accuracy ledger's harness (tools/realdata.py): identical starting weights on both sides, the report, the
+"""The accuracy ledger (`python -m benchmarks.ledger`): identical starting weights on both sides, the report, the
 README slot. Fast: small inputs, no training, no wheel needed; except the last test, which trains one step of
 the two diagnostics on the real tiles (slow, skips without the stardist wheel)."""
 
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import benchmarks.ledger.main as ledger_cli
+from benchmarks.ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity
+from benchmarks.ledger.report import format_table, markdown_report, replace_section, summarise, verdict
+from benchmarks.ledger.run import Recorder, initial_agreement, make_config
 from segzoo.data.realdata import WHEELS, find_wheel
-from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity
-from tools.realdata_ledger.report import format_table, markdown_report, replace_section, summarise, verdict
-from tools.realdata_ledger.run import Recorder, initial_agreement, make_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_smp_unet_weights_map_into_segzoo_exactly():
     pytest.importorskip("segmentation_models_pytorch")
-    from tools.realdata_ledger.peers import unet_pair
+    from benchmarks.ledger.peers import unet_pair
 
     ours, peer = unet_pair("resnet18", 3, seed=1)
     x = torch.rand(2, 3, 64, 96)
@@ -32,7 +37,7 @@ def test_smp_unet_weights_map_into_segzoo_exactly():
 
 @pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
 def test_torchvision_rcnn_starts_from_identical_weights(name):
-    from tools.realdata_ledger.peers import rcnn_pair
+    from benchmarks.ledger.peers import rcnn_pair
 
     # every anchor and region sampled in training (no random subsets): the losses must agree too
     exhaustive = {"rpn_batch_size_per_image": 10**6, "box_batch_size_per_image": 10**6}
@@ -100,7 +105,7 @@ def test_verdict_and_tables(tmp_path):
         ("nuclei_semantic", "nucleus Dice"), ("nuclei_semantic", "nucleus IoU"),
         ("tree_crowns_centernet", "box AP50"), ("tree_crowns_centernet", "box AP")]
     assert rows[0]["segzoo"] == pytest.approx({"mean": 0.805, "min": 0.8, "max": 0.81})
-    text = markdown_report(results, "python tools/realdata.py")
+    text = markdown_report(results, "python -m benchmarks.ledger")
     assert "| nuclei (stardist), 128 px tiles | `unet_resnet34` | smp Unet('resnet34') | nucleus Dice | " \
            "0.805 (0.800-0.810) | 0.810 (0.810-0.810) |" in text
     assert "10 s (2 s checkpoints) / 10 s" in text and "load average 1.0-2.0" in text and "torch threads 1," in text
@@ -118,53 +123,47 @@ def test_verdict_and_tables(tmp_path):
     assert readme.read_text() == "no markers\n"
 
 
-def _cli():
-    """The ledger's command line (``segzoo realdata`` runs this file by path)."""
-    return runpy.run_path(str(Path(__file__).resolve().parents[2] / "tools" / "realdata_ledger" / "main.py"),
-                          run_name="ledger_cli")
-
-
 def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SEGZOO_WHEELS", str(tmp_path / "empty"))
-    cli = _cli()
     with pytest.raises(SystemExit) as e:
-        cli["main"](["tree_crowns_centernet", "--steps", "1", "--seeds", "0"])
+        ledger_cli.main(["tree_crowns_centernet", "--steps", "1", "--seeds", "0"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "deepforest==2.1.0 wheel is not in" in err and "python -m segzoo.data.realdata fetch" in err
     assert "stardist" not in err  # only what the chosen cases need
-    missing = cli["missing_requirements"]([CASES["nuclei_semantic"], CASES["tree_crowns"]])
+    missing = ledger_cli.missing_requirements([CASES["nuclei_semantic"], CASES["tree_crowns"]])
     assert [m.split(" wheel")[0] for m in missing if "wheel" in m] == ["the deepforest==2.1.0", "the stardist==0.9.2"]
     with pytest.raises(SystemExit):
-        cli["main"](["no_such_case"])
+        ledger_cli.main(["no_such_case"])
     assert "unknown case" in capsys.readouterr().err
 
 
 def test_reproduce_command_comes_from_the_runs():
-    cli = _cli()
     results = [_run("nuclei_semantic", s, {"nucleus Dice": 0.9}, None) for s in (1, 0)]  # 5 steps each
-    assert cli["reproduce_command"](results) == ("python tools/realdata.py nuclei_semantic --seeds 0 1 --steps 5 "
-                                                 "--threads 1")
+    assert ledger_cli.reproduce_command(results) == ("python -m benchmarks.ledger nuclei_semantic --seeds 0 1 "
+                                                     "--steps 5 --threads 1")
     results = [{**_run(c.name, 0, {}, None), "steps": c.steps} for c in CASES.values()]
-    assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0 --threads 1"
+    assert ledger_cli.reproduce_command(results) == "python -m benchmarks.ledger --seeds 0 --threads 1"
     results[1]["threads"] = 2  # runs of different thread counts: the command does not pin one
-    assert cli["reproduce_command"](results) == "python tools/realdata.py --seeds 0"
+    assert ledger_cli.reproduce_command(results) == "python -m benchmarks.ledger --seeds 0"
     results[0]["steps"] = 7
-    first = "python tools/realdata.py nuclei_semantic --seeds 0 --steps 7 --threads 1`; `"
-    assert cli["reproduce_command"](results).startswith(first)
+    first = "python -m benchmarks.ledger nuclei_semantic --seeds 0 --steps 7 --threads 1`; `"
+    assert ledger_cli.reproduce_command(results).startswith(first)
 
 
-def test_segzoo_realdata_runs_the_checkout_ledger(capsys, monkeypatch, tmp_path):
+def test_the_ledger_runs_from_a_checkout_and_not_from_the_installed_cli(capsys):
     from segzoo import cli
 
-    assert cli.main(["realdata", "--list"]) == 0
-    assert "nuclei_semantic" in capsys.readouterr().out
-    shim = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tools" / "realdata.py"), run_name="shim")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ledger", "--list"], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and "nuclei_semantic" in proc.stdout, proc.stderr
+    shim = runpy.run_path(str(REPO / "tools" / "realdata.py"), run_name="shim")
     assert shim["main"](["--list"]) == 0 and "tree_crowns_centernet" in capsys.readouterr().out
-    monkeypatch.setattr(cli, "LEDGER_HARNESS", tmp_path / "tools" / "realdata_ledger" / "main.py")  # installed copy
-    assert cli.main(["realdata", "--list"]) == 2
+    assert cli.main(["realdata", "nuclei_semantic", "--steps", "5"]) == 2  # the package runs no file of the checkout
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "source checkout" in err[0]
+    assert err == ["error: `segzoo realdata` is not part of the installed package (it imports the libraries it is "
+                   "compared with); from a source checkout run `python -m benchmarks.ledger nuclei_semantic "
+                   "--steps 5`"]
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
-"""The transfer ledger (tools/realdata_ledger/transfer.py): its rows and its table, without training."""
+"""The transfer ledger (benchmarks/ledger/transfer.py): its rows and its table, without training."""
 
 import pytest
 
-from tools.realdata_ledger.transfer import ROWS, build_segzoo, table
+from benchmarks.ledger.transfer import ROWS, build_segzoo, table
 
 
 def _runs(row, imagenet, random):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import importlib.util
 import inspect
 import re
@@ -28,8 +29,10 @@ from segzoo.registry import get_entry
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md",
          *sorted(p for p in (REPO / "docs").rglob("*.md") if p.name != "changelog.md")]
-TOOL_PARSERS = ["tools/benchmark.py", "tools/realdata_ledger/main.py", "tools/model_table.py", "tools/changelog.py",
-                "tools/int8_accuracy.py", "tools/bench/slicing_memory.py", "tools/bench/sliced_trees.py"]
+# the measurements of the repository's benchmarks/ package (modules) and the maintenance scripts (files)
+TOOL_PARSERS = ["benchmarks.speed.main", "benchmarks.ledger.main", "benchmarks.ledger.transfer",
+                "benchmarks.int8_accuracy", "benchmarks.soak", "benchmarks.speed.slicing_memory",
+                "benchmarks.ledger.sliced_trees", "tools/model_table.py", "tools/changelog.py"]
 # flags of other programs that the docs name (torchrun, pip, pytest, mkdocs, and the references' own options)
 OTHER_PROGRAMS = {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",
                   "--index-url", "--no-deps", "--sync-bn", "--aspect-ratio-group-factor", "--keep_res", "--cov",
@@ -70,9 +73,12 @@ def _tool_options(path: str, monkeypatch) -> set[str]:
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
     monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", stop)
-    spec = importlib.util.spec_from_file_location(f"_docs_tool_{Path(path).stem}", REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    if path.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"_docs_tool_{Path(path).stem}", REPO / path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(path)
     with pytest.raises(_Parsed):
         module.main([])
     return _options(seen[0])

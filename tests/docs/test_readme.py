@@ -81,7 +81,7 @@ def test_every_docs_page_is_in_the_nav_and_every_nav_page_exists():
 
 
 def test_the_generated_sections_have_their_markers_in_the_docs():
-    """tools/benchmark.py --write and tools/realdata.py --write refresh these sections."""
+    """python -m benchmarks.speed --write and python -m benchmarks.ledger --write refresh these sections."""
     assert "<!-- benchmark:start -->" in (DOCS / "performance.md").read_text()
     assert "<!-- benchmark:end -->" in (DOCS / "performance.md").read_text()
     assert "<!-- realdata:start -->" in (DOCS / "accuracy.md").read_text()

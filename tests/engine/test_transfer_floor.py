@@ -2,7 +2,7 @@
 ImageNet file on the deepforest tree crowns, must reach a box AP50 floor that the same steps from random
 weights stay under (the control: the weights, not the recipe, make the difference).
 
-The recipe is the transfer ledger's ``fasterrcnn`` row (``python -m tools.realdata_ledger.transfer
+The recipe is the transfer ledger's ``fasterrcnn`` row (``python -m benchmarks.ledger.transfer
 fasterrcnn``), seed 0: 60 SGD steps of 2 tiles of 256 px, scored on the held-out tiles. ``MEASURED`` is
 what this test reached on the development machine (2 shared cores, one thread, torch 2.14.1); the floor
 sits between the two, and between the ledger's three seeds on either side (ImageNet 0.118, 0.070,

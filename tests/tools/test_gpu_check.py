@@ -3,7 +3,6 @@ line runs on CPU (the GPU run itself is tests/engine/test_cuda.py plus the bench
 
 import os
 import re
-import runpy
 import shlex
 import subprocess
 from pathlib import Path
@@ -29,11 +28,12 @@ def test_script_refuses_a_machine_without_cuda(tmp_path):
 
 def test_benchmark_line_runs_on_cpu(capsys):
     """The script's benchmark flags (``--amp bf16 --channels-last --markdown``), on a tiny CPU case."""
-    line = next(raw for raw in SCRIPT.read_text().splitlines() if "tools/benchmark.py" in raw)
-    flags = [w for w in shlex.split(line.split("tools/benchmark.py", 1)[1].rstrip(" \\")) if w.startswith("--")]
+    line = next(raw for raw in SCRIPT.read_text().splitlines() if "-m benchmarks.speed" in raw)
+    flags = [w for w in shlex.split(line.split("-m benchmarks.speed", 1)[1].rstrip(" \\")) if w.startswith("--")]
     assert flags == ["--device", "--amp", "--channels-last", "--markdown"]
     values = re.findall(r"--amp (\w+)", line)
-    main = runpy.run_path(str(REPO / "tools" / "benchmark.py"), run_name="benchmark_cli")["main"]
+    from benchmarks.speed.main import main
+
     assert main(["deeplabv3_mobilenetv3_large", "--size", "64", "--warmup", "1", "--runs", "1", "--no-peak",
                  "--device", "cpu", "--amp", *values, "--channels-last", "--markdown"]) == 0
     out = capsys.readouterr().out

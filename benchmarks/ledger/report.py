@@ -8,9 +8,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.speed.report import machine_description
 from segzoo.checkpoint import atomic_write
 
-from ..bench.report import machine_description
 from .cases import CASES
 
 START_MARKER = "<!-- realdata:start -->"

@@ -1,13 +1,13 @@
-"""The accuracy ledger (``segzoo realdata``, ``python tools/realdata.py``): segzoo models beside a peer
+"""The accuracy ledger (``python -m benchmarks.ledger`` from a source checkout): segzoo models beside a peer
 library's same architecture, on real labelled tiles.
 
-    python tools/realdata.py                                   # every case, default steps, seeds 0 1 2
-    python tools/realdata.py nuclei_semantic --steps 20 --seeds 0
-    python tools/realdata.py --markdown --write docs/accuracy.md   # the table, written between the markers
-    python tools/realdata.py --json runs/ledger.json           # keep every run (losses included)
-    python tools/realdata.py --from-json runs/ledger.json --markdown   # tables again, without training
-    python tools/realdata.py --parity 5                        # losses step by step from identical weights
-    python tools/realdata.py nuclei_instance --crosscheck      # the peer's trained weights scored through segzoo
+    python -m benchmarks.ledger                                   # every case, default steps, seeds 0 1 2
+    python -m benchmarks.ledger nuclei_semantic --steps 20 --seeds 0
+    python -m benchmarks.ledger --markdown --write docs/accuracy.md   # the table, written between the markers
+    python -m benchmarks.ledger --json runs/ledger.json           # keep every run (losses included)
+    python -m benchmarks.ledger --from-json runs/ledger.json --markdown   # tables again, without training
+    python -m benchmarks.ledger --parity 5                        # losses step by step from identical weights
+    python -m benchmarks.ledger nuclei_instance --crosscheck      # the peer's trained weights scored through segzoo
 
 Each pair trains from identical random weights (the peer's, mapped into segzoo's model) on the
 same batches with the same recipe: segzoo through its Trainer, the peer through the plain loop
@@ -27,14 +27,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity, run_case
+from benchmarks.ledger.report import checks_line, format_table, markdown_report, replace_section, summarise
 from segzoo.data.realdata import WHEELS, default_cache_dir, find_wheel
-
-# the ledger imports the peers (smp, torchvision's detectors), so it lives in tools/realdata_ledger of a
-# source checkout, not in the importable library; `segzoo realdata` runs this file by path
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity, run_case  # noqa: E402
-from tools.realdata_ledger.report import checks_line, format_table, markdown_report, replace_section, summarise  # noqa: E402
 
 WHEEL_OF = {"nuclei": "stardist", "tree_crowns": "deepforest"}  # data.type -> the wheel that holds its images
 
@@ -67,7 +62,7 @@ def reproduce_command(results: list[dict]) -> str:
     lines = []
     for steps, runs in groups.items():
         names = list(dict.fromkeys(r["case"] for r in runs))
-        words = ["python tools/realdata.py", *([] if set(names) == set(CASES) else names),
+        words = ["python -m benchmarks.ledger", *([] if set(names) == set(CASES) else names),
                  "--seeds", *map(str, sorted({r["seed"] for r in runs}))]
         threads = {r.get("threads") for r in runs}
         words += [] if steps is None else ["--steps", str(steps)]

@@ -1,8 +1,8 @@
 """The transfer ledger: the same models and steps from ImageNet weights and from random weights, on real tiles.
 
-    python -m tools.realdata_ledger.transfer                        # every row, seeds 0 1 2, both inits
-    python -m tools.realdata_ledger.transfer unet --seeds 0 --json runs/transfer.json
-    python -m tools.realdata_ledger.transfer --from-json runs/transfer.json   # the table again
+    python -m benchmarks.ledger.transfer                        # every row, seeds 0 1 2, both inits
+    python -m benchmarks.ledger.transfer unet --seeds 0 --json runs/transfer.json
+    python -m benchmarks.ledger.transfer --from-json runs/transfer.json   # the table again
 
 Each row trains one model on the MobileNetV2 body (timm ``mobilenetv2_100``) twice per seed, with
 ``backbone_weights="imagenet"`` (torchvision's ``MobileNet_V2_Weights.IMAGENET1K_V1``, read from the

@@ -10,8 +10,8 @@ for the loss), but smp's UPerNet has no per-level LayerNorms and fuses its FPN l
 from __future__ import annotations
 
 import segzoo
-from tools.bench import Case, register_case
-from tools.bench.cases_semantic import _smp, image, normalized
+from benchmarks.speed import Case, register_case
+from benchmarks.speed.cases_semantic import _smp, image, normalized
 
 
 def _case(name: str, arch: str, size: int | None, classes: int = 150, **smp_kwargs) -> Case:

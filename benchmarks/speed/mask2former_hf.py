@@ -1,7 +1,7 @@
 """segzoo's Mask2Former against Hugging Face's on the same mapped random weights, one process,
 one thread: the forward to class and mask logits (no post-processing), median of N runs.
 
-    OMP_NUM_THREADS=1 python -m tools.bench.mask2former_hf --size 256 --runs 5
+    OMP_NUM_THREADS=1 python -m benchmarks.speed.mask2former_hf --size 256 --runs 5
 """
 
 from __future__ import annotations

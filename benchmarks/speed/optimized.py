@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import segzoo
-from tools.bench.report import _render
+from benchmarks.speed.report import _render
 
 
 def no_grad_call(model: nn.Module, step, inputs) -> Callable[[], Any]:

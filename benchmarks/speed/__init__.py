@@ -2,8 +2,8 @@
 
 A *case* pairs a segzoo model with its anchor (torchvision, smp, timm, ...) and an input.
 Cases live in ``cases_*.py`` modules and register themselves with :func:`register_case`;
-``tools/benchmark.py`` is a thin CLI over :func:`run`, :func:`run_scaling` and
-:mod:`tools.bench.report`. Both models are held in memory and called alternately
+``python -m benchmarks.speed`` (:mod:`benchmarks.speed.main`) is a thin CLI over :func:`run`, :func:`run_scaling` and
+:mod:`benchmarks.speed.report`. Both models are held in memory and called alternately
 (segzoo, anchor, segzoo, anchor, ...) so that a change in machine load hits both sides
 alike; each side's time is the median of its runs. The ratio is segzoo / anchor, so
 below 1.0 means segzoo is faster.
@@ -23,16 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from tools.bench.optimized import format_optimized, no_grad_call, variant_calls
-from tools.bench.report import format_scaling, format_table, machine_description, markdown_report
+from benchmarks.speed.optimized import format_optimized, no_grad_call, variant_calls
+from benchmarks.speed.report import format_scaling, format_table, machine_description, markdown_report
 
 CASE_MODULES = (
-    "tools.bench.cases_semantic",
-    "tools.bench.cases_hrnet",
-    "tools.bench.cases_detection",
-    "tools.bench.cases_centernet",
-    "tools.bench.cases_transformer",
-    "tools.bench.cases_mobilenetv2",
+    "benchmarks.speed.cases_semantic",
+    "benchmarks.speed.cases_hrnet",
+    "benchmarks.speed.cases_detection",
+    "benchmarks.speed.cases_centernet",
+    "benchmarks.speed.cases_transformer",
+    "benchmarks.speed.cases_mobilenetv2",
 )
 # the input-size series: a representative model of each family (every model would cost too much CPU)
 SCALING_CASES = ("fcn_resnet50", "deeplabv3_resnet50", "unet_resnet34", "hrnet_w18", "maskrcnn_resnet50_fpn",
@@ -80,7 +80,7 @@ class Options:
         channels_last: convert models and 4-d input tensors to channels_last memory format.
         compile: a ``torch.compile`` backend (e.g. ``"inductor"``) applied to both models; None for eager.
         optimize: inference cases: the anchor and segzoo eager under ``torch.no_grad()`` (their READMEs'
-            usage) beside ``segzoo.optimize`` and ``segzoo.quantize`` copies (:mod:`tools.bench.optimized`);
+            usage) beside ``segzoo.optimize`` and ``segzoo.quantize`` copies (:mod:`benchmarks.speed.optimized`);
             excludes the three options above.
         int8: with ``optimize``, also time the int8 model (semantic cases; compiling costs minutes).
     """

@@ -1,6 +1,6 @@
 """Peak memory of sliced instance inference on a 12-megapixel image with ~300 detections.
 
-    OMP_NUM_THREADS=1 python -m tools.bench.slicing_memory [--size 3000 4000] [--tile 640]
+    OMP_NUM_THREADS=1 python -m benchmarks.speed.slicing_memory [--size 3000 4000] [--tile 640]
 
 A Mask R-CNN (``maskrcnn_resnet18_fpn``, random weights, every detection kept: score threshold 0,
 ``--per-tile`` detections per tile, so that ~300 survive the merge) runs on a ``--size`` image

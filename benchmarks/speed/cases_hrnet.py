@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import segzoo
-from tools.bench import Case, register_case
-from tools.bench.cases_semantic import normalized
+from benchmarks.speed import Case, register_case
+from benchmarks.speed.cases_semantic import normalized
 
 
 class TimmHRNetV2(nn.Module):

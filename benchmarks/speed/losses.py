@@ -1,6 +1,6 @@
 """segzoo's imbalance losses against segmentation_models_pytorch's, forward + backward, one process.
 
-    OMP_NUM_THREADS=1 python -m tools.bench.losses
+    OMP_NUM_THREADS=1 python -m benchmarks.speed.losses
 
 Logits 4 x 19 x 128 x 256 (Cityscapes' classes at a quarter of its crop), 1/16 of the pixels
 ignored. Both sides run alternately, each time is the best of the medians of 5 calls; the ratio

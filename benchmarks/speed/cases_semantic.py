@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import segzoo
-from tools.bench import Case, register_case
+from benchmarks.speed import Case, register_case
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 import segzoo
+from benchmarks.speed import Case, register_case, register_series
 from segzoo.convert.torchvision import from_torchvision
-from tools.bench import Case, register_case, register_series
 
 
 def _tv_maskrcnn(size: int, with_mask: bool = True, depth: int = 50, detections: int = 100):

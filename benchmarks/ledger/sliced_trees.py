@@ -1,6 +1,6 @@
 """Box AP50 of a tree-crown detector on the full-size deepforest images: whole image vs sliced.
 
-    OMP_NUM_THREADS=1 python -m tools.bench.sliced_trees --steps 300 [--checkpoint run/last.safetensors]
+    OMP_NUM_THREADS=1 python -m benchmarks.ledger.sliced_trees --steps 300 [--checkpoint run/last.safetensors]
 
 The model is the real-data ledger's ``tree_crowns`` case (Faster R-CNN, resnet18 FPN, random init,
 SGD on the 256 px training tiles for ``--steps`` steps, one thread). It is scored on each image's
@@ -23,11 +23,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import segzoo
+from benchmarks.ledger.cases import CASES
+from benchmarks.ledger.run import make_config, train_segzoo
 from segzoo.data import build_dataset
 from segzoo.data.realdata import TREE_IMAGES, TreeCrownTiles, cuts
 from segzoo.slicing import sliced_detect
-from tools.realdata_ledger.cases import CASES
-from tools.realdata_ledger.run import make_config, train_segzoo
 
 
 def held_out_blocks(tile: int = 256):

@@ -9,8 +9,8 @@ a lower bound, not a peer: the anchor name says "bare backbone".
 from __future__ import annotations
 
 import segzoo
-from tools.bench import Case, register_case
-from tools.bench.cases_semantic import image, normalized
+from benchmarks.speed import Case, register_case
+from benchmarks.speed.cases_semantic import image, normalized
 
 
 def _timm_features(name: str):

@@ -8,9 +8,9 @@ on the same input (a lower bound, as for CenterNet: the anchor name says "bare b
 from __future__ import annotations
 
 import segzoo
-from tools.bench import Case, register_case
-from tools.bench.cases_centernet import _timm_features
-from tools.bench.cases_semantic import _smp_case, image, normalized
+from benchmarks.speed import Case, register_case
+from benchmarks.speed.cases_centernet import _timm_features
+from benchmarks.speed.cases_semantic import _smp_case, image, normalized
 
 BODY = "mobilenetv2_100"
 

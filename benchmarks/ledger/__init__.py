@@ -1,6 +1,6 @@
-"""The accuracy ledger behind ``tools/realdata.py``: segzoo models beside a peer library's same architecture,
+"""The accuracy ledger (``python -m benchmarks.ledger``): segzoo models beside a peer library's same architecture,
 trained on the real-data tiles under one recipe and scored by one evaluation (it imports the peers, so it
-lives under tools/, not in the importable library)."""
+lives in the repository's benchmarks/, not in the installed package)."""
 
 from .cases import CASES, Case, Metric
 from .report import END_MARKER, START_MARKER, markdown_report, replace_section, summarise

@@ -1,171 +1,110 @@
-"""torchvision -> segzoo weight conversion, dispatched by the target model's class.
+"""The converter machinery the families share; their key maps live beside them.
 
-FCN and DeepLabV3 keep torchvision's head layout, so only the backbone prefix changes
-(ResNet) or the MobileNetV3 feature indices are renamed to timm's. Faster/Mask R-CNN are
-mapped in :mod:`segzoo.convert.torchvision_detection`, which also shifts torchvision's
-1-based labels to segzoo's 0-based ones. The mapper is chosen by the class the entrypoint
-declares (:data:`CONVERTERS`), never by its name; after building, the mapped keys must be
-exactly the model's, or a ValueError says what the state dict holds and which models fit.
+A converter takes a source state dict (already read, e.g. with
+:func:`segzoo.checkpoint.read_state_dict`) and returns a built segzoo model with the weights
+loaded; ``num_classes`` is read from the source. Each family keeps the key maps of its sources in
+its own module (a "key maps" section: :func:`segzoo.models.fcn.map_torchvision`,
+:func:`segzoo.models.mask_rcnn.map_rcnn`, :func:`segzoo.models.hrnet.map_hrnet_official`, ...) and
+registers them; this module holds what is not one family's:
+
+* the helpers every key map uses (:func:`resnet_depth`, :func:`strip_module`, :func:`load_converted`);
+* the sources that serve several families, dispatched by the class the entrypoint declares, never
+  by its name: :func:`from_torchvision` (FCN, DeepLabV3, Faster/Mask R-CNN) and
+  :func:`from_huggingface` (SegFormer, UPerNet). A family adds its class to :data:`TORCHVISION` or
+  :data:`HUGGINGFACE` with :func:`register_key_map`; after building, the mapped keys must be exactly
+  the model's, or a ValueError says what the state dict holds and which models fit.
+
+Each converter is registered as a source of the hub's table (:func:`segzoo.hub.published.register_converter`),
+so ``build(name, weights=TAG)`` reaches it through the registry without importing this package.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 from segzoo.checkpoint import load_weights
-from segzoo.convert.keys import resnet_depth, strip_module
-from segzoo.convert.torchvision_detection import describe_rcnn, map_rcnn
-from segzoo.models.deeplab import DeepLabV3
-from segzoo.models.fcn import FCN
-from segzoo.models.mask_rcnn import FasterRCNN
+from segzoo.hub.published import register_converter
 from segzoo.registry import build, entry_class
 
+# ---------------------------------------------------------------------------- key helpers
 
-def _map_fcn(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
-    """torchvision FCN: ``backbone.*`` (IntermediateLayerGetter over ResNet) and heads."""
-    out = {}
-    for k, v in state.items():
-        if k.startswith("backbone."):
-            out["backbone.body." + k.removeprefix("backbone.")] = v
-        elif k.startswith(("classifier.", "aux_classifier.")):
-            out[k] = v
-        else:
-            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
-    if "classifier.4.weight" not in out:
-        raise KeyError("no classifier.4.weight: this is not a torchvision FCN/DeepLab state dict")
-    return out, int(out["classifier.4.weight"].shape[0])
+# (bottleneck blocks?, blocks in layer3) -> ResNet depth
+_RESNET_DEPTH = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101, (True, 36): 152}
 
 
-def _mobilenetv3_conv_names(state: dict, prefix: str) -> dict[int, tuple[str, str]]:
-    """timm (conv, BN) names of the conv layers ``block.j`` of one torchvision MobileNetV3
-    block, keyed by ``j``.
-
-    A torchvision ``InvertedResidual`` holds conv-BN pairs and an optional
-    ``SqueezeExcitation``. Two convs mean no expansion (timm's ``DepthwiseSeparableConv``:
-    dw, pw); three mean expand, dw, project (timm's ``InvertedResidual``: pw, dw, pwl).
-    """
-    convs = [j for j in range(5) if f"{prefix}block.{j}.0.weight" in state]
-    if len(convs) == 2:
-        names = [("conv_dw", "bn1"), ("conv_pw", "bn2")]
-    elif len(convs) == 3:
-        names = [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
-    else:
-        raise KeyError(f"cannot read the torchvision MobileNetV3 block {prefix!r} ({len(convs)} convs)")
-    return dict(zip(convs, names))
+def resnet_depth(state: dict, prefix: str = "") -> int | None:
+    """Depth of a torchvision-layout ResNet body (``{prefix}layer1...``) from its block counts,
+    or None when the keys are not those of a known ResNet."""
+    layer3 = [k for k in state if k.startswith(f"{prefix}layer3.")]
+    if not layer3:
+        return None
+    blocks = 1 + max(int(k[len(prefix):].split(".")[1]) for k in layer3)
+    return _RESNET_DEPTH.get((f"{prefix}layer1.0.conv3.weight" in state, blocks))
 
 
-def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]:
-    """torchvision ``mobilenet_v3_large().features.*`` keys (prefix ``backbone.``) -> timm
-    ``mobilenetv3_large_100`` ``features_only`` keys (prefix ``backbone.body.``)."""
-    body = timm.create_model("mobilenetv3_large_100", features_only=True)
-    # timm blocks in order; torchvision features.1..16 are these, features.0 is the stem
-    blocks = [f"blocks.{i}.{j}" for i, stage in enumerate(body.blocks) for j in range(len(stage))]
-    out = {}
-    for k, v in state.items():
-        if not k.startswith("backbone."):
-            continue
-        idx, rest = k.removeprefix("backbone.").split(".", 1)
-        idx = int(idx)
-        if idx == 0:  # stem: 0 conv, 1 BN
-            layer, param = rest.split(".", 1)
-            out["backbone.body." + ("conv_stem" if layer == "0" else "bn1") + "." + param] = v
-            continue
-        if idx > len(blocks):
-            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
-        target = "backbone.body." + blocks[idx - 1]
-        if not rest.startswith("block."):  # the last 1x1 conv (timm ConvBnAct: conv, bn1)
-            layer, param = rest.split(".", 1)
-            out[f"{target}.{'conv' if layer == '0' else 'bn1'}.{param}"] = v
-            continue
-        _, j, layer, param = rest.split(".", 3)  # block.<j>.<layer>.<param>
-        if layer in ("fc1", "fc2"):  # squeeze-excitation
-            se = "conv_reduce" if layer == "fc1" else "conv_expand"
-            out[f"{target}.se.{se}.{param}"] = v
-            continue
-        conv, bn = _mobilenetv3_conv_names(state, f"backbone.{idx}.")[int(j)]
-        out[f"{target}.{conv if layer == '0' else bn}.{param}"] = v
-    return out
+def strip_module(state: dict) -> dict:
+    """Remove the ``module.`` prefix that DataParallel/DDP checkpoints carry."""
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _map_deeplabv3(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
-    """torchvision DeepLabV3: ResNet (``backbone.layer*``) or MobileNetV3-Large
-    (``backbone.<feature index>``) backbone; the heads keep their keys."""
-    if "backbone.0.0.weight" not in state:  # ResNet
-        return _map_fcn(state, name)
-    out = _map_mobilenetv3_features(state, name)
-    for k, v in state.items():
-        if k.startswith(("classifier.", "aux_classifier.")):
-            out[k] = v
-        elif not k.startswith("backbone."):
-            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
-    if "classifier.4.weight" not in out:
-        raise KeyError("no classifier.4.weight: this is not a torchvision DeepLabV3 state dict")
-    return out, int(out["classifier.4.weight"].shape[0])
+def load_converted(model: nn.Module, mapped: dict[str, torch.Tensor]) -> nn.Module:
+    """Load mapped weights into a built model (strictly) and return it in eval mode; the BatchNorm
+    counters (``num_batches_tracked``) that the source lacks (old PyTorch files) or a key map drops
+    start at 0."""
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked") and k not in mapped:
+            mapped[k] = torch.zeros_like(v)
+    load_weights(model, mapped)
+    return model.eval()
 
 
-def _describe_segmentation(arch: str, entry: str) -> Callable[[dict], tuple[str, str]]:
-    def describe(state: dict) -> tuple[str, str]:
-        if "backbone.0.0.weight" in state:
-            return (f"a torchvision {arch} with a MobileNetV3-Large backbone",
-                    "convert it into deeplabv3_mobilenetv3_large")
-        depth = resnet_depth(state, "backbone.")
-        body = f"ResNet-{depth}" if depth else "ResNet"
-        return (f"a torchvision {arch} with a {body} backbone",
-                f"convert it into {entry}_resnet50/101 (or a {arch} built with backbone='resnet{depth or 50}')")
-
-    return describe
+def _no_defaults(mapped: dict) -> dict[str, Any]:
+    return {}
 
 
-def _aux_default(mapped: dict) -> dict[str, Any]:
-    return {"aux_loss": any(k.startswith("aux_classifier.") for k in mapped)}
+# ---------------------------------------------------------------------------- class-dispatched sources
 
 
 @dataclasses.dataclass(frozen=True)
-class Converter:
-    """How torchvision weights become one segzoo model family.
+class KeyMap:
+    """How one source's weights become one segzoo model family.
 
     Attributes:
         map: ``(state_dict, name) -> (segzoo state dict, num_classes)``.
         build_defaults: builder arguments the mapped weights imply (the user's win).
-        describe: ``state_dict -> (what it holds, which segzoo models fit)`` for errors.
+        describe: ``state_dict -> (what it holds, which segzoo models fit)``: the mapped keys must
+            then be exactly the built model's (:func:`check_fits`), or the error says both.
+        check: ``(model, mapped, name) -> None``: a family's own check of the built model, raising a
+            ValueError that names the model to choose.
     """
 
     map: Callable[[dict, str], tuple[dict[str, torch.Tensor], int]]
-    build_defaults: Callable[[dict], dict[str, Any]]
-    describe: Callable[[dict], tuple[str, str]]
+    build_defaults: Callable[[dict], dict[str, Any]] = _no_defaults
+    describe: Callable[[dict], tuple[str, str]] | None = None
+    check: Callable[[nn.Module, dict, str], None] | None = None
 
 
-#: builder arguments of a Faster/Mask R-CNN converted from torchvision: the recipe of
-#: torchvision's trained detectors (``maskrcnn_resnet50_fpn(weights=...)``); a build argument
-#: of the same name overrides it
-RCNN_RECIPE = MappingProxyType({"frozen_bn": True, "trainable_backbone_layers": 3})
-
-#: segzoo model class -> its torchvision converter (subclasses use their base's: MaskRCNN).
-CONVERTERS: dict[type, Converter] = {
-    FCN: Converter(_map_fcn, _aux_default, _describe_segmentation("FCN", "fcn")),
-    DeepLabV3: Converter(_map_deeplabv3, _aux_default, _describe_segmentation("DeepLabV3", "deeplabv3")),
-    # torchvision's recipe for its trained detectors: frozen BatchNorm in the backbone and
-    # trainable_backbone_layers=3 (the stem and layer1 do not train)
-    FasterRCNN: Converter(map_rcnn, lambda mapped: dict(RCNN_RECIPE), describe_rcnn),
-}
+#: segzoo model class -> its torchvision key map (subclasses use their base's: MaskRCNN)
+TORCHVISION: dict[type, KeyMap] = {}
+#: segzoo model class -> its Hugging Face transformers key map
+HUGGINGFACE: dict[type, KeyMap] = {}
 
 
-def converter_for(cls: type) -> Converter:
-    """The converter of a model class (or of its nearest base that has one)."""
-    for klass in cls.__mro__:
-        if klass in CONVERTERS:
-            return CONVERTERS[klass]
-    raise ValueError(
-        f"torchvision has no {cls.__name__} to convert from; the torchvision converter builds "
-        f"{', '.join(c.__name__ for c in CONVERTERS)} models (and their subclasses)"
-    )
+def register_key_map(table: dict[type, KeyMap], cls: type, key_map: KeyMap) -> None:
+    """Add a family's key map for ``cls`` to a source's table (:data:`TORCHVISION`, :data:`HUGGINGFACE`)."""
+    if cls in table:
+        raise ValueError(f"{cls.__name__} has two key maps for one source; keep one")
+    table[cls] = key_map
+
+
+def key_map_for(table: dict[type, KeyMap], cls: type) -> KeyMap | None:
+    """The key map of a model class (or of its nearest base that has one), or None."""
+    return next((table[klass] for klass in cls.__mro__ if klass in table), None)
 
 
 def check_fits(model: nn.Module, mapped: dict[str, torch.Tensor], name: str, holds: str, fits: str) -> None:
@@ -189,6 +128,20 @@ def check_fits(model: nn.Module, mapped: dict[str, torch.Tensor], name: str, hol
     )
 
 
+def convert_with(key_map: KeyMap, state_dict: dict, name: str, build_kwargs: dict[str, Any]) -> nn.Module:
+    """Map ``state_dict`` with ``key_map``, build ``name`` with the source's ``num_classes`` (and the
+    defaults the mapped weights imply, under ``build_kwargs``), check the result and load it."""
+    state = strip_module(dict(state_dict))
+    mapped, num_classes = key_map.map(state, name)
+    kwargs = {**key_map.build_defaults(mapped), **build_kwargs}
+    model = build(name, num_classes=num_classes, **kwargs)
+    if key_map.describe is not None:
+        check_fits(model, mapped, name, *key_map.describe(state))
+    if key_map.check is not None:
+        key_map.check(model, mapped, name)
+    return load_converted(model, mapped)
+
+
 def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
     """Build segzoo model ``name`` holding the weights of a torchvision state dict.
 
@@ -198,8 +151,8 @@ def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
             its class (FCN, DeepLabV3, FasterRCNN, MaskRCNN) picks the key mapping.
         **build_kwargs: extra builder arguments (``num_classes`` is read from the source).
             They win over what the conversion implies: a Faster/Mask R-CNN is built with
-            torchvision's fine-tuning recipe (:data:`RCNN_RECIPE`: frozen BatchNorm, the
-            last 3 backbone stages trainable), ``trainable_backbone_layers=5`` trains all.
+            torchvision's fine-tuning recipe (:data:`segzoo.models.mask_rcnn.RCNN_RECIPE`: frozen
+            BatchNorm, the last 3 backbone stages trainable), ``trainable_backbone_layers=5`` trains all.
 
     Returns:
         The segzoo model in eval mode, with ``model.spec`` set.
@@ -208,14 +161,40 @@ def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
         ValueError: the model's class has no torchvision counterpart, or the state dict
             does not fit the model that ``name`` builds (another backbone, say).
     """
-    conv = converter_for(entry_class(name))  # a clear KeyError for unknown names
-    state = strip_module(dict(state_dict))
-    mapped, num_classes = conv.map(state, name)
-    kwargs = {**conv.build_defaults(mapped), **build_kwargs}
-    model = build(name, num_classes=num_classes, **kwargs)
-    check_fits(model, mapped, name, *conv.describe(state))
-    for k, v in model.state_dict().items():  # BatchNorm counters the mapping drops
-        if k.endswith("num_batches_tracked") and k not in mapped:
-            mapped[k] = torch.zeros_like(v)
-    load_weights(model, mapped)
-    return model.eval()
+    cls = entry_class(name)  # a clear KeyError for unknown names
+    key_map = key_map_for(TORCHVISION, cls)
+    if key_map is None:
+        raise ValueError(
+            f"torchvision has no {cls.__name__} to convert from; the torchvision converter builds "
+            f"{', '.join(c.__name__ for c in TORCHVISION)} models (and their subclasses)"
+        )
+    return convert_with(key_map, state_dict, name, build_kwargs)
+
+
+def from_huggingface(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
+    """Build segzoo model ``name`` holding a Hugging Face SegFormer or UPerNet state dict.
+
+    Hugging Face's image processors for these repositories normalise with the ImageNet mean/std,
+    which segzoo models do inside, so converted models take plain [0, 1] RGB input.
+
+    Args:
+        state_dict: ``model.state_dict()`` of the transformers model, or its published file read
+            with :func:`segzoo.checkpoint.read_state_dict` (``pytorch_model.bin`` / ``model.safetensors``).
+        name: ``"segformer_b0"`` ... ``"segformer_b5"``, ``"upernet_convnext_tiny"`` or ``"upernet_swin_tiny"``.
+        **build_kwargs: extra builder arguments; ``num_classes`` is read from the source. SegFormer's
+            MiT keeps the LayerNorm epsilon its weights were trained with (1e-6); pass ``norm_eps=1e-5``
+            to reproduce transformers' outputs to the last bit.
+
+    Returns:
+        The model in eval mode, with ``model.spec`` set.
+    """
+    cls = entry_class(name)  # a clear KeyError for unknown names
+    key_map = key_map_for(HUGGINGFACE, cls)
+    if key_map is None:
+        raise ValueError(f"the Hugging Face converter builds {' and '.join(c.__name__ for c in HUGGINGFACE)} "
+                         f"models, not {name!r} ({cls.__name__})")
+    return convert_with(key_map, state_dict, name, build_kwargs)
+
+
+register_converter("torchvision", from_torchvision)
+register_converter("huggingface", from_huggingface)

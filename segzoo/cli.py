@@ -489,7 +489,7 @@ def _weights_fetch_args(p: argparse.ArgumentParser) -> None:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from segzoo.weights import fetch_command, import_command, list_command
+    from segzoo.hub.weights import fetch_command, import_command, list_command
 
     if args.weights_command == "fetch":
         return fetch_command(args.name)
@@ -635,7 +635,7 @@ def _exit_code(e: BaseException) -> int | None:
     from segzoo.engine.run_folder import RunFolderError
     from segzoo.engine.signals import TrainingInterrupted
     from segzoo.engine.trainer import NonFiniteLossError
-    from segzoo.hub import WeightsError
+    from segzoo.hub.cache import WeightsError
 
     if isinstance(e, TrainingInterrupted):
         return e.exit_code

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from segzoo.published import get_weights, list_weights
+from segzoo.hub.published import get_weights, list_weights
 from segzoo.registry import build, get_entry, list_models
 
 START, END = "<!-- models:start -->", "<!-- models:end -->"

@@ -33,20 +33,12 @@ from segzoo.checkpoint import (
     load_weights,
     read_checkpoint,
 )
-from segzoo.hub import looks_like_path
+from segzoo.hub.cache import looks_like_path
+from segzoo.hub.weights import pretrained_state
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec
 
 # Arguments that `build` handles itself; they never reach the spec's kwargs.
 _FILE_ARGS = ("weights", "backbone_weights")
-# build(name, weights=TAG) resolves TAG through segzoo.weights, which converts with segzoo.convert and so
-# sits above the models; `import segzoo` installs it here (set_pretrained_source).
-_PRETRAINED_SOURCE: Callable[[str, str], tuple[dict, dict, list | None]] | None = None
-
-
-def set_pretrained_source(fn: Callable[[str, str], tuple[dict, dict, list | None]]) -> None:
-    """Install what ``build(name, weights=TAG)`` calls: ``fn(model, tag) -> (state, kwargs, classes)``."""
-    global _PRETRAINED_SOURCE
-    _PRETRAINED_SOURCE = fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +126,9 @@ def _build_entry(entry: _Entry, kwargs: dict[str, Any]) -> nn.Module:
     classes = None
     if isinstance(weights, str) and not looks_like_path(weights):
         # a published tag: fetched, converted and cached once; the converted checkpoint's
-        # arguments are the defaults (the caller's win, e.g. num_classes to fine-tune)
-        if _PRETRAINED_SOURCE is None:
-            raise RuntimeError("no published-weights source is installed; import segzoo (it installs segzoo.weights)")
-        weights, defaults, classes = _PRETRAINED_SOURCE(entry.name, weights)
+        # arguments are the defaults (the caller's win, e.g. num_classes to fine-tune). The hub sits
+        # below the registry; it converts with what the model's family registered beside its key maps.
+        weights, defaults, classes = pretrained_state(entry.name, weights)
         kwargs = {**defaults, **kwargs}
     # num_classes is recorded from the built model (an int even when given as a numpy integer)
     spec_kwargs = {k: _json_safe(v, k) for k, v in kwargs.items() if k not in (*_FILE_ARGS, "num_classes")}

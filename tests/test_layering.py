@@ -1,7 +1,8 @@
 """Import layering, read from the source with ``ast``: no segzoo import hides in a function
 body (the sign of a cycle being dodged), lower layers never import higher ones, ``spec`` sits
-under both the registry and the checkpoint module, and ``import segzoo`` is enough for
-``segzoo.convert`` while leaving the benchmarks (and the competitors they import) out."""
+under both the registry and the checkpoint module, the hub (published weights) under the registry
+and the families, and ``import segzoo`` is enough for ``segzoo.convert`` while leaving the benchmarks
+(and the competitors they import) out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ ALLOWED_LAZY = {
 LAYERS = [
     ("segzoo.spec",),
     ("segzoo.layers", "segzoo.losses", "segzoo.checkpoint", "segzoo.setpred"),
+    # where weights come from: under the backbones (timm tags, wheels), the registry (weights=TAG) and
+    # the families (their weights rows and converters register into it); it imports none of them
+    ("segzoo.hub",),
     ("segzoo.backbones", "segzoo.detection"),
     ("segzoo.registry",),
     ("segzoo.models",),

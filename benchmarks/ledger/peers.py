@@ -24,7 +24,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 import segzoo
-from segzoo.convert.torchvision_detection import map_rcnn
+from segzoo.models.mask_rcnn import map_rcnn
 from segzoo.registry import IMAGENET_MEAN, IMAGENET_STD
 
 

@@ -27,7 +27,7 @@ import torch
 
 import segzoo
 from segzoo.data import build_dataset
-from segzoo.wheels import BACKBONE_WEIGHTS, wheel_state_dict
+from segzoo.hub.wheels import BACKBONE_WEIGHTS, wheel_state_dict
 
 from .cases import ADAMW, SGD, Case, Metric, _recipe
 from .peers import SmpUNet

@@ -16,7 +16,7 @@ import torch
 
 import segzoo
 from benchmarks.speed import Case, register_case, register_series
-from segzoo.convert.torchvision import from_torchvision
+from segzoo.convert import from_torchvision
 
 
 def _tv_maskrcnn(size: int, with_mask: bool = True, depth: int = 50, detections: int = 100):

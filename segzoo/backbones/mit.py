@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from segzoo.backbones.base import Backbone
-from segzoo.hub import looks_like_path
+from segzoo.hub.cache import looks_like_path
 
 
 @dataclasses.dataclass(frozen=True)

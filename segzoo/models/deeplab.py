@@ -4,7 +4,7 @@ Semantic Image Segmentation", ECCV 2018) on any timm backbone.
 
 DeepLabV3 keeps torchvision's head layout (``classifier`` = ASPP -> 3x3 conv -> BN -> ReLU
 -> 1x1 conv, ``aux_classifier`` = FCN head), so torchvision weights convert by renaming the
-backbone keys only (:mod:`segzoo.convert.torchvision`).
+backbone keys only (:func:`map_torchvision`, below).
 """
 
 from __future__ import annotations
@@ -13,15 +13,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones import make_backbone
+from segzoo.hub.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
 from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.published import COCO_VOC, register_weights, torchvision_entry
+from segzoo.models.converters import TORCHVISION, KeyMap, register_key_map
+from segzoo.models.fcn import aux_default, describe_torchvision
+from segzoo.models.fcn import map_torchvision as map_resnet_torchvision
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -333,8 +337,84 @@ def deeplabv3plus_mobilenetv2(**kwargs) -> DeepLabV3Plus:
     return _deeplabv3plus("deeplabv3plus_mobilenetv2", "mobilenetv2_100", **kwargs)
 
 
+# ---------------------------------------------------------------------------- key maps
+# torchvision's DeepLabV3 keeps its head layout; a ResNet body maps as FCN's does (segzoo.models.fcn),
+# a MobileNetV3-Large body's feature indices are renamed to timm's mobilenetv3_large_100
+
+
+def _mobilenetv3_conv_names(state: dict, prefix: str) -> dict[int, tuple[str, str]]:
+    """timm (conv, BN) names of the conv layers ``block.j`` of one torchvision MobileNetV3
+    block, keyed by ``j``.
+
+    A torchvision ``InvertedResidual`` holds conv-BN pairs and an optional
+    ``SqueezeExcitation``. Two convs mean no expansion (timm's ``DepthwiseSeparableConv``:
+    dw, pw); three mean expand, dw, project (timm's ``InvertedResidual``: pw, dw, pwl).
+    """
+    convs = [j for j in range(5) if f"{prefix}block.{j}.0.weight" in state]
+    if len(convs) == 2:
+        names = [("conv_dw", "bn1"), ("conv_pw", "bn2")]
+    elif len(convs) == 3:
+        names = [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
+    else:
+        raise KeyError(f"cannot read the torchvision MobileNetV3 block {prefix!r} ({len(convs)} convs)")
+    return dict(zip(convs, names))
+
+
+def _map_mobilenetv3_features(state: dict, name: str) -> dict[str, torch.Tensor]:
+    """torchvision ``mobilenet_v3_large().features.*`` keys (prefix ``backbone.``) -> timm
+    ``mobilenetv3_large_100`` ``features_only`` keys (prefix ``backbone.body.``)."""
+    body = timm.create_model("mobilenetv3_large_100", features_only=True)
+    # timm blocks in order; torchvision features.1..16 are these, features.0 is the stem
+    blocks = [f"blocks.{i}.{j}" for i, stage in enumerate(body.blocks) for j in range(len(stage))]
+    out = {}
+    for k, v in state.items():
+        if not k.startswith("backbone."):
+            continue
+        idx, rest = k.removeprefix("backbone.").split(".", 1)
+        idx = int(idx)
+        if idx == 0:  # stem: 0 conv, 1 BN
+            layer, param = rest.split(".", 1)
+            out["backbone.body." + ("conv_stem" if layer == "0" else "bn1") + "." + param] = v
+            continue
+        if idx > len(blocks):
+            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
+        target = "backbone.body." + blocks[idx - 1]
+        if not rest.startswith("block."):  # the last 1x1 conv (timm ConvBnAct: conv, bn1)
+            layer, param = rest.split(".", 1)
+            out[f"{target}.{'conv' if layer == '0' else 'bn1'}.{param}"] = v
+            continue
+        _, j, layer, param = rest.split(".", 3)  # block.<j>.<layer>.<param>
+        if layer in ("fc1", "fc2"):  # squeeze-excitation
+            se = "conv_reduce" if layer == "fc1" else "conv_expand"
+            out[f"{target}.se.{se}.{param}"] = v
+            continue
+        conv, bn = _mobilenetv3_conv_names(state, f"backbone.{idx}.")[int(j)]
+        out[f"{target}.{conv if layer == '0' else bn}.{param}"] = v
+    return out
+
+
+def map_torchvision(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
+    """torchvision DeepLabV3: ResNet (``backbone.layer*``) or MobileNetV3-Large
+    (``backbone.<feature index>``) backbone; the heads keep their keys. Returns the state dict and
+    ``num_classes``."""
+    if "backbone.0.0.weight" not in state:  # ResNet
+        return map_resnet_torchvision(state, name)
+    out = _map_mobilenetv3_features(state, name)
+    for k, v in state.items():
+        if k.startswith(("classifier.", "aux_classifier.")):
+            out[k] = v
+        elif not k.startswith("backbone."):
+            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
+    if "classifier.4.weight" not in out:
+        raise KeyError("no classifier.4.weight: this is not a torchvision DeepLabV3 state dict")
+    return out, int(out["classifier.4.weight"].shape[0])
+
+
+register_key_map(TORCHVISION, DeepLabV3,
+                 KeyMap(map_torchvision, aux_default, describe_torchvision("DeepLabV3", "deeplabv3")))
+
 # ---------------------------------------------------------------------------- published weights
-# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.hub.published
 register_weights(
     torchvision_entry("deeplabv3_resnet50", "tv_coco_voc", "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
                       COCO_VOC),

@@ -6,15 +6,16 @@ the FCN head on the last stage and an auxiliary FCN head on the stage before it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from segzoo.backbones import make_backbone
+from segzoo.hub.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.layers import FCNHead
 from segzoo.models.base import SegmentationModel
-from segzoo.published import COCO_VOC, register_weights, torchvision_entry
+from segzoo.models.converters import TORCHVISION, KeyMap, register_key_map, resnet_depth
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -99,8 +100,51 @@ def fcn_mobilenetv2(**kwargs) -> FCN:
     return _fcn("fcn_mobilenetv2", {"backbone": "mobilenetv2_100"}, kwargs)
 
 
+# ---------------------------------------------------------------------------- key maps
+# torchvision's FCN keeps its head layout, so only the ResNet body's prefix changes; its DeepLabV3
+# shares the layout (segzoo.models.deeplab uses these)
+
+
+def map_torchvision(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
+    """torchvision FCN (or ResNet DeepLabV3): ``backbone.*`` (IntermediateLayerGetter over ResNet)
+    becomes ``backbone.body.*``; the heads keep their keys. Returns the state dict and ``num_classes``."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("backbone."):
+            out["backbone.body." + k.removeprefix("backbone.")] = v
+        elif k.startswith(("classifier.", "aux_classifier.")):
+            out[k] = v
+        else:
+            raise KeyError(f"unexpected key {k!r} in a torchvision {name} state dict")
+    if "classifier.4.weight" not in out:
+        raise KeyError("no classifier.4.weight: this is not a torchvision FCN/DeepLab state dict")
+    return out, int(out["classifier.4.weight"].shape[0])
+
+
+def describe_torchvision(arch: str, entry: str) -> Callable[[dict], tuple[str, str]]:
+    """What a torchvision ``arch`` state dict holds and which segzoo ``{entry}_*`` models fit it (for errors)."""
+
+    def describe(state: dict) -> tuple[str, str]:
+        if "backbone.0.0.weight" in state:
+            return (f"a torchvision {arch} with a MobileNetV3-Large backbone",
+                    "convert it into deeplabv3_mobilenetv3_large")
+        depth = resnet_depth(state, "backbone.")
+        body = f"ResNet-{depth}" if depth else "ResNet"
+        return (f"a torchvision {arch} with a {body} backbone",
+                f"convert it into {entry}_resnet50/101 (or a {arch} built with backbone='resnet{depth or 50}')")
+
+    return describe
+
+
+def aux_default(mapped: dict) -> dict[str, Any]:
+    """``aux_loss`` as the mapped weights have it (an auxiliary head or not)."""
+    return {"aux_loss": any(k.startswith("aux_classifier.") for k in mapped)}
+
+
+register_key_map(TORCHVISION, FCN, KeyMap(map_torchvision, aux_default, describe_torchvision("FCN", "fcn")))
+
 # ---------------------------------------------------------------------------- published weights
-# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.published
+# read from torchvision's Weights enums (URL, hash, categories, metrics); see segzoo.hub.published
 register_weights(
     torchvision_entry("fcn_resnet50", "tv_coco_voc", "FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),
     torchvision_entry("fcn_resnet101", "tv_coco_voc", "FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1", COCO_VOC),

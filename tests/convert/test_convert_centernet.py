@@ -14,7 +14,7 @@ from torchvision.ops import deform_conv2d
 
 import segzoo
 from segzoo.convert import from_centernet_official
-from segzoo.convert.centernet import OFFICIAL_BGR
+from segzoo.models.centernet import OFFICIAL_BGR
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 ARCHS = {"res_18": "centernet_resnet18", "res_50": "centernet_resnet50",

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import segzoo
 from segzoo.convert import from_hrnet_official
-from segzoo.convert.hrnet import map_hrnet_official
 from segzoo.layers import resize_concat
+from segzoo.models.hrnet import map_hrnet_official
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]

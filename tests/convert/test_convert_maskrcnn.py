@@ -97,7 +97,7 @@ def test_converter_rejects_foreign_state_dict():
 
 
 def test_mapper_handles_old_key_names_and_drops_mask_branch_for_faster_rcnn(maskrcnn_pair):
-    from segzoo.convert.torchvision_detection import map_rcnn
+    from segzoo.models.mask_rcnn import map_rcnn
 
     state = maskrcnn_pair[0].state_dict()
     new, n = map_rcnn(state, "maskrcnn_resnet50_fpn")

@@ -33,9 +33,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import segzoo
-from segzoo import cli, hub, weights
+from segzoo import cli, hub
 from segzoo.config import load_config
-from segzoo.published import get_weights, resolve
+from segzoo.hub import download, weights
+from segzoo.hub.published import get_weights, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -177,10 +178,10 @@ def readme_folder(tmp_path, monkeypatch):
     tv = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=True)
     weights._convert_and_store(entry, tv.state_dict(), {"test": "random weights"})
     # timm ImageNet weights of the U-Net encoder, where timm's loading finds them
-    name = hub.timm_name("resnet34", "imagenet")
+    name = download.timm_name("resnet34", "imagenet")
     state = {k: v.contiguous() for k, v in timm.create_model("resnet34").state_dict().items()}
     save_file(state, str(tmp_path / "resnet34.safetensors"))
-    hub.import_timm_file(name, tmp_path / "resnet34.safetensors")
+    download.import_timm_file(name, tmp_path / "resnet34.safetensors")
     return tmp_path
 
 

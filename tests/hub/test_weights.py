@@ -9,11 +9,11 @@ import torch
 from torchvision.models import get_weight
 
 import segzoo
-from segzoo import hub, published
+from segzoo import hub
 from segzoo.convert import SOURCES
-from segzoo.hub import WeightsError
-from segzoo.published import get_weights, resolve
-from segzoo.weights import import_file, pretrained_checkpoint
+from segzoo.hub import WeightsError, published
+from segzoo.hub.published import get_weights, resolve
+from segzoo.hub.weights import import_file, pretrained_checkpoint
 
 DATA = Path(__file__).resolve().parents[1] / "fixtures"
 HRNET = "hrnet_w18_small.cityscapes"
@@ -82,7 +82,14 @@ def test_torchvision_entries_are_read_from_the_enums():
 
 
 def test_converter_names_are_the_convert_sources():
-    assert set(published.CONVERTERS) == set(SOURCES)
+    assert set(SOURCES) == {"torchvision", "hrnet-official", "centernet-official", "huggingface", "smp"}
+    assert {get_weights(n).converter for n in segzoo.list_weights()} <= set(SOURCES)
+    assert SOURCES is published.SOURCES  # one table: the hub's, filled by the families beside their key maps
+    with pytest.raises(ValueError, match="registered twice"):
+        published.register_converter("smp", SOURCES["torchvision"])
+    entry = dataclasses.replace(get_weights(HRNET), tag="other", converter="nope")
+    with pytest.raises(ValueError, match="converter 'nope', which is not registered"):
+        published.register_weights(entry)
 
 
 def test_resolve_tags():

@@ -17,8 +17,8 @@ from segzoo import hub
 from segzoo.config import load_config
 from segzoo.convert import from_torchvision
 from segzoo.engine.run import build_model
-from segzoo.hub import WeightsError
-from segzoo.published import get_weights
+from segzoo.hub import WeightsError, cache, download
+from segzoo.hub.published import get_weights
 from tests.hub.test_weights_hub import Server, empty_caches
 from tests.hub.test_weights_timm import prefill_hf_cache
 
@@ -46,7 +46,7 @@ def test_build_with_a_torchvision_tag_then_offline(env, monkeypatch):
     with torch.no_grad():
         ref = tv((x - mean) / std)["out"]
     try:
-        with hub.allow_test_server(server.netloc):
+        with cache.allow_test_server(server.netloc):
             model = segzoo.build("deeplabv3_resnet50", weights="tv_coco_voc").eval()
     finally:
         server.stop()
@@ -91,7 +91,7 @@ def test_backbone_imagenet_from_the_hub_cache(env, monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(1)
     state = {k: v.contiguous() for k, v in timm.create_model("resnet34").state_dict().items()}
-    name = hub.timm_name("resnet34", "imagenet")
+    name = download.timm_name("resnet34", "imagenet")
     prefill_hf_cache(env / "hf", f"timm/{name}", "model.safetensors", state)
     model = segzoo.build("unet_resnet34", num_classes=2, backbone_weights="imagenet")
     body = model.backbone.weights_module().state_dict()
@@ -129,7 +129,7 @@ def test_yaml_model_weights_tag_goes_through_build(env, monkeypatch):
     monkeypatch.setenv("SEGZOO_OFFLINE", "1")
     name = "deeplabv3_mobilenetv3_large.tv_coco_voc"
     tv = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, aux_loss=True)
-    hub.store_checkpoint(name, from_torchvision(tv.state_dict(), "deeplabv3_mobilenetv3_large"),
+    cache.store_checkpoint(name, from_torchvision(tv.state_dict(), "deeplabv3_mobilenetv3_large"),
                          list(get_weights(name).classes), {"test": True})
     cfg = load_config("configs/deeplabv3.yaml", ["model.name=deeplabv3_mobilenetv3_large",
                                                  "model.weights=tv_coco_voc", "model.num_classes=5"])

@@ -6,8 +6,8 @@ import pytest
 
 import segzoo
 from segzoo import hub
-from segzoo.hub import WeightsError
-from segzoo.weights import cache_status, format_table, pretrained_checkpoint
+from segzoo.hub import WeightsError, cache
+from segzoo.hub.weights import cache_status, format_table, pretrained_checkpoint
 from tests.hub.test_weights_hub import NAME, env, payload, served, server  # noqa: F401 (fixtures)
 
 
@@ -22,7 +22,7 @@ def test_read_only_prefilled_cache_needs_no_lock(served, monkeypatch):
     def no_lock(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(hub, "FileLock", no_lock)  # a read-only SEGZOO_HOME: no lock file can be made
+    monkeypatch.setattr(cache, "FileLock", no_lock)  # a read-only SEGZOO_HOME: no lock file can be made
     server.stop()
     model = segzoo.build("deeplabv3_mobilenetv3_large", weights="tv_coco_voc")
     assert model.classes == list(entry.classes) and pretrained_checkpoint(entry) == ckpt
@@ -37,7 +37,7 @@ def test_segzoo_home_that_is_a_file_is_named(env, monkeypatch, capsys):
     home = env / "not_a_folder"
     home.write_text("")
     monkeypatch.setenv("SEGZOO_HOME", str(home))
-    from segzoo.published import get_weights
+    from segzoo.hub.published import get_weights
 
     with pytest.raises(WeightsError, match=rf"SEGZOO_HOME={home}: {home} is a file, not a folder"):
         pretrained_checkpoint(get_weights(NAME))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from segzoo import hub, weights
-from segzoo.hub import WeightsError
+from segzoo import hub
+from segzoo.hub import WeightsError, weights
 from tests.hub.test_weights import DATA, random_state
 
 

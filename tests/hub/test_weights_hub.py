@@ -19,9 +19,9 @@ from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
 import segzoo
 from segzoo import hub
-from segzoo.hub import WeightsError
-from segzoo.published import get_weights
-from segzoo.weights import pretrained_checkpoint
+from segzoo.hub import WeightsError, cache
+from segzoo.hub.published import get_weights
+from segzoo.hub.weights import pretrained_checkpoint
 
 NAME = "deeplabv3_mobilenetv3_large.tv_coco_voc"
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +106,7 @@ def served(env, server, payload, monkeypatch):
     server.files[path] = data
     entry = get_weights(NAME)
     monkeypatch.setattr(entry.weights_enum().value, "url", server.url(path))
-    with hub.allow_test_server(server.netloc):
+    with cache.allow_test_server(server.netloc):
         yield entry, server, path
 
 
@@ -199,31 +199,31 @@ def test_only_https_from_the_table_hosts(env):
     for url in ("http://download.pytorch.org/models/x-12345678.pth", "https://example.com/x-12345678.pth",
                 "ftp://download.pytorch.org/x.pth", "http://127.0.0.1:9/x.pth"):
         with pytest.raises(WeightsError, match="refusing"):
-            hub.check_url(url)
-    hub.check_url("https://download.pytorch.org/models/x-12345678.pth")
+            cache.check_url(url)
+    cache.check_url("https://download.pytorch.org/models/x-12345678.pth")
     with pytest.raises(ValueError, match="loopback"):
-        with hub.allow_test_server("example.com:80"):
+        with cache.allow_test_server("example.com:80"):
             pass
     for name in segzoo.list_weights():
         entry = get_weights(name)
         if entry.source == "torchvision":
-            hub.check_url(entry.url)
-            assert hub.hash_prefix(entry.url), entry.url
+            cache.check_url(entry.url)
+            assert cache.hash_prefix(entry.url), entry.url
 
 
 _WORKER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from segzoo import hub
-    from segzoo.published import get_weights
-    from segzoo.weights import pretrained_checkpoint
+    from segzoo.hub import cache
+    from segzoo.hub.published import get_weights
+    from segzoo.hub.weights import pretrained_checkpoint
     netloc, url, go = sys.argv[1:4]
     entry = get_weights("{name}")
     entry.weights_enum().value.url = url
     Path(f"{{go}}.{{os.getpid()}}").touch()  # ready: wait until both are
     while not Path(go).exists():
         time.sleep(0.02)
-    with hub.allow_test_server(netloc):
+    with cache.allow_test_server(netloc):
         print(pretrained_checkpoint(entry))
 """)
 

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from segzoo import hub
-from segzoo.hub import WeightsError
+from segzoo.hub import WeightsError, download
 from tests.hub.test_weights_hub import empty_caches
 
 TAG = "resnet18.a1_in1k"
@@ -45,12 +45,12 @@ def timm_state():
 
 
 def test_default_tag_and_tag_checks():
-    assert hub.timm_name("resnet34", "imagenet") == "resnet34." + timm.models.get_pretrained_cfg("resnet34").tag
-    assert hub.timm_name("resnet50", "resnet50.a1_in1k") == "resnet50.a1_in1k"
+    assert download.timm_name("resnet34", "imagenet") == "resnet34." + timm.models.get_pretrained_cfg("resnet34").tag
+    assert download.timm_name("resnet50", "resnet50.a1_in1k") == "resnet50.a1_in1k"
     with pytest.raises(WeightsError, match="are for the timm model 'resnet50' but this backbone is 'resnet34'"):
-        hub.timm_name("resnet34", "resnet50.a1_in1k")
+        download.timm_name("resnet34", "resnet50.a1_in1k")
     with pytest.raises(WeightsError, match="not a timm pretrained name.*resnet34.a1_in1k"):
-        hub.timm_name("resnet34", "resnet34.nope")
+        download.timm_name("resnet34", "resnet34.nope")
 
 
 @pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "SEGZOO_OFFLINE", None])
@@ -58,7 +58,7 @@ def test_prefilled_hub_cache_is_used_without_network(env, monkeypatch, timm_stat
     if offline:
         monkeypatch.setenv(offline, "1")
     prefill_hf_cache(env / "hf", "timm/" + TAG, "model.safetensors", timm_state)
-    body = hub.timm_pretrained(TAG, features_only=True)
+    body = download.timm_pretrained(TAG, features_only=True)
     torch.testing.assert_close(body.state_dict()["conv1.weight"], timm_state["conv1.weight"])
     torch.testing.assert_close(body.state_dict()["layer4.1.bn2.running_var"], timm_state["layer4.1.bn2.running_var"])
 
@@ -66,7 +66,7 @@ def test_prefilled_hub_cache_is_used_without_network(env, monkeypatch, timm_stat
 def test_offline_without_a_copy_says_how_to_get_one(env, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError) as e:
-        hub.timm_pretrained(TAG, features_only=True)
+        download.timm_pretrained(TAG, features_only=True)
     msg = str(e.value)
     assert "offline" in msg and f"https://huggingface.co/timm/{TAG}/resolve/main/model.safetensors" in msg
     assert str(hub.downloads_dir() / f"{TAG}.safetensors") in msg and f"segzoo weights import {TAG} FILE" in msg
@@ -79,9 +79,9 @@ def test_import_a_timm_file_then_use_it_offline(env, monkeypatch, timm_state, tm
     wrong = tmp_path / "wrong.safetensors"
     save_file({"conv1.weight": torch.zeros(1)}, str(wrong))
     with pytest.raises(WeightsError, match="does not hold timm resnet18 weights"):
-        hub.import_timm_file(TAG, wrong)
-    assert hub.import_timm_file(TAG, src) == hub.downloads_dir() / f"{TAG}.safetensors"
-    body = hub.timm_pretrained(TAG, features_only=True, out_indices=(1, 2))
+        download.import_timm_file(TAG, wrong)
+    assert download.import_timm_file(TAG, src) == hub.downloads_dir() / f"{TAG}.safetensors"
+    body = download.timm_pretrained(TAG, features_only=True, out_indices=(1, 2))
     torch.testing.assert_close(body.state_dict()["layer2.0.conv1.weight"], timm_state["layer2.0.conv1.weight"])
 
 
@@ -90,28 +90,28 @@ def test_no_network_fails_at_once_naming_offline_mode(env, monkeypatch):
     def unreachable(address, timeout=None, *args):
         raise socket.gaierror(-3, "Temporary failure in name resolution")
 
-    def download(*args, **kwargs):
+    def fake_download(*args, **kwargs):
         raise AssertionError("timm's download (and its retries) started")
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
-    monkeypatch.setattr(timm, "create_model", download)
-    for proxy in hub.PROXY_VARIABLES:
+    monkeypatch.setattr(timm, "create_model", fake_download)
+    for proxy in download.PROXY_VARIABLES:
         monkeypatch.delenv(proxy, raising=False)
     with pytest.raises(WeightsError) as e:
-        hub.timm_pretrained(TAG, features_only=True)
+        download.timm_pretrained(TAG, features_only=True)
     msg = str(e.value)
     assert "huggingface.co:443 cannot be reached (Temporary failure in name resolution)" in msg
     assert "set SEGZOO_OFFLINE=1" in msg and f"segzoo weights import {TAG} FILE" in msg and ".." not in msg
 
 
 def test_a_failed_download_has_one_full_stop(env, monkeypatch):
-    monkeypatch.setattr(hub, "_unreachable", lambda url: None)
+    monkeypatch.setattr(download, "_unreachable", lambda url: None)
 
-    def download(*args, **kwargs):
+    def fake_download(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co'.")
 
-    monkeypatch.setattr(timm, "create_model", download)
+    monkeypatch.setattr(timm, "create_model", fake_download)
     with pytest.raises(WeightsError) as e:
-        hub.timm_pretrained(TAG, features_only=True)
+        download.timm_pretrained(TAG, features_only=True)
     assert "failed: We couldn't connect to 'https://huggingface.co'. Download" in str(e.value)
     assert ".." not in str(e.value)

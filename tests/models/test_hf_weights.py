@@ -11,7 +11,7 @@ import segzoo
 from segzoo.convert import from_huggingface
 from segzoo.data.ade20k import ADE20K_CLASSES
 from segzoo.hub import WeightsError
-from segzoo.published import get_weights
+from segzoo.hub.published import get_weights
 from tests.hub.test_weights_hub import empty_caches
 from tests.hub.test_weights_timm import no_network  # noqa: F401 (a fixture)
 from tests.models.hf_reference import randomise_norms

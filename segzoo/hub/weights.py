@@ -1,11 +1,12 @@
 """Published weights by tag: fetching, converting, caching, manual imports and the CLI.
 
-The table (:mod:`segzoo.published`) says what each model can be given as ``weights=TAG``.
+The table (:mod:`segzoo.hub.published`) says what each model can be given as ``weights=TAG``.
 ``segzoo.build(name, weights=TAG)`` resolves the tag, fetches the source (torchvision's
 ``Weights`` enums through torch.hub) or picks up a file downloaded by hand, converts it with
-segzoo's converter and caches the converted checkpoint (class names in its header) under
+the converter its family registered and caches the converted checkpoint (class names in its header) under
 ``SEGZOO_HOME``; later calls load the cached file and touch no network. See
-:mod:`segzoo.hub` for the cache, offline mode and the lock.
+:mod:`segzoo.hub.cache` for the cache, offline mode and the lock. The registry calls
+:func:`pretrained_state` directly (``build(name, weights=TAG)``): nothing here imports a model family.
 
 Names are ``model.tag`` (as timm's ``resnet50.a1_in1k``): ``deeplabv3_resnet50.tv_coco_voc``.
 """
@@ -22,13 +23,12 @@ import timm
 import torch
 from tqdm import tqdm
 
-from segzoo import hub
 from segzoo.checkpoint import CheckpointError, read_checkpoint, read_state_dict
 from segzoo.checkpoint import _check_file as check_file
-from segzoo.convert import converter
-from segzoo.hub import WeightsError
-from segzoo.published import WeightsEntry, get_weights, list_weights, resolve
-from segzoo.wheels import BACKBONE_WEIGHTS, backbone_weights, fetch_wheel, find_wheel, wheel_state_dict
+from segzoo.hub import cache, download
+from segzoo.hub.cache import WeightsError
+from segzoo.hub.published import WeightsEntry, converter, get_weights, list_weights, resolve
+from segzoo.hub.wheels import BACKBONE_WEIGHTS, backbone_weights, fetch_wheel, find_wheel, wheel_state_dict
 
 if TYPE_CHECKING:
     from segzoo.spec import ModelSpec
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 def _by_hand(entry: WeightsEntry) -> str:
-    where = hub.torch_hub_path(entry.url) if entry.source == "torchvision" else hub.downloads_dir() / entry.file_name
+    torchvision = entry.source == "torchvision"
+    where = cache.torch_hub_path(entry.url) if torchvision else cache.downloads_dir() / entry.file_name
     get = entry.url if entry.source != "manual" else f"{entry.file_name} from {entry.link or entry.page}"
     page = f" (page: {entry.page})" if entry.source == "manual" and entry.link else ""
     return (f"Download {get}{page}, then put it at {where} or run `segzoo weights import {entry.name} FILE`")
@@ -53,19 +54,19 @@ def load_pretrained(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], Model
     cached = _cached(entry)  # a pre-filled cache is read without a lock (it may be read-only)
     if cached is not None:
         return cached
-    with hub.locked(entry.name):
+    with cache.locked(entry.name):
         cached = _cached(entry)
         if cached is not None:
             return cached
         if entry.source == "torchvision":
-            state = hub.torchvision_state_dict(entry.weights_enum(), entry.name, _by_hand(entry))
+            state = download.torchvision_state_dict(entry.weights_enum(), entry.name, _by_hand(entry))
             path = _convert_and_store(entry, state, {"url": entry.url})
         elif entry.source == "huggingface":
-            state = hub.huggingface_state_dict(entry.hf_repo, entry.hf_files, entry.name,
-                                               hub.downloads_dir() / entry.file_name, _by_hand(entry))
+            state = download.huggingface_state_dict(entry.hf_repo, entry.hf_files, entry.name,
+                                               cache.downloads_dir() / entry.file_name, _by_hand(entry))
             path = _convert_and_store(entry, state, {"huggingface": entry.hf_repo})
         else:
-            local = hub.downloads_dir() / entry.file_name
+            local = cache.downloads_dir() / entry.file_name
             if not local.exists():
                 raise WeightsError(
                     f"{entry.name} is published where segzoo cannot download from (no direct, verifiable "
@@ -78,15 +79,15 @@ def load_pretrained(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], Model
 def _cached(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], ModelSpec, list | None] | None:
     """The valid cached checkpoint of ``entry``; one of another model (or class count) under its name is
     deleted with a warning, so that it is fetched again."""
-    cached = hub.read_cached(entry.name)
+    cached = cache.read_cached(entry.name)
     if cached is None:
         return None
     spec = cached[1]
     if spec.name != entry.model or spec.num_classes != len(entry.classes):
-        warnings.warn(f"{hub.checkpoint_path(entry.name)} holds a {spec.name} checkpoint with {spec.num_classes} "
+        warnings.warn(f"{cache.checkpoint_path(entry.name)} holds a {spec.name} checkpoint with {spec.num_classes} "
                       f"classes, not {entry.model} with {len(entry.classes)} ({entry.name}); deleting the cached copy "
                       "and fetching it again", stacklevel=3)
-        hub.discard_cached(entry.name)
+        cache.discard_cached(entry.name)
         return None
     return cached
 
@@ -94,14 +95,14 @@ def _cached(entry: WeightsEntry) -> tuple[dict[str, torch.Tensor], ModelSpec, li
 def cache_status(entry: WeightsEntry) -> bool:
     """Whether ``build(weights=TAG)`` can load the cached file of ``entry`` (its framing, cache version and
     model are read from the header; the content digest is verified when it is loaded)."""
-    path = hub.checkpoint_path(entry.name)
+    path = cache.checkpoint_path(entry.name)
     if not path.is_file():
         return False
     try:
         header = check_file(path)
         spec = json.loads((header.get("__metadata__") or {})["spec"])
         record = path.with_suffix(".json")
-        if record.exists() and json.loads(record.read_text()).get("cache_version") != hub.CACHE_VERSION:
+        if record.exists() and json.loads(record.read_text()).get("cache_version") != cache.CACHE_VERSION:
             return False
         return spec.get("name") == entry.model and spec.get("num_classes") == len(entry.classes)
     except (CheckpointError, OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -111,7 +112,7 @@ def cache_status(entry: WeightsEntry) -> bool:
 def pretrained_checkpoint(entry: WeightsEntry) -> Path:
     """The cached checkpoint file of ``entry`` (see :func:`load_pretrained`)."""
     load_pretrained(entry)
-    return hub.checkpoint_path(entry.name)
+    return cache.checkpoint_path(entry.name)
 
 
 def pretrained_state(model: str, tag: str) -> tuple[dict[str, torch.Tensor], dict, list | None]:
@@ -129,9 +130,9 @@ def _read_verified(entry: WeightsEntry, path: Path) -> dict[str, torch.Tensor]:
     if entry.size is not None and size != entry.size:
         raise WeightsError(f"{path} has {size} bytes but {entry.name} ({entry.file_name}) has {entry.size}: "
                            f"a different or incomplete file; download it again from {entry.link or entry.page}")
-    expected = entry.sha256 or (hub.hash_prefix(entry.url) if entry.source == "torchvision" else None)
+    expected = entry.sha256 or (cache.hash_prefix(entry.url) if entry.source == "torchvision" else None)
     if expected is not None:
-        digest = hub.sha256_file(path, desc=f"checking {path.name}")
+        digest = cache.sha256_file(path, desc=f"checking {path.name}")
         if not digest.startswith(expected):
             raise WeightsError(f"{path} has sha256 {digest} but {entry.name} ({entry.file_name}) has "
                                f"{expected}: a different or corrupted file; download it again")
@@ -154,7 +155,7 @@ def _convert_and_store(entry: WeightsEntry, state: dict, source: dict) -> Path:
                                f"{entry.dataset} weights have {len(entry.classes)}: a different checkpoint")
         assert torch.allclose(torch.tensor(spec.mean), torch.tensor(entry.mean)) and torch.allclose(
             torch.tensor(spec.std), torch.tensor(entry.std)), f"{entry.name}: table and converter disagree on mean/std"
-        path = hub.store_checkpoint(entry.name, model, list(entry.classes), source)
+        path = cache.store_checkpoint(entry.name, model, list(entry.classes), source)
         bar.update()
     return path
 
@@ -166,7 +167,7 @@ def import_file(name: str, file: str | os.PathLike) -> Path:
         The cached checkpoint: ``segzoo.build(model, weights=tag)`` now uses it.
     """
     entry = get_weights(name)
-    with hub.locked(entry.name):
+    with cache.locked(entry.name):
         return _convert_and_store(entry, _read_verified(entry, Path(file)), {"file": str(Path(file).resolve())})
 
 
@@ -203,7 +204,7 @@ def list_command(pattern: str = "*") -> int:
         print("\nbackbone weights (backbone_weights=NAME, or 'imagenet' on that architecture once cached; "
               "`segzoo weights fetch NAME`):")
         print(format_backbone_table(pattern))
-    print(f"\ncache: {hub.home()} (SEGZOO_HOME); files downloaded by hand: `segzoo weights import NAME FILE`")
+    print(f"\ncache: {cache.home()} (SEGZOO_HOME); files downloaded by hand: `segzoo weights import NAME FILE`")
     return 0
 
 
@@ -237,6 +238,6 @@ def import_command(name: str, file: str | os.PathLike) -> int:
     _, tag = timm.models.split_model_name_tag(name)
     if not tag or not timm.models.is_model_pretrained(name):
         get_weights(name)  # raises, naming the model's tags
-    path = hub.import_timm_file(name, file)
+    path = download.import_timm_file(name, file)
     print(f"imported {file} as timm weights {name}: {path} (used by backbone_weights={name!r})")
     return 0

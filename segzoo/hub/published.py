@@ -4,7 +4,12 @@ Every family registers the published checkpoints that fit its models with
 :func:`register_weights`: a tag, the source, dataset, class names, input statistics,
 reported metric and licence. Names are ``model.tag`` (as timm's ``resnet50.a1_in1k``):
 ``deeplabv3_resnet50.tv_coco_voc``. Fetching, converting and caching them is
-:mod:`segzoo.weights`' job.
+:mod:`segzoo.hub.weights`' job.
+
+Each family also registers the converters of its sources beside its key maps
+(:func:`register_converter`: ``"hrnet-official"`` -> ``from_hrnet_official``), so an entry's
+``converter`` names a function that the hub calls without importing the models: the table sits
+below them, as the weights rows do.
 """
 
 from __future__ import annotations
@@ -12,16 +17,17 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
+from torch import nn
 from torchvision.models import get_weight
 
-from segzoo.hub import WeightsError
+from segzoo.hub.cache import WeightsError
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCE_KINDS = ("torchvision", "manual", "huggingface")
-# the segzoo.convert sources (segzoo.convert.SOURCES; the converters sit above the models)
-CONVERTERS = ("torchvision", "hrnet-official", "centernet-official", "huggingface", "smp")
 TORCHVISION_LICENCE = ("BSD-3-Clause (torchvision); trained on COCO, whose annotations are CC BY 4.0 "
                        "and images carry their own terms")
 TORCHVISION_PAGE = "https://pytorch.org/vision/stable/models.html"
@@ -43,7 +49,8 @@ class WeightsEntry:
         source: ``"torchvision"`` (downloaded through torchvision's ``Weights`` enum),
             ``"huggingface"`` (a Hugging Face hub repository, read from the hub cache as timm
             bodies are) or ``"manual"`` (a host segzoo cannot download from: the user fetches the file).
-        converter: the :mod:`segzoo.convert` source that turns the file into segzoo's layout.
+        converter: the source whose converter turns the file into segzoo's layout (a key of
+            :data:`SOURCES`, e.g. ``"torchvision"``; ``segzoo convert --from`` takes the same names).
         dataset: what it was trained on.
         classes: class names in segzoo's label order (label ``i`` is ``classes[i]``).
         mean, std: the input statistics the converted model applies to [0, 1] RGB input.
@@ -87,8 +94,6 @@ class WeightsEntry:
     def __post_init__(self) -> None:
         if self.source not in SOURCE_KINDS:
             raise ValueError(f"source must be one of {SOURCE_KINDS}, got {self.source!r}")
-        if self.converter not in CONVERTERS:
-            raise ValueError(f"converter must be one of {CONVERTERS}, got {self.converter!r}")
         if (self.source == "torchvision") != (self.torchvision is not None):
             raise ValueError("torchvision entries name their Weights enum member, and only they do")
         if (self.source == "huggingface") != (self.hf_repo is not None):
@@ -136,16 +141,50 @@ def torchvision_entry(model: str, tag: str, weights: str, dataset: str, detectio
     )
 
 
+# ---------------------------------------------------------------------------- the converters
+
+Converter = Callable[..., nn.Module]  # (source state dict, segzoo model name, **build kwargs) -> built model
+_SOURCES: dict[str, Converter] = {}
+#: source name (``segzoo convert --from NAME``) -> its converter, as the families registered them
+SOURCES: Mapping[str, Converter] = MappingProxyType(_SOURCES)
+
+
+def register_converter(source: str, fn: Converter) -> Converter:
+    """Register the converter of ``source`` (a family does it beside its key maps); returns ``fn``.
+
+    Raises:
+        ValueError: ``source`` already has another converter.
+    """
+    if not source or not isinstance(source, str):
+        raise ValueError(f"a converter source is a non-empty name, got {source!r}")
+    if _SOURCES.get(source, fn) is not fn:
+        raise ValueError(f"the converter source {source!r} is registered twice ({_SOURCES[source].__module__} "
+                         f"and {fn.__module__}); give one of them another name")
+    _SOURCES[source] = fn
+    return fn
+
+
+def converter(source: str) -> Converter:
+    """The converter of a source (a key of :data:`SOURCES`)."""
+    if source not in _SOURCES:
+        raise ValueError(f"unknown source {source!r}; choose one of {', '.join(_SOURCES)}")
+    return _SOURCES[source]
+
+
 # ---------------------------------------------------------------------------- the table
 
 _TABLE: dict[str, WeightsEntry] = {}
 
 
 def register_weights(*entries: WeightsEntry) -> None:
-    """Add entries to the table; a name registered twice raises."""
+    """Add entries to the table; a name registered twice, or a converter source that no family has
+    registered (:func:`register_converter`, beside the family's key maps), raises."""
     for e in entries:
         if e.name in _TABLE:
             raise ValueError(f"weights {e.name!r} are registered twice; give one of them another tag")
+        if e.converter not in _SOURCES:
+            raise ValueError(f"weights {e.name!r} name the converter {e.converter!r}, which is not registered "
+                             f"({', '.join(_SOURCES) or 'none yet'}); register_converter() it before the weights")
         _TABLE[e.name] = e
 
 

@@ -248,10 +248,12 @@ def build_parts(cfg: RunConfig, model: nn.Module, train_set, val_set, out_dir: s
     model = prepare_model(model, cfg, device)
     plan = plan_steps(cfg, len(train_set), world_size)
     loader = build_loader(cfg, model.task, train_set, plan, device)
-    optimizer = build_optimizer(model, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas,
-                                tc.backbone_lr_mult, tc.norm_bias_decay)
-    scheduler = build_scheduler(optimizer, plan.total_steps, tc.schedule, tc.warmup_steps,
-                                tc.warmup_factor, tc.poly_power, tc.min_lr_ratio, plan.milestones, tc.gamma)
+    optimizer = build_optimizer(model, name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay,
+                                momentum=tc.momentum, betas=tc.betas, backbone_lr_mult=tc.backbone_lr_mult,
+                                norm_bias_decay=tc.norm_bias_decay)
+    scheduler = build_scheduler(optimizer, total_steps=plan.total_steps, schedule=tc.schedule,
+                                warmup_steps=tc.warmup_steps, warmup_factor=tc.warmup_factor, poly_power=tc.poly_power,
+                                min_lr_ratio=tc.min_lr_ratio, milestones=plan.milestones, gamma=tc.gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     net: nn.Module = model
     ddp = None

@@ -16,7 +16,7 @@ import torch
 
 import segzoo
 from segzoo.config import load_config
-from segzoo.engine.run import build_split
+from segzoo.engine.build import build_split
 from segzoo.metrics.semantic import SegmentationMetric
 
 

@@ -206,10 +206,10 @@ def _protocol_overrides(args: argparse.Namespace) -> list[str]:
 
 def _eval(args: argparse.Namespace) -> int:
     from segzoo.config import EvalConfig, load_config
+    from segzoo.engine.build import build_split
     from segzoo.engine.device import amp_dtype_for
     from segzoo.engine.evaluator import evaluate, protocol_kwargs
     from segzoo.engine.report import format_results, write_report
-    from segzoo.engine.run import build_split
     from segzoo.inference import fast_model
     from segzoo.registry import load
 
@@ -452,7 +452,7 @@ def _data_check_args(p: argparse.ArgumentParser) -> None:
 
 def _data_check(args: argparse.Namespace) -> int:
     from segzoo.config import load_config
-    from segzoo.engine.run import build_model, check_data
+    from segzoo.engine.build import build_model, check_data
 
     cfg = load_config(args.config, args.overrides)
     model = build_model(cfg)

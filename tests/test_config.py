@@ -73,7 +73,7 @@ def test_merge_does_not_alias_inputs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_recipe_builds_and_its_data_passes_checks(path, tmp_path_factory):
     import segzoo
-    from segzoo.engine.run import build_model, check_data
+    from segzoo.engine.build import build_model, check_data
 
     cfg = load_config(path)
     if cfg.model["name"] not in segzoo.list_models():

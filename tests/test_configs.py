@@ -143,12 +143,12 @@ def test_out_of_range_through_the_cli_before_any_work(tmp_path, capsys):
 
 
 def test_eval_metric_is_checked_before_the_first_epoch(tmp_path, monkeypatch):
-    import segzoo.engine.run as run_module
+    import segzoo.engine.build as build_module
 
     def no_data(*args, **kwargs):
         raise AssertionError("the data was touched before eval.metric was checked")
 
-    monkeypatch.setattr(run_module, "build_dataset", no_data)
+    monkeypatch.setattr(build_module, "build_dataset", no_data)
     cfg = load_config(base={"model": MODEL, "train": {"device": "cpu"}}, overrides=["eval.metric=miuo"])
     with pytest.raises(ConfigError, match=r"eval.metric='miuo' is not a metric of semantic models; did you mean "
                                           r"'miou'\?"):

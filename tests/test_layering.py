@@ -32,6 +32,12 @@ LAYERS = [
     ("segzoo.registry",),
     ("segzoo.models",),
     ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.optimize", "segzoo.quantize", "segzoo.info"),
+    ("segzoo.engine.device", "segzoo.engine.distributed", "segzoo.engine.ema", "segzoo.engine.optim",
+     "segzoo.engine.run_folder", "segzoo.engine.signals", "segzoo.engine.trackers", "segzoo.engine.logs",
+     "segzoo.engine.checkpointer", "segzoo.engine.evaluator", "segzoo.engine.report"),
+    ("segzoo.engine.trainer",),  # the loop: it receives built objects
+    ("segzoo.engine.build",),  # validates a run once and builds what the loop receives
+    ("segzoo.engine.run", "segzoo.engine"),  # train_from_config; the package's front
 ]
 
 

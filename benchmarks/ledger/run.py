@@ -28,7 +28,7 @@ from torchvision.ops import box_iou
 from segzoo.config import RunConfig, parse_config
 from segzoo.data import build_dataset
 from segzoo.data.transforms import collate_for
-from segzoo.engine import Trainer, evaluate
+from segzoo.engine import build_trainer, evaluate
 from segzoo.engine.distributed import SeededDataset, ShardSampler
 from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import LOG_FILE
@@ -90,7 +90,7 @@ def train_segzoo(model: nn.Module, train_set, cfg: RunConfig, out_dir: Path) -> 
     """Train with :class:`segzoo.engine.Trainer` (checkpoints in ``out_dir``); the time of its checkpoint
     writes is measured on the side (the peer's loop writes none)."""
     data = Recorder(train_set)
-    trainer = Trainer(model, data, None, cfg, out_dir, classes=getattr(train_set, "classes", None))
+    trainer = build_trainer(model, data, None, cfg, out_dir, classes=getattr(train_set, "classes", None))
     saving = [0.0]
     save = trainer.save_checkpoint
 

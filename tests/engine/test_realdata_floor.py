@@ -19,7 +19,7 @@ import segzoo
 from segzoo.config import parse_config
 from segzoo.data import build_dataset
 from segzoo.data.realdata import WHEELS, find_wheel
-from segzoo.engine import Trainer, evaluate
+from segzoo.engine import build_trainer, evaluate
 
 MEASURED = 0.927  # nucleus Dice of this test's run on the development machine (2 cores, torch 2.14.1)
 FLOOR = 0.80
@@ -49,7 +49,7 @@ def test_unet_nuclei_dice_stays_above_the_floor(tmp_path):
     val_set = build_dataset(data, "val", "semantic")
     assert (len(train_set), len(val_set)) == (12, 4)
     with torch.random.fork_rng(devices=[]):
-        Trainer(model, train_set, None, cfg, tmp_path / "run", classes=train_set.classes).fit()
+        build_trainer(model, train_set, None, cfg, tmp_path / "run", classes=train_set.classes).fit()
     dice = evaluate(model, val_set, batch_size=4)["metrics"]["dice"][1]
     print(f"nucleus Dice after {STEPS} steps: {dice:.4f} (floor {FLOOR}, measured {MEASURED})")
     assert dice >= FLOOR, (f"U-Net reached nucleus Dice {dice:.4f} after {STEPS} steps on the stardist tiles, under "

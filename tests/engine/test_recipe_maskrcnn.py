@@ -10,7 +10,7 @@ from segzoo.checkpoint import read_safetensors
 from segzoo.cli import main
 from segzoo.config import load_config
 from segzoo.data.transforms import collate_for
-from segzoo.engine.run import build_model, build_split
+from segzoo.engine.build import build_model, build_split
 
 RECIPE = str(Path(__file__).resolve().parents[2] / "configs" / "maskrcnn.yaml")
 GFLOP_BUDGET = 100  # the recipe's step is ~68 GFLOP; torchvision's sizes with ResNet-50 are ~680

@@ -9,8 +9,8 @@ from torch import nn
 
 from segzoo.config import ConfigError, load_config
 from segzoo.data import build_transforms
+from segzoo.engine.build import build_trainer
 from segzoo.engine.optim import build_scheduler, lr_factor, param_groups
-from segzoo.engine.trainer import Trainer
 from tests.conftest import build_small
 
 
@@ -46,10 +46,10 @@ def test_trainer_turns_epoch_milestones_into_steps(tmp_path):
     data = [(torch.rand(3, 32, 32), torch.zeros(32, 32, dtype=torch.long))] * 8
     cfg = load_config(None, ["train.schedule=step", "train.milestones=[2, 3]", "train.epochs=4", "data.batch_size=2",
                              "train.device=cpu", "train.progress=false"], require_model=False)
-    trainer = Trainer(model, data, None, cfg, tmp_path)
-    assert trainer.steps_per_epoch == 4 and trainer.milestones == (8, 12)
+    trainer = build_trainer(model, data, None, cfg, tmp_path)
+    assert trainer.steps_per_epoch == 4 and trainer.parts.plan.milestones == (8, 12)
     cfg = cfg.replace(train=dataclasses.replace(cfg.train, milestone_unit="step"))
-    assert Trainer(model, data, None, cfg, tmp_path).milestones == (2, 3)
+    assert build_trainer(model, data, None, cfg, tmp_path).parts.plan.milestones == (2, 3)
 
 
 def test_norm_bias_decay_decays_every_parameter():

@@ -11,8 +11,8 @@ import torch
 import segzoo
 from segzoo.config import ConfigError, load_config
 from segzoo.data import Shapes, build_transforms
+from segzoo.engine.build import build_trainer
 from segzoo.engine.trackers import check_installed, flatten, scalars
-from segzoo.engine.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def train(shapes, out, loggers, **extra):
     model = segzoo.build(num_classes=train_set.num_classes, **model_cfg)
     cfg = {"model": model_cfg, "data": {"batch_size": 4, "num_workers": 0}, "eval": {"num_pictures": 2},
            "train": {"epochs": 2, "lr": 0.05, "progress": False, "device": "cpu", "loggers": loggers, **extra}}
-    trainer = Trainer(model, train_set, val_set, cfg, out, classes=train_set.classes)
+    trainer = build_trainer(model, train_set, val_set, cfg, out, classes=train_set.classes)
     trainer.fit()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return trainer, records
@@ -63,7 +63,7 @@ def test_mlflow_run_holds_params_losses_metrics_pictures_and_best_checkpoint(sha
     local = client.download_artifacts(run_id, ckpt.path, str(tmp_path / "dl"))
     assert open(local, "rb").read() == (out / "best.safetensors").read_bytes()
     # a resumed (here: finished) run continues the same MLflow run
-    Trainer(trainer.model, *shapes, trainer.cfg, out, classes=shapes[0].classes).fit(resume=True)
+    build_trainer(trainer.model, *shapes, trainer.cfg, out, classes=shapes[0].classes).fit(resume=True)
     assert json.loads((out / "tracking.json").read_text())["mlflow"] == run_id
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
@@ -170,11 +170,11 @@ def test_an_interrupted_run_is_killed_in_mlflow_and_resumed_into_the_same_run(sh
             trainer._signals.signum = 2  # as SIGINT does
 
     with pytest.raises(TrainingInterrupted):
-        Trainer(model, *shapes, cfg, out, classes=shapes[0].classes, on_step=stop).fit()
+        build_trainer(model, *shapes, cfg, out, classes=shapes[0].classes, on_step=stop).fit()
     run_id = json.loads((out / "tracking.json").read_text())["mlflow"]
     client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
     assert client.get_run(run_id).info.status == "KILLED"
-    Trainer(model, *shapes, cfg, out, classes=shapes[0].classes).fit(resume=True)
+    build_trainer(model, *shapes, cfg, out, classes=shapes[0].classes).fit(resume=True)
     assert json.loads((out / "tracking.json").read_text())["mlflow"] == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -8,8 +8,9 @@ from torch import nn
 
 from segzoo.checkpoint import read_safetensors
 from segzoo.data import Shapes, build_transforms
+from segzoo.engine.build import build_trainer
 from segzoo.engine.optim import build_optimizer, lr_factor, param_groups
-from segzoo.engine.trainer import NonFiniteLossError, Trainer
+from segzoo.engine.trainer import NonFiniteLossError
 from segzoo.models.base import SegmentationModel
 from segzoo.registry import ModelSpec
 
@@ -69,7 +70,7 @@ def weights(path):
 
 def test_trainer_writes_run_folder(data, tmp_path):
     torch.manual_seed(0)
-    trainer = Trainer(TinySeg(), *data, cfg(), tmp_path, classes=data[0].classes)
+    trainer = build_trainer(TinySeg(), *data, cfg(), tmp_path, classes=data[0].classes)
     metrics = trainer.fit()
     assert trainer.steps_per_epoch == 4 and metrics["step"] == 8 and metrics["metric"] == "miou"
     for name in ("model.safetensors", "best.safetensors", "train_state.pt", "log.jsonl", "metrics.json",
@@ -103,7 +104,7 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
             if t.step == crash_at:
                 raise KeyboardInterrupt("simulated crash")
 
-        Trainer(model, *data, c, out, on_step=on_step).fit(resume=resume)
+        build_trainer(model, *data, c, out, on_step=on_step).fit(resume=resume)
 
     run(tmp_path / "full")
     with pytest.raises(KeyboardInterrupt):
@@ -126,23 +127,24 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     (6, 0, [6, 12, 16]),  # no evaluation until the end
 ])
 def test_checkpoint_every_sets_when_checkpoints_are_written(data, tmp_path, monkeypatch, every, eval_every, written):
-    import segzoo.engine.trainer as trainer_module
+    import segzoo.engine.checkpointer as checkpointer_module
 
     c = cfg(checkpoint_every=every, epochs=4)
     c["eval"]["every"] = eval_every
-    trainer = Trainer(TinySeg(), *data, c, tmp_path / "run")
-    steps, write = [], trainer_module.atomic_write_all
-    monkeypatch.setattr(trainer_module, "atomic_write_all", lambda files: (steps.append(trainer.step), write(files)))
+    trainer = build_trainer(TinySeg(), *data, c, tmp_path / "run")
+    steps, write = [], checkpointer_module.atomic_write_all
+    monkeypatch.setattr(checkpointer_module, "atomic_write_all",
+                        lambda files: (steps.append(trainer.step), write(files)))
     trainer.fit()
     assert steps == written
     assert read_safetensors(tmp_path / "run" / "model.safetensors")[1]["step"] == "16"
 
 def test_resume_refuses_changed_schedule(data, tmp_path):
-    Trainer(TinySeg(), *data, cfg(max_steps=2), tmp_path).fit()
+    build_trainer(TinySeg(), *data, cfg(max_steps=2), tmp_path).fit()
     with pytest.raises(ValueError, match="planned for 2 steps"):
-        Trainer(TinySeg(), *data, cfg(max_steps=3), tmp_path).fit(resume=True)
+        build_trainer(TinySeg(), *data, cfg(max_steps=3), tmp_path).fit(resume=True)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
-        Trainer(TinySeg(), *data, cfg(), tmp_path / "none").fit(resume=True)
+        build_trainer(TinySeg(), *data, cfg(), tmp_path / "none").fit(resume=True)
 
 
 class NaNAfter(TinySeg):
@@ -161,7 +163,7 @@ class NaNAfter(TinySeg):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"not finite at step 4 .*step 2\).*train.lr"):
-        Trainer(NaNAfter(bad_call=4), *data, cfg(checkpoint_every=2), tmp_path).fit()
+        build_trainer(NaNAfter(bad_call=4), *data, cfg(checkpoint_every=2), tmp_path).fit()
     _, meta = read_safetensors(tmp_path / "model.safetensors")
     w = weights(tmp_path / "model.safetensors")
     assert meta["step"] == "2" and all(torch.isfinite(v.float()).all() for v in w.values())
@@ -178,7 +180,7 @@ def test_grad_accumulation_matches_large_batch(shapes_root, tmp_path):
         c = cfg(max_steps=3, grad_accum=accum, optimizer="adamw", lr=0.01)
         c["data"]["batch_size"] = batch
         c["eval"]["every"] = 0
-        Trainer(TinySeg(norm=False), dense[0], None, c, out).fit()
+        build_trainer(TinySeg(norm=False), dense[0], None, c, out).fit()
         return weights(out / "model.safetensors")
 
     a, b = run(tmp_path / "a", 8, 1), run(tmp_path / "b", 4, 2)
@@ -209,19 +211,19 @@ def test_param_groups_freeze_and_schedules():
 def test_freeze_backbone_keeps_backbone_fixed(data, tmp_path):
     model = TinySeg()
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    Trainer(model, data[0], None, cfg(max_steps=2, freeze_backbone=True), tmp_path).fit()
+    build_trainer(model, data[0], None, cfg(max_steps=2, freeze_backbone=True), tmp_path).fit()
     after = model.backbone.state_dict()  # BN became FrozenBatchNorm2d (no num_batches_tracked)
     assert set(after) == {k for k in before if not k.endswith("num_batches_tracked")}
     assert all(torch.equal(before[k], after[k]) for k in after)  # weights and BN statistics
     too_big = cfg()
     too_big["data"]["batch_size"] = 8  # the val split has 4 images
     with pytest.raises(ValueError, match="lower data.batch_size"):
-        Trainer(TinySeg(), data[1], None, too_big, tmp_path)
+        build_trainer(TinySeg(), data[1], None, too_big, tmp_path)
 
 
 def test_early_stopping_clipping_channels_last_and_bf16(data, tmp_path):
     c = cfg(epochs=3, lr=1e-20, early_stop_patience=1, clip_grad=1.0, channels_last=True, amp="bf16")
-    metrics = Trainer(TinySeg(norm=False), *data, c, tmp_path).fit()
+    metrics = build_trainer(TinySeg(norm=False), *data, c, tmp_path).fit()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     # lr 1e-20 (lr must be > 0): the updates vanish in float32, so the metric never improves after the
     # first evaluation and training stops after epoch 2 of 3
@@ -238,11 +240,11 @@ def test_resume_after_a_crash_logs_each_step_once(data, tmp_path):
             raise KeyboardInterrupt("simulated crash")
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(TinySeg(), *data, c, tmp_path, on_step=crash).fit()
+        build_trainer(TinySeg(), *data, c, tmp_path, on_step=crash).fit()
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["type"] == "train"] == list(range(1, 8))  # step 7 ran, checkpoint: 6
     seconds_at_checkpoint = torch.load(tmp_path / "train_state.pt", weights_only=True)["train_seconds"]
-    metrics = Trainer(TinySeg(), *data, c, tmp_path).fit(resume=True)
+    metrics = build_trainer(TinySeg(), *data, c, tmp_path).fit(resume=True)
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["type"] == "train"] == list(range(1, 9))
     assert [r["step"] for r in logged if r["type"] == "eval"] == [4, 8]
@@ -261,7 +263,7 @@ def test_one_reduction_per_optimizer_step(data, tmp_path, monkeypatch):
     c = cfg(max_steps=3, grad_accum=2)
     c["data"]["batch_size"] = 2
     c["eval"]["every"] = 0
-    Trainer(TinySeg(), data[0], None, c, tmp_path).fit()
+    build_trainer(TinySeg(), data[0], None, c, tmp_path).fit()
     assert len(calls) == 3  # 3 steps x 2 micro-batches: one reduction a step, not one a micro-batch
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from segzoo.checkpoint import read_safetensors
-from segzoo.engine.trainer import Trainer
+from segzoo.engine.build import build_trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_trainer import TinySeg, shapes_sets  # noqa: E402
@@ -49,7 +49,7 @@ def _run(root, out, batch_size, grad_accum=1, **extra):
     torch.manual_seed(0)
     model = TinySeg(norm=False)
     config = _config(batch_size, grad_accum, **extra)
-    return Trainer(model, *shapes_sets(root, size=32, scale=(1.5, 2.0)), config, out).fit()
+    return build_trainer(model, *shapes_sets(root, size=32, scale=(1.5, 2.0)), config, out).fit()
 
 
 def _worker(rank, world, port, root, out):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import segzoo
-from segzoo.engine import Trainer
+from segzoo.engine import build_trainer
 from segzoo.engine.distributed import GroupedShardBatches, ShardSampler
 
 
@@ -39,15 +39,14 @@ def orientations(batches):
 
 def test_batches_hold_one_aspect_ratio_group(tmp_path):
     model = segzoo.build("fasterrcnn_resnet18_fpn", num_classes=2)
-    trainer = Trainer(model, Boxes(), None, config(aspect_ratio_groups=0), tmp_path)
-    assert trainer.group_ids[0::2] == [trainer.group_ids[0]] * 6 and trainer.group_ids[0] != trainer.group_ids[1]
-    trainer.sampler.set_epoch(3)
-    batches = list(trainer._loader(trainer.train_set, trainer.sampler, 2))
+    trainer = build_trainer(model, Boxes(), None, config(aspect_ratio_groups=0), tmp_path)
+    groups = trainer.loader.group_ids
+    assert groups[0::2] == [groups[0]] * 6 and groups[0] != groups[1]
+    batches = list(trainer.loader.epoch(3))
     assert len(batches) == 6 and all(len(o) == 1 for o in orientations(batches))
     # without the option the shuffled batches mix portrait and landscape images
-    plain = Trainer(model, Boxes(), None, config(), tmp_path / "plain")
-    plain.sampler.set_epoch(3)
-    assert any(len(o) == 2 for o in orientations(plain._loader(plain.train_set, plain.sampler, 2)))
+    plain = build_trainer(model, Boxes(), None, config(), tmp_path / "plain")
+    assert any(len(o) == 2 for o in orientations(plain.loader.epoch(3)))
     trainer.fit()  # trains on grouped batches
     assert (tmp_path / "model.safetensors").is_file()
 
@@ -68,7 +67,7 @@ def test_refused_for_semantic_training_and_for_wrong_group_counts(tmp_path):
     model = segzoo.build("unet", num_classes=2, channels=[4, 8, 16, 32, 64])
     data = [(torch.rand(3, 32, 32), torch.zeros(32, 32, dtype=torch.long)) for _ in range(4)]
     with pytest.raises(ValueError, match="semantic training crops every image to one size"):
-        Trainer(model, data, None, config(aspect_ratio_groups=3), tmp_path)
+        build_trainer(model, data, None, config(aspect_ratio_groups=3), tmp_path)
     with pytest.raises(ValueError, match="3 group ids for a dataset of 4"):
         GroupedShardBatches(ShardSampler(4), [0, 1, 0], 2)
 

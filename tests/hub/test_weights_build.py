@@ -16,7 +16,7 @@ import segzoo
 from segzoo import hub
 from segzoo.config import load_config
 from segzoo.convert import from_torchvision
-from segzoo.engine.run import build_model
+from segzoo.engine.build import build_model
 from segzoo.hub import WeightsError, cache, download
 from segzoo.hub.published import get_weights
 from tests.hub.test_weights_hub import Server, empty_caches

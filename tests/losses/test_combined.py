@@ -82,7 +82,7 @@ def test_config_reads_model_loss_and_names_the_bad_entry(tmp_path):
 
 def test_a_model_trains_on_a_config_loss(tmp_path):
     from segzoo.data import Shapes, build_transforms
-    from segzoo.engine.trainer import Trainer
+    from segzoo.engine.build import build_trainer
 
     torch.manual_seed(0)
     kw = dict(num_train=8, num_val=2, size=32)
@@ -92,7 +92,7 @@ def test_a_model_trains_on_a_config_loss(tmp_path):
                          loss=[{"name": "lovasz"}, {"name": "boundary_dice", "weight": 0.5}])
     cfg = {"data": {"batch_size": 4, "num_workers": 0}, "eval": {"num_pictures": 0},
            "train": {"epochs": 1, "lr": 0.01, "progress": False, "tensorboard": False, "device": "cpu"}}
-    Trainer(model, train, val, cfg, tmp_path / "run", classes=train.classes).fit()
+    build_trainer(model, train, val, cfg, tmp_path / "run", classes=train.classes).fit()
     import json
 
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -200,12 +200,14 @@ class Trainer:
         self.group_ids = self._aspect_ratio_groups(train_set)
 
         tc = self.tc
-        self.optimizer = build_optimizer(self.model, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas,
-                                         tc.backbone_lr_mult, tc.norm_bias_decay)
+        self.optimizer = build_optimizer(self.model, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay,
+                                         momentum=tc.momentum, betas=tc.betas, backbone_lr_mult=tc.backbone_lr_mult,
+                                         norm_bias_decay=tc.norm_bias_decay)
         self.milestones = tuple(m * self.steps_per_epoch if tc.milestone_unit == "epoch" else m
                                 for m in tc.milestones)  # in optimizer steps
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.schedule, tc.warmup_steps,
-                                         tc.warmup_factor, tc.poly_power, tc.min_lr_ratio, self.milestones, tc.gamma)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, tc.schedule, warmup_steps=tc.warmup_steps,
+                                         warmup_factor=tc.warmup_factor, poly_power=tc.poly_power,
+                                         min_lr_ratio=tc.min_lr_ratio, milestones=self.milestones, gamma=tc.gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.net: nn.Module = self.model

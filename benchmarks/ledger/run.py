@@ -116,9 +116,10 @@ def train_peer(peer: PeerAdapter, train_set, cfg: RunConfig) -> dict[str, Any]:
     per_epoch = len(train_set) // dc.batch_size
     sampler = ShardSampler(len(train_set), 0, 1, shuffle=True, seed=tc.seed,
                            num_samples_per_rank=per_epoch * dc.batch_size)
-    optimizer = build_optimizer(peer, tc.optimizer, tc.lr, tc.weight_decay, tc.momentum, tc.betas)
-    scheduler = build_scheduler(optimizer, tc.max_steps, tc.schedule, tc.warmup_steps, tc.warmup_factor,
-                                tc.poly_power, tc.min_lr_ratio)
+    optimizer = build_optimizer(peer, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay, momentum=tc.momentum,
+                                betas=tc.betas)
+    scheduler = build_scheduler(optimizer, tc.max_steps, tc.schedule, warmup_steps=tc.warmup_steps,
+                                warmup_factor=tc.warmup_factor, poly_power=tc.poly_power, min_lr_ratio=tc.min_lr_ratio)
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     peer.train()

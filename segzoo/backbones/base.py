@@ -8,6 +8,7 @@ Decoders read those tuples and never a backbone's name.
 from __future__ import annotations
 
 import os
+from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,60 +20,88 @@ from segzoo.checkpoint import CheckpointError, read_state_dict
 from segzoo.hub.cache import WeightsError, is_offline, looks_like_path
 from segzoo.hub.download import timm_name, timm_pretrained
 from segzoo.hub.wheels import WheelError, wheel_for_tag, wheel_state_dict
-from segzoo.layers.multiscale import resize_concat
 
 
-class Backbone(nn.Module):
-    """Base class of segzoo backbones: ``forward(x) -> list[Tensor]`` plus ``channels``/``strides``.
+class Backbone(nn.Module, metaclass=ABCMeta):
+    """The backbone contract: ``forward(x) -> list[Tensor]`` described by ``channels``/``strides``.
 
-    Subclasses set ``name``, ``channels`` and ``strides`` in ``__init__``, implement
-    :meth:`forward` and :meth:`stage_prefixes`, and may override :meth:`weights_module`,
-    :meth:`ignored_weight_keys` and ``weights_hint`` to describe their weight files.
+    Every body implements the abstract members (a body missing one fails at construction):
+    :attr:`channels`, :attr:`strides`, :meth:`forward` and :meth:`stage_prefixes`. On them the
+    base class builds what the models use: :meth:`freeze`, :meth:`freeze_stages`,
+    :meth:`load_weights` (shaped by the hooks :meth:`weights_module`, :meth:`ignored_weight_keys`,
+    :meth:`from_layout`, :meth:`timm_kwargs` and ``weights_hint``), :meth:`set_grad_checkpointing`,
+    and the head methods: :meth:`head_maps` (with :attr:`head_channels`, :attr:`head_strides`) for
+    heads that read one map (FCN, DeepLabV3, PSPNet) and :meth:`decoder_features` (with
+    :meth:`decoder_channels`) for decoders that fuse a deep and a fine map (DeepLabV3+). A body
+    whose maps are not a plain pyramid overrides the head methods
+    (:class:`~segzoo.backbones.hrnet.HRNetBackbone`).
 
     Attributes:
         name: what the backbone was built from (a timm name, ``"hrnet_w18"``).
-        channels: channels of each returned map.
-        strides: stride of each returned map.
-        head_input: how heads that read one map (FCN, DeepLabV3, PSPNet) use this backbone:
-            ``"last"``: the deepest map; ``"concat"``: every map upsampled to the finest and
-            concatenated (the HRNetV2 representation), for backbones whose branches run in
-            parallel to the end. See :meth:`head_maps`.
+        kind: what it is, for messages (``"timm backbone"``, ``"HRNet body"``).
     """
 
     name: str = ""
-    channels: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    head_input: str = "last"
     grad_checkpointing: bool = False  # see set_grad_checkpointing
     kind: str = "backbone"  # for messages: "timm backbone", "HRNet body"
     weights_hint: str = "the file must hold the state dict of the same architecture"
 
+    # ------------------------------------------------------------------ the contract
+    @property
+    @abstractmethod
+    def channels(self) -> tuple[int, ...]:
+        """Channels of each map :meth:`forward` returns, finest first."""
+
+    @property
+    @abstractmethod
+    def strides(self) -> tuple[int, ...]:
+        """Stride (reduction from the input) of each map :meth:`forward` returns."""
+
+    @abstractmethod
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """``N x 3 x H x W`` normalised images -> one ``N x channels[i] x H/strides[i] x W/strides[i]``
+        map per level, finest first (sizes rounded as the body rounds them)."""
+
+    @abstractmethod
+    def stage_prefixes(self) -> list[tuple[str, ...]]:
+        """Parameter-name prefixes where each stage starts, stem first, in forward order
+        (what :meth:`freeze_stages` counts)."""
 
     # ------------------------------------------------------------------ heads on one map
     @property
     def head_channels(self) -> tuple[int, ...]:
         """``channels`` of :meth:`head_maps`' output."""
-        if self.head_input == "concat":
-            return (*self.channels, sum(self.channels))
         return self.channels
 
     @property
     def head_strides(self) -> tuple[int, ...]:
         """``strides`` of :meth:`head_maps`' output."""
-        if self.head_input == "concat":
-            return (*self.strides, self.strides[0])
         return self.strides
 
     def head_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The maps as heads that read one map see them: ``feats`` itself for ``head_input ==
-        "last"``; with ``"concat"``, ``feats`` plus their concatenation at the finest stride
-        as the last map (so ``[-1]`` is the HRNetV2 representation and ``[-2]`` the deepest
-        branch, which auxiliary heads read)."""
-        if self.head_input == "concat":
-            return [*feats, resize_concat(feats)]
+        """The maps as heads that read one map see them: ``[-1]`` is the map the head reads,
+        the others are what an auxiliary head may read by index. A pyramid gives ``feats``
+        itself (the deepest map last)."""
         return feats
+
+    # ------------------------------------------------------------------ encoder-decoder heads
+    def level_at(self, stride: int) -> int:
+        """Index of the deepest map at ``stride`` (a ValueError naming the strides if there is none)."""
+        found = [i for i, s in enumerate(self.strides) if s == stride]
+        if not found:
+            raise ValueError(f"{self.kind} {self.name!r} returns strides {tuple(self.strides)}, none at stride "
+                             f"{stride}; choose a backbone with a stride-{stride} stage")
+        return found[-1]
+
+    def decoder_channels(self, low_stride: int = 4) -> tuple[int, int]:
+        """``(high, low)`` channels of :meth:`decoder_features`."""
+        return self.channels[-1], self.channels[self.level_at(low_stride)]
+
+    def decoder_features(self, feats: list[torch.Tensor], low_stride: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(high, low)``: the deep map a decoder starts from (ASPP's input in DeepLabV3+) and the
+        fine map at ``low_stride`` it refines with. A pyramid gives its deepest map and its
+        deepest map at ``low_stride``."""
+        return feats[-1], feats[self.level_at(low_stride)]
 
     # ------------------------------------------------------------------ freezing
     def freeze(self, bn: bool = True, params: bool = True) -> Backbone:
@@ -102,10 +131,6 @@ class Backbone(nn.Module):
                              "train.grad_checkpointing=false or use a backbone that supports it (timm models, "
                              "segzoo's HRNet bodies)")
         return self
-
-    def stage_prefixes(self) -> list[tuple[str, ...]]:
-        """Parameter-name prefixes where each stage starts, stem first, in forward order."""
-        raise NotImplementedError
 
     @property
     def num_stages(self) -> int:

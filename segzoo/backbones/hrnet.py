@@ -27,6 +27,7 @@ from torch import nn
 from segzoo.backbones.base import Backbone
 from segzoo.layers.checkpoint import checkpoint_module
 from segzoo.layers.conv import ConvNormAct
+from segzoo.layers.multiscale import resize_concat
 
 FUSE_MODES = ("bilinear", "nearest")
 # keys of the ImageNet classification HRNet (timm, official) that the body does not have
@@ -137,10 +138,12 @@ class HRNetBackbone(Backbone):
     """The HRNet body: four parallel branches, returned finest first.
 
     Input: ``N x 3 x H x W`` normalised images (any size). Output: the four branches of the
-    last stage, strides 4, 8, 16, 32 with ``C, 2C, 4C, 8C`` channels. Heads that want the
-    HRNetV2 representation concatenate them (:func:`segzoo.layers.resize_concat`); heads
-    that read one map get it through :meth:`~segzoo.backbones.base.Backbone.head_maps`
-    (``head_input = "concat"``).
+    last stage, strides 4, 8, 16, 32 with ``C, 2C, 4C, 8C`` channels. The branches run in
+    parallel to the end, so the body overrides the head methods of
+    :class:`~segzoo.backbones.base.Backbone`: heads that read one map read the HRNetV2
+    representation (:meth:`representation`: every branch upsampled to stride 4 and
+    concatenated, ``15C`` channels), and DeepLabV3+'s decoder refines it with the stride-4
+    branch (:meth:`decoder_features`).
 
     Args:
         arch: the variant's numbers (see :data:`ARCHS`).
@@ -155,8 +158,8 @@ class HRNetBackbone(Backbone):
         name: what the body is called in messages (``"hrnet_w18"``).
     """
 
-    head_input = "concat"
     kind = "HRNet body"
+    strides = (4, 8, 16, 32)  # the four branches
     weights_hint = "pass the timm weights of the same variant (e.g. hrnet_w18 for hrnet_w18)"
 
     def __init__(
@@ -180,6 +183,7 @@ class HRNetBackbone(Backbone):
                 f"invalid HRNet variant {arch}: stage_modules needs 3 positive counts (stages 2-4) "
                 "and widths and block counts must be positive; see segzoo.backbones.hrnet.ARCHS"
             )
+        self.arch = arch
         self.fuse_mode = fuse_mode
         self.align_corners = align_corners
         self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
@@ -198,8 +202,6 @@ class HRNetBackbone(Backbone):
                 HRModule(cur, arch.stage_blocks, fuse_mode, align_corners) for _ in range(num_modules)
             )))
             prev = cur
-        self.channels: tuple[int, ...] = tuple(widths)
-        self.strides: tuple[int, ...] = (4, 8, 16, 32)
         self._init_weights()
         if weights is not None:
             self.load_weights(weights)
@@ -240,6 +242,38 @@ class HRNetBackbone(Backbone):
             for module in getattr(self, f"stage{s}"):
                 xs = checkpoint_module(module, xs, enabled=self.grad_checkpointing)
         return xs
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """``C, 2C, 4C, 8C`` (``C`` the variant's width)."""
+        return tuple(self.arch.width * 2**i for i in range(4))
+
+    # ------------------------------------------------------------------ head methods
+    def representation(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The HRNetV2 representation: the branches upsampled bilinearly to stride 4 (with the
+        body's ``align_corners``) and concatenated, ``N x 15C x H/4 x W/4``."""
+        return resize_concat(feats, self.align_corners)
+
+    @property
+    def head_channels(self) -> tuple[int, ...]:
+        return (*self.channels, sum(self.channels))
+
+    @property
+    def head_strides(self) -> tuple[int, ...]:
+        return (*self.strides, self.strides[0])
+
+    def head_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The branches, then the HRNetV2 representation: a one-map head reads ``[-1]`` (the
+        representation) and an auxiliary head ``[-2]`` (the stride-32 branch) by default."""
+        return [*feats, self.representation(feats)]
+
+    def decoder_channels(self, low_stride: int = 4) -> tuple[int, int]:
+        return sum(self.channels), self.channels[self.level_at(low_stride)]
+
+    def decoder_features(self, feats: list[torch.Tensor], low_stride: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(representation, branch at low_stride)``: the HRNetV2 representation as the deep feature
+        and the branch at ``low_stride`` (the stride-4 one) as the low-level feature."""
+        return self.representation(feats), feats[self.level_at(low_stride)]
 
     def set_grad_checkpointing(self, enable: bool = True) -> HRNetBackbone:
         """Recompute stage 1 and every multi-resolution module in backward (the stem and the

@@ -140,7 +140,7 @@ class MiTBlock(nn.Module):
 class MiTStage(nn.Module):
     """Patch embedding -> blocks -> LN; returns the ``N x dim x h x w`` map."""
 
-    def __init__(self, in_channels: int, dim: int, depth: int, heads: int, sr_ratio: int, mlp_ratio: int,
+    def __init__(self, in_channels: int, dim: int, *, depth: int, heads: int, sr_ratio: int, mlp_ratio: int,
                  kernel_size: int, stride: int, drop_paths: Sequence[float], eps: float) -> None:
         super().__init__()
         self.patch_embed = PatchEmbed(in_channels, dim, kernel_size, stride)
@@ -175,6 +175,7 @@ class MiT(Backbone):
     """
 
     kind = "MiT body"
+    strides = (4, 8, 16, 32)  # the patch embeddings reduce by 4, then by 2 in each stage
     weights_hint = "the file must hold segzoo's MiT state dict (convert Hugging Face files with `segzoo convert`)"
 
     def __init__(self, name: str = "mit_b0", drop_path_rate: float = 0.1, norm_eps: float = 1e-6,
@@ -189,15 +190,18 @@ class MiT(Backbone):
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear in depth
         stages, start, in_ch = [], 0, 3
         for i, (dim, depth) in enumerate(zip(arch.dims, arch.depths)):
-            stages.append(MiTStage(in_ch, dim, depth, arch.heads[i], arch.sr_ratios[i], arch.mlp_ratio,
-                                   7 if i == 0 else 3, 4 if i == 0 else 2, rates[start:start + depth], norm_eps))
+            stages.append(MiTStage(in_ch, dim, depth=depth, heads=arch.heads[i], sr_ratio=arch.sr_ratios[i],
+                                   mlp_ratio=arch.mlp_ratio, kernel_size=7 if i == 0 else 3, stride=4 if i == 0 else 2,
+                                   drop_paths=rates[start:start + depth], eps=norm_eps))
             start += depth
             in_ch = dim
         self.stages = nn.ModuleList(stages)
-        self.channels = tuple(arch.dims)
-        self.strides = (4, 8, 16, 32)
         if weights is not None:
             self.load_weights(weights)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(self.arch.dims)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []

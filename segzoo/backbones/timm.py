@@ -81,14 +81,24 @@ class TimmBackbone(Backbone):
         self.name = name
         self._timm_kwargs = dict(timm_kwargs)
         self.output_stride = output_stride
-        self.channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
-        self.strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
+        self._channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
+        self._strides: tuple[int, ...] = tuple(self.body.feature_info.reduction())
         # Swin and other token models return N x H x W x C maps; the contract is N x C x H x W
         self.channels_last_maps = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         if weights is not None:
             self.load_weights(weights)
         if frozen_bn:
             self.freeze(bn=True, params=False)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """timm's ``feature_info.channels()`` of the returned levels."""
+        return self._channels
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """timm's ``feature_info.reduction()`` of the returned levels (dilated stages keep the stride before them)."""
+        return self._strides
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.channels_last_maps:

@@ -60,6 +60,7 @@ def encode_targets(
     labels: torch.Tensor,
     image_idx: torch.Tensor,
     image_sizes: torch.Tensor,
+    *,
     num_classes: int,
     out_size: tuple[int, int],
     stride: int,

@@ -31,6 +31,7 @@ def combine_panoptic(
     labels: torch.Tensor,
     semantic: torch.Tensor,
     semantic_scores: torch.Tensor,
+    *,
     num_things: int,
     num_stuff: int,
     overlap_thresh: float = 0.5,

@@ -18,6 +18,7 @@ def detect(
     scores: torch.Tensor,
     image_idx: torch.Tensor,
     image_sizes: torch.Tensor,
+    *,
     score_thresh: float = 0.05,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,

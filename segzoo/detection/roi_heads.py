@@ -122,8 +122,8 @@ class MaskHead(nn.Module):
 
 
 class RoIHeads(nn.Module):
-    """Box head and box predictor (Faster R-CNN), with training targets and losses; Mask R-CNN
-    adds the mask branch with :meth:`add_mask_branch`.
+    """Box head and box predictor (Faster R-CNN), with training targets and losses, and for
+    Mask R-CNN the mask branch (``mask_layers``).
 
     Args:
         num_classes: object classes (background implicit).
@@ -138,13 +138,14 @@ class RoIHeads(nn.Module):
         score_thresh: keep detections scoring above this.
         nms_thresh: per-class NMS threshold.
         detections_per_img: most detections per image.
-        mask_layers: widths of the mask head's 3x3 convs: builds the mask branch now (None:
-            none; :meth:`add_mask_branch` adds it later).
+        mask_layers: widths of the mask head's 3x3 convs: with them, the mask branch (14x14
+            RoIAlign and a :class:`MaskHead`); None: no mask branch (Faster R-CNN).
     """
 
     def __init__(
         self,
         num_classes: int,
+        *,
         in_channels: int = 256,
         strides: Sequence[int] = (4, 8, 16, 32),
         representation_size: int = 1024,
@@ -160,26 +161,20 @@ class RoIHeads(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.box_roi_pool = MultiLevelRoIAlign(strides, 7, 2, roi_aligned)
+        self.box_roi_pool = MultiLevelRoIAlign(strides, output_size=7, sampling_ratio=2, aligned=roi_aligned)
         self.box_head = BoxHead(in_channels * 7 * 7, representation_size)
         self.box_predictor = BoxPredictor(representation_size, num_classes)
         self.mask_roi_pool: MultiLevelRoIAlign | None = None
         self.mask_head: MaskHead | None = None
-        self._mask_args = (in_channels, tuple(strides), roi_aligned)
+        if mask_layers is not None:
+            self.mask_roi_pool = MultiLevelRoIAlign(strides, output_size=14, sampling_ratio=2, aligned=roi_aligned)
+            self.mask_head = MaskHead(in_channels, num_classes, mask_layers)
         self.box_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
-        if mask_layers is not None:
-            self.add_mask_branch(mask_layers)
-
-    def add_mask_branch(self, layers: Sequence[int] = (256, 256, 256, 256)) -> None:
-        """Add the mask branch: 14x14 RoIAlign and a :class:`MaskHead` with 3x3 convs of ``layers``."""
-        in_channels, strides, roi_aligned = self._mask_args
-        self.mask_roi_pool = MultiLevelRoIAlign(strides, 14, 2, roi_aligned)
-        self.mask_head = MaskHead(in_channels, self.num_classes, layers)
 
     def forward(
         self,
@@ -207,8 +202,8 @@ class RoIHeads(nn.Module):
         boxes = self.box_coder.decode(deltas.view(r, self.num_classes, 4), proposals[:, None, :])  # (R, C, 4)
         scores = F.softmax(logits, dim=-1)[:, 1:]  # (R, C), background dropped
         boxes, scores, labels, img = detect(
-            boxes, scores, image_idx, image_sizes, self.score_thresh, self.nms_thresh,
-            self.detections_per_img)
+            boxes, scores, image_idx, image_sizes, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img)
         out = {"boxes": boxes, "scores": scores, "labels": labels, "image_idx": img}
         if self.mask_head is not None:
             probs = self.mask_head.forward_labels(self.mask_roi_pool(features, boxes, img), labels).sigmoid()

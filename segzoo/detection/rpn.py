@@ -7,6 +7,7 @@ the layout ``torchvision.ops.roi_align`` takes, with no per-image loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -24,6 +25,17 @@ from segzoo.detection.boxes import (
     rank_in_group,
 )
 from segzoo.detection.matcher import BELOW_LOW, BETWEEN, BalancedSampler, Matcher
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTest:
+    """A count that differs between train mode and eval mode (torchvision's ``{"training": n, "testing": n}``)."""
+
+    training: int
+    testing: int
+
+    def __call__(self, training: bool) -> int:
+        return self.training if training else self.testing
 
 
 class RPNHead(nn.Module):
@@ -72,7 +84,7 @@ class RegionProposalNetwork(nn.Module):
         in_channels: channels of the FPN levels.
         anchor_sizes: one anchor size per level.
         aspect_ratios: anchor height / width ratios.
-        pre_nms_top_n: ``{"training": n, "testing": n}`` anchors kept per level before NMS.
+        pre_nms_top_n: anchors kept per level before NMS, in train and in eval mode.
         post_nms_top_n: the same for proposals kept per image after NMS.
         nms_thresh: IoU threshold of the NMS.
         fg_iou_thresh: anchors with IoU >= this are positive.
@@ -85,11 +97,12 @@ class RegionProposalNetwork(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int = 256,
         anchor_sizes: Sequence[float] = (32, 64, 128, 256, 512),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        pre_nms_top_n: dict[str, int] | None = None,
-        post_nms_top_n: dict[str, int] | None = None,
+        pre_nms_top_n: TrainTest = TrainTest(training=2000, testing=1000),
+        post_nms_top_n: TrainTest = TrainTest(training=2000, testing=1000),
         nms_thresh: float = 0.7,
         fg_iou_thresh: float = 0.7,
         bg_iou_thresh: float = 0.3,
@@ -104,14 +117,11 @@ class RegionProposalNetwork(nn.Module):
         self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
-        self.pre_nms_top_n = pre_nms_top_n or {"training": 2000, "testing": 1000}
-        self.post_nms_top_n = post_nms_top_n or {"training": 2000, "testing": 1000}
+        self.pre_nms_top_n = pre_nms_top_n
+        self.post_nms_top_n = post_nms_top_n
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = min_size
-
-    def _mode(self) -> str:
-        return "training" if self.training else "testing"
 
     def forward(
         self,
@@ -152,7 +162,7 @@ class RegionProposalNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Best anchors per level -> decoded, clipped, filtered, NMS'd proposals per image."""
         n = logits[0].shape[0]
-        pre_n = self.pre_nms_top_n[self._mode()]
+        pre_n = self.pre_nms_top_n(self.training)
         boxes, scores, levels = [], [], []
         for lvl, (lg, dl, anc) in enumerate(zip(logits, deltas, anchors)):
             k = min(pre_n, lg.shape[1])
@@ -169,7 +179,7 @@ class RegionProposalNetwork(nn.Module):
         group = img * len(logits) + levels[None, :]  # NMS within each (image, level)
         boxes, scores, img, group = boxes[keep], scores[keep], img[keep], group[keep]
         order = nms_by_group(boxes, scores, group, self.nms_thresh)  # decreasing score
-        order = order[rank_in_group(img[order], n) < self.post_nms_top_n[self._mode()]]
+        order = order[rank_in_group(img[order], n) < self.post_nms_top_n(self.training)]
         order = order[group_major_order(img[order])]  # group by image, scores still decreasing
         return boxes[order], img[order]
 

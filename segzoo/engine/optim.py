@@ -13,7 +13,7 @@ from torch import nn
 SCHEDULES = ("poly", "cosine", "constant", "step")
 
 
-def param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float = 1.0,
+def param_groups(model: nn.Module, weight_decay: float, *, backbone_lr_mult: float = 1.0,
                  norm_bias_decay: bool = False) -> list[dict[str, Any]]:
     """Split trainable parameters into groups.
 
@@ -49,6 +49,7 @@ def param_groups(model: nn.Module, weight_decay: float, backbone_lr_mult: float 
 def build_optimizer(
     model: nn.Module,
     name: str = "sgd",
+    *,
     lr: float = 0.01,
     weight_decay: float = 1e-4,
     momentum: float = 0.9,
@@ -57,7 +58,7 @@ def build_optimizer(
     norm_bias_decay: bool = False,
 ) -> torch.optim.Optimizer:
     """SGD (with momentum) or AdamW over :func:`param_groups`; each group's lr is ``lr * lr_mult``."""
-    groups = param_groups(model, weight_decay, backbone_lr_mult, norm_bias_decay)
+    groups = param_groups(model, weight_decay, backbone_lr_mult=backbone_lr_mult, norm_bias_decay=norm_bias_decay)
     for g in groups:
         g["lr"] = lr * g["lr_mult"]
     name = name.lower()
@@ -72,6 +73,7 @@ def lr_factor(
     step: int,
     total_steps: int,
     schedule: str = "poly",
+    *,
     warmup_steps: int = 0,
     warmup_factor: float = 0.001,
     poly_power: float = 0.9,
@@ -105,7 +107,7 @@ def lr_factor(
     return decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str = "poly",
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str = "poly", *,
                     warmup_steps: int = 0, warmup_factor: float = 0.001, poly_power: float = 0.9,
                     min_lr_ratio: float = 0.0, milestones: tuple[int, ...] = (),
                     gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:

@@ -68,6 +68,7 @@ class ASPP(nn.Module):
     def __init__(
         self,
         in_channels: int,
+        *,
         rates: Sequence[int] = (12, 24, 36),
         out_channels: int = 256,
         dropout: float = 0.5,

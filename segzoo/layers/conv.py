@@ -28,6 +28,7 @@ class ConvNormAct(nn.Sequential):
         out_channels: int,
         kernel_size: int = 3,
         stride: int = 1,
+        *,
         dilation: int = 1,
         act: bool = True,
         bias: bool = False,
@@ -52,7 +53,7 @@ class FCNHead(nn.Sequential):
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, channels: int | None = None, dropout: float = 0.1
+        self, in_channels: int, num_classes: int, *, channels: int | None = None, dropout: float = 0.1
     ) -> None:
         channels = channels or in_channels // 4
         super().__init__(

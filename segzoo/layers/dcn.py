@@ -42,6 +42,7 @@ class ModulatedDeformConv2d(nn.Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int | tuple[int, int] = 3,
+        *,
         stride: int = 1,
         padding: int = 1,
         dilation: int = 1,
@@ -85,8 +86,8 @@ class ModulatedDeformConv2d(nn.Module):
         # CPU: grid_sample + one matmul runs 1.3-2.3x faster than torchvision's kernel (same
         # numbers to 2e-6); ONNX export: GridSample (opset 16) instead of DeformConv (opset 19)
         if x.device.type == "cpu" or torch.onnx.is_in_onnx_export():
-            return deform_conv2d_by_sampling(x, offset, mask, self.weight, self.bias, self.stride,
-                                             self.padding, self.dilation)
+            return deform_conv2d_by_sampling(x, offset, mask, self.weight, self.bias, stride=self.stride,
+                                             padding=self.padding, dilation=self.dilation)
         return deform_conv2d(
             x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
             dilation=self.dilation, mask=mask)
@@ -103,6 +104,7 @@ def deform_conv2d_by_sampling(
     mask: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
+    *,
     stride: tuple[int, int] = (1, 1),
     padding: tuple[int, int] = (1, 1),
     dilation: tuple[int, int] = (1, 1),

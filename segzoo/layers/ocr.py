@@ -92,6 +92,7 @@ class OCRHead(nn.Module):
         self,
         in_channels: int,
         num_classes: int,
+        *,
         mid_channels: int = 512,
         key_channels: int = 256,
         dropout: float = 0.05,

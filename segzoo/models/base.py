@@ -210,6 +210,7 @@ class SegmentationModel(Model):
     def __init__(
         self,
         num_classes: int,
+        *,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         ignore_index: int = 255,

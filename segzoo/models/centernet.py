@@ -102,6 +102,7 @@ class CenterNet(DetectionModel):
         self,
         num_classes: int = 80,
         backbone: str = "resnet18",
+        *,
         neck: str = "deconv",
         neck_channels: Sequence[int] = (256, 256, 256),
         head_conv: int = 64,
@@ -173,8 +174,9 @@ class CenterNet(DetectionModel):
         counts = torch.tensor(num, device=boxes.device)
         image_idx = torch.repeat_interleave(torch.arange(len(targets), device=boxes.device), counts,
                                             output_size=sum(num))  # sizes known: no sync
-        enc = ct.encode_targets(boxes, labels, image_idx, image_sizes, self.num_classes,
-                                tuple(maps["heatmap"].shape[-2:]), self.stride, self.max_objects)
+        enc = ct.encode_targets(boxes, labels, image_idx, image_sizes, num_classes=self.num_classes,
+                                out_size=tuple(maps["heatmap"].shape[-2:]), stride=self.stride,
+                                max_objects=self.max_objects)
         losses = {
             "loss_heatmap": ct.focal_loss(maps["heatmap"], enc["heatmap"]),
             "loss_size": ct.regression_l1(maps["size"], enc["index"], enc["size"]),

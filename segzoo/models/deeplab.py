@@ -82,11 +82,11 @@ class DeepLabHead(nn.Sequential):
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, rates: Sequence[int] = (12, 24, 36),
+        self, in_channels: int, num_classes: int, *, rates: Sequence[int] = (12, 24, 36),
         channels: int = 256, dropout: float = 0.5,
     ) -> None:
         super().__init__(
-            ASPP(in_channels, rates, channels, dropout),
+            ASPP(in_channels, rates=rates, out_channels=channels, dropout=dropout),
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
@@ -128,6 +128,7 @@ class DeepLabV3(SegmentationModel):
         self,
         num_classes: int = 21,
         backbone: str = "resnet50",
+        *,
         output_stride: int = 8,
         rates: Sequence[int] | None = None,
         channels: int = 256,
@@ -143,8 +144,8 @@ class DeepLabV3(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         aux_weight=aux_weight if aux_loss else 0.0, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         self.aux_index = _level_index(aux_index, chs, "aux_index")
@@ -155,7 +156,7 @@ class DeepLabV3(SegmentationModel):
             module = self.backbone.body.feature_info.module_name(self.aux_index)  # "blocks.2"
             self.tv_aux_stage = int(module.split(".")[1])
         self.classifier = DeepLabHead(
-            chs[-1], num_classes, _rates(rates, output_stride), channels, aspp_dropout
+            chs[-1], num_classes, rates=_rates(rates, output_stride), channels=channels, dropout=aspp_dropout
         )
         self.aux_classifier = FCNHead(chs[self.aux_index], num_classes) if aux_loss else None
 
@@ -198,11 +199,11 @@ class DeepLabV3PlusDecoder(nn.Module):
     """
 
     def __init__(
-        self, high_channels: int, low_channels: int, num_classes: int, rates: Sequence[int],
+        self, high_channels: int, low_channels: int, num_classes: int, *, rates: Sequence[int],
         channels: int = 256, low_proj: int = 48, aspp_dropout: float = 0.1, separable: bool = True,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(high_channels, rates, channels, aspp_dropout, separable=separable)
+        self.aspp = ASPP(high_channels, rates=rates, out_channels=channels, dropout=aspp_dropout, separable=separable)
         self.low_proj = ConvNormAct(low_channels, low_proj, kernel_size=1)
         conv = SeparableConvNormAct if separable else ConvNormAct
         self.fuse = nn.Sequential(
@@ -226,8 +227,11 @@ class DeepLabV3Plus(SegmentationModel):
 
     Args:
         num_classes: classes including background.
-        backbone: a timm model name (``features_only`` support); it must return a
-            stride-4 feature map (ResNet ``layer1``, ConvNeXt stage 0, ...).
+        backbone: a timm model name (``features_only`` support) or a segzoo body; it must
+            return a stride-4 feature map (ResNet ``layer1``, ConvNeXt stage 0, ...). The
+            decoder reads what the body's ``decoder_features`` gives: the deepest map and the
+            deepest stride-4 map of a pyramid; an HRNet body's HRNetV2 representation and its
+            stride-4 branch.
         output_stride: 16 (the paper's default), 8 or 32.
         rates: ASPP atrous rates; by default (6, 12, 18) at stride 16, (12, 24, 36) at 8.
         channels: ASPP and decoder channels.
@@ -250,6 +254,7 @@ class DeepLabV3Plus(SegmentationModel):
         self,
         num_classes: int = 21,
         backbone: str = "resnet50",
+        *,
         output_stride: int = 16,
         rates: Sequence[int] | None = None,
         channels: int = 256,
@@ -263,26 +268,29 @@ class DeepLabV3Plus(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
-        strides, chs = self.backbone.head_strides, self.backbone.head_channels
+        strides = self.backbone.strides
         if 4 not in strides:
             raise ValueError(
                 f"DeepLabV3+ needs a stride-4 feature map but backbone {backbone!r} returns "
                 f"strides {tuple(strides)}; choose a backbone with a stride-4 stage "
                 "(ResNet, ConvNeXt, EfficientNet, MobileNet)"
             )
-        self.low_index = max(i for i, s in enumerate(strides) if s == 4)
+        # the deep and the stride-4 feature as the body gives them (an HRNet body: its HRNetV2
+        # representation and its stride-4 branch)
+        high, low = self.backbone.decoder_channels(low_stride=4)
         self.decoder = DeepLabV3PlusDecoder(
-            chs[-1], chs[self.low_index], num_classes,
-            _rates(rates, output_stride), channels, low_proj, aspp_dropout, separable,
+            high, low, num_classes, rates=_rates(rates, output_stride), channels=channels, low_proj=low_proj,
+            aspp_dropout=aspp_dropout, separable=separable,
         )
 
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = self.backbone.head_maps(self.backbone(x))
-        return self.decoder(feats[-1], feats[self.low_index]), None
+        high, low = self.backbone.decoder_features(self.backbone(x), low_stride=4)
+        return self.decoder(high, low), None
 
 
 def _deeplabv3(name: str, backbone: str, /, **kwargs) -> DeepLabV3:

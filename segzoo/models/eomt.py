@@ -104,7 +104,7 @@ class EoMT(DetectionModel):
     class_layers = ("class_head",)
     postprocess = Mask2Former.postprocess
 
-    def __init__(self, num_classes: int = 133, num_stuff: int = 0, backbone: str = "vit_large_patch14_reg4_dinov2",
+    def __init__(self, num_classes: int = 133, *, num_stuff: int = 0, backbone: str = "vit_large_patch14_reg4_dinov2",
                  patch_size: int = 16, img_size: int = 640, backbone_weights: bool | str | None = None,
                  backbone_kwargs: dict | None = None, num_queries: int = 200, num_blocks: int = 4,
                  upscale_blocks: int = 2, class_weight: float = 2.0, mask_weight: float = 5.0,
@@ -140,8 +140,10 @@ class EoMT(DetectionModel):
         if anneal_steps is not None and len(anneal_steps) != num_blocks:
             raise ValueError(f"anneal_steps needs one (start, end) per block ({num_blocks}), got {len(anneal_steps)}")
         self.anneal_steps = None if anneal_steps is None else tuple(tuple(int(s) for s in p) for p in anneal_steps)
-        self.criterion = SetCriterion(self.num_classes, class_weight, mask_weight, dice_weight, no_object_weight,
-                                      num_points, oversample_ratio, importance_sample_ratio)
+        self.criterion = SetCriterion(
+            self.num_classes, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight,
+            no_object_weight=no_object_weight, num_points=num_points, oversample_ratio=oversample_ratio,
+            importance_sample_ratio=importance_sample_ratio)
         self.score_thresh, self.overlap_thresh, self.topk = float(score_thresh), float(overlap_thresh), topk
         self.register_buffer("thing_classes", torch.arange(self.num_classes) < self.num_things, persistent=False)
 

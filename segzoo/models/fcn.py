@@ -51,6 +51,7 @@ class FCN(SegmentationModel):
         self,
         num_classes: int = 21,
         backbone: str = "resnet50",
+        *,
         output_stride: int = 8,
         aux_loss: bool = True,
         aux_weight: float = 0.5,
@@ -62,8 +63,8 @@ class FCN(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         aux_weight=aux_weight if aux_loss else 0.0, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights, levels=2)
         chs = self.backbone.head_channels
         self.classifier = FCNHead(chs[-1], num_classes, dropout=dropout)

@@ -4,7 +4,7 @@ Representations for Semantic Segmentation", ECCV 2020).
 
 The body (:class:`~segzoo.backbones.hrnet.HRNetBackbone`) returns its four parallel
 branches; the first step of both heads here is the HRNetV2 representation: the branches
-upsampled bilinearly to stride 4 and concatenated (:func:`~segzoo.layers.resize_concat`).
+upsampled bilinearly to stride 4 and concatenated (``HRNetBackbone.representation``).
 Module names follow the official code and timm, so timm ImageNet weights load into
 ``backbone`` as they are and the key map of the official checkpoints (:func:`map_hrnet_official`,
 at the end) only has to rename the heads.
@@ -22,7 +22,6 @@ from torch import nn
 
 from segzoo.backbones.hrnet import ARCHS, HRNetArch, HRNetBackbone, hrnet_arch
 from segzoo.hub.published import WeightsEntry, register_converter, register_weights
-from segzoo.layers.multiscale import resize_concat
 from segzoo.layers.ocr import OCRHead
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import load_converted
@@ -82,6 +81,7 @@ class HRNet(_HRNetSegBase):
     def __init__(
         self,
         num_classes: int = 19,
+        *,
         width: int = 18,
         stage1_blocks: int = 4,
         stage1_channels: int = 64,
@@ -96,7 +96,8 @@ class HRNet(_HRNetSegBase):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         dice_weight=dice_weight, **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(arch, fuse_mode, align_corners, backbone_weights, name=_variant(arch))
@@ -109,7 +110,7 @@ class HRNet(_HRNetSegBase):
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = resize_concat(self.backbone(x), self.align_corners)  # (N, 15C, H/4, W/4)
+        feats = self.backbone.representation(self.backbone(x))  # (N, 15C, H/4, W/4)
         return self.head(feats), None
 
 
@@ -142,6 +143,7 @@ class HRNetOCR(_HRNetSegBase):
     def __init__(
         self,
         num_classes: int = 19,
+        *,
         width: int = 48,
         stage1_blocks: int = 4,
         stage1_channels: int = 64,
@@ -160,17 +162,18 @@ class HRNetOCR(_HRNetSegBase):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight, dice_weight=dice_weight,
-                         **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         aux_weight=aux_weight, dice_weight=dice_weight, **loss_options)
         arch = HRNetArch(width, stage1_blocks, stage1_channels, tuple(stage_modules), stage_blocks)
         self.align_corners = align_corners
         self.backbone = HRNetBackbone(arch, fuse_mode, align_corners, backbone_weights, name=_variant(arch))
-        self.head = OCRHead(sum(self.backbone.channels), num_classes, mid_channels, key_channels, dropout)
+        self.head = OCRHead(sum(self.backbone.channels), num_classes, mid_channels=mid_channels,
+                            key_channels=key_channels, dropout=dropout)
 
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feats = resize_concat(self.backbone(x), self.align_corners)  # (N, 15C, H/4, W/4)
+        feats = self.backbone.representation(self.backbone(x))  # (N, 15C, H/4, W/4)
         out, aux = self.head(feats)
         return out, (aux if with_aux else None)
 

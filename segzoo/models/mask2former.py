@@ -65,7 +65,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
     ``levels`` encoded maps, coarsest first, for the transformer decoder.
     """
 
-    def __init__(self, in_channels: Sequence[int], strides: Sequence[int], dim: int = 256, mask_dim: int = 256,
+    def __init__(self, in_channels: Sequence[int], strides: Sequence[int], *, dim: int = 256, mask_dim: int = 256,
                  heads: int = 8, layers: int = 6, ffn: int = 1024, levels: int = 3, common_stride: int = 4) -> None:
         super().__init__()
         if len(in_channels) < levels:
@@ -148,7 +148,7 @@ class MaskedAttentionDecoder(nn.Module):
     ``(class_logits B x Q x (C + 1), mask_logits B x Q x H/4 x W/4)``, the last the final one.
     """
 
-    def __init__(self, num_classes: int, in_dim: int = 256, dim: int = 256, mask_dim: int = 256, heads: int = 8,
+    def __init__(self, num_classes: int, *, in_dim: int = 256, dim: int = 256, mask_dim: int = 256, heads: int = 8,
                  layers: int = 9, ffn: int = 2048, num_queries: int = 100, levels: int = 3) -> None:
         super().__init__()
         self.heads, self.levels = heads, levels
@@ -238,7 +238,7 @@ class Mask2Former(DetectionModel):
     class_layers = ("decoder.class_embed",)
     size_divisibility = 32
 
-    def __init__(self, num_classes: int = 133, num_stuff: int = 0, backbone: str = "resnet50",
+    def __init__(self, num_classes: int = 133, *, num_stuff: int = 0, backbone: str = "resnet50",
                  backbone_weights: str | None = None, backbone_kwargs: dict | None = None,
                  dim: int = 256, mask_dim: int = 256, heads: int = 8,
                  encoder_layers: int = 6, encoder_ffn: int = 1024, decoder_layers: int = 9, decoder_ffn: int = 2048,
@@ -261,12 +261,15 @@ class Mask2Former(DetectionModel):
         if tuple(self.backbone.strides) != (4, 8, 16, 32):
             raise ValueError(f"Mask2Former needs a body with features at strides 4, 8, 16, 32; {backbone} gives "
                              f"{tuple(self.backbone.strides)}")
-        self.pixel_decoder = MSDeformAttnPixelDecoder(self.backbone.channels, self.backbone.strides, dim, mask_dim,
-                                                      heads, encoder_layers, encoder_ffn)
-        self.decoder = MaskedAttentionDecoder(self.num_classes, dim, dim, mask_dim, heads, decoder_layers,
-                                              decoder_ffn, num_queries)
-        self.criterion = SetCriterion(self.num_classes, class_weight, mask_weight, dice_weight, no_object_weight,
-                                      num_points)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            self.backbone.channels, self.backbone.strides, dim=dim, mask_dim=mask_dim, heads=heads,
+            layers=encoder_layers, ffn=encoder_ffn)
+        self.decoder = MaskedAttentionDecoder(
+            self.num_classes, in_dim=dim, dim=dim, mask_dim=mask_dim, heads=heads, layers=decoder_layers,
+            ffn=decoder_ffn, num_queries=num_queries)
+        self.criterion = SetCriterion(
+            self.num_classes, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight,
+            no_object_weight=no_object_weight, num_points=num_points)
         self.score_thresh, self.overlap_thresh = float(score_thresh), float(overlap_thresh)
         self.topk = topk
         things = torch.arange(self.num_classes) < self.num_things
@@ -317,7 +320,8 @@ class Mask2Former(DetectionModel):
         sem = semantic_merge(class_logits, logits)
         inst = instance_merge(class_logits, logits, topk=self.topk,
                               thing_classes=self.thing_classes if self.num_stuff else None)
-        pan = panoptic_merge(class_logits, logits, self.thing_classes, self.score_thresh, self.overlap_thresh)
+        pan = panoptic_merge(class_logits, logits, self.thing_classes, score_thresh=self.score_thresh,
+                             overlap_thresh=self.overlap_thresh)
         return [{"sem_seg": sem[i], **inst[i], **pan[i]} for i in range(len(shapes))]
 
 

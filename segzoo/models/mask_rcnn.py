@@ -22,7 +22,7 @@ from segzoo.backbones import make_backbone
 from segzoo.backbones.fpn import FPN
 from segzoo.detection.boxes import group_counts, rank_in_group, split_sizes
 from segzoo.detection.roi_heads import RoIHeads
-from segzoo.detection.rpn import RegionProposalNetwork
+from segzoo.detection.rpn import RegionProposalNetwork, TrainTest
 from segzoo.hub.published import COCO_90, register_weights, torchvision_entry
 from segzoo.models.converters import TORCHVISION, KeyMap, register_key_map, resnet_depth
 from segzoo.models.detection_base import DetectionModel, image_shapes
@@ -86,11 +86,13 @@ class FasterRCNN(DetectionModel):
     task = "detection"
     size_divisibility = 32
     class_layers = ("roi_heads.box_predictor",)
+    mask_layers: tuple[int, ...] | None = None  # widths of the mask head's convs: None, no mask branch (MaskRCNN's)
 
     def __init__(
         self,
         num_classes: int = 80,
         backbone: str = "resnet50",
+        *,
         backbone_weights: str | os.PathLike | None = None,
         frozen_bn: bool | None = None,
         trainable_backbone_layers: int | None = None,
@@ -143,15 +145,18 @@ class FasterRCNN(DetectionModel):
             raise ValueError(f"anchor_sizes needs one size per FPN level P2-P6 ({len(self.fpn.strides)}), "
                              f"got {tuple(anchor_sizes)}")
         self.rpn = RegionProposalNetwork(
-            fpn_channels, anchor_sizes, aspect_ratios,
-            {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
-            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test},
-            rpn_nms_thresh, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
-            rpn_positive_fraction, rpn_score_thresh)
+            in_channels=fpn_channels, anchor_sizes=anchor_sizes, aspect_ratios=aspect_ratios,
+            pre_nms_top_n=TrainTest(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
+            post_nms_top_n=TrainTest(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test),
+            nms_thresh=rpn_nms_thresh, fg_iou_thresh=rpn_fg_iou_thresh, bg_iou_thresh=rpn_bg_iou_thresh,
+            batch_size_per_image=rpn_batch_size_per_image, positive_fraction=rpn_positive_fraction,
+            score_thresh=rpn_score_thresh)
         self.roi_heads = RoIHeads(
-            num_classes, fpn_channels, FPN_STRIDES, representation_size, roi_aligned, box_fg_iou_thresh,
-            box_bg_iou_thresh, box_batch_size_per_image, box_positive_fraction, box_score_thresh,
-            box_nms_thresh, box_detections_per_img)
+            num_classes, in_channels=fpn_channels, strides=FPN_STRIDES, representation_size=representation_size,
+            roi_aligned=roi_aligned, fg_iou_thresh=box_fg_iou_thresh, bg_iou_thresh=box_bg_iou_thresh,
+            batch_size_per_image=box_batch_size_per_image, positive_fraction=box_positive_fraction,
+            score_thresh=box_score_thresh, nms_thresh=box_nms_thresh, detections_per_img=box_detections_per_img,
+            mask_layers=self.mask_layers)
 
     @property
     def has_masks(self) -> bool:
@@ -236,9 +241,9 @@ class MaskRCNN(FasterRCNN):
     task = "instance"
     class_layers = ("roi_heads.box_predictor", "roi_heads.mask_head.mask_logits")
 
-    def __init__(self, num_classes: int = 80, mask_layers: Sequence[int] = (256, 256, 256, 256), **kwargs) -> None:
+    def __init__(self, num_classes: int = 80, *, mask_layers: Sequence[int] = (256, 256, 256, 256), **kwargs) -> None:
+        self.mask_layers = tuple(mask_layers)  # FasterRCNN.__init__ builds the RoI heads with this mask branch
         super().__init__(num_classes, **kwargs)
-        self.roi_heads.add_mask_branch(mask_layers)
 
 
 class RCNNExport(nn.Module):

@@ -122,6 +122,7 @@ class PanopticFPN(MaskRCNN):
     def __init__(
         self,
         num_classes: int = 133,
+        *,
         num_stuff: int = 53,
         sem_seg_channels: int = 128,
         sem_seg_weight: float = 0.5,
@@ -264,9 +265,10 @@ class PanopticFPN(MaskRCNN):
             (img, rank), det["scores"].float())[:, :k]
         labels = torch.zeros(n, k + 1, dtype=torch.int64, device=logits.device).index_put(
             (img, rank), det["labels"])[:, :k]
-        return combine_panoptic(masks, scores, labels, semantic, prob, self.num_things, self.num_stuff,
-                                self.combine_overlap_thresh, self.combine_stuff_area_thresh,
-                                self.combine_score_thresh)
+        return combine_panoptic(masks, scores, labels, semantic, prob, num_things=self.num_things,
+                                num_stuff=self.num_stuff, overlap_thresh=self.combine_overlap_thresh,
+                                stuff_area_thresh=self.combine_stuff_area_thresh,
+                                score_thresh=self.combine_score_thresh)
 
     def exportable(self, max_detections: int = 100) -> PanopticExport:
         """The inference path with fixed-size outputs, for ``torch.export`` and ONNX."""

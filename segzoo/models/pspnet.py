@@ -34,7 +34,7 @@ class PSPHead(nn.Sequential):
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, bins: Sequence[int] = (1, 2, 3, 6),
+        self, in_channels: int, num_classes: int, *, bins: Sequence[int] = (1, 2, 3, 6),
         channels: int = 512, dropout: float = 0.1,
     ) -> None:
         ppm = PyramidPooling(in_channels, bins)
@@ -77,6 +77,7 @@ class PSPNet(SegmentationModel):
         self,
         num_classes: int = 21,
         backbone: str = "resnet50",
+        *,
         output_stride: int = 8,
         bins: Sequence[int] = (1, 2, 3, 6),
         channels: int = 512,
@@ -91,8 +92,8 @@ class PSPNet(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         aux_weight=aux_weight if aux_loss else 0.0, dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, output_stride, backbone_weights)
         chs = self.backbone.head_channels  # with an HRNet body: the branches, then their concatenation
         n = len(chs)
@@ -102,7 +103,7 @@ class PSPNet(SegmentationModel):
                 f"{tuple(chs)}); pass an index in [{-n}, {n - 1}]"
             )
         self.aux_index = aux_index % n
-        self.classifier = PSPHead(chs[-1], num_classes, bins, channels, dropout)
+        self.classifier = PSPHead(chs[-1], num_classes, bins=bins, channels=channels, dropout=dropout)
         self.aux_classifier = (
             FCNHead(chs[self.aux_index], num_classes, dropout=dropout) if aux_loss else None
         )

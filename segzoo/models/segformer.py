@@ -80,7 +80,7 @@ class SegFormerHead(nn.Module):
         dropout: dropout before the classifier (0.1).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, embed_dim: int = 256,
+    def __init__(self, in_channels: Sequence[int], num_classes: int, *, embed_dim: int = 256,
                  dropout: float = 0.1) -> None:
         super().__init__()
         self.proj = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_channels)
@@ -123,6 +123,7 @@ class SegFormer(SegmentationModel):
         self,
         num_classes: int = 150,
         backbone: str = "mit_b0",
+        *,
         embed_dim: int = 256,
         dropout: float = 0.1,
         drop_path_rate: float = 0.1,
@@ -134,7 +135,8 @@ class SegFormer(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         dice_weight=dice_weight, **loss_options)
         mit = dict(drop_path_rate=drop_path_rate, norm_eps=norm_eps) if backbone.startswith("mit_") else {}
         self.backbone = pyramid_backbone(backbone, backbone_weights, **mit)
         if len(self.backbone.channels) != 4:
@@ -144,7 +146,7 @@ class SegFormer(SegmentationModel):
         self.size_divisibility = 1 if isinstance(self.backbone, MiT) else max(self.backbone.strides)
         # ...but the first stage's 8 x 8 spatial-reduction conv needs a map of 8 x 8: inputs of 29 px and more
         self.min_input_size = 32 if isinstance(self.backbone, MiT) else 1
-        self.decode_head = SegFormerHead(self.backbone.channels, num_classes, embed_dim, dropout)
+        self.decode_head = SegFormerHead(self.backbone.channels, num_classes, embed_dim=embed_dim, dropout=dropout)
 
     def forward_logits(self, x: torch.Tensor, with_aux: bool = False) -> tuple[torch.Tensor, None]:
         return self.decode_head(self.backbone(x)), None

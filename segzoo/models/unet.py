@@ -83,6 +83,7 @@ class UNet(SegmentationModel):
     def __init__(
         self,
         num_classes: int = 21,
+        *,
         channels: Sequence[int] = (64, 128, 256, 512, 1024),
         ignore_index: int = 255,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -90,7 +91,8 @@ class UNet(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         dice_weight=dice_weight, **loss_options)
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2 or min(channels) < 1:
             raise ValueError(
@@ -177,6 +179,7 @@ class UNetTimm(SegmentationModel):
         self,
         num_classes: int = 21,
         backbone: str = "resnet34",
+        *,
         decoder_channels: Sequence[int] | None = None,
         backbone_weights: str | os.PathLike | None = None,
         ignore_index: int = 255,
@@ -185,7 +188,8 @@ class UNetTimm(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         dice_weight=dice_weight, **loss_options)
         self.backbone = make_backbone(backbone, 32, backbone_weights)
         strides, chs = self.backbone.strides, self.backbone.channels
         deepest = strides[-1]

@@ -54,7 +54,7 @@ class UPerHead(nn.Module):
         dropout: dropout before the classifier (0.1, as mmsegmentation).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 512,
+    def __init__(self, in_channels: Sequence[int], num_classes: int, *, channels: int = 512,
                  bins: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1) -> None:
         super().__init__()
         self.ppm = PyramidPooling(in_channels[-1], bins, channels)
@@ -108,6 +108,7 @@ class UPerNet(SegmentationModel):
         self,
         num_classes: int = 150,
         backbone: str = "convnext_tiny",
+        *,
         channels: int = 512,
         bins: Sequence[int] = (1, 2, 3, 6),
         dropout: float = 0.1,
@@ -122,8 +123,8 @@ class UPerNet(SegmentationModel):
         dice_weight: float = 0.0,
         **loss_options: Any,
     ) -> None:
-        super().__init__(num_classes, mean, std, ignore_index, aux_weight if aux_loss else 0.0,
-                         dice_weight=dice_weight, **loss_options)
+        super().__init__(num_classes, mean=mean, std=std, ignore_index=ignore_index,
+                         aux_weight=aux_weight if aux_loss else 0.0, dice_weight=dice_weight, **loss_options)
         self.backbone = pyramid_backbone(backbone, backbone_weights)
         chs = self.backbone.channels
         if len(chs) != 4:
@@ -131,8 +132,8 @@ class UPerNet(SegmentationModel):
         self.size_divisibility = max(32, max(self.backbone.strides))
         self.out_norms = (nn.ModuleList(LayerNorm2d(c, eps=out_norm_eps) for c in chs)
                           if out_norm_eps is not None else None)
-        self.decode_head = UPerHead(chs, num_classes, channels, bins, dropout)
-        self.aux_head = FCNHead(chs[2], num_classes, aux_channels, dropout) if aux_loss else None
+        self.decode_head = UPerHead(chs, num_classes, channels=channels, bins=bins, dropout=dropout)
+        self.aux_head = FCNHead(chs[2], num_classes, channels=aux_channels, dropout=dropout) if aux_loss else None
 
     def forward_logits(self, x: torch.Tensor, with_aux: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         feats = self.backbone(x)

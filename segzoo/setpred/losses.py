@@ -54,7 +54,7 @@ class SetCriterion(nn.Module):
     then the loss's points (:func:`~segzoo.setpred.uncertain_points`).
     """
 
-    def __init__(self, num_classes: int, class_weight: float = 2.0, mask_weight: float = 5.0,
+    def __init__(self, num_classes: int, *, class_weight: float = 2.0, mask_weight: float = 5.0,
                  dice_weight: float = 5.0, no_object_weight: float = 0.1, num_points: int = 12544,
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
                  matcher: HungarianMatcher | None = None, generator: torch.Generator | None = None) -> None:

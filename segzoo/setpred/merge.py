@@ -78,7 +78,7 @@ def instance_merge(class_logits: torch.Tensor, mask_logits: torch.Tensor, topk: 
             for i in range(b)]
 
 
-def panoptic_merge(class_logits: torch.Tensor, mask_logits: torch.Tensor, thing_classes: torch.Tensor,
+def panoptic_merge(class_logits: torch.Tensor, mask_logits: torch.Tensor, thing_classes: torch.Tensor, *,
                    score_thresh: float = 0.8, overlap_thresh: float = 0.8, mask_thresh: float = 0.5,
                    size: Sequence[int] | None = None) -> list[dict]:
     """The paper's panoptic merge. Queries whose best class is an object with probability

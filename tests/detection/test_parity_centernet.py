@@ -125,7 +125,8 @@ def test_targets_and_losses_equal_the_official_rules(max_objects):
     flat_boxes = torch.cat([t["boxes"] for t in targets])
     image_idx = torch.tensor([i for i, b in enumerate(boxes) for _ in b])
     enc = ct.encode_targets(flat_boxes, torch.cat([t["labels"] for t in targets]), image_idx,
-                            torch.tensor([[96, 128]] * 3), 3, (oh, ow), STRIDE, max_objects)
+                            torch.tensor([[96, 128]] * 3), num_classes=3, out_size=(oh, ow), stride=STRIDE,
+                            max_objects=max_objects)
     torch.testing.assert_close(enc["heatmap"], torch.from_numpy(np.stack([r["heatmap"] for r in refs])),
                                atol=1e-6, rtol=0)
     assert enc["index"].tolist() == [i * oh * ow + j for i, r in enumerate(refs) for j in r["index"]]
@@ -168,7 +169,7 @@ def test_border_boxes_keep_their_true_size():
     # the official code clips it to the last output cell (one cell narrower)
     box = np.array([[100.0, 40.0, 128.0, 60.0]], dtype=np.float32)
     enc = ct.encode_targets(torch.from_numpy(box), torch.tensor([0]), torch.tensor([0]),
-                            torch.tensor([[96, 128]]), 1, (24, 32), STRIDE)
+                            torch.tensor([[96, 128]]), num_classes=1, out_size=(24, 32), stride=STRIDE)
     ref = reference_targets(box / STRIDE, [0], 1, 24, 32, None)
     assert enc["size"][0].tolist() == [7.0, 5.0]
     assert ref["size"][0] == pytest.approx([6.0, 5.0])

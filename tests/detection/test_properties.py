@@ -205,7 +205,7 @@ def test_centernet_encode_then_decode_is_identity(data, stride, num_classes):
             idx.append(i)
     boxes_t = torch.tensor(boxes_, dtype=torch.float32).reshape(-1, 4)
     labels_t, idx_t = torch.tensor(labels, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
-    enc = ct.encode_targets(boxes_t, labels_t, idx_t, sizes, num_classes, out, stride)
+    enc = ct.encode_targets(boxes_t, labels_t, idx_t, sizes, num_classes=num_classes, out_size=out, stride=stride)
     assert enc["heatmap"].shape == (n, num_classes, *out) and len(enc["index"]) == len(boxes_t)
     assert enc["heatmap"].max() <= 1 and (enc["heatmap"] == 1).sum() == len(boxes_t)  # one peak per object
     size_map, off_map = torch.zeros(n, 2, *out), torch.zeros(n, 2, *out)

@@ -27,7 +27,8 @@ def test_step_schedule_with_warmup_equals_torchvisions_reference():
         opt.step()
         warm.step()
         multi.step()
-    got = [0.02 * lr_factor(s, steps, "step", warmup, factor, milestones=(60, 80), gamma=0.1) for s in range(steps)]
+    got = [0.02 * lr_factor(s, steps, "step", warmup_steps=warmup, warmup_factor=factor, milestones=(60, 80),
+                            gamma=0.1) for s in range(steps)]
     assert got == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 

@@ -166,6 +166,13 @@ def test_backbone_without_checkpointing_says_so():
 
     class Plain(Backbone):
         name = "plain"
+        channels, strides = (3,), (1,)
+
+        def forward(self, x):
+            return [x]
+
+        def stage_prefixes(self):
+            return []
 
     with pytest.raises(ValueError, match="backbone 'plain' does not support gradient checkpointing"):
         Plain().set_grad_checkpointing()

@@ -68,8 +68,8 @@ def test_matches_dcnv2_formula(stride, padding, dilation):
     assert (out - ref).abs().max() < 1e-10
     # both kernels: grid_sample + matmul (CPU and ONNX) and torchvision's (CUDA)
     offset, mask = layer.offsets_and_mask(x)
-    by_sampling = deform_conv2d_by_sampling(x, offset, mask, layer.weight, layer.bias, layer.stride,
-                                            layer.padding, layer.dilation)
+    by_sampling = deform_conv2d_by_sampling(x, offset, mask, layer.weight, layer.bias, stride=layer.stride,
+                                            padding=layer.padding, dilation=layer.dilation)
     assert (by_sampling - ref).abs().max() < 1e-10
     tv = deform_conv2d(x, offset, layer.weight, layer.bias, stride=layer.stride, padding=layer.padding,
                        dilation=layer.dilation, mask=mask)

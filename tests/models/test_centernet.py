@@ -81,7 +81,7 @@ def test_gaussian_radius_known_values():
 def test_heatmap_targets_follow_the_official_rules():
     boxes = torch.tensor([[8.0, 8.0, 48.0, 48.0], [10.0, 10.0, 46.0, 46.0], [60.0, 4.0, 64.0, 12.0]])
     enc = ct.encode_targets(boxes, torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0]),
-                            torch.tensor([[64, 64]]), 2, (16, 16), 4)
+                            torch.tensor([[64, 64]]), num_classes=2, out_size=(16, 16), stride=4)
     hm = enc["heatmap"][0]
     # box 1: 10 x 10 cells, centre (7, 7) exactly, radius 2, sigma 5/6
     assert hm[0, 7, 7] == 1 and hm[0, 7, 9] == pytest.approx(math.exp(-4 / (2 * (5 / 6) ** 2)), rel=1e-5)
@@ -121,7 +121,7 @@ def test_encode_then_decode_is_identity():
         labels.append(torch.randint(0, 4, (int(keep.sum()),)))
         idx.append(torch.full((int(keep.sum()),), i))
     boxes, labels, idx = torch.cat(boxes), torch.cat(labels), torch.cat(idx)
-    enc = ct.encode_targets(boxes, labels, idx, sizes, 4, out, stride)
+    enc = ct.encode_targets(boxes, labels, idx, sizes, num_classes=4, out_size=out, stride=stride)
     size_map, off_map = torch.zeros(n, 2, *out), torch.zeros(n, 2, *out)
     img, cell = enc["index"] // (out[0] * out[1]), enc["index"] % (out[0] * out[1])
     size_map[img, :, cell // out[1], cell % out[1]] = enc["size"]  # ground-truth maps

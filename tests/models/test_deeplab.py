@@ -76,13 +76,15 @@ def test_deeplabv3plus_layout():
     dec = model.decoder
     assert dec.aspp.rates == (6, 12, 18) and dec.aspp.out_channels == 256
     # 48-channel projection of the stride-4 feature (ResNet layer1, 256 channels)
-    assert model.backbone.strides[model.low_index] == 4
+    assert model.backbone.decoder_channels() == (2048, 256)
     assert dec.low_proj[0].in_channels == 256 and dec.low_proj[0].out_channels == 48
     assert [b[0].kernel_size for b in dec.fuse] == [(3, 3), (3, 3)]
     assert dec.fuse[0][0].in_channels == 256 + 48
     feats = model.backbone(torch.rand(1, 3, 64, 64))
-    assert feats[-1].shape[-2:] == (4, 4)  # output stride 16
-    assert dec(feats[-1], feats[model.low_index]).shape == (1, 5, 16, 16)
+    high, low = model.backbone.decoder_features(feats)
+    assert high is feats[-1] and high.shape[-2:] == (4, 4)  # output stride 16
+    assert low is feats[1] and low.shape[1:] == (256, 16, 16)  # layer1 (feats[0] is the stride-2 stem)
+    assert dec(high, low).shape == (1, 5, 16, 16)
 
 
 def test_mobilenetv3_large_matches_torchvision_layout():

@@ -59,7 +59,8 @@ def test_batched_merge_matches_the_sequential_rule(seed):
     semantic[:, :, :6] = 1  # a large stuff region
     semantic[1, -3:] = -1  # padding of a smaller image: never painted
     probs = torch.rand(n, h, w, generator=g)
-    out = combine_panoptic(masks, scores, labels, semantic, probs, things, stuff, 0.5, 12, 0.3)
+    out = combine_panoptic(masks, scores, labels, semantic, probs, num_things=things, num_stuff=stuff,
+                           overlap_thresh=0.5, stuff_area_thresh=12, score_thresh=0.3)
     for b in range(n):
         ref_seg, ref_info = _reference(masks[b], scores[b], labels[b], semantic[b], things, stuff, 0.5, 12, 0.3)
         assert torch.equal(out["segments"][b].long(), ref_seg)
@@ -81,10 +82,12 @@ def test_overlap_threshold_is_a_fraction_of_the_mask():
     masks[0, 0, :, :5] = True  # 20 px
     masks[0, 1, :, 3:8] = True  # 20 px, 8 of them taken: 0.4 <= 0.5, kept with its 12 free pixels
     out = combine_panoptic(masks, torch.tensor([[0.9, 0.8]]), torch.tensor([[0, 1]]),
-                           torch.zeros(1, 4, 10, dtype=torch.int64), torch.ones(1, 4, 10), 2, 1, 0.5, 1, 0.5)
+                           torch.zeros(1, 4, 10, dtype=torch.int64), torch.ones(1, 4, 10), num_things=2, num_stuff=1,
+                           overlap_thresh=0.5, stuff_area_thresh=1, score_thresh=0.5)
     assert out["areas"][0, :2].tolist() == [20, 12]
     out = combine_panoptic(masks, torch.tensor([[0.9, 0.8]]), torch.tensor([[0, 1]]),
-                           torch.zeros(1, 4, 10, dtype=torch.int64), torch.ones(1, 4, 10), 2, 1, 0.3, 1, 0.5)
+                           torch.zeros(1, 4, 10, dtype=torch.int64), torch.ones(1, 4, 10), num_things=2, num_stuff=1,
+                           overlap_thresh=0.3, stuff_area_thresh=1, score_thresh=0.5)
     assert int(out["num_segments"][0]) == 1  # 0.4 > 0.3: dropped
 
 

@@ -28,6 +28,11 @@ LAYERS = [
     ("segzoo.registry",),
     ("segzoo.models",),
     ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.optimize", "segzoo.quantize", "segzoo.info"),
+    # segzoo.data belongs here too once segzoo.models stops reading ADE20K's class names from segzoo.data.ade20k
+    ("segzoo.metrics", "segzoo.visualize"),
+    ("segzoo.inference",),
+    ("segzoo.tasks",),  # one object per task, over data, metrics, pictures and inference
+    ("segzoo.engine",),
 ]
 
 

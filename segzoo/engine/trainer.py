@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
-from segzoo.data.transforms import collate_for, pop_dropped
+from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import amp_dtype_for, autocast, select_device, to_device
 from segzoo.engine.distributed import (
     GroupedShardBatches,
@@ -51,14 +51,7 @@ from segzoo.engine.distributed import (
     world_info,
 )
 from segzoo.engine.ema import ModelEma
-from segzoo.engine.evaluator import (
-    check_categories,
-    evaluate,
-    primary_metric,
-    protocol_kwargs,
-    save_predictions_png,
-    summary_line,
-)
+from segzoo.engine.evaluator import evaluate, save_predictions_png
 from segzoo.engine.logs import RunLog, jsonable
 from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import (
@@ -74,6 +67,7 @@ from segzoo.engine.run_folder import (
 )
 from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
 from segzoo.engine.trackers import build_trackers, check_installed, flatten
+from segzoo.tasks import get_task
 from segzoo.version import __version__
 
 __all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "Trainer",
@@ -121,10 +115,11 @@ class Trainer:
         if not hasattr(model, "spec"):
             raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
         self.task = model.task
-        check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
+        self.task_def = get_task(model)  # the task object: collate, metric names, checks
+        self.task_def.check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
         self.num_classes = model.spec.num_classes
-        self.metric_name = primary_metric(self.task, self.ec.metric)
-        self.eval_protocol = protocol_kwargs(self.ec, self.task)  # checked before any work
+        self.metric_name = self.task_def.primary_metric(self.ec.metric)
+        self.eval_protocol = self.task_def.protocol(self.ec)  # checked before any work
         self.classes = list(classes) if classes is not None and len(classes) == self.num_classes else None
         self.out_dir = Path(out_dir)
         self.on_step = on_step
@@ -230,9 +225,7 @@ class Trainer:
         k = self.dc.aspect_ratio_groups
         if k is None:
             return None
-        if self.task == "semantic":
-            raise ValueError("data.aspect_ratio_groups groups detection, instance and panoptic batches by aspect "
-                             "ratio; semantic training crops every image to one size: remove it")
+        self.task_def.check_aspect_ratio_groups()  # semantic training crops every image to one size
         try:
             sizes = image_sizes(train_set)
         except TypeError as e:
@@ -244,12 +237,12 @@ class Trainer:
             return DataLoader(
                 SeededDataset(dataset, self.tc.seed), batch_sampler=GroupedShardBatches(sampler, self.group_ids,
                                                                                          batch_size),
-                collate_fn=collate_for(self.task), num_workers=self.dc.num_workers,
+                collate_fn=self.task_def.collate, num_workers=self.dc.num_workers,
                 pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.tc.seed),
             )
         return DataLoader(
             SeededDataset(dataset, self.tc.seed), batch_size=batch_size, sampler=sampler,
-            collate_fn=collate_for(self.task), num_workers=self.dc.num_workers, drop_last=sampler.shuffle,
+            collate_fn=self.task_def.collate, num_workers=self.dc.num_workers, drop_last=sampler.shuffle,
             pin_memory=self.device.type == "cuda",
             # a private generator: creating a loader never touches the global RNG
             generator=torch.Generator().manual_seed(self.tc.seed),
@@ -441,7 +434,7 @@ class Trainer:
             self.log({"type": "eval", "step": self.step, "epoch": epoch + 1, **results,
                       "best": self.best, "best_step": self.best_step})
             if self.is_main:
-                shown = summary_line(results, self.task, self.metric_name)
+                shown = self.task_def.summary_line(results, self.metric_name)
                 (pbar.write if pbar is not None else print)(f"[eval] epoch {epoch + 1} step {self.step}: {shown}")
             patience = self.tc.early_stop_patience
             if patience and self.bad_evals >= patience and not finished:

@@ -181,3 +181,20 @@ def test_no_task_name_comparison_outside_the_task_objects():
     assert not found, "ask segzoo.tasks.get_task(...) instead:\n" + "\n".join(found)
     caught = 'if model.task == "semantic": pass\nif task not in ("instance", "panoptic"): pass\nif x != "b": pass\n'
     assert len(_task_name_comparisons(caught, "example")) == 2
+
+
+def test_collate_and_transform_presets():
+    from segzoo.data.transforms import build_transforms
+
+    semantic, panoptic = get_task("semantic"), get_task("panoptic")
+    pairs = [(torch.rand(3, 4, 5), torch.zeros(4, 5)), (torch.rand(3, 6, 3), torch.ones(6, 3))]
+    images, masks = semantic.collate(pairs)
+    assert images.shape == (2, 3, 6, 5) and int(masks[0, 5, 0]) == 255 and int(masks[1, 0, 4]) == 255
+    images, targets = panoptic.collate([(torch.rand(3, 4, 5), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)})])
+    assert isinstance(images, list) and targets[0]["labels"].dtype == torch.int64
+    assert repr(panoptic.transforms(train=False)) == repr(build_transforms("panoptic", train=False))
+    with pytest.raises(ValueError, match="applies to semantic models only"):
+        get_task("instance").transforms(train=True, cat_max_ratio=0.75)
+    with pytest.raises(ValueError, match="semantic training crops every image to one size"):
+        semantic.check_aspect_ratio_groups()
+    get_task("detection").check_aspect_ratio_groups()

@@ -208,19 +208,21 @@ def _eval(args: argparse.Namespace) -> int:
     from segzoo.config import EvalConfig, load_config
     from segzoo.engine.build import build_split
     from segzoo.engine.device import amp_dtype_for
-    from segzoo.engine.evaluator import evaluate, protocol_kwargs
+    from segzoo.engine.evaluator import evaluate
     from segzoo.engine.report import format_results, write_report
     from segzoo.inference import fast_model
     from segzoo.registry import load
+    from segzoo.tasks import get_task
 
     cfg = load_config(args.data, [*args.overrides, *_protocol_overrides(args)], require_model=False)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
     check_writable(out, folder=True)
     device = _device(args.device)
     model = load(args.checkpoint, map_location=device)
-    protocol = protocol_kwargs(cfg.eval, model.task)
+    task = get_task(model)
+    protocol = task.protocol(cfg.eval)
     if args.tile is not None or args.tta is not None:
-        if protocol != protocol_kwargs(EvalConfig(), model.task):
+        if protocol != task.protocol(EvalConfig()):
             raise ValueError("--tile/--tta and the eval protocol (--mode, --crop, --scales, --flip, eval.* keys) are "
                              "two ways to set the same thing; use one of them")
         protocol = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
@@ -237,7 +239,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(format_results(result))
     shown = {k: getattr(cfg.eval, k) for k in ("mode", "crop", "stride", "resize", "scales", "flip")}
     path = write_report(result, out, checkpoint=str(args.checkpoint), model=model.spec.name, split=args.split,
-                        tile=args.tile, tta=args.tta, protocol=shown if model.task == "semantic" else None)
+                        tile=args.tile, tta=args.tta, protocol=shown if task.traits.dense else None)
     print(f"wrote {path} and pictures", file=sys.stderr)
     return 0
 
@@ -276,10 +278,9 @@ PRELABEL_FORMATS = ("coco", "labelme", "cvat", "yolo", "mask_folder")  # segzoo.
 
 
 def _infer(args: argparse.Namespace) -> int:
-    import torch
-
     from segzoo.inference import SkippedImageWarning, list_images, predict_files
     from segzoo.registry import load
+    from segzoo.tasks import get_task
 
     out = check_writable(args.out, folder=True)
     if not 0 <= args.alpha <= 1:
@@ -287,6 +288,7 @@ def _infer(args: argparse.Namespace) -> int:
     model = load(args.checkpoint, map_location=_device(args.device))
     files = list_images(args.images, recursive=args.recursive)
     classes = getattr(model, "classes", None)
+    task = get_task(model)
     prelabels = _prelabels(args, model, out)
 
     def name(k: int) -> str:
@@ -306,26 +308,8 @@ def _infer(args: argparse.Namespace) -> int:
             if prelabels is not None:
                 prelabels[0].add(fp.path, fp.result)
             written = ", ".join(Path(w).name for w in fp.written)
-            if model.task == "semantic":
-                found = [name(int(k)) for k in torch.unique(fp.result["mask"])]
-                print(f"{fp.path}: {', '.join(found)} -> {written}")
-                continue
-            if model.task == "panoptic":
-                segs = fp.result["segments_info"]
-                found = ", ".join(f"{name(int(s['category']))}" for s in segs[:8])
-                found += f" and {len(segs) - 8} more" if len(segs) > 8 else ""
-                print(f"{fp.path}: {len(segs)} segments" + (f" ({found})" if found else "") + f" -> {written}")
-                continue
-            scores, labels = fp.result["scores"], fp.result["labels"]
-            order = torch.argsort(scores, descending=True, stable=True).tolist()
-            above = [i for i in order if scores[i] >= args.score_thresh]
-            found = ", ".join(f"{name(int(labels[i]))} {float(scores[i]):.2f}" for i in above[:5])
-            found += f" and {len(above) - 5} more" if len(above) > 5 else ""
-            if not above and order:
-                found = f"best: {name(int(labels[order[0]]))} {float(scores[order[0]]):.2f}"
-            kept = sum(1 for i in order if scores[i] >= min(args.keep_thresh, args.score_thresh))
-            print(f"{fp.path}: {len(above)} detections >= {args.score_thresh:g}" + (f" ({found})" if found else "")
-                  + f"; {kept} in the json (>= {min(args.keep_thresh, args.score_thresh):g}) -> {written}")
+            shown = task.describe_prediction(fp.result, name, args.score_thresh, args.keep_thresh)
+            print(f"{fp.path}: {shown} -> {written}")
     print(f"wrote {done} predictions to {out}" + (f"; skipped {skipped} unreadable files" if skipped else ""),
           file=sys.stderr)
     if prelabels is not None and done:
@@ -372,6 +356,7 @@ def _export(args: argparse.Namespace) -> int:
     from segzoo import export as ex
     from segzoo.fuse import fuse
     from segzoo.registry import build, load
+    from segzoo.tasks import get_task
 
     out = check_writable(args.out)
     if out.is_dir():
@@ -381,7 +366,7 @@ def _export(args: argparse.Namespace) -> int:
     else:
         kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
         model = build(args.model, **kwargs).eval()
-    if args.dynamic and model.task != "semantic":
+    if args.dynamic and not get_task(model).traits.dynamic_export:
         raise ValueError(f"--dynamic supports semantic models; {model.spec.name} is a {model.task} model, whose "
                          "export is fixed-size: export it at the size you deploy (--height/--width)")
     x = ex.example_input(args.height, args.width)

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from segzoo.spec import task_traits
+
 OUTPUT_NAMES = {
     "semantic": ("logits",),
     "detection": ("boxes", "scores", "labels", "num_detections"),
@@ -53,7 +55,7 @@ def _kind(model: nn.Module) -> str:
 
 def exportable(model: nn.Module, max_detections: int = 100) -> nn.Module:
     """The module that is exported for ``model`` (itself for semantic models), in eval mode."""
-    if model.task == "semantic":
+    if task_traits(model.task).dense:
         return model.eval()
     if not hasattr(model, "exportable"):
         raise NotImplementedError(
@@ -79,7 +81,7 @@ def dynamic_shapes(model: nn.Module, example: torch.Tensor, min_size: int = 64,
     because models with a stride-32 stage specialise a 1-pixel deepest feature map.
     """
     task = model.task
-    if task != "semantic" and not getattr(model, "dynamic_export", False):
+    if not task_traits(task).dynamic_export and not getattr(model, "dynamic_export", False):
         raise ValueError(f"dynamic export supports semantic models; {type(model).__name__} is a {task} model, "
                          "whose export is fixed-size: export it at the input size you deploy (dynamic=False)")
     if example.dim() != 4:

@@ -27,6 +27,7 @@ from segzoo.data.coco_panoptic import ids_to_rgb
 from segzoo.optimize import OptimizedModel, optimize
 from segzoo.slicing import CropMasks, sliced_detect, tile_origins
 from segzoo.slicing import tile_size as _tile_size
+from segzoo.spec import task_traits
 from segzoo.visualize import read_image
 
 __all__ = [
@@ -146,10 +147,11 @@ def _tta_config(tta) -> dict:
 def check_tta(task: str, tta, tile=None) -> None:
     """Refuse test-time augmentation for a model whose task has none (detection, instance, panoptic) and
     tiling for panoptic models (segments of different tiles cannot be merged by NMS)."""
-    if task != "semantic" and tta not in (None, False):
+    traits = task_traits(task)
+    if not traits.tta and tta not in (None, False):
         raise ValueError(f"tta is implemented for semantic models only; this model's task is {task!r}")
-    if task == "panoptic" and tile is not None:
-        raise ValueError("tiled inference is not implemented for panoptic models; resize the image instead")
+    if not traits.tiling and tile is not None:
+        raise ValueError(f"tiled inference is not implemented for {task} models; resize the image instead")
 
 
 def fit_scale(h: int, w: int, size: int | Sequence[int]) -> float:
@@ -332,7 +334,7 @@ def predict(
     model.eval()
     try:
         with torch.inference_mode():
-            if task == "semantic":
+            if task_traits(task).dense:
                 probs = semantic_probs(model, x, tile, overlap, tta, batch_size)[0]  # (C, H, W)
                 return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
             out = detect(model, [x[0]], tile, overlap, nms_iou, batch_size, merge=merge, crop_masks=True)[0]

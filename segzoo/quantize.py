@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from segzoo.export import dynamic_shapes, exportable
+from segzoo.spec import TASK_TRAITS
 
 __all__ = ["QuantizedModel", "quantize"]
 
@@ -125,7 +126,8 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
     """
     prepare_pt2e, convert_pt2e, xiq = _pt2e()
     images = _images(calibration_images)
-    if getattr(model, "task", None) != "semantic":
+    traits = TASK_TRAITS.get(getattr(model, "task", None))
+    if traits is None or not traits.dense:
         # Mask/Faster R-CNN call one RPN convolution on every FPN level (the quantizer refuses a convolution
         # with several outputs); CenterNet's decoding feeds booleans to the activation observers
         raise NotImplementedError(f"int8 quantization supports semantic models; {type(model).__name__} is a "

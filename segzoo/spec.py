@@ -13,6 +13,45 @@ import json
 #: pixel), ``detection`` (boxes), ``instance`` (boxes and masks), ``panoptic`` (reserved).
 TASKS = ("semantic", "detection", "instance", "panoptic")
 
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskTraits:
+    """What inference and export need to know of a task; :mod:`segzoo.tasks` holds the rest of each task
+    object (metric, collate, pictures) and exposes these as ``get_task(name).traits``.
+
+    Attributes:
+        name: the task name (one of :data:`TASKS`).
+        dense: the model returns ``N x C x H x W`` logits (else a list of per-image dicts).
+        tta: test-time augmentation (scales, flips) applies.
+        tiling: tiled (sliding-window) inference applies.
+        dynamic_export: the export can leave batch, height and width free.
+    """
+
+    name: str
+    dense: bool
+    tta: bool
+    tiling: bool
+    dynamic_export: bool
+
+
+TASK_TRAITS = {
+    "semantic": TaskTraits("semantic", dense=True, tta=True, tiling=True, dynamic_export=True),
+    "detection": TaskTraits("detection", dense=False, tta=False, tiling=True, dynamic_export=False),
+    "instance": TaskTraits("instance", dense=False, tta=False, tiling=True, dynamic_export=False),
+    # segments of different tiles cannot be merged by NMS
+    "panoptic": TaskTraits("panoptic", dense=False, tta=False, tiling=False, dynamic_export=False),
+}
+
+
+def task_traits(task: str) -> TaskTraits:
+    """The :class:`TaskTraits` of a task name; a ValueError names the known tasks."""
+    try:
+        return TASK_TRAITS[task]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}") from None
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -64,4 +103,4 @@ class ModelSpec:
         return cls(**data)
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TASKS", "ModelSpec"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TASKS", "TASK_TRAITS", "ModelSpec", "TaskTraits", "task_traits"]

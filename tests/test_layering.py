@@ -32,6 +32,10 @@ LAYERS = [
     ("segzoo.registry",),
     ("segzoo.models",),
     ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.optimize", "segzoo.quantize", "segzoo.info"),
+    # segzoo.data belongs here too once segzoo.models stops reading ADE20K's class names from segzoo.data.ade20k
+    ("segzoo.metrics", "segzoo.visualize"),
+    ("segzoo.inference",),
+    ("segzoo.tasks",),  # one object per task, over data, metrics, pictures and inference
     ("segzoo.engine.device", "segzoo.engine.distributed", "segzoo.engine.ema", "segzoo.engine.optim",
      "segzoo.engine.run_folder", "segzoo.engine.signals", "segzoo.engine.trackers", "segzoo.engine.logs",
      "segzoo.engine.checkpointer", "segzoo.engine.evaluator", "segzoo.engine.report"),

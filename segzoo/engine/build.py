@@ -29,17 +29,17 @@ from segzoo.checkpoint import atomic_write
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data import DataError, build_dataset, check_dataset
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
-from segzoo.data.transforms import collate_for, pop_dropped
+from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import amp_dtype_for, select_device
 from segzoo.engine.distributed import EpochLoader, ShardSampler, init_distributed, is_distributed, world_info
 from segzoo.engine.ema import ModelEma
-from segzoo.engine.evaluator import check_categories, check_task_data, primary_metric, protocol_kwargs
 from segzoo.engine.logs import RunLog
 from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import CONFIG_FILE, LOG_FILE
 from segzoo.engine.trackers import build_trackers, check_installed, flatten
 from segzoo.engine.trainer import StepPlan, Trainer, TrainParts
 from segzoo.registry import build
+from segzoo.tasks import Task, get_task
 
 __all__ = ["Checked", "build_datasets", "build_model", "build_parts", "build_split", "build_trainer",
            "check_augmentation", "check_data", "check_run", "check_train_data", "has_val", "start_device"]
@@ -85,8 +85,8 @@ def check_run(cfg: RunConfig, model: nn.Module) -> Checked:
     check_installed(cfg.train.loggers)  # a tracker that cannot start fails before any work
     if not hasattr(model, "spec"):
         raise TypeError("the model has no spec; build it with segzoo.build(name, ...)")
-    task = model.task
-    return Checked(primary_metric(task, cfg.eval.metric), protocol_kwargs(cfg.eval, task))
+    task = get_task(model)
+    return Checked(task.primary_metric(cfg.eval.metric), task.protocol(cfg.eval))
 
 
 def check_data(cfg: RunConfig, num_classes: int, task: str, print_fn=print) -> list:
@@ -122,7 +122,7 @@ def check_augmentation(cfg: RunConfig, train_set, samples: int = 8) -> None:
 def check_train_data(cfg: RunConfig, model: nn.Module, train_set) -> None:
     """The built training set against the model: its targets fit the task and the augmentation keeps objects."""
     if len(train_set):
-        check_task_data(model.task, train_set[0][1], cfg.model["name"])
+        get_task(model).check_data(train_set[0][1], cfg.model["name"])
         check_augmentation(cfg, train_set)
 
 
@@ -187,14 +187,12 @@ def prepare_model(model: nn.Module, cfg: RunConfig, device: torch.device) -> nn.
     return model
 
 
-def _aspect_ratio_groups(cfg: RunConfig, task: str, train_set) -> list[int] | None:
+def _aspect_ratio_groups(cfg: RunConfig, task: Task, train_set) -> list[int] | None:
     """``data.aspect_ratio_groups``: each training image's aspect-ratio group, or None (off)."""
     k = cfg.data.aspect_ratio_groups
     if k is None:
         return None
-    if task == "semantic":
-        raise ValueError("data.aspect_ratio_groups groups detection, instance and panoptic batches by aspect "
-                         "ratio; semantic training crops every image to one size: remove it")
+    task.check_aspect_ratio_groups()  # semantic training crops every image to one size
     try:
         sizes = image_sizes(train_set)
     except TypeError as e:
@@ -202,13 +200,13 @@ def _aspect_ratio_groups(cfg: RunConfig, task: str, train_set) -> list[int] | No
     return aspect_ratio_groups(sizes, k)
 
 
-def build_loader(cfg: RunConfig, task: str, train_set, plan: StepPlan, device: torch.device) -> EpochLoader:
+def build_loader(cfg: RunConfig, task: Task, train_set, plan: StepPlan, device: torch.device) -> EpochLoader:
     """The training batches: this rank's shard of each epoch's shuffle, in ``data.batch_size`` micro-batches."""
     rank, world_size, _ = world_info()
     dc, seed = cfg.data, cfg.train.seed
     sampler = ShardSampler(len(train_set), rank, world_size, shuffle=True, seed=seed,
                            num_samples_per_rank=plan.steps_per_epoch * cfg.train.grad_accum * dc.batch_size)
-    return EpochLoader(train_set, sampler, dc.batch_size, collate_fn=collate_for(task), seed=seed,
+    return EpochLoader(train_set, sampler, dc.batch_size, collate_fn=task.collate, seed=seed,
                        num_workers=dc.num_workers, pin_memory=device.type == "cuda",
                        group_ids=_aspect_ratio_groups(cfg, task, train_set))
 
@@ -241,13 +239,13 @@ def build_parts(cfg: RunConfig, model: nn.Module, train_set, val_set, out_dir: s
         device: from :func:`start_device`.
         checked: from :func:`check_run`.
     """
-    check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
+    get_task(model).check_categories(model, train_set)  # panoptic: the data's thing/stuff split is the model's
     tc = cfg.train
     _, world_size, _ = world_info()
     amp_dtype = amp_dtype_for(tc.amp, device)
     model = prepare_model(model, cfg, device)
     plan = plan_steps(cfg, len(train_set), world_size)
-    loader = build_loader(cfg, model.task, train_set, plan, device)
+    loader = build_loader(cfg, get_task(model), train_set, plan, device)
     optimizer = build_optimizer(model, name=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay,
                                 momentum=tc.momentum, betas=tc.betas, backbone_lr_mult=tc.backbone_lr_mult,
                                 norm_bias_decay=tc.norm_bias_decay)

@@ -40,7 +40,7 @@ from segzoo.engine.checkpointer import Checkpointer
 from segzoo.engine.device import autocast, to_device
 from segzoo.engine.distributed import EpochLoader, all_reduce_mean, barrier, run_on_main, world_info
 from segzoo.engine.ema import ModelEma
-from segzoo.engine.evaluator import evaluate, save_predictions_png, summary_line
+from segzoo.engine.evaluator import evaluate, save_predictions_png
 from segzoo.engine.logs import RunLog, jsonable
 from segzoo.engine.run_folder import (
     BEST_FILE,
@@ -52,6 +52,7 @@ from segzoo.engine.run_folder import (
     RunFolder,
 )
 from segzoo.engine.signals import StopOnSignal, TrainingInterrupted
+from segzoo.tasks import get_task
 from segzoo.version import __version__
 
 __all__ = ["BEST_FILE", "EMA_FILE", "STATE_FILE", "WEIGHTS_FILE", "NonFiniteLossError", "StepPlan", "TrainParts",
@@ -131,6 +132,7 @@ class Trainer:
         self.steps_per_epoch, self.total_steps = parts.plan.steps_per_epoch, parts.plan.total_steps
         self.batch_size, self.accum = self.dc.batch_size, self.tc.grad_accum
         self.task, self.num_classes = self.model.task, self.model.spec.num_classes
+        self.task_def = get_task(self.model)  # the task object: metric names, summary line, pictures
         self.metric_name, self.eval_protocol = parts.metric_name, parts.eval_protocol
         self.classes, self.out_dir = parts.classes, parts.out_dir
         self.checkpointer = Checkpointer(parts.out_dir)
@@ -315,7 +317,7 @@ class Trainer:
             self.log({"type": "eval", "step": self.step, "epoch": epoch + 1, **results,
                       "best": self.best, "best_step": self.best_step})
             if self.is_main:
-                shown = summary_line(results, self.task, self.metric_name)
+                shown = self.task_def.summary_line(results, self.metric_name)
                 (pbar.write if pbar is not None else print)(f"[eval] epoch {epoch + 1} step {self.step}: {shown}")
             patience = self.tc.early_stop_patience
             if patience and self.bad_evals >= patience and not finished:

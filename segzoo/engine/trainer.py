@@ -36,13 +36,11 @@ from torch.utils.data import DataLoader
 
 from segzoo.checkpoint import atomic_write, atomic_write_all, encode_state_dict, read_safetensors, save_state_dict
 from segzoo.config import RunConfig, dump, parse_config
-from segzoo.data.samplers import aspect_ratio_groups, image_sizes
-from segzoo.data.transforms import collate_for, pop_dropped
+from segzoo.data.samplers import GroupedShardBatches, SeededDataset, ShardSampler, aspect_ratio_groups, image_sizes
+from segzoo.data.targets import collate_for
+from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import amp_dtype_for, autocast, select_device, to_device
 from segzoo.engine.distributed import (
-    GroupedShardBatches,
-    SeededDataset,
-    ShardSampler,
     all_reduce_mean,
     barrier,
     init_distributed,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segzoo.data.realdata import WHEELS, find_wheel
+from segzoo.data.formats.realdata import WHEELS, find_wheel
 from tools.realdata_ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity
 from tools.realdata_ledger.report import format_table, markdown_report, replace_section, summarise, verdict
 from tools.realdata_ledger.run import Recorder, initial_agreement, make_config
@@ -131,7 +131,7 @@ def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, c
         cli["main"](["tree_crowns_centernet", "--steps", "1", "--seeds", "0"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "deepforest==2.1.0 wheel is not in" in err and "python -m segzoo.data.realdata fetch" in err
+    assert "deepforest==2.1.0 wheel is not in" in err and "python -m segzoo.data.formats.realdata fetch" in err
     assert "stardist" not in err  # only what the chosen cases need
     missing = cli["missing_requirements"]([CASES["nuclei_semantic"], CASES["tree_crowns"]])
     assert [m.split(" wheel")[0] for m in missing if "wheel" in m] == ["the deepforest==2.1.0", "the stardist==0.9.2"]
@@ -171,7 +171,7 @@ def test_segzoo_realdata_runs_the_checkout_ledger(capsys, monkeypatch, tmp_path)
 def test_crosscheck_and_parity_control_on_the_real_tiles():
     """One step of the two diagnostics behind the README's reading of the ledger (needs the stardist wheel)."""
     if find_wheel("stardist", WHEELS["stardist"]) is None:
-        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.realdata fetch`")
+        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.formats.realdata fetch`")
     case = CASES["nuclei_instance"]
     check = crosscheck(case, 0, 1, log=lambda line: None)
     assert check["agree"], check  # the peer's weights score the same through segzoo's model

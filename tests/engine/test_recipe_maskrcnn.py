@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from segzoo.checkpoint import read_safetensors
 from segzoo.cli import main
 from segzoo.config import load_config
-from segzoo.data.transforms import collate_for
+from segzoo.data.targets import collate_for
 from segzoo.engine.run import build_model, build_split
 
 RECIPE = str(Path(__file__).resolve().parents[2] / "configs" / "maskrcnn.yaml")

@@ -23,8 +23,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import segzoo
-from segzoo.data import build_dataset
-from segzoo.data.realdata import TREE_IMAGES, TreeCrownTiles, cuts
+from segzoo.data import build_dataset, for_task
+from segzoo.data.formats.realdata import TREE_IMAGES, TreeCrownTiles, cuts
 from segzoo.slicing import sliced_detect
 from tools.realdata_ledger.cases import CASES
 from tools.realdata_ledger.run import make_config, train_segzoo
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     else:
         cfg = make_config(case, args.seed, args.steps)
         model, _ = case.build(args.seed)
-        train_set = build_dataset(cfg.data.to_dict(), "train", model.task)
+        train_set = build_dataset(cfg.data, "train", for_task(model.task))
         side = train_segzoo(model, train_set, cfg, Path(args.out))
         print(f"trained {args.steps} steps in {side['train_s']} s; run folder {args.out}")
     model.eval()

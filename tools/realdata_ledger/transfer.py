@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import segzoo
-from segzoo.data import build_dataset
+from segzoo.data import build_dataset, for_task
 from segzoo.wheels import BACKBONE_WEIGHTS, wheel_state_dict
 
 from .cases import ADAMW, SGD, Case, Metric, _recipe
@@ -100,9 +100,9 @@ def build_smp(row: Row, pretrained: bool, seed: int) -> SmpUNet:
 def run(row: Row, pretrained: bool, seed: int, log=print) -> dict[str, Any]:
     case = _case(row)
     cfg = make_config(case, seed, row.steps)
-    data = cfg.data.to_dict()
+    data = cfg.data
     task = task_of(row)
-    train_set, val_set = build_dataset(data, "train", task), build_dataset(data, "val", task)
+    train_set, val_set = build_dataset(data, "train", for_task(task)), build_dataset(data, "val", for_task(task))
     if row.smp:
         model = build_smp(row, pretrained, seed)
         side = train_peer(model, train_set, cfg)

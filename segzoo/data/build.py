@@ -9,6 +9,7 @@ keys it takes, which it needs, which ``data.*`` fields it reads); :data:`DATASET
 from __future__ import annotations
 
 from segzoo.config import ConfigError, DataConfig
+from segzoo.data.base import SplitArgs
 from segzoo.data.formats.ade20k import ADE20K
 from segzoo.data.formats.cityscapes import Cityscapes
 from segzoo.data.formats.coco import CocoInstances, CocoSemantic
@@ -21,7 +22,6 @@ from segzoo.data.formats.realdata import NucleiTiles, TreeCrownTiles
 from segzoo.data.formats.voc import VOC
 from segzoo.data.formats.yolo import YOLO
 from segzoo.data.image import set_max_image_pixels
-from segzoo.data.records import SplitArgs
 from segzoo.data.synthetic.shapes import Shapes
 from segzoo.data.synthetic.shapes_panoptic import ShapesPanoptic
 from segzoo.data.targets import Target
@@ -29,10 +29,9 @@ from segzoo.data.transforms import build_transforms
 
 # data.type -> reader (its from_config reads the config)
 DATASET_TYPES = {
-    "shapes": Shapes, "shapes_panoptic": ShapesPanoptic,
-    "coco": CocoInstances, "coco_semantic": CocoSemantic, "coco_panoptic": CocoPanoptic, "mask_folder": MaskFolder,
-    "voc": VOC, "yolo": YOLO, "labelme": LabelMe, "cvat": CVAT, "cityscapes": Cityscapes, "ade20k": ADE20K,
-    "nuclei": NucleiTiles, "tree_crowns": TreeCrownTiles,
+    "shapes": Shapes, "coco": CocoInstances, "coco_semantic": CocoSemantic, "mask_folder": MaskFolder, "voc": VOC,
+    "yolo": YOLO, "labelme": LabelMe, "cvat": CVAT, "cityscapes": Cityscapes, "ade20k": ADE20K, "nuclei": NucleiTiles,
+    "tree_crowns": TreeCrownTiles, "coco_panoptic": CocoPanoptic, "shapes_panoptic": ShapesPanoptic,
 }
 
 
@@ -56,7 +55,8 @@ def build_dataset(data_cfg: DataConfig, split: str, target: Target, *, train: bo
     """
     if not isinstance(data_cfg, DataConfig):
         raise TypeError(f"build_dataset takes the typed data section (RunConfig.data, a segzoo.config.DataConfig), "
-                        f"got {type(data_cfg).__name__}; build one with DataConfig.from_dict(...)")
+                        f"got {type(data_cfg).__name__}; parse a mapping with "
+                        "segzoo.config.parse_section(DataConfig, mapping, 'data.')")
     if data_cfg.max_image_pixels is not None:  # every reader checks file headers against it
         set_max_image_pixels(data_cfg.max_image_pixels)
     kind = data_cfg.type

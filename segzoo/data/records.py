@@ -25,17 +25,17 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+import segzoo.data.validation as validation
+from segzoo.data.base import ConfigReader, check_target
+
 # the project's one image reader: the readers below read images and label PNGs through these two names
-from segzoo.config import ConfigError
-from segzoo.data import validation
 from segzoo.data.errors import DataError
 from segzoo.data.image import image_size as header_size
 from segzoo.data.image import read_image, read_mask
-from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
+from segzoo.data.targets import Target
 
 __all__ = ["AnnotatedImages", "Obj", "decode_segmentation", "read_image", "read_mask"]
 
-OBJECT_TARGETS = (CLASS_MAP, INSTANCE_MASKS, BOXES)  # what object records (or a label map) can give
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -192,16 +192,6 @@ def split_classes(classes: list[str] | None, target: Target) -> tuple[list[str] 
     return names, None
 
 
-def check_target(target: Target, allowed: tuple[Target, ...] = OBJECT_TARGETS, what: str = "this reader") -> Target:
-    """``target`` when ``what`` can give it, else a ValueError naming the kinds it gives."""
-    if not isinstance(target, Target):
-        raise TypeError(f"target must be a segzoo.data.targets.Target (CLASS_MAP, BOXES, INSTANCE_MASKS, SEGMENTS), "
-                        f"got {target!r}")
-    if target not in allowed:
-        raise ValueError(f"{what} gives {'/'.join(t.name for t in allowed)} data, not {target.name}")
-    return target
-
-
 def examples(items: list, n: int = 3) -> str:
     more = f" and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(str(i) for i in items[:n]) + more
@@ -228,84 +218,6 @@ def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
             c >>= 3
         out.append((r, g, b))
     return out
-
-
-class SplitArgs:
-    """``data.<split>`` as one reader takes it (:meth:`ConfigReader.from_config`): names checked, paths kept.
-
-    Args:
-        given: the split's arguments (config names: ``root``, ``images``, ``annotations``, ...).
-        split: the split, for messages (``data.train...``).
-        kind: the ``data.type``, for messages.
-    """
-
-    def __init__(self, given: dict[str, Any], split: str, kind: str) -> None:
-        self.given, self.split, self.kind = dict(given), split, kind
-        self.paths: dict[str, str] = {}  # config key -> path, of the keys the reader reads as paths
-        self.took_classes = False  # the reader took data.classes (else they must equal the files' names)
-
-    def take(self, accepted: tuple[str, ...], required: tuple[str, ...] = (), paths: tuple[str, ...] = ()) -> dict:
-        """The arguments, refused when one is not ``accepted`` or a ``required`` one is missing."""
-        unknown = [k for k in self.given if k not in accepted]
-        if unknown:
-            raise ValueError(f"data.{self.split} has unknown arguments {unknown} for data.type {self.kind}; accepted: "
-                             f"{', '.join(accepted) or 'none'}")
-        missing = [k for k in required if k not in self.given]
-        if missing:
-            raise ConfigError(f"data.{self.split} needs {', '.join(f'data.{self.split}.{m}' for m in missing)} for "
-                              f"data.type={self.kind} (paths to the dataset's files)")
-        self.paths = {k: str(self.given[k]) for k in paths if self.given.get(k) is not None}
-        return dict(self.given)
-
-    def missing_path(self) -> str | None:
-        """The config key to blame for a FileNotFoundError: the first path that does not exist, else the one
-        path given (a folder without the layout's files), else None (not a path of the config)."""
-        gone = [k for k, v in self.paths.items() if not Path(v).exists()]
-        if gone:
-            return gone[0]
-        return next(iter(self.paths)) if len(self.paths) == 1 else None
-
-
-def refuse_target(kind: str, gives: tuple[Target, ...], target: Target) -> None:
-    """A ValueError when ``data.type`` ``kind``, which gives ``gives``, cannot give the model's ``target``."""
-    if target not in gives:
-        raise ValueError(f"data.type {kind} gives {'/'.join(t.name for t in gives)} data but the model's task is "
-                         f"{target.name}; use a model of that task or another dataset")
-
-
-class ConfigReader:
-    """What every dataset reader offers :func:`segzoo.data.build_dataset`: building itself from the config."""
-
-    targets: tuple[Target, ...] = OBJECT_TARGETS
-
-    @classmethod
-    def config_names(cls, found: dict[str, Any]) -> dict[str, Any]:
-        """Constructor arguments (what ``data.type: auto`` finds) under their ``data.<split>`` names."""
-        return dict(found)
-
-    @classmethod
-    def from_config(cls, cfg: Any, args: SplitArgs, target: Target, transforms) -> Dataset:
-        """The reader of one split: ``cfg`` the typed ``data`` section, ``args`` its ``data.<split>``."""
-        raise NotImplementedError(f"{cls.__name__} cannot be built from a config")
-
-    @classmethod
-    def build(cls, cfg: Any, args: SplitArgs, target: Target, transforms, accepted: tuple[str, ...],
-              required: tuple[str, ...] = ("root",), paths: tuple[str, ...] = ("root",)) -> Dataset:
-        """``cls(**data.<split>, transforms=...)`` with the ``accepted`` keys; ``split``, ``classes`` and
-        ``ignore_index``, where accepted, default to the split and to ``data.classes`` / ``data.ignore_index``;
-        ``target`` is passed to readers that give more than one kind."""
-        kw = args.take(accepted, required, paths)
-        refuse_target(args.kind, cls.targets, target)
-        if "split" in accepted:
-            kw.setdefault("split", args.split)
-        if "classes" in accepted and cfg.classes is not None:
-            kw.setdefault("classes", list(cfg.classes))
-        args.took_classes = "classes" in accepted
-        if "ignore_index" in accepted:
-            kw.setdefault("ignore_index", cfg.ignore_index)
-        if len(cls.targets) > 1:
-            kw["target"] = target
-        return cls(**kw, transforms=transforms)
 
 
 class AnnotatedImages(ConfigReader, Dataset):

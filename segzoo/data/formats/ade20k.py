@@ -56,10 +56,7 @@ class ADE20K(AnnotatedImages):
         ignore_index: the ignore label.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("root", "split", "reduce_zero_label", "ignore_index"), paths=("root",))
+    config_keys = ("root", "split", "reduce_zero_label", "ignore_index")
 
     def __init__(self, root: PathLike, split: str = "train", reduce_zero_label: bool = True, transforms=None,
                  ignore_index: int = 255) -> None:

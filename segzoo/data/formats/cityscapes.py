@@ -74,10 +74,7 @@ class Cityscapes(AnnotatedImages):
         ignore_index: the semantic ignore label.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("root", "split", "annotations", "ignore_index"), paths=("root",))
+    config_keys = ("root", "split", "annotations", "ignore_index")
 
     def __init__(self, root: PathLike, split: str = "train", target: Target = CLASS_MAP, annotations: str = "gtFine",
                  transforms=None, ignore_index: int = 255) -> None:

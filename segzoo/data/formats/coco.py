@@ -25,10 +25,11 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from segzoo.data.base import ConfigReader
 from segzoo.data.errors import DataError
 from segzoo.data.formats.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
 from segzoo.data.image import image_size, read_image
-from segzoo.data.records import ConfigReader, _mask_api, decode_segmentation, refuse_target
+from segzoo.data.records import _mask_api, decode_segmentation
 from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
 
 PathLike = str | os.PathLike
@@ -53,6 +54,7 @@ class CocoInstances(ConfigReader, Dataset):
 
     targets = (INSTANCE_MASKS, BOXES)
     needs_bbox = True
+    config_keys = config_required = config_paths = ("images", "annotations")
 
     @classmethod
     def config_names(cls, found):
@@ -61,11 +63,11 @@ class CocoInstances(ConfigReader, Dataset):
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):
-        """``data.<split>.images`` and ``.annotations``; a class-map target reads :class:`CocoSemantic`."""
-        kw = args.take(("images", "annotations"), ("images", "annotations"), ("images", "annotations"))
+        """``data.<split>.images`` and ``.annotations``; a class-map target reads :class:`CocoSemantic`
+        (other kinds are the model's to refuse: the evaluator names what the data holds)."""
+        kw = cls.take(args)
         if target.label_map:
             return CocoSemantic(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
-        refuse_target(args.kind, cls.targets, target)
         return CocoInstances(kw["images"], kw["annotations"], transforms, with_masks=target.masks)
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True) -> None:
@@ -197,8 +199,7 @@ class CocoSemantic(CocoInstances):
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):
-        kw = args.take(("images", "annotations"), ("images", "annotations"), ("images", "annotations"))
-        refuse_target(args.kind, cls.targets, target)
+        kw = cls.take(args)
         return cls(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, ignore_index: int = 255) -> None:

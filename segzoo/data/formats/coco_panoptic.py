@@ -27,9 +27,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from segzoo.data.base import ConfigReader, refuse_target
 from segzoo.data.errors import DataError
 from segzoo.data.image import image_size, read_image, read_panoptic
-from segzoo.data.records import ConfigReader, refuse_target
 from segzoo.data.targets import SEGMENTS
 
 PathLike = str | os.PathLike
@@ -132,6 +132,8 @@ class CocoPanoptic(ConfigReader, Dataset):
     target = SEGMENTS
     targets = (SEGMENTS,)
     task = SEGMENTS.name
+    config_keys = config_paths = ("images", "annotations", "panoptic")
+    config_required = ("images", "annotations")
 
     @classmethod
     def config_names(cls, found):
@@ -141,8 +143,7 @@ class CocoPanoptic(ConfigReader, Dataset):
     @classmethod
     def from_config(cls, cfg, args, target, transforms):
         """``data.<split>.images``, ``.annotations`` and optionally ``.panoptic`` (the PNG folder)."""
-        paths = ("images", "annotations", "panoptic")
-        kw = args.take(paths, ("images", "annotations"), paths)
+        kw = cls.take(args)
         refuse_target(args.kind, cls.targets, target)
         return cls(kw["images"], kw["annotations"], kw.get("panoptic"), transforms)
 

@@ -124,10 +124,8 @@ class CVAT(AnnotatedImages):
         ignore_index: semantic label of crowd regions.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("root", "subset", "classes", "images", "ignore_index"), paths=("root", "images"))
+    config_keys = ("root", "subset", "classes", "images", "ignore_index")
+    config_paths = ("root", "images")
 
     def __init__(self, root: PathLike, target: Target = INSTANCE_MASKS, subset: str | None = None,
                  classes: list[str] | None = None, images: PathLike | None = None, transforms=None,

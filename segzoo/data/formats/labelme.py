@@ -95,10 +95,7 @@ class LabelMe(AnnotatedImages):
         ignore_index: semantic label of ``__ignore__`` regions.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("root", "classes", "ignore_index"), paths=("root",))
+    config_keys = ("root", "classes", "ignore_index")
 
     def __init__(self, root: PathLike, target: Target = INSTANCE_MASKS, classes: list[str] | None = None,
                  transforms=None, ignore_index: int = 255) -> None:

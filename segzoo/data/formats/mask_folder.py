@@ -16,9 +16,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from segzoo.data.base import ConfigReader
 from segzoo.data.errors import DataError
 from segzoo.data.image import read_image, read_mask
-from segzoo.data.records import ConfigReader, refuse_target
 from segzoo.data.targets import CLASS_MAP
 
 PathLike = str | os.PathLike
@@ -81,6 +81,8 @@ class MaskFolder(ConfigReader, Dataset):
     target = CLASS_MAP
     targets = (CLASS_MAP,)
     task = CLASS_MAP.name
+    config_keys = ("images", "masks", "num_classes", "classes", "binary", "mapping", "ignore_index")
+    config_required = config_paths = ("images", "masks")
 
     @classmethod
     def config_names(cls, found):
@@ -91,9 +93,7 @@ class MaskFolder(ConfigReader, Dataset):
     def from_config(cls, cfg, args, target, transforms):
         """``data.<split>.images`` and ``.masks`` (also ``num_classes``, ``classes``, ``binary``, ``mapping``,
         ``ignore_index``, defaulting to the ``data`` fields of those names)."""
-        kw = args.take(("images", "masks", "num_classes", "classes", "binary", "mapping", "ignore_index"),
-                       ("images", "masks"), ("images", "masks"))
-        refuse_target(args.kind, cls.targets, target)
+        kw = cls.take(args)  # other target kinds are the model's to refuse (the evaluator names the data's)
         args.took_classes = True
         kw.setdefault("binary", bool(cfg.binary))
         kw.setdefault("mapping", cfg.mapping)

@@ -206,11 +206,9 @@ class NucleiTiles(LabelImageTiles):
         download: fetch the wheel with pip when it is not cached.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("cache_dir", "split", "tile_size", "min_pixels", "download", "ignore_index"), required=(),
-            paths=("cache_dir",))
+    config_keys = ("cache_dir", "split", "tile_size", "min_pixels", "download", "ignore_index")
+    config_required = ()
+    config_paths = ("cache_dir",)
 
     def __init__(self, cache_dir: PathLike | None = None, split: str = "train", target: Target = CLASS_MAP,
                  tile_size: int = 128, min_pixels: int = 16, download: bool = False, transforms=None,
@@ -232,10 +230,9 @@ class TreeCrownTiles(BoxTiles):
         download: fetch the wheel with pip when it is not cached.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("cache_dir", "split", "tile_size", "download"), required=(), paths=("cache_dir",))
+    config_keys = ("cache_dir", "split", "tile_size", "download")
+    config_required = ()
+    config_paths = ("cache_dir",)
 
     def __init__(self, cache_dir: PathLike | None = None, split: str = "train", tile_size: int = 256,
                  download: bool = False, transforms=None) -> None:

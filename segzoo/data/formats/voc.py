@@ -182,10 +182,8 @@ class VOC(AnnotatedImages):
         ignore_index: the border/void label.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("root", "split", "classes", "use_difficult", "sbd_root", "ignore_index"), paths=("root", "sbd_root"))
+    config_keys = ("root", "split", "classes", "use_difficult", "sbd_root", "ignore_index")
+    config_paths = ("root", "sbd_root")
 
     def __init__(self, root: PathLike, split: str | None = "train", target: Target = CLASS_MAP,
                  classes: list[str] | None = None, use_difficult: bool = False, sbd_root: PathLike | None = None,

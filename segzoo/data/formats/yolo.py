@@ -106,10 +106,7 @@ class YOLO(AnnotatedImages):
         ignore_index: semantic ignore label.
     """
 
-    @classmethod
-    def from_config(cls, cfg, args, target, transforms):
-        return cls.build(cfg, args, target, transforms,
-            ("root", "split", "classes", "ignore_index"), paths=("root",))
+    config_keys = ("root", "split", "classes", "ignore_index")
 
     def __init__(self, root: PathLike, split: str = "train", target: Target = BOXES,
                  classes: list[str] | None = None, transforms=None, ignore_index: int = 255) -> None:

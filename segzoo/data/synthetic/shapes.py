@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from segzoo.data.base import ConfigReader, check_target, refuse_target
 from segzoo.data.formats.coco import CocoInstances, CocoSemantic
 from segzoo.data.formats.mask_folder import MaskFolder
-from segzoo.data.records import ConfigReader, check_target, refuse_target
 from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
 
 PathLike = str | os.PathLike
@@ -219,11 +219,13 @@ class Shapes(ConfigReader, Dataset):
         self.target = target
 
     targets = (CLASS_MAP, INSTANCE_MASKS, BOXES)
+    config_keys = ("root", "num_train", "num_val", "size", "seed")
+    config_required = config_paths = ()
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):
         """Generated under ``data.root`` (or ``data.<split>.root``): ``num_train``, ``num_val``, ``size``, ``seed``."""
-        kw = args.take(("root", "num_train", "num_val", "size", "seed"), required=())
+        kw = cls.take(args)
         if not target.segments:
             refuse_target(args.kind, cls.targets, target)
         kw.setdefault("root", cfg.root)

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from segzoo.data.base import ConfigReader, refuse_target
 from segzoo.data.formats.coco_panoptic import CocoPanoptic, ids_to_rgb
-from segzoo.data.records import ConfigReader, refuse_target
 from segzoo.data.synthetic.shapes import SHAPE_CLASSES, _polygon, write_once
 from segzoo.data.targets import SEGMENTS
 
@@ -175,12 +175,14 @@ class ShapesPanoptic(ConfigReader, Dataset):
                                    transforms=transforms)
 
     targets = (SEGMENTS,)
+    config_keys = ("root", "num_train", "num_val", "size", "seed")
+    config_required = config_paths = ()
     DEFAULT_ROOT = "data/shapes_panoptic"  # data.root left at its default (Shapes') must not share Shapes' files
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):
         """As :class:`~segzoo.data.synthetic.shapes.Shapes`, in its own folder when ``data.root`` is the default."""
-        kw = args.take(("root", "num_train", "num_val", "size", "seed"), required=())
+        kw = cls.take(args)
         refuse_target(args.kind, cls.targets, target)
         default = type(cfg)().root  # the data.root default belongs to Shapes
         kw.setdefault("root", cls.DEFAULT_ROOT if cfg.root == default else cfg.root)

@@ -1,5 +1,13 @@
-"""Datasets (COCO json, image/mask folders, VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, real-data tiles,
-the built-in Shapes), joint transforms, data checks and format conversion."""
+"""Datasets, their targets, transforms, checks and conversion.
+
+* :mod:`.formats`: one reader per annotation format (COCO json, COCO-panoptic, VOC, YOLO, LabelMe, CVAT,
+  Cityscapes, ADE20K, mask folders, real-data tiles) on the shared base (:mod:`.records`, :mod:`.base`);
+* :mod:`.synthetic`: the built-in Shapes and panoptic Shapes;
+* :mod:`.transforms`: augmentation steps, the presets and the collate functions;
+* :mod:`.targets`: what an item's target holds (``CLASS_MAP``, ``BOXES``, ``INSTANCE_MASKS``, ``SEGMENTS``);
+* :mod:`.build`: ``build_dataset(cfg.data, split, target)`` and the one table of readers;
+* :mod:`.samplers`, :mod:`.checks`, :mod:`.convert`, :mod:`.prelabel`, and :mod:`.image`, the one image reader.
+"""
 
 from __future__ import annotations
 

@@ -324,12 +324,13 @@ def _prelabels(args: argparse.Namespace, model, out):
     if args.to is None:
         return None
     from segzoo.data.prelabel import Predictions
+    from segzoo.tasks import get_task
 
     dst = Path(out) / f"prelabels_{args.to}"
     if dst.exists() and any(dst.iterdir()):
         raise ValueError(f"{dst} holds pre-labels already; choose another --out or delete it")
     names = getattr(model, "classes", None) or [f"class_{k}" for k in range(model.spec.num_classes)]
-    return Predictions(model.task, [str(c) for c in names], score_thresh=args.score_thresh), dst
+    return Predictions(get_task(model).target, [str(c) for c in names], score_thresh=args.score_thresh), dst
 
 
 # ---------------------------------------------------------------------------- export

@@ -23,12 +23,12 @@ from PIL import Image
 from torch import nn
 
 from segzoo import visualize
-from segzoo.data.coco_panoptic import ids_to_rgb
+from segzoo.data.formats.coco_panoptic import ids_to_rgb
+from segzoo.data.image import read_image
 from segzoo.optimize import OptimizedModel, optimize
 from segzoo.slicing import CropMasks, sliced_detect, tile_origins
 from segzoo.slicing import tile_size as _tile_size
 from segzoo.spec import task_traits
-from segzoo.visualize import read_image
 
 __all__ = [
     "DRAWN_BELOW", "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "fast_model", "fit_scale",
@@ -48,7 +48,7 @@ def load_image(image) -> torch.Tensor:
 
     Grey images are repeated to RGB and alpha is dropped; uint8 tensors are scaled by 1/255.
     """
-    image = read_image(image)
+    image = read_image(image).as_subclass(torch.Tensor)
     if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
         raise ValueError(f"an image must be 3 x H x W, got shape {tuple(image.shape)}; predict takes one image")
     image = image.expand(3, -1, -1) if image.shape[0] == 1 else image[:3]

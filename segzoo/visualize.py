@@ -100,35 +100,9 @@ def add_caption(image, text: str, size: int = 11) -> torch.Tensor:
     return torch.cat([img, to_uint8(band)], dim=1)
 
 
-def read_image(image) -> torch.Tensor:
-    """A path, PIL image, ``H x W (x C)`` array or tensor as a tensor, dtype and device kept.
-
-    Paths and PIL images go through :func:`segzoo.data.image.read_image`'s rules (EXIF
-    orientation, 16-bit files as float32 in [0, 1], grey/palette/alpha/CMYK to RGB); arrays
-    become ``C x H x W``; a batch of one loses its batch dimension. Shape checks are the
-    caller's (drawing and prediction differ).
-    """
-    if isinstance(image, (str, os.PathLike)):
-        return image_file.read_image(image).as_subclass(torch.Tensor)
-    if isinstance(image, Image.Image):
-        return image_file.image_from_pil(image).as_subclass(torch.Tensor)
-    if isinstance(image, np.ndarray):
-        arr = image[..., None] if image.ndim == 2 else image
-        if arr.ndim != 3:
-            raise ValueError(f"numpy images must be H x W x 3, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image, numpy "
-                        "array or tensor")
-    image = image.detach()
-    if image.dim() == 4 and image.shape[0] == 1:
-        image = image[0]
-    return image
-
-
 def to_uint8(image) -> torch.Tensor:
     """Any supported image (see the module docstring) as a uint8 ``3 x H x W`` CPU tensor."""
-    image = read_image(image).cpu()
+    image = image_file.read_image(image).as_subclass(torch.Tensor).cpu()
     if image.dim() == 2:
         image = image[None]
     if image.dim() != 3 or image.shape[0] not in (1, 3, 4):

@@ -257,3 +257,11 @@ def write_coco(root: Path, splits=(("train2017", 2), ("val2017", 1))) -> Path:
         doc = {"images": images, "annotations": anns, "categories": categories}
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
     return root
+
+
+def data_config(mapping: dict):
+    """A config's ``data`` section (:class:`segzoo.config.DataConfig`) from a plain mapping, as ``segzoo train``
+    parses it (``build_dataset`` takes the typed section)."""
+    from segzoo.config import DataConfig, parse_section
+
+    return parse_section(DataConfig, mapping, "data.")

@@ -155,3 +155,46 @@ def _fresh(code: str) -> str:
 ])
 def test_import_segzoo_in_a_fresh_interpreter(code, expected):
     assert _fresh(code) == expected
+
+
+# The data package, unit by unit: it sits below the task objects and the engine (a task picks a target
+# kind of segzoo.data.targets, never the reverse); inside it, what a target holds and how it is transformed
+# and collated sit below the readers, the readers (formats/, synthetic/) below the one table that builds them.
+DATA_NEVER_IMPORTS = ("segzoo.tasks", "segzoo.engine", "segzoo.registry", "segzoo.models", "segzoo.cli",
+                      "segzoo.inference", "segzoo.visualize")
+DATA_LAYERS = [
+    ("segzoo.data.errors",),
+    ("segzoo.data.transforms", "segzoo.data.image"),
+    ("segzoo.data.targets",),
+    ("segzoo.data.base",),
+    ("segzoo.data.records", "segzoo.data.validation", "segzoo.data.contours", "segzoo.data.samplers",
+     "segzoo.data.formats", "segzoo.data.synthetic", "segzoo.data.checks", "segzoo.data.sources",
+     "segzoo.data.writers", "segzoo.data.convert", "segzoo.data.prelabel"),
+    ("segzoo.data.build",),
+    ("segzoo.data",),  # the package's __init__: the public names
+]
+
+
+def _data_layer(module: str) -> int | None:
+    best = None  # the most specific unit that names the module
+    for i, prefixes in enumerate(DATA_LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    return None if best is None else best[0]
+
+
+def test_data_units_import_downwards_and_never_above_data():
+    modules = {m: p for m, p in _modules().items() if m == "segzoo.data" or m.startswith("segzoo.data.")}
+    assert {"segzoo.data.formats", "segzoo.data.synthetic", "segzoo.data.transforms"} <= set(modules)
+    wrong = []
+    for module, path in modules.items():
+        own = _data_layer(module)
+        assert own is not None, f"{module} is in no unit of DATA_LAYERS: add it"
+        for line, name in _module_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if name.startswith(DATA_NEVER_IMPORTS):
+                wrong.append(f"{module}:{line} imports {name}, which sits above the data package")
+            target = _data_layer(name)
+            if target is not None and target > own:
+                wrong.append(f"{module}:{line} (data unit {own}) imports {name} (data unit {target})")
+    assert not wrong, "\n".join(wrong)

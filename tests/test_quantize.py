@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import segzoo
-from segzoo.data.shapes import render
+from segzoo.data.synthetic.shapes import render
 
 pytest.importorskip("torchao", reason="int8 needs the int8 extra: pip install 'segzoo[int8]'")
 

@@ -18,6 +18,7 @@ from torchvision.ops import box_iou
 
 from segzoo import inference, slicing
 from segzoo.data.prelabel import Predictions
+from segzoo.data.targets import INSTANCE_MASKS
 from segzoo.slicing import CropMasks, merge_detections, sliced_detect, tile_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,7 @@ def test_prelabels_of_crop_masks_equal_the_dense_ones(tmp_path):
     dense = {**sliced, "masks": sliced["masks"].dense()}
     got = []
     for res in (sliced, dense):
-        p = Predictions("instance", ["blob"], score_thresh=0.0)
+        p = Predictions(INSTANCE_MASKS, ["blob"], score_thresh=0.0)
         p.add(path, res)
         got.append([(o.label, o.segmentation, o.score) for o in p.objects(0, 120, 150)])
     assert got[0] == got[1] and all(seg for _, seg, _ in got[0])
@@ -242,8 +243,8 @@ def test_crop_modes_of_the_detection_preset(mode):
 
 
 def test_object_centred_crop_of_a_box_larger_than_the_crop_lies_inside_it():
-    from segzoo.data.augment import ObjectCentredCrop
     from segzoo.data.transforms import instance_transforms
+    from segzoo.data.transforms.augment import ObjectCentredCrop
 
     torch.manual_seed(0)
     image, target = _huge_sample(box=(100, 200, 700, 900))

@@ -171,8 +171,7 @@ def _task_name_comparisons(source: str, where: str) -> list[str]:
 
 
 def test_no_task_name_comparison_outside_the_task_objects():
-    # segzoo/data/ is excluded until the data package (issue 29 item 2) makes it task-neutral; then remove it
-    excluded = ("segzoo/tasks/", "segzoo/data/")
+    excluded = ("segzoo/tasks/",)  # segzoo/data/ included: it decides by target kinds (tests/data/test_target_kinds.py)
     found = []
     for path in sorted((ROOT / "segzoo").rglob("*.py")):
         rel = path.relative_to(ROOT).as_posix()
@@ -184,6 +183,7 @@ def test_no_task_name_comparison_outside_the_task_objects():
 
 
 def test_collate_and_transform_presets():
+    from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, SEGMENTS
     from segzoo.data.transforms import build_transforms
 
     semantic, panoptic = get_task("semantic"), get_task("panoptic")
@@ -192,7 +192,9 @@ def test_collate_and_transform_presets():
     assert images.shape == (2, 3, 6, 5) and int(masks[0, 5, 0]) == 255 and int(masks[1, 0, 4]) == 255
     images, targets = panoptic.collate([(torch.rand(3, 4, 5), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)})])
     assert isinstance(images, list) and targets[0]["labels"].dtype == torch.int64
-    assert repr(panoptic.transforms(train=False)) == repr(build_transforms("panoptic", train=False))
+    assert repr(panoptic.transforms(train=False)) == repr(build_transforms(SEGMENTS, train=False))
+    assert [get_task(t).target for t in ("semantic", "instance", "detection", "panoptic")] == \
+        [CLASS_MAP, INSTANCE_MASKS, BOXES, SEGMENTS]
     with pytest.raises(ValueError, match="applies to semantic models only"):
         get_task("instance").transforms(train=True, cat_max_ratio=0.75)
     with pytest.raises(ValueError, match="semantic training crops every image to one size"):

@@ -12,7 +12,7 @@ library's same architecture, on real labelled tiles.
 Each pair trains from identical random weights (the peer's, mapped into segzoo's model) on the
 same batches with the same recipe: segzoo through its Trainer, the peer through the plain loop
 its users write; both are scored by segzoo.engine.evaluate on the held-out tiles. Needs the
-wheels (`python -m segzoo.data.realdata fetch`), segmentation-models-pytorch (`pip install
+wheels (`python -m segzoo.data.formats.realdata fetch`), segmentation-models-pytorch (`pip install
 segzoo[bench]`) and pycocotools (`segzoo[coco]`).
 """
 
@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity, run_case
 from benchmarks.ledger.report import checks_line, format_table, markdown_report, replace_section, summarise
-from segzoo.data.realdata import WHEELS, default_cache_dir, find_wheel
+from segzoo.data.formats.realdata import WHEELS, default_cache_dir, find_wheel
 
 WHEEL_OF = {"nuclei": "stardist", "tree_crowns": "deepforest"}  # data.type -> the wheel that holds its images
 
@@ -41,7 +41,7 @@ def missing_requirements(cases) -> list[str]:
     for name in wheels:
         if find_wheel(name, WHEELS[name]) is None:
             out.append(f"the {name}=={WHEELS[name]} wheel is not in {default_cache_dir()} (SEGZOO_WHEELS): run "
-                       "`python -m segzoo.data.realdata fetch`")
+                       "`python -m segzoo.data.formats.realdata fetch`")
     smp = importlib.util.find_spec("segmentation_models_pytorch")
     if smp is None and any(c.model.startswith("unet_") for c in cases):
         out.append("segmentation-models-pytorch is not installed (its U-Net is the peer and the source of the "

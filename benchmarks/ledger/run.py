@@ -1,8 +1,8 @@
 """One ledger run: a case and a seed; the segzoo side through segzoo's Trainer, the peer through a plain loop.
 
 Both sides see the same batches: the peer's loop draws them with the trainer's sampler and
-per-item seeding (:class:`~segzoo.engine.distributed.ShardSampler`,
-:class:`~segzoo.engine.distributed.SeededDataset`), and each side hashes every item it is given,
+per-item seeding (:class:`~segzoo.data.samplers.ShardSampler`,
+:class:`~segzoo.data.samplers.SeededDataset`), and each side hashes every item it is given,
 so a run says whether the two streams were identical instead of assuming it. The optimizer and
 schedule are built from the same config with segzoo's builders (same parameter groups: no
 weight decay on norms and biases). Both sides are scored by :func:`segzoo.engine.evaluate`.
@@ -27,11 +27,11 @@ from torchvision.ops import box_iou
 
 from segzoo.config import RunConfig, parse_config
 from segzoo.data import build_dataset
-from segzoo.data.transforms import collate_for
+from segzoo.data.samplers import SeededDataset, ShardSampler
 from segzoo.engine import build_trainer, evaluate
-from segzoo.engine.distributed import SeededDataset, ShardSampler
 from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import LOG_FILE
+from segzoo.tasks import get_task
 
 from .cases import Case
 from .peers import PeerAdapter, load_torchvision_rcnn
@@ -128,7 +128,7 @@ def train_peer(peer: PeerAdapter, train_set, cfg: RunConfig) -> dict[str, Any]:
     while len(losses) < tc.max_steps:
         sampler.set_epoch(len(losses) // per_epoch)
         batches = iter(DataLoader(SeededDataset(data, tc.seed), batch_size=dc.batch_size, sampler=sampler,
-                                  collate_fn=collate_for(peer.task), drop_last=True))
+                                  collate_fn=get_task(peer.task).collate, drop_last=True))
         for _ in range(min(per_epoch, tc.max_steps - len(losses))):
             images, targets = next(batches)
             loss = peer.loss(images, targets)
@@ -187,9 +187,9 @@ def run_case(case: Case, seed: int, steps: int, out_dir: str | os.PathLike | Non
     ours, peer = case.build(seed, **(build_overrides or {}))
     if not peer_side:
         peer = None
-    data = cfg.data.to_dict()
-    train_set = build_dataset(data, "train", ours.task)
-    val_set = build_dataset(data, "val", ours.task)
+    data = cfg.data
+    train_set = build_dataset(data, "train", get_task(ours.task).target)
+    val_set = build_dataset(data, "val", get_task(ours.task).target)
     result: dict[str, Any] = {"case": case.name, "seed": seed, "steps": steps, "load_start": load_average(),
                               "threads": torch.get_num_threads(), "train_tiles": len(train_set),
                               "val_tiles": len(val_set)}
@@ -242,7 +242,7 @@ def parity(case: Case, seed: int, steps: int, log=print) -> dict[str, Any]:
         for param in nudged.parameters():
             param.mul_(1 + 1e-7 * torch.randn(param.shape, generator=g))
     cfg = make_config(case, seed, steps)
-    train_set = build_dataset(cfg.data.to_dict(), "train", peer.task)
+    train_set = build_dataset(cfg.data, "train", get_task(peer.task).target)
     control = _relative(train_peer(nudged, train_set, cfg)["losses"], b)
     return {"case": case.name, "seed": seed, "steps": steps, "segzoo": a, "peer": b, "relative_diff": rel,
             "first_step": rel[0] if rel else None, "max": max(rel) if rel else None,
@@ -260,8 +260,9 @@ def crosscheck(case: Case, seed: int, steps: int, log=print) -> dict[str, Any]:
         raise ValueError(f"crosscheck maps torchvision R-CNN weights; {case.name} is not an R-CNN case")
     cfg = make_config(case, seed, steps)
     ours, peer = case.build(seed)
-    data = cfg.data.to_dict()
-    train_set, val_set = build_dataset(data, "train", ours.task), build_dataset(data, "val", ours.task)
+    data = cfg.data
+    target = get_task(ours.task).target
+    train_set, val_set = build_dataset(data, "train", target), build_dataset(data, "val", target)
     trained = train_peer(peer, train_set, cfg)
     log(f"  peer trained {steps} steps in {trained['train_s']} s")
     load_torchvision_rcnn(ours, peer.net, case.model.split()[0])

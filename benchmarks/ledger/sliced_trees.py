@@ -26,8 +26,9 @@ import segzoo
 from benchmarks.ledger.cases import CASES
 from benchmarks.ledger.run import make_config, train_segzoo
 from segzoo.data import build_dataset
-from segzoo.data.realdata import TREE_IMAGES, TreeCrownTiles, cuts
+from segzoo.data.formats.realdata import TREE_IMAGES, TreeCrownTiles, cuts
 from segzoo.slicing import sliced_detect
+from segzoo.tasks import get_task
 
 
 def held_out_blocks(tile: int = 256):
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     else:
         cfg = make_config(case, args.seed, args.steps)
         model, _ = case.build(args.seed)
-        train_set = build_dataset(cfg.data.to_dict(), "train", model.task)
+        train_set = build_dataset(cfg.data, "train", get_task(model.task).target)
         side = train_segzoo(model, train_set, cfg, Path(args.out))
         print(f"trained {args.steps} steps in {side['train_s']} s; run folder {args.out}")
     model.eval()

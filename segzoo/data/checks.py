@@ -9,7 +9,7 @@ data with errors. Checks read the raw files (before transforms):
   would train on nothing);
 * empty images (no labelled pixel, or no annotation at all: an image whose only annotations
   are crowd regions is not empty);
-* COCO json: every problem of :mod:`segzoo.data.coco_json` (polygons with fewer than 3
+* COCO json: every problem of :mod:`segzoo.data.formats.coco_json` (polygons with fewer than 3
   points, RLE sizes, non-finite numbers, duplicate ids, ...) with its image and annotation
   id, ``width``/``height`` that differ from the image file (read from its header), boxes
   outside the image or with no area;
@@ -23,11 +23,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from segzoo.data import coco_json
-from segzoo.data.coco import CocoInstances, CocoSemantic
 from segzoo.data.errors import DataError
+from segzoo.data.formats import coco_json
+from segzoo.data.formats.coco import CocoInstances, CocoSemantic
+from segzoo.data.formats.mask_folder import MaskFolder, size_mismatch
 from segzoo.data.image import image_size, read_mask
-from segzoo.data.mask_folder import MaskFolder, size_mismatch
 
 __all__ = ["DataError", "DataReport", "check_dataset"]
 

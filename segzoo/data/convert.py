@@ -1,7 +1,7 @@
 """``segzoo data convert SRC DST --to {coco,mask_folder,yolo}``: any layout segzoo reads, written as another.
 
 The source is opened with the format's reader (``--from``, default recognised by
-:func:`~segzoo.data.formats.detect_format`), split by split, and written as:
+:func:`~segzoo.data.formats.detect.detect_format`), split by split, and written as:
 
 * ``coco``: ``annotations/instances_{split}.json`` + ``{split}/`` images. Polygons stay polygons,
   pixel masks become RLE (lossless), crowd regions stay ``iscrowd=1``. Category ids are
@@ -36,9 +36,10 @@ import yaml
 from PIL import Image
 
 from segzoo.data.contours import mask_to_polygons
-from segzoo.data.formats import FORMATS
+from segzoo.data.formats.detect import FORMATS
 from segzoo.data.records import AnnotatedImages, Obj, examples, palette_bytes
 from segzoo.data.sources import open_splits
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
 from segzoo.data.writers import write_cvat, write_labelme
 
 PathLike = str | os.PathLike
@@ -251,17 +252,18 @@ def write(parts, dst: Path, report: ConvertReport, to: str, tolerance: float = 0
 
 
 def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", splits: list[str] | None = None,
-            task: str = "auto", tolerance: float = 0.0) -> ConvertReport:
+            read: Target | None = None, tolerance: float = 0.0) -> ConvertReport:
     """Convert the dataset at ``src`` into ``dst`` in format ``to`` (see the module docstring).
 
     Args:
         src: the source folder (or file, for COCO json / CVAT xml / YOLO yaml).
         dst: the destination folder; must not exist or be empty.
         to: ``"coco"``, ``"mask_folder"``, ``"yolo"``, ``"labelme"`` or ``"cvat"``.
-        source_format: one of :data:`~segzoo.data.formats.FORMATS`, or ``"auto"``.
+        source_format: one of :data:`~segzoo.data.formats.detect.FORMATS`, or ``"auto"``.
         splits: convert only these splits.
-        task: which annotations to read for coco/yolo: ``"instance"`` (shapes), ``"detection"``
-            (boxes) or ``"auto"`` (shapes where the format has them).
+        read: which annotations to read (:mod:`segzoo.data.targets`): ``INSTANCE_MASKS`` (shapes),
+            ``BOXES`` (boxes) or None (shapes where the format has them); ``to="mask_folder"``
+            reads class maps.
         tolerance: YOLO polygons traced from masks are simplified by this many pixels (0: exact).
     """
     if to not in TARGETS:
@@ -269,7 +271,7 @@ def convert(src: PathLike, dst: PathLike, to: str, source_format: str = "auto", 
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst} exists and is not empty; choose a new destination folder")
-    fmt, parts = open_splits(src, source_format, "semantic" if to == "mask_folder" else task, splits)
+    fmt, parts = open_splits(src, source_format, CLASS_MAP if to == "mask_folder" else read, splits)
     classes = [d.object_classes for _, d in parts]
     if any(c != classes[0] for c in classes):
         raise ValueError(f"the splits of {src} have different classes {classes}; give the class names explicitly")
@@ -301,6 +303,10 @@ def write_folder(parts, dst: Path, report: ConvertReport, to: str, tolerance: fl
     tmp.rename(dst)
 
 
+# `--task` of `segzoo data convert`: which annotations to read (auto: shapes where the format has them)
+READS = {"auto": None, "instance": INSTANCE_MASKS, "detection": BOXES}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of ``segzoo data convert`` (for the CLI's subparser)."""
     p.add_argument("src", help="source dataset folder (or COCO json / CVAT xml / YOLO data.yaml)")
@@ -310,7 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source_format", default="auto", choices=sources,
                    help="source format (default: recognised from the files)")
     p.add_argument("--split", dest="splits", action="append", help="convert only this split (repeatable)")
-    p.add_argument("--task", default="auto", choices=("auto", "instance", "detection"),
+    p.add_argument("--task", default="auto", choices=tuple(READS),
                    help="annotations to read for coco/yolo: shapes (instance) or boxes (detection)")
     p.add_argument("--simplify", type=float, default=0.0, help="simplify traced YOLO polygons by this many pixels")
     return p
@@ -319,7 +325,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Convert from parsed arguments and print the report; user errors print one line and return 2."""
     try:
-        report = convert(args.src, args.dst, args.to, args.source_format, args.splits, args.task, args.simplify)
+        report = convert(args.src, args.dst, args.to, args.source_format, args.splits, READS[args.task],
+                         args.simplify)
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
         print("error: " + "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), file=sys.stderr)
         return 2

@@ -266,13 +266,37 @@ def image_from_pil(im: Image.Image, name: str | None = None) -> tv_tensors.Image
     return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1))  # (3, H, W)
 
 
-def read_image(path: PathLike) -> tv_tensors.Image:
-    """An image file as a ``3 x H x W`` RGB tensor: uint8 from 8-bit files, float32 in [0, 1] from others.
+def read_image(image: PathLike | Image.Image | np.ndarray | torch.Tensor) -> tv_tensors.Image:
+    """An image as a ``3 x H x W`` RGB tensor: uint8 from 8-bit files, float32 in [0, 1] from others.
 
-    The conversion rules are in the module docstring. Raises FileNotFoundError for a missing file
-    and :class:`ImageFileError`, which names the file, for one that cannot be decoded.
+    The one image reader of segzoo: datasets, data checks, evaluation, pictures and
+    :func:`segzoo.predict` all read through it.
+
+    * A path: the file, read by the rules of the module docstring (the pixel limit and every file
+      check). Raises FileNotFoundError for a missing file and :class:`ImageFileError`, which names
+      the file, for one that cannot be decoded.
+    * A PIL image: :func:`image_from_pil` (the same rules, the pixel limit included).
+    * An ``H x W x C`` (or ``H x W``) numpy array: ``C x H x W``, dtype kept.
+    * A tensor: as it is (dtype and device kept, detached); a batch of one loses its batch dimension.
+
+    Shape checks of arrays and tensors are the caller's (drawing and prediction differ).
     """
-    return _read(path, "image", lambda im, p: image_from_pil(im, str(p)))
+    if isinstance(image, (str, os.PathLike)):
+        return _read(image, "image", lambda im, p: image_from_pil(im, str(p)))
+    if isinstance(image, Image.Image):
+        return image_from_pil(image)
+    if isinstance(image, np.ndarray):
+        arr = image[..., None] if image.ndim == 2 else image
+        if arr.ndim != 3:
+            raise ValueError(f"numpy images must be H x W x 3, got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, PIL image, numpy "
+                        "array or tensor")
+    image = image.detach()
+    if image.dim() == 4 and image.shape[0] == 1:
+        image = image[0]
+    return image.as_subclass(tv_tensors.Image)  # no copy; dimensions as given
 
 
 def image_size(path: PathLike) -> tuple[int, int]:

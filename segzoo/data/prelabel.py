@@ -27,6 +27,7 @@ import numpy as np
 from segzoo.data.contours import mask_to_polygons
 from segzoo.data.convert import TARGETS, ConvertReport, write_folder
 from segzoo.data.records import BACKGROUND_NAMES, AnnotatedImages, Obj, image_size, voc_colormap
+from segzoo.data.targets import CLASS_MAP, Target
 from segzoo.slicing import CropMasks
 
 PathLike = str | os.PathLike
@@ -59,21 +60,23 @@ class Predictions(AnnotatedImages):
     """Predictions of a model on image files, as a dataset that the format writers take.
 
     Args:
-        task: the model's task: ``semantic``, ``detection`` or ``instance``.
+        target: what the model predicts (:mod:`segzoo.data.targets`): ``CLASS_MAP`` (a label map per
+            image), ``BOXES`` or ``INSTANCE_MASKS``.
         classes: the model's class names (semantic: every label, background included).
         score_thresh: detections scoring below it are left out.
         mask_thresh: instance mask probability from which a pixel belongs to the object.
     """
 
-    def __init__(self, task: str, classes: list[str], score_thresh: float = 0.5, mask_thresh: float = 0.5) -> None:
-        if task not in ("semantic", "detection", "instance"):
-            raise ValueError(f"pre-labels are written for semantic, detection and instance models, not {task!r}")
-        super().__init__(task)
-        self.kind = task  # the model's task; self.task is the dataset's (semantic when written as label maps)
+    def __init__(self, target: Target, classes: list[str], score_thresh: float = 0.5,
+                 mask_thresh: float = 0.5) -> None:
+        if target not in self.targets:
+            raise ValueError(f"pre-labels are written for semantic, detection and instance models, not {target.name}")
+        super().__init__(target)
+        self.predicted = target  # the model's; self.target is the dataset's (a class map when written as label maps)
         self.model_classes = list(classes)
         self.score_thresh, self.mask_thresh = float(score_thresh), float(mask_thresh)
-        self.offset = 1 if task == "semantic" and classes and classes[0].lower() in BACKGROUND_NAMES else 0
-        if task == "semantic":
+        self.offset = 1 if target.label_map and classes and classes[0].lower() in BACKGROUND_NAMES else 0
+        if target.label_map:
             self.semantic_classes = list(classes)
             self.object_classes = list(classes[self.offset:])
             self.palette = voc_colormap(len(classes))
@@ -87,7 +90,7 @@ class Predictions(AnnotatedImages):
     def add(self, path: PathLike, result: dict[str, Any]) -> None:
         """Add one image's :func:`segzoo.predict` result."""
         path = Path(path)
-        if self.kind == "semantic":
+        if self.predicted.label_map:
             labels = _numpy(result["mask"])
             hw = labels.shape
             item: Any = labels.astype(np.uint8 if len(self.model_classes) <= 256 else np.int32)  # kept small
@@ -98,7 +101,7 @@ class Predictions(AnnotatedImages):
             keep = keep[np.argsort(-scores[keep], kind="stable")]
             labels = _numpy(result["labels"]).astype(np.int64)
             boxes = _numpy(result["boxes"]).astype(np.float64)
-            masks = result.get("masks") if self.task == "instance" else None
+            masks = result.get("masks") if self.target.masks else None
             crops = isinstance(masks, CropMasks)
             masks = _numpy(masks) if masks is not None and not crops else masks
             item = []
@@ -132,7 +135,7 @@ class Predictions(AnnotatedImages):
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         item = self.items[index]
-        if self.kind != "semantic":
+        if not self.predicted.label_map:
             return list(item)
         if index not in self._traced:  # traced once per image (writers ask more than once)
             self._traced[index] = [shape_object(int(c) - self.offset, item == c) for c in np.unique(item)
@@ -140,14 +143,14 @@ class Predictions(AnnotatedImages):
         return list(self._traced[index])
 
     def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
-        if self.kind == "semantic":
+        if self.predicted.label_map:
             return self.items[index].astype(np.int64)
         return super().semantic_map(index, height, width)  # objects painted largest first, label k -> k + 1
 
     def as_label_maps(self) -> Predictions:
-        """Detections written as label maps (``mask_folder``): the dataset's task becomes semantic
+        """Detections written as label maps (``mask_folder``): the dataset's target becomes a class map
         (classes: background first)."""
-        self.task = "semantic"
+        self.target = CLASS_MAP
         return self
 
 
@@ -164,8 +167,8 @@ def write_prelabels(predictions: Predictions, dst: PathLike, to: str) -> Convert
     dst = Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst} exists and is not empty; choose a new folder for the pre-labels")
-    report = ConvertReport(f"{predictions.kind} predictions", to, str(dst), classes=predictions.classes)
-    if to in ("yolo", "mask_folder") and predictions.kind != "semantic":
+    report = ConvertReport(f"{predictions.predicted.name} predictions", to, str(dst), classes=predictions.classes)
+    if to in ("yolo", "mask_folder") and not predictions.predicted.label_map:
         report.notes.append(f"{to} has no place for scores: they are in the COCO, LabelMe and CVAT pre-labels")
     if to == "mask_folder":
         predictions.as_label_maps()

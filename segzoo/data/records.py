@@ -4,10 +4,10 @@ Every reader (Pascal VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, the real-data
 files into :class:`Obj` records per image and inherits from :class:`AnnotatedImages`, which turns
 them into what the COCO and mask-folder datasets yield for the task:
 
-* ``semantic``: ``(image, mask)``, ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`;
-* ``instance``: ``(image, target)`` with ``boxes`` (xyxy), ``labels`` (0-based), ``masks``
-  (``K x H x W`` uint8) and ``image_id``;
-* ``detection``: the same without ``masks``.
+* :data:`~segzoo.data.targets.CLASS_MAP`: ``(image, mask)``, ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`;
+* :data:`~segzoo.data.targets.INSTANCE_MASKS`: ``(image, target)`` with ``boxes`` (xyxy), ``labels``
+  (0-based), ``masks`` (``K x H x W`` uint8) and ``image_id``;
+* :data:`~segzoo.data.targets.BOXES`: the same without ``masks``.
 
 Coordinates are continuous pixels: pixel ``(row, col)`` covers ``[col, col + 1] x [row, row + 1]``
 (the COCO convention), so a box ``(0, 0, W, H)`` covers the whole image.
@@ -25,17 +25,48 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+import segzoo.data.validation as validation
+from segzoo.data.base import ConfigReader, check_target
+
 # the project's one image reader: the readers below read images and label PNGs through these two names
-from segzoo.data import validation
-from segzoo.data.coco import decode_segmentation
 from segzoo.data.errors import DataError
 from segzoo.data.image import image_size as header_size
 from segzoo.data.image import read_image, read_mask
+from segzoo.data.targets import Target
 
 __all__ = ["AnnotatedImages", "Obj", "decode_segmentation", "read_image", "read_mask"]
 
-TASKS = ("semantic", "instance", "detection")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _mask_api():
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise ImportError(
+            "decoding COCO polygons and RLE needs pycocotools; install it with "
+            "`pip install 'segzoo[coco]'` (or `pip install pycocotools`)"
+        ) from None
+    return mask_utils
+
+
+def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``H x W`` uint8 mask."""
+    mask_utils = _mask_api()
+    if isinstance(segm, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
+        polys = [p for p in segm if len(p) >= 6]
+        if not polys:
+            return np.zeros((height, width), dtype=np.uint8)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(segm, height, width)
+    elif isinstance(segm, dict):  # compressed RLE
+        rle = dict(segm)
+        if isinstance(rle["counts"], str):
+            rle["counts"] = rle["counts"].encode("ascii")
+    else:
+        raise ValueError(f"unknown COCO segmentation format {type(segm).__name__}; expected polygons or RLE")
+    return mask_utils.decode(rle).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -136,7 +167,7 @@ def image_size(path: Path) -> tuple[int, int]:
 BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")
 
 
-def split_classes(classes: list[str] | None, task: str) -> tuple[list[str] | None, str | None]:
+def split_classes(classes: list[str] | None, target: Target) -> tuple[list[str] | None, str | None]:
     """``data.classes`` as ``(object class names, background name)``, one convention for every dataset type.
 
     Semantic data lists every label including background, label 0 first (as ``mask_folder`` and
@@ -150,21 +181,15 @@ def split_classes(classes: list[str] | None, task: str) -> tuple[list[str] | Non
     names = [str(c) for c in classes]
     if len(set(names)) != len(names):
         raise ValueError(f"data.classes names a class twice: {names}")
-    if task == "semantic":
+    if target.label_map:
         if len(names) < 2:
             raise ValueError(f"data.classes for semantic data lists every label including background, label 0 first "
                              f"(e.g. [background, cat, dog]); got {names}")
         return names[1:], names[0]
     if names and names[0].lower() in BACKGROUND_NAMES:
-        raise ValueError(f"data.classes for {task} data lists the object classes only, label 0 first (background is "
-                         f"implicit): remove {names[0]!r} from {names}")
+        raise ValueError(f"data.classes for {target.name} data lists the object classes only, label 0 first "
+                         f"(background is implicit): remove {names[0]!r} from {names}")
     return names, None
-
-
-def check_task(task: str, allowed: tuple[str, ...] = TASKS) -> str:
-    if task not in allowed:
-        raise ValueError(f"task must be one of {', '.join(allowed)}, got {task!r}")
-    return task
 
 
 def examples(items: list, n: int = 3) -> str:
@@ -195,7 +220,7 @@ def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
     return out
 
 
-class AnnotatedImages(Dataset):
+class AnnotatedImages(ConfigReader, Dataset):
     """Base of the format readers: images with per-image :class:`Obj` lists or label maps.
 
     Subclasses set ``object_classes`` (names of the object classes, background excluded) and
@@ -204,9 +229,9 @@ class AnnotatedImages(Dataset):
     parser found wrong per file (the data check reports it).
 
     Args:
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        target: what an item's target holds (:mod:`segzoo.data.targets`), one of :attr:`targets`.
         transforms: a joint transform called as ``transforms(image, target)``.
-        ignore_index: semantic label of crowd regions and unlabelled pixels.
+        ignore_index: label-map value of crowd regions and unlabelled pixels.
     """
 
     object_classes: list[str]
@@ -215,35 +240,36 @@ class AnnotatedImages(Dataset):
     palette: list[tuple[int, int, int]] | None = None
     classes_inferred = False  # object classes read from the labels found (sorted), not given
 
-    def __init__(self, task: str, transforms=None, ignore_index: int = 255) -> None:
-        self.task = check_task(task, self.supported_tasks())
+    def __init__(self, target: Target, transforms=None, ignore_index: int = 255) -> None:
+        self.target = check_target(target, self.targets, type(self).__name__)
         self.transforms = transforms
         self.ignore_index = ignore_index
         self.problems: list[str] = []  # errors the parser found (the data check reports them)
         self.notices: list[str] = []  # what it skipped or assumed (reported as warnings)
 
-    @classmethod
-    def supported_tasks(cls) -> tuple[str, ...]:
-        return TASKS
+    @property
+    def task(self) -> str:
+        """The kind of data (``target.name``), for readers above data that still ask for a name."""
+        return self.target.name
 
     @property
     def classes(self) -> list[str]:
-        """Class names as the model sees them (semantic: with background first where the format has none)."""
-        if self.task != "semantic":
+        """Class names as the model sees them (a class map: with background first where the format has none)."""
+        if not self.target.label_map:
             return list(self.object_classes)
         return list(self.semantic_classes) if self.semantic_classes is not None else \
             [self.background_name, *self.object_classes]
 
     def set_classes(self, classes: list[str] | None) -> list[str] | None:
         """Read ``data.classes`` (:func:`split_classes`): keeps the background name, returns the object names."""
-        objects, background = split_classes(classes, self.task)
+        objects, background = split_classes(classes, self.target)
         if background is not None:
             self.background_name = background
         return objects
 
     def check_class_names(self, found: list[str]) -> None:
         """Report a semantic ``data.classes`` whose first name (background) names objects of these files."""
-        if self.task == "semantic" and self.background_name in found:
+        if self.target.label_map and self.background_name in found:
             self.problems.append(
                 f"data.classes starts with {self.background_name!r}, a label of these files: for semantic data "
                 f"data.classes lists every label including background, label 0 first; prepend the background name: "
@@ -255,7 +281,7 @@ class AnnotatedImages(Dataset):
 
     @property
     def num_classes(self) -> int:
-        """Semantic: every label including background; instance/detection: object classes only."""
+        """A class map: every label including background; object rows: object classes only."""
         return len(self.classes)
 
     def __len__(self) -> int:
@@ -326,7 +352,7 @@ class AnnotatedImages(Dataset):
                 out[o.pixels(height, width)] = self.ignore_index
         return out
 
-    def target(self, index: int, height: int, width: int) -> dict[str, Any]:
+    def object_target(self, index: int, height: int, width: int) -> dict[str, Any]:
         objs = [o for o in self.valid_objects(index, height, width) if not o.crowd]
         boxes = torch.tensor([o.xyxy(height, width) for o in objs], dtype=torch.float32).reshape(-1, 4)
         target = {
@@ -334,7 +360,7 @@ class AnnotatedImages(Dataset):
             "labels": torch.tensor([o.label for o in objs], dtype=torch.int64),
             "image_id": index,
         }
-        if self.task == "instance":
+        if self.target.masks:
             masks = np.zeros((len(objs), height, width), dtype=np.uint8)
             for k, o in enumerate(objs):
                 masks[k] = o.pixels(height, width)
@@ -345,12 +371,12 @@ class AnnotatedImages(Dataset):
         """The image's objects as COCO ground truth for evaluation, crowd regions included:
         ``{"image": {"id", "height", "width"}, "annotations": [...]}`` (:meth:`Obj.to_coco`; category
         id = label + 1, annotation ids left to the evaluator; a box alone gets its rectangle as
-        segmentation for instance tasks, as its target mask)."""
+        segmentation where the target has masks, as its target mask)."""
         h, w = self.image_hw(index)
         anns = []
         for o in self.valid_objects(index, h, w):
             ann = o.to_coco(h, w)
-            if not ann["segmentation"] and self.task == "instance":
+            if not ann["segmentation"] and self.target.masks:
                 ann["segmentation"] = [box_polygon(*o.xyxy(h, w))]
             anns.append(ann)
         return {"image": {"id": index, "height": h, "width": w}, "annotations": anns}
@@ -360,14 +386,14 @@ class AnnotatedImages(Dataset):
         h, w = image.shape[-2:]
         size = validation.size_problem(self.declared_hw(index), h, w)
         self._refuse(index, [size] if size else [])
-        if self.task == "semantic":
+        if self.target.label_map:
             label = self.semantic_map(index, h, w)
             if label.shape != (h, w):
                 raise ValueError(f"the label map of {self.image_path(index)} is {label.shape[1]}x{label.shape[0]} "
                                  f"but the image is {w}x{h}; label maps must have the image's size")
             out = tv_tensors.Mask(torch.from_numpy(label))
         else:
-            out = self.target(index, h, w)
+            out = self.object_target(index, h, w)
         if self.transforms is not None:
             image, out = self.transforms(image, out)
         return image, out
@@ -379,7 +405,7 @@ class AnnotatedImages(Dataset):
         report.errors.extend(self.problems)
         report.warnings.extend(self.notices)
         n_data = self.num_classes
-        kind = "labels" + (" including background" if self.task == "semantic" else
+        kind = "labels" + (" including background" if self.target.label_map else
                            " (object classes; background is implicit)")
         if n_data > num_classes:
             report.errors.append(f"{type(self).__name__} has {n_data} {kind} ({examples(self.classes, 6)}) but "
@@ -397,7 +423,7 @@ class AnnotatedImages(Dataset):
             name = self.item_name(i)
             try:
                 h, w = self.image_hw(i)
-                from_objects = self.task != "semantic" or type(self).semantic_map is AnnotatedImages.semantic_map
+                from_objects = not self.target.label_map or type(self).semantic_map is AnnotatedImages.semantic_map
                 if from_objects:
                     objs, problems = self.annotation_problems(i, h, w)
                 else:  # a label-map format: only the stated size is the annotation's
@@ -407,7 +433,7 @@ class AnnotatedImages(Dataset):
                     issues[kind].append(f"{name}: {detail}")
                 if any(validation.severity(kind) == "error" for kind, _ in problems):
                     continue  # its targets are not built from numbers that are known to be wrong
-                if self.task == "semantic":
+                if self.target.label_map:
                     self._check_map(self.semantic_map(i, h, w), (h, w), name, num_classes, ignore_index,
                                     found, issues)
                 else:
@@ -471,6 +497,6 @@ class AnnotatedImages(Dataset):
                 issues["label"].append(f"{name} (label {o.label})")
                 continue
             found.add(o.label)
-            if self.task == "instance" and not o.has_shape:
+            if self.target.masks and not o.has_shape:
                 issues["no_shape"].append(name)
         # boxes and shapes outside the image or without area: annotation_problems (segzoo.data.validation)

@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import Sampler, Subset
+from torch.utils.data import Dataset, Sampler, Subset
 
 
 def aspect_ratio_groups(sizes: Sequence[tuple[int, int]], k: int = 3) -> list[int]:
@@ -182,3 +183,115 @@ def group_batches(order: Sequence[int], group_ids: Sequence[int], batch_size: in
         batch = buffers[group]
         out.append(batch + _repeat_to(seen[group], batch_size - len(batch)))
     return out
+
+
+# ---------------------------------------------------------------- the trainer's sharded, resumable sampling
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, index)."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so each item's random augmentation depends only on (seed, epoch, index).
+
+    Keys are ``(index, epoch)`` pairs (as :class:`ShardSampler` yields them). The global
+    torch RNG of the calling process is left untouched, so results do not depend on the
+    number of workers, the number of processes, or where a resumed run restarts.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class ShardSampler(Sampler):
+    """Epoch-seeded shuffling, sharded over ranks, that can start part-way through an epoch.
+
+    Training (``shuffle=True``): the epoch's permutation is cut to ``num_samples_per_rank *
+    world_size`` items and rank ``r`` takes every ``world_size``-th item from ``r``, so the
+    first global batch of a 2-process run holds the same samples as the first batch of a
+    1-process run with twice the batch size. Evaluation (``shuffle=False``): every sample
+    exactly once over all ranks (ranks may get one sample more than others).
+
+    Yields ``(index, epoch)`` pairs for :class:`SeededDataset`.
+
+    Args:
+        size: dataset length.
+        rank: this process's rank.
+        world_size: number of processes.
+        shuffle: shuffle each epoch (training) or keep the order (evaluation).
+        seed: shuffling seed.
+        num_samples_per_rank: training only: samples each rank takes per epoch.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
+                 num_samples_per_rank: int | None = None) -> None:
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        self.num_samples_per_rank = num_samples_per_rank
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the epoch and how many of this rank's samples to skip (for resuming)."""
+        self.epoch, self.skip = epoch, skip
+
+    def indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.size, self.world_size))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.size, generator=g).tolist()
+        return perm[: self._taken()][self.rank :: self.world_size]
+
+    def _taken(self) -> int:
+        """How many of the epoch's permutation all ranks take together (training)."""
+        n = self.num_samples_per_rank if self.num_samples_per_rank is not None else self.size // self.world_size
+        return min(n * self.world_size, self.size)
+
+    def count(self) -> int:
+        """``len(self.indices())`` without drawing the permutation."""
+        end = self._taken() if self.shuffle else self.size
+        return len(range(self.rank, end, self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in self.indices()[self.skip :]:
+            yield i, self.epoch
+
+    def __len__(self) -> int:
+        return max(self.count() - self.skip, 0)
+
+
+class GroupedShardBatches(Sampler):
+    """A :class:`ShardSampler`'s epoch shard cut into batches of one group each (``data.aspect_ratio_groups``).
+
+    The shard (same shuffle, same ranks, same sample count) is walked in order and a batch is
+    emitted whenever a group has ``batch_size`` samples (:func:`group_batches`),
+    so every rank gets ``len(shard) // batch_size`` batches and a resumed epoch skips the batches
+    already trained (``shard.skip`` samples). Yields lists of ``(index, epoch)`` pairs.
+    """
+
+    def __init__(self, shard: ShardSampler, group_ids: list[int], batch_size: int) -> None:
+        if len(group_ids) != shard.size:
+            raise ValueError(f"{len(group_ids)} group ids for a dataset of {shard.size} samples")
+        self.shard, self.group_ids, self.batch_size = shard, group_ids, batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.shard.indices()
+        batches = group_batches(order, self.group_ids, self.batch_size, len(order) // self.batch_size)
+        for batch in batches[self.shard.skip // self.batch_size:]:
+            yield [(i, self.shard.epoch) for i in batch]
+
+    def __len__(self) -> int:
+        return max(self.shard.count() // self.batch_size - self.shard.skip // self.batch_size, 0)

@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segzoo.data.ade20k import ADE20K
-from segzoo.data.cityscapes import Cityscapes
-from segzoo.data.coco import CocoInstances
-from segzoo.data.cvat import CVAT
-from segzoo.data.formats import FORMATS, coco_files, detect_format, resolve_auto
-from segzoo.data.labelme import LabelMe
-from segzoo.data.mask_folder import MaskFolder
+from segzoo.data.formats.ade20k import ADE20K
+from segzoo.data.formats.cityscapes import Cityscapes
+from segzoo.data.formats.coco import CocoInstances
+from segzoo.data.formats.cvat import CVAT
+from segzoo.data.formats.detect import FORMATS, coco_files, detect_format, resolve_auto
+from segzoo.data.formats.labelme import LabelMe
+from segzoo.data.formats.mask_folder import MaskFolder
+from segzoo.data.formats.voc import VOC, voc_root
+from segzoo.data.formats.yolo import YOLO, find_yaml
 from segzoo.data.records import AnnotatedImages, Obj
-from segzoo.data.voc import VOC, voc_root
-from segzoo.data.yolo import YOLO, find_yaml
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
 
 PathLike = str | os.PathLike
 
@@ -27,8 +28,8 @@ PathLike = str | os.PathLike
 class CocoSource(AnnotatedImages):
     """A COCO json as records (polygons / RLE as they are, crowd included)."""
 
-    def __init__(self, root: PathLike, ann_file: PathLike, task: str = "instance") -> None:
-        super().__init__(task)
+    def __init__(self, root: PathLike, ann_file: PathLike, target: Target = INSTANCE_MASKS) -> None:
+        super().__init__(target)
         self.coco = CocoInstances(root, ann_file, with_masks=False)
         self.object_classes = list(self.coco.classes)
 
@@ -58,8 +59,8 @@ class CocoSource(AnnotatedImages):
 class MaskFolderSource(AnnotatedImages):
     """A mask folder as records: each labelled class region of an image is one object."""
 
-    def __init__(self, images_dir: PathLike, masks_dir: PathLike, task: str = "semantic") -> None:
-        super().__init__(task)
+    def __init__(self, images_dir: PathLike, masks_dir: PathLike, target: Target = CLASS_MAP) -> None:
+        super().__init__(target)
         listed = Path(masks_dir).parent / "classes.txt"
         if not listed.is_file():
             listed = Path(masks_dir).parent.parent / "classes.txt"
@@ -71,7 +72,7 @@ class MaskFolderSource(AnnotatedImages):
             self.classes_inferred = True
         self.semantic_classes = classes
         self.object_classes = classes[1:]
-        if task != "semantic":
+        if not target.label_map:
             self.notices.append("a mask folder has no instances: each class region of an image is one object")
 
     def __len__(self) -> int:
@@ -88,8 +89,10 @@ class MaskFolderSource(AnnotatedImages):
         return [Obj(v - 1, mask=labels == v) for v in np.unique(labels).tolist() if v not in (0, 255)]
 
 
-def open_splits(src: PathLike, fmt: str, task: str, splits: list[str] | None = None):
-    """``[(split name, dataset)]`` of a source; ``task`` ``"auto"`` reads instances where the format has them."""
+def open_splits(src: PathLike, fmt: str, target: Target | None, splits: list[str] | None = None):
+    """``(format, [(split name, dataset)])`` of a source, every split read for ``target``
+    (:mod:`segzoo.data.targets`); None reads instance masks where the format has them (VOC without
+    ``SegmentationObject``: boxes)."""
     src = Path(src)
     if fmt == "auto":
         fmt = detect_format(src)
@@ -98,22 +101,22 @@ def open_splits(src: PathLike, fmt: str, task: str, splits: list[str] | None = N
     if fmt == "coco_panoptic":
         raise ValueError(f"{src} is COCO-panoptic: segzoo reads it for training (data.type: coco_panoptic) but does "
                          "not convert it; its instances json (instances_*.json) converts as --from coco")
-    if task == "auto":
-        task = "detection" if fmt == "voc" and not (voc_root(src) / "SegmentationObject").is_dir() else "instance"
+    if target is None:
+        target = BOXES if fmt == "voc" and not (voc_root(src) / "SegmentationObject").is_dir() else INSTANCE_MASKS
     out: list[tuple[str, AnnotatedImages]] = []
     if fmt == "yolo":
         spec = yaml.safe_load(find_yaml(src).read_text()) or {}
         if not isinstance(spec, dict):
-            YOLO(src, "train", task)  # raises, naming the file
-        out = [(s, YOLO(src, s, task)) for s in ("train", "val", "test") if spec.get(s)]
+            YOLO(src, "train", target)  # raises, naming the file
+        out = [(s, YOLO(src, s, target)) for s in ("train", "val", "test") if spec.get(s)]
     elif fmt == "voc":
-        sets = voc_root(src) / "ImageSets" / ("Main" if task == "detection" else "Segmentation")
+        sets = voc_root(src) / "ImageSets" / ("Main" if target.boxes_only else "Segmentation")
         names = [s for s in ("train", "val") if (sets / f"{s}.txt").is_file()]
-        out = [(s, VOC(src, s, task)) for s in names] or [("train", VOC(src, None, task))]
+        out = [(s, VOC(src, s, target)) for s in names] or [("train", VOC(src, None, target))]
     elif fmt == "cityscapes":
-        out = [(s, Cityscapes(src, s, task)) for s in ("train", "val") if (src / "leftImg8bit" / s).is_dir()]
+        out = [(s, Cityscapes(src, s, target)) for s in ("train", "val") if (src / "leftImg8bit" / s).is_dir()]
     elif fmt == "ade20k":
-        if task != "semantic":
+        if not target.label_map:
             raise ValueError("ADE20K (SceneParsing) has no instances; convert it to mask_folder")
         out = [(s, ADE20K(src, s)) for s in ("train", "val")]
     elif fmt == "coco":
@@ -121,24 +124,25 @@ def open_splits(src: PathLike, fmt: str, task: str, splits: list[str] | None = N
         for f in files:
             name = f.stem.replace("instances_", "")
             args = resolve_auto(src, name)[1] if src.is_dir() else resolve_auto(f, name)[1]
-            out.append((name, CocoSource(args["root"], args["ann_file"], task)))
+            out.append((name, CocoSource(args["root"], args["ann_file"], target)))
     elif fmt == "mask_folder":
         args = resolve_auto(src, "train")[1]
         subs = [p.name for p in sorted(Path(args["images_dir"]).iterdir()) if p.is_dir()]
         named = [s for s in subs if (Path(args["masks_dir"]) / s).is_dir()]
-        out = [(s, MaskFolderSource(Path(args["images_dir"]) / s, Path(args["masks_dir"]) / s, task)) for s in named] \
-            or [("train", MaskFolderSource(args["images_dir"], args["masks_dir"], task))]
+        images, masks = Path(args["images_dir"]), Path(args["masks_dir"])
+        out = [(s, MaskFolderSource(images / s, masks / s, target)) for s in named] \
+            or [("train", MaskFolderSource(args["images_dir"], args["masks_dir"], target))]
     elif fmt == "labelme":
         subs = [s for s in ("train", "val", "test") if (src / s).is_dir() and any((src / s).rglob("*.json"))]
         if subs:
-            first = LabelMe(src / subs[0], task)
-            out = [(s, LabelMe(src / s, task, classes=first.object_classes)) for s in subs]
+            first = LabelMe(src / subs[0], target)
+            out = [(s, LabelMe(src / s, target, classes=first.object_classes)) for s in subs]
         else:
-            out = [("train", LabelMe(src, task))]
+            out = [("train", LabelMe(src, target))]
     elif fmt == "cvat":
-        probe = CVAT(src, task)
+        probe = CVAT(src, target)
         subsets = sorted({im.get("subset") for im in probe.entries if im.get("subset")})
-        out = [(s.lower(), CVAT(src, task, subset=s)) for s in subsets] or [("train", probe)]
+        out = [(s.lower(), CVAT(src, target, subset=s)) for s in subsets] or [("train", probe)]
     if splits:
         missing = sorted(set(splits) - {s for s, _ in out})
         if missing:

@@ -3,7 +3,7 @@
 Each reader parses its files into :class:`~segzoo.data.records.Obj` records and may declare the
 image size its files state (VOC ``<size>``, CVAT ``width``/``height``, LabelMe
 ``imageHeight``/``imageWidth``). :func:`object_problems` and :func:`size_problem` check them against
-the image as read, with the COCO reader's rules (:mod:`segzoo.data.coco_json`, whose polygon and
+the image as read, with the COCO reader's rules (:mod:`segzoo.data.formats.coco_json`, whose polygon and
 RLE checks are reused as they are):
 
 * a declared size that differs from the image file;
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from segzoo.data import coco_json
 from segzoo.data.errors import DataError
+from segzoo.data.formats import coco_json
 
 OUTSIDE_SLACK = 1.0  # pixels a box or shape may exceed the image by (rounding of exports)
 

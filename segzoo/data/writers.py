@@ -24,7 +24,7 @@ from PIL import Image
 from segzoo.data.contours import mask_to_polygons
 from segzoo.data.records import Obj
 
-IGNORE_LABEL = "__ignore__"  # LabelMe's crowd label (segzoo.data.labelme reads it back)
+IGNORE_LABEL = "__ignore__"  # LabelMe's crowd label (segzoo.data.formats.labelme reads it back)
 
 
 def object_shapes(obj: Obj, h: int, w: int) -> tuple[str, object]:

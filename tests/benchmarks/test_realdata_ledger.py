@@ -14,7 +14,7 @@ import benchmarks.ledger.main as ledger_cli
 from benchmarks.ledger import CASES, END_MARKER, START_MARKER, crosscheck, parity
 from benchmarks.ledger.report import format_table, markdown_report, replace_section, summarise, verdict
 from benchmarks.ledger.run import Recorder, initial_agreement, make_config
-from segzoo.data.realdata import WHEELS, find_wheel
+from segzoo.data.formats.realdata import WHEELS, find_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_missing_wheels_are_refused_before_any_training(tmp_path, monkeypatch, c
         ledger_cli.main(["tree_crowns_centernet", "--steps", "1", "--seeds", "0"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "deepforest==2.1.0 wheel is not in" in err and "python -m segzoo.data.realdata fetch" in err
+    assert "deepforest==2.1.0 wheel is not in" in err and "python -m segzoo.data.formats.realdata fetch" in err
     assert "stardist" not in err  # only what the chosen cases need
     missing = ledger_cli.missing_requirements([CASES["nuclei_semantic"], CASES["tree_crowns"]])
     assert [m.split(" wheel")[0] for m in missing if "wheel" in m] == ["the deepforest==2.1.0", "the stardist==0.9.2"]
@@ -170,7 +170,7 @@ def test_the_ledger_runs_from_a_checkout_and_not_from_the_installed_cli(capsys):
 def test_crosscheck_and_parity_control_on_the_real_tiles():
     """One step of the two diagnostics behind the README's reading of the ledger (needs the stardist wheel)."""
     if find_wheel("stardist", WHEELS["stardist"]) is None:
-        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.realdata fetch`")
+        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.formats.realdata fetch`")
     case = CASES["nuclei_instance"]
     check = crosscheck(case, 0, 1, log=lambda line: None)
     assert check["agree"], check  # the peer's weights score the same through segzoo's model

@@ -15,6 +15,7 @@ import pytest
 
 from segzoo.data import CVAT, VOC, YOLO, LabelMe, check_dataset
 from segzoo.data.errors import DataError
+from segzoo.data.targets import BOXES, INSTANCE_MASKS
 from tests.data_layouts import H, W, _b64_png, write_cvat, write_labelme, write_voc, write_yolo
 
 
@@ -27,13 +28,13 @@ def sub(path, old, new, count=1):
 def voc(tmp_path, old, new):
     root = write_voc(tmp_path / "voc")
     sub(root / "Annotations" / "2007_000032.xml", old, new)
-    return VOC(root, split="train", task="detection")
+    return VOC(root, split="train", target=BOXES)
 
 
 def yolo(tmp_path, line):
     root = write_yolo(tmp_path / "yolo", segment=False)
     (root / "labels" / "train" / "train_0.txt").write_text(line + "\n")
-    return YOLO(root, split="train", task="detection")
+    return YOLO(root, split="train", target=BOXES)
 
 
 def labelme(tmp_path, edit):
@@ -43,13 +44,13 @@ def labelme(tmp_path, edit):
     doc = json.loads((root / "a.json").read_text())
     edit(doc)
     (root / "a.json").write_text(json.dumps(doc))
-    return LabelMe(root, task="instance")
+    return LabelMe(root, target=INSTANCE_MASKS)
 
 
 def cvat(tmp_path, old, new):
     root = write_cvat(tmp_path / "cvat")
     sub(root / "annotations.xml", old, new)
-    return CVAT(root, task="instance")
+    return CVAT(root, target=INSTANCE_MASKS)
 
 
 def _point(doc, value):
@@ -126,7 +127,7 @@ def test_cvat_sizes_are_bounded_before_allocation(edit, kind, tmp_path):
     text = (root / "annotations.xml").read_text()
     (root / "annotations.xml").write_text(edit(text))
     assert edit(text) != text
-    ds = CVAT(root, task="instance")
+    ds = CVAT(root, target=INSTANCE_MASKS)
     grown = _grows_by_mb(lambda: check_dataset(ds, num_classes=3))
     report = check_dataset(ds, num_classes=3)
     assert any(kind in e and "frame_000000" in e for e in report.errors), report.format()

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from segzoo.data import CocoInstances, CocoSemantic, DataError, MaskFolder, check_dataset
+from segzoo.data.targets import INSTANCE_MASKS
 
 H, W = 20, 30
 
@@ -130,8 +131,8 @@ def test_content_problems_are_reported_with_ids_and_refused_on_load(tmp_path, ca
 def test_compressed_rle_strings_are_decoded_exactly(tmp_path):
     """pycocotools decodes a malformed counts string into a garbage mask without an error."""
     mask_utils = pytest.importorskip("pycocotools.mask")
-    from segzoo.data.coco_json import rle_string_counts
-    from segzoo.data.shapes import encode_rle
+    from segzoo.data.formats.coco_json import rle_string_counts
+    from segzoo.data.synthetic.shapes import encode_rle
 
     rng = np.random.RandomState(0)
     for _ in range(50):
@@ -206,7 +207,7 @@ def test_crowd_only_images_are_not_empty_in_the_format_readers(tmp_path):
         object_classes = ["person"]
 
         def __init__(self, objs):
-            super().__init__("instance")
+            super().__init__(INSTANCE_MASKS)
             self.objs = objs
 
         def __len__(self):

@@ -9,7 +9,9 @@ from PIL import Image
 
 from segzoo.data import build_dataset, check_dataset, detect_format
 from segzoo.data.convert import TARGETS, convert
+from segzoo.tasks import get_task
 from tests.data_layouts import (
+    data_config,
     rgb,
     write_ade20k,
     write_cityscapes,
@@ -72,7 +74,7 @@ def test_converted_data_reads_back_as_written(source, target, tmp_path):
     for split, (images, _) in report.splits.items():
         assert split in ("train", "val", "test"), report.splits
         cfg = {"type": "auto", split: {"root": str(dst)}}
-        ds = build_dataset(cfg, split, task, with_transforms=False)
+        ds = build_dataset(data_config(cfg), split, get_task(task).target, with_transforms=False)
         assert len(ds) == images
         check = check_dataset(ds, num_classes, name=split, allow_empty=True)
         assert check.ok, (report.format(), check.format())

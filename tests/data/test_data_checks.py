@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from segzoo.data import CocoInstances, CocoSemantic, DataError, MaskFolder, Shapes, check_dataset
+from segzoo.data.targets import CLASS_MAP, INSTANCE_MASKS
 
 
 def _folder(tmp_path, masks: dict):
@@ -98,6 +99,6 @@ def test_coco_good_and_problems(tmp_path):
 
 
 def test_shapes_passes_checks(tmp_path):
-    for task, n in (("semantic", 4), ("instance", 3)):
-        report = check_dataset(Shapes(tmp_path, "val", task, num_train=2, num_val=4, size=64), num_classes=n)
+    for target, n in ((CLASS_MAP, 4), (INSTANCE_MASKS, 3)):
+        report = check_dataset(Shapes(tmp_path, "val", target, num_train=2, num_val=4, size=64), num_classes=n)
         assert report.ok, report.format()

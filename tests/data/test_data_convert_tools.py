@@ -5,8 +5,9 @@ import pytest
 
 from segzoo.data import YOLO, LabelMe
 from segzoo.data.convert import convert
-from segzoo.data.cvat import CVAT
-from segzoo.data.voc import VOC
+from segzoo.data.formats.cvat import CVAT
+from segzoo.data.formats.voc import VOC
+from segzoo.data.targets import INSTANCE_MASKS
 from segzoo.data.writers import cvat_rle
 from tests.data_layouts import write_cvat, write_labelme, write_voc
 
@@ -29,21 +30,21 @@ def test_labelme_and_cvat_sources_round_trip_through_the_new_writers(tmp_path, t
     sources = (("lm", write_labelme(tmp_path / "lm"), LabelMe), ("cv", write_cvat(tmp_path / "cv"), CVAT))
     for name, src, reader in sources:
         report = convert(src, tmp_path / f"{name}_{to}", to)
-        back = (LabelMe if to == "labelme" else CVAT)(tmp_path / f"{name}_{to}", task="instance")
-        _same_objects(reader(src, task="instance"), back)
+        back = (LabelMe if to == "labelme" else CVAT)(tmp_path / f"{name}_{to}", target=INSTANCE_MASKS)
+        _same_objects(reader(src, target=INSTANCE_MASKS), back)
         assert report.target == to
 
 
 def test_voc_masks_with_holes_survive_as_masks(tmp_path):
     voc = write_voc(tmp_path / "voc")
-    src = VOC(voc, "val", task="instance")
+    src = VOC(voc, "val", target=INSTANCE_MASKS)
     for to, reader in (("labelme", LabelMe), ("cvat", CVAT)):
         convert(voc, tmp_path / to, to, splits=["val"])
-        _same_objects(src, reader(tmp_path / to, task="instance"))
+        _same_objects(src, reader(tmp_path / to, target=INSTANCE_MASKS))
 
 
 def test_cvat_rle_is_what_the_reader_decodes():
-    from segzoo.data.cvat import decode_cvat_rle
+    from segzoo.data.formats.cvat import decode_cvat_rle
 
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -69,5 +70,5 @@ def test_yolo_simplify_is_applied(tmp_path):
         return len((d / "labels" / "train" / "a.txt").read_text().split()) // 2
 
     assert vertices(tmp_path / "simple") < vertices(tmp_path / "exact") // 2  # --simplify reached the writer
-    exact = YOLO(tmp_path / "exact", "train", task="instance")[0][1]["masks"][0].numpy()
+    exact = YOLO(tmp_path / "exact", "train", target=INSTANCE_MASKS)[0][1]["masks"][0].numpy()
     assert np.array_equal(exact, disk)

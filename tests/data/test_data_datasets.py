@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from segzoo.data import CocoInstances, CocoSemantic, MaskFolder, Shapes, build_dataset
-from segzoo.data.shapes import encode_rle, render
+from segzoo.data.synthetic.shapes import encode_rle, render
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
+from tests.data_layouts import data_config
 
 pytest.importorskip("pycocotools")
 
@@ -126,8 +128,8 @@ def test_shapes_deterministic_and_consistent(tmp_path):
     assert not np.array_equal(a, render(4, 64, seed=1)[0])
     for i in inst:  # instance masks agree with the semantic map
         assert (la[i["mask"]] == i["label"] + 1).all()
-    sem = Shapes(tmp_path / "s", "train", "semantic", num_train=6, num_val=2, size=64)
-    ins = Shapes(tmp_path / "s", "val", "instance", num_train=6, num_val=2, size=64)
+    sem = Shapes(tmp_path / "s", "train", CLASS_MAP, num_train=6, num_val=2, size=64)
+    ins = Shapes(tmp_path / "s", "val", INSTANCE_MASKS, num_train=6, num_val=2, size=64)
     assert len(sem) == 6 and len(ins) == 2 and sem.num_classes == 4 and ins.num_classes == 3
     assert ins.classes == ["circle", "square", "triangle"]
     assert (tmp_path / "s" / "train" / "instances.json").is_file()
@@ -143,16 +145,16 @@ def test_shapes_deterministic_and_consistent(tmp_path):
 def test_build_dataset_from_config(tmp_path):
     cfg = {"type": "shapes", "root": str(tmp_path / "s"), "train": {"num_train": 4, "num_val": 2, "size": 64},
            "val": {"num_train": 4, "num_val": 2, "size": 64}, "augment": {"size": 48}, "ignore_index": 255}
-    ds = build_dataset(cfg, "train", "semantic")
+    ds = build_dataset(data_config(cfg), "train", CLASS_MAP)
     image, mask = ds[0]
     assert image.shape == (3, 48, 48) and image.dtype == torch.float32 and mask.shape == (48, 48)
-    val = build_dataset(cfg, "val", "detection")
+    val = build_dataset(data_config(cfg), "val", BOXES)
     _, target = val[0]
     assert "masks" not in target and target["boxes"].shape[1] == 4
     with pytest.raises(ValueError, match="unknown data.type"):
-        build_dataset({**cfg, "type": "kitti"}, "train", "semantic")
+        build_dataset(data_config({**cfg, "type": "kitti"}), "train", CLASS_MAP)
     with pytest.raises(ValueError, match="unknown arguments"):
-        build_dataset({**cfg, "train": {"sise": 3}}, "train", "semantic")
+        build_dataset(data_config({**cfg, "train": {"sise": 3}}), "train", CLASS_MAP)
 
 
 def test_missing_pycocotools_names_the_extra(tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ import pytest
 from segzoo.data import YOLO, CocoInstances, LabelMe, MaskFolder
 from segzoo.data.contours import mask_to_polygons, polygon_area
 from segzoo.data.convert import convert, main
-from segzoo.data.cvat import CVAT
-from segzoo.data.voc import VOC
+from segzoo.data.formats.cvat import CVAT
+from segzoo.data.formats.voc import VOC
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
 from tests.data_layouts import write_cvat, write_labelme, write_voc, write_yolo
 
 pytest.importorskip("pycocotools")
@@ -48,7 +49,7 @@ def test_labelme_to_coco_keeps_polygons_classes_and_crowd(tmp_path):
     crowd = [a for a in doc["annotations"] if a["iscrowd"]]
     assert len(crowd) == 1 and isinstance(crowd[0]["segmentation"], dict)  # crowd regions as RLE
     coco = CocoInstances(tmp_path / "coco" / "train", tmp_path / "coco" / "annotations" / "instances_train.json")
-    lm = LabelMe(src, task="instance")
+    lm = LabelMe(src, target=INSTANCE_MASKS)
     for i in range(2):
         assert np.array_equal(_masks(coco, i), _masks(lm, i))
         assert coco[i][1]["labels"].tolist() == lm[i][1]["labels"].tolist()
@@ -61,9 +62,9 @@ def test_polygon_mask_polygon_round_trip_through_yolo(tmp_path):
     report = convert(src, tmp_path / "yolo", "yolo")
     assert report.crowd_dropped == 1 and "dropped 1 crowd regions" in report.format()
     assert report.parts_split == 1  # the dog drawn as two polygons
-    back = YOLO(tmp_path / "yolo", "train", task="instance")
+    back = YOLO(tmp_path / "yolo", "train", target=INSTANCE_MASKS)
     assert back.classes == ["cat", "dog"]
-    lm = LabelMe(src, task="instance")
+    lm = LabelMe(src, target=INSTANCE_MASKS)
     got, want = _masks(back, 0), _masks(lm, 0)
     labels = back[0][1]["labels"].tolist()
     assert labels == [0, 1, 1, 1, 0]  # the dog's two parts are two YOLO objects
@@ -79,20 +80,20 @@ def test_voc_masks_to_yolo_and_back_exactly(tmp_path):
     voc = write_voc(tmp_path)
     report = convert(voc, tmp_path / "yolo", "yolo")
     assert set(report.splits) == {"train", "val"} and report.splits["train"] == (2, 4)
-    back = YOLO(tmp_path / "yolo", "val", task="instance")
-    src = VOC(voc, "val", task="instance")
+    back = YOLO(tmp_path / "yolo", "val", target=INSTANCE_MASKS)
+    src = VOC(voc, "val", target=INSTANCE_MASKS)
     assert back.classes == src.classes
     assert np.array_equal(_masks(back, 0), _masks(src, 0))
     assert back[0][1]["labels"].tolist() == src[0][1]["labels"].tolist()
 
     convert(voc, tmp_path / "yolo_simple", "yolo", tolerance=1.0)
-    simple = YOLO(tmp_path / "yolo_simple", "val", task="instance")
+    simple = YOLO(tmp_path / "yolo_simple", "val", target=INSTANCE_MASKS)
     for a, b in zip(_masks(simple, 0), _masks(src, 0)):
         outers, _ = mask_to_polygons(b, 1.0)
         assert abs(int(a.sum()) - int(b.sum())) <= sum(len(p) for p in outers)
 
-    convert(voc, tmp_path / "det", "yolo", task="detection")
-    det = YOLO(tmp_path / "det", "train", task="detection")
+    convert(voc, tmp_path / "det", "yolo", read=BOXES)
+    det = YOLO(tmp_path / "det", "train", target=BOXES)
     assert np.allclose(det[0][1]["boxes"], [[6, 5, 20, 15], [25, 20, 41, 35]], atol=1e-3)
 
 
@@ -103,7 +104,7 @@ def test_cvat_to_mask_folder_keeps_labels_and_ignore(tmp_path):
     names = (tmp_path / "mf" / "classes.txt").read_text().split()
     assert names == ["background", "car", "person", "tree"]
     mf = MaskFolder(tmp_path / "mf" / "images" / "train", tmp_path / "mf" / "masks" / "train", classes=names)
-    cvat = CVAT(src, task="semantic")
+    cvat = CVAT(src, target=CLASS_MAP)
     for i in range(2):
         assert np.array_equal(mf[i][1].numpy(), cvat[i][1].numpy())
     # and back: mask folder -> COCO, one object per class region
@@ -118,7 +119,7 @@ def test_yolo_coco_yolo_keeps_names_and_ids(tmp_path):
     assert [c["name"] for c in doc["categories"]] == ["square", "triangle"]
     assert sorted(a["category_id"] for a in doc["annotations"]) == [1, 2]
     convert(tmp_path / "coco", tmp_path / "y2", "yolo")
-    a, b = YOLO(src, "train", task="detection"), YOLO(tmp_path / "y2", "train", task="detection")
+    a, b = YOLO(src, "train", target=BOXES), YOLO(tmp_path / "y2", "train", target=BOXES)
     assert b.classes == a.classes and len(b) == len(a)
     for i in range(len(a)):
         assert a[i][1]["labels"].tolist() == b[i][1]["labels"].tolist()

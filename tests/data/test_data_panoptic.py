@@ -11,10 +11,12 @@ from PIL import Image
 
 import segzoo
 from segzoo.data import CocoPanoptic, DataError, ShapesPanoptic, build_dataset, build_transforms, check_dataset
-from segzoo.data.coco_panoptic import ids_to_rgb, rgb_to_ids
 from segzoo.data.errors import ImageFileError
+from segzoo.data.formats.coco_panoptic import ids_to_rgb, rgb_to_ids
 from segzoo.data.image import read_panoptic
+from segzoo.data.targets import INSTANCE_MASKS, SEGMENTS
 from segzoo.engine.evaluator import check_categories
+from tests.data_layouts import data_config
 
 BIG_ID = 3 + 7 * 256 + 49 * 65536  # uses all three channels
 
@@ -120,7 +122,7 @@ def test_bad_json_is_refused(tmp_path, change, match):
 
 
 def test_training_transforms_keep_iscrowd_with_its_segment(tmp_path):
-    ds = CocoPanoptic(*_write(tmp_path), transforms=build_transforms("panoptic", True, size=12, scale=(1.0, 1.0)))
+    ds = CocoPanoptic(*_write(tmp_path), transforms=build_transforms(SEGMENTS, True, size=12, scale=(1.0, 1.0)))
     torch.manual_seed(0)
     for _ in range(20):  # random 12 x 12 crops drop segments
         _, t = ds[0]
@@ -151,13 +153,13 @@ def test_shapes_panoptic(tmp_path):
 def test_build_dataset_keeps_the_two_shapes_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = {"type": "shapes_panoptic", "root": "data/shapes", "train": {"num_train": 2, "num_val": 1, "size": 48}}
-    ds = build_dataset(cfg, "train", "panoptic")
+    ds = build_dataset(data_config(cfg), "train", SEGMENTS)
     assert ds.ann_file.parent.parent == tmp_path / "data" / "shapes_panoptic" or \
         ds.ann_file.parent.parent.resolve() == (tmp_path / "data" / "shapes_panoptic").resolve()
     with pytest.raises(ValueError, match="panoptic"):
-        build_dataset(cfg, "train", "instance")
+        build_dataset(data_config(cfg), "train", INSTANCE_MASKS)
     with pytest.raises(ValueError, match="shapes_panoptic"):
-        build_dataset({"type": "shapes", "root": str(tmp_path / "s")}, "train", "panoptic")
+        build_dataset(data_config({"type": "shapes", "root": str(tmp_path / "s")}), "train", SEGMENTS)
 
 
 def test_a_model_with_another_thing_stuff_split_is_refused(tmp_path):
@@ -181,7 +183,7 @@ def test_auto_recognises_coco_panoptic_layouts(tmp_path):
     _write(tmp_path / "flat")  # images/ + panoptic.json + panoptic/ (the panoptic Shapes layout)
     assert detect_format(tmp_path / "flat") == "coco_panoptic"
     assert detect_format(tmp_path / "flat" / "panoptic.json") == "coco_panoptic"
-    ds = build_dataset({"type": "auto", "val": {"root": str(tmp_path / "flat")}}, "val", "panoptic",
+    ds = build_dataset(data_config({"type": "auto", "val": {"root": str(tmp_path / "flat")}}), "val", SEGMENTS,
                        with_transforms=False)
     assert isinstance(ds, CocoPanoptic) and ds.root == tmp_path / "flat" / "images" and len(ds) == 1
 

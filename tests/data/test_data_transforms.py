@@ -10,7 +10,8 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
 from segzoo.data import PadToSize, build_transforms, collate_instances, collate_semantic
-from segzoo.data.augment import (
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
+from segzoo.data.transforms.augment import (
     CENTERNET_EIGVAL,
     CENTERNET_EIGVEC_BGR,
     CENTERNET_SCALES,
@@ -38,7 +39,7 @@ def _sample(h=48, w=64):
 @pytest.mark.parametrize("seed", range(6))
 def test_instance_preset_keeps_boxes_masks_and_pixels_aligned(seed):
     torch.manual_seed(seed)
-    tf = build_transforms("instance", True, size=40, scale=(0.6, 1.6), hflip=0.5, color_jitter=0.0)
+    tf = build_transforms(INSTANCE_MASKS, True, size=40, scale=(0.6, 1.6), hflip=0.5, color_jitter=0.0)
     image, target = tf(*_sample())
     assert image.dtype == torch.float32 and image.shape == (3, 40, 40) and 0 <= image.min() <= image.max() <= 1
     assert len(target["boxes"]) == len(target["labels"]) == target["masks"].shape[0]
@@ -69,7 +70,7 @@ def test_semantic_preset_pads_mask_with_ignore_and_keeps_alignment():
     mask = torch.zeros(30, 30, dtype=torch.int64)
     mask[:, 15:] = 1
     img[0, :, 15:] = 255
-    tf = build_transforms("semantic", True, size=64, scale=(0.5, 0.5), color_jitter=0.0)
+    tf = build_transforms(CLASS_MAP, True, size=64, scale=(0.5, 0.5), color_jitter=0.0)
     out_img, out_mask = tf(tv_tensors.Image(img), tv_tensors.Mask(mask))
     assert out_img.shape == (3, 64, 64) and out_mask.dtype == torch.int64
     assert (out_mask == 255).sum() > 0  # padded area is ignored
@@ -78,7 +79,7 @@ def test_semantic_preset_pads_mask_with_ignore_and_keeps_alignment():
     red = out_img[0] > 0.5
     agree = (red == (out_mask == 1))[valid].float().mean()
     assert agree > 0.97
-    ev_img, ev_mask = build_transforms("semantic", False)(tv_tensors.Image(img), tv_tensors.Mask(mask))
+    ev_img, ev_mask = build_transforms(CLASS_MAP, False)(tv_tensors.Image(img), tv_tensors.Mask(mask))
     assert ev_img.shape == (3, 30, 30) and torch.equal(ev_mask, mask)
 
 
@@ -166,7 +167,7 @@ def test_semantic_preset_pads_bottom_right_with_ignore_after_colour_ops():
     torch.manual_seed(0)
     img = tv_tensors.Image(torch.full((3, 30, 40), 200, dtype=torch.uint8))
     mask = tv_tensors.Mask(torch.ones(30, 40, dtype=torch.int64))
-    tf = build_transforms("semantic", True, size=40, crop=(48, 64), scale=(1.0, 1.0), hflip=0.0,
+    tf = build_transforms(CLASS_MAP, True, size=40, crop=(48, 64), scale=(1.0, 1.0), hflip=0.0,
                           color_jitter=0.3, photometric=True)
     for _ in range(5):
         out_img, out_mask = tf(img, mask)
@@ -180,7 +181,7 @@ def test_semantic_preset_flips_with_probability_hflip():
     torch.manual_seed(0)
     img = torch.zeros(3, 8, 8, dtype=torch.uint8)
     img[:, :, :4] = 255
-    tf = build_transforms("semantic", True, size=8, scale=(1.0, 1.0), hflip=0.3, color_jitter=0.0)
+    tf = build_transforms(CLASS_MAP, True, size=8, scale=(1.0, 1.0), hflip=0.3, color_jitter=0.0)
     flips = sum(bool(tf(tv_tensors.Image(img), tv_tensors.Mask(torch.zeros(8, 8)))[0][0, 0, 0] == 0)
                 for _ in range(400))
     assert 0.24 < flips / 400 < 0.36
@@ -189,7 +190,7 @@ def test_semantic_preset_flips_with_probability_hflip():
 def test_semantic_preset_is_repeatable_under_a_seed():
     img = tv_tensors.Image(torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8))
     mask = tv_tensors.Mask(torch.randint(0, 3, (50, 70)))
-    tf = build_transforms("semantic", True, size=32, photometric=True, cat_max_ratio=0.75)
+    tf = build_transforms(CLASS_MAP, True, size=32, photometric=True, cat_max_ratio=0.75)
     outs = []
     for _ in range(2):
         torch.manual_seed(7)
@@ -264,7 +265,7 @@ def test_center_affine_draws_the_official_scales_and_centres():
 def test_center_affine_moves_boxes_with_the_image(seed):
     torch.manual_seed(seed)
     image, target = _box_image()
-    tf = build_transforms("detection", True, size=64, affine=True, color_jitter=0.0, min_box_size=1.0)
+    tf = build_transforms(BOXES, True, size=64, affine=True, color_jitter=0.0, min_box_size=1.0)
     out_img, out = tf(image, target)
     assert out_img.shape == (3, 64, 64)
     if len(out["boxes"]):
@@ -273,7 +274,7 @@ def test_center_affine_moves_boxes_with_the_image(seed):
 
 def test_center_affine_eval_letterboxes_the_whole_image():
     image, target = _box_image(h=60, w=90, box=(20, 15, 50, 40))
-    out_img, out = build_transforms("detection", False, size=45, affine=True)(image, target)
+    out_img, out = build_transforms(BOXES, False, size=45, affine=True)(image, target)
     assert out_img.shape == (3, 45, 45)  # 90 px wide -> 45: factor 0.5, centred vertically
     torch.testing.assert_close(out["boxes"][0], torch.tensor([10.0, 0.5 * 15 + 7.5, 25.0, 0.5 * 40 + 7.5]))
     _assert_box_frames_pixels(out_img, out["boxes"][0])
@@ -295,30 +296,30 @@ def test_pca_lighting_adds_the_official_colour_shift_in_rgb_order():
 def test_resize_shortest_side_choice_with_max_size(seed):
     torch.manual_seed(seed)
     image, target = _box_image(h=60, w=90)
-    tf = build_transforms("detection", True, resize_short=(30, 40), max_size=50, color_jitter=0.0)
+    tf = build_transforms(BOXES, True, resize_short=(30, 40), max_size=50, color_jitter=0.0)
     out_img, out = tf(image, target)
     # short side 30 -> 30 x 45; short side 40 would make the long side 60 > 50 -> capped: 33 x 50
     assert tuple(out_img.shape[-2:]) in {(30, 45), (33, 50)}
     _assert_box_frames_pixels(out_img, out["boxes"][0])
-    ev_img, _ = build_transforms("detection", False, resize_short=(30, 40), max_size=50)(image, target)
+    ev_img, _ = build_transforms(BOXES, False, resize_short=(30, 40), max_size=50)(image, target)
     assert tuple(ev_img.shape[-2:]) == (33, 50)
 
 
 def test_build_transforms_rejects_options_of_the_other_task_and_bad_values():
     with pytest.raises(ValueError, match="applies to detection and instance models only"):
-        build_transforms("semantic", True, affine=True)
+        build_transforms(CLASS_MAP, True, affine=True)
     with pytest.raises(ValueError, match="applies to semantic models only"):
-        build_transforms("instance", True, photometric=True)
+        build_transforms(INSTANCE_MASKS, True, photometric=True)
     with pytest.raises(ValueError, match="unknown"):
-        build_transforms("semantic", True, sclae=(0.5, 2.0))
+        build_transforms(CLASS_MAP, True, sclae=(0.5, 2.0))
     # a typed config carries every option: the other task's options at their defaults are fine
-    build_transforms("semantic", True, affine=False, resize_short=None, max_size=1333, pca_lighting=0.0)
-    build_transforms("detection", True, crop=None, photometric=False, cat_max_ratio=1.0, scale_step=None)
+    build_transforms(CLASS_MAP, True, affine=False, resize_short=None, max_size=1333, pca_lighting=0.0)
+    build_transforms(BOXES, True, crop=None, photometric=False, cat_max_ratio=1.0, scale_step=None)
     with pytest.raises(ValueError, match="one of them"):
-        build_transforms("detection", True, affine=True, resize_short=800)
+        build_transforms(BOXES, True, affine=True, resize_short=800)
     with pytest.raises(ValueError, match="max_size"):
-        build_transforms("detection", True, resize_short=(640, 1400))
+        build_transforms(BOXES, True, resize_short=(640, 1400))
     with pytest.raises(ValueError, match="cat_max_ratio"):
-        build_transforms("semantic", True, cat_max_ratio=0.0)
+        build_transforms(CLASS_MAP, True, cat_max_ratio=0.0)
     with pytest.raises(ValueError, match="scale"):
-        build_transforms("semantic", True, scale=(2.0, 0.5))
+        build_transforms(CLASS_MAP, True, scale=(2.0, 0.5))

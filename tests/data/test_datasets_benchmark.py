@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from segzoo.data import ADE20K, Cityscapes, VOCSegmentation, build_dataset, check_dataset
-from segzoo.data.cityscapes import LABELS, THING_CLASSES, TRAIN_CLASSES, TRAIN_PALETTE, train_id_lut
-from tests.data_layouts import H, W, write_ade20k, write_cityscapes, write_voc
+from segzoo.data.formats.cityscapes import LABELS, THING_CLASSES, TRAIN_CLASSES, TRAIN_PALETTE, train_id_lut
+from segzoo.data.targets import CLASS_MAP, INSTANCE_MASKS
+from tests.data_layouts import H, W, data_config, write_ade20k, write_cityscapes, write_voc
 
 
 def test_cityscapes_label_table():
@@ -28,7 +29,7 @@ def test_cityscapes_semantic_and_instances(tmp_path):
     assert mask[0, 5] == 10 and mask[39, 0] == 0 and mask[25, 10] == 13 and mask[34, 40] == 11
     assert (mask[10:14] == 255).all() and mask[1, 1] == 255  # static and caravan are ignored
 
-    inst = Cityscapes(root, "val", task="instance")
+    inst = Cityscapes(root, "val", target=INSTANCE_MASKS)
     _, t = inst[0]
     assert inst.classes == list(THING_CLASSES)
     assert t["labels"].tolist() == [2, 2]  # two cars; the person crowd group is left out
@@ -94,6 +95,6 @@ def test_ade20k_reduce_zero_label(tmp_path):
     assert (ADE20K(root, "train")[0][1] == 255).all()  # 0 ("other") is ignored
     report = check_dataset(ADE20K(root, "train"), 150)
     assert not report.ok and "no labelled pixel" in report.errors[0]
-    ds = build_dataset({"type": "ade20k", "train": {"root": str(root)}}, "train", "semantic")
+    ds = build_dataset(data_config({"type": "ade20k", "train": {"root": str(root)}}), "train", CLASS_MAP)
     image, mask = ds[0]
     assert image.dtype == torch.float32 and mask.dtype == torch.int64

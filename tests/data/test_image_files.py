@@ -17,7 +17,6 @@ from segzoo.data import CocoInstances, MaskFolder, check_dataset
 from segzoo.data.errors import ImageFileError
 from segzoo.data.image import image_size, read_image, read_mask
 from segzoo.inference import load_image
-from segzoo.visualize import read_image as visualize_read_image
 
 # what a viewer shows for each EXIF orientation, from the stored pixels (EXIF 2.32, tag 0x0112)
 DISPLAYED = {
@@ -124,7 +123,7 @@ def test_16bit_grey_is_scaled_by_its_range_not_clipped_white(tmp_path, fmt):
     torch.testing.assert_close(image[1], torch.from_numpy(arr / 65535.0).float())
     # every reader agrees: inference, pictures, and the dataset (through the transform's scale=True)
     torch.testing.assert_close(load_image(path), image.as_subclass(torch.Tensor))
-    torch.testing.assert_close(visualize_read_image(path), image.as_subclass(torch.Tensor))
+    torch.testing.assert_close(read_image(Image.open(path)), image)  # PIL images: the same rules
 
 
 def test_32bit_integer_and_float_tiff(tmp_path):

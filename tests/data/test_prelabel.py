@@ -11,6 +11,7 @@ from PIL import Image
 import segzoo
 from segzoo.data.prelabel import Predictions, write_prelabels
 from segzoo.data.sources import open_splits
+from segzoo.data.targets import CLASS_MAP, INSTANCE_MASKS, SEGMENTS
 from segzoo.slicing import CropMasks
 
 pytest.importorskip("pycocotools", reason="COCO polygons are rasterised with pycocotools")
@@ -45,15 +46,15 @@ def _expected(result):
     return [(0, m[0], 0.95), (1, m[1], 0.9), (0, m[2], 0.8), (1, None, 0.6)], box
 
 
-def _read(dst, task="instance"):
-    _, parts = open_splits(dst, "auto", task)
+def _read(dst, target=INSTANCE_MASKS):
+    _, parts = open_splits(dst, "auto", target)
     [(_, ds)] = parts
     return ds
 
 
 @pytest.fixture
 def predictions(tmp_path):
-    p = Predictions("instance", ["cat", "dog"], score_thresh=0.5)
+    p = Predictions(INSTANCE_MASKS, ["cat", "dog"], score_thresh=0.5)
     p.add(_image(tmp_path / "a.png"), _instance_result())
     return p
 
@@ -112,7 +113,7 @@ def test_yolo_prelabels_split_parts_and_fill_holes(predictions, tmp_path):
 
 def test_instance_prelabels_as_label_maps(predictions, tmp_path):
     write_prelabels(predictions, tmp_path / "mf", "mask_folder")
-    ds = _read(tmp_path / "mf", "semantic")
+    ds = _read(tmp_path / "mf", CLASS_MAP)
     labels = ds[0][1].numpy()
     m = _instance_result()["masks"][:, 0].numpy() >= 0.5
     _, box = _expected(_instance_result())
@@ -134,11 +135,11 @@ def _label_map():
 
 @pytest.mark.parametrize("to", ["coco", "labelme", "cvat", "mask_folder"])
 def test_semantic_prelabels_round_trip_to_the_same_label_map(tmp_path, to):
-    p = Predictions("semantic", ["background", "road", "car"])
+    p = Predictions(CLASS_MAP, ["background", "road", "car"])
     labels = _label_map()
     p.add(_image(tmp_path / "s.png"), {"mask": torch.from_numpy(labels)})
     write_prelabels(p, tmp_path / to, to)
-    ds = _read(tmp_path / to, "semantic")
+    ds = _read(tmp_path / to, CLASS_MAP)
     assert ds.classes == ["background", "road", "car"]
     assert np.array_equal(ds[0][1].numpy(), labels)
 
@@ -155,7 +156,7 @@ def test_prelabels_refuse_a_used_folder_and_leave_nothing_half_written(predictio
         write_prelabels(predictions, tmp_path / "new", "coco")
     assert not (tmp_path / "new").exists() and not (tmp_path / ".new.partial").exists()
     with pytest.raises(ValueError, match="semantic, detection and instance"):
-        Predictions("panoptic", ["a"])
+        Predictions(SEGMENTS, ["a"])
 
 
 def test_segzoo_infer_to_labelme_writes_what_the_model_predicts(tmp_path, capsys):
@@ -171,7 +172,7 @@ def test_segzoo_infer_to_labelme_writes_what_the_model_predicts(tmp_path, capsys
     out = tmp_path / "out"
     assert cli(["infer", str(tmp_path / "m.safetensors"), str(images), "--out", str(out), "--to", "labelme"]) == 0
     assert "converted semantic predictions -> labelme" in capsys.readouterr().out
-    ds = _read(out / "prelabels_labelme", "semantic")
+    ds = _read(out / "prelabels_labelme", CLASS_MAP)
     assert sorted(ds.item_name(i) for i in range(len(ds))) == ["one.json", "two.json"]
     for i in range(len(ds)):
         expected = segzoo.predict(model, str(images / ds.image_path(i).name))["mask"].numpy()

@@ -1,7 +1,7 @@
 """Real labelled data from published wheels: the tiling rule on synthetic arrays, and the two wheels when cached.
 
 The wheel tests never download: they use ``$SEGZOO_WHEELS`` (default ``~/.cache/segzoo/wheels``) and
-skip when the wheel is not there (``python -m segzoo.data.realdata fetch`` puts it there).
+skip when the wheel is not there (``python -m segzoo.data.formats.realdata fetch`` puts it there).
 """
 
 import subprocess
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segzoo.data import NucleiTiles, TreeCrownTiles, build_dataset, check_dataset
-from segzoo.data.realdata import (
+from segzoo.data.formats.realdata import (
     WHEELS,
     BoxTiles,
     LabelImageTiles,
@@ -22,6 +22,8 @@ from segzoo.data.realdata import (
     grid_tiles,
     to_uint8_rgb,
 )
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
+from tests.data_layouts import data_config
 
 
 def test_grid_and_held_out_block():
@@ -53,8 +55,9 @@ def test_tiles_datasets_split_without_overlap():
     labels[10:20, 10:20] = 1
     labels[120:136, 60:70] = 2  # cut by the tile edge at row 128
     labels[126:131, 200:204] = 3  # 8 pixels above row 128 (under min_pixels), 12 below
-    train = LabelImageTiles([image], [labels], ["img"], "nucleus", "train", "instance", tile_size=128, min_pixels=10)
-    val = LabelImageTiles([image], [labels], ["img"], "nucleus", "val", "instance", tile_size=128, min_pixels=10)
+    kw = {"tile_size": 128, "min_pixels": 10}
+    train = LabelImageTiles([image], [labels], ["img"], "nucleus", "train", INSTANCE_MASKS, **kw)
+    val = LabelImageTiles([image], [labels], ["img"], "nucleus", "val", INSTANCE_MASKS, **kw)
     assert len(train) == 3 and len(val) == 1
     assert not {train.image_path(i) for i in range(3)} & {val.image_path(0)}
     img, t = train[0]
@@ -65,7 +68,7 @@ def test_tiles_datasets_split_without_overlap():
     _, t = train[2]
     assert t["boxes"].tolist() == [[60, 0, 70, 8]]
     assert [(o.crowd, int(o.mask.sum())) for o in val.objects(0, 128, 128)] == [(False, 12)]
-    sem = LabelImageTiles([image], [labels], ["img"], "nucleus", "train", "semantic", tile_size=128)
+    sem = LabelImageTiles([image], [labels], ["img"], "nucleus", "train", CLASS_MAP, tile_size=128)
     assert sem.classes == ["background", "nucleus"] and sem[1][1].sum() == 8  # every nucleus pixel, parts too
 
     det = BoxTiles([np.zeros((200, 300, 3), np.uint8)], [np.array([[10, 10, 40, 40], [250, 150, 290, 190]])],
@@ -91,7 +94,7 @@ def test_fetch_wheel_uses_the_cache_and_explains_failures(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="No matching distribution(.|\n)*pip download --no-deps deepforest==2.1.0"):
         fetch_wheel("deepforest", "2.1.0", tmp_path / "new")
     assert calls[0][:4] == [calls[0][0], "-m", "pip", "download"] and "--no-deps" in calls[0] and len(calls) == 2
-    with pytest.raises(FileNotFoundError, match="segzoo.data.realdata fetch"):
+    with pytest.raises(FileNotFoundError, match="segzoo.data.formats.realdata fetch"):
         NucleiTiles(tmp_path / "empty")
 
 
@@ -101,7 +104,7 @@ def test_a_missing_wheel_in_a_config_says_to_fetch_it_not_to_fix_a_path(tmp_path
     monkeypatch.setenv("SEGZOO_WHEELS", str(tmp_path / "empty"))
     for kind in ("nuclei", "tree_crowns"):
         with pytest.raises(ConfigError, match=f"data.train \\(data.type={kind}\\).*realdata fetch") as e:
-            build_dataset({"type": kind}, "train", "semantic" if kind == "nuclei" else "detection")
+            build_dataset(data_config({"type": kind}), "train", CLASS_MAP if kind == "nuclei" else BOXES)
         assert "data.train.root" not in str(e.value)  # no root to fix: the wheel is the fix
 
 
@@ -109,13 +112,13 @@ def test_a_missing_wheel_in_a_config_says_to_fetch_it_not_to_fix_a_path(tmp_path
 def wheel_cache():
     missing = [n for n, v in WHEELS.items() if find_wheel(n, v) is None]
     if missing:
-        pytest.skip(f"wheels {missing} not cached (python -m segzoo.data.realdata fetch)")
+        pytest.skip(f"wheels {missing} not cached (python -m segzoo.data.formats.realdata fetch)")
     return None  # the default cache
 
 
 def test_nuclei_from_the_stardist_wheel(wheel_cache):
-    train = NucleiTiles(wheel_cache, "train", task="instance")
-    val = NucleiTiles(wheel_cache, "val", task="instance")
+    train = NucleiTiles(wheel_cache, "train", target=INSTANCE_MASKS)
+    val = NucleiTiles(wheel_cache, "val", target=INSTANCE_MASKS)
     assert (len(train), len(val)) == (12, 4)
     label = np.concatenate([train.label_images[0].reshape(-1)])
     assert train.arrays[0].shape == (512, 512, 3) and len(np.unique(label)) - 1 == 125  # 125 nuclei
@@ -123,8 +126,8 @@ def test_nuclei_from_the_stardist_wheel(wheel_cache):
     assert sum(counts) > 90
     report = check_dataset(train, num_classes=1)
     assert report.ok and report.num_items == 12 and report.classes_found == [0], report.format()
-    sem = build_dataset({"type": "nuclei", "train": {"tile_size": 128}, "ignore_index": 255}, "train", "semantic",
-                        with_transforms=False)
+    cfg = data_config({"type": "nuclei", "train": {"tile_size": 128}, "ignore_index": 255})
+    sem = build_dataset(cfg, "train", CLASS_MAP, with_transforms=False)
     assert sem.num_classes == 2 and 0.05 < float(sem[0][1].float().mean()) < 0.6
 
 

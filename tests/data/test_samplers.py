@@ -95,7 +95,7 @@ def test_image_sizes_come_from_records_or_headers_without_decoding(tmp_path, mon
 
 
 def test_image_sizes_of_a_benchmark_reader(tmp_path):
-    from segzoo.data.cityscapes import Cityscapes
+    from segzoo.data.formats.cityscapes import Cityscapes
     from tests.data_layouts import write_cityscapes
 
     data = Cityscapes(write_cityscapes(tmp_path), split="train")

@@ -110,11 +110,9 @@ def _fields(cls) -> dict[str, type]:
 
 
 def _dataset_arguments() -> set[str]:
-    from segzoo.data import _ALIASES
-
-    names = {alias for alias in _ALIASES} | {"root", "split"}
+    names = {"root", "split"}
     for cls in DATASET_TYPES.values():
-        names |= set(inspect.signature(cls).parameters)
+        names |= set(cls.config_keys)  # what each reader takes as data.<split>.KEY
     return names
 
 

@@ -14,8 +14,10 @@ from torch import nn
 import segzoo
 from segzoo.config import ConfigError, EvalConfig, load_config
 from segzoo.data import build_dataset
+from segzoo.data.targets import CLASS_MAP
 from segzoo.engine.evaluator import evaluate, protocol_kwargs
 from segzoo.inference import fit_scale, semantic_probs, sliding_window, tile_origins
+from tests.data_layouts import data_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,7 +139,7 @@ def test_eval_cli_protocol_flags_equal_the_python_call(tmp_path):
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["protocol"] == {"mode": "slide", "crop": 48, "stride": 16, "resize": None, "scales": [0.75, 1.0],
                                    "flip": True}
-    ds = build_dataset(data, "val", "semantic", train=False)
+    ds = build_dataset(data_config(data), "val", CLASS_MAP, train=False)
     ref = evaluate(model, ds, tile=(48, 48), stride=16, blend="mean", tta={"scales": (0.75, 1.0), "flip": True})
     assert written["metrics"]["miou"] == pytest.approx(ref["metrics"]["miou"])
     image = ds[0][0][None]

@@ -13,7 +13,7 @@ from segzoo.backbones.layouts import to_timm
 from segzoo.checkpoint import read_safetensors
 from segzoo.cli import main
 from segzoo.config import parse_config
-from segzoo.data.shapes import Shapes
+from segzoo.data.synthetic.shapes import Shapes
 from segzoo.engine import build_trainer
 from segzoo.hub.wheels import BACKBONE_WEIGHTS, find_wheel, wheel_state_dict
 

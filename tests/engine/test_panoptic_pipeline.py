@@ -14,7 +14,7 @@ from torch import nn
 
 import segzoo
 from segzoo.data import ShapesPanoptic, read_panoptic
-from segzoo.data.coco_panoptic import ids_to_rgb
+from segzoo.data.formats.coco_panoptic import ids_to_rgb
 from segzoo.engine.evaluator import evaluate
 from segzoo.metrics.panoptic import target_segments
 from segzoo.visualize import draw_panoptic

@@ -8,7 +8,7 @@ over three seeds); the floor sits well under it so that other CPUs, float roundi
 random initialisation pass, while a broken loss, label, augmentation or schedule fails (5 steps of
 the same recipe give 0.018).
 
-Needs the stardist wheel in the cache (``python -m segzoo.data.realdata fetch``, which CI runs
+Needs the stardist wheel in the cache (``python -m segzoo.data.formats.realdata fetch``, which CI runs
 before the tests); skips without it, never downloads.
 """
 
@@ -18,7 +18,8 @@ import torch
 import segzoo
 from segzoo.config import parse_config
 from segzoo.data import build_dataset
-from segzoo.data.realdata import WHEELS, find_wheel
+from segzoo.data.formats.realdata import WHEELS, find_wheel
+from segzoo.data.targets import CLASS_MAP
 from segzoo.engine import build_trainer, evaluate
 
 MEASURED = 0.927  # nucleus Dice of this test's run on the development machine (2 cores, torch 2.14.1)
@@ -40,13 +41,13 @@ CONFIG = {
 @pytest.mark.slow
 def test_unet_nuclei_dice_stays_above_the_floor(tmp_path):
     if find_wheel("stardist", WHEELS["stardist"]) is None:
-        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.realdata fetch`")
+        pytest.skip("the stardist wheel is not cached; run `python -m segzoo.data.formats.realdata fetch`")
     cfg = parse_config(CONFIG, name="realdata_floor")
     torch.manual_seed(cfg.train.seed)
     model = segzoo.build("unet_resnet34", num_classes=2)
-    data = cfg.data.to_dict()
-    train_set = build_dataset(data, "train", "semantic")
-    val_set = build_dataset(data, "val", "semantic")
+    data = cfg.data
+    train_set = build_dataset(data, "train", CLASS_MAP)
+    val_set = build_dataset(data, "val", CLASS_MAP)
     assert (len(train_set), len(val_set)) == (12, 4)
     with torch.random.fork_rng(devices=[]):
         build_trainer(model, train_set, None, cfg, tmp_path / "run", classes=train_set.classes).fit()

@@ -9,8 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from segzoo.checkpoint import read_safetensors
 from segzoo.cli import main
 from segzoo.config import load_config
-from segzoo.data.transforms import collate_for
 from segzoo.engine.build import build_model, build_split
+from segzoo.tasks import get_task
 
 RECIPE = str(Path(__file__).resolve().parents[2] / "configs" / "maskrcnn.yaml")
 GFLOP_BUDGET = 100  # the recipe's step is ~68 GFLOP; torchvision's sizes with ResNet-50 are ~680
@@ -45,7 +45,7 @@ def test_recipe_step_is_cpu_sized(tmp_path):
     assert cfg.data.augment.size == 128
     model = build_model(cfg).train()
     data = build_split(cfg, "train", model.task, train=False)
-    images, targets = collate_for(model.task)([data[i] for i in range(cfg.data.batch_size)])
+    images, targets = get_task(model.task).collate([data[i] for i in range(cfg.data.batch_size)])
     with FlopCounterMode(display=False) as counter:
         model(images, targets)["loss"].backward()
     assert counter.get_total_flops() / 1e9 < GFLOP_BUDGET

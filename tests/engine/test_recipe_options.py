@@ -9,6 +9,7 @@ from torch import nn
 
 from segzoo.config import ConfigError, load_config
 from segzoo.data import build_transforms
+from segzoo.data.targets import BOXES, CLASS_MAP
 from segzoo.engine.build import build_trainer
 from segzoo.engine.optim import build_scheduler, lr_factor, param_groups
 from tests.conftest import build_small
@@ -65,7 +66,7 @@ def test_norm_bias_decay_decays_every_parameter():
 def test_augment_options_reach_the_presets():
     cfg = load_config(None, ["data.augment.crop=[16, 24]", "data.augment.base_size=48", "data.augment.scale=[1.0, 1.0]",
                              "data.augment.photometric=true", "data.augment.cat_max_ratio=0.75"], require_model=False)
-    tf = build_transforms("semantic", True, **cfg.data.augment.to_dict())
+    tf = build_transforms(CLASS_MAP, True, **cfg.data.augment.to_dict())
     from torchvision import tv_tensors
 
     image = tv_tensors.Image(torch.rand(3, 40, 48))
@@ -77,19 +78,19 @@ def test_augment_options_reach_the_presets():
                       require_model=False).data.augment.to_dict()
     boxes = tv_tensors.BoundingBoxes(torch.tensor([[4.0, 4.0, 20.0, 20.0]]), format="XYXY", canvas_size=(40, 48))
     target = {"boxes": boxes, "labels": torch.tensor([0])}
-    assert build_transforms("detection", True, **det)(image, target)[0].shape[-2:] == (64, 64)
-    assert build_transforms("detection", False, **det)(image, target)[0].shape[-2:] == (64, 64)
-    kept = build_transforms("detection", False, **{**det, "keep_res": True})(image, target)[0]
+    assert build_transforms(BOXES, True, **det)(image, target)[0].shape[-2:] == (64, 64)
+    assert build_transforms(BOXES, False, **det)(image, target)[0].shape[-2:] == (64, 64)
+    kept = build_transforms(BOXES, False, **{**det, "keep_res": True})(image, target)[0]
     assert kept.shape[-2:] == (40, 48)
     # detectron2's multi-scale training: the shorter side is one of the choices
     rs = load_config(None, ["data.augment.resize_short=[24, 32]", "data.augment.max_size=100"],
                      require_model=False).data.augment.to_dict()
-    assert min(build_transforms("detection", True, **rs)(image, target)[0].shape[-2:]) in (24, 32)
-    assert min(build_transforms("detection", False, **rs)(image, target)[0].shape[-2:]) == 32
+    assert min(build_transforms(BOXES, True, **rs)(image, target)[0].shape[-2:]) in (24, 32)
+    assert min(build_transforms(BOXES, False, **rs)(image, target)[0].shape[-2:]) == 32
 
 
 def test_recipe_options_of_the_other_task_are_refused_when_set():
     with pytest.raises(ValueError, match="semantic models only"):
-        build_transforms("detection", True, photometric=True)
+        build_transforms(BOXES, True, photometric=True)
     with pytest.raises(ValueError, match="detection and instance models only"):
-        build_transforms("semantic", True, affine=True)
+        build_transforms(CLASS_MAP, True, affine=True)

@@ -11,6 +11,7 @@ import torch
 import segzoo
 from segzoo.config import ConfigError, load_config
 from segzoo.data import Shapes, build_transforms
+from segzoo.data.targets import CLASS_MAP
 from segzoo.engine.build import build_trainer
 from segzoo.engine.trackers import check_installed, flatten, scalars
 
@@ -19,8 +20,8 @@ from segzoo.engine.trackers import check_installed, flatten, scalars
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     kw = dict(num_train=8, num_val=2, size=32)
-    return (Shapes(root, "train", transforms=build_transforms("semantic", True, size=32), **kw),
-            Shapes(root, "val", transforms=build_transforms("semantic", False), **kw))
+    return (Shapes(root, "train", transforms=build_transforms(CLASS_MAP, True, size=32), **kw),
+            Shapes(root, "val", transforms=build_transforms(CLASS_MAP, False), **kw))
 
 
 def train(shapes, out, loggers, **extra):

@@ -8,6 +8,7 @@ from torch import nn
 
 from segzoo.checkpoint import read_safetensors
 from segzoo.data import Shapes, build_transforms
+from segzoo.data.targets import CLASS_MAP
 from segzoo.engine.build import build_trainer
 from segzoo.engine.optim import build_optimizer, lr_factor, param_groups
 from segzoo.engine.trainer import NonFiniteLossError
@@ -44,9 +45,9 @@ class TinySeg(SegmentationModel):
 
 def shapes_sets(root, size=32, scale=(0.75, 1.25)):
     kw = dict(num_train=16, num_val=4, size=48)
-    tf = build_transforms("semantic", True, size=size, scale=scale, color_jitter=0.2)
+    tf = build_transforms(CLASS_MAP, True, size=size, scale=scale, color_jitter=0.2)
     return (Shapes(root, "train", transforms=tf, **kw),
-            Shapes(root, "val", transforms=build_transforms("semantic", False), **kw))
+            Shapes(root, "val", transforms=build_transforms(CLASS_MAP, False), **kw))
 
 
 def cfg(**train):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import segzoo
+from segzoo.data.samplers import GroupedShardBatches, ShardSampler
 from segzoo.engine import build_trainer
-from segzoo.engine.distributed import GroupedShardBatches, ShardSampler
 
 
 class Boxes(torch.utils.data.Dataset):

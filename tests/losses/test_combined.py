@@ -5,6 +5,7 @@ import torch
 
 import segzoo
 from segzoo.config import ConfigError, load_config
+from segzoo.data.targets import CLASS_MAP
 from segzoo.losses import cross_entropy, dice_loss, lovasz_softmax, parse_loss, tversky_loss
 
 
@@ -86,8 +87,8 @@ def test_a_model_trains_on_a_config_loss(tmp_path):
 
     torch.manual_seed(0)
     kw = dict(num_train=8, num_val=2, size=32)
-    train = Shapes(tmp_path / "shapes", "train", transforms=build_transforms("semantic", True, size=32), **kw)
-    val = Shapes(tmp_path / "shapes", "val", transforms=build_transforms("semantic", False), **kw)
+    train = Shapes(tmp_path / "shapes", "train", transforms=build_transforms(CLASS_MAP, True, size=32), **kw)
+    val = Shapes(tmp_path / "shapes", "val", transforms=build_transforms(CLASS_MAP, False), **kw)
     model = segzoo.build("unet", num_classes=train.num_classes, channels=[8, 16],
                          loss=[{"name": "lovasz"}, {"name": "boundary_dice", "weight": 0.5}])
     cfg = {"data": {"batch_size": 4, "num_workers": 0}, "eval": {"num_pictures": 0},

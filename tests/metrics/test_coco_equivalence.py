@@ -23,8 +23,11 @@ from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
 from segzoo.data import build_dataset  # noqa: E402
+from segzoo.data.targets import BOXES
 from segzoo.engine import evaluate  # noqa: E402
 from segzoo.metrics.coco import STAT_NAMES  # noqa: E402
+from segzoo.tasks import get_task
+from tests.data_layouts import data_config
 
 CATS = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 12, "name": "bird"}]
 SIZES = {1: (120, 160), 2: (128, 176), 3: (160, 192), 4: (96, 112)}  # image id -> (height, width)
@@ -182,7 +185,7 @@ def test_evaluate_on_coco_json_equals_pycocotools(tmp_path, task):
         gt = COCO(str(ann_file))
     dets = make_detections(gt, with_masks=task == "instance")
     data_cfg = {"type": "coco", "val": {"images": str(images), "annotations": str(ann_file)}}
-    data = build_dataset(data_cfg, "val", task, train=False)  # what `segzoo eval` builds
+    data = build_dataset(data_config(data_cfg), "val", get_task(task).target, train=False)  # what `segzoo eval` builds
     model = Replay(task, 3, {SIZES[i]: d for i, d in dets.items()})
     result = evaluate(model, data, batch_size=2, curves=True)
     ours = result["metrics"]
@@ -202,11 +205,11 @@ def test_format_reader_equals_pycocotools_on_its_coco_conversion(tmp_path):
     from tests.data_layouts import write_cvat
 
     src = write_cvat(tmp_path / "cvat")
-    convert(src, tmp_path / "coco", "coco", task="detection")
+    convert(src, tmp_path / "coco", "coco", read=BOXES)
     ann_file = next((tmp_path / "coco" / "annotations").glob("*.json"))
     doc = json.loads(ann_file.read_text())
     assert any(a["iscrowd"] for a in doc["annotations"])
-    ds = CVAT(src, task="detection")
+    ds = CVAT(src, target=BOXES)
     sizes = {tuple(ds.image_hw(i)) for i in range(len(ds))}
     assert len(sizes) == 1
     g = torch.Generator().manual_seed(1)

@@ -119,7 +119,7 @@ def test_matches_pycocotools_on_a_json_dataset(tmp_path):
     from pycocotools.cocoeval import COCOeval
 
     from segzoo.data import CocoInstances
-    from segzoo.data.shapes import generate
+    from segzoo.data.synthetic.shapes import generate
 
     root = generate(tmp_path / "shapes", num_train=1, num_val=6, size=64, seed=3) / "val"
     ds = CocoInstances(root / "images", root / "instances.json")

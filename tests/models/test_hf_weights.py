@@ -9,7 +9,7 @@ import torch
 
 import segzoo
 from segzoo.convert import from_huggingface
-from segzoo.data.ade20k import ADE20K_CLASSES
+from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub import WeightsError
 from segzoo.hub.published import get_weights
 from tests.hub.test_weights_hub import empty_caches

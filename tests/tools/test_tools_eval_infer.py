@@ -9,7 +9,9 @@ from PIL import Image
 
 import segzoo
 from segzoo.data import build_dataset
+from segzoo.data.targets import CLASS_MAP
 from segzoo.metrics import SegmentationMetric
+from tests.data_layouts import data_config
 
 ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("pycocotools")
@@ -52,8 +54,8 @@ def test_eval_and_infer_semantic(workdir, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 3 and metrics["class_names"] == classes
     # the tool's numbers are those of a direct computation on the same images
-    ds = build_dataset({"type": "shapes", "root": str(workdir / "shapes"),
-                        "val": {"num_train": 2, "num_val": 3, "size": 64}}, "val", "semantic", train=False)
+    ds = build_dataset(data_config({"type": "shapes", "root": str(workdir / "shapes"),
+                                    "val": {"num_train": 2, "num_val": 3, "size": 64}}), "val", CLASS_MAP, train=False)
     ref = SegmentationMetric(4)
     with torch.no_grad():
         for i in range(len(ds)):

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from segzoo.data.augment import (
+from segzoo.data.transforms.augment import (
     CenterAffine,
     ObjectCentredCrop,
     PCALighting,
@@ -25,9 +24,8 @@ from segzoo.data.augment import (
     RandomRescale,
     SegRandomCrop,
 )
-from segzoo.data.augment import pair as _pair
-
-SEMANTIC_IGNORE = 255
+from segzoo.data.transforms.augment import pair as _pair
+from segzoo.data.transforms.collate import SEMANTIC_IGNORE
 
 
 class PadToSize(v2.Transform):
@@ -85,10 +83,10 @@ def semantic_transforms(
 ) -> v2.Compose:
     """The semantic preset (mmsegmentation's and the official HRNet's training pipeline).
 
-    Train: random rescale (:class:`~segzoo.data.augment.RandomRescale`: a ratio in ``scale``,
+    Train: random rescale (:class:`~segzoo.data.transforms.augment.RandomRescale`: a ratio in ``scale``,
     on a grid of ``scale_step`` if given, times the factor that fits the image into
     ``base_size``), random crop of ``crop`` inside the image
-    (:class:`~segzoo.data.augment.SegRandomCrop`, redrawn while one class covers
+    (:class:`~segzoo.data.transforms.augment.SegRandomCrop`, redrawn while one class covers
     ``cat_max_ratio`` of it), horizontal flip, mmsegmentation's photometric distortion if
     ``photometric``, colour jitter if ``color_jitter`` > 0, then padding at the bottom/right up
     to ``crop`` (image 0, mask ``ignore_index``). ``crop`` and ``base_size`` default to
@@ -145,12 +143,12 @@ def instance_transforms(
     - sliced training crops, for huge images with small objects: the image keeps its own
       resolution (times a ratio drawn from ``scale``) and is cropped to ``size``, at random
       (``crop_mode="random"``) or around an object chosen at random (``"object-centred"``,
-      :class:`~segzoo.data.augment.ObjectCentredCrop`);
+      :class:`~segzoo.data.transforms.augment.ObjectCentredCrop`);
     - ``resize_short``: resize the shorter side to a length chosen from ``resize_short``, the
       longer side capped at ``max_size`` (detectron2's ``ResizeShortestEdge(..., "choice")``,
       torchvision's ``RandomShortestSize``); eval resizes to the largest length;
     - ``affine``: CenterNet's random scale (0.6-1.3) and shift crop to ``size``
-      (:class:`~segzoo.data.augment.CenterAffine`); eval letterboxes the whole image to ``size``,
+      (:class:`~segzoo.data.transforms.augment.CenterAffine`); eval letterboxes the whole image to ``size``,
       or, with ``keep_res``, keeps the image at its own resolution (the official ``--keep_res``
       test of the CenterNet model zoo; the model pads it internally).
 
@@ -252,24 +250,27 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
-    """The preset for a task (``"semantic"``, ``"instance"``, ``"detection"`` or ``"panoptic"``).
+def build_transforms(target, train: bool, **kwargs) -> v2.Compose:
+    """The transform preset of a target kind (:mod:`segzoo.data.targets`): the semantic preset for a
+    class map, the instance preset for boxes, instance masks and panoptic segments.
 
     ``kwargs`` are the config's ``data.augment`` options (see :func:`semantic_transforms` and
-    :func:`instance_transforms`). Options of the other task's preset are dropped when they hold
-    their default value (a typed config carries them all) and raise a ValueError otherwise.
-    Panoptic targets (one box, label and mask per segment, things and stuff, and ``iscrowd``) use
-    the instance preset; a segment cropped away leaves with its ``iscrowd``.
+    :func:`instance_transforms`). Options of the other preset are dropped when they hold their
+    default value (a typed config carries them all) and raise a ValueError otherwise. Panoptic
+    segments (one box, label and mask per segment, things and stuff, and ``iscrowd``) use the
+    instance preset; a segment cropped away leaves with its ``iscrowd``.
+
+    Args:
+        target: a :class:`~segzoo.data.targets.Target` (``CLASS_MAP``, ``BOXES``, ``INSTANCE_MASKS``,
+            ``SEGMENTS``).
+        train: the training augmentation (else the evaluation resize only).
     """
-    if task == "semantic":
+    if target.label_map:
         fn, other, other_name = semantic_transforms, instance_transforms, "detection and instance"
-    elif task in ("instance", "detection", "panoptic"):
-        kwargs.pop("ignore_index", None)
-        if task == "panoptic":
-            kwargs.setdefault("per_box", ("iscrowd",))
-        fn, other, other_name = instance_transforms, semantic_transforms, "semantic"
     else:
-        raise ValueError(f"unknown task {task!r}; expected semantic, instance, detection or panoptic")
+        kwargs.pop("ignore_index", None)
+        kwargs.setdefault("per_box", target.per_box)
+        fn, other, other_name = instance_transforms, semantic_transforms, "semantic"
     valid, foreign = _options(fn), _options(other)
     for key in list(kwargs):
         if key in valid:
@@ -278,52 +279,5 @@ def build_transforms(task: str, train: bool, **kwargs) -> v2.Compose:
             del kwargs[key]
             continue
         where = f"applies to {other_name} models only" if key in foreign else "is unknown"
-        raise ValueError(f"augment option {key!r} {where}; the {task} options are: {', '.join(valid)}")
+        raise ValueError(f"augment option {key!r} {where}; the {target.name} options are: {', '.join(valid)}")
     return fn(train, **kwargs)
-
-
-# ---------------------------------------------------------------------------- collate
-
-
-def _plain(t: Any) -> Any:
-    return t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else t
-
-
-def collate_semantic(batch: Sequence[tuple], ignore_index: int = SEMANTIC_IGNORE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``(image, mask)`` pairs, padding every sample at the bottom/right to the batch's largest
-    size (images with 0, masks with ``ignore_index``, so padding never counts in losses or metrics).
-
-    Returns:
-        images ``N x 3 x H x W`` float and masks ``N x H x W`` int64.
-    """
-    hmax = max(int(im.shape[-2]) for im, _ in batch)
-    wmax = max(int(im.shape[-1]) for im, _ in batch)
-    images, masks = [], []
-    for im, m in batch:
-        im, m = _plain(im), _plain(m).long()
-        if m.dim() == 3 and m.shape[0] == 1:
-            m = m[0]
-        ph, pw = hmax - im.shape[-2], wmax - im.shape[-1]
-        images.append(F.pad(im, (0, pw, 0, ph)))
-        masks.append(F.pad(m, (0, pw, 0, ph), value=ignore_index))
-    return torch.stack(images), torch.stack(masks)
-
-
-def collate_instances(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Keep variable-size detection samples as lists: ``([3 x H x W, ...], [target dict, ...])``
-    with plain tensors (boxes K x 4 xyxy float, labels K int64, masks K x H x W uint8)."""
-    images = [_plain(im) for im, _ in batch]
-    targets = []
-    for _, t in batch:
-        out = {k: _plain(v) for k, v in t.items()}
-        out["boxes"] = out["boxes"].float().reshape(-1, 4)
-        out["labels"] = out["labels"].long()
-        if "masks" in out:
-            out["masks"] = out["masks"].to(torch.uint8)
-        targets.append(out)
-    return images, targets
-
-
-def collate_for(task: str):
-    """The collate function of a task."""
-    return collate_semantic if task == "semantic" else collate_instances

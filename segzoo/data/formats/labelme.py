@@ -26,6 +26,7 @@ from torchvision import tv_tensors
 
 from segzoo.data.image import image_from_pil
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation, polygon_from_points
+from segzoo.data.targets import INSTANCE_MASKS, Target
 from segzoo.data.validation import BadObject, check_polygons
 
 PathLike = str | os.PathLike
@@ -85,7 +86,7 @@ class LabelMe(AnnotatedImages):
 
     Args:
         root: the folder.
-        task: ``"instance"``, ``"detection"`` or ``"semantic"``.
+        target: ``INSTANCE_MASKS``, ``BOXES`` or ``CLASS_MAP`` (:mod:`segzoo.data.targets`).
         classes: class names in label order (``data.classes``): the object classes for instance and
             detection, every label with background first for semantic (:func:`split_classes`);
             default ``labels.txt`` in ``root`` or its parent (labelme's convention: one name per
@@ -94,9 +95,11 @@ class LabelMe(AnnotatedImages):
         ignore_index: semantic label of ``__ignore__`` regions.
     """
 
-    def __init__(self, root: PathLike, task: str = "instance", classes: list[str] | None = None,
+    config_keys = ("root", "classes", "ignore_index")
+
+    def __init__(self, root: PathLike, target: Target = INSTANCE_MASKS, classes: list[str] | None = None,
                  transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(task, transforms, ignore_index)
+        super().__init__(target, transforms, ignore_index)
         classes = self.set_classes(classes)
         self.root = Path(root)
         if not self.root.is_dir():

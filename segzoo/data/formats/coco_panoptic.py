@@ -27,8 +27,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from segzoo.data.base import ConfigReader, refuse_target
 from segzoo.data.errors import DataError
 from segzoo.data.image import image_size, read_image, read_panoptic
+from segzoo.data.targets import SEGMENTS
 
 PathLike = str | os.PathLike
 
@@ -107,7 +109,7 @@ def _index(data: Any, ann_file: Path) -> tuple[list[dict], list[dict], dict[int,
     return ordered, images, anns
 
 
-class CocoPanoptic(Dataset):
+class CocoPanoptic(ConfigReader, Dataset):
     """Panoptic segmentation data in the COCO-panoptic format (see the module docstring).
 
     Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image` and
@@ -127,7 +129,23 @@ class CocoPanoptic(Dataset):
             match its ``segments_info`` or image (when its item is loaded).
     """
 
-    task = "panoptic"
+    target = SEGMENTS
+    targets = (SEGMENTS,)
+    task = SEGMENTS.name
+    config_keys = config_paths = ("images", "annotations", "panoptic")
+    config_required = ("images", "annotations")
+
+    @classmethod
+    def config_names(cls, found):
+        names = {"root": "images", "ann_file": "annotations", "panoptic_root": "panoptic"}
+        return {names.get(k, k): v for k, v in found.items()}
+
+    @classmethod
+    def from_config(cls, cfg, args, target, transforms):
+        """``data.<split>.images``, ``.annotations`` and optionally ``.panoptic`` (the PNG folder)."""
+        kw = cls.take(args)
+        refuse_target(args.kind, cls.targets, target)
+        return cls(kw["images"], kw["annotations"], kw.get("panoptic"), transforms)
 
     def __init__(self, root: PathLike, ann_file: PathLike, panoptic_root: PathLike | None = None,
                  transforms=None) -> None:
@@ -149,10 +167,6 @@ class CocoPanoptic(Dataset):
         self.num_stuff = sum(not c["isthing"] for c in cats)
         self.num_things = len(cats) - self.num_stuff
         self.transforms = transforms
-
-    @staticmethod
-    def supported_tasks() -> tuple[str, ...]:
-        return ("panoptic",)
 
     @property
     def num_classes(self) -> int:

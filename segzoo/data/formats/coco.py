@@ -6,7 +6,7 @@ polygons or RLE, ``iscrowd``) and ``categories``. Category ids are mapped to con
 0-based labels in increasing id order; their names are kept in ``dataset.classes``.
 
 The json is validated when the dataset is made and again, per image, when an image is loaded
-(:mod:`segzoo.data.coco_json`): bad ids and references are refused at once, and an image whose
+(:mod:`segzoo.data.formats.coco_json`): bad ids and references are refused at once, and an image whose
 annotations would give a wrong target (an empty mask, an RLE of another size, NaN coordinates,
 a json width/height that is not the file's) is refused when it is loaded. Images are read with
 :func:`segzoo.data.image.read_image` (EXIF orientation applied; COCO sizes refer to it).
@@ -25,44 +25,17 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segzoo.data.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
+from segzoo.data.base import ConfigReader
 from segzoo.data.errors import DataError
+from segzoo.data.formats.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
 from segzoo.data.image import image_size, read_image
+from segzoo.data.records import _mask_api, decode_segmentation
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
 
 PathLike = str | os.PathLike
 
 
-def _mask_api():
-    try:
-        from pycocotools import mask as mask_utils
-    except ImportError:
-        raise ImportError(
-            "decoding COCO polygons and RLE needs pycocotools; install it with "
-            "`pip install 'segzoo[coco]'` (or `pip install pycocotools`)"
-        ) from None
-    return mask_utils
-
-
-def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
-    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as an ``H x W`` uint8 mask."""
-    mask_utils = _mask_api()
-    if isinstance(segm, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
-        polys = [p for p in segm if len(p) >= 6]
-        if not polys:
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segm, height, width)
-    elif isinstance(segm, dict):  # compressed RLE
-        rle = dict(segm)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    else:
-        raise ValueError(f"unknown COCO segmentation format {type(segm).__name__}; expected polygons or RLE")
-    return mask_utils.decode(rle).astype(np.uint8)
-
-
-class CocoInstances(Dataset):
+class CocoInstances(ConfigReader, Dataset):
     """Instance segmentation / detection data from a COCO json file.
 
     Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image`
@@ -79,8 +52,23 @@ class CocoInstances(Dataset):
         with_masks: decode segmentations (needs pycocotools); boxes only when False.
     """
 
-    task = "instance"
+    targets = (INSTANCE_MASKS, BOXES)
     needs_bbox = True
+    config_keys = config_required = config_paths = ("images", "annotations")
+
+    @classmethod
+    def config_names(cls, found):
+        names = {"root": "images", "ann_file": "annotations"}
+        return {names.get(k, k): v for k, v in found.items()}
+
+    @classmethod
+    def from_config(cls, cfg, args, target, transforms):
+        """``data.<split>.images`` and ``.annotations``; a class-map target reads :class:`CocoSemantic`
+        (other kinds are the model's to refuse: the evaluator names what the data holds)."""
+        kw = cls.take(args)
+        if target.label_map:
+            return CocoSemantic(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
+        return CocoInstances(kw["images"], kw["annotations"], transforms, with_masks=target.masks)
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True) -> None:
         self.root = Path(root)
@@ -109,6 +97,12 @@ class CocoInstances(Dataset):
         self.problems = index.problems  # reported by the data checks
         self.transforms = transforms
         self.with_masks = with_masks
+        self.target = INSTANCE_MASKS if with_masks else BOXES
+
+    @property
+    def task(self) -> str:
+        """The kind of data (``target.name``), for readers above data that still ask for a name."""
+        return self.target.name
 
     @property
     def num_classes(self) -> int:
@@ -130,7 +124,7 @@ class CocoInstances(Dataset):
         """Raise a DataError when the image's json entry or annotations cannot give a correct target.
 
         ``height`` and ``width`` are the size of the image as read. The checks are the data check's
-        ``"error"`` kinds (:data:`segzoo.data.coco_json.KINDS`), so a run with ``data.check: false``
+        ``"error"`` kinds (:data:`segzoo.data.formats.coco_json.KINDS`), so a run with ``data.check: false``
         still never trains on them.
         """
         info = self.images[index]
@@ -200,13 +194,19 @@ class CocoSemantic(CocoInstances):
     overlap. ``num_classes`` counts background; ``classes[0] == "background"``.
     """
 
-    task = "semantic"
+    targets = (CLASS_MAP,)
     needs_bbox = False
+
+    @classmethod
+    def from_config(cls, cfg, args, target, transforms):
+        kw = cls.take(args)
+        return cls(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, ignore_index: int = 255) -> None:
         super().__init__(root, ann_file, transforms=transforms, with_masks=True)
         self.classes = ["background", *self.classes]
         self.ignore_index = ignore_index
+        self.target = CLASS_MAP
 
     @property
     def num_classes(self) -> int:

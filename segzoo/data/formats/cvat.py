@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation
+from segzoo.data.targets import INSTANCE_MASKS, Target
 from segzoo.data.validation import BadObject, check_polygons
 
 PathLike = str | os.PathLike
@@ -113,7 +114,7 @@ class CVAT(AnnotatedImages):
 
     Args:
         root: the export folder (``annotations.xml`` + ``images/``) or the xml file.
-        task: ``"instance"``, ``"detection"`` or ``"semantic"``.
+        target: ``INSTANCE_MASKS``, ``BOXES`` or ``CLASS_MAP`` (:mod:`segzoo.data.targets`).
         subset: keep the images of one project subset (``<image subset=...>``, e.g. ``Train``).
         classes: class names in label order (``data.classes``): the object classes for instance and
             detection, every label with background first for semantic (:func:`split_classes`);
@@ -123,10 +124,13 @@ class CVAT(AnnotatedImages):
         ignore_index: semantic label of crowd regions.
     """
 
-    def __init__(self, root: PathLike, task: str = "instance", subset: str | None = None,
+    config_keys = ("root", "subset", "classes", "images", "ignore_index")
+    config_paths = ("root", "images")
+
+    def __init__(self, root: PathLike, target: Target = INSTANCE_MASKS, subset: str | None = None,
                  classes: list[str] | None = None, images: PathLike | None = None, transforms=None,
                  ignore_index: int = 255) -> None:
-        super().__init__(task, transforms, ignore_index)
+        super().__init__(target, transforms, ignore_index)
         classes = self.set_classes(classes)
         root = Path(root)
         self.xml = root / "annotations.xml" if root.is_dir() else root

@@ -16,8 +16,10 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from segzoo.data.base import ConfigReader
 from segzoo.data.errors import DataError
 from segzoo.data.image import read_image, read_mask
+from segzoo.data.targets import CLASS_MAP
 
 PathLike = str | os.PathLike
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -52,7 +54,7 @@ def size_mismatch(mask_path: Path, mask_hw: tuple, image_hw: tuple) -> str:
     return msg
 
 
-class MaskFolder(Dataset):
+class MaskFolder(ConfigReader, Dataset):
     """Semantic segmentation data: ``images_dir/NAME.jpg`` paired with ``masks_dir/NAME.png``.
 
     Items are ``(image, mask)``: a ``3 x H x W`` :class:`tv_tensors.Image` (uint8, or float32 in
@@ -76,7 +78,28 @@ class MaskFolder(Dataset):
         transforms: a joint transform called as ``transforms(image, mask)``.
     """
 
-    task = "semantic"
+    target = CLASS_MAP
+    targets = (CLASS_MAP,)
+    task = CLASS_MAP.name
+    config_keys = ("images", "masks", "num_classes", "classes", "binary", "mapping", "ignore_index")
+    config_required = config_paths = ("images", "masks")
+
+    @classmethod
+    def config_names(cls, found):
+        names = {"images_dir": "images", "masks_dir": "masks"}
+        return {names.get(k, k): v for k, v in found.items()}
+
+    @classmethod
+    def from_config(cls, cfg, args, target, transforms):
+        """``data.<split>.images`` and ``.masks`` (also ``num_classes``, ``classes``, ``binary``, ``mapping``,
+        ``ignore_index``, defaulting to the ``data`` fields of those names)."""
+        kw = cls.take(args)  # other target kinds are the model's to refuse (the evaluator names the data's)
+        args.took_classes = True
+        kw.setdefault("binary", bool(cfg.binary))
+        kw.setdefault("mapping", cfg.mapping)
+        kw.setdefault("classes", list(cfg.classes) if cfg.classes is not None else None)
+        kw.setdefault("ignore_index", cfg.ignore_index)
+        return cls(kw.pop("images"), kw.pop("masks"), transforms=transforms, **kw)
 
     def __init__(
         self,

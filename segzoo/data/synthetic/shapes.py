@@ -20,8 +20,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from segzoo.data.coco import CocoInstances, CocoSemantic
-from segzoo.data.mask_folder import MaskFolder
+from segzoo.data.base import ConfigReader, check_target, refuse_target
+from segzoo.data.formats.coco import CocoInstances, CocoSemantic
+from segzoo.data.formats.mask_folder import MaskFolder
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
 
 PathLike = str | os.PathLike
 SHAPE_CLASSES = ("circle", "square", "triangle")
@@ -169,18 +171,18 @@ def write_once(root: PathLike, meta: dict, write, min_size: int = 32) -> Path:
     return root
 
 
-class Shapes(Dataset):
+class Shapes(ConfigReader, Dataset):
     """The built-in Shapes dataset, generated on first use and read back from its files.
 
-    ``task="semantic"`` reads the PNG label maps with :class:`MaskFolder` (4 classes:
-    background, circle, square, triangle); ``task="instance"`` reads the COCO json with
-    :class:`CocoInstances` (3 object classes). Items and attributes are those of the
-    underlying dataset (``dataset.source``).
+    ``target=CLASS_MAP`` reads the PNG label maps with :class:`MaskFolder` (4 classes:
+    background, circle, square, triangle); ``INSTANCE_MASKS`` and ``BOXES`` read the COCO json
+    with :class:`CocoInstances` (3 object classes; boxes without masks for ``BOXES``). Items and
+    attributes are those of the underlying dataset (``dataset.source``).
 
     Args:
         root: where the files live (written if missing or generated with other settings).
         split: ``"train"`` or ``"val"``.
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        target: ``CLASS_MAP``, ``INSTANCE_MASKS`` or ``BOXES`` (:mod:`segzoo.data.targets`).
         num_train: images in the train split.
         num_val: images in the val split.
         size: image side in pixels.
@@ -192,7 +194,7 @@ class Shapes(Dataset):
         self,
         root: PathLike = "data/shapes",
         split: str = "train",
-        task: str = "semantic",
+        target: Target = CLASS_MAP,
         num_train: int = 200,
         num_val: int = 50,
         size: int = 128,
@@ -201,18 +203,38 @@ class Shapes(Dataset):
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"Shapes split must be 'train' or 'val', got {split!r}")
-        if task not in ("semantic", "instance", "detection"):
+        try:
+            check_target(target, self.targets, "Shapes")
+        except ValueError as e:
             hint = "; for panoptic models use data.type: shapes_panoptic (segzoo.data.ShapesPanoptic)" \
-                if task == "panoptic" else ""
-            raise ValueError(f"Shapes task must be semantic, instance or detection, got {task!r}{hint}")
+                if target.segments else ""
+            raise ValueError(f"{e}{hint}") from None
         folder = generate(root, num_train, num_val, size, seed) / split
-        if task == "semantic":
+        if target.label_map:
             self.source = MaskFolder(folder / "images", folder / "masks",
                                      classes=["background", *SHAPE_CLASSES], transforms=transforms)
         else:
             self.source = CocoInstances(folder / "images", folder / "instances.json", transforms=transforms,
-                                        with_masks=task == "instance")
-        self.task = task
+                                        with_masks=target.masks)
+        self.target = target
+
+    targets = (CLASS_MAP, INSTANCE_MASKS, BOXES)
+    config_keys = ("root", "num_train", "num_val", "size", "seed")
+    config_required = config_paths = ()
+
+    @classmethod
+    def from_config(cls, cfg, args, target, transforms):
+        """Generated under ``data.root`` (or ``data.<split>.root``): ``num_train``, ``num_val``, ``size``, ``seed``."""
+        kw = cls.take(args)
+        if not target.segments:
+            refuse_target(args.kind, cls.targets, target)
+        kw.setdefault("root", cfg.root)
+        return cls(split=args.split, target=target, transforms=transforms, **kw)
+
+    @property
+    def task(self) -> str:
+        """The kind of data (``target.name``), for readers above data that still ask for a name."""
+        return self.target.name
 
     def __len__(self) -> int:
         return len(self.source)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from segzoo.data.records import AnnotatedImages, Obj, read_mask
+from segzoo.data.targets import CLASS_MAP, Target
 
 PathLike = str | os.PathLike
 
@@ -67,15 +68,17 @@ class Cityscapes(AnnotatedImages):
     Args:
         root: the folder holding ``leftImg8bit/`` and ``gtFine/``.
         split: ``train``, ``val`` or ``test`` (``train_extra`` with ``annotations="gtCoarse"``).
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        target: ``CLASS_MAP``, ``INSTANCE_MASKS`` or ``BOXES`` (:mod:`segzoo.data.targets`).
         annotations: ``gtFine`` or ``gtCoarse``.
         transforms: a joint transform ``transforms(image, target)``.
         ignore_index: the semantic ignore label.
     """
 
-    def __init__(self, root: PathLike, split: str = "train", task: str = "semantic", annotations: str = "gtFine",
+    config_keys = ("root", "split", "annotations", "ignore_index")
+
+    def __init__(self, root: PathLike, split: str = "train", target: Target = CLASS_MAP, annotations: str = "gtFine",
                  transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(task, transforms, ignore_index)
+        super().__init__(target, transforms, ignore_index)
         self.root = Path(root)
         self.split = split
         images_dir = self.root / "leftImg8bit" / split
@@ -88,7 +91,7 @@ class Cityscapes(AnnotatedImages):
         if not self.images:
             raise ValueError(f"no */*_leftImg8bit.png files in {images_dir}")
         self.annotations = annotations
-        suffix = "instanceIds" if task != "semantic" else "labelIds"
+        suffix = "labelIds" if target.label_map else "instanceIds"
         self.labels = [self.root / annotations / split / p.parent.name /
                        p.name.replace("_leftImg8bit.png", f"_{annotations}_{suffix}.png") for p in self.images]
         missing = [str(p) for p in self.labels if not p.is_file()]

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from segzoo.data.records import IMAGE_SUFFIXES, AnnotatedImages, Obj, read_mask, voc_colormap
+from segzoo.data.targets import CLASS_MAP, Target
 
 PathLike = str | os.PathLike
 
@@ -153,12 +154,12 @@ def read_sbd_mat(path: Path) -> np.ndarray:
 
 
 class VOC(AnnotatedImages):
-    """A Pascal VOC layout for one task.
+    """A Pascal VOC layout for one target kind (:mod:`segzoo.data.targets`).
 
-    ``semantic``: ``SegmentationClass`` maps as they are (0 background, 255 border), ids from
+    ``CLASS_MAP``: ``SegmentationClass`` maps as they are (0 background, 255 border), ids from
     ``ImageSets/Segmentation/{split}.txt``; ``split="train_aug"`` reads the augmented set (below).
-    ``instance``: one mask per ``SegmentationObject`` index, its class the majority
-    ``SegmentationClass`` value under it. ``detection``: the ``Annotations`` boxes of
+    ``INSTANCE_MASKS``: one mask per ``SegmentationObject`` index, its class the majority
+    ``SegmentationClass`` value under it. ``BOXES``: the ``Annotations`` boxes of
     ``ImageSets/Main/{split}.txt``; difficult objects are left out unless ``use_difficult``.
 
     The augmented set: ids from ``ImageSets/Segmentation/train_aug.txt`` when present, else SBD's
@@ -169,8 +170,8 @@ class VOC(AnnotatedImages):
     Args:
         root: ``VOCdevkit/VOC2012`` (or ``VOCdevkit``) or any folder in that layout.
         split: the list name; None takes every ``Annotations/*.xml`` (detection) or
-            ``SegmentationClass/*.png`` (semantic/instance) when the layout has no ``ImageSets``.
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+            ``SegmentationClass/*.png`` (class maps, instance masks) when the layout has no ``ImageSets``.
+        target: ``CLASS_MAP``, ``INSTANCE_MASKS`` or ``BOXES``.
         classes: class names in label order (``data.classes``): the object classes for instance and
             detection, every label with background first for semantic (:func:`split_classes`);
             default: from ``labelmap.txt``, else the 20 VOC classes (detection: the names found
@@ -181,21 +182,24 @@ class VOC(AnnotatedImages):
         ignore_index: the border/void label.
     """
 
-    def __init__(self, root: PathLike, split: str | None = "train", task: str = "semantic",
+    config_keys = ("root", "split", "classes", "use_difficult", "sbd_root", "ignore_index")
+    config_paths = ("root", "sbd_root")
+
+    def __init__(self, root: PathLike, split: str | None = "train", target: Target = CLASS_MAP,
                  classes: list[str] | None = None, use_difficult: bool = False, sbd_root: PathLike | None = None,
                  transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(task, transforms, ignore_index)
+        super().__init__(target, transforms, ignore_index)
         classes = self.set_classes(classes)
         self.root = voc_root(root)
         self.split = split
         self.use_difficult = use_difficult
         self.sbd_root = Path(sbd_root) if sbd_root is not None else None
-        need = {"instance": "SegmentationObject", "detection": "Annotations"}.get(task)
+        need = "SegmentationObject" if target.masks else "Annotations" if target.boxes_only else None
         if need and not (self.root / need).is_dir():
             have = sorted(p.name for p in self.root.iterdir() if p.is_dir())
             hint = ("instance masks come from SegmentationObject PNGs; train a detection model on the Annotations "
-                    "boxes instead" if task == "instance" else "boxes come from Annotations/*.xml")
-            raise FileNotFoundError(f"{self.root} has no {need}/ for the {task} task (it has {have}); {hint}")
+                    "boxes instead" if target.masks else "boxes come from Annotations/*.xml")
+            raise FileNotFoundError(f"{self.root} has no {need}/ for {target.name} data (it has {have}); {hint}")
         colours = None
         labelmap = self.root / "labelmap.txt"
         if classes is None and labelmap.is_file():
@@ -207,7 +211,7 @@ class VOC(AnnotatedImages):
             classes = names
         self.ids = self._ids()
         self.annotations: list[dict] = []
-        if task == "detection":
+        if target.boxes_only:
             self.annotations = [parse_voc_xml(self.root / "Annotations" / f"{i}.xml") for i in self.ids]
             if classes is None:
                 found = sorted({o["name"] for a in self.annotations for o in a["objects"]})
@@ -228,15 +232,15 @@ class VOC(AnnotatedImages):
             self.problems.append(f"{len(missing)} images listed for split {split!r} are missing: {missing[:3]}")
 
     def _ids(self) -> list[str]:
-        sub = "Main" if self.task == "detection" else "Segmentation"
+        sub = "Main" if self.target.boxes_only else "Segmentation"
         sets = self.root / "ImageSets" / sub
         if self.split is None:
-            folder, suffix = ("Annotations", ".xml") if self.task == "detection" else ("SegmentationClass", ".png")
+            folder, suffix = ("Annotations", ".xml") if self.target.boxes_only else ("SegmentationClass", ".png")
             ids = sorted(p.stem for p in (self.root / folder).glob(f"*{suffix}"))
             if not ids:
                 raise FileNotFoundError(f"no {folder}/*{suffix} files in {self.root}")
             return ids
-        if self.split in AUG_SPLITS and self.task != "detection":
+        if self.split in AUG_SPLITS and not self.target.boxes_only:
             return self._aug_ids(sets)
         path = sets / f"{self.split}.txt"
         if not path.is_file():
@@ -299,11 +303,13 @@ class VOC(AnnotatedImages):
         return self._class_map(index)
 
     def source_id(self, label: int) -> int | None:
-        """The ``SegmentationClass`` value of a label (detection labels come from names)."""
-        return {"semantic": label, "instance": label + 1}.get(self.task)
+        """The ``SegmentationClass`` value of a label (box labels come from names)."""
+        if self.target.boxes_only:
+            return None
+        return label if self.target.label_map else label + 1
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
-        if self.task == "detection":
+        if self.target.boxes_only:
             label = {c: k for k, c in enumerate(self.object_classes)}
             out = []
             for k, o in enumerate(self.annotations[index]["objects"]):
@@ -340,9 +346,7 @@ class VOCSegmentation(VOC):
 
     def __init__(self, root: PathLike, split: str = "train", sbd_root: PathLike | None = None,
                  transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(root, split, task="semantic", sbd_root=sbd_root, transforms=transforms,
+        super().__init__(root, split, target=CLASS_MAP, sbd_root=sbd_root, transforms=transforms,
                          ignore_index=ignore_index)
 
-    @classmethod
-    def supported_tasks(cls) -> tuple[str, ...]:
-        return ("semantic",)
+    targets = (CLASS_MAP,)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import yaml
 
-from segzoo.data.cvat import CVAT
+from segzoo.data.formats.cvat import CVAT
+from segzoo.data.formats.voc import voc_dirs
+from segzoo.data.formats.yolo import find_yaml
 from segzoo.data.records import IMAGE_SUFFIXES
-from segzoo.data.voc import voc_dirs
-from segzoo.data.yolo import find_yaml
+from segzoo.data.targets import BOXES
 
 PathLike = str | os.PathLike
 FORMATS = ("coco", "coco_panoptic", "voc", "yolo", "labelme", "cvat", "cityscapes", "ade20k", "mask_folder")
@@ -195,7 +196,7 @@ def resolve_auto(root: PathLike, split: str) -> tuple[str, dict]:
 def _cvat_subset(root: Path, split: str) -> dict:
     """``{"subset": name}`` when the CVAT file's images carry subsets and one of them is ``split``
     (``train``/``Train``, ``val``/``Validation``), so that no split reads another's images; else ``{}``."""
-    subsets = {im.get("subset") for im in CVAT(root, "detection").entries if im.get("subset")}
+    subsets = {im.get("subset") for im in CVAT(root, BOXES).entries if im.get("subset")}
     found = [s for s in sorted(subsets) if s.lower() == split or s.lower().startswith(split)]
     if subsets and not found:
         raise ValueError(f"data.type auto: {root} has CVAT subsets {sorted(subsets)} and none is {split!r}; "

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from segzoo.data.records import AnnotatedImages, read_mask, voc_colormap
+from segzoo.data.targets import CLASS_MAP
 
 PathLike = str | os.PathLike
 
@@ -55,9 +56,11 @@ class ADE20K(AnnotatedImages):
         ignore_index: the ignore label.
     """
 
+    config_keys = ("root", "split", "reduce_zero_label", "ignore_index")
+
     def __init__(self, root: PathLike, split: str = "train", reduce_zero_label: bool = True, transforms=None,
                  ignore_index: int = 255) -> None:
-        super().__init__("semantic", transforms, ignore_index)
+        super().__init__(CLASS_MAP, transforms, ignore_index)
         root = Path(root)
         if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
             root = root / "ADEChallengeData2016"
@@ -82,9 +85,7 @@ class ADE20K(AnnotatedImages):
         self.semantic_classes = list(ADE20K_CLASSES) if reduce_zero_label else ["other", *ADE20K_CLASSES]
         self.palette = voc_colormap(len(self.semantic_classes) + 1)[1:]  # generated colours, not the release's
 
-    @classmethod
-    def supported_tasks(cls) -> tuple[str, ...]:
-        return ("semantic",)
+    targets = (CLASS_MAP,)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from segzoo.data.records import IMAGE_SUFFIXES, AnnotatedImages, Obj
+from segzoo.data.targets import BOXES, Target
 
 PathLike = str | os.PathLike
 YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml")
@@ -90,14 +91,14 @@ def _images_in(entry: str | list, base: Path, yaml_dir: Path) -> list[Path]:
 
 
 class YOLO(AnnotatedImages):
-    """A YOLO (Ultralytics) dataset split: boxes (detection) or polygons (instance, semantic).
+    """A YOLO (Ultralytics) dataset split: boxes, or polygons (instance masks, class maps).
 
     Args:
         root: the ``data.yaml`` file or its folder; a folder without a yaml needs ``classes`` and
             holds ``images/<split>`` + ``labels/<split>``.
         split: the yaml key (``train``, ``val``, ``test``).
-        task: ``"detection"``, ``"instance"`` (polygon masks) or ``"semantic"`` (polygons painted,
-            label ``k`` -> ``k + 1``).
+        target: ``BOXES``, ``INSTANCE_MASKS`` (polygon masks) or ``CLASS_MAP`` (polygons painted,
+            label ``k`` -> ``k + 1``) (:mod:`segzoo.data.targets`).
         classes: class names (``data.classes``): the object classes in YOLO id order for instance and
             detection, every label with background first for semantic (:func:`split_classes`);
             default: the yaml's ``names``.
@@ -105,9 +106,11 @@ class YOLO(AnnotatedImages):
         ignore_index: semantic ignore label.
     """
 
-    def __init__(self, root: PathLike, split: str = "train", task: str = "detection",
+    config_keys = ("root", "split", "classes", "ignore_index")
+
+    def __init__(self, root: PathLike, split: str = "train", target: Target = BOXES,
                  classes: list[str] | None = None, transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(task, transforms, ignore_index)
+        super().__init__(target, transforms, ignore_index)
         classes = self.set_classes(classes)
         root = Path(root)
         if not root.exists():
@@ -160,7 +163,7 @@ class YOLO(AnnotatedImages):
 
     def source_id(self, label: int) -> int | None:
         """The YOLO class id of a label (semantic label 0, background, has none)."""
-        k = label - 1 if self.task == "semantic" else label
+        k = label - 1 if self.target.label_map else label
         return k if k >= 0 else None
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:

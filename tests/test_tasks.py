@@ -200,3 +200,17 @@ def test_collate_and_transform_presets():
     with pytest.raises(ValueError, match="semantic training crops every image to one size"):
         semantic.check_aspect_ratio_groups()
     get_task("detection").check_aspect_ratio_groups()
+
+
+def test_the_panoptic_task_refuses_data_without_segments():
+    from types import SimpleNamespace
+
+    from segzoo.data.targets import INSTANCE_MASKS, SEGMENTS
+
+    model = SimpleNamespace(num_classes=3, num_stuff=1)
+    panoptic = get_task("panoptic")
+    with pytest.raises(ValueError, match="panoptic model but the data is instance data"):
+        panoptic.check_categories(model, SimpleNamespace(target=INSTANCE_MASKS))
+    panoptic.check_categories(model, SimpleNamespace(target=SEGMENTS, num_classes=3, num_stuff=1))
+    with pytest.raises(ValueError, match="set model.num_classes=4 and model.num_stuff=2"):
+        panoptic.check_categories(model, SimpleNamespace(target=SEGMENTS, num_classes=4, num_stuff=2))

@@ -71,13 +71,13 @@ class PanopticTask(DetectionTask):
                              "(data.type: coco_panoptic or shapes_panoptic: one mask per thing and stuff segment)")
 
     def check_categories(self, model: nn.Module, data) -> None:
-        """Refuse data that is not panoptic (``data.task``) or whose thing/stuff split is not the model's
-        (``data.num_classes``, ``data.num_stuff``): the labels would mean other classes."""
+        """Refuse data that is not panoptic (its ``data.target`` holds no segments) or whose thing/stuff split is
+        not the model's (``data.num_classes``, ``data.num_stuff``): the labels would mean other classes."""
         name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
-        kind = getattr(data, "task", "panoptic")
-        if kind != self.name:
-            raise ValueError(f"{name} is a panoptic model but the data is {kind} data (things only, no stuff); use "
-                             "panoptic data (data.type: coco_panoptic or shapes_panoptic)")
+        kind = getattr(data, "target", SEGMENTS)
+        if not kind.segments:
+            raise ValueError(f"{name} is a panoptic model but the data is {kind.name} data (things only, no stuff); "
+                             "use panoptic data (data.type: coco_panoptic or shapes_panoptic)")
         split = (getattr(data, "num_classes", None), getattr(data, "num_stuff", None))
         if split[1] is not None and split != (model.num_classes, model.num_stuff):
             raise ValueError(f"the data has {data.num_classes} categories ({data.num_classes - data.num_stuff} "

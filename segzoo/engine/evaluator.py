@@ -19,45 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from segzoo.config import EvalConfig
 from segzoo.engine.device import autocast
 from segzoo.engine.distributed import is_distributed, world_info
 from segzoo.tasks import EvalOptions, Labels, Task, get_task
 from segzoo.visualize import save_image
-
-# the task objects' answers under the names the engine and the tests have used (segzoo.tasks has them)
-
-
-def metric_names(task: str) -> tuple[str, ...]:
-    """The scalar metrics :func:`evaluate` returns for a task (each can be ``eval.metric``)."""
-    return get_task(task).metric_names()
-
-
-def primary_metric(task: str, name: str = "auto") -> str:
-    """The metric that picks the best checkpoint (``eval.metric``); see :meth:`segzoo.tasks.Task.primary_metric`."""
-    return get_task(task).primary_metric(name)
-
-
-def summary_line(metrics: dict[str, Any], task: str, tracked: str | None = None) -> str:
-    """``miou=0.8123, pixel_acc=...``: the tracked metric first, then the task's usual ones."""
-    return get_task(task).summary_line(metrics, tracked)
-
-
-def check_task_data(task: str, target: Any, model_name: str = "the model") -> None:
-    """Refuse data whose targets do not fit the model's task, naming both."""
-    get_task(task).check_data(target, model_name)
-
-
-def check_categories(model: nn.Module, data) -> None:
-    """Refuse data for a panoptic model that is not panoptic or whose thing/stuff split is not the model's."""
-    get_task(model).check_categories(model, data)
-
-
-def protocol_kwargs(ec: EvalConfig, task: str = "semantic") -> dict[str, Any]:
-    """The :func:`evaluate` options of a config's evaluation protocol (``eval.mode``, ``crop``, ``stride``,
-    ``resize``, ``scales``, ``flip``); see :meth:`segzoo.tasks.SemanticTask.protocol`. Detection, instance and
-    panoptic models take none of these (a ConfigError says so); they get ``{}``."""
-    return get_task(task).protocol(ec)
 
 
 def _plain(t: Any) -> Any:
@@ -151,7 +116,7 @@ def evaluate(model: nn.Module, data, options: EvalOptions | None = None, /, **ov
               :func:`segzoo.predict`).
             - ``stride``, ``blend``, ``resize``: semantic models: the window step and blending, and the
               size each image is fitted to (see :func:`segzoo.inference.semantic_probs`);
-              :func:`protocol_kwargs` gives all of these from a config's ``eval`` section.
+              :meth:`segzoo.tasks.Task.protocol` gives all of these from a config's ``eval`` section.
             - ``max_images``: score only the first images.
             - ``class_names``: names for per-class results and pictures (default ``model.classes``,
               then ``data.classes``).

@@ -15,7 +15,7 @@ from segzoo.data.errors import ImageFileError
 from segzoo.data.formats.coco_panoptic import ids_to_rgb, rgb_to_ids
 from segzoo.data.image import read_panoptic
 from segzoo.data.targets import INSTANCE_MASKS, SEGMENTS
-from segzoo.engine.evaluator import check_categories
+from segzoo.tasks import get_task
 from tests.data_layouts import data_config
 
 BIG_ID = 3 + 7 * 256 + 49 * 65536  # uses all three channels
@@ -168,8 +168,8 @@ def test_a_model_with_another_thing_stuff_split_is_refused(tmp_path):
         model = segzoo.build("panoptic_fpn_resnet18", num_classes=4, num_stuff=1)
         right = segzoo.build("panoptic_fpn_resnet18", num_classes=4, num_stuff=2)
     with pytest.raises(ValueError, match="num_stuff=2"):
-        check_categories(model, ds)
-    check_categories(right, ds)
+        get_task(model).check_categories(model, ds)
+    get_task(right).check_categories(right, ds)
 
 
 def test_auto_recognises_coco_panoptic_layouts(tmp_path):

@@ -11,6 +11,7 @@ from segzoo.config import ConfigError, load_config
 from segzoo.engine.build import build_model, build_parts, check_run, start_device
 from segzoo.engine.run import train_from_config
 from segzoo.engine.trainer import Trainer
+from segzoo.tasks.semantic import SemanticTask
 
 
 def tiny_config(root, *overrides):
@@ -23,18 +24,19 @@ def tiny_config(root, *overrides):
 
 
 def test_train_from_config_checks_the_run_once(tmp_path, monkeypatch):
-    calls = {"primary_metric": 0, "protocol_kwargs": 0, "select_device": 0, "check_installed": 0}
+    calls = {"primary_metric": 0, "protocol": 0, "select_device": 0, "check_installed": 0}
     for name in calls:
-        real = getattr(build_module, name)
+        owner = SemanticTask if name in ("primary_metric", "protocol") else build_module
+        real = getattr(owner, name)
 
         def counted(*a, _name=name, _real=real, **k):
             calls[_name] += 1
             return _real(*a, **k)
 
-        monkeypatch.setattr(build_module, name, counted)
+        monkeypatch.setattr(owner, name, counted)
     metrics = train_from_config(tiny_config(tmp_path / "shapes"), tmp_path / "run")
     assert metrics["step"] == 2
-    assert calls == {"primary_metric": 1, "protocol_kwargs": 1, "select_device": 1, "check_installed": 1}
+    assert calls == {"primary_metric": 1, "protocol": 1, "select_device": 1, "check_installed": 1}
 
 
 @pytest.mark.parametrize("override, error, match", [

@@ -15,8 +15,9 @@ import segzoo
 from segzoo.config import ConfigError, EvalConfig, load_config
 from segzoo.data import build_dataset
 from segzoo.data.targets import CLASS_MAP
-from segzoo.engine.evaluator import evaluate, protocol_kwargs
+from segzoo.engine.evaluator import evaluate
 from segzoo.inference import fit_scale, semantic_probs, sliding_window, tile_origins
+from segzoo.tasks import get_task
 from tests.data_layouts import data_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def test_slide_with_a_window_covering_the_image_equals_whole_image():
     with torch.no_grad():
         whole = semantic_probs(model, x)
         for crop in ((40, 56), (64, 64)):
-            kw = protocol_kwargs(EvalConfig(mode="slide", crop=crop))
+            kw = get_task("semantic").protocol(EvalConfig(mode="slide", crop=crop))
             torch.testing.assert_close(semantic_probs(model, x, **kw), whole, rtol=0, atol=0)  # bit for bit
         x2 = torch.rand(2, 3, 40, 56)  # a batch: windows run image by image, the whole image batched
         torch.testing.assert_close(semantic_probs(model, x2, **kw), semantic_probs(model, x2), rtol=0, atol=1e-6)
@@ -81,7 +82,7 @@ def test_flip_and_multi_scale_average_softmax_probabilities():
     model = _model()
     x = torch.rand(1, 3, 48, 64)
     with torch.no_grad():
-        got = semantic_probs(model, x, **protocol_kwargs(EvalConfig(scales=(0.5, 1.0), flip=True)))
+        got = semantic_probs(model, x, **get_task("semantic").protocol(EvalConfig(scales=(0.5, 1.0), flip=True)))
         views = []
         for s in (0.5, 1.0):
             xs = x if s == 1.0 else F.interpolate(x, size=(24, 32), mode="bilinear", align_corners=False,
@@ -91,7 +92,7 @@ def test_flip_and_multi_scale_average_softmax_probabilities():
                 lg = lg.flip(-1) if flip else lg
                 views.append(F.interpolate(lg, size=(48, 64), mode="bilinear", align_corners=False).softmax(1))
         torch.testing.assert_close(got, sum(views) / 4)
-        flip_only = semantic_probs(model, x, **protocol_kwargs(EvalConfig(flip=True)))
+        flip_only = semantic_probs(model, x, **get_task("semantic").protocol(EvalConfig(flip=True)))
         torch.testing.assert_close(flip_only, (model(x).softmax(1) + model(x.flip(-1)).flip(-1).softmax(1)) / 2)
 
 
@@ -110,17 +111,17 @@ def test_resize_fits_the_reference_size_and_maps_back():
 
 def test_protocol_config_errors_and_defaults():
     with pytest.raises(ConfigError, match="eval.crop"):
-        protocol_kwargs(EvalConfig(mode="slide"))
+        get_task("semantic").protocol(EvalConfig(mode="slide"))
     with pytest.raises(ConfigError, match="mode=slide"):
-        protocol_kwargs(EvalConfig(crop=(512, 1024)))
+        get_task("semantic").protocol(EvalConfig(crop=(512, 1024)))
     with pytest.raises(ConfigError, match="semantic"):
-        protocol_kwargs(EvalConfig(flip=True), task="detection")
-    assert protocol_kwargs(EvalConfig(), task="instance") == {}
-    kw = protocol_kwargs(EvalConfig(mode="slide", crop=(512, 1024)))
+        get_task("detection").protocol(EvalConfig(flip=True))
+    assert get_task("instance").protocol(EvalConfig()) == {}
+    kw = get_task("semantic").protocol(EvalConfig(mode="slide", crop=(512, 1024)))
     assert kw["tile"] == (512, 1024) and kw["stride"] == (341, 682) and kw["blend"] == "mean"  # HRNet's 2/3
     cfg = load_config(None, ["eval.mode=slide", "eval.crop=[32, 48]", "eval.scales=[0.75, 1.25]", "eval.flip=true"],
                       require_model=False)
-    assert protocol_kwargs(cfg.eval)["tta"] == {"scales": (0.75, 1.25), "flip": True}
+    assert get_task("semantic").protocol(cfg.eval)["tta"] == {"scales": (0.75, 1.25), "flip": True}
 
 
 def test_eval_cli_protocol_flags_equal_the_python_call(tmp_path):

@@ -269,9 +269,10 @@ def test_one_reduction_per_optimizer_step(data, tmp_path, monkeypatch):
 
 
 def test_eval_summary_line_shows_the_tracked_metric():
-    from segzoo.engine.evaluator import metric_names, summary_line
+    from segzoo.tasks import get_task
 
-    metrics = {k: 0.1 * i for i, k in enumerate(metric_names("instance"))}
-    line = summary_line(metrics, "instance", "segm_AP")
+    metrics = {k: 0.1 * i for i, k in enumerate(get_task("instance").metric_names())}
+    line = get_task("instance").summary_line(metrics, "segm_AP")
     assert line.startswith("segm_AP=") and "bbox_AP=" in line and "segm_APs" not in line
-    assert summary_line({"miou": 0.5, "pixel_acc": 0.9}, "semantic").startswith("miou=0.5000, pixel_acc=0.9000")
+    line = get_task("semantic").summary_line({"miou": 0.5, "pixel_acc": 0.9})
+    assert line.startswith("miou=0.5000, pixel_acc=0.9000")

@@ -9,11 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-#: Task names. A model has exactly one, its class attribute ``task``: ``semantic`` (logits per
-#: pixel), ``detection`` (boxes), ``instance`` (boxes and masks), ``panoptic`` (reserved).
-TASKS = ("semantic", "detection", "instance", "panoptic")
-
-
 
 @dataclasses.dataclass(frozen=True)
 class TaskTraits:
@@ -42,6 +37,11 @@ TASK_TRAITS = {
     # segments of different tiles cannot be merged by NMS
     "panoptic": TaskTraits("panoptic", dense=False, tta=False, tiling=False, dynamic_export=False),
 }
+
+#: Task names, the rows of :data:`TASK_TRAITS`. A model has one, its class attribute ``task``: ``semantic``
+#: (logits per pixel), ``detection`` (boxes), ``instance`` (boxes and masks), ``panoptic`` (things and stuff
+#: segments); a universal model lists the ones it can be evaluated as in ``tasks``.
+TASKS = tuple(TASK_TRAITS)
 
 
 def task_traits(task: str) -> TaskTraits:

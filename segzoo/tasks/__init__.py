@@ -16,8 +16,9 @@ the CLI and the reports ask it instead of comparing task names. ``model.task`` s
 A universal model (Mask2Former, EoMT) declares every task it can be evaluated as in ``model.tasks``;
 :func:`get_tasks` gives them all, :func:`get_task` the one of ``model.task``.
 
-Adding a task: a subclass of :class:`Task` in a module of this package, one row in :data:`TASK_OBJECTS`
-and one in :data:`segzoo.spec.TASK_TRAITS`.
+Adding a task: a subclass of :class:`Task` in a module of this package (listed in :data:`TASK_OBJECTS`)
+and its row in the one table of task names, :data:`segzoo.spec.TASK_TRAITS` (what inference and export,
+which sit below the task objects, need to know).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segzoo.data import realdata
+from segzoo.data.formats import realdata
 from segzoo.hub import WeightsError, wheels
 from segzoo.hub.weights import fetch_command
 

@@ -247,10 +247,6 @@ class AnnotatedImages(ConfigReader, Dataset):
         self.problems: list[str] = []  # errors the parser found (the data check reports them)
         self.notices: list[str] = []  # what it skipped or assumed (reported as warnings)
 
-    @property
-    def task(self) -> str:
-        """The kind of data (``target.name``), for readers above data that still ask for a name."""
-        return self.target.name
 
     @property
     def classes(self) -> list[str]:

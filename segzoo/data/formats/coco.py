@@ -99,10 +99,6 @@ class CocoInstances(ConfigReader, Dataset):
         self.with_masks = with_masks
         self.target = INSTANCE_MASKS if with_masks else BOXES
 
-    @property
-    def task(self) -> str:
-        """The kind of data (``target.name``), for readers above data that still ask for a name."""
-        return self.target.name
 
     @property
     def num_classes(self) -> int:

@@ -231,10 +231,6 @@ class Shapes(ConfigReader, Dataset):
         kw.setdefault("root", cfg.root)
         return cls(split=args.split, target=target, transforms=transforms, **kw)
 
-    @property
-    def task(self) -> str:
-        """The kind of data (``target.name``), for readers above data that still ask for a name."""
-        return self.target.name
 
     def __len__(self) -> int:
         return len(self.source)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -79,11 +81,13 @@ class ConfigReader:
     config_keys: tuple[str, ...] = ("root",)  # the data.<split> keys it takes
     config_required: tuple[str, ...] = ("root",)  # ... of which these must be given
     config_paths: tuple[str, ...] = ("root",)  # ... and these are paths (a FileNotFoundError names them)
+    # constructor arguments whose data.<split> key has another name ({"ann_file": "annotations"})
+    config_renames: Mapping[str, str] = MappingProxyType({})
 
     @classmethod
     def config_names(cls, found: dict[str, Any]) -> dict[str, Any]:
         """Constructor arguments (what ``data.type: auto`` finds) under their ``data.<split>`` names."""
-        return dict(found)
+        return {cls.config_renames.get(k, k): v for k, v in found.items()}
 
     @classmethod
     def take(cls, args: SplitArgs) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import copy
 import json
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -55,11 +56,7 @@ class CocoInstances(ConfigReader, Dataset):
     targets = (INSTANCE_MASKS, BOXES)
     needs_bbox = True
     config_keys = config_required = config_paths = ("images", "annotations")
-
-    @classmethod
-    def config_names(cls, found):
-        names = {"root": "images", "ann_file": "annotations"}
-        return {names.get(k, k): v for k, v in found.items()}
+    config_renames = MappingProxyType({"root": "images", "ann_file": "annotations"})
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):

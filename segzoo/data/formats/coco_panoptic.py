@@ -20,6 +20,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -134,11 +135,7 @@ class CocoPanoptic(ConfigReader, Dataset):
     task = SEGMENTS.name
     config_keys = config_paths = ("images", "annotations", "panoptic")
     config_required = ("images", "annotations")
-
-    @classmethod
-    def config_names(cls, found):
-        names = {"root": "images", "ann_file": "annotations", "panoptic_root": "panoptic"}
-        return {names.get(k, k): v for k, v in found.items()}
+    config_renames = MappingProxyType({"root": "images", "ann_file": "annotations", "panoptic_root": "panoptic"})
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -83,11 +84,7 @@ class MaskFolder(ConfigReader, Dataset):
     task = CLASS_MAP.name
     config_keys = ("images", "masks", "num_classes", "classes", "binary", "mapping", "ignore_index")
     config_required = config_paths = ("images", "masks")
-
-    @classmethod
-    def config_names(cls, found):
-        names = {"images_dir": "images", "masks_dir": "masks"}
-        return {names.get(k, k): v for k, v in found.items()}
+    config_renames = MappingProxyType({"images_dir": "images", "masks_dir": "masks"})
 
     @classmethod
     def from_config(cls, cfg, args, target, transforms):

@@ -54,7 +54,7 @@ def build_model(cfg: RunConfig):
 
 
 def has_val(cfg: RunConfig) -> bool:
-    return cfg.data.type in ("shapes", "shapes_panoptic") or bool(cfg.data.val)
+    return cfg.data.type in ("shapes", "shapes_panoptic", "shapes_multilabel") or bool(cfg.data.val)
 
 
 def build_split(cfg: RunConfig, split: str, task: str, train: bool | None = None, with_transforms: bool = True):

@@ -226,7 +226,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError("--tile/--tta and the eval protocol (--mode, --crop, --scales, --flip, eval.* keys) are "
                              "two ways to set the same thing; use one of them")
         protocol = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
-    dataset = build_split(cfg, args.split, model.task, train=False)
+    dataset = build_split(cfg, args.split, model, train=False)
     result = evaluate(
         fast_model(model, _fast_option(args)), dataset,
         batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,
@@ -442,7 +442,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     model = build_model(cfg)
-    reports = check_data(cfg, model.spec.num_classes, model.task)
+    reports = check_data(cfg, model.spec.num_classes, model)
     return 0 if all(r.ok for r in reports) else 1
 
 

@@ -304,6 +304,8 @@ class Trainer:
         if self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished):
             evaluated = True
             results = self.run_eval()["metrics"]
+            for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
+                self.task_def.tune(m, results)  # binary: the F1-best threshold into the spec (and checkpoints)
             value = results[self.metric_name]
             value = float(value) if math.isfinite(float(value)) else -math.inf
             improved = self.best is None or value > self.best

@@ -120,7 +120,8 @@ class MultiLabelMasks(ConfigReader, Dataset):
             if not d.is_dir():
                 raise FileNotFoundError(f"{what} folder not found: {d}")
         if ignore_value is not None and not (isinstance(ignore_value, int) and 1 < ignore_value < 255):
-            raise ValueError(f"ignore_value must be an int in 2..254 (0, 1 and 255 are mask values), got {ignore_value!r}")
+            raise ValueError(f"ignore_value must be an int in 2..254 (0, 1 and 255 are mask values), got "
+                             f"{ignore_value!r}")
         self.ignore_value = ignore_value
         images = _by_stem(self.images_dir, "images")
         subdirs = sorted(p.name for p in self.masks_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -135,8 +136,9 @@ class MultiLabelMasks(ConfigReader, Dataset):
             for c, files in self.class_files.items():
                 lossy = [p.name for p in files.values() if p.suffix.lower() in LOSSY_EXTENSIONS]
                 if lossy:
-                    raise DataError(f"{len(lossy)} masks in {self.masks_dir / c} are JPEG files ({', '.join(lossy[:3])})"
-                                    ": JPEG compression changes mask values along every edge; export them as PNG")
+                    raise DataError(f"{len(lossy)} masks in {self.masks_dir / c} are JPEG files "
+                                    f"({', '.join(lossy[:3])}): JPEG compression changes mask values along every "
+                                    "edge; export them as PNG")
             labelled = set().union(*(set(f) for f in self.class_files.values())) if names else set()
         else:
             tiffs = {s: p for s, p in _by_stem(self.masks_dir, "masks").items() if p.suffix.lower() in TIFF_EXTENSIONS}

@@ -15,5 +15,6 @@ from segzoo.data.transforms.presets import (
 
 __all__ = [
     "CROP_MODES", "DROPPED", "SEMANTIC_IGNORE", "CountedSanitize", "PadToSize", "build_transforms",
-    "collate_instances", "collate_multi_hot", "collate_semantic", "instance_transforms", "pop_dropped", "semantic_transforms",
+    "collate_instances", "collate_multi_hot", "collate_semantic", "instance_transforms", "pop_dropped",
+    "semantic_transforms",
 ]

@@ -97,6 +97,12 @@ class ModelSpec:
         return str(self.kwargs.get("label_mode", LABEL_MODES[0]))
 
     @property
+    def num_labels(self) -> int:
+        """The labels the data holds and ``classes`` names: ``num_classes``, except a binary model's one logit,
+        which scores two (background and foreground)."""
+        return 2 if self.label_mode == "binary" else self.num_classes
+
+    @property
     def display_name(self) -> str:
         """The name with the backbone actually built when it is not the entrypoint's default,
         e.g. ``"maskrcnn_resnet50_fpn (backbone=resnet18)"``: what tools print."""

@@ -214,6 +214,39 @@ class MultiLabelMasks(ConfigReader, Dataset):
         return image, mask
 
 
+    def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
+        """Fill a :class:`~segzoo.data.checks.DataReport`: every mask file read and checked (values, size, page
+        count), the class count against the model's, images without masks, images where no class is present."""
+        report.num_items = len(self)
+        n = self.num_classes
+        if n != num_classes:
+            what = ("a binary model (num_classes=1) scores background and foreground" if not self.target.multi_hot
+                    else f"the masks name {n} classes ({', '.join(self.classes[:6])})")
+            report.errors.append(f"{what} but the model has num_classes={num_classes}: set model.num_classes="
+                                 f"{n if self.target.multi_hot else 1}")
+        if self.missing_masks:
+            report.errors.append(f"{len(self.missing_masks)} images have no mask in any class of {self.masks_dir}: "
+                                 f"{', '.join(self.missing_masks[:3])}; add their masks or remove the images")
+        found, empty = set(), []
+        for i in range(len(self)):
+            try:
+                hw = tuple(read_image(self.samples[i][1]).shape[-2:])
+                multi = self.multi_hot(i, hw)
+            except DataError as e:
+                report.errors.append(str(e))
+                continue
+            present = [k for k in range(len(multi)) if (multi[k] == 1).any()]
+            found.update(present)
+            if not present:
+                empty.append(str(self.samples[i][1]))
+        if empty and not allow_empty:  # negatives (a defect-free part) are data too: a warning, not an error
+            report.warnings.append(f"{len(empty)} images have no class present (they train as negatives): "
+                                   f"{', '.join(empty[:3])}")
+        names = self.object_classes
+        report.classes_found = sorted(found) if self.target.multi_hot else ([1] if found else [])
+        report.name_classes(names if self.target.multi_hot else self.classes)
+
+
 def _mask_array_of(path: Path) -> np.ndarray:
     return _read(path, "mask", _mask_array)
 

@@ -192,3 +192,20 @@ def test_infer_writes_one_mask_per_class_and_the_binary_mask(tmp_path):
     mask = np.asarray(Image.open(tmp_path / "out_bin" / "a_mask.png"))
     probs = segzoo.predict(segzoo.load(tmp_path / "bin.safetensors"), tmp_path / "a.png")["probs"][0]
     assert np.array_equal(mask, (probs >= 0.25).numpy().astype(np.uint8))
+
+
+def test_a_multi_label_report_has_the_per_class_table_and_curves(shapes_root, tmp_path):
+    from segzoo.engine.report import format_results, write_report
+
+    _, val = _sets(shapes_root, MULTI_HOT)
+    model = segzoo.build(num_classes=3, label_mode="multilabel", **TINY)
+    result = evaluate(model, val, class_names=val.classes, curves=True, num_pictures=1)
+    assert result["label_mode"] == "multilabel" and "confusion" not in result
+    text = format_results(result)
+    assert text.splitlines()[0].split() == ["class", "IoU", "Dice", "AP", "F1", "thr"] and "square" in text
+    pytest.importorskip("matplotlib")
+    write_report(result, tmp_path)
+    rows = (tmp_path / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,iou,dice,precision,recall,ap,f1_threshold" and rows[1].startswith("circle,")
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(report["pr_curves"]) == {"circle", "square", "triangle"} and (tmp_path / "pr_curves.png").is_file()

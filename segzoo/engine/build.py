@@ -273,7 +273,8 @@ def build_parts(cfg: RunConfig, model: nn.Module, train_set, val_set, out_dir: s
         cfg=cfg, model=model, net=net, ddp=ddp, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         loader=loader, val_set=val_set, device=device, amp_dtype=amp_dtype, plan=plan,
         metric_name=checked.metric_name, eval_protocol=checked.eval_protocol,
-        classes=list(classes) if classes is not None and len(classes) == num_classes else None, out_dir=out_dir,
+        classes=list(classes) if classes is not None and len(classes) == model.spec.num_labels else None,
+        out_dir=out_dir,
         open_log=functools.partial(open_run_log, cfg, out_dir, num_classes, model.task))
 
 

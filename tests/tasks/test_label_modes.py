@@ -73,8 +73,10 @@ def test_binary_training_reaches_a_floor_and_writes_its_threshold(shapes_root, t
     final = out["final"]
     assert final["ap"] > 0.7 and final["miou"] > 0.55, final  # the foreground is ~23% of the pixels
     assert 0 < final["f1_threshold"] < 1
-    spec = segzoo.load(tmp_path / "bin" / "model.safetensors").spec
+    loaded = segzoo.load(tmp_path / "bin" / "model.safetensors")
+    spec = loaded.spec
     assert spec.label_mode == "binary" and spec.threshold == pytest.approx(final["f1_threshold"], abs=1e-6)
+    assert loaded.classes == ["background", "foreground"]  # one logit, two labels named
     header = json.loads(json.loads(_header(tmp_path / "bin" / "model.safetensors"))["__metadata__"]["spec"])
     assert header["kwargs"]["label_mode"] == "binary" and header["threshold"] == spec.threshold
 

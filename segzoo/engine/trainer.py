@@ -214,6 +214,8 @@ class Trainer:
         self.bad_evals, self.closed_step = state["bad_evals"], state["closed_step"]
         self.seconds_before = self.saved_seconds = float(state.get("train_seconds", 0.0))
         self.last_eval = state.get("last_eval", {})
+        for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
+            self.task_def.tune(m, self.last_eval)  # binary: the threshold of the last validation again
 
     # ------------------------------------------------------------------ loop
     def _non_finite(self, losses: dict[str, float], epoch: int) -> None:

@@ -125,8 +125,10 @@ def best_threshold(metrics: dict, index: int = 0) -> float | None:
     v = metrics.get("f1_threshold")
     if not isinstance(v, (list, tuple)) or len(v) <= index:
         return None
-    t = float(v[index])
-    return t if math.isfinite(t) and 0 < t < 1 else None
+    t = v[index]
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        return None
+    return float(t) if math.isfinite(t) and 0 < t < 1 else None
 
 
 __all__ = ["SigmoidMetric", "best_threshold"]

@@ -42,6 +42,11 @@ def _sets(root, target, n=8, size=48):
 
 def _train(root, out, mode, num_classes, epochs):
     """A tiny U-Net trained on 8 overlapping-Shapes images (2 steps an epoch), evaluated on the same images."""
+    trainer, train_set = _trainer(root, out, mode, num_classes, epochs)
+    return trainer, trainer.fit()
+
+
+def _trainer(root, out, mode, num_classes, epochs):
     torch.manual_seed(0)
     target = MULTI_HOT if mode == "multilabel" else CLASS_MAP
     train_set, val_set = _sets(root, target)
@@ -50,8 +55,7 @@ def _train(root, out, mode, num_classes, epochs):
            "train": {"epochs": epochs, "lr": 0.01, "optimizer": "adamw", "warmup_steps": 0, "progress": False,
                      "device": "cpu"},
            "eval": {"num_pictures": 2, "every": epochs}}
-    trainer = build_trainer(model, train_set, val_set, cfg, out, classes=train_set.classes)
-    return trainer, trainer.fit()
+    return build_trainer(model, train_set, val_set, cfg, out, classes=train_set.classes), train_set
 
 
 def test_the_overlapping_shapes_overlap_and_read_back_as_both_kinds(shapes_root):
@@ -77,6 +81,10 @@ def test_binary_training_reaches_a_floor_and_writes_its_threshold(shapes_root, t
     spec = loaded.spec
     assert spec.label_mode == "binary" and spec.threshold == pytest.approx(final["f1_threshold"], abs=1e-6)
     assert loaded.classes == ["background", "foreground"]  # one logit, two labels named
+    resumed, _ = _trainer(shapes_root, tmp_path / "bin", "binary", 1, epochs=40)
+    assert resumed.model.spec.threshold is None
+    resumed.load_checkpoint()  # a resumed run takes up the threshold of its last validation
+    assert resumed.model.spec.threshold == spec.threshold
     header = json.loads(json.loads(_header(tmp_path / "bin" / "model.safetensors"))["__metadata__"]["spec"])
     assert header["kwargs"]["label_mode"] == "binary" and header["threshold"] == spec.threshold
 

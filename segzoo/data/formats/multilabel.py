@@ -6,7 +6,8 @@ Two layouts, one reader (:class:`MultiLabelMasks`, ``data.type: mask_folders``),
 * one folder per class: ``masks/<class>/<stem>.png`` (grey or palette PNG, also lossless TIFF, BMP,
   WebP), paired by stem with ``images/<stem>.jpg``. The class order is ``classes`` when given, else
   the subfolders' names sorted. A class without a file for an image is absent from it (tools export
-  non-empty masks only); an image with no file in any class folder is refused (unlabelled, not empty).
+  non-empty masks only); an image with no file in any class folder is unlabelled, not empty: it is left
+  out of the items and the data check reports it as an error.
 * one multi-page TIFF per image: ``masks/<stem>.tif`` (or ``.tiff``), page ``k`` the mask of class
   ``k``; ``classes`` names the pages (else ``"0"``, ``"1"``, ...), and every file must have one page
   per class.

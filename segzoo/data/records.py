@@ -197,6 +197,14 @@ def examples(items: list, n: int = 3) -> str:
     return ", ".join(str(i) for i in items[:n]) + more
 
 
+def missing_classes(report, num_classes: int, names: list[str] | None) -> None:
+    """Warn in ``report`` about the labels below ``num_classes`` that its data never holds (named where known)."""
+    missing = [c for c in range(num_classes) if c not in report.classes_found]
+    if missing and report.num_items:
+        named = [f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in missing]
+        report.warnings.append(f"classes {examples(named, 8)} never occur in this data (num_classes={num_classes})")
+
+
 def palette_bytes(palette: list[tuple[int, int, int]] | None) -> list[int]:
     """A 256-entry flat palette for ``Image.putpalette`` (the VOC colour map past the given colours)."""
     base = voc_colormap(256)

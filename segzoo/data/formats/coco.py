@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -28,9 +29,10 @@ from torchvision import tv_tensors
 
 from segzoo.data.base import ConfigReader
 from segzoo.data.errors import DataError
+from segzoo.data.formats import coco_json
 from segzoo.data.formats.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
 from segzoo.data.image import image_size, read_image
-from segzoo.data.records import _mask_api, decode_segmentation
+from segzoo.data.records import _mask_api, decode_segmentation, examples, missing_classes
 from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
 
 PathLike = str | os.PathLike
@@ -177,6 +179,82 @@ class CocoInstances(ConfigReader, Dataset):
             image, target = self.transforms(image, target)
         return image, target
 
+    def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
+        """Fill a :class:`~segzoo.data.checks.DataReport`: the json's problems (:mod:`segzoo.data.formats.coco_json`),
+        image files and sizes, boxes outside their image, empty images, class counts."""
+        ds, semantic = self, self.target.label_map
+        report.num_items = len(ds)
+        n_data = len(ds.cat_ids) + (1 if semantic else 0)
+        kind = "labels including background" if semantic else "object categories (background is implicit)"
+        if n_data > num_classes:
+            report.errors.append(
+                f"{ds.ann_file} has {n_data} {kind} but num_classes={num_classes}; set model.num_classes={n_data}")
+        elif n_data < num_classes:
+            report.warnings.append(
+                f"{ds.ann_file} has {n_data} {kind} but num_classes={num_classes}; the extra classes are never trained")
+        problems: dict[str, list[str]] = defaultdict(list)
+        for kind_name, items in ds.problems.items():
+            problems[kind_name] += items
+        missing, unreadable, outside, empty = [], [], [], []
+        found: set[int] = set()
+        for i, info in enumerate(ds.images):
+            path = ds.image_path(i)
+            if not path.is_file():
+                missing.append(str(path))
+                continue
+            try:
+                h, w = image_size(path)
+            except (OSError, ValueError) as e:
+                unreadable.append(str(e))
+                continue
+            jh, jw = info.get("height"), info.get("width")
+            bad = [f"{k}={v!r}" for k, v in (("width", jw), ("height", jh))
+                   if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)]
+            if bad:
+                problems["image_size"].append(f"{coco_json.image_where(info)}: {', '.join(bad)} "
+                                              "is not a positive number")
+            elif isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (h, w):
+                turned = " (turned by 90 degrees: EXIF orientation?)" if (jh, jw) == (w, h) else ""
+                problems["image_size"].append(f"{coco_json.image_where(info)}: json {jw}x{jh}, file {w}x{h}{turned}")
+            anns = ds.annotations(i, with_crowd=True)
+            if not anns:  # crowd regions count: such an image has labels (ignore regions), it is not empty
+                empty.append(info["file_name"])
+            for a in anns:
+                for kind_name, detail in coco_json.annotation_problems(a, (h, w), ds.needs_bbox, ds.with_masks):
+                    problems[kind_name].append(f"{coco_json.ann_where(a, info)}: {detail}")
+                if a.get("iscrowd", 0):
+                    continue
+                found.add(ds.cat_to_label[a["category_id"]] + (1 if semantic else 0))
+                bbox = a.get("bbox")
+                if ds.needs_bbox and valid_box(bbox) and bbox[2] > 0 and bbox[3] > 0:
+                    x, y, bw, bh = bbox
+                    if x < -1 or y < -1 or x + bw > w + 1 or y + bh > h + 1:
+                        outside.append(f"{coco_json.ann_where(a, info)}: bbox xywh {bbox} in a {w}x{h} image")
+        if semantic:
+            found.add(0)
+        report.classes_found = sorted(found)
+        if missing:
+            report.errors.append(f"{len(missing)} image files listed in {ds.ann_file} are missing: "
+                                 f"{examples(missing)}; check the image folder (root)")
+        if unreadable:
+            report.errors.append(f"{len(unreadable)} image files cannot be read: {examples(unreadable)}")
+        for kind_name, items in problems.items():
+            severity = coco_json.KINDS[kind_name][0]
+            line = coco_json.group(kind_name, items, prefix=f"{ds.ann_file.name}: ")
+            (report.warnings if severity == "warning" else report.errors).append(line)
+        if outside:
+            report.errors.append(f"{ds.ann_file.name}: {len(outside)} boxes lie outside their image: "
+                                 f"{examples(outside)}; COCO bbox is [x, y, width, height] in pixels: fix the export "
+                                 "(xyxy or normalised boxes?)")
+        if empty:
+            msg = f"{len(empty)} images have no annotations: {examples(empty)}"
+            (report.warnings if allow_empty else report.errors).append(
+                msg + ("" if allow_empty else "; remove them or set data.allow_empty=true to keep them as negatives "
+                       "(background only)"))
+        missing_classes(report, num_classes, ds.classes)
+        shift = 1 if semantic else 0
+        report.name_classes(ds.classes, lambda k: ds.cat_ids[k - shift] if 0 <= k - shift < len(ds.cat_ids) else None)
+
 
 class CocoSemantic(CocoInstances):
     """Semantic label maps painted from a COCO instances file.
@@ -222,3 +300,8 @@ class CocoSemantic(CocoInstances):
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         return image, mask
+
+
+def valid_box(bbox) -> bool:
+    return (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in bbox))

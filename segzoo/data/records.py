@@ -82,6 +82,8 @@ class Obj:
             in semantic maps.
         where: where the reader found it (``"line 3"``, ``"<polygon> 2"``), for messages.
         score: a model's confidence, for pre-labels (``segzoo infer --to``); None for annotations.
+        area: the size the annotation file states (COCO ``area``), which orders the painting of label
+            maps (largest first); None to count the object's pixels.
     """
 
     label: int
@@ -91,6 +93,7 @@ class Obj:
     crowd: bool = False
     where: str | None = None
     score: float | None = None
+    area: float | None = None
 
     @property
     def has_shape(self) -> bool:
@@ -247,6 +250,7 @@ class AnnotatedImages(ConfigReader, Dataset):
     background_name = "background"  # label 0 of semantic maps (the first name of a semantic data.classes)
     palette: list[tuple[int, int, int]] | None = None
     classes_inferred = False  # object classes read from the labels found (sorted), not given
+    kinds = validation.KINDS  # the problems annotation_problems finds: kind -> (severity, title, fix)
 
     def __init__(self, target: Target, transforms=None, ignore_index: int = 255) -> None:
         self.target = check_target(target, self.targets, type(self).__name__)
@@ -330,11 +334,19 @@ class AnnotatedImages(ConfigReader, Dataset):
         self._refuse(index, problems)
         return objs
 
+    def refuse_where(self, index: int) -> str:
+        """Where a refused item's problem lies, before its detail (the image file; COCO: the json)."""
+        return self.item_name(index)
+
+    def image_id(self, index: int) -> int:
+        """The id of an item's image in its targets and ground truth (the index; COCO: the json's id)."""
+        return index
+
     def _refuse(self, index: int, problems: list[tuple[str, str]]) -> None:
         for kind, detail in problems:
-            severity, title, hint = validation.KINDS[kind]
+            severity, title, hint = self.kinds[kind]
             if severity == "error":
-                raise DataError(f"{self.item_name(index)}: {detail} (one of the {title}); {hint}. "
+                raise DataError(f"{self.refuse_where(index)}: {detail} (one of the {title}); {hint}. "
                                 "`segzoo data check CONFIG` lists every such problem")
 
     def load_image(self, index: int) -> tv_tensors.Image:
@@ -345,11 +357,12 @@ class AnnotatedImages(ConfigReader, Dataset):
         raise NotImplementedError
 
     def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
-        """The int64 label map: objects painted largest first (label ``k`` -> ``k + 1``), crowd -> ignore."""
+        """The int64 label map: objects painted largest first (label ``k`` -> ``k + 1``; the stated
+        :attr:`Obj.area` where the files state one, else the pixel count), crowd -> ignore."""
         out = np.zeros((height, width), dtype=np.int64)
         objs = self.valid_objects(index, height, width)
         painted = [(o, o.pixels(height, width)) for o in objs if not o.crowd]
-        for o, m in sorted(painted, key=lambda om: -int(om[1].sum())):
+        for o, m in sorted(painted, key=lambda om: -(int(om[1].sum()) if om[0].area is None else om[0].area)):
             out[m] = o.label + 1
         for o in objs:
             if o.crowd:
@@ -362,7 +375,7 @@ class AnnotatedImages(ConfigReader, Dataset):
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor([o.label for o in objs], dtype=torch.int64),
-            "image_id": index,
+            "image_id": self.image_id(index),
         }
         if self.target.masks:
             masks = np.zeros((len(objs), height, width), dtype=np.uint8)
@@ -383,7 +396,7 @@ class AnnotatedImages(ConfigReader, Dataset):
             if not ann["segmentation"] and self.target.masks:
                 ann["segmentation"] = [box_polygon(*o.xyxy(h, w))]
             anns.append(ann)
-        return {"image": {"id": index, "height": h, "width": w}, "annotations": anns}
+        return {"image": {"id": self.image_id(index), "height": h, "width": w}, "annotations": anns}
 
     def __getitem__(self, index: int):
         image = self.load_image(index)

@@ -23,40 +23,48 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
-from segzoo.data.base import ConfigReader
+import segzoo.data.validation as validation
+from segzoo.data.base import OBJECT_TARGETS
 from segzoo.data.errors import DataError
 from segzoo.data.formats import coco_json
 from segzoo.data.formats.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
-from segzoo.data.image import image_size, read_image
-from segzoo.data.records import _mask_api, decode_segmentation, examples, missing_classes
-from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
+from segzoo.data.image import image_size
+from segzoo.data.records import AnnotatedImages, Obj, _mask_api, examples, missing_classes
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
 
 PathLike = str | os.PathLike
 
 
-class CocoInstances(ConfigReader, Dataset):
+class CocoInstances(AnnotatedImages):
     """Instance segmentation / detection data from a COCO json file.
 
     Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image`
     and ``target`` a dict with ``boxes`` (:class:`tv_tensors.BoundingBoxes`, xyxy),
     ``labels`` (int64, 0-based), ``masks`` (:class:`tv_tensors.Mask`, ``K x H x W`` uint8) and
-    ``image_id``; ``transforms(image, target)`` is applied when given. Crowd annotations
+    ``image_id`` (the json's id); ``transforms(image, target)`` is applied when given. Crowd annotations
     (``iscrowd=1``) are left out. Images are uint8, or float32 in [0, 1] for 16-bit files
     (:func:`segzoo.data.image.read_image`).
+
+    The reader is an :class:`~segzoo.data.records.AnnotatedImages`: each annotation is one
+    :class:`~segzoo.data.records.Obj` record (:meth:`objects`) and the base turns the records into
+    items. What is COCO's own: the json's rules (:data:`segzoo.data.formats.coco_json.KINDS`, checked
+    before a record is used), the json's ids, and the ground truth as written (:meth:`coco_ground_truth`).
 
     Args:
         root: folder the ``file_name`` entries are relative to.
         ann_file: the COCO json file.
         transforms: a joint transform called as ``transforms(image, target)``.
         with_masks: decode segmentations (needs pycocotools); boxes only when False.
+        target: what the records are read for (:mod:`segzoo.data.targets`); default from ``with_masks``.
+        records_only: read the records for another format (``segzoo data convert``): any object or
+            class-map target, checked by the rules every format's records share
+            (:mod:`segzoo.data.validation`) instead of the json's, paint order by pixel count.
     """
 
     targets = (INSTANCE_MASKS, BOXES)
     needs_bbox = True
+    kinds = KINDS  # the json's problems (coco_json), checked before a record is used
     config_keys = config_required = config_paths = ("images", "annotations")
     config_renames = MappingProxyType({"root": "images", "ann_file": "annotations"})
 
@@ -69,7 +77,14 @@ class CocoInstances(ConfigReader, Dataset):
             return CocoSemantic(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
         return CocoInstances(kw["images"], kw["annotations"], transforms, with_masks=target.masks)
 
-    def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True) -> None:
+    def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True,
+                 target: Target | None = None, ignore_index: int = 255, records_only: bool = False) -> None:
+        if target is None:
+            target = INSTANCE_MASKS if with_masks else BOXES
+        self.json_rules = not records_only
+        if records_only:
+            self.targets, self.kinds = OBJECT_TARGETS, validation.KINDS
+        super().__init__(target, transforms, ignore_index)
         self.root = Path(root)
         self.ann_file = Path(ann_file)
         if not self.ann_file.is_file():
@@ -90,19 +105,11 @@ class CocoInstances(ConfigReader, Dataset):
             raise DataError(f"{self.ann_file} has no categories")
         self.cat_ids = [c["id"] for c in cats]
         self.cat_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
-        self.classes = [str(c.get("name", c["id"])) for c in cats]
+        self.object_classes = [str(c.get("name", c["id"])) for c in cats]
         self.images = index.images
         self.anns = index.anns
-        self.problems = index.problems  # reported by the data checks
-        self.transforms = transforms
+        self.json_problems = index.problems  # the json's index problems, by kind (reported by the data check)
         self.with_masks = with_masks
-        self.target = INSTANCE_MASKS if with_masks else BOXES
-
-
-    @property
-    def num_classes(self) -> int:
-        """Object classes (background is implicit)."""
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,47 +117,57 @@ class CocoInstances(ConfigReader, Dataset):
     def image_path(self, index: int) -> Path:
         return self.root / self.images[index]["file_name"]
 
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` from the json where it gives both, else from the image file's header."""
+        info = self.images[index]
+        h, w = info.get("height"), info.get("width")
+        if isinstance(h, (int, float)) and isinstance(w, (int, float)) and not isinstance(h, bool):
+            return int(h), int(w)
+        return image_size(self.image_path(index))
+
+    def image_id(self, index: int) -> int:
+        return int(self.images[index]["id"])
+
     def annotations(self, index: int, with_crowd: bool = False) -> list[dict]:
         """The raw annotations of an image (crowd ones only when asked)."""
         anns = self.anns[int(self.images[index]["id"])]
         return anns if with_crowd else [a for a in anns if not a.get("iscrowd", 0)]
 
-    def refuse_bad_annotations(self, index: int, height: int, width: int) -> None:
-        """Raise a DataError when the image's json entry or annotations cannot give a correct target.
+    def objects(self, index: int, height: int, width: int) -> list[Obj]:
+        """One record per annotation, crowd regions included: the json's numbers as they are (a bbox
+        ``[x, y, w, h]`` becomes ``(x, y, x + w, y + h)``, summed in float32 as the boxes tensor is)."""
+        info, out = self.images[index], []
+        for a in self.annotations(index, with_crowd=True):
+            if a.get("category_id") not in self.cat_to_label:
+                raise ValueError(f"{self.ann_file}: annotation {a.get('id')} has category id "
+                                 f"{a.get('category_id')} that is not in 'categories'")
+            if self.json_rules:  # the json's own rules refuse a bad bbox before it is used
+                bbox, area = a.get("bbox"), a.get("area")
+                box = tuple(float(v) for v in _xyxy(np.float32(bbox))) if valid_box(bbox) else None
+                area = float(area) if isinstance(area, (int, float)) else 0.0
+            else:  # records for data convert: the numbers as written, checked by segzoo.data.validation
+                box, area = _xyxy([float(v) for v in a.get("bbox", (0, 0, 0, 0))]), None
+            out.append(Obj(self.cat_to_label[a["category_id"]], box=box, segmentation=a.get("segmentation") or None,
+                           crowd=bool(a.get("iscrowd", 0)), where=ann_where(a, info), area=area))
+        return out
 
-        ``height`` and ``width`` are the size of the image as read. The checks are the data check's
-        ``"error"`` kinds (:data:`segzoo.data.formats.coco_json.KINDS`), so a run with ``data.check: false``
-        still never trains on them.
-        """
-        info = self.images[index]
+    def refuse_where(self, index: int) -> str:
+        return str(self.ann_file) if self.json_rules else super().refuse_where(index)
+
+    def annotation_problems(self, index: int, height: int, width: int) -> tuple[list[Obj], list[tuple[str, str]]]:
+        """The records and the json's problems for them (:func:`~segzoo.data.formats.coco_json.annotation_problems`,
+        the rules :mod:`segzoo.data.validation` reuses), each naming its image and annotation id."""
+        if not self.json_rules:
+            return super().annotation_problems(index, height, width)
+        info, problems = self.images[index], []
         jh, jw = info.get("height"), info.get("width")
         if isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (height, width):
-            raise DataError(f"{self.ann_file}: {image_where(info)} has width x height {jw}x{jh} in the json but the "
-                            f"file is {width}x{height}; {KINDS['image_size'][2]}")
+            problems.append(("image_size", f"{image_where(info)} has width x height {jw}x{jh} in the json but the "
+                                           f"file is {width}x{height}"))
         for a in self.anns[int(info["id"])]:
-            for kind, detail in annotation_problems(a, (height, width), self.needs_bbox, self.with_masks):
-                severity, title, hint = KINDS[kind]
-                if severity == "error":
-                    raise DataError(f"{self.ann_file}: {ann_where(a, info)}: {detail} (one of the {title}); {hint}. "
-                                    "`segzoo data check CONFIG` lists every such problem")
-
-    def load_target(self, index: int, height: int, width: int) -> dict[str, Any]:
-        self.refuse_bad_annotations(index, height, width)
-        anns = self.annotations(index)
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
-        labels = torch.tensor([self.cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
-            "labels": labels,
-            "image_id": int(self.images[index]["id"]),
-        }
-        if self.with_masks:
-            masks = np.zeros((len(anns), height, width), dtype=np.uint8)
-            for k, a in enumerate(anns):
-                masks[k] = decode_segmentation(a["segmentation"], height, width)
-            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
-        return target
+            problems += [(kind, f"{ann_where(a, info)}: {detail}")
+                         for kind, detail in annotation_problems(a, (height, width), self.needs_bbox, self.with_masks)]
+        return self.objects(index, height, width), problems
 
     def coco_ground_truth(self, index: int) -> dict[str, Any]:
         """The image's json entries for evaluation: ``{"image": {"id", "height", "width"}, "annotations":
@@ -167,17 +184,10 @@ class CocoInstances(ConfigReader, Dataset):
     def crowd_mask(self, index: int, height: int, width: int) -> np.ndarray:
         """Union of the image's crowd regions as an ``H x W`` bool array."""
         out = np.zeros((height, width), dtype=bool)
-        for a in self.anns[int(self.images[index]["id"])]:
-            if a.get("iscrowd", 0):
-                out |= decode_segmentation(a["segmentation"], height, width).astype(bool)
+        for o in self.objects(index, height, width):
+            if o.crowd:
+                out |= o.pixels(height, width)
         return out
-
-    def __getitem__(self, index: int):
-        image = read_image(self.image_path(index))
-        target = self.load_target(index, *image.shape[-2:])
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
 
     def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
         """Fill a :class:`~segzoo.data.checks.DataReport`: the json's problems (:mod:`segzoo.data.formats.coco_json`),
@@ -193,7 +203,7 @@ class CocoInstances(ConfigReader, Dataset):
             report.warnings.append(
                 f"{ds.ann_file} has {n_data} {kind} but num_classes={num_classes}; the extra classes are never trained")
         problems: dict[str, list[str]] = defaultdict(list)
-        for kind_name, items in ds.problems.items():
+        for kind_name, items in ds.json_problems.items():
             problems[kind_name] += items
         missing, unreadable, outside, empty = [], [], [], []
         found: set[int] = set()
@@ -261,8 +271,9 @@ class CocoSemantic(CocoInstances):
 
     Items are ``(image, mask)`` with ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`:
     0 is background, category ``k`` (0-based) is label ``k + 1``, crowd regions are
-    ``ignore_index``. Larger objects are painted first, so small ones stay visible where they
-    overlap. ``num_classes`` counts background; ``classes[0] == "background"``.
+    ``ignore_index``. Larger objects (by the json's ``area``) are painted first, so small ones stay
+    visible where they overlap (:meth:`~segzoo.data.records.AnnotatedImages.semantic_map`).
+    ``num_classes`` counts background; ``classes[0] == "background"``.
     """
 
     targets = (CLASS_MAP,)
@@ -274,32 +285,13 @@ class CocoSemantic(CocoInstances):
         return cls(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, ignore_index: int = 255) -> None:
-        super().__init__(root, ann_file, transforms=transforms, with_masks=True)
-        self.classes = ["background", *self.classes]
-        self.ignore_index = ignore_index
-        self.target = CLASS_MAP
+        super().__init__(root, ann_file, transforms=transforms, with_masks=True, target=CLASS_MAP,
+                         ignore_index=ignore_index)
 
-    @property
-    def num_classes(self) -> int:
-        """Every label including background."""
-        return len(self.classes)
 
-    def load_mask(self, index: int, height: int, width: int) -> tv_tensors.Mask:
-        self.refuse_bad_annotations(index, height, width)
-        anns = sorted(self.annotations(index), key=lambda a: -float(a.get("area", 0.0)))
-        out = np.zeros((height, width), dtype=np.int64)
-        for a in anns:
-            m = decode_segmentation(a["segmentation"], height, width).astype(bool)
-            out[m] = self.cat_to_label[a["category_id"]] + 1
-        out[self.crowd_mask(index, height, width)] = self.ignore_index
-        return tv_tensors.Mask(torch.from_numpy(out))
-
-    def __getitem__(self, index: int):
-        image = read_image(self.image_path(index))
-        mask = self.load_mask(index, *image.shape[-2:])
-        if self.transforms is not None:
-            image, mask = self.transforms(image, mask)
-        return image, mask
+def _xyxy(xywh) -> tuple:
+    x, y, w, h = xywh
+    return (x, y, x + w, y + h)
 
 
 def valid_box(bbox) -> bool:

@@ -15,14 +15,13 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segzoo.data.base import ConfigReader
+from segzoo.data.base import OBJECT_TARGETS, check_target
 from segzoo.data.errors import DataError
 from segzoo.data.image import image_size, read_image, read_mask
-from segzoo.data.records import examples, missing_classes
-from segzoo.data.targets import CLASS_MAP
+from segzoo.data.records import AnnotatedImages, Obj, examples, missing_classes
+from segzoo.data.targets import CLASS_MAP, Target
 
 PathLike = str | os.PathLike
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -57,7 +56,7 @@ def size_mismatch(mask_path: Path, mask_hw: tuple, image_hw: tuple) -> str:
     return msg
 
 
-class MaskFolder(ConfigReader, Dataset):
+class MaskFolder(AnnotatedImages):
     """Semantic segmentation data: ``images_dir/NAME.jpg`` paired with ``masks_dir/NAME.png``.
 
     Items are ``(image, mask)``: a ``3 x H x W`` :class:`tv_tensors.Image` (uint8, or float32 in
@@ -79,11 +78,15 @@ class MaskFolder(ConfigReader, Dataset):
             ``{0: 0, 128: 1, 255: 2}``); values not in it are kept.
         ignore_index: label of unlabelled pixels.
         transforms: a joint transform called as ``transforms(image, mask)``.
+        target: what the records are read for (``segzoo data convert``): items are label maps; with an
+            object target each labelled class region of an image is one record (:meth:`objects`).
+
+    The reader is an :class:`~segzoo.data.records.AnnotatedImages` whose records are its label
+    maps (:meth:`semantic_map`); what is its own: pairing by stem, ``binary``/``mapping`` and the
+    label-map checks of :meth:`check`.
     """
 
-    target = CLASS_MAP
     targets = (CLASS_MAP,)
-    task = CLASS_MAP.name
     config_keys = ("images", "masks", "num_classes", "classes", "binary", "mapping", "ignore_index")
     config_required = config_paths = ("images", "masks")
     config_renames = MappingProxyType({"images_dir": "images", "masks_dir": "masks"})
@@ -110,7 +113,10 @@ class MaskFolder(ConfigReader, Dataset):
         mapping: Mapping[int, int] | None = None,
         ignore_index: int = 255,
         transforms=None,
+        target: Target = CLASS_MAP,
     ) -> None:
+        super().__init__(CLASS_MAP, transforms, ignore_index)
+        self.target = check_target(target, OBJECT_TARGETS, "a mask folder")
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
         for what, d in (("images", self.images_dir), ("masks", self.masks_dir)):
             if not d.is_dir():
@@ -140,7 +146,6 @@ class MaskFolder(ConfigReader, Dataset):
                                      if masks[s].suffix.lower() not in LOSSY_EXTENSIONS)  # JPEGs can't be masks
         self.mapping = {255: 1} if binary else (dict(mapping) if mapping is not None else None)
         self.binary = binary
-        self.ignore_index = ignore_index
         if classes is not None:
             classes = [str(c) for c in classes]
             if num_classes is not None and len(classes) != num_classes:
@@ -149,11 +154,45 @@ class MaskFolder(ConfigReader, Dataset):
             num_classes = len(classes)
         if num_classes is None and binary:
             num_classes = 2
-        self.num_classes = num_classes
-        self.classes = classes if classes is not None else (
+        self._num_classes = num_classes
+        self.semantic_classes = classes if classes is not None else (
             [str(i) for i in range(num_classes)] if num_classes else None
         )
-        self.transforms = transforms
+        if not self.target.label_map:
+            self.notices.append("a mask folder has no instances: each class region of an image is one object")
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Every label's name, background first; None when neither ``classes`` nor ``num_classes`` is given
+        (records read for an object target: the object classes, background left out)."""
+        return self.semantic_classes if self.target.label_map else self.object_classes
+
+    @property
+    def num_classes(self) -> int | None:
+        """Every label including background; None when not given (the data check reads the masks)."""
+        return self._num_classes if self.target.label_map else len(self.object_classes)
+
+    @property
+    def object_classes(self) -> list[str]:
+        return list(self.semantic_classes[1:]) if self.semantic_classes else []
+
+    def infer_classes(self) -> None:
+        """Name the labels ``0..max`` by their values, from the masks (``segzoo data convert`` without names)."""
+        top = max(int(v) for i in range(len(self)) for v in np.unique(self.raw_mask(i)) if v != self.ignore_index)
+        self.semantic_classes = [str(v) for v in range(top + 1)]
+        self._num_classes = top + 1
+        self.classes_inferred = True
+
+    def image_path(self, index: int) -> Path:
+        return self.samples[index][0]
+
+    def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
+        return self.raw_mask(index)
+
+    def objects(self, index: int, height: int, width: int) -> list[Obj]:
+        """Each labelled class region (value ``v > 0``) as one record of label ``v - 1``."""
+        labels = self.raw_mask(index)
+        return [Obj(v - 1, mask=labels == v) for v in np.unique(labels).tolist() if v not in (0, self.ignore_index)]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -98,3 +98,45 @@ def test_sources_has_no_record_views():
     tree = ast.parse((DATA / "sources.py").read_text())
     classes = [n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
     assert classes == [], classes  # the readers give their records themselves
+
+
+def _coco_file(tmp_path):
+    import json
+
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    big = [[2.1, 2.1, 20.3, 2.1, 20.3, 15.7, 2.1, 15.7]]
+    small = [[5.5, 5.5, 9.5, 5.5, 9.5, 9.5, 5.5, 9.5]]
+    anns = [  # the json's areas say the small square is the larger: COCO paints by the json's area
+        {"id": 1, "image_id": 7, "category_id": 3, "bbox": [2.1, 2.1, 18.2, 13.6], "area": 1.0, "segmentation": big,
+         "iscrowd": 0},
+        {"id": 2, "image_id": 7, "category_id": 5, "bbox": [5.5, 5.5, 4.0, 4.0], "area": 900.0,
+         "segmentation": small, "iscrowd": 0},
+        {"id": 3, "image_id": 7, "category_id": 3, "bbox": [25, 0, 4, 4], "area": 16.0, "iscrowd": 1,
+         "segmentation": [[25, 0, 29, 0, 29, 4, 25, 4]]},
+    ]
+    data = {"images": [{"id": 7, "file_name": "a.png", "height": 20, "width": 30}], "annotations": anns,
+            "categories": [{"id": 3, "name": "cat"}, {"id": 5, "name": "dog"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    return tmp_path / "img", tmp_path / "ann.json", anns
+
+
+def test_coco_items_through_the_base_are_the_json_as_read(tmp_path):
+    import torch
+    from pycocotools import mask as mask_utils
+
+    from segzoo.data import CocoInstances, CocoSemantic
+
+    root, ann_file, anns = _coco_file(tmp_path)
+    _, target = CocoInstances(root, ann_file)[0]
+    boxes = torch.tensor([a["bbox"] for a in anns[:2]], dtype=torch.float32)
+    boxes[:, 2:] += boxes[:, :2]  # the float32 sum a tensor of the json's boxes gives
+    assert torch.equal(target["boxes"].as_subclass(torch.Tensor), boxes)
+    assert target["labels"].tolist() == [0, 1] and target["image_id"] == 7  # the json's id, crowd left out
+    for k, a in enumerate(anns[:2]):
+        ref = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(a["segmentation"], 20, 30)))
+        assert np.array_equal(target["masks"][k].numpy(), ref)
+    _, mask = CocoSemantic(root, ann_file)[0]
+    mask = mask.numpy()
+    assert mask[12, 15] == 1 and mask[7, 7] == 1  # the "larger" (by json area) dog is painted under the cat
+    assert mask[1, 26] == 255 and mask[0, 0] == 0  # crowd region -> ignore

@@ -140,3 +140,21 @@ def test_coco_items_through_the_base_are_the_json_as_read(tmp_path):
     mask = mask.numpy()
     assert mask[12, 15] == 1 and mask[7, 7] == 1  # the "larger" (by json area) dog is painted under the cat
     assert mask[1, 26] == 255 and mask[0, 0] == 0  # crowd region -> ignore
+
+
+def test_coco_records_for_convert_take_the_shared_validation(tmp_path):
+    from segzoo.data import CocoInstances
+
+    root, ann_file, _ = _coco_file(tmp_path)
+    records = CocoInstances(root, ann_file, with_masks=False, target=CLASS_MAP, records_only=True)
+    assert records.kinds is checks_kinds() and records.classes == ["background", "cat", "dog"]
+    report = check_dataset(records, num_classes=3)  # the base's check of records (segzoo.data.validation)
+    assert report.ok and report.classes_found == [0, 1, 2], report.format()
+    painted = records.semantic_map(0, 20, 30)
+    assert painted[7, 7] == 2  # records paint by pixel count (as data convert always did), not by the json's area
+
+
+def checks_kinds():
+    import segzoo.data.validation as validation
+
+    return validation.KINDS

@@ -162,8 +162,8 @@ class CocoInstances(AnnotatedImages):
         info, problems = self.images[index], []
         jh, jw = info.get("height"), info.get("width")
         if isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (height, width):
-            problems.append(("image_size", f"{image_where(info)} has width x height {jw}x{jh} in the json but the "
-                                           f"file is {width}x{height}"))
+            turned = " (turned by 90 degrees: EXIF orientation?)" if (jh, jw) == (width, height) else ""
+            problems.append(("image_size", f"{image_where(info)}: json {jw}x{jh}, file {width}x{height}{turned}"))
         for a in self.anns[int(info["id"])]:
             problems += [(kind, f"{ann_where(a, info)}: {detail}")
                          for kind, detail in annotation_problems(a, (height, width), self.needs_bbox, self.with_masks)]
@@ -192,6 +192,8 @@ class CocoInstances(AnnotatedImages):
     def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
         """Fill a :class:`~segzoo.data.checks.DataReport`: the json's problems (:mod:`segzoo.data.formats.coco_json`),
         image files and sizes, boxes outside their image, empty images, class counts."""
+        if not self.json_rules:  # records read for another format: the base's check of records
+            return super().check(report, num_classes, ignore_index, allow_empty)
         ds, semantic = self, self.target.label_map
         report.num_items = len(ds)
         n_data = len(ds.cat_ids) + (1 if semantic else 0)
@@ -223,15 +225,14 @@ class CocoInstances(AnnotatedImages):
             if bad:
                 problems["image_size"].append(f"{coco_json.image_where(info)}: {', '.join(bad)} "
                                               "is not a positive number")
-            elif isinstance(jh, (int, float)) and isinstance(jw, (int, float)) and (jh, jw) != (h, w):
-                turned = " (turned by 90 degrees: EXIF orientation?)" if (jh, jw) == (w, h) else ""
-                problems["image_size"].append(f"{coco_json.image_where(info)}: json {jw}x{jh}, file {w}x{h}{turned}")
+            # the problems loading an item refuses (annotation_problems), so the check and the items agree
+            for kind_name, detail in ds.annotation_problems(i, h, w)[1]:
+                if not (bad and kind_name == "image_size"):
+                    problems[kind_name].append(detail)
             anns = ds.annotations(i, with_crowd=True)
             if not anns:  # crowd regions count: such an image has labels (ignore regions), it is not empty
                 empty.append(info["file_name"])
             for a in anns:
-                for kind_name, detail in coco_json.annotation_problems(a, (h, w), ds.needs_bbox, ds.with_masks):
-                    problems[kind_name].append(f"{coco_json.ann_where(a, info)}: {detail}")
                 if a.get("iscrowd", 0):
                     continue
                 found.add(ds.cat_to_label[a["category_id"]] + (1 if semantic else 0))

@@ -1,8 +1,9 @@
 """What the annotation-format readers share: one object record, one dataset base, and its data check.
 
-Every reader (Pascal VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, the real-data tiles) parses its
-files into :class:`Obj` records per image and inherits from :class:`AnnotatedImages`, which turns
-them into what the COCO and mask-folder datasets yield for the task:
+Every reader (COCO json, COCO-panoptic, Pascal VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, mask
+folders, the real-data tiles, pre-labels) parses its files into :class:`Obj` records per image (or a
+label map) and inherits from :class:`AnnotatedImages`, which turns them into items for the task and
+checks them (:meth:`AnnotatedImages.check`, with :mod:`segzoo.data.validation`):
 
 * :data:`~segzoo.data.targets.CLASS_MAP`: ``(image, mask)``, ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`;
 * :data:`~segzoo.data.targets.INSTANCE_MASKS`: ``(image, target)`` with ``boxes`` (xyxy), ``labels``
@@ -238,6 +239,12 @@ class AnnotatedImages(ConfigReader, Dataset):
     implement ``__len__``, :meth:`image_path` and :meth:`objects`; label-map formats override
     :meth:`semantic_map` instead (and set ``semantic_classes``). ``problems`` collects what the
     parser found wrong per file (the data check reports it).
+
+    That is all a new format writes: items, ground truth and ``segzoo data check`` (:meth:`check`)
+    come from the records, checked by :mod:`segzoo.data.validation`. A format whose files carry rules
+    of their own overrides the hooks, not the loop: :meth:`annotation_problems` and :attr:`kinds` (the
+    COCO json's rules), :meth:`image_id` and :meth:`refuse_where` (the json's ids and file),
+    :meth:`coco_ground_truth` (annotations as written) or :meth:`check` (a mask folder's values).
 
     Args:
         target: what an item's target holds (:mod:`segzoo.data.targets`), one of :attr:`targets`.

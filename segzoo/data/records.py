@@ -1,8 +1,9 @@
 """What the annotation-format readers share: one object record, one dataset base, and its data check.
 
-Every reader (Pascal VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, the real-data tiles) parses its
-files into :class:`Obj` records per image and inherits from :class:`AnnotatedImages`, which turns
-them into what the COCO and mask-folder datasets yield for the task:
+Every reader (COCO json, COCO-panoptic, Pascal VOC, YOLO, LabelMe, CVAT, Cityscapes, ADE20K, mask
+folders, the real-data tiles, pre-labels) parses its files into :class:`Obj` records per image (or a
+label map) and inherits from :class:`AnnotatedImages`, which turns them into items for the task and
+checks them (:meth:`AnnotatedImages.check`, with :mod:`segzoo.data.validation`):
 
 * :data:`~segzoo.data.targets.CLASS_MAP`: ``(image, mask)``, ``mask`` an int64 ``H x W`` :class:`tv_tensors.Mask`;
 * :data:`~segzoo.data.targets.INSTANCE_MASKS`: ``(image, target)`` with ``boxes`` (xyxy), ``labels``
@@ -82,6 +83,8 @@ class Obj:
             in semantic maps.
         where: where the reader found it (``"line 3"``, ``"<polygon> 2"``), for messages.
         score: a model's confidence, for pre-labels (``segzoo infer --to``); None for annotations.
+        area: the size the annotation file states (COCO ``area``), which orders the painting of label
+            maps (largest first); None to count the object's pixels.
     """
 
     label: int
@@ -91,6 +94,7 @@ class Obj:
     crowd: bool = False
     where: str | None = None
     score: float | None = None
+    area: float | None = None
 
     @property
     def has_shape(self) -> bool:
@@ -197,6 +201,14 @@ def examples(items: list, n: int = 3) -> str:
     return ", ".join(str(i) for i in items[:n]) + more
 
 
+def missing_classes(report, num_classes: int, names: list[str] | None) -> None:
+    """Warn in ``report`` about the labels below ``num_classes`` that its data never holds (named where known)."""
+    missing = [c for c in range(num_classes) if c not in report.classes_found]
+    if missing and report.num_items:
+        named = [f"{c} ({names[c]})" if names and c < len(names) else str(c) for c in missing]
+        report.warnings.append(f"classes {examples(named, 8)} never occur in this data (num_classes={num_classes})")
+
+
 def palette_bytes(palette: list[tuple[int, int, int]] | None) -> list[int]:
     """A 256-entry flat palette for ``Image.putpalette`` (the VOC colour map past the given colours)."""
     base = voc_colormap(256)
@@ -228,6 +240,12 @@ class AnnotatedImages(ConfigReader, Dataset):
     :meth:`semantic_map` instead (and set ``semantic_classes``). ``problems`` collects what the
     parser found wrong per file (the data check reports it).
 
+    That is all a new format writes: items, ground truth and ``segzoo data check`` (:meth:`check`)
+    come from the records, checked by :mod:`segzoo.data.validation`. A format whose files carry rules
+    of their own overrides the hooks, not the loop: :meth:`annotation_problems` and :attr:`kinds` (the
+    COCO json's rules), :meth:`image_id` and :meth:`refuse_where` (the json's ids and file),
+    :meth:`coco_ground_truth` (annotations as written) or :meth:`check` (a mask folder's values).
+
     Args:
         target: what an item's target holds (:mod:`segzoo.data.targets`), one of :attr:`targets`.
         transforms: a joint transform called as ``transforms(image, target)``.
@@ -239,6 +257,7 @@ class AnnotatedImages(ConfigReader, Dataset):
     background_name = "background"  # label 0 of semantic maps (the first name of a semantic data.classes)
     palette: list[tuple[int, int, int]] | None = None
     classes_inferred = False  # object classes read from the labels found (sorted), not given
+    kinds = validation.KINDS  # the problems annotation_problems finds: kind -> (severity, title, fix)
 
     def __init__(self, target: Target, transforms=None, ignore_index: int = 255) -> None:
         self.target = check_target(target, self.targets, type(self).__name__)
@@ -322,11 +341,19 @@ class AnnotatedImages(ConfigReader, Dataset):
         self._refuse(index, problems)
         return objs
 
+    def refuse_where(self, index: int) -> str:
+        """Where a refused item's problem lies, before its detail (the image file; COCO: the json)."""
+        return self.item_name(index)
+
+    def image_id(self, index: int) -> int:
+        """The id of an item's image in its targets and ground truth (the index; COCO: the json's id)."""
+        return index
+
     def _refuse(self, index: int, problems: list[tuple[str, str]]) -> None:
         for kind, detail in problems:
-            severity, title, hint = validation.KINDS[kind]
+            severity, title, hint = self.kinds[kind]
             if severity == "error":
-                raise DataError(f"{self.item_name(index)}: {detail} (one of the {title}); {hint}. "
+                raise DataError(f"{self.refuse_where(index)}: {detail} (one of the {title}); {hint}. "
                                 "`segzoo data check CONFIG` lists every such problem")
 
     def load_image(self, index: int) -> tv_tensors.Image:
@@ -337,11 +364,12 @@ class AnnotatedImages(ConfigReader, Dataset):
         raise NotImplementedError
 
     def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
-        """The int64 label map: objects painted largest first (label ``k`` -> ``k + 1``), crowd -> ignore."""
+        """The int64 label map: objects painted largest first (label ``k`` -> ``k + 1``; the stated
+        :attr:`Obj.area` where the files state one, else the pixel count), crowd -> ignore."""
         out = np.zeros((height, width), dtype=np.int64)
         objs = self.valid_objects(index, height, width)
         painted = [(o, o.pixels(height, width)) for o in objs if not o.crowd]
-        for o, m in sorted(painted, key=lambda om: -int(om[1].sum())):
+        for o, m in sorted(painted, key=lambda om: -(int(om[1].sum()) if om[0].area is None else om[0].area)):
             out[m] = o.label + 1
         for o in objs:
             if o.crowd:
@@ -367,7 +395,7 @@ class AnnotatedImages(ConfigReader, Dataset):
         target = {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor([o.label for o in objs], dtype=torch.int64),
-            "image_id": index,
+            "image_id": self.image_id(index),
         }
         if self.target.masks:
             masks = np.zeros((len(objs), height, width), dtype=np.uint8)
@@ -388,7 +416,7 @@ class AnnotatedImages(ConfigReader, Dataset):
             if not ann["segmentation"] and self.target.masks:
                 ann["segmentation"] = [box_polygon(*o.xyxy(h, w))]
             anns.append(ann)
-        return {"image": {"id": index, "height": h, "width": w}, "annotations": anns}
+        return {"image": {"id": self.image_id(index), "height": h, "width": w}, "annotations": anns}
 
     def __getitem__(self, index: int):
         image = self.load_image(index)

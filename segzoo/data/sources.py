@@ -1,13 +1,12 @@
 """Every layout segzoo reads as :class:`~segzoo.data.records.AnnotatedImages`, split by split (what
-``segzoo data convert`` reads): the format readers as they are, and adapters for COCO json files
-and mask folders."""
+``segzoo data convert`` reads): every format reader gives its records itself, so this module only
+finds the splits of a source."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from segzoo.data.formats.ade20k import ADE20K
@@ -19,74 +18,28 @@ from segzoo.data.formats.labelme import LabelMe
 from segzoo.data.formats.mask_folder import MaskFolder
 from segzoo.data.formats.voc import VOC, voc_root
 from segzoo.data.formats.yolo import YOLO, find_yaml
-from segzoo.data.records import AnnotatedImages, Obj
-from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
+from segzoo.data.records import AnnotatedImages
+from segzoo.data.targets import BOXES, INSTANCE_MASKS, Target
 
 PathLike = str | os.PathLike
 
 
-class CocoSource(AnnotatedImages):
-    """A COCO json as records (polygons / RLE as they are, crowd included)."""
-
-    def __init__(self, root: PathLike, ann_file: PathLike, target: Target = INSTANCE_MASKS) -> None:
-        super().__init__(target)
-        self.coco = CocoInstances(root, ann_file, with_masks=False)
-        self.object_classes = list(self.coco.classes)
-
-    def __len__(self) -> int:
-        return len(self.coco)
-
-    def image_path(self, index: int) -> Path:
-        return self.coco.image_path(index)
-
-    def image_hw(self, index: int) -> tuple[int, int]:
-        info = self.coco.images[index]
-        return (int(info["height"]), int(info["width"])) if info.get("height") else super().image_hw(index)
-
-    def objects(self, index: int, height: int, width: int) -> list[Obj]:
-        out = []
-        for a in self.coco.annotations(index, with_crowd=True):
-            if a.get("category_id") not in self.coco.cat_to_label:
-                raise ValueError(f"{self.coco.ann_file}: annotation {a.get('id')} has category id "
-                                 f"{a.get('category_id')} that is not in 'categories'")
-            x, y, w, h = (float(v) for v in a.get("bbox", (0, 0, 0, 0)))
-            seg = a.get("segmentation") or None
-            out.append(Obj(self.coco.cat_to_label[a["category_id"]], box=(x, y, x + w, y + h), segmentation=seg,
-                           crowd=bool(a.get("iscrowd", 0))))
-        return out
+def _coco(root: PathLike, ann_file: PathLike, target: Target) -> CocoInstances:
+    """A COCO json's records for ``target`` (polygons / RLE as they are, crowd included)."""
+    return CocoInstances(root, ann_file, with_masks=False, target=target, records_only=True)
 
 
-class MaskFolderSource(AnnotatedImages):
-    """A mask folder as records: each labelled class region of an image is one object."""
-
-    def __init__(self, images_dir: PathLike, masks_dir: PathLike, target: Target = CLASS_MAP) -> None:
-        super().__init__(target)
-        listed = Path(masks_dir).parent / "classes.txt"
-        if not listed.is_file():
-            listed = Path(masks_dir).parent.parent / "classes.txt"
-        classes = [n.strip() for n in listed.read_text().splitlines() if n.strip()] if listed.is_file() else None
-        self.folder = MaskFolder(images_dir, masks_dir, classes=classes)
-        if classes is None:
-            top = max(int(v) for i in range(len(self.folder)) for v in np.unique(self.folder.raw_mask(i)) if v != 255)
-            classes = [str(v) for v in range(top + 1)]
-            self.classes_inferred = True
-        self.semantic_classes = classes
-        self.object_classes = classes[1:]
-        if not target.label_map:
-            self.notices.append("a mask folder has no instances: each class region of an image is one object")
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    def image_path(self, index: int) -> Path:
-        return self.folder.samples[index][0]
-
-    def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
-        return self.folder.raw_mask(index)
-
-    def objects(self, index: int, height: int, width: int) -> list[Obj]:
-        labels = self.folder.raw_mask(index)
-        return [Obj(v - 1, mask=labels == v) for v in np.unique(labels).tolist() if v not in (0, 255)]
+def _mask_folder(images_dir: PathLike, masks_dir: PathLike, target: Target) -> MaskFolder:
+    """A mask folder's records, its class names from a ``classes.txt`` beside the masks (or one folder up),
+    else named by the values its masks hold."""
+    listed = Path(masks_dir).parent / "classes.txt"
+    if not listed.is_file():
+        listed = Path(masks_dir).parent.parent / "classes.txt"
+    classes = [n.strip() for n in listed.read_text().splitlines() if n.strip()] if listed.is_file() else None
+    folder = MaskFolder(images_dir, masks_dir, classes=classes, target=target)
+    if classes is None:
+        folder.infer_classes()
+    return folder
 
 
 def open_splits(src: PathLike, fmt: str, target: Target | None, splits: list[str] | None = None):
@@ -124,14 +77,14 @@ def open_splits(src: PathLike, fmt: str, target: Target | None, splits: list[str
         for f in files:
             name = f.stem.replace("instances_", "")
             args = resolve_auto(src, name)[1] if src.is_dir() else resolve_auto(f, name)[1]
-            out.append((name, CocoSource(args["root"], args["ann_file"], target)))
+            out.append((name, _coco(args["root"], args["ann_file"], target)))
     elif fmt == "mask_folder":
         args = resolve_auto(src, "train")[1]
         subs = [p.name for p in sorted(Path(args["images_dir"]).iterdir()) if p.is_dir()]
         named = [s for s in subs if (Path(args["masks_dir"]) / s).is_dir()]
         images, masks = Path(args["images_dir"]), Path(args["masks_dir"])
-        out = [(s, MaskFolderSource(images / s, masks / s, target)) for s in named] \
-            or [("train", MaskFolderSource(args["images_dir"], args["masks_dir"], target))]
+        out = [(s, _mask_folder(images / s, masks / s, target)) for s in named] \
+            or [("train", _mask_folder(args["images_dir"], args["masks_dir"], target))]
     elif fmt == "labelme":
         subs = [s for s in ("train", "val", "test") if (src / s).is_dir() and any((src / s).rglob("*.json"))]
         if subs:

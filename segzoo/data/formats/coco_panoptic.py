@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from segzoo.data.base import ConfigReader, refuse_target
+from segzoo.data.base import refuse_target
 from segzoo.data.errors import DataError
 from segzoo.data.image import image_size, read_image, read_panoptic
+from segzoo.data.records import AnnotatedImages, Obj
 from segzoo.data.targets import SEGMENTS
 
 PathLike = str | os.PathLike
@@ -110,7 +110,7 @@ def _index(data: Any, ann_file: Path) -> tuple[list[dict], list[dict], dict[int,
     return ordered, images, anns
 
 
-class CocoPanoptic(ConfigReader, Dataset):
+class CocoPanoptic(AnnotatedImages):
     """Panoptic segmentation data in the COCO-panoptic format (see the module docstring).
 
     Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image` and
@@ -128,11 +128,13 @@ class CocoPanoptic(ConfigReader, Dataset):
     Raises:
         DataError: for a json that cannot be indexed (when made) and for a PNG that does not
             match its ``segments_info`` or image (when its item is loaded).
+
+    The reader is an :class:`~segzoo.data.records.AnnotatedImages` whose records are its segments
+    (:meth:`segments`, one id map and its ``segments_info`` per image): its items and its data check
+    are its own, since a segment target holds things and stuff alike.
     """
 
-    target = SEGMENTS
     targets = (SEGMENTS,)
-    task = SEGMENTS.name
     config_keys = config_paths = ("images", "annotations", "panoptic")
     config_required = ("images", "annotations")
     config_renames = MappingProxyType({"root": "images", "ann_file": "annotations", "panoptic_root": "panoptic"})
@@ -146,6 +148,7 @@ class CocoPanoptic(ConfigReader, Dataset):
 
     def __init__(self, root: PathLike, ann_file: PathLike, panoptic_root: PathLike | None = None,
                  transforms=None) -> None:
+        super().__init__(SEGMENTS, transforms)
         self.root = Path(root)
         self.ann_file = Path(ann_file)
         self.panoptic_root = Path(panoptic_root) if panoptic_root is not None else self.ann_file.with_suffix("")
@@ -160,21 +163,34 @@ class CocoPanoptic(ConfigReader, Dataset):
         cats, self.images, self.anns = _index(data, self.ann_file)
         self.cat_ids = [c["id"] for c in cats]
         self.cat_to_label = {cid: i for i, cid in enumerate(self.cat_ids)}
-        self.classes = [str(c.get("name", c["id"])) for c in cats]
+        self.object_classes = [str(c.get("name", c["id"])) for c in cats]  # every category, things then stuff
         self.num_stuff = sum(not c["isthing"] for c in cats)
         self.num_things = len(cats) - self.num_stuff
-        self.transforms = transforms
-
-    @property
-    def num_classes(self) -> int:
-        """Every category, things then stuff."""
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def image_path(self, index: int) -> Path:
         return self.root / self.images[index]["file_name"]
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` from the json where it gives both, else from the image file's header."""
+        info = self.images[index]
+        h, w = info.get("height"), info.get("width")
+        if isinstance(h, (int, float)) and isinstance(w, (int, float)) and not isinstance(h, bool):
+            return int(h), int(w)
+        return image_size(self.image_path(index))
+
+    def image_id(self, index: int) -> int:
+        return int(self.images[index]["id"])
+
+    def objects(self, index: int, height: int, width: int) -> list[Obj]:
+        """Each segment as one record (its pixels, its label; ``iscrowd`` kept), things and stuff alike."""
+        ids, info = self.segments(index, height, width)
+        return [Obj(self.cat_to_label[s["category_id"]], mask=ids == s["id"], crowd=bool(s.get("iscrowd", 0)),
+                    where=f"segment {s['id']}") for s in info]
+
+    coco_ground_truth = None  # evaluated by its segments (PQ), not as COCO instances
 
     def png_path(self, index: int) -> Path:
         return self.panoptic_root / self.anns[self.images[index]["id"]]["file_name"]
@@ -212,7 +228,7 @@ class CocoPanoptic(ConfigReader, Dataset):
             "labels": torch.tensor([self.cat_to_label[s["category_id"]] for s in info], dtype=torch.int64),
             "masks": tv_tensors.Mask(torch.from_numpy(masks.astype(np.uint8))),
             "iscrowd": torch.tensor([int(s.get("iscrowd", 0)) for s in info], dtype=torch.int64),
-            "image_id": int(self.images[index]["id"]),
+            "image_id": self.image_id(index),
         }
 
     def __getitem__(self, index: int):

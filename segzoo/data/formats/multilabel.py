@@ -27,15 +27,12 @@ from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-import torch
 from PIL import ImageSequence
-from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
-from segzoo.data.base import ConfigReader, check_target
 from segzoo.data.errors import DataError
 from segzoo.data.formats.mask_folder import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, _by_stem, size_mismatch
 from segzoo.data.image import _mask_array, _read, read_image
+from segzoo.data.records import AnnotatedImages
 from segzoo.data.targets import CLASS_MAP, MULTI_HOT
 
 PathLike = str | os.PathLike
@@ -65,19 +62,6 @@ def read_pages(path: PathLike) -> list[np.ndarray]:
     return _read(path, "multi-page mask", lambda im, p: [_mask_array(page, p) for page in ImageSequence.Iterator(im)])
 
 
-def multi_hot_from_masks(masks: np.ndarray, labels: np.ndarray, num_classes: int,
-                         crowd: np.ndarray | None = None) -> np.ndarray:
-    """The ``C x H x W`` uint8 multi-hot target of object masks ``K x H x W`` with 0-based ``labels``: class
-    ``c`` is the union of its objects' masks (overlaps kept); ``crowd`` pixels are unlabelled (255) in every class."""
-    h, w = masks.shape[-2:]
-    out = np.zeros((num_classes, h, w), dtype=np.uint8)
-    for m, k in zip(masks, labels):
-        out[int(k)] |= m.astype(bool)
-    if crowd is not None:
-        out[:, crowd.astype(bool)] = IGNORE
-    return out
-
-
 def union_map(multi: np.ndarray) -> np.ndarray:
     """A multi-hot stack as the 0/1 label map of a binary model: 1 where any class is present, 255 where a
     pixel is unlabelled and present in no class."""
@@ -87,8 +71,11 @@ def union_map(multi: np.ndarray) -> np.ndarray:
     return out
 
 
-class MultiLabelMasks(ConfigReader, Dataset):
+class MultiLabelMasks(AnnotatedImages):
     """Multi-label data: images paired with one 0/1 mask per class (layouts in the module docstring).
+
+    On the one reader base, its records are its mask files: :meth:`multi_hot_map` reads them (and
+    :meth:`semantic_map` their union, for binary models); the base builds the items.
 
     Args:
         images_dir: folder of images.
@@ -115,7 +102,7 @@ class MultiLabelMasks(ConfigReader, Dataset):
 
     def __init__(self, images_dir: PathLike, masks_dir: PathLike, classes: list[str] | None = None,
                  ignore_value: int | None = None, target=MULTI_HOT, transforms=None) -> None:
-        self.target = check_target(target, self.targets, "a multi-label mask folder")
+        super().__init__(target, transforms)
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
         for what, d in (("images", self.images_dir), ("masks", self.masks_dir)):
             if not d.is_dir():
@@ -155,7 +142,6 @@ class MultiLabelMasks(ConfigReader, Dataset):
                              f"the masks in {self.masks_dir}")
         self.missing_masks = sorted(str(images[s]) for s in set(images) - labelled)
         self._names = names
-        self.transforms = transforms
 
     @property
     def object_classes(self) -> list[str]:
@@ -178,6 +164,15 @@ class MultiLabelMasks(ConfigReader, Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def image_path(self, index: int) -> Path:
+        return self.samples[index][1]
+
+    def multi_hot_map(self, index: int, height: int, width: int) -> np.ndarray:
+        return self.multi_hot(index, (height, width))
+
+    def semantic_map(self, index: int, height: int, width: int) -> np.ndarray:
+        return union_map(self.multi_hot(index, (height, width)))
 
     def multi_hot(self, index: int, hw: tuple[int, int]) -> np.ndarray:
         """The ``C x H x W`` uint8 masks of a sample before transforms (``hw`` the image size, for checks)."""
@@ -204,16 +199,6 @@ class MultiLabelMasks(ConfigReader, Dataset):
                 raise DataError(size_mismatch(path, page.shape, hw))
             out[k] = binary_values(page, f"{path} page {k + 1}", self.ignore_value)
         return out
-
-    def __getitem__(self, index: int):
-        image = read_image(self.samples[index][1])
-        multi = self.multi_hot(index, tuple(image.shape[-2:]))
-        target = multi if self.target.multi_hot else union_map(multi)
-        mask = tv_tensors.Mask(torch.from_numpy(target))
-        if self.transforms is not None:
-            image, mask = self.transforms(image, mask)
-        return image, mask
-
 
     def check(self, report, num_classes: int, ignore_index: int = 255, allow_empty: bool = False) -> None:
         """Fill a :class:`~segzoo.data.checks.DataReport`: every mask file read and checked (values, size, page
@@ -252,4 +237,4 @@ def _mask_array_of(path: Path) -> np.ndarray:
     return _read(path, "mask", _mask_array)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "MultiLabelMasks", "binary_values", "multi_hot_from_masks", "read_pages", "union_map"]
+__all__ = ["IMAGE_EXTENSIONS", "MultiLabelMasks", "binary_values", "read_pages", "union_map"]

@@ -140,3 +140,14 @@ def test_the_benchmark_and_the_ledger_left_the_installed_cli(capsys):
     assert main(["realdata"]) == 2
     assert capsys.readouterr().err.strip().endswith("run `python -m benchmarks.ledger --help`")
     assert set(cli.MOVED) == {"benchmark", "realdata"} and not set(cli.MOVED) & set(COMMANDS)
+
+
+def test_data_convert_choices_are_the_converters():
+    """``segzoo data convert``'s choices are written out in the CLI (its --help imports no reader): they are the
+    converter's own."""
+    from segzoo.cli import data
+    from segzoo.data.convert import READS, TARGETS
+    from segzoo.data.formats.detect import FORMATS
+
+    assert data.TARGETS == TARGETS and data.READS == tuple(READS)
+    assert data.SOURCES == ("auto", *(f for f in FORMATS if f != "coco_panoptic"))  # panoptic is read, not written

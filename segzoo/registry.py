@@ -34,6 +34,7 @@ from segzoo.checkpoint import (
     read_checkpoint,
 )
 from segzoo.hub.cache import looks_like_path
+from segzoo.hub.published import load_families
 from segzoo.hub.weights import pretrained_state
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec
 
@@ -167,6 +168,7 @@ def _closest(name: str, n: int = 5) -> list[str]:
 def get_entry(name: str) -> _Entry:
     """The registered entry of ``name`` (its declared class and task), or a KeyError naming the
     closest names."""
+    load_families()
     if name not in _REGISTRY:
         close = _closest(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -200,6 +202,7 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Sorted names of registered models matching a shell-style pattern and a task."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    load_families()
     return sorted(
         n for n, e in _REGISTRY.items()
         if fnmatch.fnmatch(n, pattern) and (task is None or e.task == task)

@@ -172,6 +172,27 @@ def load_config(path: PathLike | None = None, overrides: list[str] | tuple[str, 
     return parse_config(user, name=Path(path).stem if path is not None else None, require_model=require_model)
 
 
-def dump(cfg: RunConfig) -> str:
-    """The config as YAML text that :func:`load_config` reads back to an equal config."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+DEFAULT_MARK = "# default"
+
+
+def dump(cfg: RunConfig, model_defaults: Mapping[str, Any] | None = None) -> str:
+    """The config as YAML text that :func:`load_config` reads back to an equal config.
+
+    ``model_defaults`` (:func:`segzoo.registry.builder_defaults`: what the builder uses for the ``model`` keys the
+    config does not set) are written after the config's own keys, each line marked ``# default``; read back they
+    set explicitly what the builder would have used, so the model built is the same.
+    """
+    data = cfg.to_dict()
+    extra = {k: v for k, v in (model_defaults or {}).items() if k not in data["model"]}
+    if not extra:
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    data["model"] = {**data["model"], **extra}
+    lines = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=1 << 20).splitlines()  # a line each
+    out, in_model = [], False
+    for line in lines:
+        if not line.startswith(" "):
+            in_model = line == "model:"
+        key = line.strip().split(":", 1)[0]
+        marked = in_model and line.startswith("  ") and not line.startswith("   ") and key in extra
+        out.append(f"{line}  {DEFAULT_MARK}" if marked else line)
+    return "\n".join(out) + "\n"

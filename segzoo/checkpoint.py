@@ -169,10 +169,11 @@ def save(model: nn.Module, path: PathLike, classes: list[str] | None = None) -> 
         classes = getattr(model, "classes", None)
     if classes is not None:
         classes = [str(c) for c in classes]
-        if len(classes) != spec.num_classes:
+        if len(classes) != spec.num_labels:  # a binary model: background and foreground
             raise ValueError(
                 f"{len(classes)} class names given but the model has num_classes="
                 f"{spec.num_classes}; pass one name per class"
+                + (" (binary models: two, background and foreground)" if spec.num_labels != spec.num_classes else "")
             )
     state = model.state_dict()
     metadata = {
@@ -315,7 +316,7 @@ def read_checkpoint(path: PathLike) -> tuple[dict[str, torch.Tensor], ModelSpec,
             "weights, or convert it with tools/convert.py"
         )
     spec = _parse_spec(path, meta["spec"], state)
-    classes = _parse_classes(path, meta.get("classes", "null"), spec.num_classes)
+    classes = _parse_classes(path, meta.get("classes", "null"), spec.num_labels)
     return state, spec, classes
 
 
@@ -376,7 +377,7 @@ def _parse_classes(path: PathLike, text: str, num_classes: int) -> list[str] | N
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise corrupt_header(path, "the class names are not a list of strings")
     if len(classes) != num_classes:
-        raise corrupt_header(path, f"{len(classes)} class names for num_classes={num_classes}")
+        raise corrupt_header(path, f"{len(classes)} class names for {num_classes} labels")
     return classes
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torchvision.utils import draw_segmentation_masks
 
 from segzoo import visualize
 from segzoo.data.formats.coco_panoptic import ids_to_rgb
@@ -164,6 +165,26 @@ def fit_scale(h: int, w: int, size: int | Sequence[int]) -> float:
     return min(max(sh, sw) / max(h, w), min(sh, sw) / min(h, w))
 
 
+def activate(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """Logits ``N x C x H x W`` as probabilities: a softmax over the classes, or a sigmoid per channel for the
+    sigmoid label modes (``model.label_mode`` ``binary`` or ``multilabel``)."""
+    if getattr(model, "label_mode", "multiclass") == "multiclass":
+        return logits.softmax(1)
+    return logits.sigmoid()
+
+
+def semantic_result(model: nn.Module, probs: torch.Tensor) -> dict:
+    """A semantic :func:`predict` result from ``C x H x W`` probabilities (see there)."""
+    mode = getattr(model, "label_mode", "multiclass")
+    if mode == "binary":
+        t = getattr(getattr(model, "spec", None), "threshold", None)
+        t = 0.5 if t is None else float(t)
+        return {"mask": (probs[0] >= t).long().cpu(), "probs": probs.cpu(), "threshold": t}
+    if mode == "multilabel":
+        return {"class_masks": (probs >= 0.5).cpu(), "probs": probs.cpu(), "threshold": 0.5}
+    return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
+
+
 def semantic_probs(
     model: nn.Module, x: torch.Tensor, tile: int | Sequence[int] | None = None, overlap: float = 0.25,
     tta: str | dict | bool | None = None, batch_size: int = 4, *, stride: int | Sequence[int] | None = None,
@@ -187,7 +208,8 @@ def semantic_probs(
         resize: a reference size (int: the longer side; ``(h, w)``) the image is fitted to.
 
     Returns:
-        ``N x C x H x W`` float32 softmax probabilities (``argmax(1)`` is the predicted mask).
+        ``N x C x H x W`` float32 probabilities: softmax (``argmax(1)`` is the predicted mask), or one sigmoid
+        per channel for a model whose ``label_mode`` is ``binary`` or ``multilabel``.
     """
     cfg = _tta_config(tta)
     _, _, h, w = x.shape
@@ -211,7 +233,7 @@ def semantic_probs(
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            p = logits.softmax(1)  # probabilities average better across scales than logits
+            p = activate(model, logits)  # probabilities average better across scales than logits
             probs = p if probs is None else probs + p
             n += 1
     return probs / n if n > 1 else probs
@@ -314,7 +336,9 @@ def predict(
             ``"fuse"`` (box fusion; see :mod:`segzoo.slicing`).
 
     Returns:
-        Semantic: ``{"mask": int64 H x W, "probs": float C x H x W}``. Detection /
+        Semantic: ``{"mask": int64 H x W, "probs": float C x H x W}``; a binary model's mask is 0/1 at its
+        ``model.spec.threshold`` (0.5 when none; the result's ``threshold``); a multi-label model gives
+        ``{"class_masks": bool C x H x W, "probs", "threshold"}`` (one mask per class, at 0.5). Detection /
         instance: ``{"boxes", "scores", "labels"[, "masks"]}`` as the model returns them,
         in the image's pixels (tiled instance masks: :class:`~segzoo.slicing.CropMasks`, one bool
         crop per detection, so that no full-size mask exists per detection). Panoptic: the model's
@@ -335,8 +359,7 @@ def predict(
     try:
         with torch.inference_mode():
             if task_traits(task).dense:
-                probs = semantic_probs(model, x, tile, overlap, tta, batch_size)[0]  # (C, H, W)
-                return {"mask": probs.argmax(0).cpu(), "probs": probs.cpu()}
+                return semantic_result(model, semantic_probs(model, x, tile, overlap, tta, batch_size)[0])
             out = detect(model, [x[0]], tile, overlap, nms_iou, batch_size, merge=merge, crop_masks=True)[0]
             return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     finally:
@@ -380,8 +403,11 @@ def write_prediction(
     """Write the files of one :func:`predict` result; returns their paths.
 
     Semantic: ``STEM_overlay.png`` (with a legend when ``class_names`` are known) and
-    ``STEM_mask.png`` (palettised PNG whose pixel values are the labels). Detection /
-    instance: ``STEM_overlay.png`` (detections scoring >= ``score_thresh``, and when fewer than
+    ``STEM_mask.png`` (palettised PNG whose pixel values are the labels; binary models: 0/1 at the
+    checkpoint's threshold). Multi-label: ``STEM_overlay.png`` (every class blended in its colour) and one
+    ``STEM_<class>.png`` per class (grey 0/255, the layout ``data.type: mask_folders`` reads back once
+    moved to ``masks/<class>/STEM.png``). Detection / instance: ``STEM_overlay.png`` (detections scoring >=
+    ``score_thresh``, and when fewer than
     :data:`DRAWN_BELOW` do, the best ones below it in a lighter style with their labels in
     parentheses; a caption under the image says so), ``STEM.json`` (every detection scoring >=
     ``min(keep_thresh, score_thresh)``, best first: ``boxes`` xyxy, ``scores``, 0-based ``labels``
@@ -405,8 +431,26 @@ def write_prediction(
         with open(base + ".json", "w") as f:
             json.dump({"segments_info": info}, f, indent=1)
         return [base + "_overlay.png", base + "_panoptic.png", base + ".json"]
+    if "class_masks" in result:  # multi-label: one 0/255 PNG per class, then an overlay of them all
+        masks = result["class_masks"]
+        n = int(masks.shape[0])
+        names = list(class_names) if class_names is not None and len(class_names) == n else [str(k) for k in range(n)]
+        overlay = visualize.to_uint8(image)
+        colours = [tuple(int(v) for v in c) for c in visualize.color_palette(n + 1)[1:].tolist()]
+        for k in range(n):
+            if bool(masks[k].any()):
+                overlay = draw_segmentation_masks(overlay, masks[k][None].bool(), alpha=alpha, colors=[colours[k]])
+        visualize.save_image(overlay, base + "_overlay.png")
+        written = [base + "_overlay.png"]
+        for k, name in enumerate(names):
+            path = f"{base}_{_safe_name(name)}.png"
+            Image.fromarray(masks[k].to(torch.uint8).mul(255).numpy(), mode="L").save(path)
+            written.append(path)
+        return written
     if "mask" in result:
         n = int(result["probs"].shape[0])
+        if n == 1:  # a binary model: the 0/1 mask of its threshold, background and foreground
+            n = 2
         names = list(class_names) if class_names is not None and len(class_names) == n else None
         overlay = visualize.draw_semantic(image, result["mask"], num_classes=n, class_names=names, alpha=alpha,
                                           legend=names is not None)
@@ -447,6 +491,11 @@ def write_prediction(
         visualize.save_mask(ids, base + "_masks.png")
         written.append(base + "_masks.png")
     return written
+
+
+def _safe_name(name: str) -> str:
+    """A class name as a file-name part: letters, digits, ``-``, ``_`` and ``.`` kept, the rest ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or "class"
 
 
 class SkippedImageWarning(UserWarning):

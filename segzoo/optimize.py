@@ -9,6 +9,10 @@
   run without reordering. Chosen per family and device from measurements (:data:`CHANNELS_LAST`),
   because the non-convolution ops of some families (RoIAlign, ``grid_sample``) lose in NHWC what
   the convolutions gain.
+- **prepacked convolutions**: for the families measured faster with it, every plain float32
+  convolution keeps its weight in oneDNN's blocked layout (:mod:`segzoo.prepack`), so it is not
+  reordered on every call; the same kernel on the same numbers. Chosen per family from
+  measurements (:data:`PREPACK`).
 - **inference mode**: the forward runs under ``torch.inference_mode()`` (no autograd records,
   no version counters) and parameters stop requiring gradients.
 
@@ -31,9 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from segzoo import prepack as packing
 from segzoo.fuse import fuse as fold_batchnorm
 
-__all__ = ["CHANNELS_LAST", "OptimizedModel", "optimize", "uses_channels_last"]
+__all__ = ["CHANNELS_LAST", "PREPACK", "OptimizedModel", "optimize", "uses_channels_last", "uses_prepack"]
 
 # Whether channels_last is faster, per model class and device type, from python -m benchmarks.speed --optimize
 # (one thread, see docs/performance-optimize.md); a class not listed uses the "*" entry of its device.
@@ -41,19 +46,41 @@ __all__ = ["CHANNELS_LAST", "OptimizedModel", "optimize", "uses_channels_last"]
 CHANNELS_LAST: dict[str, dict[str, bool]] = {
     "cpu": {
         "*": True,
+        # the dilated-ResNet families run fastest contiguous with prepacked convolutions (PREPACK)
+        "FCN": False, "PSPNet": False, "DeepLabV3": False, "DeepLabV3Plus": False,
+    },
+}
+
+# Whether prepacked oneDNN convolutions (segzoo.prepack) are faster, per model class and device type, from the
+# same benchmark (docs/performance-optimize.md): a clear gain on the dilated ResNet bodies (0.70-0.82x of the fused
+# model's time at 256 px), a loss where channels_last already gave oneDNN its layout (U-Net, HRNet, SegFormer,
+# the R-CNNs, CenterNet, UPerNet: 1.05-1.25x), so it is off there. Only the CPU has prepacked convolutions.
+PREPACK: dict[str, dict[str, bool]] = {
+    "cpu": {
+        "*": False,
+        "FCN": True, "PSPNet": True, "DeepLabV3": True, "DeepLabV3Plus": True,
     },
 }
 
 
-def uses_channels_last(model: nn.Module, device: torch.device | str) -> bool:
-    """The measured choice of :data:`CHANNELS_LAST` for ``model``'s class on ``device``."""
-    table = CHANNELS_LAST.get(torch.device(device).type)
+def _measured(tables: dict[str, dict[str, bool]], model: nn.Module, device: torch.device | str) -> bool:
+    table = tables.get(torch.device(device).type)
     if not table:
         return False
     for cls in type(model).__mro__:  # the most specific class listed wins
         if cls.__name__ in table:
             return table[cls.__name__]
     return table.get("*", False)
+
+
+def uses_channels_last(model: nn.Module, device: torch.device | str) -> bool:
+    """The measured choice of :data:`CHANNELS_LAST` for ``model``'s class on ``device``."""
+    return _measured(CHANNELS_LAST, model, device)
+
+
+def uses_prepack(model: nn.Module, device: torch.device | str) -> bool:
+    """The measured choice of :data:`PREPACK` for ``model``'s class on ``device`` (and oneDNN present)."""
+    return _measured(PREPACK, model, device) and packing.available()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +91,11 @@ class Choices:
     channels_last: bool
     bf16: bool
     compiled: bool
+    prepacked: int = 0  # convolutions with oneDNN-packed weights
 
     def describe(self) -> str:
         parts = [f"{self.fused} conv-bn folded"] + ["channels_last"] * self.channels_last
+        parts += [f"{self.prepacked} convolutions prepacked"] * bool(self.prepacked)
         return ", ".join(parts + ["inference mode"] + ["bf16 autocast"] * self.bf16 + ["compiled"] * self.compiled)
 
 
@@ -147,6 +176,7 @@ def optimize(
     channels_last: bool | str = "auto",
     bf16: bool = False,
     compile: bool | str = False,
+    prepack: bool | str = "auto",
     inplace: bool = False,
 ) -> OptimizedModel:
     """An inference copy of ``model``: the same outputs, computed faster.
@@ -162,6 +192,9 @@ def optimize(
         bf16: run under bfloat16 autocast (outputs float32). Not exact; opt-in.
         compile: ``torch.compile`` the copy (True: inductor; or a backend name). Compiles on the
             first call of each input shape.
+        prepack: ``"auto"``: the measured choice for the family (:func:`uses_prepack`) when neither
+            ``bf16`` nor ``compile`` is asked for; True / False to force it (True needs float32 on the
+            CPU, without ``bf16`` or ``compile``, which handle the weights themselves).
         inplace: optimise ``model`` itself instead of a deep copy (saves the memory of a second
             copy; the model is then unfit for training: its BatchNorm layers are gone).
 
@@ -172,7 +205,12 @@ def optimize(
         raise TypeError("this model is optimized already; pass the original model to segzoo.optimize")
     if channels_last not in ("auto", True, False):
         raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+    if prepack not in ("auto", True, False):
+        raise ValueError(f"prepack must be 'auto', True or False, got {prepack!r}")
     device = _device(model)
+    if prepack is True and (bf16 or compile or device.type != "cpu" or not packing.available()):
+        raise ValueError("prepack=True needs a float32 model on a CPU with oneDNN and neither bf16 nor compile "
+                         f"(got device {device}, bf16={bf16}, compile={compile}); leave prepack='auto'")
     if fuse:
         model = fold_batchnorm(model, example, inplace=inplace)  # a copy unless inplace
         fused = len(model.fused_pairs)
@@ -184,7 +222,9 @@ def optimize(
     last = uses_channels_last(model, device) if channels_last == "auto" else bool(channels_last)
     if last:
         model = model.to(memory_format=torch.channels_last)
+    pack = uses_prepack(model, device) and not bf16 and not compile if prepack == "auto" else bool(prepack)
+    prepacked = packing.prepack(model) if pack else 0
     runner = None
     if compile:
         runner = torch.compile(model, backend="inductor" if compile is True else compile)
-    return OptimizedModel(model, Choices(fused, last, bool(bf16), bool(compile)), runner).eval()
+    return OptimizedModel(model, Choices(fused, last, bool(bf16), bool(compile), prepacked), runner).eval()

@@ -343,6 +343,8 @@ def load(path: PathLike, map_location: str | torch.device = "cpu", **overrides: 
     check_header_model(path, spec, state, build)
     model: Any = build(spec.name, **{**spec.kwargs, "num_classes": spec.num_classes, **overrides})
     changed = model.num_classes != spec.num_classes
+    if spec.threshold is not None and not changed:  # a binary model's threshold, picked by its training
+        model.spec = dataclasses.replace(model.spec, threshold=spec.threshold)
     load_state(model, state, path, strict=True, reinit_class_layers=changed)
     model.classes = None if changed else classes
     return model.to(map_location).eval()

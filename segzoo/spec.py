@@ -21,6 +21,7 @@ class TaskTraits:
         tta: test-time augmentation (scales, flips) applies.
         tiling: tiled (sliding-window) inference applies.
         dynamic_export: the export can leave batch, height and width free.
+        label_modes: how the model's outputs can be read (:data:`LABEL_MODES`); the first is the default.
     """
 
     name: str
@@ -28,10 +29,16 @@ class TaskTraits:
     tta: bool
     tiling: bool
     dynamic_export: bool
+    label_modes: tuple[str, ...] = ("multiclass",)
 
+
+#: How a semantic model's logits are read: ``multiclass`` (one softmax over ``num_classes`` labels, background
+#: included), ``binary`` (one logit, a sigmoid and a threshold) or ``multilabel`` (one sigmoid per class: a pixel
+#: may carry several labels, or none). smp's loss ``mode`` argument, made a property of the model.
+LABEL_MODES = ("multiclass", "binary", "multilabel")
 
 TASK_TRAITS = {
-    "semantic": TaskTraits("semantic", dense=True, tta=True, tiling=True, dynamic_export=True),
+    "semantic": TaskTraits("semantic", dense=True, tta=True, tiling=True, dynamic_export=True, label_modes=LABEL_MODES),
     "detection": TaskTraits("detection", dense=False, tta=False, tiling=True, dynamic_export=False),
     "instance": TaskTraits("instance", dense=False, tta=False, tiling=True, dynamic_export=False),
     # segments of different tiles cannot be merged by NMS
@@ -69,6 +76,11 @@ class ModelSpec:
             except file paths (``weights``, ``backbone_weights``).
         mean: per-channel mean the model subtracts from [0, 1] RGB input.
         std: per-channel std the model divides by.
+        threshold: binary models: the probability from which a pixel is foreground (the F1-maximising
+            threshold of the validation PR curve, set by training; None: 0.5). Left out of the JSON when None.
+
+    ``label_mode`` (how the logits are read, :data:`LABEL_MODES`) is a builder argument, so it lives in
+    ``kwargs`` like every other one; the :attr:`label_mode` property reads it.
     """
 
     name: str
@@ -77,6 +89,18 @@ class ModelSpec:
     kwargs: dict = dataclasses.field(default_factory=dict)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    threshold: float | None = None
+
+    @property
+    def label_mode(self) -> str:
+        """``multiclass`` (the default), ``binary`` or ``multilabel``: the builder argument of that name."""
+        return str(self.kwargs.get("label_mode", LABEL_MODES[0]))
+
+    @property
+    def num_labels(self) -> int:
+        """The labels the data holds and ``classes`` names: ``num_classes``, except a binary model's one logit,
+        which scores two (background and foreground)."""
+        return 2 if self.label_mode == "binary" else self.num_classes
 
     @property
     def display_name(self) -> str:
@@ -87,10 +111,14 @@ class ModelSpec:
 
     def describe(self) -> str:
         """One line for logs and reports: display name, task and class count."""
-        return f"{self.display_name}: {self.task}, {self.num_classes} classes"
+        mode = "" if self.label_mode == LABEL_MODES[0] else f" ({self.label_mode})"
+        return f"{self.display_name}: {self.task}{mode}, {self.num_classes} classes"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if data["threshold"] is None:  # left out at its default: older headers stay byte-equal
+            del data["threshold"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
@@ -100,7 +128,11 @@ class ModelSpec:
             raise ValueError(f"ModelSpec has unknown fields {sorted(unknown)}")
         data["mean"] = tuple(data.get("mean", IMAGENET_MEAN))
         data["std"] = tuple(data.get("std", IMAGENET_STD))
+        t = data.get("threshold")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1):
+            raise ValueError(f"ModelSpec threshold must be a probability in (0, 1) or null, got {t!r}")
         return cls(**data)
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TASKS", "TASK_TRAITS", "ModelSpec", "TaskTraits", "task_traits"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LABEL_MODES", "TASKS", "TASK_TRAITS", "ModelSpec", "TaskTraits",
+           "task_traits"]

@@ -38,7 +38,8 @@ LAYERS = [
     ("segzoo.backbones", "segzoo.detection", "segzoo.data"),
     ("segzoo.registry",),
     ("segzoo.models",),
-    ("segzoo.convert", "segzoo.fuse", "segzoo.export", "segzoo.optimize", "segzoo.quantize", "segzoo.info"),
+    ("segzoo.convert", "segzoo.fuse", "segzoo.prepack", "segzoo.export", "segzoo.optimize", "segzoo.quantize",
+     "segzoo.info"),
     ("segzoo.visualize",),
     ("segzoo.inference",),
     ("segzoo.tasks",),  # one object per task, over data, metrics, pictures and inference

@@ -24,8 +24,9 @@ def _model(name: str) -> torch.nn.Module:
 def test_optimized_matches_eager(name):
     torch.manual_seed(0)
     model = _model(name)
-    fast = optimize(model, channels_last=True)  # the layout every family may get on some device
-    assert isinstance(fast, OptimizedModel) and fast.choices.channels_last
+    # channels_last and prepacked convolutions: what every family may get on some device
+    fast = optimize(model, channels_last=True, prepack=True)
+    assert isinstance(fast, OptimizedModel) and fast.choices.channels_last and fast.choices.prepacked > 0
     has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert fast.choices.fused > 0 or not has_bn, "no conv-bn pair folded"  # ConvNeXt has LayerNorm only
     assert fast.task == model.task and fast.num_classes == model.num_classes  # read through the wrapper

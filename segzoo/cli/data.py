@@ -34,7 +34,7 @@ def check_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     model = build_model(cfg)
-    reports = check_data(cfg, model.spec.num_classes, model.task)
+    reports = check_data(cfg, model.spec.num_classes, model)
     return 0 if all(r.ok for r in reports) else 1
 
 

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--tile/--tta and the eval protocol (--mode, --crop, --scales, --flip, eval.* keys) are "
                              "two ways to set the same thing; use one of them")
         protocol = {"tile": args.tile, "overlap": args.overlap, "tta": args.tta}
-    dataset = build_split(cfg, args.split, model.task, train=False)
+    dataset = build_split(cfg, args.split, model, train=False)
     result = evaluate(
         fast_model(model, fast_option(args)), dataset,
         batch_size=args.batch_size or cfg.data.val_batch_size or cfg.data.batch_size,

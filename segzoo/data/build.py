@@ -18,11 +18,13 @@ from segzoo.data.formats.cvat import CVAT
 from segzoo.data.formats.detect import resolve_auto
 from segzoo.data.formats.labelme import LabelMe
 from segzoo.data.formats.mask_folder import MaskFolder
+from segzoo.data.formats.multilabel import MultiLabelMasks
 from segzoo.data.formats.realdata import NucleiTiles, TreeCrownTiles
 from segzoo.data.formats.voc import VOC
 from segzoo.data.formats.yolo import YOLO
 from segzoo.data.image import set_max_image_pixels
 from segzoo.data.synthetic.shapes import Shapes
+from segzoo.data.synthetic.shapes_multilabel import ShapesMultiLabel
 from segzoo.data.synthetic.shapes_panoptic import ShapesPanoptic
 from segzoo.data.targets import Target
 from segzoo.data.transforms import build_transforms
@@ -32,6 +34,7 @@ DATASET_TYPES = {
     "shapes": Shapes, "coco": CocoInstances, "coco_semantic": CocoSemantic, "mask_folder": MaskFolder, "voc": VOC,
     "yolo": YOLO, "labelme": LabelMe, "cvat": CVAT, "cityscapes": Cityscapes, "ade20k": ADE20K, "nuclei": NucleiTiles,
     "tree_crowns": TreeCrownTiles, "coco_panoptic": CocoPanoptic, "shapes_panoptic": ShapesPanoptic,
+    "mask_folders": MultiLabelMasks, "shapes_multilabel": ShapesMultiLabel,
 }
 
 
@@ -75,7 +78,7 @@ def build_dataset(data_cfg: DataConfig, split: str, target: Target, *, train: bo
     transforms = None
     if with_transforms:
         aug = data_cfg.augment.to_dict()
-        if target.label_map:
+        if target.dense:
             aug["ignore_index"] = data_cfg.ignore_index
         transforms = build_transforms(target, train, **aug)
     args = SplitArgs(given, split, kind)

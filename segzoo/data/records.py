@@ -348,6 +348,19 @@ class AnnotatedImages(ConfigReader, Dataset):
                 out[o.pixels(height, width)] = self.ignore_index
         return out
 
+    def multi_hot_map(self, index: int, height: int, width: int) -> np.ndarray:
+        """The uint8 ``C x H x W`` multi-hot target: class ``c`` the union of its objects (overlaps kept), crowd
+        regions 255 (unlabelled) in every class."""
+        objs = self.valid_objects(index, height, width)
+        out = np.zeros((len(self.object_classes), height, width), dtype=np.uint8)
+        for o in objs:
+            if not o.crowd:
+                out[o.label] |= o.pixels(height, width).astype(np.uint8)
+        for o in objs:
+            if o.crowd:
+                out[:, o.pixels(height, width).astype(bool)] = 255
+        return out
+
     def object_target(self, index: int, height: int, width: int) -> dict[str, Any]:
         objs = [o for o in self.valid_objects(index, height, width) if not o.crowd]
         boxes = torch.tensor([o.xyxy(height, width) for o in objs], dtype=torch.float32).reshape(-1, 4)
@@ -388,6 +401,8 @@ class AnnotatedImages(ConfigReader, Dataset):
                 raise ValueError(f"the label map of {self.image_path(index)} is {label.shape[1]}x{label.shape[0]} "
                                  f"but the image is {w}x{h}; label maps must have the image's size")
             out = tv_tensors.Mask(torch.from_numpy(label))
+        elif self.target.multi_hot:  # a multi-label model: one mask per class, overlapping regions kept
+            out = tv_tensors.Mask(torch.from_numpy(self.multi_hot_map(index, h, w)))
         else:
             out = self.object_target(index, h, w)
         if self.transforms is not None:

@@ -60,15 +60,16 @@ def model_defaults(cfg: RunConfig) -> dict[str, Any]:
 
 
 def has_val(cfg: RunConfig) -> bool:
-    return cfg.data.type in ("shapes", "shapes_panoptic") or bool(cfg.data.val)
+    return cfg.data.type in ("shapes", "shapes_panoptic", "shapes_multilabel") or bool(cfg.data.val)
 
 
-def build_split(cfg: RunConfig, split: str, task: str, train: bool | None = None, with_transforms: bool = True):
-    """The dataset of one split (``"train"`` or ``"val"``) with the task's transform preset."""
+def build_split(cfg: RunConfig, split: str, task: Any, train: bool | None = None, with_transforms: bool = True):
+    """The dataset of one split (``"train"`` or ``"val"``) with the task's transform preset; ``task`` a task name or
+    the model (whose label mode decides the target kind: multi-hot masks for ``multilabel``)."""
     return build_dataset(cfg.data, split, get_task(task).target, train=train, with_transforms=with_transforms)
 
 
-def build_datasets(cfg: RunConfig, task: str):
+def build_datasets(cfg: RunConfig, task: Any):
     """``(train_set, val_set or None)`` with the task's transform presets."""
     train_set = build_split(cfg, "train", task)
     val_set = build_split(cfg, "val", task) if has_val(cfg) else None
@@ -95,8 +96,11 @@ def check_run(cfg: RunConfig, model: nn.Module) -> Checked:
     return Checked(task.primary_metric(cfg.eval.metric), task.protocol(cfg.eval))
 
 
-def check_data(cfg: RunConfig, num_classes: int, task: str, print_fn=print) -> list:
-    """Run the data checks on the train (and val) splits; returns the reports."""
+def check_data(cfg: RunConfig, num_classes: int, task: Any, print_fn=print) -> list:
+    """Run the data checks on the train (and val) splits; returns the reports. ``task``: a task name or the model
+    (then ``num_classes`` is what its data counts: a binary model's one logit scores two labels)."""
+    if not isinstance(task, str):
+        num_classes = get_task(task).data_classes(task)
     reports = []
     for split in ("train", "val") if has_val(cfg) else ("train",):
         ds = build_split(cfg, split, task, with_transforms=False)
@@ -275,7 +279,8 @@ def build_parts(cfg: RunConfig, model: nn.Module, train_set, val_set, out_dir: s
         cfg=cfg, model=model, net=net, ddp=ddp, ema=ema, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
         loader=loader, val_set=val_set, device=device, amp_dtype=amp_dtype, plan=plan,
         metric_name=checked.metric_name, eval_protocol=checked.eval_protocol,
-        classes=list(classes) if classes is not None and len(classes) == num_classes else None, out_dir=out_dir,
+        classes=list(classes) if classes is not None and len(classes) == model.spec.num_labels else None,
+        out_dir=out_dir,
         open_log=functools.partial(open_run_log, cfg, out_dir, num_classes, model.task))
 
 

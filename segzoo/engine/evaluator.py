@@ -63,7 +63,7 @@ def _same_size_runs(items: list) -> list[list]:
 def _labels(model: nn.Module, data, opts: EvalOptions) -> Labels:
     """The classes scored: refuses data with more classes than the model; names from ``opts.class_names``,
     then ``model.classes``, then ``data.classes`` (when one names every class)."""
-    num_classes = int(model.num_classes)
+    num_classes = get_task(model).data_classes(model)  # a binary model's one logit scores two labels
     name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
     ds_classes = getattr(data, "num_classes", None)
     if isinstance(ds_classes, int) and ds_classes > num_classes:
@@ -182,7 +182,8 @@ def save_predictions_png(
     n = min(num_images, len(dataset))
     if n == 0:
         return
-    task, num_classes = get_task(model), int(model.num_classes)
+    task = get_task(model)
+    num_classes = task.data_classes(model)
     named = class_names is not None and len(class_names) == num_classes
     labels = Labels(num_classes, [str(c) for c in class_names] if named else None, ignore_index,
                     getattr(model, "num_things", None))

@@ -51,9 +51,9 @@ def train_from_config(cfg: RunConfig, out_dir: str | Path | None = None, resume:
         # every rank builds and checks the data itself (Shapes generation is safe to run
         # concurrently), so a data error stops all ranks instead of leaving some in a barrier
         if cfg.data.check:
-            for report in check_data(cfg, model.spec.num_classes, model.task, print if rank == 0 else None):
+            for report in check_data(cfg, model.spec.num_classes, model, print if rank == 0 else None):
                 report.raise_if_errors()
-        train_set, val_set = build_datasets(cfg, model.task)
+        train_set, val_set = build_datasets(cfg, model)
         check_train_data(cfg, model, train_set)
         classes = getattr(train_set, "classes", None)
         parts = build_parts(cfg, model, train_set, val_set, folder.path, classes, device=device, checked=checked)

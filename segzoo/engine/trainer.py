@@ -214,6 +214,8 @@ class Trainer:
         self.bad_evals, self.closed_step = state["bad_evals"], state["closed_step"]
         self.seconds_before = self.saved_seconds = float(state.get("train_seconds", 0.0))
         self.last_eval = state.get("last_eval", {})
+        for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
+            self.task_def.tune(m, self.last_eval)  # binary: the threshold of the last validation again
 
     # ------------------------------------------------------------------ loop
     def _non_finite(self, losses: dict[str, float], epoch: int) -> None:
@@ -304,6 +306,8 @@ class Trainer:
         if self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished):
             evaluated = True
             results = self.run_eval()["metrics"]
+            for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
+                self.task_def.tune(m, results)  # binary: the F1-best threshold into the spec (and checkpoints)
             value = results[self.metric_name]
             value = float(value) if math.isfinite(float(value)) else -math.inf
             improved = self.best is None or value > self.best

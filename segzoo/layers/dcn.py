@@ -132,6 +132,11 @@ def deform_conv2d_by_sampling(
     grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1).view(n * g, k * ho, wo, 2)
     cols = F.grid_sample(x.reshape(n * g, c // g, h, w), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)  # (N*G, C/G, k*Ho, Wo)
-    cols = cols.view(n, g, c // g, k, ho * wo) * mask.reshape(n, g, 1, k, ho * wo)
+    cols = cols.view(n, g, c // g, k, ho * wo)
+    mask = mask.reshape(n, g, 1, k, ho * wo)
+    if torch.is_grad_enabled() and (cols.requires_grad or mask.requires_grad):
+        cols = cols * mask  # autograd needs the sampled values for the mask's gradient
+    else:
+        cols = cols.mul_(mask)  # inference: in place, no second k-times-larger tensor to allocate and fill
     out = weight.reshape(o, c * k) @ cols.reshape(n, c * k, ho * wo)  # (N, O, Ho*Wo)
     return out.view(n, o, ho, wo) + bias.view(1, o, 1, 1)

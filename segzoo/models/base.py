@@ -22,7 +22,8 @@ from torch import nn
 
 from segzoo.layers.tracing import is_tracing
 from segzoo.losses import class_weight_tensor, cross_entropy, dice_loss, ohem_cross_entropy, parse_loss, weighted_losses
-from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
+from segzoo.losses.multilabel import sigmoid_bce_loss, sigmoid_dice_loss
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, LABEL_MODES
 
 _NOT_A_TENSOR_HINT = (
     "segzoo models take float torch tensors in [0, 1], N x 3 x H x W (or a list of 3 x H x W); "
@@ -203,6 +204,15 @@ class SegmentationModel(Model):
     named, weighted terms (:func:`segzoo.losses.parse_loss`, e.g.
     ``[{"name": "lovasz"}, {"name": "dice", "weight": 0.5}]``), returned as ``loss_<name>``;
     it excludes ``dice_weight`` and ``ohem_thresh`` (give ``dice`` or ``ohem`` terms instead).
+
+    ``label_mode`` (:data:`segzoo.spec.LABEL_MODES`, smp's loss ``mode``) says how the logits are read:
+    ``multiclass`` (one softmax over ``num_classes`` labels, background included; int64 ``N x H x W``
+    targets), ``binary`` (``num_classes=1``: one logit, a sigmoid and a threshold; 0/1 ``N x H x W``
+    targets) or ``multilabel`` (one sigmoid per class, no background channel: a pixel may carry several
+    labels or none; multi-hot ``N x C x H x W`` targets, ``ignore_index`` where unlabelled). The sigmoid
+    modes train on binary cross-entropy (``loss_bce``; :func:`segzoo.losses.multilabel.sigmoid_bce_loss`)
+    plus ``dice_weight`` times a sigmoid soft Dice (``loss_dice``); ``class_weights`` weight the classes;
+    ``ohem_thresh`` and ``loss`` (softmax losses) are refused there.
     """
 
     task = "semantic"
@@ -220,8 +230,19 @@ class SegmentationModel(Model):
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 100_000,
         loss: Sequence[Any] | str | None = None,
+        label_mode: str = "multiclass",
     ) -> None:
         super().__init__(num_classes, mean, std)
+        if label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
+        if label_mode == "binary" and self.num_classes != 1:
+            raise ValueError(f"label_mode=binary models have one output (num_classes=1: the foreground logit), got "
+                             f"num_classes={self.num_classes}; set num_classes=1, or use label_mode=multiclass with "
+                             "background counted")
+        if label_mode != "multiclass" and (loss is not None or ohem_thresh is not None):
+            raise ValueError(f"label_mode={label_mode} trains on sigmoid BCE (+ dice_weight x sigmoid Dice); loss and "
+                             "ohem_thresh choose softmax losses: remove them or use label_mode=multiclass")
+        self.label_mode = label_mode
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         if dice_weight < 0:
@@ -308,6 +329,29 @@ class SegmentationModel(Model):
             return t
         return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
 
+    def check_multi_hot(self, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Sigmoid-mode targets: multi-hot ``N x C x H x W`` (0, 1 or ``ignore_index``), or for a binary model a
+        0/1 label map ``N x H x W``; anything else raises a ValueError saying what to pass."""
+        if isinstance(targets, (list, tuple)):
+            targets = torch.stack(list(targets))
+        if not isinstance(targets, torch.Tensor) or targets.is_floating_point():
+            raise ValueError(f"label_mode={self.label_mode} targets must be integer multi-hot masks N x C x H x W "
+                             f"(0/1, {self.ignore_index} unlabelled), got {getattr(targets, 'dtype', type(targets))}")
+        n, c, h, w = logits.shape
+        if targets.dim() == 3 and c == 1:
+            targets = targets[:, None]
+        if tuple(targets.shape) != (n, c, h, w):
+            raise ValueError(f"label_mode={self.label_mode} targets have shape {tuple(targets.shape)} but the model "
+                             f"gives {(n, c, h, w)}: one 0/1 mask per class (C x H x W per image; a multi-label data "
+                             "reader such as data.type: mask_folders gives them)")
+        if not is_tracing():
+            bad = ((targets != 0) & (targets != 1) & (targets != self.ignore_index)).any()
+            if bool(bad):
+                found = targets[(targets != 0) & (targets != 1) & (targets != self.ignore_index)][0].item()
+                raise ValueError(f"label_mode={self.label_mode} target has value {found}; masks hold 0, 1 or "
+                                 f"ignore_index={self.ignore_index} (a 0/255 mask? map 255 to 1)")
+        return targets
+
     def check_targets(self, targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         if isinstance(targets, (list, tuple)):
             targets = torch.stack(list(targets))
@@ -350,6 +394,8 @@ class SegmentationModel(Model):
     def losses(
         self, out: torch.Tensor, aux: torch.Tensor | None, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
+        if self.label_mode != "multiclass":
+            return self.sigmoid_losses(out, aux, targets)
         targets = self.check_targets(targets, out)
         w = self.class_weights
         if self.loss_terms:
@@ -367,5 +413,21 @@ class SegmentationModel(Model):
             loss_aux = cross_entropy(aux, targets, self.ignore_index, weight=w)
             losses["loss_aux"] = loss_aux
             total = total + self.aux_weight * loss_aux
+        losses["loss"] = total
+        return losses
+
+    def sigmoid_losses(self, out: torch.Tensor, aux: torch.Tensor | None,
+                       targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses of the ``binary`` and ``multilabel`` modes: BCE, ``dice_weight`` x Dice, the auxiliary BCE."""
+        targets = self.check_multi_hot(targets, out)
+        w, ii = self.class_weights, self.ignore_index
+        losses = {"loss_bce": sigmoid_bce_loss(out, targets, ii, weight=w)}
+        total = losses["loss_bce"]
+        if self.dice_weight:
+            losses["loss_dice"] = sigmoid_dice_loss(out, targets, ii, weight=w)
+            total = total + self.dice_weight * losses["loss_dice"]
+        if aux is not None:
+            losses["loss_aux"] = sigmoid_bce_loss(aux, targets, ii, weight=w)
+            total = total + self.aux_weight * losses["loss_aux"]
         losses["loss"] = total
         return losses

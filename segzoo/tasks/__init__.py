@@ -36,7 +36,8 @@ assert tuple(TASK_OBJECTS) == TASKS, "segzoo.spec.TASKS and the task objects mus
 
 
 def get_task(task: Any) -> Task:
-    """The task object of a task name, a :class:`Task` (returned as is) or a model (its ``model.task``).
+    """The task object of a task name, a :class:`Task` (returned as is) or a model (its ``model.task``, in the
+    variant of its ``label_mode`` for semantic models: :meth:`Task.for_model`).
 
     Raises:
         ValueError: an unknown task name, naming the known ones.
@@ -47,9 +48,10 @@ def get_task(task: Any) -> Task:
     if not isinstance(name, str):
         raise TypeError(f"get_task takes a task name, a Task or a model with a .task attribute; got {type(task)}")
     try:
-        return TASK_OBJECTS[name]
+        found = TASK_OBJECTS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_OBJECTS)}") from None
+    return found if isinstance(task, str) else found.for_model(task)  # a model: its label mode's variant
 
 
 def get_tasks(model: Any) -> tuple[Task, ...]:

@@ -118,6 +118,18 @@ class Task(ABC):
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
+    def for_model(self, model: Any) -> Task:
+        """The task object for one model: itself, or the variant of the model's label mode (semantic)."""
+        return self
+
+    def data_classes(self, model: Any) -> int:
+        """The labels the data and the metric count for ``model`` (its ``num_classes``; binary semantic: 2)."""
+        return int(model.num_classes)
+
+    def tune(self, model: Any, metrics: dict[str, Any]) -> float | None:
+        """Adopt what a validation picks (a binary model's threshold) into ``model.spec``; None when nothing."""
+        return None
+
     # ------------------------------------------------------------------ metric names and summaries
 
     @abstractmethod

@@ -13,7 +13,7 @@ import torch
 from segzoo.config import DataConfig
 from segzoo.data import DATASET_TYPES, Shapes, build_dataset
 from segzoo.data.base import ConfigReader
-from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, SEGMENTS, TARGETS
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, MULTI_HOT, SEGMENTS, TARGETS
 from tests.data_layouts import data_config
 
 DATA = Path(__file__).resolve().parents[2] / "segzoo" / "data"
@@ -29,7 +29,8 @@ def test_no_task_name_is_compared_in_the_data_package():
 
 
 def test_the_target_kinds():
-    assert set(TARGETS) == {CLASS_MAP, INSTANCE_MASKS, BOXES, SEGMENTS}
+    assert set(TARGETS) == {CLASS_MAP, INSTANCE_MASKS, BOXES, SEGMENTS, MULTI_HOT}
+    assert MULTI_HOT.dense and not MULTI_HOT.label_map and not MULTI_HOT.boxes_only and CLASS_MAP.dense
     assert CLASS_MAP.label_map and not CLASS_MAP.masks and BOXES.boxes_only and not INSTANCE_MASKS.boxes_only
     assert SEGMENTS.per_box == ("iscrowd",) and INSTANCE_MASKS.per_box == ()
 

@@ -29,9 +29,10 @@ from torchvision import tv_tensors
 from segzoo.data.base import ConfigReader
 from segzoo.data.errors import DataError
 from segzoo.data.formats.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
+from segzoo.data.formats.multilabel import multi_hot_from_masks
 from segzoo.data.image import image_size, read_image
 from segzoo.data.records import _mask_api, decode_segmentation
-from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
+from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, MULTI_HOT
 
 PathLike = str | os.PathLike
 
@@ -53,7 +54,7 @@ class CocoInstances(ConfigReader, Dataset):
         with_masks: decode segmentations (needs pycocotools); boxes only when False.
     """
 
-    targets = (INSTANCE_MASKS, BOXES)
+    targets = (INSTANCE_MASKS, BOXES, MULTI_HOT)
     needs_bbox = True
     config_keys = config_required = config_paths = ("images", "annotations")
     config_renames = MappingProxyType({"root": "images", "ann_file": "annotations"})
@@ -65,6 +66,8 @@ class CocoInstances(ConfigReader, Dataset):
         kw = cls.take(args)
         if target.label_map:
             return CocoSemantic(kw["images"], kw["annotations"], transforms, ignore_index=cfg.ignore_index)
+        if target.multi_hot:  # a multi-label model: overlapping regions kept, one mask per category
+            return CocoMultiLabel(kw["images"], kw["annotations"], transforms)
         return CocoInstances(kw["images"], kw["annotations"], transforms, with_masks=target.masks)
 
     def __init__(self, root: PathLike, ann_file: PathLike, transforms=None, with_masks: bool = True) -> None:
@@ -222,3 +225,36 @@ class CocoSemantic(CocoInstances):
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
         return image, mask
+
+
+class CocoMultiLabel(CocoInstances):
+    """Multi-label masks from a COCO instances file (``data.type: coco`` for a multi-label model).
+
+    Items are ``(image, masks)`` with ``masks`` a uint8 ``C x H x W`` :class:`tv_tensors.Mask`, one per
+    category (0-based, in id order; no background channel): the union of the category's annotations, so
+    where a cat's and a sofa's regions overlap both are 1. Crowd regions are 255 (unlabelled) in every
+    channel.
+    """
+
+    targets = (MULTI_HOT,)
+    needs_bbox = False
+
+    def __init__(self, root: PathLike, ann_file: PathLike, transforms=None) -> None:
+        super().__init__(root, ann_file, transforms=transforms, with_masks=True)
+        self.target = MULTI_HOT
+
+    def load_masks(self, index: int, height: int, width: int) -> tv_tensors.Mask:
+        self.refuse_bad_annotations(index, height, width)
+        anns = self.annotations(index)
+        masks = np.stack([decode_segmentation(a["segmentation"], height, width) for a in anns]) if anns else \
+            np.zeros((0, height, width), dtype=np.uint8)
+        labels = np.array([self.cat_to_label[a["category_id"]] for a in anns], dtype=np.int64)
+        out = multi_hot_from_masks(masks, labels, self.num_classes, self.crowd_mask(index, height, width))
+        return tv_tensors.Mask(torch.from_numpy(out))
+
+    def __getitem__(self, index: int):
+        image = read_image(self.image_path(index))
+        masks = self.load_masks(index, *image.shape[-2:])
+        if self.transforms is not None:
+            image, masks = self.transforms(image, masks)
+        return image, masks

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segzoo.data.base import OBJECT_TARGETS
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation
-from segzoo.data.targets import INSTANCE_MASKS, Target
+from segzoo.data.targets import INSTANCE_MASKS, MULTI_HOT, Target
 from segzoo.data.validation import BadObject, check_polygons
 
 PathLike = str | os.PathLike
@@ -124,6 +125,7 @@ class CVAT(AnnotatedImages):
         ignore_index: semantic label of crowd regions.
     """
 
+    targets = (*OBJECT_TARGETS, MULTI_HOT)  # multi-label models: overlapping regions kept
     config_keys = ("root", "subset", "classes", "images", "ignore_index")
     config_paths = ("root", "images")
 

@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image
 from torchvision import tv_tensors
 
+from segzoo.data.base import OBJECT_TARGETS
 from segzoo.data.image import image_from_pil
 from segzoo.data.records import AnnotatedImages, Obj, box_polygon, decode_segmentation, polygon_from_points
-from segzoo.data.targets import INSTANCE_MASKS, Target
+from segzoo.data.targets import INSTANCE_MASKS, MULTI_HOT, Target
 from segzoo.data.validation import BadObject, check_polygons
 
 PathLike = str | os.PathLike
@@ -95,6 +96,7 @@ class LabelMe(AnnotatedImages):
         ignore_index: semantic label of ``__ignore__`` regions.
     """
 
+    targets = (*OBJECT_TARGETS, MULTI_HOT)  # multi-label models: overlapping regions kept
     config_keys = ("root", "classes", "ignore_index")
 
     def __init__(self, root: PathLike, target: Target = INSTANCE_MASKS, classes: list[str] | None = None,

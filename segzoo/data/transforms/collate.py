@@ -39,6 +39,20 @@ def collate_semantic(batch: Sequence[tuple], ignore_index: int = SEMANTIC_IGNORE
     return torch.stack(images), torch.stack(masks)
 
 
+def collate_multi_hot(batch: Sequence[tuple], ignore_index: int = SEMANTIC_IGNORE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``(image, multi-hot C x H x W mask)`` pairs as :func:`collate_semantic` does (padding: image 0,
+    masks ``ignore_index``). Returns images ``N x 3 x H x W`` and masks ``N x C x H x W`` uint8."""
+    hmax = max(int(im.shape[-2]) for im, _ in batch)
+    wmax = max(int(im.shape[-1]) for im, _ in batch)
+    images, masks = [], []
+    for im, m in batch:
+        im, m = _plain(im), _plain(m).to(torch.uint8)
+        ph, pw = hmax - im.shape[-2], wmax - im.shape[-1]
+        images.append(F.pad(im, (0, pw, 0, ph)))
+        masks.append(F.pad(m, (0, pw, 0, ph), value=ignore_index))
+    return torch.stack(images), torch.stack(masks)
+
+
 def collate_instances(batch: Sequence[tuple]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Keep variable-size detection samples as lists: ``([3 x H x W, ...], [target dict, ...])``
     with plain tensors (boxes K x 4 xyxy float, labels K int64, masks K x H x W uint8)."""

@@ -265,7 +265,7 @@ def build_transforms(target, train: bool, **kwargs) -> v2.Compose:
             ``SEGMENTS``).
         train: the training augmentation (else the evaluation resize only).
     """
-    if target.label_map:
+    if target.dense:
         fn, other, other_name = semantic_transforms, instance_transforms, "detection and instance"
     else:
         kwargs.pop("ignore_index", None)

@@ -1,0 +1,86 @@
+"""Convolutions with their weights reordered once for oneDNN, for CPU inference.
+
+PyTorch's eager ``nn.Conv2d`` on the CPU hands its weight to oneDNN on every call, and oneDNN
+reorders it into its blocked layout each time. :func:`prepack` replaces every eligible
+convolution of an inference copy by a :class:`PrepackedConv2d` that keeps the weight in oneDNN's
+layout (``torch._C._nn.mkldnn_reorder_conv2d_weight``) and calls ``torch.mkldnn_convolution``:
+the same oneDNN kernel on the same numbers, without the per-call reorder. Inputs and outputs stay
+ordinary dense tensors, so the rest of the model (interpolation, RoIAlign, attention) is untouched.
+
+This is the part of ``torch.compile``'s weight "freezing" that needs no compiler. It is inference
+only (no gradients), float32 only, and CPU only; :func:`eligible` says which convolutions qualify.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["PrepackedConv2d", "available", "eligible", "prepack"]
+
+
+def available() -> bool:
+    """Whether this PyTorch build has oneDNN (``torch.backends.mkldnn``) for the CPU."""
+    return bool(torch.backends.mkldnn.is_available())
+
+
+def eligible(conv: nn.Module) -> bool:
+    """A plain float32 CPU ``nn.Conv2d`` with zero padding given as numbers (not ``"same"``).
+
+    Subclasses (weight-standardised or deformable convolutions) keep their own forward.
+    """
+    return (
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.weight.dtype == torch.float32
+        and conv.weight.device.type == "cpu"
+    )
+
+
+class PrepackedConv2d(nn.Module):
+    """An inference-only ``nn.Conv2d`` whose weight is held in oneDNN's blocked layout.
+
+    ``weight`` and ``bias`` stay the convolution's parameters (code that reads ``conv.weight``, such
+    as a class-indexed mask predictor, and ``state_dict`` see what they saw); the packed copy is a
+    plain attribute that ``.to`` does not move, so the forward refuses other devices and dtypes.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = conv.kernel_size
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        with torch.no_grad():
+            weight = conv.weight.detach().contiguous().to_mkldnn()
+            self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                weight, self.padding, self.stride, self.dilation, self.groups
+            )
+        self.weight = conv.weight
+        self.bias = conv.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise RuntimeError(f"a prepacked convolution takes float32 CPU inputs, got {x.dtype} on {x.device}; "
+                               "call segzoo.optimize(model, prepack=False) for other dtypes and devices")
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.mkldnn_convolution(x, self.packed, bias, self.padding, self.stride, self.dilation,
+                                        self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
+
+
+def prepack(model: nn.Module) -> int:
+    """Replace every :func:`eligible` convolution of ``model`` in place; returns how many."""
+    if not available():
+        return 0
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if eligible(child):
+                setattr(parent, name, PrepackedConv2d(child))
+                count += 1
+    return count

@@ -17,6 +17,7 @@ import fnmatch
 import functools
 import inspect
 import json
+import threading
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from segzoo.checkpoint import (
     read_checkpoint,
 )
 from segzoo.hub.cache import looks_like_path
+from segzoo.hub.published import load_families
 from segzoo.hub.weights import pretrained_state
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD, TASKS, ModelSpec
 
@@ -167,6 +169,7 @@ def _closest(name: str, n: int = 5) -> list[str]:
 def get_entry(name: str) -> _Entry:
     """The registered entry of ``name`` (its declared class and task), or a KeyError naming the
     closest names."""
+    load_families()
     if name not in _REGISTRY:
         close = _closest(name)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -200,6 +203,7 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
     """Sorted names of registered models matching a shell-style pattern and a task."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    load_families()
     return sorted(
         n for n, e in _REGISTRY.items()
         if fnmatch.fnmatch(n, pattern) and (task is None or e.task == task)
@@ -209,6 +213,72 @@ def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
 def entry_class(name: str) -> type:
     """The model class the entrypoint ``name`` declares (what converters dispatch on)."""
     return get_entry(name).cls
+
+
+class _Stop(BaseException):
+    """Ends an entrypoint at the moment it constructs its model class (see :func:`builder_defaults`)."""
+
+
+_SPY_LOCK = threading.Lock()
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_value(v: Any) -> bool:
+    """A value a YAML config can hold on one line: a scalar, or a flat list of scalars."""
+    return isinstance(v, _PLAIN) or (isinstance(v, (list, tuple)) and all(isinstance(x, _PLAIN) for x in v))
+
+
+def builder_defaults(name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The arguments that ``build(name, **kwargs)`` gives the model's class without the caller setting them: the
+    variant's values and the class's keyword defaults, as plain config values (scalars and flat lists; callables,
+    modules and nested mappings are left out), keyed like ``kwargs``.
+
+    The entrypoint runs up to the moment it constructs its declared class, whose arguments are read there and the
+    construction stopped, so nothing is built and no weights are read. Passing the result back explicitly,
+    ``build(name, **kwargs, **builder_defaults(name, kwargs))``, builds the same model. A published ``weights`` tag
+    brings its checkpoint's arguments as defaults, which are not read here: those configs get ``{}``.
+    """
+    entry = get_entry(name)
+    kwargs = dict(kwargs or {})
+    weights = kwargs.get("weights")
+    if isinstance(weights, str) and not looks_like_path(weights):
+        return {}
+    cls = entry.cls
+    own = "__init__" in cls.__dict__
+    original = cls.__init__
+    signature = inspect.signature(original)
+    seen: list[inspect.BoundArguments] = []
+
+    @functools.wraps(original)  # the same signature: check_kwargs reads it
+    def spy(self, *args: Any, **kw: Any) -> None:
+        if type(self) is cls and not seen:
+            seen.append(signature.bind(self, *args, **kw))
+            raise _Stop
+        original(self, *args, **kw)
+
+    with _SPY_LOCK:
+        cls.__init__ = spy
+        try:
+            entry.fn(**{k: v for k, v in kwargs.items() if k != "weights"})
+        except _Stop:
+            pass
+        finally:
+            if own:
+                cls.__init__ = original
+            else:
+                del cls.__init__
+    if not seen:
+        return {}
+    bound = seen[0]
+    bound.apply_defaults()
+    out = {}
+    for key, value in list(bound.arguments.items())[1:]:  # past self
+        param = signature.parameters[key]
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or key in kwargs or key in (*_FILE_ARGS, "weights"):
+            continue
+        if _plain_value(value):
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def check_kwargs(cls: type, name: str, kwargs: dict[str, Any]) -> None:

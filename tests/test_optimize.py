@@ -140,10 +140,10 @@ def test_predict_optimizes_once_and_again_after_the_weights_change():
 def test_cli_fast_flags():
     import argparse
 
-    from segzoo.cli import _fast_option
+    from segzoo.cli.common import fast_option
 
     def opt(no_fast=False, fast=None):
-        return _fast_option(argparse.Namespace(no_fast=no_fast, fast=fast))
+        return fast_option(argparse.Namespace(no_fast=no_fast, fast=fast))
 
     assert opt() is True and opt(no_fast=True) is False
     assert opt(fast="bf16,compile") == {"bf16": True, "compile": True} and opt(fast="bf16") == {"bf16": True}

@@ -6,7 +6,11 @@
 
 import sys
 
-from segzoo.cli import command
+try:
+    from segzoo.cli import command
+except ImportError:  # a folder named segzoo hiding the package? tools/_shadow.py says so in one line
+    import _shadow  # noqa: F401
+    raise
 
 main = command("infer")
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import yaml
 from PIL import Image
 
 from segzoo.data.contours import mask_to_polygons
-from segzoo.data.formats.detect import FORMATS
 from segzoo.data.records import AnnotatedImages, Obj, examples, palette_bytes
 from segzoo.data.sources import open_splits
 from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, Target
@@ -307,21 +306,6 @@ def write_folder(parts, dst: Path, report: ConvertReport, to: str, tolerance: fl
 READS = {"auto": None, "instance": INSTANCE_MASKS, "detection": BOXES}
 
 
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments of ``segzoo data convert`` (for the CLI's subparser)."""
-    p.add_argument("src", help="source dataset folder (or COCO json / CVAT xml / YOLO data.yaml)")
-    p.add_argument("dst", help="new destination folder")
-    p.add_argument("--to", required=True, choices=TARGETS, help="format to write")
-    sources = ("auto", *(f for f in FORMATS if f != "coco_panoptic"))  # panoptic is read, not converted
-    p.add_argument("--from", dest="source_format", default="auto", choices=sources,
-                   help="source format (default: recognised from the files)")
-    p.add_argument("--split", dest="splits", action="append", help="convert only this split (repeatable)")
-    p.add_argument("--task", default="auto", choices=tuple(READS),
-                   help="annotations to read for coco/yolo: shapes (instance) or boxes (detection)")
-    p.add_argument("--simplify", type=float, default=0.0, help="simplify traced YOLO polygons by this many pixels")
-    return p
-
-
 def run(args: argparse.Namespace) -> int:
     """Convert from parsed arguments and print the report; user errors print one line and return 2."""
     try:
@@ -333,11 +317,3 @@ def run(args: argparse.Namespace) -> int:
     print(report.format())
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="segzoo data convert", description=__doc__.split("\n")[0]))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

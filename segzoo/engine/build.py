@@ -38,7 +38,7 @@ from segzoo.engine.optim import build_optimizer, build_scheduler
 from segzoo.engine.run_folder import CONFIG_FILE, LOG_FILE
 from segzoo.engine.trackers import build_trackers, check_installed, flatten
 from segzoo.engine.trainer import StepPlan, Trainer, TrainParts
-from segzoo.registry import build
+from segzoo.registry import build, builder_defaults
 from segzoo.tasks import Task, get_task
 
 __all__ = ["Checked", "build_datasets", "build_model", "build_parts", "build_split", "build_trainer",
@@ -51,6 +51,12 @@ def build_model(cfg: RunConfig):
     kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
     torch.manual_seed(cfg.train.seed)
     return build(cfg.model["name"], **kwargs)
+
+
+def model_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """What the builder of ``model.name`` uses for the keys the config does not set (``config.yaml`` shows them)."""
+    kwargs = {k: v for k, v in cfg.model.items() if k != "name"}
+    return builder_defaults(cfg.model["name"], kwargs) if cfg.model.get("name") else {}
 
 
 def has_val(cfg: RunConfig) -> bool:
@@ -220,7 +226,7 @@ def open_run_log(cfg: RunConfig, out_dir: Path, num_classes: int, task: str, res
     """Write ``config.yaml`` and open ``log.jsonl`` with the trackers of ``train.loggers`` (main process;
     called once the run folder is prepared and a resumed checkpoint loaded: its log is cut back to ``step``)."""
     tc = cfg.train
-    atomic_write(out_dir / CONFIG_FILE, dump(cfg).encode())
+    atomic_write(out_dir / CONFIG_FILE, dump(cfg, model_defaults(cfg)).encode())
     trackers = build_trackers(tc.loggers, out_dir, cfg.name or out_dir.name, resume, tracking_uri=tc.tracking_uri,
                               experiment=tc.experiment, wandb_mode=tc.wandb_mode)
     log = RunLog(out_dir / LOG_FILE, tc.tensorboard and "tensorboard" in tc.loggers, step if resume else None,

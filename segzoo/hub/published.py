@@ -10,13 +10,19 @@ Each family also registers the converters of its sources beside its key maps
 (:func:`register_converter`: ``"hrnet-official"`` -> ``from_hrnet_official``), so an entry's
 ``converter`` names a function that the hub calls without importing the models: the table sits
 below them, as the weights rows do.
+
+The families fill these tables (and the model registry) when :mod:`segzoo.models` is imported.
+``import segzoo`` does not import them up front (it imports no torch), so every reader of the
+tables calls :func:`load_families` first: the one place that imports the families by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
 import os
+import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -149,6 +155,14 @@ _SOURCES: dict[str, Converter] = {}
 SOURCES: Mapping[str, Converter] = MappingProxyType(_SOURCES)
 
 
+def load_families() -> None:
+    """Import segzoo's model families unless they are (being) imported: they register their models, weights rows and
+    converters. Called by every reader of these tables and of the model registry, so that ``from segzoo.registry
+    import build`` finds the models in a process where nothing imported :mod:`segzoo.models`."""
+    if "segzoo.models" not in sys.modules:
+        importlib.import_module("segzoo.models")  # by name: the families sit above this table
+
+
 def register_converter(source: str, fn: Converter) -> Converter:
     """Register the converter of ``source`` (a family does it beside its key maps); returns ``fn``.
 
@@ -166,6 +180,7 @@ def register_converter(source: str, fn: Converter) -> Converter:
 
 def converter(source: str) -> Converter:
     """The converter of a source (a key of :data:`SOURCES`)."""
+    load_families()
     if source not in _SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(_SOURCES)}")
     return _SOURCES[source]
@@ -193,11 +208,13 @@ def list_weights(pattern: str = "*") -> list[str]:
 
     ``segzoo.list_weights("deeplabv3*")``; :func:`get_weights` gives an entry's details.
     """
+    load_families()
     return sorted(n for n in _TABLE if fnmatch.fnmatch(n, pattern))
 
 
 def get_weights(name: str) -> WeightsEntry:
     """The table entry of ``model.tag``."""
+    load_families()
     table = _TABLE  # filled by the families when segzoo.models is imported
     if name not in table:
         model = name.split(".")[0]
@@ -211,6 +228,7 @@ def get_weights(name: str) -> WeightsEntry:
 def resolve(model: str, tag: str) -> WeightsEntry:
     """The entry for ``build(model, weights=tag)``: ``tag``, ``model.tag`` or ``"default"``
     (the first registered for the model)."""
+    load_families()
     table = _TABLE  # filled by the families when segzoo.models is imported
     own = [e for e in table.values() if e.model == model]
     if tag == "default" and own:

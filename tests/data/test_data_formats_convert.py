@@ -7,7 +7,7 @@ import pytest
 
 from segzoo.data import YOLO, CocoInstances, LabelMe, MaskFolder
 from segzoo.data.contours import mask_to_polygons, polygon_area
-from segzoo.data.convert import convert, main
+from segzoo.data.convert import convert
 from segzoo.data.formats.cvat import CVAT
 from segzoo.data.formats.voc import VOC
 from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS
@@ -127,6 +127,11 @@ def test_yolo_coco_yolo_keeps_names_and_ids(tmp_path):
 
 
 def test_convert_refuses_and_leaves_nothing_half_written(tmp_path, capsys):
+    from segzoo.cli import main as cli
+
+    def main(argv):
+        return cli(["data", "convert", *argv])
+
     src = write_yolo(tmp_path / "y")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")

@@ -82,5 +82,5 @@ def test_recipe_builds_and_its_data_passes_checks(path, tmp_path_factory):
     small = {"num_train": 4, "num_val": 2, "size": 64}
     cfg = load_config(path, [f"data.root={root}", f"data.train={small}", f"data.val={small}"])
     model = build_model(cfg)
-    reports = check_data(cfg, model.spec.num_classes, model.task, print_fn=None)
+    reports = check_data(cfg, model.spec.num_classes, model, print_fn=None)
     assert all(r.ok for r in reports), [r.format() for r in reports]

@@ -28,6 +28,7 @@ from torch import nn
 from segzoo.checkpoint import atomic_write
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data import DataError, build_dataset, check_dataset
+from segzoo.data.build import DATASET_TYPES
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
 from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import amp_dtype_for, select_device
@@ -59,7 +60,9 @@ def has_val(cfg: RunConfig) -> bool:
 
 def build_split(cfg: RunConfig, split: str, task: str, train: bool | None = None, with_transforms: bool = True):
     """The dataset of one split (``"train"`` or ``"val"``) with the task's transform preset."""
-    return build_dataset(cfg.data, split, get_task(task).target, train=train, with_transforms=with_transforms)
+    reader = DATASET_TYPES.get(cfg.data.type)  # a universal model reads the richest target the reader offers
+    target = get_task(task).data_target(reader.targets) if reader is not None else get_task(task).target
+    return build_dataset(cfg.data, split, target, train=train, with_transforms=with_transforms)
 
 
 def build_datasets(cfg: RunConfig, task: str):

@@ -162,6 +162,11 @@ class Task(ABC):
         """What a dataset item's target holds for this task (:mod:`segzoo.data.targets`): the data
         package builds, transforms and collates by it and never sees the task's name."""
 
+    def data_target(self, offered: Sequence[Target]) -> Target:
+        """The target kind to read from a reader that offers ``offered`` (its ``targets``): :attr:`target`;
+        the universal task picks the richest one."""
+        return self.target
+
     @property
     def collate(self) -> Callable:
         """The training loader's collate function (the target kind's)."""

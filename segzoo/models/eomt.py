@@ -52,6 +52,16 @@ def mask_annealing(step: int, start: int, end: int, power: float = 0.9) -> float
     return (1.0 - (step - start) / (end - start)) ** power
 
 
+def default_anneal_steps(total_steps: int, num_blocks: int) -> list[tuple[int, int]]:
+    """Block ``i``'s annealing window ``[(i + 1) T / (B + 2), (i + 2) T / (B + 2))`` of ``T = total_steps``
+    (the official COCO schedule: 4 blocks in consecutive sixths of the run), each at least one step long."""
+    out = []
+    for i in range(num_blocks):
+        start = (i + 1) * total_steps // (num_blocks + 2)
+        out.append((start, max(start + 1, (i + 2) * total_steps // (num_blocks + 2))))
+    return out
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an ``N x C x H x W`` map."""
 
@@ -158,6 +168,14 @@ class EoMT(DetectionModel):
         probs = [mask_annealing(step, s, e) for s, e in windows]
         self.attn_mask_probs.copy_(torch.tensor(probs))
         return probs
+
+    def train_schedule(self, step: int, total_steps: int) -> list[float]:
+        """The trainer's per-step call (through :class:`segzoo.tasks.UniversalTask`): :meth:`anneal` with
+        ``anneal_steps``, or by default the paper's COCO layout scaled to the run, block ``i`` annealed over
+        ``[(i + 1) T / (B + 2), (i + 2) T / (B + 2))`` of the ``T`` steps (B blocks: sixths for 4), so the
+        last sixth trains the plain ViT that inference runs."""
+        windows = self.anneal_steps or default_anneal_steps(total_steps, self.num_blocks)
+        return self.anneal(step, windows)
 
     export_kind = "set"  # segzoo.export: outputs (class_logits, mask_logits), any H and W
     dynamic_export = True

@@ -167,6 +167,11 @@ class Task(ABC):
         the universal task picks the richest one."""
         return self.target
 
+    def before_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called by the trainer before each optimizer step (``step`` 0-based of ``total_steps``): the universal
+        task drives the model's per-step schedule (EoMT's masked-attention annealing)."""
+        return None  # nothing by default
+
     @property
     def collate(self) -> Callable:
         """The training loader's collate function (the target kind's)."""

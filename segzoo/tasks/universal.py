@@ -146,6 +146,13 @@ class UniversalTask(Task):
         raise ValueError(f"a universal model trains on panoptic, instance or semantic data; this reader gives "
                          f"{', '.join(t.name for t in offered)} (use data with masks or a label map)")
 
+    def before_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """The model's ``train_schedule(step, total_steps)`` where it has one (EoMT: the masked-attention
+        probability of each block annealed from 1 to 0, :meth:`segzoo.models.eomt.EoMT.train_schedule`)."""
+        schedule = getattr(model, "train_schedule", None)
+        if schedule is not None:
+            schedule(step, total_steps)
+
     def metric_names(self) -> tuple[str, ...]:
         return ("score", *SegmentationMetric.SCALARS, *(f"{t}_{s}" for t in ("bbox", "segm") for s in STAT_NAMES),
                 *PanopticQuality.SCALARS)

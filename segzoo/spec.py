@@ -43,11 +43,15 @@ TASK_TRAITS = {
     "instance": TaskTraits("instance", dense=False, tta=False, tiling=True, dynamic_export=False),
     # segments of different tiles cannot be merged by NMS
     "panoptic": TaskTraits("panoptic", dense=False, tta=False, tiling=False, dynamic_export=False),
+    # set prediction (Mask2Former, EoMT): semantic + instance + panoptic from one forward; the export is the
+    # logits (class and mask) at any size, the merges run on the host
+    "universal": TaskTraits("universal", dense=False, tta=False, tiling=False, dynamic_export=True),
 }
 
 #: Task names, the rows of :data:`TASK_TRAITS`. A model has one, its class attribute ``task``: ``semantic``
 #: (logits per pixel), ``detection`` (boxes), ``instance`` (boxes and masks), ``panoptic`` (things and stuff
-#: segments); a universal model lists the ones it can be evaluated as in ``tasks``.
+#: segments), ``universal`` (a set of (class, mask) pairs merged into all of semantic, instance and panoptic;
+#: such a model lists them in ``tasks``).
 TASKS = tuple(TASK_TRAITS)
 
 

@@ -33,6 +33,7 @@ CASE_MODULES = (
     "benchmarks.speed.cases_centernet",
     "benchmarks.speed.cases_transformer",
     "benchmarks.speed.cases_mobilenetv2",
+    "benchmarks.speed.cases_universal",
 )
 # the input-size series: a representative model of each family (every model would cost too much CPU)
 SCALING_CASES = ("fcn_resnet50", "deeplabv3_resnet50", "unet_resnet34", "hrnet_w18", "maskrcnn_resnet50_fpn",

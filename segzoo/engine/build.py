@@ -28,6 +28,7 @@ from torch import nn
 from segzoo.checkpoint import atomic_write
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data import DataError, build_dataset, check_dataset
+from segzoo.data.build import DATASET_TYPES
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
 from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import amp_dtype_for, select_device
@@ -65,8 +66,12 @@ def has_val(cfg: RunConfig) -> bool:
 
 def build_split(cfg: RunConfig, split: str, task: Any, train: bool | None = None, with_transforms: bool = True):
     """The dataset of one split (``"train"`` or ``"val"``) with the task's transform preset; ``task`` a task name or
-    the model (whose label mode decides the target kind: multi-hot masks for ``multilabel``)."""
-    return build_dataset(cfg.data, split, get_task(task).target, train=train, with_transforms=with_transforms)
+    the model (whose label mode decides the target kind: multi-hot masks for ``multilabel``). A universal model
+    reads the richest target kind the reader offers."""
+    task_def = get_task(task)
+    offered = getattr(DATASET_TYPES.get(cfg.data.type), "targets", None)
+    target = task_def.data_target(offered) if offered is not None else task_def.target
+    return build_dataset(cfg.data, split, target, train=train, with_transforms=with_transforms)
 
 
 def build_datasets(cfg: RunConfig, task: Any):

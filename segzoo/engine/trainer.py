@@ -242,6 +242,7 @@ class Trainer:
             SIGINT/SIGTERM.
         """
         totals: dict[str, torch.Tensor] = {}
+        self.task_def.before_step(self.model, self.step, self.total_steps)  # EoMT: its mask annealing
         for i, (images, targets) in enumerate(batches):
             images, targets = to_device(images, targets, self.device, self.tc.channels_last)
             last = i == len(batches) - 1

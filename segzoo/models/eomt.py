@@ -35,7 +35,8 @@ from torch import nn
 
 from segzoo.models.detection_base import DetectionModel, image_shapes
 from segzoo.models.mask2former import Mask2Former, SetPredictionExport
-from segzoo.setpred import SetCriterion, drop_crowd
+from segzoo.registry import register_model
+from segzoo.setpred import SetCriterion, set_targets
 
 
 def mask_annealing(step: int, start: int, end: int, power: float = 0.9) -> float:
@@ -49,6 +50,16 @@ def mask_annealing(step: int, start: int, end: int, power: float = 0.9) -> float
     if step >= end:
         return 0.0
     return (1.0 - (step - start) / (end - start)) ** power
+
+
+def default_anneal_steps(total_steps: int, num_blocks: int) -> list[tuple[int, int]]:
+    """Block ``i``'s annealing window ``[(i + 1) T / (B + 2), (i + 2) T / (B + 2))`` of ``T = total_steps``
+    (the official COCO schedule: 4 blocks in consecutive sixths of the run), each at least one step long."""
+    out = []
+    for i in range(num_blocks):
+        start = (i + 1) * total_steps // (num_blocks + 2)
+        out.append((start, max(start + 1, (i + 2) * total_steps // (num_blocks + 2))))
+    return out
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -98,7 +109,7 @@ class EoMT(DetectionModel):
             attention is annealed by :meth:`anneal` (None: :meth:`anneal` needs them passed).
     """
 
-    task = "panoptic"
+    task = "universal"  # segzoo.tasks.UniversalTask: scored as every task the data supports
     tasks = ("semantic", "instance", "panoptic")
     counts = "every category: thing classes first, then the num_stuff stuff classes"
     class_layers = ("class_head",)
@@ -157,6 +168,14 @@ class EoMT(DetectionModel):
         probs = [mask_annealing(step, s, e) for s, e in windows]
         self.attn_mask_probs.copy_(torch.tensor(probs))
         return probs
+
+    def train_schedule(self, step: int, total_steps: int) -> list[float]:
+        """The trainer's per-step call (through :class:`segzoo.tasks.UniversalTask`): :meth:`anneal` with
+        ``anneal_steps``, or by default the paper's COCO layout scaled to the run, block ``i`` annealed over
+        ``[(i + 1) T / (B + 2), (i + 2) T / (B + 2))`` of the ``T`` steps (B blocks: sixths for 4), so the
+        last sixth trains the plain ViT that inference runs."""
+        windows = self.anneal_steps or default_anneal_steps(total_steps, self.num_blocks)
+        return self.anneal(step, windows)
 
     export_kind = "set"  # segzoo.export: outputs (class_logits, mask_logits), any H and W
     dynamic_export = True
@@ -230,7 +249,7 @@ class EoMT(DetectionModel):
         preds = self.forward_logits(x, every_block=targets is not None)
         if targets is None:
             return self.postprocess(*preds[-1], tuple(x.shape[-2:]), shapes)
-        targets = drop_crowd([targets] if isinstance(targets, dict) else list(targets))
+        targets = set_targets(targets, self.num_classes)  # label maps: one mask per class present
         for i, (t, (h, w)) in enumerate(zip(targets, shapes)):
             if "masks" in t and tuple(t["masks"].shape[-2:]) != (h, w):
                 raise ValueError(f"targets[{i}]['masks'] are {tuple(t['masks'].shape[-2:])} but the image is "
@@ -318,22 +337,25 @@ def hf_build_kwargs(config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- variants
-# Not registered yet (see docs/models/eomt.md).
+@register_model
 def eomt_vit_small(**kwargs) -> EoMT:
     """ViT-S/16 (DINOv2 layout with 4 registers), 640 px, 200 queries, 4 query blocks."""
     return EoMT(**{"backbone": "vit_small_patch14_reg4_dinov2", **kwargs})
 
 
+@register_model
 def eomt_vit_base(**kwargs) -> EoMT:
     """ViT-B/16 (DINOv2 layout with 4 registers), 640 px, 200 queries, 4 query blocks."""
     return EoMT(**{"backbone": "vit_base_patch14_reg4_dinov2", **kwargs})
 
 
+@register_model
 def eomt_vit_large(**kwargs) -> EoMT:
     """ViT-L/16 (DINOv2 layout with 4 registers), 640 px, 200 queries, 4 query blocks: the paper's model."""
     return EoMT(**{"backbone": "vit_large_patch14_reg4_dinov2", **kwargs})
 
 
+@register_model
 def eomt_vit_tiny_test(**kwargs) -> EoMT:
     """A CPU-sized variant for tests: width 32, 4 blocks (2 with queries), 2 heads, 8 queries, 64 px layout."""
     small = dict(backbone="vit_small_patch14_reg4_dinov2", img_size=64, num_queries=8, num_blocks=2, num_points=256,

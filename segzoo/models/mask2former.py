@@ -33,7 +33,8 @@ from segzoo.backbones.timm import TimmBackbone
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.position import sine_position_embedding
 from segzoo.models.detection_base import DetectionModel, image_shapes
-from segzoo.setpred import SetCriterion, drop_crowd, instance_merge, panoptic_merge, semantic_merge
+from segzoo.registry import register_model
+from segzoo.setpred import SetCriterion, instance_merge, panoptic_merge, semantic_merge, set_targets
 
 
 def _gn_conv(cin: int, cout: int, k: int, bias: bool, relu: bool) -> nn.Sequential:
@@ -232,7 +233,7 @@ class Mask2Former(DetectionModel):
         topk: instances per image (default ``num_queries``).
     """
 
-    task = "panoptic"
+    task = "universal"  # segzoo.tasks.UniversalTask: scored as every task the data supports
     tasks = ("semantic", "instance", "panoptic")  # what one forward predicts (see docs/models/mask2former.md)
     counts = "every category: thing classes first, then the num_stuff stuff classes"
     class_layers = ("decoder.class_embed",)
@@ -298,7 +299,7 @@ class Mask2Former(DetectionModel):
         x, _ = self.preprocess(images)
         preds = self.forward_logits(x)
         if targets is not None:
-            targets = drop_crowd([targets] if isinstance(targets, dict) else list(targets))
+            targets = set_targets(targets, self.num_classes)  # label maps: one mask per class present
             for i, (t, (h, w)) in enumerate(zip(targets, shapes)):
                 if "masks" in t and tuple(t["masks"].shape[-2:]) != (h, w):
                     raise ValueError(f"targets[{i}]['masks'] are {tuple(t['masks'].shape[-2:])} but the image is "
@@ -435,12 +436,13 @@ def hf_build_kwargs(config) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- variants
-# Not registered yet (see docs/models/mask2former.md: a benchmark case, a README row and the task objects first).
+@register_model
 def mask2former_resnet50(**kwargs) -> Mask2Former:
     """The paper's R-50 model: 100 queries, 9 decoder layers, 6 encoder layers, width 256."""
     return Mask2Former(**{"backbone": "resnet50", **kwargs})
 
 
+@register_model
 def mask2former_swin_tiny(**kwargs) -> Mask2Former:
     """Swin-T (timm's ``swin_tiny_patch4_window7_224``) at any input size. ``img_size=384`` lays
     the windows out as for inputs of 384 px and more: the last stage (12 x 12 there) keeps its
@@ -449,6 +451,7 @@ def mask2former_swin_tiny(**kwargs) -> Mask2Former:
                           "backbone_kwargs": {"strict_img_size": False, "img_size": 384}, **kwargs})
 
 
+@register_model
 def mask2former_resnet18_small(**kwargs) -> Mask2Former:
     """A CPU-sized variant for tests and Shapes: width 64, 2 encoder and 3 decoder layers, 20 queries."""
     small = dict(backbone="resnet18", dim=64, mask_dim=64, heads=4, encoder_layers=2, encoder_ffn=128,

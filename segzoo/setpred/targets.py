@@ -44,3 +44,12 @@ def drop_crowd(targets: Sequence[dict]) -> list[dict]:
         keep = ~crowd
         out.append({**t, "labels": t["labels"][keep], "masks": t["masks"][keep], "iscrowd": crowd[keep]})
     return out
+
+
+def set_targets(targets, num_classes: int, ignore_index: int = 255) -> list[dict]:
+    """A model's training targets as set targets: one dict per image (a dict alone: one image) with its crowd
+    segments dropped (:func:`drop_crowd`), or an ``N x H x W`` semantic label map turned into one mask per
+    class present (:func:`semantic_to_set_targets`)."""
+    if isinstance(targets, torch.Tensor):
+        return semantic_to_set_targets(targets, num_classes, ignore_index)
+    return drop_crowd([targets] if isinstance(targets, dict) else list(targets))

@@ -13,8 +13,9 @@ the CLI and the reports ask it instead of comparing task names. ``model.task`` s
         metric.update(items, task.forward(model, [im for _, im, _ in items], device, opts))
     result = metric.compute()          # {"metrics": {...}, "confusion" | "coco_summary", ...}
 
-A universal model (Mask2Former, EoMT) declares every task it can be evaluated as in ``model.tasks``;
-:func:`get_tasks` gives them all, :func:`get_task` the one of ``model.task``.
+A universal model (Mask2Former, EoMT) has the task ``universal`` (:class:`UniversalTask`: its metric scores
+semantic, instance and panoptic from one forward, as far as the data's target kind allows) and lists the
+three in ``model.tasks``; :func:`get_tasks` gives those three, :func:`get_task` the ``universal`` one.
 
 Adding a task: a subclass of :class:`Task` in a module of this package (listed in :data:`TASK_OBJECTS`)
 and its row in the one table of task names, :data:`segzoo.spec.TASK_TRAITS` (what inference and export,
@@ -30,8 +31,10 @@ from segzoo.tasks.base import EvalOptions, Labels, Task, TaskMetric
 from segzoo.tasks.detection import CocoMetric, DetectionTask, InstanceTask, coco_table
 from segzoo.tasks.panoptic import PanopticMetric, PanopticTask, panoptic_table
 from segzoo.tasks.semantic import SemanticMetric, SemanticTask
+from segzoo.tasks.universal import UniversalMetric, UniversalTask
 
-TASK_OBJECTS: dict[str, Task] = {t.name: t for t in (SemanticTask(), DetectionTask(), InstanceTask(), PanopticTask())}
+TASK_OBJECTS: dict[str, Task] = {t.name: t for t in (SemanticTask(), DetectionTask(), InstanceTask(), PanopticTask(),
+                                                    UniversalTask())}
 assert tuple(TASK_OBJECTS) == TASKS, "segzoo.spec.TASKS and the task objects must list the same tasks"
 
 
@@ -63,5 +66,5 @@ def get_tasks(model: Any) -> tuple[Task, ...]:
 __all__ = [
     "TASK_OBJECTS", "CocoMetric", "DetectionTask", "EvalOptions", "InstanceTask", "Labels", "PanopticMetric",
     "PanopticTask", "SemanticMetric", "SemanticTask", "Task", "TaskMetric", "coco_table", "get_task", "get_tasks",
-    "panoptic_table",
+    "UniversalMetric", "UniversalTask", "panoptic_table",
 ]

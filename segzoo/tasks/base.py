@@ -174,6 +174,16 @@ class Task(ABC):
         """What a dataset item's target holds for this task (:mod:`segzoo.data.targets`): the data
         package builds, transforms and collates by it and never sees the task's name."""
 
+    def data_target(self, offered: Sequence[Target]) -> Target:
+        """The target kind to read from a reader that offers ``offered`` (its ``targets``): :attr:`target`;
+        the universal task picks the richest one."""
+        return self.target
+
+    def before_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """Called by the trainer before each optimizer step (``step`` 0-based of ``total_steps``): the universal
+        task drives the model's per-step schedule (EoMT's masked-attention annealing)."""
+        return None  # nothing by default
+
     @property
     def collate(self) -> Callable:
         """The training loader's collate function (the target kind's)."""

@@ -92,3 +92,25 @@ def test_eomt_mid_annealing_is_refused():
 
 def test_set_models_name_their_onnx_outputs():
     assert ex.OUTPUT_NAMES[ex._kind(_eomt(0.0))] == ("class_logits", "mask_logits")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["eomt_vit_tiny_test", "mask2former_resnet18_small"])
+def test_segzoo_export_dynamic_takes_set_models(name, tmp_path, capsys):
+    """``segzoo export --dynamic`` (refused for them before the universal task): the program runs at two
+    sizes and equals the model's exported module there."""
+    from segzoo.cli import main
+    from segzoo.registry import build
+
+    out = tmp_path / f"{name}.pt2"
+    assert main(["export", name, "--num-classes", "3", "--format", "exported-program", "--dynamic", "--height",
+                 "64", "--width", "96", "--out", str(out), "--check"]) == 0
+    assert "dynamic" in capsys.readouterr().out
+    program = torch.export.load(out)
+    model = build(name, num_classes=3)
+    for shape in SIZES:
+        with torch.no_grad():
+            cls, msk = program.module()(torch.rand(*shape))
+        assert cls.shape[0] == shape[0] and cls.shape[-1] == 4 and msk.shape[:2] == cls.shape[:2]
+        assert msk.shape[-2:] == (-(-shape[2] // model.size_divisibility) * model.size_divisibility // 4,
+                                  -(-shape[3] // model.size_divisibility) * model.size_divisibility // 4)

@@ -19,7 +19,7 @@ from segzoo.spec import TASKS
 
 NUM_CLASSES = 3
 # what a task needs besides num_classes: panoptic models split the categories into things and stuff
-TASK_KWARGS = {"panoptic": {"num_stuff": 1}}
+TASK_KWARGS = {"panoptic": {"num_stuff": 1}, "universal": {"num_stuff": 1}}
 # parameters that get no gradient by design: name -> (parameter-name prefixes, why)
 NO_GRAD: dict[str, tuple[tuple[str, ...], str]] = {}
 # registered defaults over this many parameters are marked slow
@@ -50,7 +50,7 @@ def _targets(task: str, n: int, h: int, w: int) -> torch.Tensor | list[dict]:
     for i in range(n):
         boxes = torch.tensor([[4.0, 6.0, 40.0, 50.0], [20.0, 10.0, 60.0, 44.0]]) + i
         t = {"boxes": boxes, "labels": torch.tensor([0, NUM_CLASSES - 1])}
-        if task == "panoptic":  # a thing on one stuff segment (the last label), with a void border
+        if task in ("panoptic", "universal"):  # a thing on one stuff segment (the last label), with a void border
             thing = torch.zeros(h, w)
             thing[6:50, 4:40] = 1
             stuff = 1 - thing

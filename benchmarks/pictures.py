@@ -1,6 +1,6 @@
 """Regenerate the pictures of the documentation (docs/pictures/) and their manifest.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.pictures                 # every picture (about 10 min on one core)
+    OMP_NUM_THREADS=1 python -m benchmarks.pictures                 # every picture (about 13 min on one shared core)
     OMP_NUM_THREADS=1 python -m benchmarks.pictures --only nuclei   # one run's pictures; the others stay listed
 
 Every picture is drawn by segzoo itself: the trainer's ``predictions.png`` (``segzoo train``), the

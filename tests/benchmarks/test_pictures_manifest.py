@@ -57,13 +57,14 @@ def test_the_configs_named_exist_and_are_unchanged(manifest):
 def test_every_picture_the_docs_show_is_listed(manifest):
     listed = {e["file"] for e in manifest["pictures"]}
     shown = set()
-    for page in DOCS.rglob("*.md"):
+    for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
         for ref in REFS.findall(page.read_text()):
             target = (page.parent / ref).resolve()
             assert target.parent == pictures.OUT_DIR, f"{page}: {ref} is not in docs/pictures/"
             assert target.name in listed, f"{page} shows {ref}, which the manifest does not list"
             shown.add(target.name)
     assert shown, "no docs page shows a picture of docs/pictures/"
+    assert "quickstart_predictions.png" in shown, "the quickstart's picture is the one a newcomer looks for"
 
 
 def test_the_reference_pattern_finds_markdown_and_html_images():

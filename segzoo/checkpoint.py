@@ -428,7 +428,9 @@ def _kind(dtype: torch.dtype) -> str:
 
 def _compare(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], class_keys: set[str]):
     """``(missing, unexpected, mismatched, class_mismatched, wrong_kind)`` between a model and a file."""
-    missing = [k for k in own if k not in state]
+    # BatchNorm's step counter is optional: FrozenBatchNorm2d (train.freeze_backbone_bn) has none, and
+    # BatchNorm's own loading fills in a missing one
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     mismatched: list[str] = []
     class_mismatched: list[str] = []

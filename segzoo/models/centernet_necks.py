@@ -53,10 +53,21 @@ class DeconvNeck(nn.Module):
     Args:
         in_channels: channels of the input map.
         widths: output channels of each stage.
-        conv: ``"none"`` (``msra_resnet``: deconv only, deconv init normal(0, 0.001)),
+        conv: ``"none"`` (``msra_resnet``: deconv only; deconv init normal with the He std of its
+            fan-in, see below),
             ``"dcn"`` (``resnet_dcn``: a 3x3 DCNv2 + BN + ReLU before each deconv, which
             is initialised as bilinear upsampling) or ``"conv"`` (the same with a plain
             3x3 convolution, exportable to ONNX).
+
+    The official ``msra_resnet`` draws these deconvolutions from normal(0, 0.001). A bias-free
+    convolution followed by BatchNorm computes the same training-mode function at any weight
+    scale, so segzoo keeps the normal draw but scales it to He's std for the transposed
+    convolution's fan-in (``in_channels x (4 / 2)**2`` taps per output): at std 0.001 the first
+    deconvolution's outputs have a variance near 1e-4, and BatchNorm's running variance, which starts
+    at 1 with momentum 0.1, needs about 100 steps before eval mode computes what training does (after
+    60 steps the eval-mode neck output was 8 times smaller than the training-mode one, and the heatmap
+    a flat 0.1 in eval mode); Adam's steps of ``lr`` on weights of 0.001 also overturn the neck at
+    every step at lr 1e-3.
     """
 
     def __init__(self, in_channels: int, widths: Sequence[int] = (256, 256, 256), conv: str = "none"):
@@ -73,7 +84,7 @@ class DeconvNeck(nn.Module):
                 c = w
             up = nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, bias=False)
             if conv == "none":
-                nn.init.normal_(up.weight, std=0.001)
+                nn.init.normal_(up.weight, std=(2.0 / (c * 4)) ** 0.5)  # He: c x 2 x 2 taps per output
             else:
                 bilinear_upsampling_(up)
             layers += [up, nn.BatchNorm2d(w), nn.ReLU(inplace=True)]

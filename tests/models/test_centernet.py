@@ -242,3 +242,21 @@ def test_export_onnx_matches_eager(name, tmp_path):
     outs = ex.run_onnx(path, x)
     assert torch.equal(outs[3], ref[3]) and torch.equal(outs[2], ref[2])
     assert (outs[0] - ref[0]).abs().max() < 1e-3 and (outs[1] - ref[1]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv2_100"])
+def test_deconv_neck_eval_mode_matches_training_after_a_short_run(backbone):
+    # BatchNorm's running variance starts at 1: at the official deconv init (normal, std 0.001) the
+    # first deconvolution's outputs have a variance near 1e-4, and after the 20 updates of a short
+    # fine-tune the eval-mode neck output was ~100x smaller than in training (a flat heatmap in eval)
+    torch.manual_seed(0)
+    model = segzoo.build("centernet_resnet18", num_classes=1, backbone=backbone, neck_channels=(32, 32, 32))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = [model.backbone(model.normalize(x))[-1]]
+        model.neck.train()
+        for _ in range(20):
+            trained = model.neck(feats)
+        model.neck.eval()
+        ratio = float(model.neck(feats).std() / trained.std())
+    assert 0.5 < ratio < 2.0, ratio

@@ -245,7 +245,7 @@ def builder_defaults(name: str, kwargs: dict[str, Any] | None = None) -> dict[st
         return {}
     cls = entry.cls
     own = "__init__" in cls.__dict__
-    original = cls.__init__
+    original = cls.__init__  # type: ignore[misc]  # a class-level spy, restored below
     signature = inspect.signature(original)
     seen: list[inspect.BoundArguments] = []
 
@@ -257,16 +257,16 @@ def builder_defaults(name: str, kwargs: dict[str, Any] | None = None) -> dict[st
         original(self, *args, **kw)
 
     with _SPY_LOCK:
-        cls.__init__ = spy
+        cls.__init__ = spy  # type: ignore[misc]  # a class-level spy, restored below
         try:
             entry.fn(**{k: v for k, v in kwargs.items() if k != "weights"})
         except _Stop:
             pass
         finally:
             if own:
-                cls.__init__ = original
+                cls.__init__ = original  # type: ignore[misc]  # a class-level spy, restored below
             else:
-                del cls.__init__
+                del cls.__init__  # type: ignore[misc]  # a class-level spy, restored below
     if not seen:
         return {}
     bound = seen[0]

@@ -37,6 +37,8 @@ SHRINK = {
     "fcn_resnet50": ["model.backbone=resnet18d"], "pspnet_resnet50": ["model.backbone=resnet18d"],  # V1c-like stem
     "deeplabv3_resnet50": ["model.backbone=resnet18d"], "deeplabv3plus_resnet50": ["model.backbone=resnet18d"],
     "upernet_convnext_tiny": ["model.backbone=convnext_atto", "model.channels=64", "model.aux_channels=32"],
+    "mask2former_resnet50": [*_R18, "model.encoder_layers=1", "model.decoder_layers=2", "model.num_queries=10",
+                             "model.num_points=256"],
 }
 
 
@@ -63,6 +65,13 @@ def _layout(kind: str, tmp: Path) -> list[str]:
                 f"data.train.annotations={root / 'annotations' / 'instances_train2017.json'}",
                 f"data.val.images={root / 'val2017'}",
                 f"data.val.annotations={root / 'annotations' / 'instances_val2017.json'}"]
+    if kind == "coco_panoptic":  # the panoptic Shapes files are COCO-panoptic files (6 categories, 3 stuff)
+        from segzoo.data import ShapesPanoptic
+
+        ShapesPanoptic(tmp / "coco_panoptic", "train", num_train=2, num_val=1, size=64)
+        return [f"data.{s}.{k}={tmp / 'coco_panoptic' / s / v}" for s in ("train", "val")
+                for k, v in (("images", "images"), ("annotations", "panoptic.json"))] + \
+            ["model.num_classes=6", "model.num_stuff=3"]
     raise AssertionError(f"no tiny layout for data.type {kind}")
 
 
@@ -76,7 +85,9 @@ def _small_sizes(cfg) -> list[str]:
         out += ["data.augment.resize_short=[32, 40]" if isinstance(aug.resize_short, tuple) and
                 len(aug.resize_short) > 1 else "data.augment.resize_short=40", "data.augment.max_size=64"]
     else:
-        out += ["data.augment.size=[32, 40]", "data.augment.crop=[32, 40]"]
+        out.append("data.augment.size=[32, 40]")
+        if aug.crop is not None:  # otherwise the crop is the size (semantic), or there is none (panoptic)
+            out.append("data.augment.crop=[32, 40]")
         if aug.base_size is not None:
             out.append("data.augment.base_size=[40, 48]" if isinstance(aug.base_size, tuple) else
                        "data.augment.base_size=48")
@@ -91,7 +102,7 @@ def _small_sizes(cfg) -> list[str]:
 def test_recipe_trains_two_steps_and_evaluates(path, tmp_path):
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert "Source:" in header, f"{path.name} must name its source (paper + official config) in its header"
-    assert re.search(r"\d+\.\d+ (mIoU|box AP)", header), f"{path.name} must state the number it should reach"
+    assert re.search(r"\d+\.\d+ (mIoU|box AP|PQ)", header), f"{path.name} must state the number it should reach"
     cfg = load_config(path)
     shrink = SHRINK.get(cfg.model["name"], [])
     cfg = load_config(path, [*COMMON, *_layout(cfg.data.type, tmp_path), *_small_sizes(cfg), *shrink])

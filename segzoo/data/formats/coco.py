@@ -28,7 +28,7 @@ import segzoo.data.validation as validation
 from segzoo.data.base import OBJECT_TARGETS
 from segzoo.data.errors import DataError
 from segzoo.data.formats import coco_json
-from segzoo.data.formats.coco_json import KINDS, ann_where, annotation_problems, image_where, index_coco
+from segzoo.data.formats.coco_json import KINDS, JsonImages, ann_where, annotation_problems, image_where, index_coco
 from segzoo.data.image import image_size
 from segzoo.data.records import AnnotatedImages, Obj, _mask_api, examples, missing_classes
 from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, MULTI_HOT, Target
@@ -36,7 +36,7 @@ from segzoo.data.targets import BOXES, CLASS_MAP, INSTANCE_MASKS, MULTI_HOT, Tar
 PathLike = str | os.PathLike
 
 
-class CocoInstances(AnnotatedImages):
+class CocoInstances(JsonImages, AnnotatedImages):
     """Instance segmentation / detection data from a COCO json file.
 
     Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image`
@@ -115,20 +115,6 @@ class CocoInstances(AnnotatedImages):
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def image_path(self, index: int) -> Path:
-        return self.root / self.images[index]["file_name"]
-
-    def image_hw(self, index: int) -> tuple[int, int]:
-        """``(height, width)`` from the json where it gives both, else from the image file's header."""
-        info = self.images[index]
-        h, w = info.get("height"), info.get("width")
-        if isinstance(h, (int, float)) and isinstance(w, (int, float)) and not isinstance(h, bool):
-            return int(h), int(w)
-        return image_size(self.image_path(index))
-
-    def image_id(self, index: int) -> int:
-        return int(self.images[index]["id"])
 
     def annotations(self, index: int, with_crowd: bool = False) -> list[dict]:
         """The raw annotations of an image (crowd ones only when asked)."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from segzoo.data.errors import DataError
+from segzoo.data.image import image_size
 
 MAX_POLYGON_POINTS = 1_000_000  # per annotation: bounds what rasterising its polygons allocates
 REQUIRED = {"image": ("id", "file_name"), "annotation": ("id", "image_id", "category_id"), "category": ("id",)}
@@ -331,3 +332,25 @@ def group(kind: str, items: list[str], prefix: str = "") -> str:
     else:
         title, hint = INDEX_PROBLEMS[kind]
     return f"{prefix}{len(items)} {title} ({examples(items)}): {hint}"
+
+
+class JsonImages:
+    """The image side of a COCO-style reader (instances and panoptic): ``self.root`` and the json's
+    ``self.images`` entries give each image's path, size and id."""
+
+    root: Path
+    images: list[dict]
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.images[index]["file_name"]
+
+    def image_hw(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` from the json where it gives both, else from the image file's header."""
+        info = self.images[index]
+        h, w = info.get("height"), info.get("width")
+        if isinstance(h, (int, float)) and isinstance(w, (int, float)) and not isinstance(h, bool):
+            return int(h), int(w)
+        return image_size(self.image_path(index))
+
+    def image_id(self, index: int) -> int:
+        return int(self.images[index]["id"])

@@ -29,6 +29,7 @@ from torchvision import tv_tensors
 
 from segzoo.data.base import refuse_target
 from segzoo.data.errors import DataError
+from segzoo.data.formats.coco_json import JsonImages
 from segzoo.data.image import image_size, read_image, read_panoptic
 from segzoo.data.records import AnnotatedImages, Obj
 from segzoo.data.targets import SEGMENTS
@@ -110,7 +111,7 @@ def _index(data: Any, ann_file: Path) -> tuple[list[dict], list[dict], dict[int,
     return ordered, images, anns
 
 
-class CocoPanoptic(AnnotatedImages):
+class CocoPanoptic(JsonImages, AnnotatedImages):
     """Panoptic segmentation data in the COCO-panoptic format (see the module docstring).
 
     Items are ``(image, target)``: ``image`` a ``3 x H x W`` :class:`tv_tensors.Image` and
@@ -169,20 +170,6 @@ class CocoPanoptic(AnnotatedImages):
 
     def __len__(self) -> int:
         return len(self.images)
-
-    def image_path(self, index: int) -> Path:
-        return self.root / self.images[index]["file_name"]
-
-    def image_hw(self, index: int) -> tuple[int, int]:
-        """``(height, width)`` from the json where it gives both, else from the image file's header."""
-        info = self.images[index]
-        h, w = info.get("height"), info.get("width")
-        if isinstance(h, (int, float)) and isinstance(w, (int, float)) and not isinstance(h, bool):
-            return int(h), int(w)
-        return image_size(self.image_path(index))
-
-    def image_id(self, index: int) -> int:
-        return int(self.images[index]["id"])
 
     def objects(self, index: int, height: int, width: int) -> list[Obj]:
         """Each segment as one record (its pixels, its label; ``iscrowd`` kept), things and stuff alike."""

@@ -134,12 +134,20 @@ def generate(root: PathLike, num_train: int = 200, num_val: int = 50, size: int 
         ``root`` as a Path.
     """
     meta = {"version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed}
+    return write_splits_once(root, meta, _write_split)
+
+
+def write_splits_once(root: PathLike, meta: dict, write_split, min_size: int = 32) -> Path:
+    """:func:`write_once` of a generated train/val pair: ``write_split(folder, start, count, size, seed)`` writes
+    images ``0 .. num_train - 1`` to ``train/`` and the next ``num_val`` to ``val/`` (the counts, size and seed
+    are ``meta``'s)."""
+    n, size, seed = meta["num_train"], meta["size"], meta["seed"]
 
     def write(tmp: Path) -> None:
-        _write_split(tmp / "train", 0, num_train, size, seed)
-        _write_split(tmp / "val", num_train, num_val, size, seed)
+        write_split(tmp / "train", 0, n, size, seed)
+        write_split(tmp / "val", n, meta["num_val"], size, seed)
 
-    return write_once(root, meta, write, min_size=32)
+    return write_once(root, meta, write, min_size=min_size)
 
 
 def write_once(root: PathLike, meta: dict, write, min_size: int = 32) -> Path:
@@ -171,7 +179,23 @@ def write_once(root: PathLike, meta: dict, write, min_size: int = 32) -> Path:
     return root
 
 
-class Shapes(ConfigReader, Dataset):
+class SourceView:
+    """A generated dataset read back through the format reader it wrote (``self.source``): length, items and
+    every other attribute are the reader's."""
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        return self.source[index]
+
+    def __getattr__(self, name: str):
+        if name == "source":  # not yet set: avoid infinite recursion
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+
+class Shapes(SourceView, ConfigReader, Dataset):
     """The built-in Shapes dataset, generated on first use and read back from its files.
 
     ``target=CLASS_MAP`` reads the PNG label maps with :class:`MaskFolder` (4 classes:
@@ -232,16 +256,6 @@ class Shapes(ConfigReader, Dataset):
         return cls(split=args.split, target=target, transforms=transforms, **kw)
 
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        return self.source[index]
-
-    def __getattr__(self, name: str):
-        if name == "source":  # not yet set: avoid infinite recursion
-            raise AttributeError(name)
-        return getattr(self.source, name)
 
 
 __all__ = ["CocoSemantic", "Shapes", "encode_rle", "generate", "render", "write_once"]

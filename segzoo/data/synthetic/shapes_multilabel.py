@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from segzoo.data.base import ConfigReader, refuse_target
 from segzoo.data.formats.multilabel import MultiLabelMasks
-from segzoo.data.synthetic.shapes import SHAPE_CLASSES, _background, _polygon, write_once
+from segzoo.data.synthetic.shapes import SHAPE_CLASSES, SourceView, _background, _polygon, write_splits_once
 from segzoo.data.targets import CLASS_MAP, MULTI_HOT, Target
 
 PathLike = str | os.PathLike
@@ -60,15 +60,10 @@ def generate_overlapping(root: PathLike, num_train: int = 200, num_val: int = 50
     """Write the overlapping Shapes under ``root`` unless an identical copy is there (atomically, as Shapes)."""
     meta = {"kind": "overlapping", "version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
             "size": size, "seed": seed}
-
-    def write(tmp: Path) -> None:
-        _write_split(tmp / "train", 0, num_train, size, seed)
-        _write_split(tmp / "val", num_train, num_val, size, seed)
-
-    return write_once(root, meta, write, min_size=32)
+    return write_splits_once(root, meta, _write_split)
 
 
-class ShapesMultiLabel(ConfigReader, Dataset):
+class ShapesMultiLabel(SourceView, ConfigReader, Dataset):
     """The overlapping Shapes (``data.type: shapes_multilabel``), generated on first use.
 
     Args:
@@ -102,16 +97,6 @@ class ShapesMultiLabel(ConfigReader, Dataset):
         kw.setdefault("root", cls.DEFAULT_ROOT if cfg.root == default else cfg.root)
         return cls(split=args.split, target=target, transforms=transforms, **kw)
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        return self.source[index]
-
-    def __getattr__(self, name: str):
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
 
 
 __all__ = ["ShapesMultiLabel", "generate_overlapping", "render_overlapping"]

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from segzoo.data.base import ConfigReader, refuse_target
 from segzoo.data.formats.coco_panoptic import CocoPanoptic, ids_to_rgb
-from segzoo.data.synthetic.shapes import SHAPE_CLASSES, _polygon, write_once
+from segzoo.data.synthetic.shapes import SHAPE_CLASSES, SourceView, _polygon, write_splits_once
 from segzoo.data.targets import SEGMENTS
 
 PathLike = str | os.PathLike
@@ -140,15 +140,10 @@ def generate(root: PathLike, num_train: int = 200, num_val: int = 50, size: int 
     (atomically, as :func:`segzoo.data.synthetic.shapes.generate`)."""
     meta = {"kind": "shapes_panoptic", "version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
             "size": size, "seed": seed}
-
-    def write(tmp: Path) -> None:
-        _write_split(tmp / "train", 0, num_train, size, seed)
-        _write_split(tmp / "val", num_train, num_val, size, seed)
-
-    return write_once(root, meta, write, min_size=32)
+    return write_splits_once(root, meta, _write_split)
 
 
-class ShapesPanoptic(ConfigReader, Dataset):
+class ShapesPanoptic(SourceView, ConfigReader, Dataset):
     """The built-in panoptic Shapes data, generated on first use and read back from its files.
 
     6 categories: things ``circle``, ``square``, ``triangle`` (labels 0-2), stuff ``sky``,
@@ -188,16 +183,6 @@ class ShapesPanoptic(ConfigReader, Dataset):
         kw.setdefault("root", cls.DEFAULT_ROOT if cfg.root == default else cfg.root)
         return cls(split=args.split, transforms=transforms, **kw)
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int):
-        return self.source[index]
-
-    def __getattr__(self, name: str):
-        if name == "source":  # not yet set: avoid infinite recursion
-            raise AttributeError(name)
-        return getattr(self.source, name)
 
 
 __all__ = ["STUFF_CLASSES", "ShapesPanoptic", "generate", "render"]

@@ -16,6 +16,11 @@ in-memory Shapes items through a loader with ``num_workers: 0``:
 
 A step's time is the interval between two optimizer steps (segzoo: the trainer's ``on_step``
 callback), so set-up and the final checkpoint are left out; the first ``--skip`` steps warm up.
+Each interval is taken twice: on the wall clock and as the process's CPU time
+(``time.process_time``). With one thread and ``num_workers: 0`` every step runs in this process,
+so its CPU time is what the step costs, and other processes on a shared machine move it far less
+than the wall clock (they take turns on the cores, which the wall clock counts and the CPU time
+does not).
 Sides alternate ``--rounds`` times in one process and the medians are compared, so both share the
 machine's load. Then the loader alone: images/s of segzoo's loader with 0 and 1 workers, beside
 the images/s of a training step. Not part of the test suite: it takes minutes.
@@ -52,17 +57,26 @@ def run_config(steps: int, batch_size: int, lr: float, workers: int = 0) -> dict
     }
 
 
-def segzoo_steps(model, items, steps: int, batch_size: int, lr: float, out: Path) -> list[float]:
+def _stamp() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _intervals(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(wall, cpu) seconds between consecutive stamps."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
+
+
+def segzoo_steps(model, items, steps: int, batch_size: int, lr: float, out: Path) -> list[tuple[float, float]]:
     from segzoo.engine import build_trainer
 
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     trainer = build_trainer(model, items, None, run_config(steps, batch_size, lr), out,
-                            on_step=lambda _t: stamps.append(time.perf_counter()))
+                            on_step=lambda _t: stamps.append(_stamp()))
     trainer.fit(overwrite=True)
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return _intervals(stamps)
 
 
-def bare_steps(model, items, steps: int, batch_size: int, lr: float) -> list[float]:
+def bare_steps(model, items, steps: int, batch_size: int, lr: float) -> list[tuple[float, float]]:
     from segzoo.tasks import get_task
 
     loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=True, drop_last=True,
@@ -70,7 +84,7 @@ def bare_steps(model, items, steps: int, batch_size: int, lr: float) -> list[flo
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / steps) ** 0.9)
     model.train()
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     step = 0
     while step < steps:
         for images, targets in loader:
@@ -80,11 +94,11 @@ def bare_steps(model, items, steps: int, batch_size: int, lr: float) -> list[flo
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
             loss.item()
-            stamps.append(time.perf_counter())
+            stamps.append(_stamp())
             step += 1
             if step == steps:
                 break
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return _intervals(stamps)
 
 
 def loader_rate(model, items, batch_size: int, workers: int, batches: int) -> float:
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     base = segzoo.build(args.model, num_classes=4)
     items = shapes_items(args.batch_size * args.steps, args.size)
     lr = 1e-3
-    times: dict[str, list[float]] = {"segzoo": [], "bare": []}
+    times: dict[str, list[tuple[float, float]]] = {"segzoo": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for side in ("segzoo", "bare") if r % 2 == 0 else ("bare", "segzoo"):
@@ -134,16 +148,17 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     got = bare_steps(model, items, args.steps, args.batch_size, lr)
                 times[side] += got[args.skip:]
-                print(f"round {r + 1} {side}: median step {statistics.median(got[args.skip:]) * 1e3:.1f} ms",
+                wall, cpu = (statistics.median(t[k] for t in got[args.skip:]) for k in (0, 1))
+                print(f"round {r + 1} {side}: median step {wall * 1e3:.1f} ms wall, {cpu * 1e3:.1f} ms CPU",
                       flush=True)
-    seg, bare = statistics.median(times["segzoo"]), statistics.median(times["bare"])
-    step_rate = args.batch_size / seg
     print(f"\n{args.model}, {args.size} px, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
           f"{args.threads} thread(s), torch {torch.__version__}")
-    print(f"median step: segzoo {seg * 1e3:.1f} ms, bare loop {bare * 1e3:.1f} ms, "
-          f"overhead {100 * (seg / bare - 1):+.1f}%")
-    print(f"means: segzoo {statistics.mean(times['segzoo']) * 1e3:.1f} ms, "
-          f"bare {statistics.mean(times['bare']) * 1e3:.1f} ms")
+    for k, clock in enumerate(("wall", "CPU")):
+        seg = statistics.median(t[k] for t in times["segzoo"])
+        bare = statistics.median(t[k] for t in times["bare"])
+        print(f"median step ({clock}): segzoo {seg * 1e3:.1f} ms, bare loop {bare * 1e3:.1f} ms, "
+              f"overhead {100 * (seg / bare - 1):+.1f}%")
+    step_rate = args.batch_size / statistics.median(t[0] for t in times["segzoo"])
     for workers in (0, 1):
         rate = loader_rate(copy.deepcopy(base), items, args.batch_size, workers, min(40, args.steps))
         print(f"loader alone, num_workers={workers}: {rate:.0f} images/s (a training step consumes "

@@ -1,10 +1,13 @@
-"""The accuracy cost of int8 (segzoo.quantize) and bf16 (segzoo.optimize(bf16=True)) for a semantic checkpoint.
+"""The accuracy cost of int8 (segzoo.quantize) and bf16 (segzoo.optimize(bf16=True)) for a checkpoint.
 
     python -m benchmarks.int8_accuracy runs/quickstart/best.safetensors --data configs/quickstart.yaml --threads 1
+    python -m benchmarks.int8_accuracy runs/trees/best.safetensors --data configs/finetune/tree_crowns_centernet.yaml
 
 Calibrates the int8 model on the first --calib training images (evaluation transforms), then scores
-float, optimized (exact parts), bf16 and int8 on the validation split: mIoU, pixel accuracy and the
-share of pixels whose argmax agrees with float. Images must share one size (int8 is fixed-size).
+float, optimized (exact parts), bf16 and int8 on the validation split. Semantic checkpoints: mIoU,
+pixel accuracy and the share of pixels whose argmax agrees with float. Detection checkpoints
+(CenterNet): box AP and AP50 by :func:`segzoo.engine.evaluate`. Images must share one size (int8 is
+fixed-size).
 """
 
 from __future__ import annotations
@@ -32,14 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = segzoo.load(args.checkpoint).eval()
-    if model.task != "semantic":
-        p.error(f"{model.spec.name} is a {model.task} model; int8 covers semantic models")
+    if model.task not in ("semantic", "detection"):
+        p.error(f"{model.spec.name} is a {model.task} model; int8 covers semantic models and CenterNet")
     cfg = load_config(args.data, [], require_model=False)
-    train = build_split(cfg, "train", "semantic", train=False)
-    val = build_split(cfg, "val", "semantic", train=False)
+    train = build_split(cfg, "train", model.task, train=False)
+    val = build_split(cfg, "val", model.task, train=False)
     calib = [train[i][0] for i in range(min(args.calib, len(train)))]
     variants = {"float": model, "optimized": segzoo.optimize(model), "bf16": segzoo.optimize(model, bf16=True),
                 "int8": segzoo.quantize(model, calib, compile=args.compile)}
+    source = (f"{model.spec.name} on {{n}} validation images of {args.data}; int8 calibrated on {len(calib)} "
+              f"training images{' (compiled)' if args.compile else ' (reference graph)'}")
+    if model.task == "detection":
+        return detection_table(variants, val, args.max_images, source)
     n = len(val) if args.max_images is None else min(len(val), args.max_images)
     metrics = {k: SegmentationMetric(model.num_classes, ignore_index=cfg.data.ignore_index) for k in variants}
     agree = {k: 0.0 for k in variants}
@@ -55,12 +62,24 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[k].update(pred, target)
                 agree[k] += float((pred == ref).sum())
             pixels += target.numel()
-    print(f"{model.spec.name} on {n} validation images of {args.data}; int8 calibrated on {len(calib)} training "
-          f"images{' (compiled)' if args.compile else ' (reference graph)'}")
+    print(source.format(n=n))
     print("| model | mIoU | pixel acc | argmax = float |\n|---|---|---|---|")
     for k, metric in metrics.items():
         r = metric.compute()
         print(f"| {k} | {100 * r['miou']:.2f} | {100 * r['pixel_acc']:.2f} | {100 * agree[k] / pixels:.2f}% |")
+    return 0
+
+
+def detection_table(variants: dict, val, max_images: int | None, source: str) -> int:
+    from segzoo.engine import evaluate
+
+    n = len(val) if max_images is None else min(len(val), max_images)
+    print(source.format(n=n))
+    print("| model | box AP | box AP50 | box AP75 |\n|---|---|---|---|")
+    for k, m in variants.items():
+        r = evaluate(m, val, batch_size=1, max_images=n)["metrics"]
+        print(f"| {k} | {100 * r['bbox_AP']:.2f} | {100 * r['bbox_AP50']:.2f} | {100 * r['bbox_AP75']:.2f} |",
+              flush=True)
     return 0
 
 

@@ -11,6 +11,11 @@ compiling, the graph runs the reference (slow) int8 arithmetic.
 The PT2E API lives in ``torchao`` since torch 2.10 (``torchao.quantization.pt2e``); it is the
 ``int8`` extra: ``pip install 'segzoo[int8]'``. See docs/performance-optimize.md for the
 accuracy cost measured on Shapes and on the nuclei tiles.
+
+Detectors whose network ends in dense maps decoded outside it (CenterNet: ``forward_maps``, then
+``postprocess``) quantize the same way up to the maps; the decoding (sigmoid, peak picking,
+boxes) stays in float32 (:class:`QuantizedDetector`). Mask/Faster R-CNN are refused: their RPN
+applies one convolution to every FPN level, which the x86 quantizer cannot annotate.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 from segzoo.export import dynamic_shapes, exportable
 from segzoo.spec import TASK_TRAITS
 
-__all__ = ["QuantizedModel", "quantize"]
+__all__ = ["QuantizedDetector", "QuantizedModel", "quantize"]
 
 
 def _pt2e():
@@ -58,6 +63,12 @@ def _images(calibration_images: Any) -> list[torch.Tensor]:
     if not out:
         raise ValueError("no calibration images: give a few dozen images like the ones the model will see")
     return out
+
+
+def _freezing(compiled: bool) -> contextlib.AbstractContextManager:
+    # weight freezing lets inductor pre-pack the int8 weights into oneDNN kernels (compile(options=...)
+    # does not reach that pass in torch 2.14: the config is patched around the call that compiles)
+    return torch._inductor.config.patch(freezing=True) if compiled else contextlib.nullcontext()
 
 
 class QuantizedModel(nn.Module):
@@ -94,10 +105,7 @@ class QuantizedModel(nn.Module):
         if not self.dynamic and tuple(images.shape) != self.example_shape:
             raise ValueError(f"this int8 model was quantized for inputs of shape {self.example_shape}, got "
                              f"{tuple(images.shape)}; resize the input, or quantize with dynamic=True")
-        # weight freezing lets inductor pre-pack the int8 weights into oneDNN kernels (compile(options=...)
-        # does not reach that pass in torch 2.14: the config is patched around the call that compiles)
-        freezing = torch._inductor.config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
-        with torch.no_grad(), freezing:
+        with torch.no_grad(), _freezing(self.compiled):
             return self._runner(images)
 
     def export(self, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
@@ -108,9 +116,110 @@ class QuantizedModel(nn.Module):
             return torch.export.export(self.graph_module, (example,), dynamic_shapes=shapes)
 
 
+class _Maps(nn.Module):
+    """A detector's network without its decoding: normalised padded images -> its raw maps, as a tuple."""
+
+    def __init__(self, model: nn.Module, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = self.model.forward_maps(x)
+        return tuple(maps[k] for k in self.keys)
+
+
+class _DetectorExport(nn.Module):
+    """``images -> boxes, scores, labels, num_detections`` with the int8 maps graph inside."""
+
+    def __init__(self, quantized: QuantizedDetector) -> None:
+        super().__init__()
+        self.graph_module, self.source = quantized.graph_module, quantized.source
+        self.keys, self.max_detections = quantized.keys, quantized.source.max_detections
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, sizes = self.source.preprocess(images)
+        maps = dict(zip(self.keys, self.graph_module(x)))
+        return self.source.decode_padded(maps, sizes, self.max_detections)
+
+
+class QuantizedDetector(nn.Module):
+    """The int8 model of a dense-map detector (CenterNet): ``forward(images)`` returns one
+    ``{"boxes", "scores", "labels"}`` dict per image, like the float model in eval mode.
+
+    The images are normalised and padded in float32 (the float model's ``preprocess``), the
+    network up to its maps runs in int8 one image at a time (the graph has the calibration
+    images' padded size and a batch of one), and the maps are decoded in float32 (``postprocess``).
+
+    Attributes:
+        graph_module: the converted PT2E graph of the maps network.
+        source: the float model (its weights are not used; it normalises and decodes).
+        task, num_classes, classes, spec: copied from the float model.
+    """
+
+    dynamic = False
+
+    def __init__(self, graph_module: nn.Module, source: nn.Module, example: torch.Tensor, keys: tuple[str, ...],
+                 compile: bool):
+        super().__init__()
+        self.graph_module, self.source, self.keys = graph_module, source, keys
+        self.task = source.task
+        self.num_classes = getattr(source, "num_classes", None)
+        self.classes = getattr(source, "classes", None)
+        self.spec = getattr(source, "spec", None)
+        self.example_shape = tuple(example.shape)
+        self.compiled = compile
+        object.__setattr__(self, "_runner", torch.compile(graph_module) if compile else graph_module)
+
+    def train(self, mode: bool = True) -> QuantizedDetector:
+        if mode:
+            raise RuntimeError("an int8 model is for inference only; train the float model and quantize it again")
+        self.training = False
+        return self
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            x, sizes = self.source.preprocess(images)
+            if tuple(x.shape[1:]) != self.example_shape[1:]:
+                raise ValueError(f"this int8 model was quantized for images padded to {self.example_shape[-2:]}, "
+                                 f"got {tuple(x.shape[-2:])}; resize the input, or quantize with images of this size")
+            with _freezing(self.compiled):
+                outs = [self._runner(xi) for xi in x.split(1)]
+            maps = {k: torch.cat([o[i] for o in outs]) for i, k in enumerate(self.keys)}
+            return self.source.postprocess(maps, sizes)
+
+    def export(self, example: torch.Tensor | None = None) -> torch.export.ExportedProgram:
+        """``torch.export`` of ``images (1 x 3 x H x W) -> boxes, scores, labels, num_detections`` (padded
+        to ``max_detections``, as :func:`segzoo.export.exportable` gives for the float model)."""
+        example = torch.rand(1, 3, *self.example_shape[-2:]) if example is None else example
+        with torch.no_grad():
+            return torch.export.export(_DetectorExport(self), (example,))  # no .eval(): the graph refuses it
+
+
+def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, pt2e) -> QuantizedDetector:
+    prepare_pt2e, convert_pt2e, xiq = pt2e
+    source = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        padded = [source.preprocess(im)[0] for im in images]
+        keys = tuple(source.forward_maps(padded[0]).keys())
+    sizes = {tuple(x.shape[-2:]) for x in padded}
+    if len(sizes) > 1:
+        raise ValueError(f"calibration images pad to {len(sizes)} sizes ({sorted(sizes)[:3]}...); resize them to the "
+                         "one size the int8 model will run at")
+    with torch.no_grad():
+        graph = torch.export.export(_Maps(source, keys), (padded[0],)).module()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for x in padded:
+            prepared(x)
+    return QuantizedDetector(convert_pt2e(prepared), source, padded[0], keys, compile)
+
+
 def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False, compile: bool = True
-             ) -> QuantizedModel:
-    """int8 copy of a semantic ``model`` by PT2E post-training quantization (x86 inductor quantizer, CPU).
+             ) -> QuantizedModel | QuantizedDetector:
+    """int8 copy of a semantic ``model`` (or of a dense-map detector: CenterNet) by PT2E post-training
+    quantization (x86 inductor quantizer, CPU).
 
     Args:
         model: a segzoo model (left unchanged: a copy is exported).
@@ -122,24 +231,32 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
             speed; False keeps the reference graph (for export or debugging).
 
     Returns:
-        A :class:`QuantizedModel`.
+        A :class:`QuantizedModel` (semantic models) or :class:`QuantizedDetector` (CenterNet: the
+        network in int8 up to its maps, the decoding in float32; fixed-size).
     """
-    prepare_pt2e, convert_pt2e, xiq = _pt2e()
+    pt2e = _pt2e()
+    prepare_pt2e, convert_pt2e, xiq = pt2e
     images = _images(calibration_images)
     traits = TASK_TRAITS.get(getattr(model, "task", None))
-    if traits is None or not traits.dense:
+    dense_maps = hasattr(model, "forward_maps") and hasattr(model, "postprocess")
+    if (traits is None or not traits.dense) and not dense_maps:
         # Mask/Faster R-CNN call one RPN convolution on every FPN level (the quantizer refuses a convolution
-        # with several outputs); CenterNet's decoding feeds booleans to the activation observers
-        raise NotImplementedError(f"int8 quantization supports semantic models; {type(model).__name__} is a "
-                                  f"{getattr(model, 'task', 'non-segzoo')} model: use segzoo.optimize for it")
-    sizes = {tuple(im.shape[-2:]) for im in images}
-    if not dynamic and len(sizes) > 1:
-        raise ValueError(f"calibration images have {len(sizes)} sizes ({sorted(sizes)[:3]}...); resize them to the "
-                         "one size the int8 model will run at, or use dynamic=True")
+        # with several outputs)
+        raise NotImplementedError(f"int8 quantization supports semantic models and CenterNet; {type(model).__name__} "
+                                  f"is a {getattr(model, 'task', 'non-segzoo')} model: use segzoo.optimize for it")
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise ValueError(f"int8 PT2E quantization with the x86 inductor quantizer runs on the CPU; the model is on "
                          f"{device}: move it with model.cpu()")
+    if traits is None or not traits.dense:
+        if dynamic:
+            raise ValueError("a detector's int8 model is fixed-size (its decoding is exported at one size): "
+                             "quantize with dynamic=False and calibration images of the deployed size")
+        return _quantize_maps(model, images, compile, pt2e)
+    sizes = {tuple(im.shape[-2:]) for im in images}
+    if not dynamic and len(sizes) > 1:
+        raise ValueError(f"calibration images have {len(sizes)} sizes ({sorted(sizes)[:3]}...); resize them to the "
+                         "one size the int8 model will run at, or use dynamic=True")
     example = images[0]
     float_model = copy.deepcopy(model).eval()  # prepare_pt2e folds BatchNorm into the convolutions itself
     module = exportable(float_model)

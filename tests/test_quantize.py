@@ -10,6 +10,7 @@ import torch
 
 import segzoo
 from segzoo.data.synthetic.shapes import render
+from segzoo.quantize import QuantizedDetector
 
 pytest.importorskip("torchao", reason="int8 needs the int8 extra: pip install 'segzoo[int8]'")
 
@@ -81,7 +82,7 @@ def test_bad_calibration_and_models_are_refused(trained):
     with pytest.raises(ValueError, match="2 sizes"):
         segzoo.quantize(trained, [torch.rand(3, 64, 64), torch.rand(3, 64, 96)])
     det = segzoo.build("fasterrcnn_resnet18_fpn", num_classes=2)
-    with pytest.raises(NotImplementedError, match="supports semantic models"):
+    with pytest.raises(NotImplementedError, match="supports semantic models and CenterNet"):
         segzoo.quantize(det, torch.rand(1, 3, 64, 64))
 
 
@@ -96,3 +97,36 @@ def test_missing_torchao_says_which_extra(monkeypatch, trained):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ImportError, match=r"segzoo\[int8\]"):
         segzoo.quantize(trained, torch.rand(1, 3, 64, 64))
+
+
+def test_centernet_int8_maps_follow_float_and_decode_in_float():
+    torch.manual_seed(0)
+    model = segzoo.build("centernet_resnet18", num_classes=2).eval()
+    calib = [torch.rand(3, 96, 96) for _ in range(3)]
+    q = segzoo.quantize(model, calib, compile=False)
+    assert isinstance(q, QuantizedDetector) and q.task == model.task
+    assert "quantize_per_tensor" in str(q.graph_module.graph)  # the maps network really runs in int8
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        padded, _ = model.preprocess(x)
+        ref = model.forward_maps(padded)
+        got = [q.graph_module(xi) for xi in padded.split(1)]
+    for i, key in enumerate(q.keys):
+        out = torch.cat([g[i] for g in got])
+        assert not torch.equal(out, ref[key])
+        corr = torch.corrcoef(torch.stack([out.flatten(), ref[key].flatten()]))[0, 1]
+        assert corr > 0.99, f"int8 {key} map correlates {corr:.4f} with float"
+    dets = q(x)  # one dict per image, decoded by the float model's postprocess
+    assert len(dets) == 2 and set(dets[0]) == {"boxes", "scores", "labels"}
+    maps = {k: torch.cat([g[i] for g in got]) for i, k in enumerate(q.keys)}
+    expected = model.postprocess(maps, torch.tensor([[96, 96], [96, 96]]))
+    torch.testing.assert_close(dets[1]["boxes"], expected[1]["boxes"])
+    program = q.export()
+    boxes, scores, labels, num = program.module()(x[:1])
+    torch.testing.assert_close(scores[0, : int(num[0])], dets[0]["scores"])
+    with pytest.raises(ValueError, match="padded to"):
+        q(torch.rand(1, 3, 128, 128))
+    with pytest.raises(ValueError, match="fixed-size"):
+        segzoo.quantize(model, calib, dynamic=True)
+    with pytest.raises(RuntimeError, match="inference only"):
+        q.train()

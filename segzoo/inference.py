@@ -32,7 +32,8 @@ from segzoo.slicing import tile_size as _tile_size
 from segzoo.spec import task_traits
 
 __all__ = [
-    "DRAWN_BELOW", "FilePrediction", "SkippedImageWarning", "check_tta", "detect", "fast_model", "fit_scale",
+    "AUTO_TILE", "AUTO_TILE_PIXELS", "DRAWN_BELOW", "FilePrediction", "SkippedImageWarning", "auto_tile",
+    "check_tta", "detect", "fast_model", "fit_scale",
     "list_images",
     "load_image", "predict", "predict_files", "semantic_probs", "sliding_window", "tile_origins", "write_prediction",
 ]
@@ -143,6 +144,28 @@ def _tta_config(tta) -> dict:
             raise ValueError(f"tta scales must be positive, got {scales}")
         return {"scales": scales, "flip": bool(tta.get("flip", False))}
     raise TypeError(f"tta must be None, a preset name {sorted(_TTA_PRESETS)} or a dict, got {tta!r}")
+
+
+AUTO_TILE = 1280  # the tile side that tile="auto" uses
+AUTO_TILE_PIXELS = 1536 * 1536  # semantic images with more pixels than this are tiled under tile="auto"
+
+
+def auto_tile(task: str, tile, height: int, width: int):
+    """The tile :func:`predict` uses: ``tile`` itself, unless it is ``"auto"``.
+
+    ``"auto"`` runs a semantic image of more than :data:`AUTO_TILE_PIXELS` pixels (about 1536 x 1536)
+    through :data:`AUTO_TILE`-pixel tiles with the given overlap, one tile per forward pass (a batch
+    of tiles would hold more pixels than the whole image), and everything else whole. A
+    network's activations grow with the pixels it sees at once, so above the bound tiling keeps the
+    memory of one forward that of a tile (2 x 2 tiles for a 2048 x 2048 image at overlap 0.25,
+    1.56x the pixels of one whole forward); the blended logits cost ``C x H x W`` floats either way.
+    Detection and the other tasks run whole (their tiling merges detections: ask for it with a size).
+    """
+    if not isinstance(tile, str):
+        return tile
+    if tile != "auto":
+        raise ValueError(f'tile must be a size, None (the whole image) or "auto", got {tile!r}')
+    return AUTO_TILE if task_traits(task).dense and height * width > AUTO_TILE_PIXELS else None
 
 
 def check_tta(task: str, tta, tile=None) -> None:
@@ -302,7 +325,7 @@ def predict(
     model: nn.Module,
     image_or_path,
     *,
-    tile: int | Sequence[int] | None = None,
+    tile: int | Sequence[int] | str | None = "auto",
     overlap: float = 0.25,
     tta: str | dict | bool | None = None,
     batch_size: int = 4,
@@ -321,7 +344,9 @@ def predict(
             (float in [0, 1] or uint8); or a list of these.
         tile: run on overlapping tiles of this size (int or ``(h, w)``) for images larger
             than it. Semantic logits are blended with tent weights; detections of all tiles
-            are merged with per-class NMS at ``nms_iou``.
+            are merged with per-class NMS at ``nms_iou``. ``"auto"`` (the default): semantic
+            images above about 1536 x 1536 pixels go through 1280-pixel tiles, one per forward
+            pass, the rest whole (:func:`auto_tile`); None: always the whole image.
         overlap: fraction of each tile shared with its neighbour.
         tta: semantic models only: ``"flip"`` (horizontal flip), ``"ms"`` (scales 0.75, 1,
             1.25), ``"ms_flip"`` (both; also ``True``) or ``dict(scales=(...), flip=bool)``.
@@ -350,10 +375,13 @@ def predict(
         return [predict(model, im, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size, nms_iou=nms_iou,
                         merge=merge, fast=False) for im in image_or_path]
     task = model.task
-    check_tta(task, tta, tile)
+    check_tta(task, tta, None if tile == "auto" else tile)
     model = fast_model(model, fast)
     device, dtype = _device_dtype(model)
     x = load_image(image_or_path).to(device=device, dtype=dtype)[None]  # (1, 3, H, W)
+    if tile == "auto":
+        tile = auto_tile(task, tile, *x.shape[-2:])
+        batch_size = 1 if tile is not None else batch_size  # tiled for memory: one tile per forward
     was_training = model.training
     model.eval()
     try:
@@ -517,7 +545,7 @@ def predict_files(
     files: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
-    tile: int | Sequence[int] | None = None,
+    tile: int | Sequence[int] | str | None = "auto",
     overlap: float = 0.25,
     tta: str | dict | bool | None = None,
     score_thresh: float = 0.5,
@@ -534,12 +562,12 @@ def predict_files(
     the same name in different folders are written as ``NAME`` and ``NAME_1``. ``score_thresh``
     decides what the pictures show, ``keep_thresh`` what the json keeps (see
     :func:`write_prediction`); class names default to the checkpoint's (``model.classes``).
-    ``fast`` is :func:`predict`'s (the model is optimized once for all the files).
+    ``tile`` and ``fast`` are :func:`predict`'s (the model is optimized once for all the files).
 
     Yields:
         One :class:`FilePrediction` per file, in order.
     """
-    check_tta(model.task, tta, tile)
+    check_tta(model.task, tta, None if tile == "auto" else tile)
     names = class_names if class_names is not None else getattr(model, "classes", None)
     model = fast_model(model, fast)
     stems: dict[str, int] = {}

@@ -139,3 +139,52 @@ def test_detection_tiles_are_merged_with_nms():
     assert torch.equal(tiled["masks"].dense(), (full["masks"].reshape(1, 100, 100) > 0.5).float())
     with pytest.raises(ValueError, match="semantic models only"):
         segzoo.predict(model, image, tta="flip")
+
+
+def test_auto_tile_tiles_only_large_semantic_images():
+    from segzoo.inference import AUTO_TILE, AUTO_TILE_PIXELS, auto_tile
+
+    big = int(AUTO_TILE_PIXELS**0.5) + 1
+    assert auto_tile("semantic", "auto", big, big) == AUTO_TILE
+    assert auto_tile("semantic", "auto", 1024, 1024) is None
+    assert auto_tile("detection", "auto", 4096, 4096) is None  # detections are tiled only on request
+    assert auto_tile("semantic", None, 4096, 4096) is None and auto_tile("semantic", 256, 64, 64) == 256
+    with pytest.raises(ValueError, match='"auto"'):
+        auto_tile("semantic", "big", 64, 64)
+
+
+def test_predict_by_default_runs_large_semantic_images_in_tiles(monkeypatch):
+    import segzoo.inference as inference
+
+    monkeypatch.setattr(inference, "AUTO_TILE_PIXELS", 96 * 96)
+    monkeypatch.setattr(inference, "AUTO_TILE", 64)
+    torch.manual_seed(0)
+    model = LocalFCN().eval()
+    seen = []
+    model.body.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    image = torch.rand(3, 128, 160)
+    auto = segzoo.predict(model, image, fast=False)
+    assert len(seen) > 1 and set(seen) == {(64, 64)}  # never the whole 128 x 160 image at once
+    batches = []
+    model.body.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    segzoo.predict(model, image, fast=False)
+    assert set(batches) == {1}  # one tile per forward: a batch of tiles would hold more than the image
+    seen.clear()
+    whole = segzoo.predict(model, image, tile=None, fast=False)
+    assert seen == [(128, 160)]
+    assert auto["probs"].shape == whole["probs"].shape == (3, 128, 160)
+    assert (auto["mask"] == whole["mask"]).float().mean() > 0.95  # the blend differs only near tile borders
+    seen.clear()
+    segzoo.predict(model, torch.rand(3, 80, 96), fast=False)  # below the bound: whole
+    assert seen == [(80, 96)]
+
+
+def test_infer_tile_argument():
+    import argparse
+
+    from segzoo.cli.infer import tile_argument
+
+    assert tile_argument("auto") == "auto" and tile_argument("none") is None and tile_argument("512") == 512
+    for bad in ("big", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--tile"):
+            tile_argument(bad)

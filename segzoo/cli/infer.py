@@ -32,9 +32,10 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--recursive", action="store_true", help="also search sub-folders")
-    p.add_argument("--tile", type=int, default=None,
+    p.add_argument("--tile", type=tile_argument, default="auto",
                    help="tile size for large images: semantic logits tent-blended; detections of the tiles merged "
-                        "(--merge), instance masks kept as crops (docs/toolbox.md, sliced inference)")
+                        "(--merge), instance masks kept as crops (docs/toolbox.md, sliced inference). Default auto: "
+                        "semantic images above about 1536 x 1536 go through 1280-pixel tiles; none: always whole")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction")
     p.add_argument("--merge", default="nms", choices=["nms", "fuse"],
                    help="detections of overlapping tiles: class-wise NMS or box fusion (with --tile)")
@@ -51,6 +52,21 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--to", default=None, choices=PRELABEL_FORMATS,
                    help="also write the predictions as pre-labels for a labelling tool into OUT/prelabels_FORMAT/ "
                         "(detections scoring >= --score-thresh; see segzoo.data.prelabel)")
+
+
+def tile_argument(text: str) -> int | str | None:
+    """``--tile``: a size in pixels, ``auto`` or ``none``."""
+    if text.lower() == "auto":
+        return "auto"
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile takes a size in pixels, auto or none; got {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"--tile must be a positive size (or auto, none); got {size}")
+    return size
 
 
 PRELABEL_FORMATS = ("coco", "labelme", "cvat", "yolo", "mask_folder")  # segzoo.data.convert.TARGETS

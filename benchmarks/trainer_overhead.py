@@ -2,6 +2,7 @@
 
     python -m benchmarks.trainer_overhead                       # unet_resnet18, 128 px, batch 4, 40 steps
     python -m benchmarks.trainer_overhead --model fcn_resnet50 --steps 20 --rounds 2 --threads 1
+    python -m benchmarks.trainer_overhead --options --steps 20 --rounds 3   # channels_last / bf16 in training
 
 Both sides train the same model (one initialisation, copied), with the same loss (the model's own
 ``forward(images, targets)``), the same optimizer type, learning rate and weight decay, on the same
@@ -23,7 +24,9 @@ than the wall clock (they take turns on the cores, which the wall clock counts a
 does not).
 Sides alternate ``--rounds`` times in one process and the medians are compared, so both share the
 machine's load. Then the loader alone: images/s of segzoo's loader with 0 and 1 workers, beside
-the images/s of a training step. Not part of the test suite: it takes minutes.
+the images/s of a training step. ``--options`` instead times segzoo's trainer alone under
+``train.channels_last`` and ``train.amp=bf16`` (CPU autocast) beside float32, alternating the same
+way, to choose them by measurement. Not part of the test suite: it takes minutes.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ def shapes_items(count: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor
     return items
 
 
-def run_config(steps: int, batch_size: int, lr: float, workers: int = 0) -> dict:
+def run_config(steps: int, batch_size: int, lr: float, workers: int = 0, **train) -> dict:
     return {
         "data": {"batch_size": batch_size, "num_workers": workers},
         "train": {"max_steps": steps, "optimizer": "adamw", "lr": lr, "weight_decay": 1e-4, "device": "cpu",
-                  "progress": False, "tensorboard": False, "seed": 0, "amp": "off", "checkpoint_every": steps},
+                  "progress": False, "tensorboard": False, "seed": 0, "amp": "off", "checkpoint_every": steps,
+                  **train},
     }
+
+
+OPTIONS = {"float32": {}, "channels_last": {"channels_last": True}, "bf16": {"amp": "bf16"},
+           "bf16 + channels_last": {"amp": "bf16", "channels_last": True}}
 
 
 def _stamp() -> tuple[float, float]:
@@ -66,11 +74,12 @@ def _intervals(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:])]
 
 
-def segzoo_steps(model, items, steps: int, batch_size: int, lr: float, out: Path) -> list[tuple[float, float]]:
+def segzoo_steps(model, items, steps: int, batch_size: int, lr: float, out: Path, **train
+                 ) -> list[tuple[float, float]]:
     from segzoo.engine import build_trainer
 
     stamps: list[tuple[float, float]] = []
-    trainer = build_trainer(model, items, None, run_config(steps, batch_size, lr), out,
+    trainer = build_trainer(model, items, None, run_config(steps, batch_size, lr, **train), out,
                             on_step=lambda _t: stamps.append(_stamp()))
     trainer.fit(overwrite=True)
     return _intervals(stamps)
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", type=int, default=3, help="warm-up steps left out of each side's median")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--options", action="store_true",
+                    help="time the trainer under channels_last and bf16 autocast beside float32 instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     base = segzoo.build(args.model, num_classes=4)
     items = shapes_items(args.batch_size * args.steps, args.size)
     lr = 1e-3
+    if args.options:
+        return compare_options(base, items, args, lr)
     times: dict[str, list[tuple[float, float]]] = {"segzoo": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -163,6 +176,28 @@ def main(argv: list[str] | None = None) -> int:
         rate = loader_rate(copy.deepcopy(base), items, args.batch_size, workers, min(40, args.steps))
         print(f"loader alone, num_workers={workers}: {rate:.0f} images/s (a training step consumes "
               f"{step_rate:.1f} images/s)")
+    return 0
+
+
+def compare_options(base, items, args, lr: float) -> int:
+    """The trainer's step under each of :data:`OPTIONS`, rounds alternating; CPU-time medians against float32."""
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in OPTIONS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            names = list(OPTIONS) if r % 2 == 0 else list(reversed(OPTIONS))
+            for name in names:
+                got = segzoo_steps(copy.deepcopy(base), items, args.steps, args.batch_size, lr,
+                                   Path(tmp) / f"{name}{r}".replace(" ", ""), **OPTIONS[name])
+                times[name] += got[args.skip:]
+                print(f"round {r + 1} {name}: median step {statistics.median(t[1] for t in got[args.skip:]) * 1e3:.1f}"
+                      " ms CPU", flush=True)
+    print(f"\n{args.model}, {args.size} px, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
+          f"{args.threads} thread(s), torch {torch.__version__}")
+    ref = statistics.median(t[1] for t in times["float32"])
+    print("| train options | median step (CPU ms) | against float32 |\n|---|---|---|")
+    for name, got in times.items():
+        cpu = statistics.median(t[1] for t in got)
+        print(f"| {name} | {cpu * 1e3:.1f} | {cpu / ref:.2f} |")
     return 0
 
 

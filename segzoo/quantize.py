@@ -195,8 +195,19 @@ class QuantizedDetector(nn.Module):
             return torch.export.export(_DetectorExport(self), (example,))  # no .eval(): the graph refuses it
 
 
-def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, pt2e) -> QuantizedDetector:
+def _calibrated(graph: nn.Module, inputs: list[torch.Tensor], pt2e) -> nn.Module:
+    """The exported ``graph`` annotated by the x86 inductor quantizer, observed on ``inputs`` and converted."""
     prepare_pt2e, convert_pt2e, xiq = pt2e
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for x in inputs:
+            prepared(x)
+    return convert_pt2e(prepared)
+
+
+def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, pt2e) -> QuantizedDetector:
     source = copy.deepcopy(model).eval()
     with torch.no_grad():
         padded = [source.preprocess(im)[0] for im in images]
@@ -207,13 +218,7 @@ def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, 
                          "one size the int8 model will run at")
     with torch.no_grad():
         graph = torch.export.export(_Maps(source, keys), (padded[0],)).module()
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
-        for x in padded:
-            prepared(x)
-    return QuantizedDetector(convert_pt2e(prepared), source, padded[0], keys, compile)
+    return QuantizedDetector(_calibrated(graph, padded, pt2e), source, padded[0], keys, compile)
 
 
 def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False, compile: bool = True
@@ -235,7 +240,6 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
         network in int8 up to its maps, the decoding in float32; fixed-size).
     """
     pt2e = _pt2e()
-    prepare_pt2e, convert_pt2e, xiq = pt2e
     images = _images(calibration_images)
     traits = TASK_TRAITS.get(getattr(model, "task", None))
     dense_maps = hasattr(model, "forward_maps") and hasattr(model, "postprocess")
@@ -265,11 +269,4 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
         shapes, example = dynamic_shapes(float_model, example)
     with torch.no_grad():
         graph = torch.export.export(module, (example,), dynamic_shapes=shapes).module()
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(graph, quantizer)
-    with torch.no_grad():
-        for im in images:
-            prepared(im)
-    converted = convert_pt2e(prepared)
-    return QuantizedModel(converted, model, images[0], dynamic, compile)
+    return QuantizedModel(_calibrated(graph, images, pt2e), model, images[0], dynamic, compile)

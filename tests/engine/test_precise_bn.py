@@ -170,3 +170,44 @@ def test_ema_weights_get_their_own_statistics(data, tmp_path):
     update_bn_stats(ema, trainer._precise_bn_batches(0), 2, trainer._precise_bn_forward)  # the same two batches
     torch.testing.assert_close(ema.backbone[1].running_var, expected)
     assert not torch.equal(ema.backbone[1].running_var, model.backbone[1].running_var)
+
+
+def _ddp_worker(rank, world, port, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = Block()
+        batches = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(10 * rank + i)) * (rank + 1)
+                   for i in range(2)]
+        update_bn_stats(model, iter(batches), 2, lambda m, x: m(x))
+        torch.save({"bn": {k: v.clone() for k, v in model.bn.state_dict().items()}, "batches": batches},
+                   out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: about 30 s on the shared cores, most of it importing
+def test_processes_average_their_statistics(tmp_path):
+    """Under DDP every process ends with the mean of the processes' statistics, so the ranks' buffers agree."""
+    import torch.multiprocessing as mp
+
+    from tests.engine.test_trainer_ddp import _free_port
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    own = []
+    for got in saved:  # each rank's statistics alone, from the same weights in one process
+        torch.manual_seed(0)
+        model = Block()
+        update_bn_stats(model, iter(got["batches"]), 2, lambda m, x: m(x))
+        own.append((model.bn.running_mean, model.bn.running_var))
+    for got in saved:
+        torch.testing.assert_close(got["bn"]["running_mean"], (own[0][0] + own[1][0]) / 2)
+        torch.testing.assert_close(got["bn"]["running_var"], (own[0][1] + own[1][1]) / 2)
+    assert not torch.allclose(own[0][1], own[1][1])

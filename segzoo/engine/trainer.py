@@ -6,7 +6,8 @@ returns a loss dict with ``loss``; ``model(images)`` returns predictions), never
 name. It runs gradient accumulation (``no_sync`` under DDP), AMP autocast with the GradScaler,
 gradient clipping, NaN/inf detection (one host sync per optimizer step, on the already-reduced
 losses), the schedule and EMA steps, atomic checkpoints with exact resume, clean stops on
-SIGINT/SIGTERM, per-epoch evaluation (:func:`segzoo.engine.evaluate`), best-checkpoint keeping,
+SIGINT/SIGTERM, precise BatchNorm statistics before evaluation (``train.precise_bn``), per-epoch
+evaluation (:func:`segzoo.engine.evaluate`), best-checkpoint keeping,
 early stopping, tqdm progress and the run log. Building is :mod:`segzoo.engine.build`'s job:
 device, DDP (and SyncBatchNorm), channels_last, ``torch.compile``, frozen backbones, parameter
 groups, warmup + poly/cosine/step schedules, the EMA (``train.ema``), trackers.
@@ -317,7 +318,11 @@ class Trainer:
         t0 = time.perf_counter()
         used = 0
         for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
-            used = update_bn_stats(m, self._precise_bn_batches(epoch), n, self._precise_bn_forward)
+            batches = self._precise_bn_batches(epoch)
+            try:
+                used = update_bn_stats(m, batches, n, self._precise_bn_forward)
+            finally:
+                batches.close()  # the loader's iterator (and its workers) go now, not when collected
         self.log({"type": "precise_bn", "step": self.step, "batches": used,
                   "seconds": round(time.perf_counter() - t0, 3)})
 

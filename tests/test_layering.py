@@ -45,7 +45,7 @@ LAYERS = [
     ("segzoo.tasks",),  # one object per task, over data, metrics, pictures and inference
     ("segzoo.engine.device", "segzoo.engine.distributed", "segzoo.engine.ema", "segzoo.engine.optim",
      "segzoo.engine.run_folder", "segzoo.engine.signals", "segzoo.engine.trackers", "segzoo.engine.logs",
-     "segzoo.engine.checkpointer", "segzoo.engine.evaluator", "segzoo.engine.report"),
+     "segzoo.engine.checkpointer", "segzoo.engine.evaluator", "segzoo.engine.report", "segzoo.engine.precise_bn"),
     ("segzoo.engine.trainer",),  # the loop: it receives built objects
     ("segzoo.engine.build",),  # validates a run once and builds what the loop receives
     ("segzoo.engine.run", "segzoo.engine"),  # train_from_config; the package's front

@@ -56,13 +56,14 @@ class Row:
 
 
 NUCLEI = _recipe("nuclei", 128, 4, ADAMW)
+NUCLEI_PRECISE_BN = _recipe("nuclei", 128, 4, {**ADAMW, "precise_bn": 9})  # BatchNorm statistics over 3 epochs
 TREES_SGD = _recipe("tree_crowns", 256, 2, SGD)
 TREES_ADAMW = _recipe("tree_crowns", 256, 4, ADAMW)
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("unet", "unet_mobilenetv2", "nuclei, 128 px", NUCLEI, DICE, 30),
     Row("unet_smp", "smp Unet('mobilenet_v2')", "nuclei, 128 px", NUCLEI, DICE, 30, smp="Unet"),
-    Row("deeplabv3plus", "deeplabv3plus_mobilenetv2", "nuclei, 128 px", NUCLEI, DICE, 30),
-    Row("deeplabv3plus_smp", "smp DeepLabV3Plus('mobilenet_v2')", "nuclei, 128 px", NUCLEI, DICE, 30,
+    Row("deeplabv3plus", "deeplabv3plus_mobilenetv2", "nuclei, 128 px", NUCLEI_PRECISE_BN, DICE, 100),
+    Row("deeplabv3plus_smp", "smp DeepLabV3Plus('mobilenet_v2')", "nuclei, 128 px", NUCLEI, DICE, 100,
         smp="DeepLabV3Plus"),
     Row("maskrcnn", "maskrcnn_mobilenetv2_fpn", "nuclei, 128 px", _recipe("nuclei", 128, 4, SGD), MASK, 40,
         options=RCNN),

@@ -103,6 +103,8 @@ class TrainConfig(_Section):
     channels_last: bool = option(False)
     compile: bool = option(False, "torch.compile the model")
     sync_bn: bool = option(False, "BatchNorm -> SyncBatchNorm under DDP on GPUs; no-op in a single process")
+    precise_bn: int = option(0, "recompute BatchNorm running statistics over this many training batches before "
+                                "each evaluation and the final checkpoint (0: off; frozen BatchNorm untouched)", ge=0)
     ema: bool = option(False, "keep an EMA of the weights; it is evaluated, kept as best and saved as ema.safetensors")
     ema_decay: float = option(0.9998, "EMA decay per update: ema = decay * ema + (1 - decay) * weights", gt=0, lt=1)
     ema_every: int = option(1, "optimizer steps between EMA updates", ge=1)

@@ -1,7 +1,7 @@
 """The run log: ``log.jsonl`` (one JSON record a line), TensorBoard when it is installed, and the
 experiment trackers of ``train.loggers`` (:mod:`segzoo.engine.trackers`).
 
-Records have a ``type`` (``train``: one per optimizer step; ``eval``; ``early_stop``;
+Records have a ``type`` (``train``: one per optimizer step; ``eval``; ``precise_bn``; ``early_stop``;
 ``error``) and a ``step``. A resumed run first cuts the log back to its checkpoint, so the
 steps it runs again are logged once.
 """

@@ -6,7 +6,8 @@ returns a loss dict with ``loss``; ``model(images)`` returns predictions), never
 name. It runs gradient accumulation (``no_sync`` under DDP), AMP autocast with the GradScaler,
 gradient clipping, NaN/inf detection (one host sync per optimizer step, on the already-reduced
 losses), the schedule and EMA steps, atomic checkpoints with exact resume, clean stops on
-SIGINT/SIGTERM, per-epoch evaluation (:func:`segzoo.engine.evaluate`), best-checkpoint keeping,
+SIGINT/SIGTERM, precise BatchNorm statistics before evaluation (``train.precise_bn``), per-epoch
+evaluation (:func:`segzoo.engine.evaluate`), best-checkpoint keeping,
 early stopping, tqdm progress and the run log. Building is :mod:`segzoo.engine.build`'s job:
 device, DDP (and SyncBatchNorm), channels_last, ``torch.compile``, frozen backbones, parameter
 groups, warmup + poly/cosine/step schedules, the EMA (``train.ema``), trackers.
@@ -21,6 +22,7 @@ evaluation), ``best.safetensors``, ``ema.safetensors`` (the averaged weights, wi
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -42,6 +44,7 @@ from segzoo.engine.distributed import EpochLoader, all_reduce_mean, barrier, run
 from segzoo.engine.ema import ModelEma
 from segzoo.engine.evaluator import evaluate, save_predictions_png
 from segzoo.engine.logs import RunLog, jsonable
+from segzoo.engine.precise_bn import update_bn_stats
 from segzoo.engine.run_folder import (
     BEST_FILE,
     EMA_FILE,
@@ -286,6 +289,43 @@ class Trainer:
                         channels_last=self.tc.channels_last, max_images=self.ec.max_images,
                         class_names=self.classes, ignore_index=self.dc.ignore_index, **self.eval_protocol)
 
+    def _precise_bn_batches(self, epoch: int):
+        """Training batches from ``epoch`` on, through a copy of the loader and its sampler (the loop's are left as
+        they are; items are seeded by (seed, epoch, index), so drawing them consumes no random state)."""
+        loader = copy.copy(self.loader)
+        loader.sampler = copy.copy(self.loader.sampler)
+        while True:
+            empty = True
+            for images, targets in loader.epoch(epoch):
+                empty = False
+                pop_dropped(targets)
+                yield images, targets
+            if empty:
+                return
+            epoch += 1
+
+    def _precise_bn_forward(self, model: nn.Module, batch) -> None:
+        images, targets = to_device(*batch, self.device, self.tc.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            model(images, targets)
+
+    def precise_bn(self, epoch: int) -> None:
+        """``train.precise_bn``: recompute the BatchNorm statistics of the model (and of its EMA) over that many
+        training batches (:func:`segzoo.engine.precise_bn.update_bn_stats`), before they are evaluated or saved."""
+        n = self.tc.precise_bn
+        if not n:
+            return
+        t0 = time.perf_counter()
+        used = 0
+        for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():
+            batches = self._precise_bn_batches(epoch)
+            try:
+                used = update_bn_stats(m, batches, n, self._precise_bn_forward)
+            finally:
+                batches.close()  # the loader's iterator (and its workers) go now, not when collected
+        self.log({"type": "precise_bn", "step": self.step, "batches": used,
+                  "seconds": round(time.perf_counter() - t0, 3)})
+
     def _report_dropped(self, epoch: int, dropped: int, kept: int, emptied: int, pbar) -> None:
         """Log and print what the training transforms removed in an epoch (this process's batches)."""
         if not dropped:
@@ -304,7 +344,10 @@ class Trainer:
         finished = self.step >= self.total_steps
         every = self.ec.every
         stop = evaluated = False
-        if self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished):
+        evaluating = self.val_set is not None and ((every and (epoch + 1) % every == 0) or finished)
+        if evaluating or finished:
+            self.precise_bn(epoch)  # the statistics of the weights that are evaluated, kept as best and saved last
+        if evaluating:
             evaluated = True
             results = self.run_eval()["metrics"]
             for m in {id(self.model): self.model, id(self.eval_model): self.eval_model}.values():

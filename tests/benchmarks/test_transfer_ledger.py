@@ -36,3 +36,12 @@ def test_imagenet_rows_build_from_the_wheel_and_random_rows_do_not():
     a, b = build_segzoo(ROWS["unet"], True, 0), build_segzoo(ROWS["unet"], False, 0)
     key = "backbone.body.conv_stem.weight"
     assert not (a.state_dict()[key] == b.state_dict()[key]).all()
+
+
+def test_deeplabv3plus_rows_run_the_same_steps_and_segzoo_recomputes_batchnorm():
+    from benchmarks.ledger.run import make_config
+    from benchmarks.ledger.transfer import _case
+
+    ours, smp = ROWS["deeplabv3plus"], ROWS["deeplabv3plus_smp"]
+    assert ours.steps == smp.steps
+    assert make_config(_case(ours), 0, ours.steps).train.precise_bn == 9  # a key the typed config knows

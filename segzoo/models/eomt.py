@@ -26,6 +26,7 @@ for key (the published ``tue-mps/*eomt*`` checkpoints use that layout).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import timm
@@ -33,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segzoo.models.converters import HUGGINGFACE, KeyMap, register_key_map
 from segzoo.models.detection_base import DetectionModel, image_shapes
 from segzoo.models.mask2former import Mask2Former, SetPredictionExport
 from segzoo.registry import register_model
 from segzoo.setpred import SetCriterion, set_targets
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 
 def mask_annealing(step: int, start: int, end: int, power: float = 0.9) -> float:
@@ -296,7 +299,11 @@ def _hf_key(key: str) -> str | None:
 
 def map_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face ``EomtForUniversalSegmentation`` weights in segzoo's layout: renamed 1:1, each
-    block's separate ``q/k/v_proj`` joined into timm's ``qkv``, the position table given its batch axis."""
+    block's separate ``q/k/v_proj`` joined into timm's ``qkv``, the position table given its batch axis.
+    The official code's layout (``network.encoder.backbone.*``: a timm ViT, as the ``pytorch_model.bin``
+    of the ``tue-mps/*eomt*`` repositories) is read too (:func:`map_official_state_dict`)."""
+    if any(k.startswith(_OFFICIAL) for k in state_dict):
+        return map_official_state_dict(state_dict)
     out: dict[str, torch.Tensor] = {}
     qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
@@ -318,6 +325,42 @@ def map_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+_OFFICIAL = "network."
+_OFFICIAL_UPSCALE = {"conv1": "up", "conv2": "dw", "norm": "norm"}
+
+
+def map_official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official EoMT code's weights (``network.encoder.backbone`` a timm ViT; ``network.q``,
+    ``class_head``, ``mask_head``, ``upscale``) in segzoo's layout, renamed 1:1. Its input statistics
+    must be ImageNet's, which segzoo's EoMT applies."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("criterion."):
+            continue
+        if not key.startswith(_OFFICIAL):
+            raise KeyError(f"unexpected key {key!r} in an official EoMT state dict (network.*)")
+        k = key[len(_OFFICIAL):]
+        if k in ("encoder.pixel_mean", "encoder.pixel_std"):
+            expected = torch.tensor(IMAGENET_MEAN if k.endswith("mean") else IMAGENET_STD)
+            if not torch.allclose(value.flatten().float(), expected, atol=1e-4):
+                raise ValueError(f"{key} is {value.flatten().tolist()}, not ImageNet's: pass mean/std to build")
+            continue
+        if k.startswith("encoder.backbone."):
+            out["vit." + k[len("encoder.backbone."):]] = value
+        elif k.startswith("q."):
+            out["query." + k[2:]] = value
+        elif k.startswith("upscale."):
+            idx, name, rest = k[len("upscale."):].split(".", 2)
+            if name not in _OFFICIAL_UPSCALE:
+                raise KeyError(f"unexpected key {key!r} in an official EoMT state dict")
+            out[f"upscale.{idx}.{_OFFICIAL_UPSCALE[name]}.{rest}"] = value
+        elif k.startswith(("class_head.", "mask_head.")) or k == "attn_mask_probs":
+            out[k] = value
+        else:
+            raise KeyError(f"unexpected key {key!r} in an official EoMT state dict")
+    return out
+
+
 def hf_build_kwargs(config) -> dict:
     """:class:`EoMT` arguments equal to a Hugging Face ``EomtConfig`` (timm's DINOv2-with-registers
     layout, resized to the config's width and depth)."""
@@ -334,6 +377,35 @@ def hf_build_kwargs(config) -> dict:
                 class_weight=config.class_weight, mask_weight=config.mask_weight, dice_weight=config.dice_weight,
                 no_object_weight=config.no_object_weight, num_points=config.train_num_points,
                 oversample_ratio=config.oversample_ratio, importance_sample_ratio=config.importance_sample_ratio)
+
+
+def implied_kwargs(mapped: dict[str, torch.Tensor]) -> dict:
+    """The :class:`EoMT` sizes that mapped weights imply: queries, query blocks, upscale blocks, patch
+    size and the ``img_size`` of the position table (a square grid)."""
+    patch = int(mapped["vit.patch_embed.proj.weight"].shape[-1])
+    grid = math.isqrt(int(mapped["vit.pos_embed"].shape[1]))
+    if grid * grid != mapped["vit.pos_embed"].shape[1]:
+        raise ValueError(f"the position table has {mapped['vit.pos_embed'].shape[1]} entries, not a square grid")
+    return dict(num_queries=int(mapped["query.weight"].shape[0]), num_blocks=int(mapped["attn_mask_probs"].numel()),
+                upscale_blocks=1 + max(int(k.split(".")[1]) for k in mapped if k.startswith("upscale.")),
+                patch_size=patch, img_size=grid * patch)
+
+
+def _map_hf(state: dict, name: str) -> tuple[dict[str, torch.Tensor], int]:
+    mapped = map_hf_state_dict(state)
+    if "class_head.weight" not in mapped:
+        raise KeyError("no class_predictor.weight / network.class_head.weight: not an EoMT state dict")
+    return mapped, int(mapped["class_head.weight"].shape[0]) - 1  # the last output is "no object"
+
+
+def _describe_hf(state: dict) -> tuple[str, str]:
+    widths = [int(v.shape[0]) for k, v in state.items() if k.endswith("patch_embeddings.projection.weight")
+              or k.endswith("backbone.patch_embed.proj.weight")]
+    vit = {384: "ViT-S", 768: "ViT-B", 1024: "ViT-L"}.get(widths[0] if widths else 0, "another ViT")
+    return f"an EoMT on {vit}", "choose eomt_vit_small (384 channels), eomt_vit_base (768) or eomt_vit_large (1024)"
+
+
+register_key_map(HUGGINGFACE, EoMT, KeyMap(_map_hf, build_defaults=implied_kwargs, describe=_describe_hf))
 
 
 # ---------------------------------------------------------------------------------------------- variants

@@ -31,12 +31,14 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.backbones.swin import pad_before_shift
 from segzoo.backbones.timm import TimmBackbone
+from segzoo.hub.published import register_weights
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.position import sine_position_embedding
 from segzoo.models.converters import HUGGINGFACE, KeyMap, register_key_map
 from segzoo.models.detection_base import DetectionModel, image_shapes
 from segzoo.models.mask2former_hf import (  # noqa: F401 (hf_build_kwargs, map_hf_state_dict: re-exported)
     SWIN_ANY_SIZE,
+    WEIGHTS,
     describe_hf,
     hf_build_kwargs,
     hf_implied_kwargs,
@@ -375,6 +377,7 @@ class SetPredictionExport(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- converter
 register_key_map(HUGGINGFACE, Mask2Former, KeyMap(map_hf, build_defaults=hf_implied_kwargs, describe=describe_hf))
+register_weights(*WEIGHTS)  # the published facebook/mask2former-swin-* checkpoints
 
 # ---------------------------------------------------------------------------------------------- variants
 @register_model

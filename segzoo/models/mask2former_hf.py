@@ -17,7 +17,11 @@ from types import MappingProxyType
 
 import torch
 
+from segzoo.data.formats.ade20k import ADE20K_CLASSES
+from segzoo.data.formats.cityscapes import TRAIN_CLASSES as CITYSCAPES_CLASSES
+from segzoo.hub.published import COCO_80, COCO_PANOPTIC, WeightsEntry
 from segzoo.models.upernet import hf_swin_key
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
 # timm's Swin at any input size with shifted windows in every stage (HF's SwinBackbone: always_partition=True)
 SWIN_ANY_SIZE = MappingProxyType({"dynamic_img_size": True, "always_partition": True})
@@ -165,3 +169,49 @@ def describe_hf(state: dict) -> tuple[str, str]:
     body = {96: "Swin-T or Swin-S", 128: "Swin-B", 192: "Swin-L"}.get(dim, f"a {dim}-channel Swin")
     return (f"a Mask2Former on {body}" if swin else "a Mask2Former on a timm body",
             "choose mask2former_swin_tiny / _small (96 channels), _base (128) or _large (192)")
+
+
+# ---------------------------------------------------------------------------------------------- published weights
+M2F_LICENCE = ("CC BY-NC 4.0: non-commercial use only (the licence of the Mask2Former model zoo's weights; the "
+               "Hugging Face cards say 'other'); the code is MIT, the Swin ImageNet weights it started from MIT; "
+               "the dataset's terms apply")
+M2F_METRICS = "the Mask2Former model zoo (MODEL_ZOO.md, single scale; the paper's Tables 1-3)"
+_DATASETS = {  # tag -> (dataset, schedule, classes, num_stuff, metric names in the model zoo's column order)
+    "coco_panoptic": ("COCO panoptic train2017 (133 categories: 80 things, then 53 stuff", "50 epochs", COCO_PANOPTIC,
+                      53, ("pq", "mask_map", "miou")),
+    "coco_instance": ("COCO train2017 instances (80 categories", "50 epochs", COCO_80, 0, ("mask_map",)),
+    "ade": ("ADE20K (150 classes", "160k iterations", ADE20K_CLASSES, 0, ("miou",)),
+    "cityscapes": ("Cityscapes (19 train ids", "90k iterations", CITYSCAPES_CLASSES, 0, ("miou",)),
+}
+_REPO = {"coco_panoptic": "coco-panoptic", "coco_instance": "coco-instance", "ade": "ade-semantic",
+         "cityscapes": "cityscapes-semantic"}
+
+
+def _m2f(size: str, tag: str, *metrics: float, note: str = "", schedule: str | None = None) -> WeightsEntry:
+    dataset, default_schedule, classes, stuff, names = _DATASETS[tag]
+    dataset = f"{dataset}; {schedule or default_schedule}){note}"
+    repo = f"facebook/mask2former-swin-{size}-{_REPO[tag]}"
+    return WeightsEntry(
+        model=f"mask2former_swin_{size}", tag=tag, source="huggingface", converter="huggingface", hf_repo=repo,
+        dataset=dataset, classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        metrics=tuple(zip(names, metrics)), metric_source=M2F_METRICS, licence=M2F_LICENCE,
+        file_name=f"mask2former_swin_{size}.{tag}.bin", page=f"https://huggingface.co/{repo}",
+        convert_kwargs=(("num_stuff", stuff),) if stuff else ())
+
+
+WEIGHTS = (
+    _m2f("tiny", "coco_panoptic", 53.2, 43.3, 63.2),
+    _m2f("tiny", "coco_instance", 45.0),
+    _m2f("tiny", "ade", 47.7),
+    _m2f("tiny", "cityscapes", 82.1),
+    _m2f("small", "coco_panoptic", 54.6, 44.7, 64.2),
+    _m2f("small", "coco_instance", 46.3),
+    _m2f("small", "ade", 51.3),
+    _m2f("base", "coco_panoptic", 55.1, 45.2, 65.1, note="; Swin-B ImageNet-1k"),
+    _m2f("base", "coco_instance", 46.7, note="; Swin-B ImageNet-1k"),
+    _m2f("base", "ade", 52.4, note="; Swin-B ImageNet-1k, 640 crops"),
+    _m2f("large", "coco_panoptic", 57.8, 48.6, 67.4, note="; Swin-L ImageNet-22k, 200 queries", schedule="100 epochs"),
+    _m2f("large", "coco_instance", 50.1, note="; Swin-L ImageNet-22k, 200 queries", schedule="100 epochs"),
+    _m2f("large", "ade", 56.1, note="; Swin-L ImageNet-22k, 640 crops"),
+    _m2f("large", "cityscapes", 83.3, note="; Swin-L ImageNet-22k"),
+)

@@ -41,6 +41,15 @@ def test_rows_name_their_repository_metrics_and_licence():
     assert len(list_weights("mask2former_swin_*")) == 14 and len(list_weights("eomt_vit_*")) == 8
 
 
+def test_weights_list_shows_them(capsys):
+    from segzoo.hub.weights import list_command
+
+    assert list_command("*") == 0
+    out = capsys.readouterr().out
+    assert "mask2former_swin_tiny.coco_panoptic" in out and "pq 53.2, mask_map 43.3, miou 63.2" in out
+    assert "eomt_vit_large.ade" in out and "miou 58.4" in out
+
+
 @pytest.mark.slow  # a 47M-parameter Swin-T Mask2Former, built twice (about 20 s on one busy core)
 def test_mask2former_tag_is_read_from_the_hub_cache_offline(env):
     torch.manual_seed(0)

@@ -19,7 +19,6 @@ HEAVY_REPEATS = {"maskrcnn_mobilenetv2_fpn", "panoptic_fpn_mobilenetv2", "faster
 # mask2former_resnet18_small through torch.export: its ONNX export costs 20 s); tests/models/test_export_setpred.py
 # exports both families at two sizes
 HEAVY_REPEATS |= {"mask2former_resnet50", "mask2former_swin_tiny", "eomt_vit_small", "eomt_vit_base", "eomt_vit_large"}
-HEAVY_REPEATS |= {"mask2former_swin_small", "mask2former_swin_base", "mask2former_swin_large"}  # swin_tiny's graph
 TORCH_EXPORT_ONLY = {"fasterrcnn_mobilenetv2_fpn", "mask2former_resnet18_small"}
 
 

@@ -181,7 +181,7 @@ def from_huggingface(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
         state_dict: ``model.state_dict()`` of the transformers model, or its published file read
             with :func:`segzoo.checkpoint.read_state_dict` (``pytorch_model.bin`` / ``model.safetensors``).
         name: ``"segformer_b0"`` ... ``"segformer_b5"``, ``"upernet_convnext_tiny"``, ``"upernet_swin_tiny"``,
-            ``"mask2former_swin_tiny"`` ... ``"mask2former_swin_large"`` or ``"eomt_vit_small/base/large"``.
+            ``"mask2former_swin_tiny"`` or ``"eomt_vit_small/base/large"``.
         **build_kwargs: extra builder arguments; ``num_classes`` is read from the source. SegFormer's
             MiT keeps the LayerNorm epsilon its weights were trained with (1e-6); pass ``norm_eps=1e-5``
             to reproduce transformers' outputs to the last bit.

@@ -393,26 +393,9 @@ def _swin(body: str, kwargs: dict) -> Mask2Former:
 @register_model
 def mask2former_swin_tiny(**kwargs) -> Mask2Former:
     """Swin-T (timm's ``swin_tiny_patch4_window7_224``) at any input size, shifted windows in every
-    stage and a LayerNorm on each map, as the paper's Swin (detectron2's D2SwinTransformer)."""
+    stage and a LayerNorm on each map, as the paper's Swin (detectron2's D2SwinTransformer). The other
+    Swin sizes: ``backbone="swin_small_patch4_window7_224"`` (or ``swin_base/large_patch4_window12_384``)."""
     return _swin("swin_tiny_patch4_window7_224", kwargs)
-
-
-@register_model
-def mask2former_swin_small(**kwargs) -> Mask2Former:
-    """Swin-S (``swin_small_patch4_window7_224``), as :func:`mask2former_swin_tiny`."""
-    return _swin("swin_small_patch4_window7_224", kwargs)
-
-
-@register_model
-def mask2former_swin_base(**kwargs) -> Mask2Former:
-    """Swin-B with 12 x 12 windows (``swin_base_patch4_window12_384``), as :func:`mask2former_swin_tiny`."""
-    return _swin("swin_base_patch4_window12_384", kwargs)
-
-
-@register_model
-def mask2former_swin_large(**kwargs) -> Mask2Former:
-    """Swin-L with 12 x 12 windows (``swin_large_patch4_window12_384``) and the paper's 200 queries."""
-    return _swin("swin_large_patch4_window12_384", {"num_queries": 200, **kwargs})
 
 
 @register_model

@@ -168,7 +168,8 @@ def describe_hf(state: dict) -> tuple[str, str]:
     dim = int(state[swin[0]].shape[0]) if swin else None
     body = {96: "Swin-T or Swin-S", 128: "Swin-B", 192: "Swin-L"}.get(dim, f"a {dim}-channel Swin")
     return (f"a Mask2Former on {body}" if swin else "a Mask2Former on a timm body",
-            "choose mask2former_swin_tiny / _small (96 channels), _base (128) or _large (192)")
+            "pass the body of its size: backbone='swin_small_patch4_window7_224' (Swin-S, 96 channels), "
+            "'swin_base_patch4_window12_384' (128) or 'swin_large_patch4_window12_384' (192)")
 
 
 # ---------------------------------------------------------------------------------------------- published weights
@@ -187,13 +188,12 @@ _REPO = {"coco_panoptic": "coco-panoptic", "coco_instance": "coco-instance", "ad
          "cityscapes": "cityscapes-semantic"}
 
 
-def _m2f(size: str, tag: str, *metrics: float, note: str = "", schedule: str | None = None) -> WeightsEntry:
-    dataset, default_schedule, classes, stuff, names = _DATASETS[tag]
-    dataset = f"{dataset}; {schedule or default_schedule}){note}"
+def _m2f(size: str, tag: str, *metrics: float) -> WeightsEntry:
+    dataset, schedule, classes, stuff, names = _DATASETS[tag]
     repo = f"facebook/mask2former-swin-{size}-{_REPO[tag]}"
     return WeightsEntry(
         model=f"mask2former_swin_{size}", tag=tag, source="huggingface", converter="huggingface", hf_repo=repo,
-        dataset=dataset, classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        dataset=f"{dataset}; {schedule})", classes=classes, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         metrics=tuple(zip(names, metrics)), metric_source=M2F_METRICS, licence=M2F_LICENCE,
         file_name=f"mask2former_swin_{size}.{tag}.bin", page=f"https://huggingface.co/{repo}",
         convert_kwargs=(("num_stuff", stuff),) if stuff else ())
@@ -204,14 +204,4 @@ WEIGHTS = (
     _m2f("tiny", "coco_instance", 45.0),
     _m2f("tiny", "ade", 47.7),
     _m2f("tiny", "cityscapes", 82.1),
-    _m2f("small", "coco_panoptic", 54.6, 44.7, 64.2),
-    _m2f("small", "coco_instance", 46.3),
-    _m2f("small", "ade", 51.3),
-    _m2f("base", "coco_panoptic", 55.1, 45.2, 65.1, note="; Swin-B ImageNet-1k"),
-    _m2f("base", "coco_instance", 46.7, note="; Swin-B ImageNet-1k"),
-    _m2f("base", "ade", 52.4, note="; Swin-B ImageNet-1k, 640 crops"),
-    _m2f("large", "coco_panoptic", 57.8, 48.6, 67.4, note="; Swin-L ImageNet-22k, 200 queries", schedule="100 epochs"),
-    _m2f("large", "coco_instance", 50.1, note="; Swin-L ImageNet-22k, 200 queries", schedule="100 epochs"),
-    _m2f("large", "ade", 56.1, note="; Swin-L ImageNet-22k, 640 crops"),
-    _m2f("large", "cityscapes", 83.3, note="; Swin-L ImageNet-22k"),
 )

@@ -119,5 +119,5 @@ def test_the_registered_name_builds_the_published_layout(pair):
     with torch.no_grad():
         expected = ref(model.normalize(x)).masks_queries_logits
         torch.testing.assert_close(model.forward_logits(model.normalize(x))[-1][1], expected, rtol=0, atol=1e-4)
-    with pytest.raises(ValueError, match="32-channel Swin.*choose mask2former_swin_tiny"):
+    with pytest.raises(ValueError, match="32-channel Swin.*pass the body of its size"):
         from_huggingface(published, "mask2former_swin_tiny")

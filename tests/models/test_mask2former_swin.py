@@ -10,6 +10,7 @@ import pytest
 import torch
 from timm.models.swin_transformer import SwinTransformerBlock
 
+import segzoo
 from segzoo.backbones.swin import PadFirstSwinBlock
 from segzoo.checkpoint import read_state_dict
 from segzoo.convert import from_huggingface
@@ -121,3 +122,23 @@ def test_the_registered_name_builds_the_published_layout(pair):
         torch.testing.assert_close(model.forward_logits(model.normalize(x))[-1][1], expected, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match="32-channel Swin.*pass the body of its size"):
         from_huggingface(published, "mask2former_swin_tiny")
+
+
+@pytest.mark.parametrize("size, body, swin", [
+    ("small", "swin_small_patch4_window7_224", dict(embed_dim=96, num_heads=[3, 6, 12, 24], window_size=7)),
+    ("base", "swin_base_patch4_window12_384", dict(embed_dim=128, num_heads=[4, 8, 16, 32], window_size=12)),
+    ("large", "swin_large_patch4_window12_384", dict(embed_dim=192, num_heads=[6, 12, 24, 48], window_size=12)),
+])
+def test_the_other_published_swin_sizes_map_with_their_body(size, body, swin):
+    """The facebook/mask2former-swin-{small,base,large}-* layouts (built on the meta device) map onto
+    mask2former_swin_tiny with ``backbone=`` of their size: every key, every shape."""
+    from segzoo.models.mask2former import hf_implied_kwargs
+
+    cfg = transformers.Mask2FormerConfig(
+        backbone_config=transformers.SwinConfig(depths=[2, 2, 18, 2], out_features=[f"stage{i}" for i in range(1, 5)],
+                                                **swin), num_labels=133, num_queries=200 if size == "large" else 100)
+    with torch.device("meta"):
+        mapped = map_hf_state_dict(transformers.Mask2FormerForUniversalSegmentation(cfg).state_dict())
+        model = segzoo.build("mask2former_swin_tiny", num_classes=133, backbone=body, **hf_implied_kwargs(mapped))
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    assert own == {k: v.shape for k, v in mapped.items()}

@@ -131,8 +131,9 @@ def hf_build_kwargs(config) -> dict:
     if getattr(body, "model_type", None) == "swin":
         if list(body.out_features) != ["stage1", "stage2", "stage3", "stage4"]:
             raise ValueError(f"Mask2Former takes the four Swin stages, the config has out_features={body.out_features}")
-        if body.use_absolute_embeddings or body.hidden_act != "gelu":
-            raise ValueError("timm's Swin has no absolute position embedding and uses GELU: the config differs")
+        if body.use_absolute_embeddings or body.hidden_act != "gelu" or body.layer_norm_eps != 1e-5:
+            raise ValueError("timm's Swin has no absolute position embedding, uses GELU and LayerNorm eps 1e-5: "
+                             "the config differs")
         out.update(backbone="swin_tiny_patch4_window7_224", out_norm_eps=1e-5,  # SwinBackbone's nn.LayerNorm
                    backbone_kwargs=dict(SWIN_ANY_SIZE, embed_dim=body.embed_dim, depths=tuple(body.depths),
                                         num_heads=tuple(body.num_heads), window_size=body.window_size,
@@ -176,7 +177,7 @@ def describe_hf(state: dict) -> tuple[str, str]:
 M2F_LICENCE = ("CC BY-NC 4.0: non-commercial use only (the licence of the Mask2Former model zoo's weights; the "
                "Hugging Face cards say 'other'); the code is MIT, the Swin ImageNet weights it started from MIT; "
                "the dataset's terms apply")
-M2F_METRICS = "the Mask2Former model zoo (MODEL_ZOO.md, single scale; the paper's Tables 1-3)"
+M2F_METRICS = "the Mask2Former model zoo (MODEL_ZOO.md, single scale; the paper's tables)"
 _DATASETS = {  # tag -> (dataset, schedule, classes, num_stuff, metric names in the model zoo's column order)
     "coco_panoptic": ("COCO panoptic train2017 (133 categories: 80 things, then 53 stuff", "50 epochs", COCO_PANOPTIC,
                       53, ("pq", "mask_map", "miou")),

@@ -50,7 +50,7 @@ def test_weights_list_shows_them(capsys):
     assert "eomt_vit_large.ade" in out and "miou 58.4" in out
 
 
-@pytest.mark.slow  # a 47M-parameter Swin-T Mask2Former, built twice (about 20 s on one busy core)
+@pytest.mark.slow  # a 47M-parameter Swin-T Mask2Former, built twice (25-30 s on one busy core)
 def test_mask2former_tag_is_read_from_the_hub_cache_offline(env):
     torch.manual_seed(0)
     swin = transformers.SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,

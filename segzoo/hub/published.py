@@ -43,6 +43,18 @@ COCO_90 = "COCO train2017 (80 categories on COCO's 90 ids)"
 # COCO's 80 categories in category-id order (the official CenterNet label order), from torchvision's list
 COCO_80 = tuple(c for c in get_weight("FasterRCNN_ResNet50_FPN_Weights.COCO_V1").meta["categories"]
                 if c not in ("__background__", "N/A"))
+# COCO panoptic's 133 categories as the universal models number them: the 80 things (as COCO_80), then the
+# 53 stuff categories of panoptic_coco_categories.json in id order (ids 92-200; "-merged" ones merge stuff classes)
+COCO_PANOPTIC_STUFF = (
+    "banner", "blanket", "bridge", "cardboard", "counter", "curtain", "door-stuff", "floor-wood", "flower", "fruit",
+    "gravel", "house", "light", "mirror-stuff", "net", "pillow", "platform", "playingfield", "railroad", "river",
+    "road", "roof", "sand", "sea", "shelf", "snow", "stairs", "tent", "towel", "wall-brick", "wall-stone",
+    "wall-tile", "wall-wood", "water-other", "window-blind", "window-other", "tree-merged", "fence-merged",
+    "ceiling-merged", "sky-other-merged", "cabinet-merged", "table-merged", "floor-other-merged",
+    "pavement-merged", "mountain-merged", "grass-merged", "dirt-merged", "paper-merged", "food-other-merged",
+    "building-other-merged", "rock-merged", "wall-other-merged", "rug-merged",
+)
+COCO_PANOPTIC = COCO_80 + COCO_PANOPTIC_STUFF
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ registers them; this module holds what is not one family's:
 * the helpers every key map uses (:func:`resnet_depth`, :func:`strip_module`, :func:`load_converted`);
 * the sources that serve several families, dispatched by the class the entrypoint declares, never
   by its name: :func:`from_torchvision` (FCN, DeepLabV3, Faster/Mask R-CNN) and
-  :func:`from_huggingface` (SegFormer, UPerNet). A family adds its class to :data:`TORCHVISION` or
+  :func:`from_huggingface` (SegFormer, UPerNet, Mask2Former, EoMT). A family adds its class to :data:`TORCHVISION` or
   :data:`HUGGINGFACE` with :func:`register_key_map`; after building, the mapped keys must be exactly
   the model's, or a ValueError says what the state dict holds and which models fit.
 
@@ -172,7 +172,7 @@ def from_torchvision(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
 
 
 def from_huggingface(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
-    """Build segzoo model ``name`` holding a Hugging Face SegFormer or UPerNet state dict.
+    """Build segzoo model ``name`` holding a Hugging Face SegFormer, UPerNet, Mask2Former or EoMT state dict.
 
     Hugging Face's image processors for these repositories normalise with the ImageNet mean/std,
     which segzoo models do inside, so converted models take plain [0, 1] RGB input.
@@ -180,7 +180,8 @@ def from_huggingface(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Mod
     Args:
         state_dict: ``model.state_dict()`` of the transformers model, or its published file read
             with :func:`segzoo.checkpoint.read_state_dict` (``pytorch_model.bin`` / ``model.safetensors``).
-        name: ``"segformer_b0"`` ... ``"segformer_b5"``, ``"upernet_convnext_tiny"`` or ``"upernet_swin_tiny"``.
+        name: ``"segformer_b0"`` ... ``"segformer_b5"``, ``"upernet_convnext_tiny"``, ``"upernet_swin_tiny"``,
+            ``"mask2former_swin_tiny"`` or ``"eomt_vit_small/base/large"``.
         **build_kwargs: extra builder arguments; ``num_classes`` is read from the source. SegFormer's
             MiT keeps the LayerNorm epsilon its weights were trained with (1e-6); pass ``norm_eps=1e-5``
             to reproduce transformers' outputs to the last bit.

@@ -33,7 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segzoo.hub.published import register_weights
+from segzoo.models.converters import HUGGINGFACE, KeyMap, register_key_map
 from segzoo.models.detection_base import DetectionModel, image_shapes
+from segzoo.models.eomt_hf import (  # noqa: F401 (hf_build_kwargs, map_hf_state_dict: re-exported)
+    WEIGHTS,
+    describe_hf,
+    hf_build_kwargs,
+    implied_kwargs,
+    map_hf,
+    map_hf_state_dict,
+)
 from segzoo.models.mask2former import Mask2Former, SetPredictionExport
 from segzoo.registry import register_model
 from segzoo.setpred import SetCriterion, set_targets
@@ -266,75 +276,8 @@ class EoMT(DetectionModel):
 
 
 # ---------------------------------------------------------------------------------------------- converter
-def _hf_key(key: str) -> str | None:
-    """The segzoo name of a Hugging Face ``EomtForUniversalSegmentation`` key (None: drop)."""
-    if key.startswith("criterion.") or key == "embeddings.position_ids":
-        return None
-    fixed = {"embeddings.cls_token": "vit.cls_token", "embeddings.register_tokens": "vit.reg_token",
-             "embeddings.position_embeddings.weight": "vit.pos_embed", "attn_mask_probs": "attn_mask_probs"}
-    if key in fixed:
-        return fixed[key]
-    for old, new in (("embeddings.patch_embeddings.projection.", "vit.patch_embed.proj."), ("layernorm.", "vit.norm."),
-                     ("query.", "query."), ("class_predictor.", "class_head.")):
-        if key.startswith(old):
-            return new + key[len(old):]
-    if key.startswith("mask_head.fc"):
-        idx, rest = key[len("mask_head.fc"):].split(".", 1)
-        return f"mask_head.{2 * (int(idx) - 1)}.{rest}"
-    if key.startswith("upscale_block.block."):
-        idx, name, rest = key[len("upscale_block.block."):].split(".", 2)
-        return f"upscale.{idx}.{ {'conv1': 'up', 'conv2': 'dw', 'layernorm2d': 'norm'}[name]}.{rest}"
-    if key.startswith("layers."):
-        idx, rest = key[len("layers."):].split(".", 1)
-        for old, new in (("norm1.", "norm1."), ("norm2.", "norm2."), ("attention.out_proj.", "attn.proj."),
-                         ("attention.", "attn."), ("layer_scale1.lambda1", "ls1.gamma"),
-                         ("layer_scale2.lambda1", "ls2.gamma"), ("mlp.", "mlp.")):
-            if rest.startswith(old):
-                return f"vit.blocks.{idx}.{new}{rest[len(old):]}"
-    raise KeyError(f"unexpected key {key!r} in an EomtForUniversalSegmentation state dict")
-
-
-def map_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``EomtForUniversalSegmentation`` weights in segzoo's layout: renamed 1:1, each
-    block's separate ``q/k/v_proj`` joined into timm's ``qkv``, the position table given its batch axis."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        name = _hf_key(key)
-        if name is None or value.numel() == 0:  # no register tokens: timm has no reg_token
-            continue
-        if "swiglu" in key or "weights_in" in key:
-            raise KeyError(f"{key}: SwiGLU blocks (use_swiglu_ffn=True) are not supported")
-        part = next((p for p in ("q_proj", "k_proj", "v_proj") if f".attn.{p}." in name), None)
-        if part is not None:
-            prefix, kind = name.split(f".attn.{part}.")
-            qkv.setdefault(f"{prefix}.attn.qkv.{kind}", {})[part] = value
-            continue
-        out[name] = value[None] if name == "vit.pos_embed" else value
-    for name, parts in qkv.items():
-        if set(parts) != {"q_proj", "k_proj", "v_proj"}:
-            raise KeyError(f"{name}: the state dict lacks {sorted({'q_proj', 'k_proj', 'v_proj'} - set(parts))}")
-        out[name] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
-    return out
-
-
-def hf_build_kwargs(config) -> dict:
-    """:class:`EoMT` arguments equal to a Hugging Face ``EomtConfig`` (timm's DINOv2-with-registers
-    layout, resized to the config's width and depth)."""
-    if config.use_swiglu_ffn:
-        raise ValueError("SwiGLU blocks (use_swiglu_ffn=True, the giant ViTs) are not supported")
-    if config.hidden_act != "gelu":
-        raise ValueError(f"only hidden_act='gelu' is supported, got {config.hidden_act!r}")
-    vit = dict(embed_dim=config.hidden_size, depth=config.num_hidden_layers, num_heads=config.num_attention_heads,
-               mlp_ratio=config.mlp_ratio, reg_tokens=config.num_register_tokens, init_values=config.layerscale_value,
-               no_embed_class=True)
-    return dict(num_classes=config.num_labels, backbone="vit_small_patch14_reg4_dinov2", patch_size=config.patch_size,
-                img_size=config.image_size, backbone_kwargs=vit, num_queries=config.num_queries,
-                num_blocks=config.num_blocks, upscale_blocks=config.num_upscale_blocks,
-                class_weight=config.class_weight, mask_weight=config.mask_weight, dice_weight=config.dice_weight,
-                no_object_weight=config.no_object_weight, num_points=config.train_num_points,
-                oversample_ratio=config.oversample_ratio, importance_sample_ratio=config.importance_sample_ratio)
-
+register_key_map(HUGGINGFACE, EoMT, KeyMap(map_hf, build_defaults=implied_kwargs, describe=describe_hf))
+register_weights(*WEIGHTS)  # the published tue-mps/*eomt* checkpoints
 
 # ---------------------------------------------------------------------------------------------- variants
 @register_model

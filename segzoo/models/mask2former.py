@@ -29,10 +29,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from segzoo.backbones import make_backbone
+from segzoo.backbones.swin import pad_before_shift
 from segzoo.backbones.timm import TimmBackbone
+from segzoo.hub.published import register_weights
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.position import sine_position_embedding
+from segzoo.models.converters import HUGGINGFACE, KeyMap, register_key_map
 from segzoo.models.detection_base import DetectionModel, image_shapes
+from segzoo.models.mask2former_hf import (  # noqa: F401 (hf_build_kwargs, map_hf_state_dict: re-exported)
+    SWIN_ANY_SIZE,
+    WEIGHTS,
+    describe_hf,
+    hf_build_kwargs,
+    hf_implied_kwargs,
+    map_hf,
+    map_hf_state_dict,
+)
 from segzoo.registry import register_model
 from segzoo.setpred import SetCriterion, instance_merge, panoptic_merge, semantic_merge, set_targets
 
@@ -222,8 +234,13 @@ class Mask2Former(DetectionModel):
         num_classes: every category, things first (133 for COCO panoptic, 150 for ADE20K).
         num_stuff: how many of them (the last ones) are stuff.
         backbone: a timm model name (features at strides 4, 8, 16, 32).
-        backbone_kwargs: keyword arguments for ``timm.create_model`` (Swin: ``strict_img_size=False``
-            for any input size, ``img_size`` for the window layout).
+        backbone_kwargs: keyword arguments for ``timm.create_model`` (Swin: ``dynamic_img_size=True``
+            for any input size, ``always_partition=True`` for shifted windows in every stage, as the
+            paper's Swin; ``embed_dim``, ``depths``, ``num_heads``, ``window_size`` for other sizes).
+            timm Swin blocks are made to pad to whole windows before their cyclic shift
+            (:func:`~segzoo.backbones.swin.pad_before_shift`), as the paper's code.
+        out_norm_eps: a LayerNorm on each body map with this epsilon (the paper's Swin and Hugging
+            Face's ``SwinBackbone``: 1e-5); None: none (ResNet).
         dim, mask_dim: pixel decoder / transformer width and mask embedding width (256).
         encoder_layers, encoder_ffn: deformable encoder depth and FFN width (6, 1024).
         decoder_layers, decoder_ffn, heads: transformer decoder depth (9), FFN width (2048), heads (8).
@@ -241,7 +258,7 @@ class Mask2Former(DetectionModel):
 
     def __init__(self, num_classes: int = 133, *, num_stuff: int = 0, backbone: str = "resnet50",
                  backbone_weights: str | None = None, backbone_kwargs: dict | None = None,
-                 dim: int = 256, mask_dim: int = 256, heads: int = 8,
+                 out_norm_eps: float | None = None, dim: int = 256, mask_dim: int = 256, heads: int = 8,
                  encoder_layers: int = 6, encoder_ffn: int = 1024, decoder_layers: int = 9, decoder_ffn: int = 2048,
                  num_queries: int = 100, class_weight: float = 2.0, mask_weight: float = 5.0,
                  dice_weight: float = 5.0, no_object_weight: float = 0.1, num_points: int = 12544,
@@ -262,6 +279,9 @@ class Mask2Former(DetectionModel):
         if tuple(self.backbone.strides) != (4, 8, 16, 32):
             raise ValueError(f"Mask2Former needs a body with features at strides 4, 8, 16, 32; {backbone} gives "
                              f"{tuple(self.backbone.strides)}")
+        pad_before_shift(self.backbone)  # Swin: the paper's window order (a no-op for other bodies)
+        self.out_norms = (nn.ModuleList(nn.LayerNorm(c, eps=out_norm_eps) for c in self.backbone.channels)
+                          if out_norm_eps is not None else None)
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             self.backbone.channels, self.backbone.strides, dim=dim, mask_dim=mask_dim, heads=heads,
             layers=encoder_layers, ffn=encoder_ffn)
@@ -278,8 +298,14 @@ class Mask2Former(DetectionModel):
 
     def forward_logits(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every decoder prediction ``(class_logits, mask_logits)`` of a normalised batch ``x``."""
-        feats = [f if f.shape[1] == c else f.permute(0, 3, 1, 2)  # timm's NHWC bodies (Swin)
-                 for f, c in zip(self.backbone(x), self.backbone.channels)]
+        feats = []
+        for i, (f, c) in enumerate(zip(self.backbone(x), self.backbone.channels)):
+            nhwc = f.shape[1] != c  # timm's NHWC bodies (Swin)
+            if self.out_norms is not None:
+                f = self.out_norms[i](f if nhwc else f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # (B, C, h, w)
+            elif nhwc:
+                f = f.permute(0, 3, 1, 2)
+            feats.append(f)
         mask_features, multi_scale = self.pixel_decoder(feats)
         return self.decoder(multi_scale, mask_features)
 
@@ -350,90 +376,8 @@ class SetPredictionExport(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- converter
-_HF_PIXEL = "model.pixel_level_module."
-_HF_DEC = "model.transformer_module."
-_HF_RENAMES = (  # (Hugging Face infix, segzoo infix), applied in order after the prefix swap
-    (".self_attn_layer_norm.", ".norm_self."),
-    (".cross_attn_layer_norm.", ".norm_cross."),
-    (".final_layer_norm.", ".norm_ffn."),
-)
-
-
-def _hf_key(key: str) -> str | None:
-    """The segzoo name of a Hugging Face ``Mask2FormerForUniversalSegmentation`` key (None: drop)."""
-    if key.startswith("criterion."):
-        return None  # the loss's no-object weight buffer
-    if key.startswith("class_predictor."):
-        return "decoder.class_embed." + key.split(".", 1)[1]
-    if key.startswith(_HF_PIXEL + "encoder._backbone."):
-        return "backbone.body." + key[len(_HF_PIXEL + "encoder._backbone."):]
-    if key.startswith(_HF_PIXEL + "decoder."):
-        k = key[len(_HF_PIXEL + "decoder."):]
-        if k.startswith("encoder.layers."):
-            k = "layers." + k[len("encoder.layers."):]
-            k = k.replace(".self_attn_layer_norm.", ".norm1.").replace(".final_layer_norm.", ".norm2.")
-        elif k.startswith("input_projections."):
-            k = "input_proj." + k[len("input_projections."):]
-        elif k.startswith("mask_projection."):
-            k = "mask_proj." + k[len("mask_projection."):]
-        elif k.startswith("adapter_") or k.startswith("layer_"):
-            name, rest = k.split(".", 1)
-            kind, idx = name.rsplit("_", 1)
-            k = f"{'lateral' if kind == 'adapter' else 'output'}.{int(idx) - 1}.{rest}"
-        return "pixel_decoder." + k
-    if key.startswith(_HF_DEC):
-        k = key[len(_HF_DEC):]
-        for old, new in (("queries_embedder.", "query_embed."), ("queries_features.", "query_feat."),
-                         ("input_projections.", "input_proj."), ("decoder.layernorm.", "norm."),
-                         ("decoder.layers.", "layers.")):
-            if k.startswith(old):
-                k = new + k[len(old):]
-                break
-        if k.startswith("decoder.mask_predictor.mask_embedder."):
-            idx, rest = k[len("decoder.mask_predictor.mask_embedder."):].split(".", 1)
-            k = f"mask_embed.{2 * int(idx)}.{rest.split('.', 1)[1]}"  # "0.weight" of the block -> "weight"
-        for old, new in _HF_RENAMES:
-            k = k.replace(old, new)
-        return "decoder." + k
-    raise KeyError(f"unexpected key {key!r} in a Mask2FormerForUniversalSegmentation state dict")
-
-
-def map_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hugging Face ``Mask2FormerForUniversalSegmentation`` weights in segzoo's layout: renamed
-    1:1, the self-attention's separate ``q/k/v_proj`` joined into ``in_proj_weight/bias``."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        name = _hf_key(key)
-        if name is None:
-            continue
-        for part in ("q_proj", "k_proj", "v_proj"):
-            tag = f".self_attn.{part}."
-            if tag in name and name.startswith("decoder.layers."):
-                prefix, kind = name.split(tag)
-                qkv.setdefault(f"{prefix}.self_attn.in_proj_{kind}", {})[part] = value
-                break
-        else:
-            out[name] = value
-    for name, parts in qkv.items():
-        if set(parts) != {"q_proj", "k_proj", "v_proj"}:
-            raise KeyError(f"{name}: the state dict lacks {sorted({'q_proj', 'k_proj', 'v_proj'} - set(parts))}")
-        out[name] = torch.cat([parts["q_proj"], parts["k_proj"], parts["v_proj"]])
-    return out
-
-
-def hf_build_kwargs(config) -> dict:
-    """:class:`Mask2Former` arguments equal to a Hugging Face ``Mask2FormerConfig`` (a timm body)."""
-    if getattr(config, "feature_size", None) != getattr(config, "hidden_dim", None):
-        raise ValueError("segzoo's Mask2Former uses one width for the pixel decoder and the transformer; "
-                         f"the config has feature_size={config.feature_size}, hidden_dim={config.hidden_dim}")
-    return dict(num_classes=config.num_labels, dim=config.hidden_dim, mask_dim=config.mask_feature_size,
-                heads=config.num_attention_heads, encoder_layers=config.encoder_layers,
-                encoder_ffn=config.encoder_feedforward_dim, decoder_layers=config.decoder_layers - 1,
-                decoder_ffn=config.dim_feedforward, num_queries=config.num_queries,
-                class_weight=config.class_weight, mask_weight=config.mask_weight, dice_weight=config.dice_weight,
-                no_object_weight=config.no_object_weight, num_points=config.train_num_points)
-
+register_key_map(HUGGINGFACE, Mask2Former, KeyMap(map_hf, build_defaults=hf_implied_kwargs, describe=describe_hf))
+register_weights(*WEIGHTS)  # the published facebook/mask2former-swin-* checkpoints
 
 # ---------------------------------------------------------------------------------------------- variants
 @register_model
@@ -442,13 +386,16 @@ def mask2former_resnet50(**kwargs) -> Mask2Former:
     return Mask2Former(**{"backbone": "resnet50", **kwargs})
 
 
+def _swin(body: str, kwargs: dict) -> Mask2Former:
+    return Mask2Former(**{"backbone": body, "backbone_kwargs": dict(SWIN_ANY_SIZE), "out_norm_eps": 1e-5, **kwargs})
+
+
 @register_model
 def mask2former_swin_tiny(**kwargs) -> Mask2Former:
-    """Swin-T (timm's ``swin_tiny_patch4_window7_224``) at any input size. ``img_size=384`` lays
-    the windows out as for inputs of 384 px and more: the last stage (12 x 12 there) keeps its
-    shifted windows, as the detectron2 Swin of the paper, which shifts in every stage."""
-    return Mask2Former(**{"backbone": "swin_tiny_patch4_window7_224",
-                          "backbone_kwargs": {"strict_img_size": False, "img_size": 384}, **kwargs})
+    """Swin-T (timm's ``swin_tiny_patch4_window7_224``) at any input size, shifted windows in every
+    stage and a LayerNorm on each map, as the paper's Swin (detectron2's D2SwinTransformer). The other
+    Swin sizes: ``backbone="swin_small_patch4_window7_224"`` (or ``swin_base/large_patch4_window12_384``)."""
+    return _swin("swin_tiny_patch4_window7_224", kwargs)
 
 
 @register_model

@@ -33,6 +33,7 @@ from torch import nn
 
 from segzoo.backbones import BODIES, Backbone, MiT, TimmBackbone, make_backbone
 from segzoo.backbones.mit import ARCHS as MIT_ARCHS
+from segzoo.backbones.swin import pad_before_shift
 from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, register_converter, register_weights
 from segzoo.layers import ConvNormAct
@@ -58,9 +59,12 @@ def pyramid_backbone(name: str, weights: str | os.PathLike | None = None, **kwar
     # Swin: any input size (timm's dynamic_img_size) and shifted windows at every stage, also where a
     # stage is no larger than a window (always_partition), as the Swin segmentation code and Hugging
     # Face's SwinBackbone; other token models take what applies, convolutional ones neither
+    # and the Swin code's window order (pad_before_shift: pad to whole windows, then shift)
     for extra in ({"dynamic_img_size": True, "always_partition": True}, {"dynamic_img_size": True}):
         try:
-            return TimmBackbone(name, out_indices=(-4, -3, -2, -1), weights=weights, **extra)
+            body = TimmBackbone(name, out_indices=(-4, -3, -2, -1), weights=weights, **extra)
+            pad_before_shift(body)
+            return body
         except ValueError as e:
             if not any(k in str(e) for k in extra):
                 raise

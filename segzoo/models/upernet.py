@@ -200,7 +200,7 @@ _SWIN_BLOCK = (  # after layers.{i}.blocks.{j}.: (published, transformers 5, tim
 _SWIN_QKV = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}
 
 
-def _swin_key(k: str) -> tuple[str | None, int | None]:
+def hf_swin_key(k: str) -> tuple[str | None, int | None]:
     """timm's name of a Hugging Face Swin backbone key (``backbone.`` / ``backbone.swin.`` stripped),
     and the slot (0 q, 1 k, 2 v) where three keys fill one ``qkv`` tensor; ``("", None)`` for keys
     without a timm counterpart that change nothing (buffers timm recomputes, the unused last norm)."""
@@ -252,7 +252,7 @@ def map_huggingface(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
         if m:
             new = _tail(f"out_norms.{int(m[1]) - 1}.", k[m.end():])
         elif swin and k.startswith("backbone."):
-            new, slot = _swin_key(k.removeprefix("backbone.").removeprefix("swin."))
+            new, slot = hf_swin_key(k.removeprefix("backbone.").removeprefix("swin."))
         for pattern, ours in (() if swin else _CONVNEXT) + _HEAD:
             if new is not None:
                 break

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=None, help="score only the first N validation images")
     p.add_argument("--compile", action="store_true", help="score the compiled int8 model (oneDNN kernels)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep-float", nargs="+", default=[], metavar="MODULE",
+                   help="also score an int8 model with these submodules left in float32 (e.g. head)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     train = build_split(cfg, "train", model.task, train=False)
     val = build_split(cfg, "val", model.task, train=False)
     calib = [train[i][0] for i in range(min(args.calib, len(train)))]
+    canvas = None
+    if model.task == "detection":  # the int8 graph's size: the largest validation image
+        canvas = tuple(max(val[i][0].shape[k] for i in range(len(val))) for k in (-2, -1))
     variants = {"float": model, "optimized": segzoo.optimize(model), "bf16": segzoo.optimize(model, bf16=True),
-                "int8": segzoo.quantize(model, calib, compile=args.compile)}
+                "int8": segzoo.quantize(model, calib, compile=args.compile, canvas=canvas)}
+    if args.keep_float:
+        variants[f"int8, {' '.join(args.keep_float)} in float"] = segzoo.quantize(
+            model, calib, compile=args.compile, canvas=canvas, keep_float=args.keep_float)
     source = (f"{model.spec.name} on {{n}} validation images of {args.data}; int8 calibrated on {len(calib)} "
               f"training images{' (compiled)' if args.compile else ' (reference graph)'}")
     if model.task == "detection":

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segzoo.export import dynamic_shapes, exportable
@@ -94,6 +95,7 @@ class QuantizedModel(nn.Module):
         self.compiled = compile
         runner = torch.compile(graph_module, dynamic=dynamic) if compile else graph_module
         object.__setattr__(self, "_runner", runner)
+        self.training = False  # inference only, from the start (evaluate() restores the mode it found)
 
     def train(self, mode: bool = True) -> QuantizedModel:
         if mode:
@@ -146,9 +148,11 @@ class QuantizedDetector(nn.Module):
     """The int8 model of a dense-map detector (CenterNet): ``forward(images)`` returns one
     ``{"boxes", "scores", "labels"}`` dict per image, like the float model in eval mode.
 
-    The images are normalised and padded in float32 (the float model's ``preprocess``), the
-    network up to its maps runs in int8 one image at a time (the graph has the calibration
-    images' padded size and a batch of one), and the maps are decoded in float32 (``postprocess``).
+    The images are normalised and padded in float32 (the float model's ``preprocess``), then
+    zero-padded further to the graph's size (the largest calibration image, padded), as a float
+    batch pads its smaller images; the network up to its maps runs in int8 one image at a time
+    (a batch of one), and the maps are decoded in float32 (``postprocess``, boxes clipped to each
+    image). Larger images are refused.
 
     Attributes:
         graph_module: the converted PT2E graph of the maps network.
@@ -169,6 +173,7 @@ class QuantizedDetector(nn.Module):
         self.example_shape = tuple(example.shape)
         self.compiled = compile
         object.__setattr__(self, "_runner", torch.compile(graph_module) if compile else graph_module)
+        self.training = False
 
     def train(self, mode: bool = True) -> QuantizedDetector:
         if mode:
@@ -179,9 +184,7 @@ class QuantizedDetector(nn.Module):
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.no_grad():
             x, sizes = self.source.preprocess(images)
-            if tuple(x.shape[1:]) != self.example_shape[1:]:
-                raise ValueError(f"this int8 model was quantized for images padded to {self.example_shape[-2:]}, "
-                                 f"got {tuple(x.shape[-2:])}; resize the input, or quantize with images of this size")
+            x = _pad_to(x, self.example_shape[-2:])
             with _freezing(self.compiled):
                 outs = [self._runner(xi) for xi in x.split(1)]
             maps = {k: torch.cat([o[i] for o in outs]) for i, k in enumerate(self.keys)}
@@ -195,11 +198,23 @@ class QuantizedDetector(nn.Module):
             return torch.export.export(_DetectorExport(self), (example,))  # no .eval(): the graph refuses it
 
 
-def _calibrated(graph: nn.Module, inputs: list[torch.Tensor], pt2e) -> nn.Module:
-    """The exported ``graph`` annotated by the x86 inductor quantizer, observed on ``inputs`` and converted."""
+def _pad_to(x: torch.Tensor, canvas) -> torch.Tensor:
+    """Normalised images zero-padded at the bottom and right to ``canvas`` (the int8 graph's size)."""
+    h, w = canvas
+    if x.shape[-2] > h or x.shape[-1] > w:
+        raise ValueError(f"this int8 model runs on images padded to {h} x {w}, got {tuple(x.shape[-2:])} after "
+                         "padding; resize the input, or quantize with calibration images as large as it")
+    return F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+
+
+def _calibrated(graph: nn.Module, inputs: list[torch.Tensor], pt2e, keep_float: Sequence[str] = ()) -> nn.Module:
+    """The exported ``graph`` annotated by the x86 inductor quantizer (but the modules named in ``keep_float``,
+    as the exported graph names them), observed on ``inputs`` and converted."""
     prepare_pt2e, convert_pt2e, xiq = pt2e
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    for name in keep_float:
+        quantizer.set_module_name_qconfig(name, None)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for x in inputs:
@@ -207,21 +222,24 @@ def _calibrated(graph: nn.Module, inputs: list[torch.Tensor], pt2e) -> nn.Module
     return convert_pt2e(prepared)
 
 
-def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, pt2e) -> QuantizedDetector:
+def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, pt2e, canvas=None,
+                   keep_float: Sequence[str] = ()) -> QuantizedDetector:
     source = copy.deepcopy(model).eval()
     with torch.no_grad():
         padded = [source.preprocess(im)[0] for im in images]
+        largest = (max(x.shape[-2] for x in padded), max(x.shape[-1] for x in padded))
+        d = source.size_divisibility
+        canvas = largest if canvas is None else tuple(max(int(c) + (-int(c)) % d, m) for c, m in zip(canvas, largest))
+        padded = [_pad_to(x, canvas) for x in padded]  # smaller images pad further, as in a float batch
         keys = tuple(source.forward_maps(padded[0]).keys())
-    sizes = {tuple(x.shape[-2:]) for x in padded}
-    if len(sizes) > 1:
-        raise ValueError(f"calibration images pad to {len(sizes)} sizes ({sorted(sizes)[:3]}...); resize them to the "
-                         "one size the int8 model will run at")
     with torch.no_grad():
         graph = torch.export.export(_Maps(source, keys), (padded[0],)).module()
-    return QuantizedDetector(_calibrated(graph, padded, pt2e), source, padded[0], keys, compile)
+    graph_module = _calibrated(graph, padded, pt2e, [f"model.{n}" for n in keep_float])
+    return QuantizedDetector(graph_module, source, padded[0], keys, compile)
 
 
-def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False, compile: bool = True
+def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False, compile: bool = True,
+             canvas: tuple[int, int] | None = None, keep_float: Sequence[str] = ()
              ) -> QuantizedModel | QuantizedDetector:
     """int8 copy of a semantic ``model`` (or of a dense-map detector: CenterNet) by PT2E post-training
     quantization (x86 inductor quantizer, CPU).
@@ -234,6 +252,10 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
         dynamic: leave batch, height and width free (one graph for every size).
         compile: compile with inductor (weight freezing) on the first call, which gives the int8
             speed; False keeps the reference graph (for export or debugging).
+        canvas: detectors: the ``(height, width)`` the int8 graph runs at, the largest image it will
+            take (default: the largest calibration image); rounded up to the model's padding multiple.
+        keep_float: names of submodules (as in ``model.named_modules()``, e.g. ``"head"``) left in
+            float32: the layers whose rounding costs the most accuracy.
 
     Returns:
         A :class:`QuantizedModel` (semantic models) or :class:`QuantizedDetector` (CenterNet: the
@@ -256,7 +278,10 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
         if dynamic:
             raise ValueError("a detector's int8 model is fixed-size (its decoding is exported at one size): "
                              "quantize with dynamic=False and calibration images of the deployed size")
-        return _quantize_maps(model, images, compile, pt2e)
+        return _quantize_maps(model, images, compile, pt2e, canvas, keep_float)
+    if canvas is not None:
+        raise ValueError("canvas= sets a detector's int8 size; a semantic int8 model runs at its calibration images' "
+                         "size, or at any size with dynamic=True")
     sizes = {tuple(im.shape[-2:]) for im in images}
     if not dynamic and len(sizes) > 1:
         raise ValueError(f"calibration images have {len(sizes)} sizes ({sorted(sizes)[:3]}...); resize them to the "
@@ -269,4 +294,4 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
         shapes, example = dynamic_shapes(float_model, example)
     with torch.no_grad():
         graph = torch.export.export(module, (example,), dynamic_shapes=shapes).module()
-    return QuantizedModel(_calibrated(graph, images, pt2e), model, images[0], dynamic, compile)
+    return QuantizedModel(_calibrated(graph, images, pt2e, keep_float), model, images[0], dynamic, compile)

@@ -81,6 +81,8 @@ def test_bad_calibration_and_models_are_refused(trained):
         segzoo.quantize(trained, torch.rand(2, 64, 64))
     with pytest.raises(ValueError, match="2 sizes"):
         segzoo.quantize(trained, [torch.rand(3, 64, 64), torch.rand(3, 64, 96)])
+    with pytest.raises(ValueError, match="canvas= sets a detector"):
+        segzoo.quantize(trained, torch.rand(1, 3, 64, 64), canvas=(64, 64))
     det = segzoo.build("fasterrcnn_resnet18_fpn", num_classes=2)
     with pytest.raises(NotImplementedError, match="supports semantic models and CenterNet"):
         segzoo.quantize(det, torch.rand(1, 3, 64, 64))
@@ -124,9 +126,13 @@ def test_centernet_int8_maps_follow_float_and_decode_in_float():
     program = q.export()
     boxes, scores, labels, num = program.module()(x[:1])
     torch.testing.assert_close(scores[0, : int(num[0])], dets[0]["scores"])
-    with pytest.raises(ValueError, match="padded to"):
+    with pytest.raises(ValueError, match="padded to 96 x 96"):
         q(torch.rand(1, 3, 128, 128))
+    small = q(torch.rand(1, 3, 64, 80))[0]  # a smaller image pads to the graph's size, as in a float batch
+    assert small["boxes"].numel() == 0 or (small["boxes"][:, 2] <= 80).all() and (small["boxes"][:, 3] <= 64).all()
     with pytest.raises(ValueError, match="fixed-size"):
         segzoo.quantize(model, calib, dynamic=True)
+    wide = segzoo.quantize(model, calib[:1], compile=False, canvas=(100, 128))  # rounded up to 128 x 128
+    assert len(wide(torch.rand(1, 3, 128, 120))) == 1
     with pytest.raises(RuntimeError, match="inference only"):
         q.train()

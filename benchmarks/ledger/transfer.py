@@ -31,7 +31,7 @@ from segzoo.hub.wheels import BACKBONE_WEIGHTS, wheel_state_dict
 from segzoo.tasks import get_task
 
 from .cases import ADAMW, SGD, Case, Metric, _recipe
-from .peers import SmpUNet
+from .peers import SmpUNet, TorchvisionRCNN, torchvision_mobilenet_rcnn
 from .run import make_config, score, train_peer, train_segzoo
 
 WEIGHTS = BACKBONE_WEIGHTS["mobilenetv2_100.tv_in1k"]
@@ -53,6 +53,7 @@ class Row:
     steps: int
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     smp: str | None = None  # smp architecture ("Unet", "DeepLabV3Plus")
+    torchvision: str | None = None  # the segzoo model whose torchvision twin this row trains (its data recipe)
 
 
 NUCLEI = _recipe("nuclei", 128, 4, ADAMW)
@@ -67,6 +68,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
         smp="DeepLabV3Plus"),
     Row("maskrcnn", "maskrcnn_mobilenetv2_fpn", "nuclei, 128 px", _recipe("nuclei", 128, 4, SGD), MASK, 40,
         options=RCNN),
+    Row("maskrcnn_tv", "torchvision MaskRCNN(mobilenet_v2 FPN)", "nuclei, 128 px", _recipe("nuclei", 128, 4, SGD), MASK,
+        40, options=RCNN, torchvision="maskrcnn_mobilenetv2_fpn"),
     Row("fasterrcnn", "fasterrcnn_mobilenetv2_fpn", "tree crowns, 256 px", TREES_SGD, BOX, 60, options=RCNN),
     # the DLA-up neck (plain convs) reads the body's stride-4...32 maps; the default three deconvolutions of
     # the stride-32 map learned nothing in eval mode in 60 steps (docs/transfer-learning.md, CenterNet)
@@ -76,7 +79,8 @@ ROWS: dict[str, Row] = {r.name: r for r in (
 
 
 def _case(row: Row) -> Case:
-    model = "unet_mobilenetv2" if row.smp else row.model  # make_config reads the model name from the case
+    # make_config reads the model name from the case: a peer row takes a segzoo model's (the data recipe is the row's)
+    model = "unet_mobilenetv2" if row.smp else row.torchvision or row.model
     return Case(row.name, row.data, model, None, lambda seed: None, row.recipe, row.metrics, row.steps)
 
 
@@ -102,6 +106,12 @@ def build_smp(row: Row, pretrained: bool, seed: int) -> SmpUNet:
     return SmpUNet(net, 2)
 
 
+def build_torchvision(row: Row, pretrained: bool, seed: int) -> TorchvisionRCNN:
+    """torchvision's detector on its own ``mobilenet_v2`` FPN body, the ImageNet file in the body's ``features``."""
+    imagenet = wheel_state_dict(WEIGHTS, download=False) if pretrained else None
+    return torchvision_mobilenet_rcnn(1, seed, imagenet, with_mask=row.metrics is MASK, **row.options)
+
+
 def run(row: Row, pretrained: bool, seed: int, log=print) -> dict[str, Any]:
     case = _case(row)
     cfg = make_config(case, seed, row.steps)
@@ -111,6 +121,9 @@ def run(row: Row, pretrained: bool, seed: int, log=print) -> dict[str, Any]:
     train_set, val_set = build_dataset(data, "train", target), build_dataset(data, "val", target)
     if row.smp:
         model = build_smp(row, pretrained, seed)
+        side = train_peer(model, train_set, cfg)
+    elif row.torchvision:
+        model = build_torchvision(row, pretrained, seed)
         side = train_peer(model, train_set, cfg)
     else:
         model = build_segzoo(row, pretrained, seed)

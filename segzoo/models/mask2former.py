@@ -230,7 +230,8 @@ class Mask2Former(DetectionModel):
         num_queries: 100 (COCO/ADE20K semantic), 200 (ADE20K panoptic, Swin-L).
         class_weight, mask_weight, dice_weight, no_object_weight, num_points: the loss (2, 5, 5, 0.1, 12544).
         score_thresh, overlap_thresh: panoptic merge (0.8, 0.8).
-        topk: instances per image (default ``num_queries``).
+        topk: instances per image (default 100, the paper's ``DETECTIONS_PER_IMAGE``; at most
+            ``num_queries``).
     """
 
     task = "universal"  # segzoo.tasks.UniversalTask: scored as every task the data supports
@@ -272,7 +273,7 @@ class Mask2Former(DetectionModel):
             self.num_classes, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight,
             no_object_weight=no_object_weight, num_points=num_points)
         self.score_thresh, self.overlap_thresh = float(score_thresh), float(overlap_thresh)
-        self.topk = topk
+        self.topk = min(100, num_queries) if topk is None else topk  # the paper's code: 100 per image
         things = torch.arange(self.num_classes) < self.num_things
         self.register_buffer("thing_classes", things, persistent=False)
 
@@ -315,14 +316,12 @@ class Mask2Former(DetectionModel):
         if len(set(shapes)) > 1:  # images of several sizes: merge each on its own pixels
             return [self.postprocess(class_logits[i: i + 1], mask_logits[i: i + 1], padded, [s])[0]
                     for i, s in enumerate(shapes)]
-        h, w = shapes[0]
-        logits = F.interpolate(mask_logits.float(), size=tuple(padded), mode="bilinear", align_corners=False)
-        logits = logits[..., :h, :w]
-        sem = semantic_merge(class_logits, logits)
-        inst = instance_merge(class_logits, logits, topk=self.topk,
-                              thing_classes=self.thing_classes if self.num_stuff else None)
-        pan = panoptic_merge(class_logits, logits, self.thing_classes, score_thresh=self.score_thresh,
-                             overlap_thresh=self.overlap_thresh)
+        at = {"size": tuple(padded), "crop": tuple(shapes[0])}  # each merge resizes a chunk of queries at a time
+        sem = semantic_merge(class_logits, mask_logits, **at)
+        inst = instance_merge(class_logits, mask_logits, topk=self.topk,
+                              thing_classes=self.thing_classes if self.num_stuff else None, **at)
+        pan = panoptic_merge(class_logits, mask_logits, self.thing_classes, score_thresh=self.score_thresh,
+                             overlap_thresh=self.overlap_thresh, **at)
         return [{"sem_seg": sem[i], **inst[i], **pan[i]} for i in range(len(shapes))]
 
 

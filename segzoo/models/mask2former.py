@@ -34,7 +34,7 @@ from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.position import sine_position_embedding
 from segzoo.models.detection_base import DetectionModel, image_shapes
 from segzoo.registry import register_model
-from segzoo.setpred import SetCriterion, instance_merge, panoptic_merge, semantic_merge, set_targets
+from segzoo.setpred import SetCriterion, merge_all, set_targets
 
 
 def _gn_conv(cin: int, cout: int, k: int, bias: bool, relu: bool) -> nn.Sequential:
@@ -316,12 +316,10 @@ class Mask2Former(DetectionModel):
         if len(set(shapes)) > 1:  # images of several sizes: merge each on its own pixels
             return [self.postprocess(class_logits[i: i + 1], mask_logits[i: i + 1], padded, [s])[0]
                     for i, s in enumerate(shapes)]
-        at = {"size": tuple(padded), "crop": tuple(shapes[0])}  # each merge resizes a chunk of queries at a time
-        sem = semantic_merge(class_logits, mask_logits, **at)
-        inst = instance_merge(class_logits, mask_logits, topk=self.topk,
-                              thing_classes=self.thing_classes if self.num_stuff else None, **at)
-        pan = panoptic_merge(class_logits, mask_logits, self.thing_classes, score_thresh=self.score_thresh,
-                             overlap_thresh=self.overlap_thresh, **at)
+        sem, inst, pan = merge_all(  # one pass, a chunk of queries at a time (no Q x H x W masks)
+            class_logits, mask_logits, self.thing_classes, topk=self.topk, instance_things=bool(self.num_stuff),
+            score_thresh=self.score_thresh, overlap_thresh=self.overlap_thresh, size=tuple(padded),
+            crop=tuple(shapes[0]))
         return [{"sem_seg": sem[i], **inst[i], **pan[i]} for i in range(len(shapes))]
 
 

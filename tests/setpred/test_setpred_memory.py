@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import segzoo
 from segzoo.setpred import merge
-from segzoo.setpred.merge import instance_merge, mask_boxes, panoptic_merge, semantic_merge
+from segzoo.setpred.merge import instance_merge, mask_boxes, merge_all, panoptic_merge, semantic_merge
 
 
 class LargestTensor(TorchDispatchMode):
@@ -101,6 +101,13 @@ def test_chunked_merges_equal_the_resize_everything_first_path(monkeypatch):
             assert pan[i]["segments_info"] == ref[i]["segments_info"]
             assert pan[i]["segments_info"], "no segment: the case tests nothing"
             assert torch.equal(pan[i]["segments"] > 0, (pan[i]["segments"] > 0) & own[i])
+        sem, inst, pan_all = merge_all(cls, msk, thing, topk=30, instance_things=True, score_thresh=0.5,
+                                       overlap_thresh=0.3, size=padded, crop=crop)  # one pass: the same
+        assert torch.equal(sem, semantic_merge(cls, msk, size=padded, crop=crop))
+        for a, r in zip(inst, got):
+            assert all(torch.equal(a[key], r[key]) for key in r)
+        for a, r in zip(pan_all, pan):
+            assert torch.equal(a["segments"], r["segments"]) and a["segments_info"] == r["segments_info"]
 
 
 def test_merges_do_not_change_their_inputs():

@@ -72,7 +72,11 @@ def main(argv=None) -> int:
     cls = torch.randn(1, args.queries, args.classes + 1) * 3
     best = torch.randint(0, args.classes, (1, args.queries, 1))
     cls.scatter_add_(2, best, torch.full((1, args.queries, 1), 12.0))  # one sure class a query: segments
-    msk = torch.randn(1, args.queries, hp // 4, wp // 4) * 4
+    yy, xx = torch.meshgrid(torch.arange(hp // 4.0), torch.arange(wp // 4.0), indexing="ij")
+    centre = torch.rand(args.queries, 2, 1, 1) * torch.tensor([hp / 4, wp / 4]).view(1, 2, 1, 1)
+    radius = (hp // 4) * (0.012 + 0.035 * torch.rand(args.queries, 1, 1))  # a third of the pixels covered
+    dist = ((yy - centre[:, 0]) ** 2 + (xx - centre[:, 1]) ** 2).sqrt()
+    msk = (6 * (1 - dist / radius))[None]  # one blob a query: the panoptic merge finds segments
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     mode = LiveBytes() if args.count == "live" else None
     t0 = time.perf_counter()

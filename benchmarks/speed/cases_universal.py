@@ -55,8 +55,9 @@ def _hf_eomt(name: str):
 def _ours(module, anchor):
     def build():
         ref = anchor()
-        model = module.Mask2Former if hasattr(module, "Mask2Former") else module.EoMT
-        extra = {"backbone": ref.config.backbone_config.backbone} if hasattr(module, "Mask2Former") else {}
+        m2f = module.__name__.endswith("mask2former")  # (eomt imports Mask2Former too: name the module)
+        model = module.Mask2Former if m2f else module.EoMT
+        extra = {"backbone": ref.config.backbone_config.backbone} if m2f else {}
         ours = model(**module.hf_build_kwargs(ref.config), **extra).eval()
         ours.load_state_dict(module.map_hf_state_dict(ref.state_dict()))
         return ours.exportable()

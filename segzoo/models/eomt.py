@@ -156,7 +156,7 @@ class EoMT(DetectionModel):
             no_object_weight=no_object_weight, num_points=num_points, oversample_ratio=oversample_ratio,
             importance_sample_ratio=importance_sample_ratio)
         self.score_thresh, self.overlap_thresh = float(score_thresh), float(overlap_thresh)
-        self.topk = min(100, num_queries) if topk is None else topk  # official EoMT: 100 per image
+        self.topk = 100 if topk is None else topk  # official EoMT: 100 (query, class) pairs per image
         self.register_buffer("thing_classes", torch.arange(self.num_classes) < self.num_things, persistent=False)
 
     # ------------------------------------------------------------------------------------------ training schedule

@@ -230,8 +230,8 @@ class Mask2Former(DetectionModel):
         num_queries: 100 (COCO/ADE20K semantic), 200 (ADE20K panoptic, Swin-L).
         class_weight, mask_weight, dice_weight, no_object_weight, num_points: the loss (2, 5, 5, 0.1, 12544).
         score_thresh, overlap_thresh: panoptic merge (0.8, 0.8).
-        topk: instances per image (default 100, the paper's ``DETECTIONS_PER_IMAGE``; at most
-            ``num_queries``).
+        topk: instances per image: the best ``topk`` (query, class) pairs (100, the paper's
+            ``DETECTIONS_PER_IMAGE``; at most ``num_queries * num_classes``).
     """
 
     task = "universal"  # segzoo.tasks.UniversalTask: scored as every task the data supports
@@ -273,7 +273,7 @@ class Mask2Former(DetectionModel):
             self.num_classes, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight,
             no_object_weight=no_object_weight, num_points=num_points)
         self.score_thresh, self.overlap_thresh = float(score_thresh), float(overlap_thresh)
-        self.topk = min(100, num_queries) if topk is None else topk  # the paper's code: 100 per image
+        self.topk = 100 if topk is None else topk  # the paper's code: 100 (query, class) pairs per image
         things = torch.arange(self.num_classes) < self.num_things
         self.register_buffer("thing_classes", things, persistent=False)
 

@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--classes", type=int, default=133)
     p.add_argument("--stuff", type=int, default=53)
+    p.add_argument("--topk", type=int, default=100, help="instances kept (the same on any commit measured)")
     p.add_argument("--size", type=int, nargs=2, default=(1000, 1010), metavar=("H", "W"))
     p.add_argument("--count", choices=["live", "rss"], default="rss",
                    help="live: count torch's bytes with a dispatch mode (slower); rss: the process's peak only")
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = segzoo.build("mask2former_resnet18_small", num_classes=args.classes, num_stuff=args.stuff,
-                         num_queries=args.queries).eval()
+                         num_queries=args.queries, topk=args.topk).eval()
     h, w = args.size
     hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
     cls = torch.randn(1, args.queries, args.classes + 1) * 3
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     outputs = sum(v.untyped_storage().nbytes() for v in out.values() if isinstance(v, torch.Tensor))
     print(json.dumps({
-        "queries": args.queries, "classes": args.classes, "image": f"{h} x {w} (padded {hp} x {wp})",
+        "queries": args.queries, "topk": args.topk, "classes": args.classes, "image": f"{h} x {w} (padded {hp} x {wp})",
         "instances": len(out["labels"]), "segments": len(out["segments_info"]), "postprocess_s": round(seconds, 1),
         "peak_torch_bytes_mb": None if mode is None else _mb(mode.peak), "peak_rss_above_before_mb": _mb(peak - base),
         "outputs_mb": _mb(outputs), "one_QxHxW_float_mb": _mb(args.queries * h * w * 4),

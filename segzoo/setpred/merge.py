@@ -29,6 +29,8 @@ def _upsample(mask_logits: torch.Tensor, size: Sequence[int] | None, crop: Seque
     """Float32 mask logits resized (bilinear) to ``size`` (``None``: as they are), then their top-left
     ``crop`` kept, as a new contiguous tensor (the merges work on it in place)."""
     out = mask_logits.float()
+    if out.numel() == 0:  # no query (or no kept pair): interpolate refuses empty tensors
+        return out.new_zeros(*out.shape[:-2], *_out_size(out, size, crop))
     if size is not None and tuple(out.shape[-2:]) != tuple(size):
         out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
     if crop is not None and tuple(out.shape[-2:]) != tuple(crop):
@@ -76,15 +78,16 @@ class _SemanticSum:
 class _MaskScores:
     """Each query's mean mask probability over its own pixels (``logit > 0``), ``B x Q``."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int) -> None:
         self.parts: list[torch.Tensor] = []
+        self.batch = batch
 
     def __call__(self, start: int, probs: torch.Tensor, positive: torch.Tensor) -> None:
         fg = positive.flatten(2)
         self.parts.append((probs.flatten(2) * fg).sum(-1) / (fg.sum(-1) + 1e-6))
 
     def result(self) -> torch.Tensor:
-        return torch.cat(self.parts, 1)
+        return torch.cat(self.parts, 1) if self.parts else torch.zeros(self.batch, 0)
 
 
 class _Winners:
@@ -151,7 +154,7 @@ def instance_merge(class_logits: torch.Tensor, mask_logits: torch.Tensor, topk: 
 
     Returns one dict per image, best first: ``boxes`` (``K x 4`` xyxy of the mask), ``scores``
     (``K``), ``labels`` (``K``, int64) and ``masks`` (``K x H x W`` float probabilities)."""
-    fold = _MaskScores()
+    fold = _MaskScores(class_logits.shape[0])
     _stream(mask_logits, size, crop, [fold], binary=True)
     return _instances(class_logits, mask_logits, fold.result(), topk, thing_classes, size, crop)
 
@@ -220,7 +223,7 @@ def merge_all(class_logits: torch.Tensor, mask_logits: torch.Tensor, thing_class
     resized once): ``(sem_seg, instances, panoptic)``, equal to the three calls."""
     thing_classes = _check_things(thing_classes, class_logits)
     hw = _out_size(mask_logits, size, crop)
-    sem, scores = _SemanticSum(class_logits, hw), _MaskScores()
+    sem, scores = _SemanticSum(class_logits, hw), _MaskScores(class_logits.shape[0])
     winners = _Winners(class_logits, hw, score_thresh, mask_thresh)
     _stream(mask_logits, size, crop, [sem, scores, winners], binary=True)
     inst = _instances(class_logits, mask_logits, scores.result(), topk,
@@ -233,7 +236,7 @@ def _panoptic(fold: _Winners, thing_classes: torch.Tensor, overlap_thresh: float
     keep, scores, labels, winner = fold.keep, fold.scores, fold.labels, fold.winner
     b, q = keep.shape
     c = thing_classes.shape[0]
-    area = torch.cat(fold.areas, 1)  # (B, Q): each query's own mask
+    area = torch.cat(fold.areas, 1) if fold.areas else torch.zeros(b, 0)  # (B, Q): each query's own mask
     own = fold.winner_prob >= fold.mask_thresh  # the winner's own mask covers the pixel
     flat = winner.flatten(1)
     won = torch.zeros(b, q, device=flat.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))

@@ -149,3 +149,14 @@ def test_inference_of_200_queries_at_1024_px_holds_no_query_by_pixel_floats():
     assert model.topk == 100
     assert seen.bytes < q * h * w * 4, f"{seen.op} made {seen.bytes / 2**20:.0f} MiB, Q x H x W floats"
     assert seen.bytes <= 100 * 1024 * 1024 * 4  # the largest: the kept instances' masks, resized to pad
+
+
+def test_instance_merge_with_no_kept_pair_gives_empty_rows():
+    """No top-k pair of a thing class: nothing to resize (interpolate refuses an empty tensor)."""
+    cls, msk = _inputs(2, q=4, c=3)
+    cls[..., 0] = -20.0  # the only thing class never wins a top-k place
+    thing = torch.tensor([True, False, False])
+    for out in (instance_merge(cls, msk, topk=3, thing_classes=thing, size=(32, 40), crop=(30, 37)),
+                merge_all(cls, msk, thing, topk=3, instance_things=True, size=(32, 40), crop=(30, 37))[1]):
+        assert [tuple(o["masks"].shape) for o in out] == [(0, 30, 37)] * 2
+        assert all(o["boxes"].shape == (0, 4) and o["labels"].numel() == 0 for o in out)

@@ -39,14 +39,14 @@ def _hf_mask2former(backbone: str, num_queries: int = 100):
     return anchor
 
 
-def _hf_eomt(name: str):
+def _hf_eomt(name: str, size: int):
     import transformers
 
-    def anchor():
+    def anchor():  # HF's position embeddings are for image_size (no interpolation): built for the input
         torch.manual_seed(0)
         width, depth, heads = _EOMT[name]
         cfg = transformers.EomtConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
-                                      num_labels=133)
+                                      num_labels=133, image_size=size)
         return transformers.EomtForUniversalSegmentation(cfg).eval()
 
     return anchor
@@ -55,8 +55,9 @@ def _hf_eomt(name: str):
 def _ours(module, anchor):
     def build():
         ref = anchor()
-        model = module.Mask2Former if hasattr(module, "Mask2Former") else module.EoMT
-        extra = {"backbone": ref.config.backbone_config.backbone} if hasattr(module, "Mask2Former") else {}
+        m2f = module.__name__.endswith("mask2former")  # (eomt imports Mask2Former too: name the module)
+        model = module.Mask2Former if m2f else module.EoMT
+        extra = {"backbone": ref.config.backbone_config.backbone} if m2f else {}
         ours = model(**module.hf_build_kwargs(ref.config), **extra).eval()
         ours.load_state_dict(module.map_hf_state_dict(ref.state_dict()))
         return ours.exportable()
@@ -92,7 +93,7 @@ def mask2former_resnet18_small(size: int | None = None) -> list[Case]:
 def _eomt(name: str, size: int | None) -> list[Case]:
     from segzoo.models import eomt
     s = size or 640
-    anchor = _hf_eomt(name)
+    anchor = _hf_eomt(name, s)
     return [Case(name=name, size=f"1x3x{s}x{s}", build=_ours(eomt, anchor), anchor=anchor,
                  anchor_name="HF EomtForUniversalSegmentation", make_input=_images(s), anchor_input=_normalise)]
 

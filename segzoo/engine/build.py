@@ -29,6 +29,7 @@ from segzoo.checkpoint import atomic_write
 from segzoo.config import RunConfig, dump, parse_config
 from segzoo.data import DataError, build_dataset, check_dataset
 from segzoo.data.build import DATASET_TYPES
+from segzoo.data.formats.detect import resolve_auto
 from segzoo.data.samplers import aspect_ratio_groups, image_sizes
 from segzoo.data.transforms import pop_dropped
 from segzoo.engine.device import amp_dtype_for, select_device
@@ -69,7 +70,11 @@ def build_split(cfg: RunConfig, split: str, task: Any, train: bool | None = None
     the model (whose label mode decides the target kind: multi-hot masks for ``multilabel``). A universal model
     reads the richest target kind the reader offers."""
     task_def = get_task(task)
-    offered = getattr(DATASET_TYPES.get(cfg.data.type), "targets", None)
+    kind = cfg.data.type
+    root = (getattr(cfg.data, split, None) or {}).get("root")
+    if kind == "auto" and root:  # the reader that auto finds: a universal model reads its richest target
+        kind = resolve_auto(root, split)[0]
+    offered = getattr(DATASET_TYPES.get(kind), "targets", None)
     target = task_def.data_target(offered) if offered is not None else task_def.target
     return build_dataset(cfg.data, split, target, train=train, with_transforms=with_transforms)
 

@@ -114,7 +114,7 @@ class EoMT(DetectionModel):
         upscale_blocks: 2x upscale blocks of the mask module (``log2(patch_size / 4)``: 2 for p=16).
         class_weight, mask_weight, dice_weight, no_object_weight, num_points, oversample_ratio,
         importance_sample_ratio: the loss (2, 5, 5, 0.1, 12544, 3, 0.75).
-        score_thresh, overlap_thresh, topk: the merges (0.8, 0.8, ``num_queries``).
+        score_thresh, overlap_thresh, topk: the merges (0.8, 0.8, 100 instances at most).
         anneal_steps: ``num_blocks`` ``(start, end)`` training steps over which each block's masked
             attention is annealed by :meth:`anneal` (None: :meth:`anneal` needs them passed).
     """
@@ -165,7 +165,8 @@ class EoMT(DetectionModel):
             self.num_classes, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight,
             no_object_weight=no_object_weight, num_points=num_points, oversample_ratio=oversample_ratio,
             importance_sample_ratio=importance_sample_ratio)
-        self.score_thresh, self.overlap_thresh, self.topk = float(score_thresh), float(overlap_thresh), topk
+        self.score_thresh, self.overlap_thresh = float(score_thresh), float(overlap_thresh)
+        self.topk = 100 if topk is None else topk  # official EoMT: 100 (query, class) pairs per image
         self.register_buffer("thing_classes", torch.arange(self.num_classes) < self.num_things, persistent=False)
 
     # ------------------------------------------------------------------------------------------ training schedule

@@ -46,7 +46,7 @@ from segzoo.models.mask2former_hf import (  # noqa: F401 (hf_build_kwargs, map_h
     map_hf_state_dict,
 )
 from segzoo.registry import register_model
-from segzoo.setpred import SetCriterion, instance_merge, panoptic_merge, semantic_merge, set_targets
+from segzoo.setpred import SetCriterion, merge_all, set_targets
 
 
 def _gn_conv(cin: int, cout: int, k: int, bias: bool, relu: bool) -> nn.Sequential:
@@ -247,7 +247,8 @@ class Mask2Former(DetectionModel):
         num_queries: 100 (COCO/ADE20K semantic), 200 (ADE20K panoptic, Swin-L).
         class_weight, mask_weight, dice_weight, no_object_weight, num_points: the loss (2, 5, 5, 0.1, 12544).
         score_thresh, overlap_thresh: panoptic merge (0.8, 0.8).
-        topk: instances per image (default ``num_queries``).
+        topk: instances per image: the best ``topk`` (query, class) pairs (100, the paper's
+            ``DETECTIONS_PER_IMAGE``; at most ``num_queries * num_classes``).
     """
 
     task = "universal"  # segzoo.tasks.UniversalTask: scored as every task the data supports
@@ -292,7 +293,7 @@ class Mask2Former(DetectionModel):
             self.num_classes, class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight,
             no_object_weight=no_object_weight, num_points=num_points)
         self.score_thresh, self.overlap_thresh = float(score_thresh), float(overlap_thresh)
-        self.topk = topk
+        self.topk = 100 if topk is None else topk  # the paper's code: 100 (query, class) pairs per image
         things = torch.arange(self.num_classes) < self.num_things
         self.register_buffer("thing_classes", things, persistent=False)
 
@@ -341,14 +342,10 @@ class Mask2Former(DetectionModel):
         if len(set(shapes)) > 1:  # images of several sizes: merge each on its own pixels
             return [self.postprocess(class_logits[i: i + 1], mask_logits[i: i + 1], padded, [s])[0]
                     for i, s in enumerate(shapes)]
-        h, w = shapes[0]
-        logits = F.interpolate(mask_logits.float(), size=tuple(padded), mode="bilinear", align_corners=False)
-        logits = logits[..., :h, :w]
-        sem = semantic_merge(class_logits, logits)
-        inst = instance_merge(class_logits, logits, topk=self.topk,
-                              thing_classes=self.thing_classes if self.num_stuff else None)
-        pan = panoptic_merge(class_logits, logits, self.thing_classes, score_thresh=self.score_thresh,
-                             overlap_thresh=self.overlap_thresh)
+        sem, inst, pan = merge_all(  # one pass, a chunk of queries at a time (no Q x H x W masks)
+            class_logits, mask_logits, self.thing_classes, topk=self.topk, instance_things=bool(self.num_stuff),
+            score_thresh=self.score_thresh, overlap_thresh=self.overlap_thresh, size=tuple(padded),
+            crop=tuple(shapes[0]))
         return [{"sem_seg": sem[i], **inst[i], **pan[i]} for i in range(len(shapes))]
 
 

@@ -11,9 +11,10 @@ segzoo's instance/panoptic targets, one dict per image with ``labels`` (``K``, 0
 
 from segzoo.setpred.losses import SetCriterion
 from segzoo.setpred.matcher import HungarianMatcher, pad_target_masks
-from segzoo.setpred.merge import instance_merge, panoptic_merge, semantic_merge
+from segzoo.setpred.merge import instance_merge, merge_all, panoptic_merge, semantic_merge
 from segzoo.setpred.points import point_sample, uncertain_points
 from segzoo.setpred.targets import drop_crowd, semantic_to_set_targets, set_targets
 
-__all__ = ["HungarianMatcher", "SetCriterion", "drop_crowd", "instance_merge", "pad_target_masks", "panoptic_merge",
-           "point_sample", "semantic_merge", "semantic_to_set_targets", "set_targets", "uncertain_points"]
+__all__ = ["HungarianMatcher", "SetCriterion", "drop_crowd", "instance_merge", "merge_all", "pad_target_masks",
+           "panoptic_merge", "point_sample", "semantic_merge", "semantic_to_set_targets", "set_targets",
+           "uncertain_points"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -140,3 +142,34 @@ def test_the_task_drives_the_eomt_mask_annealing():
     assert m.attn_mask_probs.tolist() == [0.0, 0.0]
     m.exportable()  # finished: a plain ViT, exportable
     task.before_step(nn.Linear(1, 1), 5, 10)  # a model without a schedule: nothing to drive
+
+
+@pytest.mark.parametrize("layout, kind", [("panoptic", SEGMENTS), ("instances", INSTANCE_MASKS),
+                                          ("label maps", CLASS_MAP)])
+def test_data_type_auto_gives_a_universal_model_the_richest_target(tmp_path, layout, kind):
+    """``data.type: auto`` recognises the layout, then the universal task reads its richest target: COCO
+    panoptic gives segments, COCO instances instance masks, a mask folder label maps (before, the
+    task saw no reader under ``auto`` and the readers refused its target)."""
+    import shutil
+
+    from segzoo.config import load_config
+    from segzoo.data.synthetic import shapes, shapes_panoptic
+    from segzoo.engine.build import build_split
+
+    if layout == "panoptic":
+        root = shapes_panoptic.generate(tmp_path / "d", num_train=2, num_val=1, size=32) / "train"
+        over = ["model.num_classes=6", "model.num_stuff=3"]
+    else:
+        root = shapes.generate(tmp_path / "d", num_train=2, num_val=1, size=32) / "train"
+        over = ["model.num_classes=3", "model.num_stuff=0"]
+        if layout == "instances":
+            shutil.rmtree(root / "masks")  # COCO instances only
+        else:
+            (root / "instances.json").unlink()  # images/ + masks/: a mask folder
+            over = ["model.num_classes=4", "model.num_stuff=0"]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "mask2former.yaml",
+                      ["data.type=auto", f"data.train={{root: {root}}}", "data.val=null", *over])
+    data = build_split(cfg, "train", "universal")
+    assert data.target == kind
+    target = data[0][1]
+    assert isinstance(target, dict) == (kind is not CLASS_MAP)

@@ -32,13 +32,18 @@ def randomize_bn(model):
 
 def spread_scores(model):
     """Random-init detectors give near-equal scores, so top-K order would hinge on rounding;
-    widen the class layers so that the detections kept are well separated."""
+    widen the class layers so that the detections kept are well separated. CenterNet's heatmap picks
+    peaks by comparing each cell with its neighbours, so near-equal neighbours (1e-7 apart) would make
+    the peaks themselves hinge on rounding: both its heatmap convolutions are spread wider."""
     g = torch.Generator().manual_seed(0)
+    centernet = hasattr(model, "forward_maps")
+    scale = 1.0 if centernet else 0.05
+    prefixes = getattr(model, "class_layers", ()) + (("head.heatmap.0",) if centernet else ())
     with torch.no_grad():
-        for prefix in getattr(model, "class_layers", ()):
+        for prefix in prefixes:
             for layer in model.get_submodule(prefix).modules():
                 if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ConvTranspose2d)):
-                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.05)
+                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * scale)
                     if layer.bias is not None:
                         layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
     return model

@@ -165,3 +165,82 @@ def load_torchvision_rcnn(ours: nn.Module, net: nn.Module, name: str) -> None:
     assert n == ours.num_classes, (n, ours.num_classes)
     counters = {k: v for k, v in ours.state_dict().items() if k.endswith("num_batches_tracked")}
     ours.load_state_dict({**counters, **mapped}, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- smp SegFormer, UPerNet
+class SmpStride4(SmpUNet):
+    """smp ``Segformer`` / ``UPerNet``: as :class:`SmpUNet`; their heads upsample the stride-4 logits with
+    ``align_corners=True`` where segzoo's use ``False``, so identical weights give identical logits at stride 4
+    only: :meth:`stride4_logits` (both sides) is where the initial outputs are compared."""
+
+    def stride4_logits(self, ours: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        theirs = net.segmentation_head[0](net.decoder(net.encoder((images - self.mean) / self.std)))
+        return ours.forward_logits(ours.normalize(images))[0], theirs
+
+
+def segformer_pair(variant: str, num_classes: int, seed: int,
+                   ignore_index: int = 255) -> tuple[nn.Module, SmpStride4]:
+    """smp ``Segformer(encoder_name="mit_{variant}")`` with random weights (seeded) and segzoo ``segformer_{variant}``
+    holding them (segzoo's smp converter). The networks differ in two places only: segzoo's head has the paper's
+    dropout 0.1 before the classifier (smp none), and smp upsamples the stride-4 logits with ``align_corners=True``
+    (segzoo ``False``); the eval outputs agree at stride 4, not to the pixel at input size."""
+    import segmentation_models_pytorch as smp
+
+    from segzoo.models.segformer import map_smp
+
+    torch.manual_seed(seed)
+    net = smp.Segformer(encoder_name=f"mit_{variant}", encoder_weights=None, classes=num_classes)
+    ours = segzoo.build(f"segformer_{variant}", num_classes=num_classes, ignore_index=ignore_index)
+    ours.load_state_dict(map_smp(net.state_dict())[0], strict=True)
+    return ours, SmpStride4(net, num_classes, ignore_index)
+
+
+_SMP_UPERNET_RULES = (
+    (re.compile(r"^encoder\.(.*)$"), lambda m: f"backbone.body.{m[1]}"),
+    (re.compile(r"^decoder\.feature_norms\.(\d)\.(.*)$"), lambda m: f"out_norms.{m[1]}.{m[2]}"),
+    # smp: psp.blocks.{b}.1.{0 conv, 1 bn}; segzoo: ppm.stages.{b}.{1 conv, 2 bn} (0 is the pooling)
+    (re.compile(r"^decoder\.psp\.blocks\.(\d)\.1\.([01])\.(.*)$"),
+     lambda m: f"decode_head.ppm.stages.{m[1]}.{int(m[2]) + 1}.{m[3]}"),
+    (re.compile(r"^decoder\.psp\.out_conv\.(.*)$"), lambda m: f"decode_head.bottleneck.{m[1]}"),
+    # smp counts the FPN levels from the coarsest (stride 16) down, segzoo from the finest (stride 4) up
+    (re.compile(r"^decoder\.fpn_lateral_blocks\.(\d)\.conv_norm_relu\.(.*)$"),
+     lambda m: f"decode_head.lateral_convs.{2 - int(m[1])}.{m[2]}"),
+    (re.compile(r"^decoder\.fpn_conv_blocks\.(\d)\.(.*)$"), lambda m: f"decode_head.fpn_convs.{2 - int(m[1])}.{m[2]}"),
+    (re.compile(r"^decoder\.fusion_block\.(.*)$"), lambda m: f"decode_head.fpn_bottleneck.{m[1]}"),
+    (re.compile(r"^segmentation_head\.0\.(weight|bias)$"), lambda m: f"decode_head.classifier.{m[1]}"),
+)
+
+
+def smp_upernet_to_segzoo(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """smp ``UPerNet(resnet*)`` keys -> segzoo ``UPerNet`` keys (ResNet body, per-level LayerNorms, no aux head)."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _SMP_UPERNET_RULES:
+            m = pattern.match(key)
+            if m:
+                out[repl(m)] = value
+                break
+        else:
+            raise KeyError(f"no segzoo name for smp UPerNet key {key!r}")
+    return out
+
+
+# segzoo's UPerNet built as smp's: smp's default 256-wide decoder (segzoo's default 512), smp's per-level
+# LayerNorms (eps 1e-6; segzoo puts none on ResNet maps by default), no auxiliary FCN head (smp has none)
+UPERNET_AS_SMP = {"channels": 256, "out_norm_eps": 1e-6, "aux_loss": False}
+
+
+def upernet_pair(encoder: str, num_classes: int, seed: int, ignore_index: int = 255) -> tuple[nn.Module, SmpStride4]:
+    """smp ``UPerNet(encoder)`` with random weights (seeded) and segzoo ``upernet_resnet50`` on body ``encoder``
+    (:data:`UPERNET_AS_SMP`) holding them. Same PPM bins (1, 2, 3, 6), same FPN and fusion; segzoo keeps
+    mmsegmentation's dropout 0.1 before the classifier (smp none), and smp upsamples the stride-4 logits with
+    ``align_corners=True`` (segzoo ``False``)."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(seed)
+    net = smp.UPerNet(encoder, encoder_weights=None, classes=num_classes)
+    ours = segzoo.build("upernet_resnet50", num_classes=num_classes, backbone=encoder, ignore_index=ignore_index,
+                        **UPERNET_AS_SMP)
+    ours.load_state_dict(smp_upernet_to_segzoo(net.state_dict()), strict=True)
+    return ours, SmpStride4(net, num_classes, ignore_index)

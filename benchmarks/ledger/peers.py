@@ -196,34 +196,11 @@ def segformer_pair(variant: str, num_classes: int, seed: int,
     return ours, SmpStride4(net, num_classes, ignore_index)
 
 
-_SMP_UPERNET_RULES = (
-    (re.compile(r"^encoder\.(.*)$"), lambda m: f"backbone.body.{m[1]}"),
-    (re.compile(r"^decoder\.feature_norms\.(\d)\.(.*)$"), lambda m: f"out_norms.{m[1]}.{m[2]}"),
-    # smp: psp.blocks.{b}.1.{0 conv, 1 bn}; segzoo: ppm.stages.{b}.{1 conv, 2 bn} (0 is the pooling)
-    (re.compile(r"^decoder\.psp\.blocks\.(\d)\.1\.([01])\.(.*)$"),
-     lambda m: f"decode_head.ppm.stages.{m[1]}.{int(m[2]) + 1}.{m[3]}"),
-    (re.compile(r"^decoder\.psp\.out_conv\.(.*)$"), lambda m: f"decode_head.bottleneck.{m[1]}"),
-    # smp counts the FPN levels from the coarsest (stride 16) down, segzoo from the finest (stride 4) up
-    (re.compile(r"^decoder\.fpn_lateral_blocks\.(\d)\.conv_norm_relu\.(.*)$"),
-     lambda m: f"decode_head.lateral_convs.{2 - int(m[1])}.{m[2]}"),
-    (re.compile(r"^decoder\.fpn_conv_blocks\.(\d)\.(.*)$"), lambda m: f"decode_head.fpn_convs.{2 - int(m[1])}.{m[2]}"),
-    (re.compile(r"^decoder\.fusion_block\.(.*)$"), lambda m: f"decode_head.fpn_bottleneck.{m[1]}"),
-    (re.compile(r"^segmentation_head\.0\.(weight|bias)$"), lambda m: f"decode_head.classifier.{m[1]}"),
-)
-
-
 def smp_upernet_to_segzoo(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """smp ``UPerNet(resnet*)`` keys -> segzoo ``UPerNet`` keys (ResNet body, per-level LayerNorms, no aux head)."""
-    out = {}
-    for key, value in state.items():
-        for pattern, repl in _SMP_UPERNET_RULES:
-            m = pattern.match(key)
-            if m:
-                out[repl(m)] = value
-                break
-        else:
-            raise KeyError(f"no segzoo name for smp UPerNet key {key!r}")
-    return out
+    """smp ``UPerNet`` keys -> segzoo ``UPerNet`` keys (segzoo's smp converter's key map)."""
+    from segzoo.models.upernet import map_smp
+
+    return map_smp(state)[0]
 
 
 # segzoo's UPerNet built as smp's: smp's default 256-wide decoder (segzoo's default 512), smp's per-level

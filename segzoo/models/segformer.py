@@ -35,7 +35,7 @@ from segzoo.backbones import BODIES, Backbone, MiT, TimmBackbone, make_backbone
 from segzoo.backbones.mit import ARCHS as MIT_ARCHS
 from segzoo.backbones.swin import pad_before_shift
 from segzoo.data.formats.ade20k import ADE20K_CLASSES
-from segzoo.hub.published import WeightsEntry, register_converter, register_weights
+from segzoo.hub.published import WeightsEntry, load_families, register_converter, register_weights
 from segzoo.layers import ConvNormAct
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import HUGGINGFACE, SMP, KeyMap, convert_with, key_map_for, register_key_map
@@ -371,8 +371,6 @@ def from_smp(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
     (:func:`segzoo.models.upernet.map_smp`); ``num_classes`` is read from the source. smp's MiT has the
     paper's LayerNorm epsilons, segzoo's default. smp upsamples its stride-4 logits with
     ``align_corners=True``, segzoo (as Hugging Face and mmsegmentation) with ``False``."""
-    from segzoo.hub.published import load_families
-
     load_families()
     key_map = key_map_for(SMP, entry_class(name))
     if key_map is None:

@@ -18,7 +18,7 @@ from torch import nn
 
 import segzoo
 
-from .peers import PeerAdapter, rcnn_pair, unet_pair
+from .peers import PeerAdapter, rcnn_pair, segformer_pair, unet_pair, upernet_pair
 
 # both R-CNN sides: anchors for 6-70 px objects on 128-256 px tiles, and fewer sampled RoIs
 # than the COCO defaults (2000 / 512) for tiles with about ten objects each: 4x cheaper on a CPU
@@ -79,6 +79,14 @@ def _unet(seed: int, **overrides):
     return unet_pair("resnet34", 2, seed)
 
 
+def _segformer(seed: int, **overrides):
+    return segformer_pair("b0", 2, seed)
+
+
+def _upernet(seed: int, **overrides):
+    return upernet_pair("resnet34", 2, seed)
+
+
 def _rcnn(name: str):
     def build(seed: int, **overrides):
         return rcnn_pair(name, 1, seed, backbone="resnet18", **{**RCNN_OPTIONS, **overrides})
@@ -98,6 +106,13 @@ SGD = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4, "s
 CASES: dict[str, Case] = {c.name: c for c in (
     Case("nuclei_semantic", "nuclei (stardist), 128 px tiles", "unet_resnet34", "smp Unet('resnet34')",
          _unet, _recipe("nuclei", 128, 4, ADAMW),
+         (Metric("nucleus Dice", "dice", 1), Metric("nucleus IoU", "iou", 1)), steps=100),
+    Case("nuclei_segformer", "nuclei (stardist), 128 px tiles", "segformer_b0",
+         "smp Segformer(encoder_name='mit_b0')", _segformer, _recipe("nuclei", 128, 4, ADAMW),
+         (Metric("nucleus Dice", "dice", 1), Metric("nucleus IoU", "iou", 1)), steps=100),
+    Case("nuclei_upernet", "nuclei (stardist), 128 px tiles",
+         "upernet_resnet50 (backbone resnet34, channels 256, out_norm_eps 1e-6, no aux head)",
+         "smp UPerNet('resnet34')", _upernet, _recipe("nuclei", 128, 4, ADAMW),
          (Metric("nucleus Dice", "dice", 1), Metric("nucleus IoU", "iou", 1)), steps=100),
     Case("nuclei_instance", "nuclei (stardist), 128 px tiles", "maskrcnn_resnet50_fpn (backbone resnet18)",
          "torchvision MaskRCNN (resnet_fpn_backbone('resnet18'))",

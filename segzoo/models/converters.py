@@ -93,6 +93,8 @@ class KeyMap:
 TORCHVISION: dict[type, KeyMap] = {}
 #: segzoo model class -> its Hugging Face transformers key map
 HUGGINGFACE: dict[type, KeyMap] = {}
+#: segzoo model class -> its segmentation_models_pytorch key map (where smp's layout differs from segzoo's)
+SMP: dict[type, KeyMap] = {}
 
 
 def register_key_map(table: dict[type, KeyMap], cls: type, key_map: KeyMap) -> None:

@@ -35,10 +35,10 @@ from segzoo.backbones import BODIES, Backbone, MiT, TimmBackbone, make_backbone
 from segzoo.backbones.mit import ARCHS as MIT_ARCHS
 from segzoo.backbones.swin import pad_before_shift
 from segzoo.data.formats.ade20k import ADE20K_CLASSES
-from segzoo.hub.published import WeightsEntry, register_converter, register_weights
+from segzoo.hub.published import WeightsEntry, load_families, register_converter, register_weights
 from segzoo.layers import ConvNormAct
 from segzoo.models.base import SegmentationModel
-from segzoo.models.converters import HUGGINGFACE, KeyMap, convert_with, register_key_map
+from segzoo.models.converters import HUGGINGFACE, SMP, KeyMap, convert_with, key_map_for, register_key_map
 from segzoo.registry import create, entry_class, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
@@ -366,16 +366,21 @@ def check_mit(model: nn.Module, mapped: dict[str, torch.Tensor], name: str) -> N
 
 
 def from_smp(state_dict: dict, name: str, **build_kwargs: Any) -> nn.Module:
-    """Build segzoo SegFormer ``name`` holding an smp ``Segformer(encoder_name="mit_bN")`` state dict
-    (:func:`map_smp`); ``num_classes`` is read from the source. smp's MiT has the paper's LayerNorm
-    epsilons, segzoo's default. smp upsamples its stride-4 logits with ``align_corners=True``, segzoo
-    (as Hugging Face and mmsegmentation) with ``False``."""
-    if not issubclass(entry_class(name), SegFormer):
-        raise ValueError(f"the smp converter builds SegFormer models (segformer_b0 ... segformer_b5), not {name!r}")
-    return convert_with(KeyMap(lambda state, _: map_smp(state), check=check_mit), state_dict, name, build_kwargs)
+    """Build segzoo model ``name`` holding an smp state dict; the class ``name`` builds picks the key map:
+    SegFormer from ``Segformer(encoder_name="mit_bN")`` (:func:`map_smp`), UPerNet from ``UPerNet``
+    (:func:`segzoo.models.upernet.map_smp`); ``num_classes`` is read from the source. smp's MiT has the
+    paper's LayerNorm epsilons, segzoo's default. smp upsamples its stride-4 logits with
+    ``align_corners=True``, segzoo (as Hugging Face and mmsegmentation) with ``False``."""
+    load_families()
+    key_map = key_map_for(SMP, entry_class(name))
+    if key_map is None:
+        raise ValueError(f"the smp converter builds SegFormer (segformer_b0 ... segformer_b5) and UPerNet "
+                         f"(upernet_*) models, not {name!r}")
+    return convert_with(key_map, state_dict, name, build_kwargs)
 
 
 register_key_map(HUGGINGFACE, SegFormer, KeyMap(lambda state, _: map_huggingface(state), check=check_mit))
+register_key_map(SMP, SegFormer, KeyMap(lambda state, _: map_smp(state), check=check_mit))
 register_converter("smp", from_smp)
 
 

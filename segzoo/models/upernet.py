@@ -35,7 +35,7 @@ from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, register_weights
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
 from segzoo.models.base import SegmentationModel
-from segzoo.models.converters import HUGGINGFACE, KeyMap, register_key_map
+from segzoo.models.converters import HUGGINGFACE, SMP, KeyMap, register_key_map
 from segzoo.models.segformer import _tail, pyramid_backbone
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
@@ -282,6 +282,66 @@ def map_huggingface(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torc
 
 
 register_key_map(HUGGINGFACE, UPerNet, KeyMap(lambda state, _: map_huggingface(state)))
+
+
+# ---------------------------------------------------------------------------- smp layout
+_SMP = (  # segmentation_models_pytorch UPerNet -> segzoo
+    (r"encoder\.model\.", "backbone.body."),  # timm bodies through smp's "tu-" encoders
+    (r"encoder\.", "backbone.body."),  # smp's own ResNet encoders (timm's names)
+    (r"decoder\.feature_norms\.(\d)\.", r"out_norms.\1."),
+    # psp.blocks.{b}.1.{0 conv, 1 bn} -> ppm.stages.{b}.{1 conv, 2 bn} (0 is the pooling)
+    (r"decoder\.psp\.blocks\.(\d)\.1\.0\.", r"decode_head.ppm.stages.\1.1."),
+    (r"decoder\.psp\.blocks\.(\d)\.1\.1\.", r"decode_head.ppm.stages.\1.2."),
+    (r"decoder\.psp\.out_conv\.", "decode_head.bottleneck."),
+    (r"decoder\.fusion_block\.", "decode_head.fpn_bottleneck."),
+    (r"segmentation_head\.0\.", "decode_head.classifier."),
+)
+
+
+def map_smp(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """Rename an smp ``UPerNet`` state dict to segzoo's names: smp counts its FPN levels from the
+    coarsest (stride 16) down, segzoo from the finest (stride 4) up; smp LayerNorms every body map
+    (``out_norms``, eps 1e-6) and has no auxiliary head.
+
+    Returns:
+        ``(segzoo state dict, num_classes)``.
+
+    Raises:
+        KeyError: naming every key that has no segzoo counterpart.
+    """
+    out, unknown = {}, []
+    for k, v in state_dict.items():
+        m = re.match(r"decoder\.(fpn_lateral_blocks|fpn_conv_blocks)\.(\d)\.(?:conv_norm_relu\.)?", k)
+        if m:
+            part = "lateral_convs" if m[1] == "fpn_lateral_blocks" else "fpn_convs"
+            out[f"decode_head.{part}.{2 - int(m[2])}.{k[m.end():]}"] = v
+            continue
+        for pattern, repl in _SMP:
+            hit = re.match(pattern, k)
+            if hit:
+                out[hit.expand(repl) + k[hit.end():]] = v
+                break
+        else:
+            unknown.append(k)
+    if unknown:
+        raise KeyError(f"{len(unknown)} keys are not smp UPerNet keys: {', '.join(unknown[:8])}")
+    if "decode_head.classifier.weight" not in out:
+        raise KeyError("no segmentation_head.0.weight: not an smp UPerNet state dict")
+    return out, int(out["decode_head.classifier.weight"].shape[0])
+
+
+def _smp_defaults(mapped: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What an smp UPerNet is: its decoder width (256 by default), LayerNorms eps 1e-6, no auxiliary head."""
+    return {"channels": int(mapped["decode_head.classifier.weight"].shape[1]), "out_norm_eps": 1e-6,
+            "aux_loss": False, "dropout": 0.0}
+
+
+def _smp_describe(state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    return "an smp UPerNet", "upernet_* built on the same body as the smp encoder (resnet50: upernet_resnet50)"
+
+
+register_key_map(SMP, UPerNet, KeyMap(lambda state, _: map_smp(state), build_defaults=_smp_defaults,
+                                      describe=_smp_describe))
 
 # ---------------------------------------------------------------------------- published weights
 def _openmmlab(model: str, repo: str, miou: float, paper: str) -> WeightsEntry:

@@ -35,6 +35,31 @@ def test_smp_unet_weights_map_into_segzoo_exactly():
     torch.testing.assert_close(ours(x, y)["loss"], peer.loss(x, y), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("pair", ["segformer", "upernet"])
+def test_smp_segformer_and_upernet_start_from_identical_weights_and_train(pair):
+    """The peer's weights map 1:1; the logits agree at stride 4 (smp upsamples them with align_corners=True,
+    segzoo with False: at input size they differ); one training step of each side works from the same batch."""
+    pytest.importorskip("segmentation_models_pytorch")
+    from benchmarks.ledger.peers import segformer_pair, upernet_pair
+
+    ours, peer = segformer_pair("b0", 2, seed=1) if pair == "segformer" else upernet_pair("resnet18", 2, seed=1)
+    x = torch.rand(2, 3, 64, 96)
+    out = initial_agreement(ours, peer, [(x[0], None), (x[1], None)])
+    assert out["agree"] and out["max_abs_logit_diff_at_stride_4"] < 1e-4, out
+    with torch.no_grad():
+        assert (ours(x) - peer(x)).abs().max() > 1e-4  # the upsampling differs: compared where it does not
+    y = torch.randint(0, 2, (2, 64, 96))
+    for side, loss_of in ((ours, lambda: ours(x, y)["loss"]), (peer, lambda: peer.loss(x, y))):
+        side.train()
+        optimizer = torch.optim.SGD(side.parameters(), lr=0.01)
+        loss = loss_of()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    if pair == "upernet":
+        assert ours.aux_head is None and ours.out_norms is not None
+
+
 @pytest.mark.parametrize("name", ["maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn"])
 def test_torchvision_rcnn_starts_from_identical_weights(name):
     from benchmarks.ledger.peers import rcnn_pair
@@ -78,7 +103,8 @@ def test_recorder_hashes_the_stream():
 
 
 def test_cases_and_their_configs():
-    assert set(CASES) == {"nuclei_semantic", "nuclei_instance", "tree_crowns", "tree_crowns_centernet"}
+    assert set(CASES) == {"nuclei_semantic", "nuclei_instance", "tree_crowns", "tree_crowns_centernet",
+                          "nuclei_segformer", "nuclei_upernet"}
     cfg = make_config(CASES["nuclei_semantic"], seed=3, steps=7)
     assert (cfg.train.seed, cfg.train.max_steps, cfg.data.type, cfg.model["name"]) == (3, 7, "nuclei", "unet_resnet34")
     assert CASES["tree_crowns_centernet"].peer is None

@@ -91,8 +91,10 @@ def test_foreign_keys_and_wrong_variant_are_refused():
         map_huggingface({**state, "extra.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="holds a mit_b0 encoder but 'segformer_b2' has mit_b2; choose segformer_b0"):
         from_huggingface(state, "segformer_b2")
-    with pytest.raises(ValueError, match="builds SegFormer and UPerNet models"):
+    with pytest.raises(ValueError, match="builds SegFormer and UPerNet .*models, not 'fcn_resnet50'"):
         from_huggingface(state, "fcn_resnet50")
+    with pytest.raises(ValueError, match="smp converter builds SegFormer .* and UPerNet .* not 'fcn_resnet50'"):
+        from_smp(state, "fcn_resnet50")
 
 
 def test_any_input_size_and_timm_bodies():

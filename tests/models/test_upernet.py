@@ -10,8 +10,9 @@ import torch
 
 import segzoo
 from segzoo.checkpoint import read_state_dict
-from segzoo.convert import from_huggingface
+from segzoo.convert import from_huggingface, from_smp
 from segzoo.models.upernet import map_huggingface
+from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 from tests.models.hf_reference import TOL, batch, max_diff, randomise_norms
 
 transformers = pytest.importorskip("transformers")
@@ -84,3 +85,39 @@ def test_swin_logits_equal_huggingface(tmp_path):
         for state in (ref.state_dict(), published):
             ours = from_huggingface(state, "upernet_swin_tiny")
             assert max_diff(ours(images), expected) <= TOL
+
+
+@pytest.mark.parametrize("encoder,name", [("resnet18", "upernet_resnet50"),
+                                          ("tu-convnext_atto", "upernet_convnext_tiny")])
+def test_smp_layout_maps_one_to_one_and_gives_smp_logits(encoder, name, tmp_path, capsys):
+    """smp's UPerNet (FPN levels counted from the coarsest, LayerNorms on every map, no auxiliary head, a
+    256-wide decoder): every key maps once, the stride-4 logits equal smp's (smp then upsamples them with
+    align_corners=True), and `segzoo convert --from smp` writes the same model."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    from segzoo.cli import main
+    from segzoo.models.upernet import map_smp
+
+    torch.manual_seed(0)
+    ref = randomise_norms(smp.UPerNet(encoder, encoder_weights=None, classes=4)).eval()
+    state = ref.state_dict()
+    mapped, classes = map_smp(state)
+    assert classes == 4 and len(mapped) == len(state) and len(set(mapped)) == len(state)
+    body = {"backbone": "resnet18"} if encoder == "resnet18" else {"backbone": "convnext_atto"}
+    ours = from_smp(state, name, **body)
+    assert ours.aux_head is None and ours.decode_head.classifier.in_channels == 256
+    x = torch.rand(1, 3, 64, 96)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = ref.segmentation_head[0](ref.decoder(ref.encoder((x - mean) / std)))
+        assert max_diff(ours.forward_logits(ours.normalize(x))[0], expected) <= TOL
+    with pytest.raises(KeyError, match="not smp UPerNet keys"):
+        map_smp({**state, "decoder.extra.weight": torch.zeros(1)})
+    if encoder != "resnet18":
+        return
+    with pytest.raises(ValueError, match="upernet_resnet50"):  # smp's ResNet-18 into the ResNet-50 model
+        from_smp(state, "upernet_resnet50")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "smp.safetensors")
+    assert main(["convert", "--from", "smp", "--name", "upernet_convnext_tiny", str(tmp_path / "smp.safetensors"),
+                 str(tmp_path / "bad.safetensors")]) != 0  # a ResNet checkpoint for a ConvNeXt model: refused
+    capsys.readouterr()

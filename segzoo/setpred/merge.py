@@ -156,10 +156,11 @@ def instance_merge(class_logits: torch.Tensor, mask_logits: torch.Tensor, topk: 
     (``K``), ``labels`` (``K``, int64) and ``masks`` (``K x H x W`` float probabilities)."""
     fold = _MaskScores(class_logits.shape[0])
     _stream(mask_logits, size, crop, [fold], binary=True)
-    return _instances(class_logits, mask_logits, fold.result(), topk, thing_classes, size, crop)
+    return _instances(class_logits, mask_logits, fold.result(), topk=topk, thing_classes=thing_classes, size=size,
+                      crop=crop)
 
 
-def _instances(class_logits, mask_logits, mask_scores, topk, thing_classes, size, crop) -> list[dict]:
+def _instances(class_logits, mask_logits, mask_scores, *, topk, thing_classes, size, crop) -> list[dict]:
     b, q, c1 = class_logits.shape
     c = c1 - 1
     k = q if topk is None else min(int(topk), q * c)
@@ -226,8 +227,8 @@ def merge_all(class_logits: torch.Tensor, mask_logits: torch.Tensor, thing_class
     sem, scores = _SemanticSum(class_logits, hw), _MaskScores(class_logits.shape[0])
     winners = _Winners(class_logits, hw, score_thresh, mask_thresh)
     _stream(mask_logits, size, crop, [sem, scores, winners], binary=True)
-    inst = _instances(class_logits, mask_logits, scores.result(), topk,
-                      thing_classes if instance_things else None, size, crop)
+    inst = _instances(class_logits, mask_logits, scores.result(), topk=topk,
+                      thing_classes=thing_classes if instance_things else None, size=size, crop=crop)
     return sem.result(), inst, _panoptic(winners, thing_classes, overlap_thresh)
 
 

@@ -72,7 +72,25 @@ def _freezing(compiled: bool) -> contextlib.AbstractContextManager:
     return torch._inductor.config.patch(freezing=True) if compiled else contextlib.nullcontext()
 
 
-class QuantizedModel(nn.Module):
+class _Quantized(nn.Module):
+    """What the int8 models share: the float model's identity (task, classes, spec) and inference mode only."""
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        self.task = source.task
+        self.num_classes = getattr(source, "num_classes", None)
+        self.classes = getattr(source, "classes", None)
+        self.spec = getattr(source, "spec", None)
+        self.training = False  # inference only, from the start (evaluate() restores the mode it found)
+
+    def train(self, mode: bool = True) -> _Quantized:
+        if mode:
+            raise RuntimeError("an int8 model is for inference only; train the float model and quantize it again")
+        self.training = False  # an exported graph has no train/eval switch: its modes were fixed at export
+        return self
+
+
+class QuantizedModel(_Quantized):
     """The int8 model of a semantic model: ``forward(images)`` returns logits ``N x C x H x W``.
 
     Attributes:
@@ -84,24 +102,13 @@ class QuantizedModel(nn.Module):
 
     def __init__(self, graph_module: nn.Module, source: nn.Module, example: torch.Tensor, dynamic: bool,
                  compile: bool):
-        super().__init__()
+        super().__init__(source)
         self.graph_module = graph_module
-        self.task = source.task
-        self.num_classes = getattr(source, "num_classes", None)
-        self.classes = getattr(source, "classes", None)
-        self.spec = getattr(source, "spec", None)
         self.dynamic = dynamic
         self.example_shape = tuple(example.shape)
         self.compiled = compile
         runner = torch.compile(graph_module, dynamic=dynamic) if compile else graph_module
         object.__setattr__(self, "_runner", runner)
-        self.training = False  # inference only, from the start (evaluate() restores the mode it found)
-
-    def train(self, mode: bool = True) -> QuantizedModel:
-        if mode:
-            raise RuntimeError("an int8 model is for inference only; train the float model and quantize it again")
-        self.training = False  # an exported graph has no train/eval switch: its modes were fixed at export
-        return self
 
     def forward(self, images: torch.Tensor) -> Any:
         if not self.dynamic and tuple(images.shape) != self.example_shape:
@@ -144,7 +151,7 @@ class _DetectorExport(nn.Module):
         return self.source.decode_padded(maps, sizes, self.max_detections)
 
 
-class QuantizedDetector(nn.Module):
+class QuantizedDetector(_Quantized):
     """The int8 model of a dense-map detector (CenterNet): ``forward(images)`` returns one
     ``{"boxes", "scores", "labels"}`` dict per image, like the float model in eval mode.
 
@@ -164,22 +171,11 @@ class QuantizedDetector(nn.Module):
 
     def __init__(self, graph_module: nn.Module, source: nn.Module, example: torch.Tensor, keys: tuple[str, ...],
                  compile: bool):
-        super().__init__()
+        super().__init__(source)
         self.graph_module, self.source, self.keys = graph_module, source, keys
-        self.task = source.task
-        self.num_classes = getattr(source, "num_classes", None)
-        self.classes = getattr(source, "classes", None)
-        self.spec = getattr(source, "spec", None)
         self.example_shape = tuple(example.shape)
         self.compiled = compile
         object.__setattr__(self, "_runner", torch.compile(graph_module) if compile else graph_module)
-        self.training = False
-
-    def train(self, mode: bool = True) -> QuantizedDetector:
-        if mode:
-            raise RuntimeError("an int8 model is for inference only; train the float model and quantize it again")
-        self.training = False
-        return self
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.no_grad():
@@ -232,7 +228,6 @@ def _quantize_maps(model: nn.Module, images: list[torch.Tensor], compile: bool, 
         canvas = largest if canvas is None else tuple(max(int(c) + (-int(c)) % d, m) for c, m in zip(canvas, largest))
         padded = [_pad_to(x, canvas) for x in padded]  # smaller images pad further, as in a float batch
         keys = tuple(source.forward_maps(padded[0]).keys())
-    with torch.no_grad():
         graph = torch.export.export(_Maps(source, keys), (padded[0],)).module()
     graph_module = _calibrated(graph, padded, pt2e, [f"model.{n}" for n in keep_float])
     return QuantizedDetector(graph_module, source, padded[0], keys, compile)
@@ -264,8 +259,8 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
     pt2e = _pt2e()
     images = _images(calibration_images)
     traits = TASK_TRAITS.get(getattr(model, "task", None))
-    dense_maps = hasattr(model, "forward_maps") and hasattr(model, "postprocess")
-    if (traits is None or not traits.dense) and not dense_maps:
+    dense = traits is not None and traits.dense
+    if not dense and not (hasattr(model, "forward_maps") and hasattr(model, "postprocess")):
         # Mask/Faster R-CNN call one RPN convolution on every FPN level (the quantizer refuses a convolution
         # with several outputs)
         raise NotImplementedError(f"int8 quantization supports semantic models and CenterNet; {type(model).__name__} "
@@ -274,7 +269,7 @@ def quantize(model: nn.Module, calibration_images: Any, *, dynamic: bool = False
     if device.type != "cpu":
         raise ValueError(f"int8 PT2E quantization with the x86 inductor quantizer runs on the CPU; the model is on "
                          f"{device}: move it with model.cpu()")
-    if traits is None or not traits.dense:
+    if not dense:
         if dynamic:
             raise ValueError("a detector's int8 model is fixed-size (its decoding is exported at one size): "
                              "quantize with dynamic=False and calibration images of the deployed size")

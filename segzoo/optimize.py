@@ -13,6 +13,11 @@
   convolution keeps its weight in oneDNN's blocked layout (:mod:`segzoo.prepack`), so it is not
   reordered on every call; the same kernel on the same numbers. Chosen per family from
   measurements (:data:`PREPACK`).
+- **exact rewrites**: a module that knows a cheaper way to compute the same numbers in eval mode
+  defines ``fold_for_inference(self) -> bool`` (for example a convolution over an upsampled map
+  computed on the small map, since both are linear); :func:`optimize` calls it on every module
+  after folding BatchNorm and counts the ones that applied. Each is exact to float rounding and
+  tested against the module's own eval forward.
 - **inference mode**: the forward runs under ``torch.inference_mode()`` (no autograd records,
   no version counters) and parameters stop requiring gradients.
 
@@ -38,7 +43,8 @@ from torch import nn
 from segzoo import prepack as packing
 from segzoo.fuse import fuse as fold_batchnorm
 
-__all__ = ["CHANNELS_LAST", "PREPACK", "OptimizedModel", "optimize", "uses_channels_last", "uses_prepack"]
+__all__ = ["CHANNELS_LAST", "PREPACK", "OptimizedModel", "optimize", "rewrite_for_inference", "uses_channels_last",
+           "uses_prepack"]
 
 # Whether channels_last is faster, per model class and device type, from python -m benchmarks.speed --optimize
 # (one thread, see docs/performance-optimize.md); a class not listed uses the "*" entry of its device.
@@ -92,10 +98,12 @@ class Choices:
     bf16: bool
     compiled: bool
     prepacked: int = 0  # convolutions with oneDNN-packed weights
+    rewritten: int = 0  # modules whose fold_for_inference applied
 
     def describe(self) -> str:
         parts = [f"{self.fused} conv-bn folded"] + ["channels_last"] * self.channels_last
         parts += [f"{self.prepacked} convolutions prepacked"] * bool(self.prepacked)
+        parts += [f"{self.rewritten} modules rewritten"] * bool(self.rewritten)
         return ", ".join(parts + ["inference mode"] + ["bf16 autocast"] * self.bf16 + ["compiled"] * self.compiled)
 
 
@@ -163,6 +171,16 @@ class OptimizedModel(nn.Module):
             return _float32(out) if self.choices.channels_last else out
 
 
+def rewrite_for_inference(model: nn.Module) -> int:
+    """Call ``fold_for_inference()`` on every module of ``model`` that defines it; how many applied."""
+    done = 0
+    for module in list(model.modules()):
+        fold = getattr(module, "fold_for_inference", None)
+        if callable(fold) and fold():
+            done += 1
+    return done
+
+
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -186,7 +204,8 @@ def optimize(
         example: an input to trace which convolution feeds which BatchNorm (an ``N x 3 x H x W``
             batch, or a list of ``3 x H x W`` images for detection models); a ``1 x 3 x 64 x 64``
             batch on the model's device by default.
-        fuse: fold BatchNorm into the preceding convolutions (exact to float rounding).
+        fuse: fold BatchNorm into the preceding convolutions and apply the modules' exact
+            rewrites (``fold_for_inference``; both exact to float rounding).
         channels_last: ``"auto"``: the measured choice for the model's family and device
             (:func:`uses_channels_last`); True / False to force it.
         bf16: run under bfloat16 autocast (outputs float32). Not exact; opt-in.
@@ -219,6 +238,7 @@ def optimize(
         fused = 0
     model.eval()
     model.requires_grad_(False)
+    rewritten = rewrite_for_inference(model) if fuse else 0
     last = uses_channels_last(model, device) if channels_last == "auto" else bool(channels_last)
     if last:
         model = model.to(memory_format=torch.channels_last)
@@ -227,4 +247,4 @@ def optimize(
     runner = None
     if compile:
         runner = torch.compile(model, backend="inductor" if compile is True else compile)
-    return OptimizedModel(model, Choices(fused, last, bool(bf16), bool(compile), prepacked), runner).eval()
+    return OptimizedModel(model, Choices(fused, last, bool(bf16), bool(compile), prepacked, rewritten), runner).eval()

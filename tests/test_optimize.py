@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import segzoo
 from segzoo import export as ex
@@ -168,3 +169,36 @@ def test_infer_cli_fast_flags(tmp_path, monkeypatch, capsys):
     assert seen == [{}, {"bf16": True}]  # optimized by default, not with --no-fast, bf16 with --fast bf16
     assert cli.main([*args, "--fast", "int8"]) == 2
     assert "--fast takes bf16, compile" in capsys.readouterr().err
+
+
+def test_modules_exact_rewrites_are_applied_and_counted():
+    from segzoo.optimize import Choices
+
+    class Doubler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.rewritten = False
+
+        def fold_for_inference(self) -> bool:
+            self.rewritten = True
+            return True
+
+        def forward(self, x):
+            return self.conv(x)
+
+    class Plain(nn.Module):
+        def fold_for_inference(self) -> bool:
+            return False  # not applicable: not counted
+
+        def forward(self, x):
+            return x
+
+    model = nn.Sequential(Doubler(), Plain(), Doubler())
+    fast = segzoo.optimize(model, torch.randn(1, 3, 8, 8), channels_last=False, prepack=False)
+    assert fast.choices.rewritten == 2 and "2 modules rewritten" in fast.choices.describe()
+    assert all(m.rewritten for m in fast.model if isinstance(m, Doubler))
+    assert not any(m.rewritten for m in model if isinstance(m, Doubler))  # the caller's model is untouched
+    unfused = segzoo.optimize(model, torch.randn(1, 3, 8, 8), fuse=False, channels_last=False, prepack=False)
+    assert unfused.choices.rewritten == 0  # fuse=False keeps the module's own forward
+    assert Choices(0, False, False, False).rewritten == 0

@@ -65,6 +65,7 @@ PREPACK: dict[str, dict[str, bool]] = {
     "cpu": {
         "*": False,
         "FCN": True, "PSPNet": True, "DeepLabV3": True, "DeepLabV3Plus": True,
+        "FasterRCNN": True, "MaskRCNN": False,  # Faster R-CNN-R50 at 256 px: 0.74 of the anchor against 0.84 without
     },
 }
 

@@ -4,7 +4,7 @@ The anchor and segzoo's eager model run the way their READMEs show (``model.eval
 ``torch.no_grad()``); the optimized model runs as ``segzoo.optimize`` returns it (BatchNorm folded,
 channels_last where :data:`segzoo.optimize.CHANNELS_LAST` says, inference mode) and the int8 model as
 ``segzoo.quantize`` returns it (PT2E, x86 inductor quantizer, compiled with weight freezing; semantic
-models only, calibrated on the benchmark input itself: a speed figure, not an accuracy one). All of
+models and CenterNet, calibrated on the benchmark input itself: a speed figure, not an accuracy one). All of
 them are timed in alternation in one run, so every ratio compares calls made under the same load.
 """
 
@@ -32,11 +32,13 @@ def no_grad_call(model: nn.Module, step, inputs) -> Callable[[], Any]:
 
 
 def variant_calls(model: nn.Module, step, inputs, int8: bool = True) -> tuple[list[Callable[[], Any]], dict]:
-    """Calls of the optimized (and, for semantic models, int8) copies of ``model``, and what they applied."""
+    """Calls of the optimized (and, for semantic models and CenterNet, int8) copies of ``model``, and what they
+    applied."""
     fast = segzoo.optimize(model)
     calls = [no_grad_call(fast, step, inputs)]
     info = {"optimized": fast.choices.describe()}
-    if int8 and model.task == "semantic" and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
+    quantizable = model.task == "semantic" or hasattr(model, "forward_maps")  # CenterNet: QuantizedDetector
+    if int8 and quantizable and isinstance(inputs, torch.Tensor) and inputs.device.type == "cpu":
         q = segzoo.quantize(model, inputs)
         calls.append(no_grad_call(q, step, inputs))
         info["int8"] = "PT2E x86 inductor, compiled"

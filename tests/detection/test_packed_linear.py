@@ -1,0 +1,79 @@
+"""The R-CNN box head's oneDNN-packed fully connected layers (BoxHead.fold_for_inference)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import segzoo
+from segzoo.detection.linear import PackedLinears, can_pack
+from segzoo.detection.roi_heads import BoxHead
+
+pytestmark = pytest.mark.skipif(not can_pack([torch.nn.Linear(2, 2)]), reason="needs oneDNN's packed matmul")
+
+
+def _head(seed: int = 0) -> BoxHead:
+    torch.manual_seed(seed)
+    return BoxHead(64 * 7 * 7, 256).eval()
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300, 1001])
+def test_packed_box_head_equals_eager(rows):
+    head = _head()
+    x = torch.randn(rows, 64, 7, 7)
+    with torch.no_grad():
+        ref = head(x)
+        assert head.fold_for_inference()
+        assert head.packed is not None and head.packed.usable(x.flatten(1))
+        out = head(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_path_steps_aside_for_gradients_edits_and_copies():
+    head = _head()
+    x = torch.randn(5, 64, 7, 7)
+    assert head.fold_for_inference()
+    # gradients on: the layers themselves run, and gradients reach them
+    head(x).sum().backward()
+    assert head.fc6.weight.grad is not None
+    # weights changed in place after packing: the stale packed copy is not used
+    with torch.no_grad():
+        head.fc7.weight.mul_(2.0)
+        assert not head.packed.usable(x.flatten(1))
+        torch.testing.assert_close(head(x), torch.relu(head.fc7(torch.relu(head.fc6(x.flatten(1))))))
+    # a deep copy drops the packed weights (oneDNN tensors cannot be copied) and still computes the same
+    clone = copy.deepcopy(_head())
+    assert clone.packed is None
+    # autocast: the packed float32 path is not taken
+    fresh = _head()
+    assert fresh.fold_for_inference()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fresh.packed.usable(x.flatten(1))
+    # no rows: the plain layers
+    assert not fresh.packed.usable(torch.zeros(0, 64 * 7 * 7))
+
+
+def test_packed_linears_refuse_what_they_cannot_pack():
+    with pytest.raises(ValueError, match="float32 CPU"):
+        PackedLinears([torch.nn.Linear(4, 4).double()])
+    assert not BoxHead(8, 4).double().fold_for_inference()
+
+
+@pytest.mark.parametrize("size", [(97, 131), (160, 224)])
+def test_optimized_faster_rcnn_equals_eager_with_packed_box_head(size):
+    torch.manual_seed(0)
+    model = segzoo.build("fasterrcnn_resnet18_fpn", num_classes=5, box_score_thresh=0.0).eval()
+    fast = segzoo.optimize(model)
+    assert fast.choices.rewritten >= 1
+    head = next(m for m in fast.modules() if isinstance(m, BoxHead))
+    assert head.packed is not None
+    x = torch.rand(1, 3, *size)
+    with torch.no_grad():
+        ref = model(x)[0]
+        out = fast(x)[0]
+    assert len(out["boxes"]) == len(ref["boxes"]) > 0
+    torch.testing.assert_close(out["scores"], ref["scores"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["boxes"], ref["boxes"], rtol=1e-4, atol=1e-3)
+    assert torch.equal(out["labels"], ref["labels"])

@@ -445,6 +445,8 @@ def run(patterns: list[str] | None = None, device: str | None = None, size: int 
     if patterns and not names:
         raise KeyError(f"no benchmark case matches {patterns}; available: {', '.join(_CASES)}")
     cases = [c for n in names for c in _CASES[n](size=size)]
+    if options is not None and options.optimize:  # its columns are for inference; training rows would only cost time
+        cases = [c for c in cases if c.mode == "infer"]
     return _run_cases(cases, _device(device), warmup, runs, True, progress, options)
 
 

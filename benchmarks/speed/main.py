@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile both models (default backend: inductor)")
     p.add_argument("--optimize", action="store_true",
                    help="inference cases: anchor and segzoo eager under torch.no_grad() beside segzoo.optimize and "
-                        "segzoo.quantize (int8, semantic models; compiling costs minutes) in one run")
+                        "segzoo.quantize (int8, semantic models and CenterNet; compiling costs minutes) in one run")
     p.add_argument("--no-int8", action="store_true", help="with --optimize: skip the int8 column")
     args = p.parse_args(argv)
     if args.list:

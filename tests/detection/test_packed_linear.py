@@ -9,7 +9,7 @@ import torch
 
 import segzoo
 from segzoo.detection.linear import PackedLinears, can_pack
-from segzoo.detection.roi_heads import BoxHead
+from segzoo.detection.roi_heads import BoxHead, BoxPredictor
 
 pytestmark = pytest.mark.skipif(not can_pack([torch.nn.Linear(2, 2)]), reason="needs oneDNN's packed matmul")
 
@@ -29,6 +29,20 @@ def test_packed_box_head_equals_eager(rows):
         assert head.packed is not None and head.packed.usable(x.flatten(1))
         out = head(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 300])
+def test_packed_box_predictor_equals_eager(rows):
+    torch.manual_seed(0)
+    predictor = BoxPredictor(256, 9).eval()
+    x = torch.randn(rows, 256)
+    with torch.no_grad():
+        ref = predictor(x)
+        assert predictor.fold_for_inference() and predictor.packed is not None
+        assert all(p.usable(x) for p in predictor.packed)
+        out = predictor(x)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 
 
 def test_packed_path_steps_aside_for_gradients_edits_and_copies():
@@ -66,9 +80,8 @@ def test_optimized_faster_rcnn_equals_eager_with_packed_box_head(size):
     torch.manual_seed(0)
     model = segzoo.build("fasterrcnn_resnet18_fpn", num_classes=5, box_score_thresh=0.0).eval()
     fast = segzoo.optimize(model)
-    assert fast.choices.rewritten >= 1
-    head = next(m for m in fast.modules() if isinstance(m, BoxHead))
-    assert head.packed is not None
+    assert fast.choices.rewritten >= 2
+    assert all(m.packed is not None for m in fast.modules() if isinstance(m, (BoxHead, BoxPredictor)))
     x = torch.rand(1, 3, *size)
     with torch.no_grad():
         ref = model(x)[0]

@@ -2,7 +2,7 @@
 
 Which convolution feeds which norm layer is found by running the model once with hooks,
 not by reading module names, so it works for timm backbones, segzoo heads and anything
-else built from ``nn.Conv2d`` followed by a BatchNorm. A pair is folded only when the
+else built from ``nn.Conv2d`` (or ``nn.ConvTranspose2d``) followed by a BatchNorm. A pair is folded only when the
 norm layer's every input came straight from that convolution and the convolution's every
 output went only to that norm layer.
 """
@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover
     BatchNormAct2d = ()
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)  # exact types: subclasses may compute something else
 
 
 def _norm_params(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,9 +36,15 @@ def _norm_params(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
+def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.Module) -> None:
     scale, shift = _norm_params(bn)
-    conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+    w = conv.weight
+    if isinstance(conv, nn.ConvTranspose2d):  # weight (in, out / groups, kh, kw): output channels on dim 1
+        g = conv.groups
+        w.view(g, w.shape[0] // g, w.shape[1], *w.shape[2:]).mul_(
+            scale.view(g, 1, w.shape[1], 1, 1).to(w.dtype))
+    else:
+        w.mul_(scale.view(-1, 1, 1, 1).to(w.dtype))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
     new_bias = bias * scale + shift
     conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
@@ -116,7 +123,7 @@ def find_conv_bn_pairs(model: nn.Module, example: Any) -> list[tuple[str, str]]:
         inner.extend(t.grad_fn for t in _tensors(out) if t.grad_fn is not None)
 
     for m in model.modules():
-        if type(m) is nn.Conv2d:
+        if type(m) in _CONVS:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, norms):
             handles.append(m.register_forward_pre_hook(norm_hook))

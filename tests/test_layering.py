@@ -42,6 +42,7 @@ LAYERS = [
      "segzoo.info"),
     ("segzoo.visualize",),
     ("segzoo.inference",),
+    ("segzoo.infer_files",),  # predictions of image files written as pictures and JSON (segzoo infer)
     ("segzoo.tasks",),  # one object per task, over data, metrics, pictures and inference
     ("segzoo.engine.device", "segzoo.engine.distributed", "segzoo.engine.ema", "segzoo.engine.optim",
      "segzoo.engine.run_folder", "segzoo.engine.signals", "segzoo.engine.trackers", "segzoo.engine.logs",

@@ -14,7 +14,7 @@ import segzoo
 from segzoo import visualize as vis
 from segzoo.engine import evaluate
 from segzoo.engine.evaluator import save_predictions_png
-from segzoo.inference import write_prediction
+from segzoo.infer_files import write_prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["circle", "square", "triangle"]

@@ -16,7 +16,7 @@ from scipy import ndimage
 from torch import nn
 from torchvision.ops import box_iou
 
-from segzoo import inference, slicing
+from segzoo import infer_files, inference, slicing
 from segzoo.data.prelabel import Predictions
 from segzoo.data.targets import INSTANCE_MASKS
 from segzoo.slicing import CropMasks, merge_detections, sliced_detect, tile_boxes
@@ -148,8 +148,8 @@ def test_predict_and_write_with_tiles(tmp_path):
     res = inference.predict(Blobs(), im, tile=96, overlap=0.25, merge="fuse", nms_iou=0.9)
     assert isinstance(res["masks"], CropMasks)
     whole = inference.predict(Blobs(), im)
-    written = inference.write_prediction(res, im, tmp_path, "s", ["blob"], score_thresh=0.0)
-    inference.write_prediction(whole, im, tmp_path, "w", ["blob"], score_thresh=0.0)
+    written = infer_files.write_prediction(res, im, tmp_path, "s", ["blob"], score_thresh=0.0)
+    infer_files.write_prediction(whole, im, tmp_path, "w", ["blob"], score_thresh=0.0)
     a = np.array(Image.open(tmp_path / "s_masks.png")) > 0
     b = np.array(Image.open(tmp_path / "w_masks.png")) > 0
     assert np.array_equal(a, b) and a.any() and len(written) == 3
@@ -178,14 +178,14 @@ MEMORY = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from test_slicing import Blobs
-    from segzoo import inference
+    from segzoo import infer_files, inference
     im = torch.zeros(3, 1536, 1536)
     for i in range(18):
         for j in range(18):  # 324 blobs, 12 x 12 px
             im[:, 20 + 85 * i : 32 + 85 * i, 20 + 85 * j : 32 + 85 * j] = 1
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     res = inference.predict(Blobs(), im, tile=256, overlap=0.25, merge="fuse")
-    inference.write_prediction(res, im, tempfile.mkdtemp(), "big", score_thresh=0.0)
+    infer_files.write_prediction(res, im, tempfile.mkdtemp(), "big", score_thresh=0.0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(len(res["boxes"]), (peak - base) / 1024)
 """)

@@ -138,24 +138,27 @@ def run(row: Row, pretrained: bool, seed: int, log=print) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown: one line per row, the first metric's mean ± spread (population std) for each init, seeds listed."""
+    """Markdown: one line per row and step budget run (a ``--steps`` override is its own line, with the steps
+    the runs took), the first metric's mean ± spread (population std) for each init, seeds listed."""
     lines = ["| model | data | steps | metric | ImageNet (mean ± sd) | random (mean ± sd) | gap / spread | seeds |",
              "|---|---|---|---|---|---|---|---|"]
     for row in ROWS.values():
         label = row.metrics[0].label
-        got = {init: [r["metrics"][label] for r in results if r["row"] == row.name and r["init"] == init]
-               for init in ("imagenet", "random")}
-        if not got["imagenet"] or not got["random"]:
-            continue
-        mean = {k: statistics.fmean(v) for k, v in got.items()}
-        sd = {k: statistics.pstdev(v) for k, v in got.items()}
-        spread = max(sd.values())
-        seeds = sorted({r["seed"] for r in results if r["row"] == row.name})
-        gap = (f"{(mean['imagenet'] - mean['random']) / spread:.1f}" if spread > 0 and min(map(len, got.values())) > 1
-               else "n/a (one seed)")
-        lines.append(f"| {row.model} | {row.data} | {row.steps} | {label} | {mean['imagenet']:.3f} ± "
-                     f"{sd['imagenet']:.3f} | {mean['random']:.3f} ± {sd['random']:.3f} | {gap} | "
-                     f"{' '.join(map(str, seeds))} |")
+        mine = [r for r in results if r["row"] == row.name]
+        for steps in sorted({r.get("steps", row.steps) for r in mine}):
+            runs = [r for r in mine if r.get("steps", row.steps) == steps]
+            got = {init: [r["metrics"][label] for r in runs if r["init"] == init] for init in ("imagenet", "random")}
+            if not got["imagenet"] or not got["random"]:
+                continue
+            mean = {k: statistics.fmean(v) for k, v in got.items()}
+            sd = {k: statistics.pstdev(v) for k, v in got.items()}
+            spread = max(sd.values())
+            seeds = sorted({r["seed"] for r in runs})
+            gap = (f"{(mean['imagenet'] - mean['random']) / spread:.1f}"
+                   if spread > 0 and min(map(len, got.values())) > 1 else "n/a (one seed)")
+            lines.append(f"| {row.model} | {row.data} | {steps} | {label} | {mean['imagenet']:.3f} ± "
+                         f"{sd['imagenet']:.3f} | {mean['random']:.3f} ± {sd['random']:.3f} | {gap} | "
+                         f"{' '.join(map(str, seeds))} |")
     return "\n".join(lines)
 
 

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 import segzoo
-from segzoo.inference import predict, write_prediction
+from segzoo.infer_files import write_prediction
+from segzoo.inference import predict
 
 
 def _mb(kb: int) -> float:

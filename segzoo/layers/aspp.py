@@ -52,7 +52,7 @@ class AtrousTaps(nn.Module):
     skipped. With atrous rates near the map size (DeepLabV3's 12 / 24 / 36 at output stride 8 on a 32 x 32
     map, the rate-18 branch at stride 16 on a 16 x 16 map) most of the convolution's work multiplies
     padding; the taps do only the rest. The same numbers up to float rounding (the sum runs in another
-    order). Traced, exported or compiled forwards, and maps where the taps would do at least
+    order). Traced, exported or compiled forwards, autocast, and maps where the taps would do at least
     :data:`TAPS_BELOW` of the full work, run the convolution.
     """
 
@@ -89,7 +89,8 @@ class AtrousTaps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        if is_tracing() or x.dim() != 4 or h * w == 0 or self.work(h, w) >= TAPS_BELOW:
+        if (is_tracing() or x.dim() != 4 or h * w == 0 or torch.is_autocast_enabled(x.device.type)
+                or self.work(h, w) >= TAPS_BELOW):  # autocast: one rounding of the sum, as the convolution
             return self.conv(x)
         out = self.taps[0](x)
         for (dy, dx), tap in zip(self.offsets[1:], self.taps[1:]):

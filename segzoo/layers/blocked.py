@@ -8,7 +8,8 @@ residual additions and the max pooling of a ResNet, so those reorders happen onc
 twice per convolution. The kernels and their numbers are oneDNN's, as before.
 
 :func:`blocked_body` says whether a body is built only of modules known to run on blocked tensors
-(a timm ResNet ``features_only`` body with its BatchNorm folded); :func:`blocked_ready` whether an input
+(a timm ResNet ``features_only`` body, or segzoo's conv blocks, with their BatchNorm folded);
+:func:`blocked_ready` whether an input
 may take that path (float32 on the CPU, plain layout, no autograd, no autocast, not traced or exported).
 """
 
@@ -19,16 +20,18 @@ from timm.models._features import FeatureListNet
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
+from segzoo.layers.conv import ConvNormAct, SeparableConvNormAct
 from segzoo.layers.tracing import is_tracing
 
 __all__ = ["BLOCKED_MODULES", "blocked_body", "blocked_ready", "to_blocked", "to_dense"]
 
 # modules whose forward runs on blocked tensors as it does on dense ones: convolutions (plain, or the
 # prepacked ones segzoo.prepack puts in their place, which call the same oneDNN convolution), ReLU, max
-# pooling, identities (folded BatchNorm), and the containers and residual blocks of a timm ResNet, whose
-# forwards add and apply those only (``x += shortcut``)
+# pooling, identities (folded BatchNorm), segzoo's conv blocks (sequences of those) and the containers and
+# residual blocks of a timm ResNet, whose forwards add and apply those only (``x += shortcut``)
 BLOCKED_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Sequential, FeatureListNet, Bottleneck, BasicBlock,
+    nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Sequential, ConvNormAct, SeparableConvNormAct,
+    FeatureListNet, Bottleneck, BasicBlock,
 )
 
 

@@ -238,11 +238,23 @@ class DeepLabV3PlusDecoder(nn.Module):
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
+    blocked = False  # set by fold_for_inference
+
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        y = self.aspp(high)
+        """``low`` may be blocked (:mod:`segzoo.layers.blocked`) once :meth:`fold_for_inference` applied."""
+        y = self.aspp(to_dense(high))
         y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        y = torch.cat([y, self.low_proj(low)], dim=1)  # (N, channels + low_proj, H/4, W/4)
+        y = torch.cat([y, to_dense(self.low_proj(low))], dim=1)  # (N, channels + low_proj, H/4, W/4)
+        if self.blocked and blocked_ready(y):
+            return to_dense(self.classifier(self.fuse(to_blocked(y))))
         return self.classifier(self.fuse(y))
+
+    def fold_for_inference(self) -> bool:
+        """After BatchNorm folding: the stride-4 part (the low-level projection, the two 3x3 blocks and the
+        classifier, all convolutions and ReLUs) on oneDNN's blocked tensors; the ASPP, the upsampling and the
+        concatenation stay dense. False where a BatchNorm was not folded or in training mode."""
+        self.blocked = not self.training and all(blocked_body(m) for m in (self.low_proj, self.fuse, self.classifier))
+        return self.blocked
 
 
 class DeepLabV3Plus(BlockedBody, SegmentationModel):
@@ -317,7 +329,8 @@ class DeepLabV3Plus(BlockedBody, SegmentationModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         maps, _ = self.backbone_maps(x)
         high, low = self.backbone.decoder_features(maps, low_stride=4)
-        return self.decoder(to_dense(high), to_dense(low)), None
+        # a blocked stride-4 map goes to a blocked decoder as it is (its projection to 48 channels runs blocked)
+        return self.decoder(high, low if self.decoder.blocked else to_dense(low)), None
 
 
 def _deeplabv3(name: str, backbone: str, /, **kwargs) -> DeepLabV3:

@@ -53,23 +53,27 @@ def test_optimized_equals_eval_forward(name):
 def test_resnet_bodies_run_blocked(name, monkeypatch):
     model = _model(name)
     fast = segzoo.optimize(model)
-    assert fast.model.blocked and fast.choices.rewritten == 2  # the body and the ASPP
+    plus = "plus" in name
+    assert fast.model.blocked and fast.choices.rewritten == 2 + plus  # the body, the ASPP (and V3+'s decoder)
     seen = []
     fast.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_mkldnn))
+    if plus:  # the stride-4 blocks run blocked too
+        fast.model.decoder.fuse.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_mkldnn))
     x = torch.rand(1, 3, 97, 131)
     with torch.no_grad():
         ref = model(x)
     _close(fast(x), ref)
-    assert seen == [True]
+    assert seen == [True] * (1 + plus)
     # with autograd on (blocked tensors have none) the same copy runs dense, with the same numbers
     _close(fast.model(x), ref)
-    assert seen == [True, False]
+    assert seen == [True] * (1 + plus) + [False] * (1 + plus)
 
 
 def test_plain_model_is_unchanged_and_training_folds_nothing():
     model = _model("deeplabv3_resnet50")
     assert not model.blocked and model.classifier[0].project_spatial is None
     assert not any(isinstance(m, AtrousTaps) for m in model.modules())
+    assert not _model("deeplabv3plus_resnet50").decoder.blocked
     model.train()
     assert not model.fold_for_inference() and not model.classifier[0].fold_for_inference()
     assert not model.blocked and model.classifier[0].project_spatial is None
@@ -83,6 +87,9 @@ def test_other_bodies_keep_the_dense_path():
     assert not blocked_body(_model("deeplabv3plus_resnet50", backbone="convnext_atto").backbone.body)
     assert blocked_body(fuse(_model("deeplabv3plus_resnet50")).backbone.body)
     assert not blocked_body(_model("deeplabv3plus_resnet50").backbone.body)  # BatchNorm not folded yet
+    plus = _model("deeplabv3plus_resnet50")
+    assert not plus.decoder.fold_for_inference() and not plus.decoder.blocked
+    assert fuse(plus).decoder.fold_for_inference()
 
 
 def _flops(model: nn.Module, x: torch.Tensor) -> int:

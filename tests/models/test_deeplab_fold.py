@@ -139,10 +139,12 @@ def test_atrous_taps_work():
         AtrousTaps(nn.Conv2d(4, 4, 3, stride=2, padding=1))
 
 
-@pytest.mark.parametrize("name", ["deeplabv3_resnet50", "deeplabv3plus_resnet50"])
-def test_exported_optimized_model_matches(name):
+@pytest.mark.parametrize("name,prepack", [("deeplabv3_resnet50", "auto"), ("deeplabv3plus_resnet50", False)])
+def test_exported_optimized_model_matches(name, prepack):
+    """Exporting runs the original forward (no blocked tensors, no taps) of the rewritten copy."""
     model = _model(name)
-    fast = segzoo.optimize(model, prepack=False)
+    fast = segzoo.optimize(model, prepack=prepack)
+    assert fast.choices.rewritten >= 2
     x = torch.rand(1, 3, 96, 128)
     ep = ex.export_program(fast, x)
     with torch.no_grad():

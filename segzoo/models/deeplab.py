@@ -21,6 +21,7 @@ from torch import nn
 from segzoo.backbones import make_backbone
 from segzoo.hub.published import COCO_VOC, register_weights, torchvision_entry
 from segzoo.layers import ASPP, ConvNormAct, FCNHead
+from segzoo.layers.blocked import blocked_body, blocked_ready, to_blocked, to_dense
 from segzoo.layers.conv import SeparableConvNormAct
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import TORCHVISION, KeyMap, register_key_map
@@ -45,6 +46,30 @@ def _level_index(index: int, channels: Sequence[int], what: str) -> int:
             f"{tuple(channels)}); pass an index in [{-n}, {n - 1}]"
         )
     return index % n
+
+
+class BlockedBody:
+    """Inference rewrite shared by DeepLabV3 and V3+: a ResNet body run on oneDNN's blocked tensors
+    (:mod:`segzoo.layers.blocked`), converted once on the way in and back for the maps the heads read."""
+
+    blocked = False  # set by fold_for_inference
+
+    def fold_for_inference(self) -> bool:
+        """After BatchNorm folding (:func:`segzoo.optimize`): run the backbone on blocked tensors where it
+        is a plain timm ResNet body. The same oneDNN kernels; the per-convolution reorders and PyTorch's
+        NCHW max pooling go. False (unchanged) for other bodies, unfolded BatchNorm or training mode."""
+        body = getattr(self.backbone, "body", None)
+        self.blocked = bool(
+            not self.training and body is not None and not getattr(self.backbone, "channels_last_maps", True)
+            and getattr(self, "tv_aux_stage", None) is None and blocked_body(body)
+        )
+        return self.blocked
+
+    def backbone_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], bool]:
+        """The backbone's maps, and whether they are blocked (then :func:`to_dense` the ones used)."""
+        if self.blocked and blocked_ready(x):
+            return self.backbone(to_blocked(x)), True
+        return self.backbone(x), False
 
 
 def match_torchvision_mobilenet(body: nn.Module) -> None:
@@ -94,7 +119,7 @@ class DeepLabHead(nn.Sequential):
         )
 
 
-class DeepLabV3(SegmentationModel):
+class DeepLabV3(BlockedBody, SegmentationModel):
     """DeepLabV3: dilated backbone -> ASPP head (+ auxiliary FCN head) -> upsampling.
 
     Input and output as in :class:`~segzoo.models.base.SegmentationModel`; with targets
@@ -166,12 +191,13 @@ class DeepLabV3(SegmentationModel):
         if self.tv_aux_stage is not None:
             last, aux_feat = self._tv_mobilenet_features(x)
         else:
-            feats = self.backbone.head_maps(self.backbone(x))
-            last, aux_feat = feats[-1], feats[self.aux_index]
+            maps, _ = self.backbone_maps(x)
+            feats = self.backbone.head_maps(maps)
+            last, aux_feat = to_dense(feats[-1]), feats[self.aux_index]
         out = self.classifier(last)
         aux = None
         if with_aux and self.aux_classifier is not None:
-            aux = self.aux_classifier(aux_feat)
+            aux = self.aux_classifier(to_dense(aux_feat))
         return out, aux
 
     def _tv_mobilenet_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,14 +238,26 @@ class DeepLabV3PlusDecoder(nn.Module):
         )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
+    blocked = False  # set by fold_for_inference
+
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        y = self.aspp(high)
+        """``low`` may be blocked (:mod:`segzoo.layers.blocked`) once :meth:`fold_for_inference` applied."""
+        y = self.aspp(to_dense(high))
         y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        y = torch.cat([y, self.low_proj(low)], dim=1)  # (N, channels + low_proj, H/4, W/4)
+        y = torch.cat([y, to_dense(self.low_proj(low))], dim=1)  # (N, channels + low_proj, H/4, W/4)
+        if self.blocked and blocked_ready(y):
+            return to_dense(self.classifier(self.fuse(to_blocked(y))))
         return self.classifier(self.fuse(y))
 
+    def fold_for_inference(self) -> bool:
+        """After BatchNorm folding: the stride-4 part (the low-level projection, the two 3x3 blocks and the
+        classifier, all convolutions and ReLUs) on oneDNN's blocked tensors; the ASPP, the upsampling and the
+        concatenation stay dense. False where a BatchNorm was not folded or in training mode."""
+        self.blocked = not self.training and all(blocked_body(m) for m in (self.low_proj, self.fuse, self.classifier))
+        return self.blocked
 
-class DeepLabV3Plus(SegmentationModel):
+
+class DeepLabV3Plus(BlockedBody, SegmentationModel):
     """DeepLabV3+: backbone at output stride 16 -> ASPP -> decoder with stride-4 features.
 
     Input and output as in :class:`~segzoo.models.base.SegmentationModel`; with targets
@@ -289,8 +327,10 @@ class DeepLabV3Plus(SegmentationModel):
     def forward_logits(
         self, x: torch.Tensor, with_aux: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        high, low = self.backbone.decoder_features(self.backbone(x), low_stride=4)
-        return self.decoder(high, low), None
+        maps, _ = self.backbone_maps(x)
+        high, low = self.backbone.decoder_features(maps, low_stride=4)
+        # a blocked stride-4 map goes to a blocked decoder as it is (its projection to 48 channels runs blocked)
+        return self.decoder(high, low if self.decoder.blocked else to_dense(low)), None
 
 
 def _deeplabv3(name: str, backbone: str, /, **kwargs) -> DeepLabV3:

@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 from torchvision.ops import deform_conv2d
 
+from segzoo.layers.tracing import is_tracing
+
 
 class ModulatedDeformConv2d(nn.Module):
     """A DCNv2 layer: offsets and modulation mask predicted from the input itself.
@@ -201,20 +203,22 @@ def deform_conv2d_by_gather(
     first += torch.arange(g, device=x.device, dtype=itype).view(1, g, 1, 1, 1, 1)
     # (N, Ho, kh, Wo, kw, G, 4): one bag of four (row, weight) pairs per sample, in tap-image order
     corners = ((0, 0), (0, 1), (1, 0), (1, 1))
-    rows = torch.empty(n, ho, kh, wo, kw, g, 4, device=x.device, dtype=itype)
-    for i, (dy, dx) in enumerate(corners):
-        torch.add(first, (dy * wp + dx) * g, out=rows[..., i].permute(0, 5, 2, 4, 1, 3))
-    if torch.is_grad_enabled() and (offset.requires_grad or mask.requires_grad):
-        weights = torch.stack([wy[dy] * wx[dx] for dy, dx in corners], -1).permute(0, 4, 2, 5, 3, 1, 6)
-    else:  # inference: each corner's weights written straight into their place
+    to_place = (0, 4, 2, 5, 3, 1, 6)  # (N, G, kh, kw, Ho, Wo, 4) -> (N, Ho, kh, Wo, kw, G, 4)
+    if is_tracing() or (torch.is_grad_enabled() and (offset.requires_grad or mask.requires_grad)):
+        # autograd and compilers take no strided out= writes: stacked, then reordered
+        rows = torch.stack([first + (dy * wp + dx) * g for dy, dx in corners], -1).permute(to_place)
+        weights = torch.stack([wy[dy] * wx[dx] for dy, dx in corners], -1).permute(to_place)
+    else:  # eager inference: each corner written straight into its place
+        rows = torch.empty(n, ho, kh, wo, kw, g, 4, device=x.device, dtype=itype)
         weights = torch.empty(n, ho, kh, wo, kw, g, 4, **ar)
         for i, (dy, dx) in enumerate(corners):
+            torch.add(first, (dy * wp + dx) * g, out=rows[..., i].permute(0, 5, 2, 4, 1, 3))
             torch.mul(wy[dy], wx[dx], out=weights[..., i].permute(0, 5, 2, 4, 1, 3))
     bordered = x.new_zeros(n, hp, wp, c)
     bordered[:, 1:h + 1, 1:w + 1] = x.permute(0, 2, 3, 1)
     table = bordered.view(n * hp * wp * g, c // g)
     per_row = kh * wo * kw * g * 4  # bag entries of one output row
-    rows, weights = rows.view(n * ho, per_row), weights.reshape(n * ho, per_row)
+    rows, weights = rows.reshape(n * ho, per_row), weights.reshape(n * ho, per_row)
     band = max(1, _BAND_BYTES // (4 * k * wo * c))  # output rows (of all images, stacked) a band
     outs = []
     for r in range(0, n * ho, band):

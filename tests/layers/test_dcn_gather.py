@@ -104,3 +104,13 @@ def test_channels_last_input_and_output_layout():
     out = deform_conv2d_by_gather(x.contiguous(memory_format=torch.channels_last), offset, mask, weight, bias)
     assert torch.allclose(out, deform_conv2d(x, offset, weight, bias, padding=(1, 1), mask=mask), atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last)  # the convolution's own layout, not copied
+
+
+def test_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    layer = ModulatedDeformConv2d(4, 5).eval()
+    nn.init.normal_(layer.conv_offset_mask.weight, std=0.3)
+    x = torch.randn(2, 4, 6, 7)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # no strided out= writes when traced
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), layer(x))

@@ -6,7 +6,9 @@ weights load unchanged: ``weight`` (out x in x k x k), ``bias`` (out) and
 offset/mask split follows DCNv2 exactly: the ``conv_offset_mask`` output is cut into
 three equal chunks ``o1, o2, m``; the offsets are ``cat(o1, o2)`` (for each kernel tap
 ``t`` channel ``2t`` is the vertical and ``2t + 1`` the horizontal offset, which is also
-torchvision's layout) and the mask is ``sigmoid(m)``. No compiled code is needed.
+torchvision's layout) and the mask is ``sigmoid(m)``. No compiled code is needed: on CUDA the
+layer calls torchvision's kernel, on the CPU :func:`deform_conv2d_by_gather`, and in ONNX export
+:func:`deform_conv2d_by_sampling`.
 """
 
 from __future__ import annotations
@@ -85,8 +87,10 @@ class ModulatedDeformConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)
-        # CPU: grid_sample + one matmul runs 1.3-2.3x faster than torchvision's kernel (same
-        # numbers to 2e-6); ONNX export: GridSample (opset 16) instead of DeformConv (opset 19)
+        # ONNX export: grid_sample + one matmul (GridSample, opset 16, instead of DeformConv, opset
+        # 19). CPU: a gather into a tap image + one strided oneDNN convolution, 0.34-0.59x the time
+        # of the grid_sample path forward and 0.49-0.67x with backward (benchmarks.speed.dcn_paths),
+        # itself faster than torchvision's CPU kernel; the same numbers to float rounding
         if torch.onnx.is_in_onnx_export():
             return deform_conv2d_by_sampling(x, offset, mask, self.weight, self.bias, stride=self.stride,
                                              padding=self.padding, dilation=self.dilation)

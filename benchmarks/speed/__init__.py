@@ -380,7 +380,11 @@ def run_case(case: Case, device: torch.device, warmup: int | None = None, runs: 
         variants = ["optimized", "int8"][:len(calls)]
         fns += calls
     first, row["flops"] = _first_call(fns[0], device, flops)  # the FLOP counter's call doubles as warm-up
-    first = [first] + [_timed(fn, device) for fn in fns[1:]]
+    rest = fns[1:]
+    if case.anchor is not None:  # the anchor's first call counts its FLOPs: its GFLOP/s beside segzoo's
+        a_first, row["anchor_flops"] = _first_call(fns[1], device, flops)
+        rest = fns[2:]
+    first = [first] + ([a_first] if case.anchor is not None else []) + [_timed(fn, device) for fn in rest]
     times, peaks = time_interleaved(fns, device, warmup, runs, first, memory=True)
     row["segzoo_s"], row["segzoo_mem"] = times[0], peaks[0]
     if case.anchor is not None:

@@ -53,15 +53,27 @@ def _ratio(row: dict, key: str) -> str:
     return f"{row[key] / row['anchor_s']:.2f}" if key in row and row.get("anchor_s") else "-"
 
 
+def _work_rate(row: dict, key: str) -> str:
+    """Achieved GFLOP/s of a variant over the anchor's (1.0: the same work per second)."""
+    if key not in row or not row.get("flops") or not row.get("anchor_flops") or not row.get("anchor_s"):
+        return "-"
+    return f"{(row['flops'] / row[key]) / (row['anchor_flops'] / row['anchor_s']):.2f}"
+
+
 def format_optimized(rows: list[dict], markdown: bool = False) -> str:
-    """Milliseconds and ratio to the anchor of each variant; ``-`` where a variant does not apply."""
+    """Milliseconds and ratio to the anchor of each variant; ``-`` where a variant does not apply.
+
+    The last two columns: eager and optimized achieved GFLOP/s as a share of the anchor's.
+    """
     header = ["model", "input", "anchor", "anchor ms", "eager ms", "eager/anchor", "optimized ms",
-              "optimized/anchor", "int8 ms", "int8/anchor", "optimized = "]
+              "optimized/anchor", "int8 ms", "int8/anchor", "optimized = ", "eager GFLOP/s / anchor's",
+              "optimized GFLOP/s / anchor's"]
     lines = []
     for r in rows:
         if "error" in r or "optimized_s" not in r:
             continue
         lines.append([r["name"], r["size"], r.get("anchor") or "-", _ms(r, "anchor_s"), _ms(r, "segzoo_s"),
                       _ratio(r, "segzoo_s"), _ms(r, "optimized_s"), _ratio(r, "optimized_s"), _ms(r, "int8_s"),
-                      _ratio(r, "int8_s"), r.get("optimized", "-")])
+                      _ratio(r, "int8_s"), r.get("optimized", "-"), _work_rate(r, "segzoo_s"),
+                      _work_rate(r, "optimized_s")])
     return _render(header, lines, markdown)

@@ -59,17 +59,20 @@ def format_table(rows: list[dict], markdown: bool = False, peak_gflops: float | 
     Columns: median latency (ms), images/s, peak memory above rest (MiB), parameters,
     GFLOPs of one step, achieved GFLOP/s and its share of the machine's measured dense
     convolution throughput, then the anchor's latency and memory and the ratio
-    segzoo / anchor (below 1.0: segzoo is faster).
+    segzoo / anchor (below 1.0: segzoo is faster); last the anchor's achieved GFLOP/s and
+    segzoo's as a share of it (work per second, for models that add FLOPs to a bare body).
     """
     header = ["model", "mode", "input", "params (M)", "GFLOPs", "ms", "img/s", "peak MiB",
-              "GFLOP/s", "% peak", "anchor", "anchor ms", "anchor MiB", "ratio"]
+              "GFLOP/s", "% peak", "anchor", "anchor ms", "anchor MiB", "ratio", "anchor GFLOP/s", "GFLOP/s / anchor's"]
     lines = []
     for r in rows:
         if "error" in r:  # a failed case keeps its row, with the error where the anchor would be
-            lines.append([r["name"], r["mode"], r["size"], *["-"] * 7, f"failed: {r['error'][:80]}", "-", "-", "-"])
+            lines.append([r["name"], r["mode"], r["size"], *["-"] * 7, f"failed: {r['error'][:80]}", *["-"] * 5])
             continue
         gf = r.get("flops")
         achieved = gf / r["segzoo_s"] / 1e9 if gf else None
+        agf = r.get("anchor_flops")  # the anchor's achieved GFLOP/s (a bare body's: the work-rate target)
+        anchor_achieved = agf / r["anchor_s"] / 1e9 if agf and r.get("anchor_s") else None
         lines.append([
             r["name"], r["mode"], r["size"], f"{r['params'] / 1e6:.2f}",
             f"{gf / 1e9:.1f}" if gf else "-",
@@ -80,6 +83,8 @@ def format_table(rows: list[dict], markdown: bool = False, peak_gflops: float | 
             f"{r['anchor_s'] * 1e3:.1f}" if "anchor_s" in r else "-",
             _mb(r.get("anchor_mem")),
             f"{r['ratio']:.2f}" if "ratio" in r else "-",
+            f"{anchor_achieved:.0f}" if anchor_achieved else "-",
+            f"{achieved / anchor_achieved:.2f}" if achieved and anchor_achieved else "-",
         ])
     return _render(header, lines, markdown)
 

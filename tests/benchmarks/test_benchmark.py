@@ -26,10 +26,18 @@ def test_run_case_reports_ratio_flops_memory_and_table():
     assert row["flops"] == 2 * 2 * 32 * 32 * (8 * 3 * 9 + 2 * 8)
     assert row["segzoo_s"] > 0 and row["anchor_s"] > 0
     assert abs(row["ratio"] - row["segzoo_s"] / row["anchor_s"]) < 1e-12
+    assert row["anchor_flops"] == row["flops"]  # the anchor is counted too (the same net here)
     table = benchmark.format_table([row], markdown=True, peak_gflops=10.0)
     lines = table.splitlines()
     assert lines[0].startswith("| model |") and "| tiny | infer | 2x3x32x32 |" in lines[2]
     assert len(lines[2].split("|")) == len(lines[0].split("|"))
+
+
+def test_table_shows_the_anchors_work_rate():
+    row = {"name": "m", "mode": "infer", "size": "1x3x64x64", "anchor": "body", "params": 10, "flops": 4e9,
+           "segzoo_s": 0.1, "anchor_flops": 1e9, "anchor_s": 0.02, "ratio": 5.0}
+    cells = [c.strip() for c in benchmark.format_table([row], markdown=True).splitlines()[2].split("|")]
+    assert cells[-3:-1] == ["50", "0.80"]  # body: 1 GFLOP in 0.02 s; segzoo's 40 GFLOP/s is 0.80 of it
 
 
 def test_registered_cases_exist():

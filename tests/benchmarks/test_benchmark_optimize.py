@@ -45,6 +45,13 @@ def test_optimize_columns_in_one_run(int8):
     assert len(lines[2].split("|")) == len(lines[0].split("|"))
 
 
+def test_optimized_table_shows_work_rate_against_the_anchor():
+    row = {"name": "m", "size": "1x3x8x8", "anchor": "body", "anchor_s": 0.02, "segzoo_s": 0.1, "optimized_s": 0.05,
+           "flops": 4e9, "anchor_flops": 1e9}
+    cells = [c.strip() for c in benchmark.format_optimized([row], markdown=True).splitlines()[2].split("|")]
+    assert cells[-3:-1] == ["0.80", "1.60"]  # 40 and 80 GFLOP/s against the body's 50
+
+
 def test_optimize_excludes_the_options_it_compares_against():
     with pytest.raises(ValueError, match="excludes amp"):
         benchmark.Options(optimize=True, channels_last=True)

@@ -4,6 +4,8 @@ pooled share computed on the pooled grids equals the eval forward, and its FLOPs
 from __future__ import annotations
 
 import copy
+import importlib.util
+import warnings
 
 import pytest
 import torch
@@ -71,19 +73,30 @@ def test_rewrite_refuses_convs_it_cannot_express():
             PyramidPoolingConv(ppm, conv)
 
 
+def test_optimized_head_equals_eager_in_every_layout():
+    head = _head()
+    x = torch.randn(1, 64, 11, 17)
+    with torch.no_grad():
+        ref = head(x)
+    for options in [{"channels_last": False, "prepack": False}, {"channels_last": True, "prepack": True},
+                    {"bf16": True}]:
+        fast = segzoo.optimize(head, torch.randn(1, 64, 8, 8), **options)
+        assert fast.choices.rewritten == 1 and isinstance(fast.model[0], PyramidPoolingConv)
+        _close(fast(x), ref, 3e-2 if options.get("bf16") else 1e-5)
+
+
 @pytest.mark.parametrize("name", segzoo.list_models("pspnet*"))
 def test_every_pspnet_optimized_equals_eager(name):
     torch.manual_seed(0)
     model = randomize_bn(build_small(name, num_classes=3))
-    for options in [{"channels_last": False, "prepack": False}, {"channels_last": True, "prepack": True}, {}]:
-        fast = segzoo.optimize(model, **options)
-        assert fast.choices.rewritten == 1 and isinstance(fast.model.classifier[0], PyramidPoolingConv)
-        assert isinstance(model.classifier[0], PyramidPooling)  # the caller's model keeps its forward
-        for shape in [(1, 3, 72, 100), (2, 3, 57, 41)]:
-            x = torch.rand(*shape)
-            with torch.no_grad():
-                ref = model(x)
-            _close(fast(x), ref, 1e-4)
+    fast = segzoo.optimize(model)  # the shipped choices (contiguous, prepacked on the CPU)
+    assert fast.choices.rewritten == 1 and isinstance(fast.model.classifier[0], PyramidPoolingConv)
+    assert isinstance(model.classifier[0], PyramidPooling)  # the caller's model keeps its forward
+    for shape in [(1, 3, 72, 100), (2, 3, 57, 41)]:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            ref = model(x)
+        _close(fast(x), ref, 1e-4)
 
 
 def test_optimized_flops_drop_by_the_pooled_share_of_the_bottleneck():
@@ -105,12 +118,24 @@ def test_optimized_flops_drop_by_the_pooled_share_of_the_bottleneck():
     assert ref - opt == removed - added > 0.85 * removed, (ref, opt, removed, added)
 
 
-def test_optimized_pspnet_exports_with_dynamic_sizes():
+@pytest.mark.slow  # export and its ONNX translation: about 30 s on one core
+def test_optimized_pspnet_exports_with_dynamic_sizes(tmp_path):
     torch.manual_seed(0)
     model = randomize_bn(build_small("pspnet_resnet50", num_classes=3))
-    fast = segzoo.optimize(model, prepack=False)
+    fast = segzoo.optimize(model, prepack=False)  # the rewrite with plain convolutions
+    assert fast.choices.rewritten == 1
     program = ex.export_program(fast, torch.rand(1, 3, 64, 96), dynamic=True)
-    for shape in [(2, 3, 72, 100), (1, 3, 96, 64)]:
-        x = torch.rand(*shape)
-        with torch.no_grad():
-            _close(program.module()(x), model(x), 1e-4)
+    inputs = [torch.rand(*shape) for shape in [(2, 3, 72, 100), (1, 3, 96, 64)]]
+    with torch.no_grad():
+        refs = [model(x) for x in inputs]
+    for x, ref in zip(inputs, refs):
+        _close(program.module()(x), ref, 1e-4)
+    if not (importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")):
+        return
+    path = tmp_path / "pspnet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.export_onnx(program, path)
+    for x, ref in zip(inputs, refs):
+        (out,) = ex.run_onnx(path, x)
+        _close(torch.as_tensor(out), ref, 1e-4)

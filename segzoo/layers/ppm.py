@@ -96,10 +96,10 @@ class PyramidPoolingConv(nn.Module):
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias)
         self.conv.requires_grad_(conv.weight.requires_grad)
-        # per bin: (out * kh * kw, channels), rows ordered (out, tap row, tap column)
+        # per bin: (channels, out * kh * kw), columns ordered (out, tap row, tap column)
         starts = [in_channels + sum(widths[:i]) for i in range(len(widths))]
         for i, (start, width) in enumerate(zip(starts, widths)):
-            tap = weight[:, start:start + width].permute(0, 2, 3, 1).reshape(-1, width)
+            tap = weight[:, start:start + width].permute(1, 0, 2, 3).reshape(width, -1)
             self.register_buffer(f"taps{i}", tap.contiguous().clone())
 
     def _spread(self, size: int, bins: int, axis: int, like: torch.Tensor) -> torch.Tensor:
@@ -114,6 +114,15 @@ class PyramidPoolingConv(nn.Module):
         up = F.pad(up, (0, 0, pad, pad))  # (size + 2 pad, bins): zero rows where the conv pads
         return torch.stack([up[t * d:t * d + size] for t in range(k)], dim=1)  # (size, k, bins)
 
+    def _pool(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``adaptive_avg_pool2d(x, b)`` for every bin from one pass over ``x``: the averaging
+        matrices of all bins stacked (``sum(bins)`` rows each way), then each bin's block."""
+        rows = torch.cat([_bin_matrix(x.shape[-2], b, x) for b in self.bins])  # (B, H), B = sum(bins)
+        cols = torch.cat([_bin_matrix(x.shape[-1], b, x) for b in self.bins])  # (B, W)
+        pooled = torch.matmul(torch.matmul(x, cols.T).transpose(-1, -2), rows.T)  # (N, C, B cols, B rows)
+        starts = [sum(self.bins[:i]) for i in range(len(self.bins))]
+        return [pooled[:, :, s:s + b, s:s + b].transpose(-1, -2) for s, b in zip(starts, self.bins)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if 1 in self.bins:
             check_pooled_batch(x, self.stages[self.bins.index(1)][2], "PyramidPooling's 1x1 bin")
@@ -121,13 +130,12 @@ class PyramidPoolingConv(nn.Module):
         out = self.conv(x)  # (N, O, H, W): the input's share, with the bias
         o = out.shape[1]
         kh, kw = self.kernel_size
-        exporting = torch.compiler.is_exporting()
         rows_spread, cols = [], []
-        for i, (b, stage) in enumerate(zip(self.bins, self.stages)):
-            p = stage[1:](adaptive_avg_pool(x, b)) if exporting else stage(x)  # (N, c, b, b)
-            taps = getattr(self, f"taps{i}")
-            q = (taps.to(p.dtype) @ p.flatten(2)).view(n, o, kh, kw, b, b)  # (N, O, tap row, tap col, b rows, b cols)
-            q = q.permute(0, 1, 2, 4, 3, 5).reshape(n, o, kh * b, kw * b)  # (N, O, (tap row, b row), (tap col, b col))
+        for i, (b, stage, pooled) in enumerate(zip(self.bins, self.stages, self._pool(x))):
+            p = stage[1:](pooled)  # (N, c, b, b): the stage's 1x1 conv -> norm -> ReLU
+            taps = getattr(self, f"taps{i}").to(p.dtype)  # (c, O kh kw)
+            q = torch.matmul(p.flatten(2).transpose(1, 2), taps).view(n, b, b, o, kh, kw)  # (N, b rows, b cols, O, ...)
+            q = q.permute(0, 3, 4, 1, 5, 2).reshape(n, o, kh * b, kw * b)  # (N, O, (tap row, b row), (tap col, b col))
             rows = self._spread(h, b, 0, q).reshape(h, kh * b)  # (H, (tap row, b row))
             rows_spread.append(torch.matmul(rows, q))  # (N, O, H, (tap col, b col))
             cols.append(self._spread(w, b, 1, q).reshape(w, kw * b))

@@ -110,7 +110,9 @@ def test_optimized_flops_drop_by_the_pooled_share_of_the_bottleneck():
     conv, ppm = head[1][0], head[0]
     bins, width, out = ppm.bins, ppm.stages[0][1].out_channels, conv.out_channels
     removed = 2 * h * w * out * 9 * width * len(bins)  # the 3x3 conv's share over the upsampled maps
-    added = sum(2 * out * 9 * width * b * b  # the taps on each b x b grid
+    c, pooled = ppm.stages[0][1].in_channels, sum(bins)
+    added = 2 * c * (h * w * pooled + pooled * h * pooled)  # all bins' average pooling as two matrix products
+    added += sum(2 * out * 9 * width * b * b  # the taps on each b x b grid
                 + 2 * out * h * (3 * b) * (3 * b)  # spread over the rows
                 for b in bins) + 2 * out * h * w * 3 * sum(bins)  # and over the columns, all bins at once
     ref, opt = _flops(model, x), _flops(fast, x)

@@ -14,6 +14,7 @@ from torch import nn
 
 from segzoo.backbones import make_backbone
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
+from segzoo.layers.ppm import PyramidPoolingConv
 from segzoo.models.base import SegmentationModel
 from segzoo.registry import create, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
@@ -44,6 +45,17 @@ class PSPHead(nn.Sequential):
             nn.Dropout2d(dropout),
             nn.Conv2d(channels, num_classes, 1),
         )
+
+    def fold_for_inference(self) -> bool:
+        """Fuse the pyramid pooling and the 3x3 conv over its concatenation into one
+        :class:`~segzoo.layers.ppm.PyramidPoolingConv` (the pooled maps' share of the conv
+        computed on the pooled grids): the same outputs to float rounding with the head's pooled
+        half of the FLOPs gone. For inference copies (``segzoo.optimize``); False once applied."""
+        if not isinstance(self[0], PyramidPooling) or type(self[1][0]) is not nn.Conv2d:
+            return False
+        self[0] = PyramidPoolingConv(self[0], self[1][0])
+        self[1][0] = nn.Identity()  # the conv now runs inside self[0]; norm (or its folded identity) and ReLU stay
+        return True
 
 
 class PSPNet(SegmentationModel):

@@ -97,7 +97,8 @@ class SegFormerHead(nn.Module):
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         if self.folded is not None and not self.training:
-            return self.classifier(self.dropout(self.fuse[2](self.folded(feats[0], feats[1:]))))
+            # contiguous logits, as UPerNet's: the full-size resize then needs no transposition afterwards
+            return self.classifier(self.dropout(self.fuse[2](self.folded(feats[0], feats[1:])))).contiguous()
         size = feats[0].shape[-2:]
         up = [F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if i else p(f)
               for i, (p, f) in enumerate(zip(self.proj, feats))]  # each (N, E, H/4, W/4)

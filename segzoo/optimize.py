@@ -79,6 +79,7 @@ PREPACK_LINEAR: dict[str, dict[str, bool]] = {
         "*": False,
         "UPerNet": True,  # ConvNeXt's MLPs: 0.90x of the model's time (SegFormer: slower, MiT's are narrow)
         "Mask2Former": True,  # the pixel decoder's and transformer decoder's linear layers: 0.94x
+        "EoMT": True,  # the ViT's: 0.76x
     },
 }
 

@@ -78,18 +78,42 @@ def test_folded_heads_train_as_before():
         torch.testing.assert_close(a, head(x))  # the original layers (dropout and all) in training
 
 
+def _count_calls(monkeypatch, cls: type, name: str) -> list:
+    calls = []
+    real = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
 @pytest.mark.slow
-def test_mask2former_gathers_and_matches_its_eval_forward():
+@pytest.mark.parametrize("name", ["mask2former_resnet18_small", "eomt_vit_tiny_test"])
+def test_set_models_gather_predict_once_and_match_their_eval_forward(name, monkeypatch):
+    """Mask2Former samples by gathering and both models compute only the final full-size prediction
+    (the intermediate ones, for the attention masks, on the small grids); the outputs stay those of eval."""
+    from segzoo.models.eomt import EoMT
+    from segzoo.models.mask2former import MaskedAttentionDecoder
+
     torch.manual_seed(0)
-    model = _randomize(segzoo.build("mask2former_resnet18_small", num_classes=4))
+    model = _randomize(segzoo.build(name, num_classes=4))
+    if isinstance(model, EoMT):
+        model.attn_mask_probs.fill_(1.0)  # the masked blocks run at inference (as the HF-mapped weights)
     exp = model.exportable()
     fast = segzoo.optimize(exp)
     attns = [m for m in fast.modules() if isinstance(m, MSDeformAttn)]
-    assert attns and all(a.gather for a in attns)
+    assert all(a.gather for a in attns) and (attns or isinstance(model, EoMT))
+    owner = EoMT if isinstance(model, EoMT) else MaskedAttentionDecoder
     for size in SIZES:
         x = torch.rand(1, 3, *size)
         with torch.no_grad():
             cls, masks = exp(x)
+        calls = _count_calls(monkeypatch, owner, "predict")
         cls2, masks2 = fast(x)
+        monkeypatch.undo()
+        assert len(calls) == 1  # the final prediction only
         torch.testing.assert_close(cls2, cls, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(masks2, masks, rtol=1e-4, atol=1e-3)

@@ -12,7 +12,8 @@
 - **prepacked convolutions**: for the families measured faster with it, every plain float32
   convolution keeps its weight in oneDNN's blocked layout (:mod:`segzoo.prepack`), so it is not
   reordered on every call; the same kernel on the same numbers. Chosen per family from
-  measurements (:data:`PREPACK`).
+  measurements (:data:`PREPACK`); likewise every plain float32 linear layer through oneDNN's packed
+  matrix product (:data:`PREPACK_LINEAR`).
 - **exact rewrites**: a module that knows a cheaper way to compute the same numbers in eval mode
   defines ``fold_for_inference(self) -> bool`` (for example a convolution over an upsampled map
   computed on the small map, since both are linear); :func:`optimize` calls it on every module
@@ -43,8 +44,8 @@ from torch import nn
 from segzoo import prepack as packing
 from segzoo.fuse import fuse as fold_batchnorm
 
-__all__ = ["CHANNELS_LAST", "PREPACK", "OptimizedModel", "optimize", "rewrite_for_inference", "uses_channels_last",
-           "uses_prepack"]
+__all__ = ["CHANNELS_LAST", "PREPACK", "PREPACK_LINEAR", "OptimizedModel", "optimize", "rewrite_for_inference",
+           "uses_channels_last", "uses_prepack", "uses_prepack_linear"]
 
 # Whether channels_last is faster, per model class and device type, from python -m benchmarks.speed --optimize
 # (one thread, see docs/performance-optimize.md); a class not listed uses the "*" entry of its device.
@@ -54,6 +55,7 @@ CHANNELS_LAST: dict[str, dict[str, bool]] = {
         "*": True,
         # the dilated-ResNet families run fastest contiguous with prepacked convolutions (PREPACK)
         "FCN": False, "PSPNet": False, "DeepLabV3": False, "DeepLabV3Plus": False,
+        "SegFormer": False,  # MiT's token maps are NHWC-strided already; NHWC logits cost a transposition
     },
 }
 
@@ -70,13 +72,28 @@ PREPACK: dict[str, dict[str, bool]] = {
 }
 
 
+# Whether prepacked oneDNN linear layers (segzoo.prepack.PrepackedLinear) are faster, per model class and device
+# type, from the same benchmark (docs/performance-optimize.md, "Transformer families"): this machine's default
+# matrix product runs at half oneDNN's speed. Families without linear layers are unaffected either way.
+PREPACK_LINEAR: dict[str, dict[str, bool]] = {
+    "cpu": {
+        "*": False,
+        "UPerNet": True,  # ConvNeXt's MLPs: 0.90x of the model's time (SegFormer: slower, MiT's are narrow)
+        "Mask2Former": True,  # the pixel decoder's and transformer decoder's linear layers: 0.94x
+        "EoMT": True,  # the ViT's: 0.76x
+    },
+}
+
+
 def _measured(tables: dict[str, dict[str, bool]], model: nn.Module, device: torch.device | str) -> bool:
     table = tables.get(torch.device(device).type)
     if not table:
         return False
-    for cls in type(model).__mro__:  # the most specific class listed wins
-        if cls.__name__ in table:
-            return table[cls.__name__]
+    inner = getattr(model, "model", None)  # an export wrapper (SetPredictionExport): its model's family
+    for m in [model] + ([inner] if isinstance(inner, nn.Module) else []):
+        for cls in type(m).__mro__[:-2]:  # the most specific class listed wins (not nn.Module, object)
+            if cls.__name__ in table:
+                return table[cls.__name__]
     return table.get("*", False)
 
 
@@ -90,6 +107,11 @@ def uses_prepack(model: nn.Module, device: torch.device | str) -> bool:
     return _measured(PREPACK, model, device) and packing.available()
 
 
+def uses_prepack_linear(model: nn.Module, device: torch.device | str) -> bool:
+    """The measured choice of :data:`PREPACK_LINEAR` for ``model``'s class on ``device`` (and oneDNN present)."""
+    return _measured(PREPACK_LINEAR, model, device) and packing.available()
+
+
 @dataclasses.dataclass(frozen=True)
 class Choices:
     """What :func:`optimize` applied."""
@@ -98,12 +120,12 @@ class Choices:
     channels_last: bool
     bf16: bool
     compiled: bool
-    prepacked: int = 0  # convolutions with oneDNN-packed weights
+    prepacked: int = 0  # convolutions and linear layers with oneDNN-packed weights
     rewritten: int = 0  # modules whose fold_for_inference applied
 
     def describe(self) -> str:
         parts = [f"{self.fused} conv-bn folded"] + ["channels_last"] * self.channels_last
-        parts += [f"{self.prepacked} convolutions prepacked"] * bool(self.prepacked)
+        parts += [f"{self.prepacked} layers prepacked"] * bool(self.prepacked)
         parts += [f"{self.rewritten} modules rewritten"] * bool(self.rewritten)
         return ", ".join(parts + ["inference mode"] + ["bf16 autocast"] * self.bf16 + ["compiled"] * self.compiled)
 
@@ -243,8 +265,10 @@ def optimize(
     last = uses_channels_last(model, device) if channels_last == "auto" else bool(channels_last)
     if last:
         model = model.to(memory_format=torch.channels_last)
-    pack = uses_prepack(model, device) and not bf16 and not compile if prepack == "auto" else bool(prepack)
-    prepacked = packing.prepack(model) if pack else 0
+    auto = prepack == "auto" and not bf16 and not compile
+    pack = uses_prepack(model, device) and auto if prepack == "auto" else bool(prepack)
+    pack_linear = uses_prepack_linear(model, device) and auto if prepack == "auto" else bool(prepack)
+    prepacked = packing.prepack(model, convs=pack, linears=pack_linear) if pack or pack_linear else 0
     runner = None
     if compile:
         runner = torch.compile(model, backend="inductor" if compile is True else compile)

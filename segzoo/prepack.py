@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PrepackedConv2d", "available", "eligible", "prepack"]
+__all__ = ["PrepackedConv2d", "PrepackedLinear", "available", "eligible", "eligible_linear", "prepack"]
 
 
 def available() -> bool:
@@ -73,14 +73,49 @@ class PrepackedConv2d(nn.Module):
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
 
 
-def prepack(model: nn.Module) -> int:
-    """Replace every :func:`eligible` convolution of ``model`` in place; returns how many."""
+def eligible_linear(linear: nn.Module) -> bool:
+    """A plain float32 CPU ``nn.Linear`` (subclasses, such as quantized or LoRA layers, keep their own forward)."""
+    return type(linear) is nn.Linear and linear.weight.dtype == torch.float32 and linear.weight.device.type == "cpu"
+
+
+class PrepackedLinear(nn.Module):
+    """An inference-only ``nn.Linear`` whose weight is held in oneDNN's layout (``torch.ops.mkldnn``'s
+    packed linear): on a CPU where the default matrix product is slow (this project's AMD machine:
+    1.5-2.5x), the same product through oneDNN. ``weight`` and ``bias`` stay the layer's parameters."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous())
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            raise RuntimeError(f"a prepacked linear layer takes float32 CPU inputs, got {x.dtype} on {x.device}; "
+                               "call segzoo.optimize(model, prepack=False) for other dtypes and devices")
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def prepack(model: nn.Module, convs: bool = True, linears: bool = False) -> int:
+    """Replace every :func:`eligible` convolution (``convs``) and :func:`eligible_linear` linear layer
+    (``linears``) of ``model`` in place; returns how many."""
     if not available():
         return 0
     count = 0
     for parent in list(model.modules()):
+        if isinstance(parent, nn.MultiheadAttention):  # reads its out_proj's weight itself
+            continue
         for name, child in list(parent.named_children()):
-            if eligible(child):
+            if convs and eligible(child):
                 setattr(parent, name, PrepackedConv2d(child))
+                count += 1
+            elif linears and eligible_linear(child):
+                setattr(parent, name, PrepackedLinear(child))
                 count += 1
     return count

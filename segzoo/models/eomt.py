@@ -157,6 +157,7 @@ class EoMT(DetectionModel):
         self.mask_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU(),
                                        nn.Linear(dim, dim))
         self.upscale = nn.Sequential(*(UpscaleBlock(dim) for _ in range(upscale_blocks)))
+        self.final_only = False  # fold_for_inference: eval computes the final prediction only
         self.register_buffer("attn_mask_probs", torch.ones(num_blocks))
         if anneal_steps is not None and len(anneal_steps) != num_blocks:
             raise ValueError(f"anneal_steps needs one (start, end) per block ({num_blocks}), got {len(anneal_steps)}")
@@ -211,6 +212,24 @@ class EoMT(DetectionModel):
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(q), self.upscale(patches))
         return self.class_head(q), masks
 
+    def fold_for_inference(self) -> bool:
+        """For eval: the masked blocks' intermediate predictions, which inference only reads for the
+        attention masks at the patch grid, computed from the upscaled patch features resized to that
+        grid (resizing is linear per channel, so it commutes with the query-pixel products): a
+        ``Q x h x w`` product per block instead of ``Q x 4h x 4w`` and its resize. ``forward_logits``
+        without ``every_block`` then returns the final prediction only. Exact to float rounding;
+        training is unchanged."""
+        self.final_only = True
+        return True
+
+    def _grid_logits(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """:meth:`predict`'s mask logits resized to the patch grid, computed there."""
+        q = tokens[:, : self.num_queries]
+        patches = tokens[:, self.num_queries + self.vit.num_prefix_tokens:]
+        patches = patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
+        up = F.interpolate(self.upscale(patches), size=grid, mode="bilinear", align_corners=False)
+        return torch.einsum("bqc,bchw->bqhw", self.mask_head(q), up)
+
     def _attn_mask(self, mask_logits: torch.Tensor, grid: tuple[int, int], n: int, prob: float) -> torch.Tensor:
         """``B x 1 x n x n`` boolean (True: may attend): queries see the patches where their mask is positive."""
         b, nq = mask_logits.shape[:2]
@@ -242,7 +261,9 @@ class EoMT(DetectionModel):
             mask = None
             if i >= first:
                 prob = probs[i - first]
-                if every_block or prob > 0:
+                if prob > 0 and not every_block and self.final_only and not self.training:
+                    mask = self._attn_mask(self._grid_logits(vit.norm(t), grid), grid, t.shape[1], prob)
+                elif every_block or prob > 0:
                     cls, msk = self.predict(vit.norm(t), grid)
                     preds.append((cls, msk))
                     if prob > 0:

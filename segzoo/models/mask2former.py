@@ -171,6 +171,7 @@ class MaskedAttentionDecoder(nn.Module):
         self.input_proj = nn.ModuleList(nn.Conv2d(in_dim, dim, 1) if in_dim != dim else nn.Identity()
                                         for _ in range(levels))
         self.layers = nn.ModuleList(MaskedDecoderLayer(dim, heads, ffn) for _ in range(layers))
+        self.final_only = False  # fold_for_inference: eval computes the final prediction only
         self.norm = nn.LayerNorm(dim)
         self.class_embed = nn.Linear(dim, num_classes + 1)
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(),
@@ -179,6 +180,22 @@ class MaskedAttentionDecoder(nn.Module):
             for p in layer.parameters():
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
+
+    def fold_for_inference(self) -> bool:
+        """For eval: the layers' intermediate predictions, which inference only reads for the next
+        layer's attention mask, computed on the mask features resized to that layer's grid
+        (resizing is linear per channel, so it commutes with the query-pixel products): a
+        ``Q x h x w`` product per layer instead of ``Q x H/4 x W/4`` and its resize. The forward then
+        returns the final prediction only. Exact to float rounding; training is unchanged."""
+        self.final_only = True
+        return True
+
+    def _blocked(self, q: torch.Tensor, small_features: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict`'s attention mask from mask features already at the next layer's grid."""
+        small = torch.einsum("bqc,bchw->bqhw", self.mask_embed(self.norm(q)), small_features)
+        blocked = small.sigmoid().flatten(2) < 0.5
+        blocked = blocked & ~blocked.all(-1, keepdim=True)
+        return blocked.repeat_interleave(self.heads, dim=0)
 
     def predict(self, q: torch.Tensor, mask_features: torch.Tensor, size: Sequence[int]):
         """Class and mask logits of queries ``q``, and the attention mask for the next layer at
@@ -201,6 +218,15 @@ class MaskedAttentionDecoder(nn.Module):
         b = mask_features.shape[0]
         q = self.query_feat.weight[None].expand(b, -1, -1)
         query_pos = self.query_embed.weight[None].expand(b, -1, -1)
+        if self.final_only and not self.training:
+            small = [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes]
+            blocked = self._blocked(q, small[0])
+            for i, layer in enumerate(self.layers):
+                q = layer(q, query_pos, memory[i % self.levels], pos[i % self.levels], blocked)
+                if i < len(self.layers) - 1:
+                    blocked = self._blocked(q, small[(i + 1) % self.levels])
+            cls, msk, _ = self.predict(q, mask_features, sizes[len(self.layers) % self.levels])
+            return [(cls, msk)]
         cls, msk, blocked = self.predict(q, mask_features, sizes[0])
         preds = [(cls, msk)]
         for i, layer in enumerate(self.layers):

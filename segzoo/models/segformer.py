@@ -37,6 +37,7 @@ from segzoo.backbones.swin import pad_before_shift
 from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, load_families, register_converter, register_weights
 from segzoo.layers import ConvNormAct
+from segzoo.layers.upsampled_conv import UpsampledConcatConv, conv_norm_affine
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import HUGGINGFACE, SMP, KeyMap, convert_with, key_map_for, register_key_map
 from segzoo.registry import create, entry_class, register_model
@@ -92,11 +93,42 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
 
+        self.folded: UpsampledConcatConv | None = None  # fold_for_inference: the head as one conv per map
+
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.folded is not None and not self.training:
+            # contiguous logits, as UPerNet's: the full-size resize then needs no transposition afterwards
+            return self.classifier(self.dropout(self.fuse[2](self.folded(feats[0], feats[1:])))).contiguous()
         size = feats[0].shape[-2:]
         up = [F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if i else p(f)
               for i, (p, f) in enumerate(zip(self.proj, feats))]  # each (N, E, H/4, W/4)
         return self.classifier(self.dropout(self.fuse(torch.cat(up[::-1], dim=1))))
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> bool:
+        """For eval: each map's projection folded into its slice of the fuse convolution (and its norm).
+
+        ``fuse`` is linear over the concatenated maps and bilinear upsampling is linear, acting on each
+        channel alone, so ``fuse(cat(Up(P_i f_i)))`` equals ``sum_i Up((W_i P_i) f_i)`` plus one bias:
+        the ``4E -> E`` convolution at stride 4 becomes a ``C_i -> E`` one on each map's own grid
+        (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`). Exact to float rounding;
+        training keeps the layers as they are.
+        """
+        affine = conv_norm_affine(self.fuse[0], self.fuse[1]) if len(self.fuse) == 3 else None
+        if affine is None or not isinstance(self.fuse[2], nn.ReLU):
+            return False
+        weight, bias = affine[0].flatten(1), affine[1]  # (E, 4E): the maps concatenated deepest first
+        e, n = weight.shape[0], len(self.proj)
+        blocks = []
+        for i, p in enumerate(self.proj):
+            block = weight[:, (n - 1 - i) * e:(n - i) * e]
+            blocks.append(block @ p.weight.double().flatten(1))  # (E, C_i)
+            if p.bias is not None:
+                bias = bias + block @ p.bias.double()
+        channels = [p.in_channels for p in self.proj]
+        self.folded = UpsampledConcatConv(torch.cat(blocks, 1)[:, :, None, None], bias, channels)
+        self.folded.to(self.classifier.weight.dtype)
+        return True
 
 
 class SegFormer(SegmentationModel):

@@ -34,6 +34,8 @@ from torch import nn
 from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, register_weights
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
+from segzoo.layers.ppm import adaptive_avg_pool
+from segzoo.layers.upsampled_conv import UpsampledConcatConv, conv_norm_affine
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import HUGGINGFACE, SMP, KeyMap, register_key_map
 from segzoo.models.segformer import _tail, pyramid_backbone
@@ -64,8 +66,11 @@ class UPerHead(nn.Module):
         self.fpn_bottleneck = ConvNormAct(len(in_channels) * channels, channels, 3)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.folded: nn.ModuleDict | None = None  # fold_for_inference: the two convs over upsampled maps
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.folded is not None and not self.training:
+            return self._folded_forward(feats)
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
         laterals.append(self.bottleneck(self.ppm(feats[-1])))  # (N, D, H/32, W/32)
         for i in range(len(laterals) - 1, 0, -1):  # top-down: L_i += Up(L_{i+1})
@@ -75,6 +80,47 @@ class UPerHead(nn.Module):
         size = outs[0].shape[-2:]
         outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
         return self.classifier(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))  # (N, K, H/4, W/4)
+
+    def _folded_forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` with the PPM bottleneck and the fuse convolution on the small maps."""
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
+        x = feats[-1]
+        exporting = torch.compiler.is_exporting()
+        pooled = [stage[1:](adaptive_avg_pool(x, b)) if exporting else stage(x)
+                  for b, stage in zip(self.ppm.bins, self.ppm.stages)]
+        laterals.append(self.bottleneck[2](self.folded["bottleneck"](x, pooled)))
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False)
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)] + [laterals[-1]]
+        fused = self.fpn_bottleneck[2](self.folded["fpn_bottleneck"](outs[0], outs[1:]))
+        # contiguous logits: the resize to the input size then writes them in the caller's layout (no
+        # transposition of the full-size channels_last logits afterwards: 4x the resize's time)
+        return self.classifier(self.dropout(fused)).contiguous()
+
+    @torch.no_grad()
+    def fold_for_inference(self) -> bool:
+        """For eval: the PPM bottleneck and the fuse convolution (each a 3x3 conv over maps upsampled to
+        its size) computed with each map's channel mixing on its own small grid
+        (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`); the stride-4 fuse conv over
+        ``4D`` channels becomes a ``D``-channel one plus three on the 8-32 stride grids. Exact to
+        float rounding; training keeps the layers as they are."""
+        folded = {}
+        for name, channels in (("bottleneck", [self.ppm.out_channels - sum(s[1].out_channels for s in
+                                                                            self.ppm.stages)]
+                                + [s[1].out_channels for s in self.ppm.stages]),
+                               ("fpn_bottleneck", [self.fpn_convs[0][0].out_channels] * (len(self.fpn_convs) + 1))):
+            block = getattr(self, name)
+            conv = block[0]
+            affine = conv_norm_affine(conv, block[1]) if len(block) == 3 else None
+            if (affine is None or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
+                    or conv.padding != (conv.kernel_size[0] // 2,) * 2 or not isinstance(block[2], nn.ReLU)):
+                return False
+            folded[name] = UpsampledConcatConv(*affine, channels)
+        if not all(len(s) == 4 and isinstance(s[0], nn.AdaptiveAvgPool2d) for s in self.ppm.stages):
+            return False
+        self.folded = nn.ModuleDict(folded).to(self.classifier.weight.dtype)
+        return True
 
 
 class UPerNet(SegmentationModel):

@@ -1,0 +1,119 @@
+"""The exact inference rewrites of SegFormer, UPerNet and Mask2Former (``fold_for_inference``, applied by
+``segzoo.optimize``) give the outputs of the models' own eval forward, at even and odd sizes, with random
+BatchNorm statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import segzoo
+from segzoo.layers.deform_attn import MSDeformAttn
+from segzoo.layers.upsampled_conv import UpsampledConcatConv
+from segzoo.models.segformer import SegFormer, SegFormerHead
+from segzoo.models.upernet import UPerHead, UPerNet
+
+SIZES = [(64, 64), (97, 75)]
+
+
+def _randomize(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def _check(model: nn.Module, head_type: type, channels_last: bool) -> None:
+    fast = segzoo.optimize(model, channels_last=channels_last)
+    heads = [m for m in fast.modules() if isinstance(m, head_type)]
+    assert fast.choices.rewritten >= 1 and heads and all(isinstance(h.folded, nn.Module) for h in heads)
+    for size in SIZES:
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            ref = model(x)
+        out = fast(x)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(ref.abs().max())))
+
+
+@pytest.mark.parametrize("backbone", ["mit_b0", "convnext_atto"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_segformer_head_folded_into_one_conv_per_map(backbone, channels_last):
+    torch.manual_seed(0)
+    model = _randomize(SegFormer(num_classes=5, backbone=backbone, embed_dim=32))
+    _check(model, SegFormerHead, channels_last)
+    fast = segzoo.optimize(model)
+    head = fast.model.decode_head
+    assert isinstance(head.folded, UpsampledConcatConv) and head.folded.first.in_channels == head.proj[0].in_channels
+
+
+@pytest.mark.parametrize("backbone, eps", [("convnext_atto", 1e-6), ("resnet18", None)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upernet_bottlenecks_on_the_small_maps(backbone, eps, channels_last):
+    torch.manual_seed(0)
+    model = _randomize(UPerNet(num_classes=5, backbone=backbone, channels=32, out_norm_eps=eps))
+    _check(model, UPerHead, channels_last)
+
+
+def test_folded_heads_train_as_before():
+    """fold_for_inference on a model in train mode leaves its training forward alone."""
+    torch.manual_seed(0)
+    model = _randomize(UPerNet(num_classes=5, backbone="resnet18", channels=32, out_norm_eps=None))
+    head = model.decode_head
+    x = [torch.randn(2, c, 64 // s, 64 // s) for c, s in zip(model.backbone.channels, (4, 8, 16, 32))]
+    with torch.no_grad():
+        ref = head(x)
+        assert head.fold_for_inference()
+        torch.testing.assert_close(head(x), ref, rtol=1e-4, atol=1e-4)
+        head.train()
+        torch.manual_seed(1)
+        a = head(x)
+        head.folded = None
+        torch.manual_seed(1)
+        torch.testing.assert_close(a, head(x))  # the original layers (dropout and all) in training
+
+
+def _count_calls(monkeypatch, cls: type, name: str) -> list:
+    calls = []
+    real = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mask2former_resnet18_small", "eomt_vit_tiny_test"])
+def test_set_models_gather_predict_once_and_match_their_eval_forward(name, monkeypatch):
+    """Mask2Former samples by gathering and both models compute only the final full-size prediction
+    (the intermediate ones, for the attention masks, on the small grids); the outputs stay those of eval."""
+    from segzoo.models.eomt import EoMT
+    from segzoo.models.mask2former import MaskedAttentionDecoder
+
+    torch.manual_seed(0)
+    model = _randomize(segzoo.build(name, num_classes=4))
+    if isinstance(model, EoMT):
+        model.attn_mask_probs.fill_(1.0)  # the masked blocks run at inference (as the HF-mapped weights)
+    exp = model.exportable()
+    fast = segzoo.optimize(exp)
+    attns = [m for m in fast.modules() if isinstance(m, MSDeformAttn)]
+    assert all(a.gather for a in attns) and (attns or isinstance(model, EoMT))
+    owner = EoMT if isinstance(model, EoMT) else MaskedAttentionDecoder
+    for size in SIZES:
+        x = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            cls, masks = exp(x)
+        calls = _count_calls(monkeypatch, owner, "predict")
+        cls2, masks2 = fast(x)
+        monkeypatch.undo()
+        assert len(calls) == 1  # the final prediction only
+        torch.testing.assert_close(cls2, cls, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(masks2, masks, rtol=1e-4, atol=1e-3)

@@ -21,6 +21,7 @@ largest measured point, exceeds ``--max-seconds`` or ``--max-mb`` is skipped wit
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -190,12 +191,11 @@ def child(family: str, points: list[dict], threads: int, warmup_pixels: int) -> 
         warm = _cost(p) <= warmup_pixels
         if warm:
             _call(model, x)
-        (_, tiled, dets), seconds, mb = peak_rss_above(lambda: _call(model, x))
+        (_, tiled, dets), seconds, mb = peak_rss_above(functools.partial(_call, model, x))
         row = {**p, "model": name, "dense": dense, "series": ",".join(series_of(p)), "seconds": round(seconds, 3),
                "s_per_image": round(seconds / p["batch"], 4), "peak_mb": round(max(mb, 0.0), 1), "tiled": tiled,
                "detections": dets, "note": "" if warm else "no warm-up"}
         print(json.dumps(row), flush=True)
-        del x
 
 
 def format_table(rows: list[dict], flags: list[dict]) -> str:
@@ -214,7 +214,8 @@ def format_table(rows: list[dict], flags: list[dict]) -> str:
             elif r.get("s_per_image") is None:
                 cells.append("skipped")
             else:
-                cells.append(f"{r['s_per_image']:.3g} s, {r['peak_mb']:.0f} MiB" + (" (tiled)" if r.get("tiled") else ""))
+                tiled = " (tiled)" if r.get("tiled") else ""
+                cells.append(f"{r['s_per_image']:.3g} s, {r['peak_mb']:.0f} MiB{tiled}")
         model = next(r["model"] for r in rows if r["family"] == fam)
         lines.append(f"| {fam} | {model} | " + " | ".join(cells) + " |")
     out = "\n".join(lines)

@@ -12,6 +12,8 @@ weights, 19 classes, one thread.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import re
 import resource
@@ -41,10 +43,21 @@ def _reset_peak() -> bool:
     return _rss_kb("VmHWM") is not None
 
 
+def _trim() -> None:
+    """Hand the heap's free memory back to the system (glibc ``malloc_trim``), so that the resident set before a call
+    holds only live memory: freed blocks of an earlier call, still resident, would otherwise be reused unseen."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_above(fn: Callable[[], object]) -> tuple[object, float, float]:
     """``(fn(), seconds, MiB)``: the call's result, its wall time and the peak resident memory it took above what
     the process held before it. Where the peak can be reset (Linux), the peak of this call alone above the resident
-    set before it; else the growth of the process's lifetime peak (``ru_maxrss``), which needs a fresh process."""
+    set before it, the heap's free memory returned first (a warm-up's freed blocks would hide the call's own); else
+    the growth of the process's lifetime peak (``ru_maxrss``), which needs a fresh process."""
+    _trim()
     if _reset_peak():
         base = _rss_kb("VmRSS")
         t0 = time.perf_counter()

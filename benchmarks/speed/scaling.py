@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python -m benchmarks.speed.scaling --threads 1 [--families fcn maskrcnn] \\
         [--sides 256 512 1024 2048] [--batches 1 2 4 8] [--batch-sides 256 512] [--max-mb 4000] \\
-        [--max-seconds 300] [--out /tmp/scaling.jsonl]
+        [--max-seconds 300] [--out /tmp/scaling.jsonl] [--confirm]
 
 Each point runs the predict path as users call it: ``segzoo.predict(model, image)`` at batch 1 (the optimized
 copy, ``tile="auto"``: semantic images above about 1536 x 1536 go through 1280-pixel tiles), and at batch N the
@@ -14,8 +14,10 @@ one timed call. Peak memory: the resident set's peak during the timed call above
 
 Printed: a table per family (seconds per image, peak MiB) and the super-linear steps: from one point to the next of
 a series, time per pixel (side series) or per image (batch series) rising more than ``--factor`` (1.3x), or the
-memory per pixel / per image likewise. A point whose time or memory, extrapolated linearly from the family's
-largest measured point, exceeds ``--max-seconds`` or ``--max-mb`` is skipped with the reason printed.
+memory per pixel / per image likewise. ``--confirm`` re-times the two points of each time step in turns in one
+process (one run per point on a shared machine varies by tens of percent) and says which steps hold. A point whose
+time or memory, extrapolated linearly from the family's largest measured point, exceeds ``--max-seconds`` or
+``--max-mb`` is skipped with the reason printed.
 """
 
 from __future__ import annotations
@@ -169,6 +171,16 @@ def _call(model, x):
     return outs, tiled, dets
 
 
+def _input(p: dict):
+    """``batch x 3 x side x side``: a smooth texture (random weights on smooth input give plausible detections)."""
+    import torch
+
+    g = torch.Generator().manual_seed(p["side"] * 10 + p["batch"])
+    small = max(p["side"] // 16, 2)
+    return torch.nn.functional.interpolate(torch.rand(p["batch"], 3, small, small, generator=g),
+                                           size=(p["side"],) * 2, mode="bilinear")
+
+
 def child(family: str, points: list[dict], threads: int, warmup_pixels: int) -> None:
     """Measure ``points`` of one family in this process; print one JSON row per point."""
     import torch
@@ -184,10 +196,7 @@ def child(family: str, points: list[dict], threads: int, warmup_pixels: int) -> 
     dense = task_traits(model.task).dense
     _call(model, torch.rand(1, 3, 64, 64))  # the optimized copy made, the allocator and kernels primed
     for p in points:
-        g = torch.Generator().manual_seed(p["side"] * 10 + p["batch"])
-        # a smooth texture: random weights on smooth input give a plausible number of detections
-        x = torch.nn.functional.interpolate(torch.rand(p["batch"], 3, max(p["side"] // 16, 2), max(p["side"] // 16, 2),
-                                                       generator=g), size=(p["side"],) * 2, mode="bilinear")
+        x = _input(p)
         warm = _cost(p) <= warmup_pixels
         if warm:
             _call(model, x)
@@ -196,6 +205,66 @@ def child(family: str, points: list[dict], threads: int, warmup_pixels: int) -> 
                "s_per_image": round(seconds / p["batch"], 4), "peak_mb": round(max(mb, 0.0), 1), "tiled": tiled,
                "detections": dets, "note": "" if warm else "no warm-up"}
         print(json.dumps(row), flush=True)
+
+
+def alternate(family: str, points: list[dict], threads: int, rounds: int) -> None:
+    """Time ``points`` of one family in turns (a, b, a, b, ...: a change in machine load hits both), ``rounds``
+    calls each after one warm-up; print one JSON row per point with the median seconds per image."""
+    import statistics
+    import time
+
+    import torch
+
+    import segzoo
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    name, kwargs = FAMILIES[family]
+    model = segzoo.build(name, num_classes=NUM_CLASSES, **kwargs).eval()
+    xs = [_input(p) for p in points]
+    for x in xs:
+        _call(model, x)
+    times = [[] for _ in points]
+    for _ in range(rounds):
+        for i, x in enumerate(xs):
+            t0 = time.perf_counter()
+            _call(model, x)
+            times[i].append(time.perf_counter() - t0)
+    for p, t in zip(points, times):
+        print(json.dumps({**p, "s_per_image": round(statistics.median(t) / p["batch"], 4),
+                          "runs": [round(v, 3) for v in t]}), flush=True)
+
+
+def confirm(rows: list[dict], flags: list[dict], threads: int = 1, rounds: int = 3, factor: float = FACTOR,
+            progress=print) -> list[dict]:
+    """Re-time the two points of every time step in ``flags`` in turns in one process (:func:`alternate`);
+    returns the flags with ``confirmed_ratio`` (the step's ratio from the medians) and ``confirmed``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = []
+    for f in flags:
+        if f["metric"] != "time":
+            out.append(f)
+            continue
+        if f["series"] == "side":
+            pts = [{"family": f["family"], "side": s, "batch": 1} for s in (f["from"], f["to"])]
+        else:
+            side = int(f["series"].split("@")[1])
+            pts = [{"family": f["family"], "side": side, "batch": b} for b in (f["from"], f["to"])]
+        cmd = [sys.executable, "-m", "benchmarks.speed.scaling", "--alternate", f["family"], "--threads", str(threads),
+               "--rounds", str(rounds), "--points", *(f"{p['side']}:{p['batch']}" for p in pts)]
+        got = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        timed = [json.loads(line) for line in got.stdout.splitlines() if line.startswith("{")]
+        if got.returncode != 0 or len(timed) != 2:
+            out.append({**f, "confirmed": None})
+            progress(f"confirm {f['family']} {f['series']}: failed (exit {got.returncode})")
+            continue
+        a, b = timed
+        unit = (lambda r: r["side"] ** 2) if f["series"] == "side" else (lambda r: 1)
+        ratio = round((b["s_per_image"] / unit(b)) / (a["s_per_image"] / unit(a)), 2)
+        out.append({**f, "confirmed_ratio": ratio, "confirmed": ratio > factor, "runs": [a["runs"], b["runs"]]})
+        progress(f"confirm {f['family']} {f['series']} {f['from']} -> {f['to']}: x{f['ratio']} in the run, "
+                 f"x{ratio} in turns ({a['runs']} / {b['runs']} s)")
+    return out
 
 
 def format_table(rows: list[dict], flags: list[dict]) -> str:
@@ -222,12 +291,18 @@ def format_table(rows: list[dict], flags: list[dict]) -> str:
     if flags:
         out += "\n\nSuper-linear steps (per pixel for the side series, per image for the batch series):\n\n"
         out += "\n".join(f"- {f['family']} {f['series']} {f['from']} -> {f['to']}: {f['metric']} x{f['ratio']}"
-                         for f in flags)
+                         + _confirmed(f) for f in flags)
     skipped = [r for r in rows if r.get("s_per_image") is None]
     if skipped:
         out += "\n\nSkipped:\n\n" + "\n".join(f"- {r['family']} {r['side']} px x{r['batch']}: {r['note']}"
                                              for r in skipped)
     return out
+
+
+def _confirmed(f: dict) -> str:
+    if "confirmed_ratio" not in f:
+        return ""
+    return f" (re-timed in turns: x{f['confirmed_ratio']}, {'confirmed' if f['confirmed'] else 'noise'})"
 
 
 def _load(path: str | None) -> list[dict]:
@@ -296,6 +371,10 @@ def main(argv=None) -> int:
     p.add_argument("--factor", type=float, default=FACTOR, help="flag a step whose cost per unit rises more than this")
     p.add_argument("--out", help="JSON-lines file of the rows (appended; points already there are not re-run)")
     p.add_argument("--table-only", action="store_true", help="print the table of --out without measuring")
+    p.add_argument("--confirm", action="store_true",
+                   help="re-time the two points of each flagged time step in turns in one process (noisy machines)")
+    p.add_argument("--rounds", type=int, default=3, help="timed calls per point with --confirm")
+    p.add_argument("--alternate", help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--points", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -304,12 +383,20 @@ def main(argv=None) -> int:
                   for s, b in (t.split(":") for t in args.points)]
         child(args.child, points, args.threads, args.warmup_pixels)
         return 0
+    if args.alternate:
+        points = [{"family": args.alternate, "side": int(s), "batch": int(b)}
+                  for s, b in (t.split(":") for t in args.points)]
+        alternate(args.alternate, points, args.threads, args.rounds)
+        return 0
     if args.table_only:
         rows = [r for r in _load(args.out) if r["family"] in args.families]
     else:
         rows = run(args.families, args.sides, args.batches, args.batch_sides, args.threads, args.max_mb,
                    args.max_seconds, args.warmup_pixels, args.out, progress=lambda s: print(s, flush=True))
-    print(format_table(rows, super_linear(rows, args.factor)))
+    flags = super_linear(rows, args.factor)
+    if args.confirm:
+        flags = confirm(rows, flags, args.threads, args.rounds, args.factor, progress=lambda s: print(s, flush=True))
+    print(format_table(rows, flags))
     return 0
 
 

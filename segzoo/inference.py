@@ -110,7 +110,7 @@ def sliding_window(
         for (y, x0), lg in zip(chunk, logits):
             total[:, y : y + th, x0 : x0 + tw] += lg * weight
             norm[:, y : y + th, x0 : x0 + tw] += weight
-    return total / norm
+    return total.div_(norm)  # in place: no second C x H x W map
 
 
 def _tta_config(tta) -> dict:
@@ -183,6 +183,23 @@ def activate(model: nn.Module, logits: torch.Tensor) -> torch.Tensor:
     return logits.sigmoid()
 
 
+def _storages(model: nn.Module, *inputs: torch.Tensor) -> set[int]:
+    """The storages of the inputs and of the model's parameters and buffers (logits that share one are not written)."""
+    return {t.untyped_storage().data_ptr() for t in (*inputs, *model.parameters(), *model.buffers())}
+
+
+def _activate_(model: nn.Module, logits: torch.Tensor, rows: int = 64) -> torch.Tensor:
+    """:func:`activate` in place on ``N x C x H x W`` logits that the caller owns: the softmax a band of ``rows``
+    rows at a time, so that a full-size image holds one ``C x H x W`` map instead of the logits and their
+    probabilities side by side (the same values: each pixel's softmax reads only its own classes)."""
+    if getattr(model, "label_mode", "multiclass") != "multiclass":
+        return logits.sigmoid_()
+    for i in range(0, logits.shape[-2], rows):
+        band = logits[..., i : i + rows, :]
+        band.copy_(band.softmax(1))
+    return logits
+
+
 def semantic_result(model: nn.Module, probs: torch.Tensor) -> dict:
     """A semantic :func:`predict` result from ``C x H x W`` probabilities (see there)."""
     mode = getattr(model, "label_mode", "multiclass")
@@ -235,18 +252,23 @@ def semantic_probs(
         for flip in (False, True) if cfg["flip"] else (False,):
             xi = xs.flip(-1) if flip else xs
             if tile is not None:
-                logits = torch.stack([sliding_window(model, im[None], tile, overlap, batch_size, stride, blend)
-                                      for im in xi])
+                maps = [sliding_window(model, im[None], tile, overlap, batch_size, stride, blend) for im in xi]
+                logits = maps[0][None] if len(maps) == 1 else torch.stack(maps)  # one image: no copy
+                del maps
             else:
                 logits = _logits(model, xi).float()  # (N, C, h, w)
+            # activated in place unless the logits share memory with the input or the model's tensors
+            owned = logits.untyped_storage().data_ptr() not in _storages(model, x, xi)
             if flip:
-                logits = logits.flip(-1)
+                logits, owned = logits.flip(-1), True
             if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            p = activate(model, logits)  # probabilities average better across scales than logits
-            probs = p if probs is None else probs + p
+                logits, owned = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False), True
+            # probabilities average better across scales than logits
+            p = _activate_(model, logits) if owned else activate(model, logits)
+            del logits
+            probs = p if probs is None else probs.add_(p)
             n += 1
-    return probs / n if n > 1 else probs
+    return probs.div_(n) if n > 1 else probs
 
 
 def detect(

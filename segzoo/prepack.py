@@ -14,7 +14,10 @@ only (no gradients), float32 only, and CPU only; :func:`eligible` says which con
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from segzoo.layers.packed_linear import PackedLinears, can_pack
 
 __all__ = ["PrepackedConv2d", "PrepackedLinear", "available", "eligible", "eligible_linear", "prepack"]
 
@@ -36,6 +39,12 @@ def eligible(conv: nn.Module) -> bool:
         and conv.weight.dtype == torch.float32
         and conv.weight.device.type == "cpu"
     )
+
+
+def _check_input(x: torch.Tensor, layer: str) -> None:
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        raise RuntimeError(f"a prepacked {layer} takes float32 CPU inputs, got {x.dtype} on {x.device}; "
+                           "call segzoo.optimize(model, prepack=False) for other dtypes and devices")
 
 
 class PrepackedConv2d(nn.Module):
@@ -61,9 +70,7 @@ class PrepackedConv2d(nn.Module):
         self.bias = conv.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise RuntimeError(f"a prepacked convolution takes float32 CPU inputs, got {x.dtype} on {x.device}; "
-                               "call segzoo.optimize(model, prepack=False) for other dtypes and devices")
+        _check_input(x, "convolution")
         bias = None if self.bias is None else self.bias.detach()
         return torch.mkldnn_convolution(x, self.packed, bias, self.padding, self.stride, self.dilation,
                                         self.groups)
@@ -75,28 +82,28 @@ class PrepackedConv2d(nn.Module):
 
 def eligible_linear(linear: nn.Module) -> bool:
     """A plain float32 CPU ``nn.Linear`` (subclasses, such as quantized or LoRA layers, keep their own forward)."""
-    return type(linear) is nn.Linear and linear.weight.dtype == torch.float32 and linear.weight.device.type == "cpu"
+    return can_pack([linear])
 
 
 class PrepackedLinear(nn.Module):
-    """An inference-only ``nn.Linear`` whose weight is held in oneDNN's layout (``torch.ops.mkldnn``'s
-    packed linear): on a CPU where the default matrix product is slow (this project's AMD machine:
-    1.5-2.5x), the same product through oneDNN. ``weight`` and ``bias`` stay the layer's parameters."""
+    """An inference-only ``nn.Linear`` whose weight is held in oneDNN's layout
+    (:class:`segzoo.layers.packed_linear.PackedLinears`): on a CPU where the default matrix product is slow
+    (this project's AMD machine: 1.5-2.5x), the same product through oneDNN. ``weight`` and ``bias`` stay the
+    layer's parameters; with gradients on, under autocast or tracing, or once the weights have changed, it
+    computes ``F.linear`` with them."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        with torch.no_grad():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous())
+        self.packed: PackedLinears | None = PackedLinears([linear], relu=False, rows=None)
         self.weight = linear.weight
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu":
-            raise RuntimeError(f"a prepacked linear layer takes float32 CPU inputs, got {x.dtype} on {x.device}; "
-                               "call segzoo.optimize(model, prepack=False) for other dtypes and devices")
-        bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        _check_input(x, "linear layer")
+        if self.packed is not None and self.packed.usable(x):  # a deep copy drops the packed weights
+            return self.packed(x)
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

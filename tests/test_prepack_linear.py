@@ -62,3 +62,25 @@ def test_optimize_packs_linears_where_the_table_says(monkeypatch):
     torch.testing.assert_close(fast(x), net(x).detach())
     assert optimize(Wrapper(Net())).choices.prepacked == 1
     assert optimize(net, bf16=True).choices.prepacked == 0  # bf16 and compile handle weights themselves
+
+
+def test_prepacked_linear_falls_back_where_the_packed_weights_would_be_wrong():
+    """Changed weights, a deep copy (which drops the oneDNN tensors) and gradients all compute F.linear with the
+    layer's own parameters: the same numbers as nn.Linear, never a stale packed copy."""
+    import copy
+
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4)
+    packed = packing.PrepackedLinear(lin)
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        assert packed.packed.usable(x)
+        lin.weight.add_(1.0)  # the packed copy is now stale
+        assert not packed.packed.usable(x)
+        torch.testing.assert_close(packed(x), lin(x))
+        twin = copy.deepcopy(packed)
+        assert twin.packed is None
+        torch.testing.assert_close(twin(x), lin(x))
+    y = packed(x)  # gradients on: autograd through the parameters
+    y.sum().backward()
+    assert lin.weight.grad is not None

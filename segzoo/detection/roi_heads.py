@@ -18,10 +18,10 @@ from torchvision.ops import roi_align
 
 from segzoo.detection.box_coder import BoxCoder
 from segzoo.detection.boxes import pairwise_iou
-from segzoo.detection.linear import PackedLinears, can_pack
 from segzoo.detection.matcher import BalancedSampler, Matcher
 from segzoo.detection.poolers import MultiLevelRoIAlign
 from segzoo.detection.postprocess import detect, paste_masks
+from segzoo.layers.packed_linear import PackedLinears, can_pack
 
 
 def mask_targets(masks: torch.Tensor, rois: torch.Tensor, mask_idx: torch.Tensor, image_hw: torch.Tensor,
@@ -71,7 +71,7 @@ class BoxHead(nn.Module):
         self.fc7 = nn.Linear(representation_size, representation_size)
 
     def fold_for_inference(self) -> bool:
-        """Keep ``fc6`` and ``fc7`` in oneDNN's layout for float32 CPU inference (:mod:`segzoo.detection.linear`):
+        """Keep ``fc6`` and ``fc7`` in oneDNN's layout for float32 CPU inference (:mod:`segzoo.layers.packed_linear`):
         the same products to float rounding, about half the time of the eager layers on one thread.
         Returns whether it applied (float32 CPU layers, oneDNN present)."""
         if not can_pack([self.fc6, self.fc7]):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import segzoo
-from segzoo.detection.linear import PackedLinears, can_pack
 from segzoo.detection.roi_heads import BoxHead, BoxPredictor
+from segzoo.layers.packed_linear import PackedLinears, can_pack
 
 pytestmark = pytest.mark.skipif(not can_pack([torch.nn.Linear(2, 2)]), reason="needs oneDNN's packed matmul")
 

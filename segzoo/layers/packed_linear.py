@@ -1,7 +1,9 @@
-"""Fully connected layers with their weights kept in oneDNN's layout, for the R-CNN box head on the CPU.
+"""Fully connected layers with their weights kept in oneDNN's layout, for float32 CPU inference.
 
-The box head's ``fc6`` (``256 * 7 * 7 -> 1024`` on up to 1000 regions) is most of a Faster R-CNN's
-arithmetic at small inputs. PyTorch's eager ``nn.Linear`` on the CPU runs the BLAS ``sgemm``; oneDNN's
+Used by the R-CNN box head (its ``fold_for_inference``) and by :class:`segzoo.prepack.PrepackedLinear`
+(every ``nn.Linear`` of the families :data:`segzoo.optimize.PREPACK_LINEAR` lists). The box head's
+``fc6`` (``256 * 7 * 7 -> 1024`` on up to 1000 regions) is most of a Faster R-CNN's arithmetic at small
+inputs. PyTorch's eager ``nn.Linear`` on the CPU runs the BLAS ``sgemm``; oneDNN's
 matrix product with the weight reordered once into its blocked layout
 (``torch.ops.mkldnn._reorder_linear_weight``) computes the same product (float rounding aside) in
 about half the time on one thread of the AMD EPYC measured (docs/performance-optimize.md), with the
@@ -44,17 +46,20 @@ class PackedLinears:
     Args:
         layers: the layers, in the order they apply.
         relu: whether a ReLU follows each layer (fused into the oneDNN call).
-        rows: a typical number of input rows (a hint to oneDNN's choice of layout; any count works).
+        rows: a typical number of input rows (a hint to oneDNN's choice of layout; any count works),
+            or None for no hint.
     """
 
-    def __init__(self, layers: Sequence[nn.Linear], relu: bool = True, rows: int = 512) -> None:
+    def __init__(self, layers: Sequence[nn.Linear], relu: bool = True, rows: int | None = 512) -> None:
         if not can_pack(layers):
             raise ValueError("PackedLinears takes float32 CPU nn.Linear layers and a PyTorch with oneDNN")
         self.params = [(fc.weight, fc.bias) for fc in layers]
         self.versions = self._versions()
         self.attr = "relu" if relu else "none"
         with torch.no_grad():
-            self.packed = [torch.ops.mkldnn._reorder_linear_weight(fc.weight.detach(), rows) for fc in layers]
+            hint = () if rows is None else (rows,)
+            self.packed = [torch.ops.mkldnn._reorder_linear_weight(fc.weight.detach().contiguous(), *hint)
+                           for fc in layers]
 
     def _versions(self) -> list[int]:
         return [t._version for w, b in self.params for t in (w, b) if t is not None]
@@ -62,16 +67,18 @@ class PackedLinears:
     def usable(self, x: torch.Tensor) -> bool:
         """Whether the packed path computes exactly what the layers would, for this input now."""
         return (
-            x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] > 0
+            x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not is_tracing()
             and all(w.device.type == "cpu" and w.dtype == torch.float32 for w, _ in self.params)
             and self._versions() == self.versions
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]  # any leading dimensions, as nn.Linear
+        x = x.reshape(-1, x.shape[-1])
         for packed, (_, bias) in zip(self.packed, self.params):
             x = torch.ops.mkldnn._linear_pointwise(x, packed, bias, self.attr, [], "")
-        return x
+        return x.view(*lead, x.shape[-1])
 
     def __reduce__(self):  # deep copies and pickles drop the packed weights (oneDNN tensors have no storage)
         return (_dropped, ())

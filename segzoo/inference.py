@@ -9,6 +9,7 @@ datasets, so a prediction and an evaluation go through the same code.
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 
@@ -133,26 +134,45 @@ def _tta_config(tta) -> dict:
     raise TypeError(f"tta must be None, a preset name {sorted(_TTA_PRESETS)} or a dict, got {tta!r}")
 
 
-AUTO_TILE = 1280  # the tile side that tile="auto" uses
+AUTO_TILE = 1280  # the largest tile side that tile="auto" uses (tiles are fitted to the image below it)
 AUTO_TILE_PIXELS = 1536 * 1536  # semantic images with more pixels than this are tiled under tile="auto"
 
 
-def auto_tile(task: str, tile, height: int, width: int):
+def _fitted_tile(side: int, overlap: float) -> int:
+    """The smallest tile side that covers ``side`` with as many :data:`AUTO_TILE`-pixel tiles at ``overlap``
+    would need: the same number of tiles, each no larger, the overlap no larger than asked."""
+    count = len(tile_origins(side, AUTO_TILE, overlap))
+    if count == 1:
+        return min(side, AUTO_TILE)
+    tile = min(AUTO_TILE, math.ceil(side / (1 + (count - 1) * (1 - overlap))))
+    while len(tile_origins(side, tile, overlap)) > count:  # rounding of the stride: one pixel more
+        tile += 1
+    return tile
+
+
+def auto_tile(task: str, tile, height: int, width: int, overlap: float = 0.25):
     """The tile :func:`predict` uses: ``tile`` itself, unless it is ``"auto"``.
 
     ``"auto"`` runs a semantic image of more than :data:`AUTO_TILE_PIXELS` pixels (about 1536 x 1536)
-    through :data:`AUTO_TILE`-pixel tiles with the given overlap, one tile per forward pass (a batch
-    of tiles would hold more pixels than the whole image), and everything else whole. A
-    network's activations grow with the pixels it sees at once, so above the bound tiling keeps the
-    memory of one forward that of a tile (2 x 2 tiles for a 2048 x 2048 image at overlap 0.25,
-    1.56x the pixels of one whole forward); the blended logits cost ``C x H x W`` floats either way.
-    Detection and the other tasks run whole (their tiling merges detections: ask for it with a size).
+    in tiles of at most :data:`AUTO_TILE` pixels a side, one tile per forward pass (a batch of tiles
+    would hold more pixels than the whole image), and everything else whole. The tiles are fitted to
+    the image: as many per axis as :data:`AUTO_TILE`-pixel tiles at ``overlap`` would need, each as
+    small as covers the image with that overlap (2 x 2 tiles of 1171 px for 2048 x 2048 at overlap
+    0.25: 1.31x the image's pixels, where fixed 1280-px tiles overlapping by 512 px would be 1.56x).
+    A network's activations grow with the pixels it sees at once, so tiling keeps the memory of one
+    forward that of a tile; the blended logits cost ``C x H x W`` floats either way. Detection and
+    the other tasks run whole (their tiling merges detections: ask for it with a size).
+    Returns None (whole), the given tile, or an ``(h, w)`` tile.
     """
     if not isinstance(tile, str):
         return tile
     if tile != "auto":
         raise ValueError(f'tile must be a size, None (the whole image) or "auto", got {tile!r}')
-    return AUTO_TILE if task_traits(task).dense and height * width > AUTO_TILE_PIXELS else None
+    if not (task_traits(task).dense and height * width > AUTO_TILE_PIXELS):
+        return None
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    return _fitted_tile(height, overlap), _fitted_tile(width, overlap)
 
 
 def check_tta(task: str, tta, tile=None) -> None:
@@ -389,7 +409,7 @@ def predict(
     device, dtype = _device_dtype(model)
     x = load_image(image_or_path).to(device=device, dtype=dtype)[None]  # (1, 3, H, W)
     if tile == "auto":
-        tile = auto_tile(task, tile, *x.shape[-2:])
+        tile = auto_tile(task, tile, *x.shape[-2:], overlap=overlap)
         batch_size = 1 if tile is not None else batch_size  # tiled for memory: one tile per forward
     was_training = model.training
     model.eval()

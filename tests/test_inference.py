@@ -145,12 +145,32 @@ def test_auto_tile_tiles_only_large_semantic_images():
     from segzoo.inference import AUTO_TILE, AUTO_TILE_PIXELS, auto_tile
 
     big = int(AUTO_TILE_PIXELS**0.5) + 1
-    assert auto_tile("semantic", "auto", big, big) == AUTO_TILE
+    assert auto_tile("semantic", "auto", big, big) == (879, 879)  # 2 x 2 tiles fitted to 1537 px
     assert auto_tile("semantic", "auto", 1024, 1024) is None
     assert auto_tile("detection", "auto", 4096, 4096) is None  # detections are tiled only on request
     assert auto_tile("semantic", None, 4096, 4096) is None and auto_tile("semantic", 256, 64, 64) == 256
     with pytest.raises(ValueError, match='"auto"'):
         auto_tile("semantic", "big", 64, 64)
+    with pytest.raises(ValueError, match="overlap"):
+        auto_tile("semantic", "auto", 4096, 4096, overlap=1.5)
+
+
+@pytest.mark.parametrize("side", [1537, 2048, 2049, 2500, 3000, 4096, 5000])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_auto_tiles_are_fitted_to_the_image(side, overlap):
+    """As many tiles per axis as AUTO_TILE-pixel tiles would need, none larger, each overlapping its neighbour
+    by at least what was asked, covering the image: fewer pixels per forward than fixed tiles."""
+    from segzoo.inference import AUTO_TILE, auto_tile
+
+    th, tw = auto_tile("semantic", "auto", side, 1600, overlap=overlap)
+    for size, t in ((side, th), (1600, tw)):
+        fixed, fitted = tile_origins(size, AUTO_TILE, overlap), tile_origins(size, t, overlap)
+        assert t <= AUTO_TILE and len(fitted) == len(fixed)
+        assert fitted[0] == 0 and fitted[-1] + t == size  # covered, the last tile on the border
+        gaps = [b - a for a, b in zip(fitted, fitted[1:])]
+        assert all(t - g >= int(overlap * t) - 1 for g in gaps)  # the overlap asked for (stride rounding aside)
+        assert len(fitted) * t <= len(fixed) * min(AUTO_TILE, size)
+    assert (th, tw) != (AUTO_TILE, AUTO_TILE) or side <= AUTO_TILE
 
 
 def test_predict_by_default_runs_large_semantic_images_in_tiles(monkeypatch):
@@ -164,7 +184,8 @@ def test_predict_by_default_runs_large_semantic_images_in_tiles(monkeypatch):
     model.body.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
     image = torch.rand(3, 128, 160)
     auto = segzoo.predict(model, image, fast=False)
-    assert len(seen) > 1 and set(seen) == {(64, 64)}  # never the whole 128 x 160 image at once
+    # never the whole 128 x 160 image at once: 3 x 3 tiles of at most 64 px, fitted to the image (52 x 64)
+    assert len(seen) == 9 and set(seen) == {(52, 64)}
     batches = []
     model.body.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
     segzoo.predict(model, image, fast=False)

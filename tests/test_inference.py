@@ -142,7 +142,7 @@ def test_detection_tiles_are_merged_with_nms():
 
 
 def test_auto_tile_tiles_only_large_semantic_images():
-    from segzoo.inference import AUTO_TILE, AUTO_TILE_PIXELS, auto_tile
+    from segzoo.inference import AUTO_TILE_PIXELS, auto_tile
 
     big = int(AUTO_TILE_PIXELS**0.5) + 1
     assert auto_tile("semantic", "auto", big, big) == (879, 879)  # 2 x 2 tiles fitted to 1537 px

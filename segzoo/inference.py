@@ -279,6 +279,9 @@ def semantic_probs(
                 logits = _logits(model, xi).float()  # (N, C, h, w)
             # activated in place unless the logits share memory with the input or the model's tensors
             owned = logits.untyped_storage().data_ptr() not in _storages(model, x, xi)
+            # an optimized model's outputs are inference tensors: outside inference mode (evaluate runs under
+            # no_grad) they cannot be written in place, so they are activated into a new tensor
+            owned = owned and (torch.is_inference_mode_enabled() or not logits.is_inference())
             if flip:
                 logits, owned = logits.flip(-1), True
             if logits.shape[-2:] != (h, w):

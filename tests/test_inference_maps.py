@@ -110,3 +110,32 @@ def test_the_input_and_the_weights_are_not_written(param):
         probs = semantic_probs(model, x)
     torch.testing.assert_close(probs, (before_w if param else before_x).softmax(1))
     assert torch.equal(x, before_x) and torch.equal(model.table.detach(), before_w)
+
+
+class InferenceOutputs(nn.Module):
+    """An optimized model's forward runs under inference_mode: its logits are inference tensors."""
+
+    task = "semantic"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Quarter()
+
+    def forward(self, x):
+        with torch.inference_mode():
+            return self.inner(x).clone()  # owned by the caller, but not writable outside inference mode
+
+
+@pytest.mark.parametrize("tta", [None, "flip"])
+def test_inference_tensor_logits_outside_inference_mode(tta):
+    """segzoo eval runs the optimized copy under no_grad: its logits cannot be written in place there (the in-place
+    softmax raised); they are activated into a new tensor, the same values."""
+    torch.manual_seed(0)
+    model = InferenceOutputs().eval()
+    x = torch.rand(2, 3, 40, 52)
+    with torch.no_grad():
+        got = semantic_probs(model, x, tta=tta)
+        want = _old(model.inner, x, tta=tta)
+    torch.testing.assert_close(got, want)
+    with torch.inference_mode():  # inside inference mode the in-place path stays
+        torch.testing.assert_close(semantic_probs(model, x, tta=tta), want)

@@ -22,8 +22,8 @@ from torch import nn
 
 from segzoo.backbones.hrnet import ARCHS, HRNetArch, HRNetBackbone, hrnet_arch
 from segzoo.hub.published import WeightsEntry, register_converter, register_weights
+from segzoo.layers.conv import OneDNNPointwiseConv2d
 from segzoo.layers.ocr import OCRHead
-from segzoo.layers.tracing import is_tracing
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import load_converted
 from segzoo.registry import build, create, entry_class, register_model
@@ -33,30 +33,6 @@ from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 def _variant(arch: HRNetArch) -> str:
     """The name of a variant's numbers (for messages), ``"hrnet"`` for custom ones."""
     return next((name for name, a in ARCHS.items() if a == arch), "hrnet")
-
-
-class OneDNNPointwiseConv2d(nn.Conv2d):
-    """A 1x1, stride-1, ungrouped ``nn.Conv2d`` that runs on oneDNN (``torch.mkldnn_convolution``) at inference.
-
-    PyTorch's CPU dispatch sends such convolutions at batch < 16 on one thread to its native
-    (BLAS) kernel, which took twice oneDNN's time on the AMD EPYC measured for HRNet's wide 1x1
-    convolutions (720 -> 720 channels at 64 x 64: 152 against 72 ms) and keeps channels_last
-    outputs either way. The same weights and parameters (the ``state_dict`` is unchanged); float32
-    CPU inputs with gradients off and no autocast or tracing take oneDNN, anything else
-    ``nn.Conv2d``'s own forward.
-    """
-
-    @staticmethod
-    def eligible(conv: nn.Module) -> bool:
-        return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-                and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == "zeros")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype == torch.float32 and x.device.type == "cpu" and self.weight.dtype == torch.float32
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not is_tracing()):
-            return torch.mkldnn_convolution(x, self.weight, self.bias, [0, 0], [1, 1], [1, 1], 1)
-        return super().forward(x)
 
 
 class _HRNetSegBase(SegmentationModel):

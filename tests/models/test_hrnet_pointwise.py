@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import segzoo
-from segzoo.models.hrnet import OneDNNPointwiseConv2d
+from segzoo.layers.conv import OneDNNPointwiseConv2d
 from tests.test_export import randomize_bn
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")

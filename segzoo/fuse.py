@@ -2,8 +2,8 @@
 
 Which convolution feeds which norm layer is found by running the model once with hooks,
 not by reading module names, so it works for timm backbones, segzoo heads and anything
-else built from ``nn.Conv2d`` (or ``nn.ConvTranspose2d``) followed by a BatchNorm. A pair is folded only when the
-norm layer's every input came straight from that convolution and the convolution's every
+else built from ``nn.Conv2d`` (or ``nn.ConvTranspose2d``, or segzoo's DCNv2 layer) followed by a BatchNorm.
+A pair is folded only when the norm layer's every input came straight from that convolution and the convolution's every
 output went only to that norm layer.
 """
 
@@ -17,13 +17,17 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from segzoo.layers.dcn import ModulatedDeformConv2d
+
 try:  # timm's BatchNorm + activation in one module
     from timm.layers import BatchNormAct2d
 except ImportError:  # pragma: no cover
     BatchNormAct2d = ()
 
 _NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
-_CONVS = (nn.Conv2d, nn.ConvTranspose2d)  # exact types: subclasses may compute something else
+# exact types: subclasses may compute something else. The DCNv2 layer is ``weight . samples + bias`` per output
+# channel, like a convolution (its offset branch reads the input, not the output): BatchNorm folds into it alike
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d, ModulatedDeformConv2d)
 
 
 def _norm_params(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +40,7 @@ def _norm_params(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.Module) -> None:
+def _fold(conv: nn.Conv2d | nn.ConvTranspose2d | ModulatedDeformConv2d, bn: nn.Module) -> None:
     scale, shift = _norm_params(bn)
     w = conv.weight
     if isinstance(conv, nn.ConvTranspose2d):  # weight (in, out / groups, kh, kw): output channels on dim 1

@@ -61,16 +61,34 @@ class PrepackedConv2d(nn.Module):
         self.kernel_size = conv.kernel_size
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        with torch.no_grad():
-            weight = conv.weight.detach().contiguous().to_mkldnn()
-            self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                weight, self.padding, self.stride, self.dilation, self.groups
-            )
         self.weight = conv.weight
         self.bias = conv.bias
+        self._pack()
+
+    def _pack(self) -> None:
+        self.packed = None
+        if self.weight.dtype == torch.float32 and self.weight.device.type == "cpu":
+            with torch.no_grad():
+                weight = self.weight.detach().contiguous().to_mkldnn()
+                self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    weight, self.padding, self.stride, self.dilation, self.groups
+                )
+
+    # deep copies and pickles carry the dense weight and pack it again (oneDNN tensors have no storage to copy)
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("packed", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._pack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "convolution")
+        if self.packed is None:
+            raise RuntimeError("this prepacked convolution's weight is not a float32 CPU tensor; call "
+                               "segzoo.optimize on the original model on the device and dtype you run")
         bias = None if self.bias is None else self.bias.detach()
         return torch.mkldnn_convolution(x, self.packed, bias, self.padding, self.stride, self.dilation,
                                         self.groups)

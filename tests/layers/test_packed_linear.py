@@ -58,8 +58,12 @@ def test_packed_path_steps_aside_for_gradients_edits_and_copies():
         assert not head.packed.usable(x.flatten(1))
         torch.testing.assert_close(head(x), torch.relu(head.fc7(torch.relu(head.fc6(x.flatten(1))))))
     # a deep copy drops the packed weights (oneDNN tensors cannot be copied) and still computes the same
-    clone = copy.deepcopy(_head())
+    folded = _head()
+    assert folded.fold_for_inference()
+    clone = copy.deepcopy(folded)
     assert clone.packed is None
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), folded(x), rtol=1e-5, atol=1e-5)
     # autocast: the packed float32 path is not taken
     fresh = _head()
     assert fresh.fold_for_inference()
@@ -90,3 +94,18 @@ def test_optimized_faster_rcnn_equals_eager_with_packed_box_head(size):
     torch.testing.assert_close(out["scores"], ref["scores"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out["boxes"], ref["boxes"], rtol=1e-4, atol=1e-3)
     assert torch.equal(out["labels"], ref["labels"])
+
+
+def test_deep_copy_of_an_optimized_detector_still_predicts():
+    """Both packed layers of the box predictor drop out of a deep copy (each becomes None); the copy runs its
+    plain layers and gives the same detections."""
+    torch.manual_seed(0)
+    fast = segzoo.optimize(segzoo.build("fasterrcnn_resnet18_fpn", num_classes=5, box_score_thresh=0.0).eval())
+    clone = copy.deepcopy(fast)
+    predictor = next(m for m in clone.modules() if isinstance(m, BoxPredictor))
+    assert predictor.packed is not None and all(p is None for p in predictor.packed)
+    x = torch.rand(1, 3, 96, 128)
+    with torch.no_grad():
+        ref, out = fast(x)[0], clone(x)[0]
+    assert len(out["boxes"]) == len(ref["boxes"]) > 0
+    torch.testing.assert_close(out["scores"], ref["scores"], rtol=1e-4, atol=1e-5)

@@ -34,7 +34,8 @@ TOOL_PARSERS = ["benchmarks.speed.main", "benchmarks.ledger.main", "benchmarks.l
                 "benchmarks.int8_accuracy", "benchmarks.soak", "benchmarks.speed.slicing_memory",
                 "benchmarks.ledger.sliced_trees", "tools/model_table.py", "tools/changelog.py",
                 "benchmarks.trainer_overhead", "benchmarks.speed.semantic_memory",
-                "benchmarks.speed.setpred_memory", "benchmarks.speed.dcn_paths", "benchmarks.speed.scaling"]
+                "benchmarks.speed.setpred_memory", "benchmarks.speed.dcn_paths", "benchmarks.speed.scaling",
+                "benchmarks.speed.workrate"]
 # flags of other programs that the docs name (torchrun, pip, pytest, mkdocs, and the references' own options)
 OTHER_PROGRAMS = {"--nproc_per_node", "--nnodes", "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id",
                   "--index-url", "--no-deps", "--sync-bn", "--aspect-ratio-group-factor", "--keep_res", "--cov",

@@ -81,9 +81,15 @@ class ModulatedDeformConv2d(nn.Module):
         nn.init.zeros_(self.conv_offset_mask.bias)
 
     def offsets_and_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The sampling offsets ``N x 2*G*k*k x H' x W'`` and mask ``N x G*k*k x H' x W'``."""
-        o1, o2, mask = torch.chunk(self.conv_offset_mask(x), 3, dim=1)
-        return torch.cat((o1, o2), dim=1), torch.sigmoid(mask)
+        """The sampling offsets ``N x 2*G*k*k x H' x W'`` and mask ``N x G*k*k x H' x W'``.
+
+        DCNv2's ``cat(o1, o2)`` of the first two thirds is the first ``2*G*k*k`` channels themselves: a slice of
+        the branch's output, made NCHW first (a channels_last output, as in an optimized model, would leave every
+        per-tap plane strided by the channel count for the sampling arithmetic that reads it).
+        """
+        out = self.conv_offset_mask(x).contiguous()
+        split = 2 * out.shape[1] // 3
+        return out[:, :split], torch.sigmoid(out[:, split:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)

@@ -32,14 +32,17 @@ class CenterNetHead(nn.Module):
     heatmap head's. Adam's scale-free steps hid most of it: on the tree crowns that size head read a
     median 1.09 times the true sizes after 60 steps from ImageNet.)
 
-    Inference (gradients off, not traced) runs the three 3x3 convolutions as one convolution over
-    their concatenated weights where that was measured faster: when the head's input is wider than
-    its hidden width (``res_*``: 256 -> 3 x 64, 0.77x of the three convolutions' time on contiguous
-    maps, 0.92x on channels_last ones, one thread at 128 x 128). With a narrow input and wide heads
-    (``dla_34``: 64 -> 3 x 256) one 768-channel output is slower than three (1.35x on channels_last:
-    each 256-channel map stays in cache for its ReLU and 1x1 convolution, the 768-channel one does
-    not), so the three convolutions stay apart there. Training keeps the three convolutions: its
-    backward over the concatenated weights was no faster (see docs/performance-optimize.md).
+    The forward (eager, training and inference; not when traced, exported or compiled) runs the three
+    3x3 convolutions as one convolution over their concatenated weights where that was measured
+    faster: when the head's input is wider than its hidden width (``res_*``: 256 -> 3 x 64, 0.77x of
+    the three convolutions' time on contiguous maps, 0.92x on channels_last ones, one thread at
+    128 x 128; forward + backward in training 0.81-0.85x at batch 2-4), since the input is then read
+    once instead of three times. With a narrow input and wide heads (``dla_34``: 64 -> 3 x 256) one
+    768-channel output is slower than three (1.35x on channels_last, 1.4x in training: each
+    256-channel map stays in cache for its ReLU and 1x1 convolution, the 768-channel one does not),
+    so the three convolutions stay apart there. Autograd takes the gradients back through the
+    concatenation to each head's own parameters. Traced graphs (``torch.export``, ONNX, int8) keep
+    the three convolutions, whose weights are parameters the quantizer and exporters recognise.
     :meth:`fold_for_inference` (called by :func:`segzoo.optimize`) makes the fused convolution a real
     ``nn.Conv2d`` (``folded``) so that channels_last and weight prepacking apply to it, and moves the
     1x1 output convolutions onto oneDNN (:class:`~segzoo.layers.conv.OneDNNPointwiseConv2d`).
@@ -84,14 +87,14 @@ class CenterNetHead(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.folded is not None and not self.training:
             return self._outputs(self.folded(x))
-        if self.concat and not torch.is_grad_enabled() and not is_tracing():
+        if self.concat and not is_tracing():
             convs = self._hidden_convs()
             if convs is not None:
                 c = convs[0]
                 weight = torch.cat([conv.weight for conv in convs])
                 bias = torch.cat([conv.bias for conv in convs])
                 hidden = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation)
-                return self._outputs(F.relu(hidden, inplace=True))
+                return self._outputs(F.relu(hidden, inplace=True))  # as the heads' ReLU(inplace=True)
         return {k: getattr(self, k)(x) for k in HEADS}
 
     @torch.no_grad()

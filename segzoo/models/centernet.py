@@ -27,12 +27,21 @@ from segzoo.backbones import make_backbone
 from segzoo.detection import centernet as ct
 from segzoo.detection.boxes import clip_boxes
 from segzoo.hub.published import COCO_80, WeightsEntry, register_converter, register_weights
+from segzoo.layers.tracing import is_tracing
 from segzoo.models.centernet_head import CenterNetHead
 from segzoo.models.centernet_necks import NECKS
 from segzoo.models.converters import load_converted, resnet_depth
 from segzoo.models.detection_base import DetectionModel, image_shapes
 from segzoo.registry import build, create, entry_class, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
+
+# Necks fed channels_last maps at eager CPU inference (gradients off, not traced): the plain deconvolution
+# stages' oneDNN transposed convolutions write NHWC and PyTorch transposes the 256 x 128 x 128 result back for a
+# contiguous input (13 ms of CenterNet-R18's 512 px run on one thread), and the head's 3x3 convolutions reorder
+# a contiguous input too; the same numbers (float rounding), the model 0.83-0.94x of its time (two runs,
+# docs/performance-optimize.md). The maps come out channels_last then. Only the measured necks: the DCN necks
+# are unchanged (resdcn18: 1.00x).
+CHANNELS_LAST_NECKS = frozenset({"deconv"})
 
 
 class CenterNet(DetectionModel):
@@ -125,7 +134,11 @@ class CenterNet(DetectionModel):
         Returns ``heatmap`` (logits, ``N x C``), ``size`` and ``offset`` (``N x 2``).
         """
         feats = self.backbone(x)
-        return self.head(self.neck(feats[len(feats) - self.neck_levels:]))
+        feats = feats[len(feats) - self.neck_levels:]
+        if (self.neck_name in CHANNELS_LAST_NECKS and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not is_tracing()):
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+        return self.head(self.neck(feats))
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], targets: Sequence[dict] | None = None

@@ -203,3 +203,21 @@ def test_optimized_centernet_equals_eager(name):
             # the 20 best detections (further down, near-equal scores may swap by float rounding)
             torch.testing.assert_close(a["scores"][:20], b["scores"][:20], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(a["boxes"][:20], b["boxes"][:20], rtol=1e-4, atol=1e-3)
+
+
+def test_deconv_neck_runs_channels_last_at_inference_with_the_same_maps():
+    from segzoo.models.centernet import CHANNELS_LAST_NECKS
+
+    torch.manual_seed(0)
+    model = segzoo.build("centernet_resnet18", num_classes=3, neck_channels=(32, 32, 32), head_conv=8).eval()
+    _randomize_bn(model, 2)
+    assert model.neck_name in CHANNELS_LAST_NECKS
+    x = torch.rand(2, 3, 96, 64)
+    with torch.enable_grad():  # gradients on: the plain contiguous path
+        ref = {k: v.detach() for k, v in model.forward_maps(x).items()}
+    with torch.no_grad():
+        got = model.forward_maps(x)
+    for k in HEADS:
+        assert ref[k].is_contiguous() and got[k].is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-5)
+    assert "deconv_dcn" not in CHANNELS_LAST_NECKS and "dla_up" not in CHANNELS_LAST_NECKS  # not measured faster

@@ -3,7 +3,8 @@
 Each object is the peak of its class heatmap at output stride 4; the size and the
 sub-cell offset of its box are regressed at that peak. No anchors and no NMS: a 3x3
 max-pool keeps the peaks. Targets, losses and decoding live in
-:mod:`segzoo.detection.centernet`; the necks in :mod:`segzoo.models.centernet_necks`.
+:mod:`segzoo.detection.centernet`; the necks in :mod:`segzoo.models.centernet_necks`, the heads in
+:mod:`segzoo.models.centernet_head`.
 
 Registered variants and the official architectures they reproduce (``--arch``):
 ``centernet_resnet{18,50,101}`` (``res_*``), ``centernet_resdcn{18,101}`` (``resdcn_*``),
@@ -26,45 +27,21 @@ from segzoo.backbones import make_backbone
 from segzoo.detection import centernet as ct
 from segzoo.detection.boxes import clip_boxes
 from segzoo.hub.published import COCO_80, WeightsEntry, register_converter, register_weights
+from segzoo.layers.tracing import is_tracing
+from segzoo.models.centernet_head import CenterNetHead
 from segzoo.models.centernet_necks import NECKS
 from segzoo.models.converters import load_converted, resnet_depth
 from segzoo.models.detection_base import DetectionModel, image_shapes
 from segzoo.registry import build, create, entry_class, register_model
 from segzoo.spec import IMAGENET_MEAN, IMAGENET_STD
 
-
-class CenterNetHead(nn.Module):
-    """Three small heads on the stride-4 map: ``3x3 conv -> ReLU -> 1x1 conv`` each.
-
-    ``heatmap`` (``num_classes`` logits, last bias -2.19 so that the initial
-    probability is 0.1), ``size`` (box width and height in output cells) and ``offset``
-    (sub-cell centre x and y). Indices ``0`` and ``2`` match the official ``hm``/``wh``/``reg``.
-
-    Initialisation as the official ``msra_resnet``: every 3x3 convolution keeps PyTorch's default;
-    the heatmap's output bias is -2.19, the size and offset output convolutions are drawn from
-    normal(0, 0.001) with bias 0. (Until 2026-12 segzoo drew the size and offset heads' 3x3
-    convolutions from normal(0, 0.001) too; their hidden features were then ~50x smaller than the
-    heatmap head's. Adam's scale-free steps hid most of it: on the tree crowns that size head read a
-    median 1.09 times the true sizes after 60 steps from ImageNet.)
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, head_conv: int = 64) -> None:
-        super().__init__()
-
-        def head(out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(in_channels, head_conv, 3, padding=1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(head_conv, out, 1))
-
-        self.heatmap = head(num_classes)
-        self.size = head(2)
-        self.offset = head(2)
-        nn.init.constant_(self.heatmap[2].bias, -2.19)
-        for h in (self.size, self.offset):  # official msra_resnet: only the output conv; the 3x3 keeps its default
-            nn.init.normal_(h[2].weight, std=0.001)
-            nn.init.zeros_(h[2].bias)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"heatmap": self.heatmap(x), "size": self.size(x), "offset": self.offset(x)}
+# Necks fed channels_last maps at eager CPU inference (gradients off, not traced): the plain deconvolution
+# stages' oneDNN transposed convolutions write NHWC and PyTorch transposes the 256 x 128 x 128 result back for a
+# contiguous input (13 ms of CenterNet-R18's 512 px run on one thread), and the head's 3x3 convolutions reorder
+# a contiguous input too; the same numbers (float rounding), the model 0.83-0.94x of its time (two runs,
+# docs/performance-optimize.md). The maps come out channels_last then. Only the measured necks: the DCN necks
+# are unchanged (resdcn18: 1.00x).
+CHANNELS_LAST_NECKS = frozenset({"deconv"})
 
 
 class CenterNet(DetectionModel):
@@ -157,7 +134,11 @@ class CenterNet(DetectionModel):
         Returns ``heatmap`` (logits, ``N x C``), ``size`` and ``offset`` (``N x 2``).
         """
         feats = self.backbone(x)
-        return self.head(self.neck(feats[len(feats) - self.neck_levels:]))
+        feats = feats[len(feats) - self.neck_levels:]
+        if (self.neck_name in CHANNELS_LAST_NECKS and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not is_tracing()):
+            feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+        return self.head(self.neck(feats))
 
     def forward(
         self, images: torch.Tensor | Sequence[torch.Tensor], targets: Sequence[dict] | None = None

@@ -1,6 +1,6 @@
 """The exact inference rewrites of SegFormer, UPerNet and Mask2Former (``fold_for_inference``, applied by
-``segzoo.optimize``) give the outputs of the models' own eval forward, at even and odd sizes, with random
-BatchNorm statistics."""
+``segzoo.optimize``) give the outputs of the models' own eval forward, at even and odd sizes, batch 1 and 2,
+contiguous and channels_last inputs, with random BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from torch import nn
 
 import segzoo
 from segzoo.layers.deform_attn import MSDeformAttn
+from segzoo.layers.ppm import PyramidPoolingConv
 from segzoo.layers.upsampled_conv import UpsampledConcatConv
 from segzoo.models.segformer import SegFormer, SegFormerHead
 from segzoo.models.upernet import UPerHead, UPerNet
 
-SIZES = [(64, 64), (97, 75)]
+SIZES = [(64, 64), (97, 75), (33, 47)]
 
 
 def _randomize(model: nn.Module) -> nn.Module:
@@ -32,13 +33,15 @@ def _check(model: nn.Module, head_type: type, channels_last: bool) -> None:
     fast = segzoo.optimize(model, channels_last=channels_last)
     heads = [m for m in fast.modules() if isinstance(m, head_type)]
     assert fast.choices.rewritten >= 1 and heads and all(isinstance(h.folded, nn.Module) for h in heads)
-    for size in SIZES:
-        x = torch.rand(1, 3, *size)
+    for size, batch in zip(SIZES, (1, 2, 1)):
+        x = torch.rand(batch, 3, *size)
         with torch.no_grad():
             ref = model(x)
+        tol = {"rtol": 1e-4, "atol": 1e-4 * max(1.0, float(ref.abs().max()))}
         out = fast(x)
         assert out.shape == ref.shape
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(ref.abs().max())))
+        torch.testing.assert_close(out, ref, **tol)
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), ref, **tol)
 
 
 @pytest.mark.parametrize("backbone", ["mit_b0", "convnext_atto"])
@@ -50,6 +53,7 @@ def test_segformer_head_folded_into_one_conv_per_map(backbone, channels_last):
     fast = segzoo.optimize(model)
     head = fast.model.decode_head
     assert isinstance(head.folded, UpsampledConcatConv) and head.folded.first.in_channels == head.proj[0].in_channels
+    assert head.folded.spread == ("resize",) * 3  # the maps that scale with the input
 
 
 @pytest.mark.parametrize("backbone, eps", [("convnext_atto", 1e-6), ("resnet18", None)])
@@ -58,6 +62,11 @@ def test_upernet_bottlenecks_on_the_small_maps(backbone, eps, channels_last):
     torch.manual_seed(0)
     model = _randomize(UPerNet(num_classes=5, backbone=backbone, channels=32, out_norm_eps=eps))
     _check(model, UPerHead, channels_last)
+    folded = segzoo.optimize(model, channels_last=channels_last).model.decode_head.folded
+    # the pyramid-pooling bottleneck is PSPNet's module (the bins spread by matrices), the fuse conv resizes
+    assert isinstance(folded["bottleneck"], PyramidPoolingConv) and folded["bottleneck"].conv.spread == ("matrix",) * 4
+    assert isinstance(folded["fpn_bottleneck"], UpsampledConcatConv)
+    assert folded["fpn_bottleneck"].spread == ("resize",) * 3
 
 
 def test_folded_heads_train_as_before():

@@ -4,16 +4,21 @@ contiguous and channels_last inputs, with random BatchNorm statistics."""
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 import segzoo
+from segzoo import export as ex
 from segzoo.layers.deform_attn import MSDeformAttn
 from segzoo.layers.ppm import PyramidPoolingConv
 from segzoo.layers.upsampled_conv import UpsampledConcatConv
 from segzoo.models.segformer import SegFormer, SegFormerHead
 from segzoo.models.upernet import UPerHead, UPerNet
+from tests.conftest import build_small
 
 SIZES = [(64, 64), (97, 75), (33, 47)]
 
@@ -126,3 +131,31 @@ def test_set_models_gather_predict_once_and_match_their_eval_forward(name, monke
         assert len(calls) == 1  # the final prediction only
         torch.testing.assert_close(cls2, cls, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(masks2, masks, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow  # export and its ONNX translation: about 20-40 s each on one core
+@pytest.mark.parametrize("name", ["segformer_b0", "upernet_resnet50"])
+def test_optimized_heads_export_with_dynamic_sizes(name, tmp_path):
+    """The folded heads (UpsampledConcatConv's matrix and resize spreads) export with dynamic sizes, and ONNX.
+    (Before the bottleneck spread its bins by matrices, the optimized UPerNet's export failed: the resized
+    stride-32 map's shifts put a guard on its size.)"""
+    torch.manual_seed(0)
+    model = _randomize(build_small(name, num_classes=3))
+    fast = segzoo.optimize(model, prepack=False)
+    assert fast.choices.rewritten >= 1
+    program = ex.export_program(fast, torch.rand(1, 3, 64, 96), dynamic=True)
+    inputs = [torch.rand(*shape) for shape in [(2, 3, 72, 100), (1, 3, 96, 64)]]
+    with torch.no_grad():
+        refs = [model(x) for x in inputs]
+    tol = {"rtol": 1e-4, "atol": 1e-4}
+    for x, ref in zip(inputs, refs):
+        torch.testing.assert_close(program.module()(x), ref, **tol)
+    if not (importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")):
+        return
+    path = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex.export_onnx(program, path)
+    for x, ref in zip(inputs, refs):
+        (out,) = ex.run_onnx(path, x)
+        torch.testing.assert_close(torch.as_tensor(out), ref, **tol)

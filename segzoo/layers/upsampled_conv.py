@@ -20,8 +20,10 @@ takes the faster of two ways to resize and shift (measured, docs/performance-opt
   grids whose size does not follow the input (pyramid pooling's ``b x b`` bins: its cost grows with
   the grid's side).
 - ``"resize"``: ``F.interpolate`` along the columns of each tap row's result, shifted and summed,
-  then along the rows, shifted into the output (``k`` full-size resizes per map). Best for feature
-  maps that scale with the input (its cost does not grow with the map's side).
+  then along the rows, shifted into the output (``k`` full-size resizes per map). Best for large
+  feature maps (its cost does not grow with the map's side).
+- ``"auto"``: the matrices for a map of at most :data:`MATRIX_MAX_SIDE` cells a side, else resizing,
+  chosen per call from the map's size (an export, whose sizes are symbolic, resizes).
 
 Both give the same numbers as the convolution over the upsampled concatenation up to float rounding.
 """
@@ -35,9 +37,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["SPREADS", "UpsampledConcatConv", "conv_norm_affine"]
+__all__ = ["MATRIX_MAX_SIDE", "SPREADS", "UpsampledConcatConv", "conv_norm_affine"]
 
-SPREADS = ("matrix", "resize")
+SPREADS = ("matrix", "resize", "auto")
+
+# "auto": the matrices for small maps up to this side, resizing above (eager; an export resizes): on
+# SegFormer-B0's 1x1 fuse conv, one thread, the matrices took 7-10 ms against 17-18 resizing at 256 px
+# (maps of 8-32 px) and the same within noise for the 32 px map at 512 px, while resizing was as fast or
+# faster for the 64 px one (python -m benchmarks.speed.spread, docs/performance-optimize.md)
+MATRIX_MAX_SIDE = 32
 
 
 @torch.no_grad()
@@ -77,7 +85,8 @@ class UpsampledConcatConv(nn.Module):
         channels: the channels of ``x_0, ..., x_n`` in the concatenation's order.
         dilation: the convolution's (int or pair).
         align_corners: that of the bilinear ``Up``.
-        spread: per small map, ``"matrix"`` or ``"resize"`` (module docstring); all ``"resize"`` by default.
+        spread: per small map, ``"matrix"``, ``"resize"`` or ``"auto"`` (module docstring); all ``"resize"``
+            by default.
 
     ``forward(x0, smalls)``: ``x0`` at the output size, ``smalls`` the maps that the original resizes
     to it. Output ``N x C_out x H x W`` (``x0``'s size). Inference only (no gradients to the weights).
@@ -111,9 +120,9 @@ class UpsampledConcatConv(nn.Module):
         self.rows = nn.ModuleList()
         for i, (part, c, mode) in enumerate(zip(parts[1:], channels[1:], spread)):
             convs = nn.ModuleList()
-            if mode == "matrix":
+            if mode != "resize":
                 self.register_buffer(f"taps{i}", part.permute(1, 0, 2, 3).reshape(c, -1).to(**kwargs).contiguous())
-            else:
+            if mode != "matrix":
                 for ky in range(kh):
                     conv = nn.Conv2d(c, kw * out, 1, bias=False, **kwargs)
                     with torch.no_grad():  # (C_out, c, kx) -> (kx, C_out, c)
@@ -129,7 +138,10 @@ class UpsampledConcatConv(nn.Module):
         # the matrix products in the output's own layout: (N, O, H, W) or channels_last's (N, H, W, O)
         nhwc = not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
         rows_spread, cols_spread = [], []
+        exporting = torch.compiler.is_exporting()
         for i, (convs, mode, x) in enumerate(zip(self.rows, self.spread, smalls)):
+            if mode == "auto":
+                mode = "resize" if exporting or max(x.shape[-2:]) > MATRIX_MAX_SIDE else "matrix"
             if mode == "resize":
                 self._resize_add(out, convs, x)
             else:

@@ -59,6 +59,22 @@ def test_mixed_spreads_and_no_bias():
     torch.testing.assert_close(module(x0, smalls), _reference(weight, None, x0, smalls), rtol=1e-5, atol=1e-4)
 
 
+def test_auto_spreads_small_maps_by_matrices_and_resizes_large_ones(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    channels = [3, 4, 2]
+    weight, bias = torch.randn(5, sum(channels), 3, 3, generator=g), torch.randn(5, generator=g)
+    module = UpsampledConcatConv(weight, bias, channels, spread=["auto", "auto"])
+    x0 = torch.randn(2, 3, 77, 70, generator=g)
+    smalls = [torch.randn(2, 4, 33, 20, generator=g), torch.randn(2, 2, 9, 32, generator=g)]  # over, at the limit
+    used = []
+    for name in ("_resize_add", "_matrix_terms"):
+        real = getattr(UpsampledConcatConv, name)
+        monkeypatch.setattr(UpsampledConcatConv, name,
+                            lambda self, *a, _real=real, _name=name: used.append(_name) or _real(self, *a))
+    torch.testing.assert_close(module(x0, smalls), _reference(weight, bias, x0, smalls), rtol=1e-5, atol=1e-4)
+    assert used == ["_resize_add", "_matrix_terms"]
+
+
 def test_float64_weights_give_a_float32_module():
     weight, bias = torch.randn(2, 5, 3, 3, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
     module = UpsampledConcatConv(weight, bias, [3, 2], spread=["matrix"])

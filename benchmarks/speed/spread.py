@@ -4,8 +4,8 @@
 
 For each head that folds a convolution over upsampled maps (PSPNet-R50's and UPerNet-ConvNeXt-T's
 pyramid-pooling bottlenecks, UPerNet's fuse layer, SegFormer-B0's fuse layer), the module is built
-twice on random weights, once with every small map spread by interpolation matrices (``"matrix"``)
-and once resized (``"resize"``), in the layout ``segzoo.optimize`` runs that model in (channels_last
+on random weights once per spread, every small map spread by interpolation matrices (``"matrix"``),
+resized (``"resize"``) or by size (``"auto"``), in the layout ``segzoo.optimize`` runs that model in (channels_last
 for UPerNet), and both are timed on the head's input shapes for an image of ``side`` pixels. One
 thread; each time is the median of ``rounds`` calls in ``time.process_time``. The heads use the
 faster one per case (docs/performance-optimize.md).
@@ -29,7 +29,8 @@ CASES = {
     "upernet_convnext_tiny bottleneck": (3, 512, (768, 32), [(512, "1"), (512, "2"), (512, "3"), (512, "6")], True,
                                          "matrix"),
     "upernet_convnext_tiny fuse": (3, 512, (512, 4), [(512, 8), (512, 16), (512, 32)], True, "resize"),
-    "segformer_b0 fuse": (1, 256, (32, 4), [(64, 8), (160, 16), (256, 32)], False, "resize"),
+    # MiT's maps are NHWC-strided views: channels_last strides
+    "segformer_b0 fuse": (1, 256, (32, 4), [(64, 8), (160, 16), (256, 32)], True, "auto"),
 }
 
 

@@ -74,9 +74,11 @@ class PyramidPoolingConv(nn.Module):
         conv: the convolution over ``ppm``'s output: stride 1, one group, odd kernel, zero padding
             that keeps the size (``dilation * (k - 1) / 2``), ``ppm.out_channels`` input channels.
         norm: an eval ``BatchNorm2d`` (or ``Identity``) after ``conv`` to fold in; None: ``conv`` alone.
+        spread: how the bins' shares are spread (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`).
     """
 
-    def __init__(self, ppm: PyramidPooling, conv: nn.Conv2d, norm: nn.Module | None = None) -> None:
+    def __init__(self, ppm: PyramidPooling, conv: nn.Conv2d, norm: nn.Module | None = None, *,
+                 spread: str = "matrix") -> None:
         super().__init__()
         k, d = conv.kernel_size, conv.dilation
         same = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
@@ -95,7 +97,7 @@ class PyramidPoolingConv(nn.Module):
         widths = [stage[1].out_channels for stage in ppm.stages]
         self.stages, self.bins = ppm.stages, ppm.bins
         self.conv = UpsampledConcatConv(weight, bias, [ppm.out_channels - sum(widths), *widths], dilation=d,
-                                        spread=["matrix"] * len(widths))
+                                        spread=[spread] * len(widths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if 1 in self.bins:

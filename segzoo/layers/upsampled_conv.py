@@ -11,14 +11,16 @@ alone)::
 so :class:`UpsampledConcatConv` applies the tap matrices ``W_t`` as ``1 x 1`` convolutions on the
 small map (an ``s^2``-fold smaller matrix product for an ``s``-fold resize), then resizes and shifts
 the results and adds them; a shift fills zeros where a tap falls outside the map, which is the
-convolution's zero padding. Bilinear resizing is separable (rows, then columns), and each small map
-takes the faster of two ways to resize and shift (measured, docs/performance-optimize.md):
+convolution's zero padding. Bilinear resizing is separable (rows, then columns), and there are two
+ways to resize and shift a small map; each head takes the one measured faster for its maps
+(``python -m benchmarks.speed.spread``, docs/performance-optimize.md): PSPNet's and UPerNet's pyramid
+bins ``"matrix"``, UPerNet's fuse layer ``"resize"``, SegFormer's fuse layer ``"auto"``.
 
 - ``"matrix"``: the resize-and-shift of each axis is one matrix (output position x (tap, cell)),
   taken from ``F.interpolate`` itself on one-hot maps, so the rows are one matrix product and the
-  columns of all such maps one more, added into the output in the same product. Best for small
-  grids whose size does not follow the input (pyramid pooling's ``b x b`` bins: its cost grows with
-  the grid's side).
+  columns of all such maps one more, added into the output (in its own layout, contiguous or
+  channels_last). Best for small grids (pyramid pooling's ``b x b`` bins): its cost grows with the
+  grid's side.
 - ``"resize"``: ``F.interpolate`` along the columns of each tap row's result, shifted and summed,
   then along the rows, shifted into the output (``k`` full-size resizes per map). Best for large
   feature maps (its cost does not grow with the map's side).
@@ -116,12 +118,13 @@ class UpsampledConcatConv(nn.Module):
             if bias is not None:
                 self.first.bias.copy_(bias)
         # per small map, "resize": one 1x1 convolution per tap row, output channels (kx, C_out) of row ky;
-        # "matrix": the taps as one (c, C_out kh kw) matrix, columns ordered (C_out, ky, kx)
+        # "matrix": the taps as one 1x1 convolution weight (C_out kh kw, c), rows ordered (C_out, ky, kx)
         self.rows = nn.ModuleList()
         for i, (part, c, mode) in enumerate(zip(parts[1:], channels[1:], spread)):
             convs = nn.ModuleList()
             if mode != "resize":
-                self.register_buffer(f"taps{i}", part.permute(1, 0, 2, 3).reshape(c, -1).to(**kwargs).contiguous())
+                taps = part.permute(0, 2, 3, 1).reshape(-1, c, 1, 1)
+                self.register_buffer(f"taps{i}", taps.to(**kwargs).contiguous())
             if mode != "matrix":
                 for ky in range(kh):
                     conv = nn.Conv2d(c, kw * out, 1, bias=False, **kwargs)
@@ -184,8 +187,12 @@ class UpsampledConcatConv(nn.Module):
         ``N H x (kw bw) x O``."""
         (kh, kw), o = self.kernel_size, self.out_channels
         n, _, bh, bw = x.shape
-        q = torch.matmul(x.flatten(2).transpose(1, 2), taps.to(x.dtype))  # (N, bh bw, O kh kw)
-        q = q.view(n, bh, bw, o, kh, kw)
+        taps = taps.to(x.dtype)
+        if x.is_contiguous():  # (N, bh bw, O kh kw) as one matrix product (the transposed weight: no copy)
+            q = torch.matmul(x.flatten(2).transpose(1, 2), taps.flatten(1).T)
+        else:  # channels_last: the 1x1 convolution's output is that matrix already (measured faster)
+            q = F.conv2d(x, taps).permute(0, 2, 3, 1).flatten(1, 2)
+        q = q.unflatten(-1, (o, kh, kw)).unflatten(1, (bh, bw))  # (N, bh, bw, O, kh, kw)
         spread_rows = self._spread(h, bh, 0, q).reshape(h, kh * bh)  # (H, (tap row, cell row))
         if nhwc:
             q = q.permute(0, 4, 1, 5, 2, 3).reshape(n, kh * bh, kw * bw * o)  # (N, (ky, b row), (kx, b col, O))

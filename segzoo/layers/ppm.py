@@ -10,6 +10,7 @@ from torch import nn
 
 from segzoo.layers.aspp import check_pooled_batch
 from segzoo.layers.conv import ConvNormAct
+from segzoo.layers.upsampled_conv import UpsampledConcatConv, conv_norm_affine
 
 
 class PyramidPooling(nn.Module):
@@ -54,28 +55,30 @@ class PyramidPooling(nn.Module):
 
 
 class PyramidPoolingConv(nn.Module):
-    """``conv(pyramid_pooling(x))`` without the concatenation: the inference form of a
-    :class:`PyramidPooling` followed by a ``k x k`` convolution (PSPNet's bottleneck).
+    """``norm(conv(pyramid_pooling(x)))`` without the concatenation: the inference form of a
+    :class:`PyramidPooling` followed by a ``k x k`` convolution (PSPNet's and UPerNet's bottleneck).
 
-    Convolution and bilinear upsampling are both linear, so the convolution of an upsampled
-    ``b x b`` map equals the upsampled, shifted sum of its ``k * k`` kernel taps applied on the
-    ``b x b`` map. The input's share of the weight stays a convolution over ``x`` (a plain
-    ``nn.Conv2d``, which :mod:`segzoo.prepack` may pack); each bin's share runs on its pooled
-    map (``k * k * out_channels`` values per bin cell) and is spread to ``H x W`` by two small
-    matrix products with the interpolation matrices (rows, then columns; bilinear upsampling is
-    separable), shifted per tap and zero outside the map as the convolution's padding is. The
-    same numbers up to float rounding, at ``out * k^2 * 3 * sum(bins)`` multiply-adds per output
-    pixel in place of ``out * k^2 * len(bins) * channels`` (18k instead of 9.4M for PSPNet-R50).
+    The convolution over ``cat(x, Up(p_1), ..., Up(p_n))`` (``p_i`` the stages' ``b x b`` outputs)
+    is an :class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`: the input's share stays a
+    convolution over ``x`` (a plain ``nn.Conv2d``, which :mod:`segzoo.prepack` may pack) and each
+    bin's share runs on its pooled map (``k * k * out_channels`` values per bin cell), spread to
+    ``H x W`` by the interpolation matrices (its ``"matrix"`` way, the faster one for grids of a few
+    cells). The same numbers up to float rounding, at ``out * k^2 * 3 * sum(bins)`` multiply-adds per
+    output pixel in place of ``out * k^2 * len(bins) * channels`` (18k instead of 9.4M for PSPNet-R50).
+    All bins' average pooling comes from one pass over ``x`` (:func:`_pool`).
 
-    Input ``N x C x H x W``; output what ``conv(ppm(x))`` gives, ``N x out_channels x H x W``.
+    Input ``N x C x H x W``; output what ``norm(conv(ppm(x)))`` gives, ``N x out_channels x H x W``.
 
     Args:
         ppm: the pyramid pooling module; its stages (pool -> 1x1 conv -> norm -> ReLU) are kept.
-        conv: the convolution over ``ppm``'s output: stride 1, one group, zero padding that keeps
-            the size (``dilation * (k - 1) / 2``), ``ppm.out_channels`` input channels.
+        conv: the convolution over ``ppm``'s output: stride 1, one group, odd kernel, zero padding
+            that keeps the size (``dilation * (k - 1) / 2``), ``ppm.out_channels`` input channels.
+        norm: an eval ``BatchNorm2d`` (or ``Identity``) after ``conv`` to fold in; None: ``conv`` alone.
+        spread: how the bins' shares are spread (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`).
     """
 
-    def __init__(self, ppm: PyramidPooling, conv: nn.Conv2d) -> None:
+    def __init__(self, ppm: PyramidPooling, conv: nn.Conv2d, norm: nn.Module | None = None, *,
+                 spread: str = "matrix") -> None:
         super().__init__()
         k, d = conv.kernel_size, conv.dilation
         same = tuple(dd * (kk - 1) // 2 for kk, dd in zip(k, d))
@@ -84,66 +87,40 @@ class PyramidPoolingConv(nn.Module):
                 or conv.in_channels != ppm.out_channels):
             raise ValueError(f"PyramidPoolingConv takes a stride-1, one-group, odd-kernel nn.Conv2d with size-keeping "
                              f"zero padding over the {ppm.out_channels} pooled channels; got {conv}")
-        widths = [stage[1].out_channels for stage in ppm.stages]
-        in_channels = ppm.out_channels - sum(widths)
-        self.stages, self.bins = ppm.stages, ppm.bins
-        self.kernel_size, self.dilation, self.padding = tuple(k), tuple(d), same
-        weight = conv.weight.detach()
-        self.conv = nn.Conv2d(in_channels, conv.out_channels, k, padding=same, dilation=d, bias=conv.bias is not None,
-                              device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            self.conv.weight.copy_(weight[:, :in_channels])
-            if conv.bias is not None:
-                self.conv.bias.copy_(conv.bias)
-        self.conv.requires_grad_(conv.weight.requires_grad)
-        # per bin: (channels, out * kh * kw), columns ordered (out, tap row, tap column)
-        starts = [in_channels + sum(widths[:i]) for i in range(len(widths))]
-        for i, (start, width) in enumerate(zip(starts, widths)):
-            tap = weight[:, start:start + width].permute(1, 0, 2, 3).reshape(width, -1)
-            self.register_buffer(f"taps{i}", tap.contiguous().clone())
-
-    def _spread(self, size: int, bins: int, axis: int, like: torch.Tensor) -> torch.Tensor:
-        """``size x k x bins``: output position, tap, bin cell -> the upsampled value's weight at
-        the tap's shifted position (zero in the padding), from ``F.interpolate`` itself."""
-        k, d, pad = self.kernel_size[axis], self.dilation[axis], self.padding[axis]
-        eye = torch.eye(bins, device=like.device, dtype=like.dtype)[None, :, :, None]  # one-hot cells, (1, b, b, 1)
-        if axis == 0:
-            up = F.interpolate(eye, size=(size, 1), mode="bilinear", align_corners=False)[0, :, :, 0].T
+        if norm is None:
+            weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
         else:
-            up = F.interpolate(eye.transpose(2, 3), size=(1, size), mode="bilinear", align_corners=False)[0, :, 0].T
-        up = F.pad(up, (0, 0, pad, pad))  # (size + 2 pad, bins): zero rows where the conv pads
-        return torch.stack([up[t * d:t * d + size] for t in range(k)], dim=1)  # (size, k, bins)
-
-    def _pool(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """``adaptive_avg_pool2d(x, b)`` for every bin from one pass over ``x``: the averaging
-        matrices of all bins stacked (``sum(bins)`` rows each way), then each bin's block."""
-        rows = torch.cat([_bin_matrix(x.shape[-2], b, x) for b in self.bins])  # (B, H), B = sum(bins)
-        cols = torch.cat([_bin_matrix(x.shape[-1], b, x) for b in self.bins])  # (B, W)
-        pooled = torch.matmul(torch.matmul(x, cols.T).transpose(-1, -2), rows.T)  # (N, C, B cols, B rows)
-        starts = [sum(self.bins[:i]) for i in range(len(self.bins))]
-        return [pooled[:, :, s:s + b, s:s + b].transpose(-1, -2) for s, b in zip(starts, self.bins)]
+            affine = conv_norm_affine(conv, norm)
+            if affine is None:
+                raise ValueError(f"PyramidPoolingConv folds an eval BatchNorm2d or an Identity, got {norm}")
+            weight, bias = (t.to(conv.weight.dtype) for t in affine)
+        widths = [stage[1].out_channels for stage in ppm.stages]
+        self.stages, self.bins = ppm.stages, ppm.bins
+        self.conv = UpsampledConcatConv(weight, bias, [ppm.out_channels - sum(widths), *widths], dilation=d,
+                                        spread=[spread] * len(widths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if 1 in self.bins:
             check_pooled_batch(x, self.stages[self.bins.index(1)][2], "PyramidPooling's 1x1 bin")
-        n, _, h, w = x.shape
-        out = self.conv(x)  # (N, O, H, W): the input's share, with the bias
-        o = out.shape[1]
-        kh, kw = self.kernel_size
-        rows_spread, cols = [], []
-        for i, (b, stage, pooled) in enumerate(zip(self.bins, self.stages, self._pool(x))):
-            p = stage[1:](pooled)  # (N, c, b, b): the stage's 1x1 conv -> norm -> ReLU
-            taps = getattr(self, f"taps{i}").to(p.dtype)  # (c, O kh kw)
-            q = torch.matmul(p.flatten(2).transpose(1, 2), taps).view(n, b, b, o, kh, kw)  # (N, b rows, b cols, O, ...)
-            q = q.permute(0, 3, 4, 1, 5, 2).reshape(n, o, kh * b, kw * b)  # (N, O, (tap row, b row), (tap col, b col))
-            rows = self._spread(h, b, 0, q).reshape(h, kh * b)  # (H, (tap row, b row))
-            rows_spread.append(torch.matmul(rows, q))  # (N, O, H, (tap col, b col))
-            cols.append(self._spread(w, b, 1, q).reshape(w, kw * b))
-        spread = torch.cat(rows_spread, dim=-1).reshape(n * o * h, kw * sum(self.bins))  # (N O H, S)
-        cols_t = torch.cat(cols, dim=-1).T  # (S, W)
-        if out.is_contiguous():  # one product and sum: (N O H, W) + (N O H, S) @ (S, W)
-            return torch.addmm(out.view(n * o * h, w), spread, cols_t).view(n, o, h, w)
-        return out + (spread @ cols_t).view(n, o, h, w)  # channels_last convolution output
+        pooled = [stage[1:](p) for stage, p in zip(self.stages, _pool(x, self.bins))]  # (N, c, b, b) each
+        return self.conv(x, pooled)
+
+
+def _pool(x: torch.Tensor, bins: Sequence[int]) -> list[torch.Tensor]:
+    """``adaptive_avg_pool2d(x, b)`` for every ``b`` in ``bins`` from one pass over ``x``: the averaging
+    matrices of all bins stacked (``sum(bins)`` rows each way), then each bin's block. Export-friendly
+    (matrix products with dynamic height and width), one path for eager and export."""
+    rows = torch.cat([_bin_matrix(x.shape[-2], b, x) for b in bins])  # (B, H), B = sum(bins)
+    cols = torch.cat([_bin_matrix(x.shape[-1], b, x) for b in bins])  # (B, W)
+    if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        pooled = torch.matmul(torch.matmul(x, cols.T).transpose(-1, -2), rows.T)  # (N, C, B cols, B rows)
+    else:  # channels_last: the same products on the (N, H, W, C) storage, without copying x
+        n, c, h, _ = x.shape
+        y = torch.matmul(cols, x.permute(0, 2, 3, 1))  # (N, H, B cols, C)
+        y = torch.matmul(rows, y.reshape(n, h, -1))  # (N, B rows, B cols C)
+        pooled = y.view(n, rows.shape[0], cols.shape[0], c).permute(0, 3, 2, 1)  # (N, C, B cols, B rows)
+    starts = [sum(bins[:i]) for i in range(len(bins))]
+    return [pooled[:, :, s:s + b, s:s + b].transpose(-1, -2) for s, b in zip(starts, bins)]
 
 
 def _bin_matrix(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:

@@ -111,7 +111,8 @@ class SegFormerHead(nn.Module):
         ``fuse`` is linear over the concatenated maps and bilinear upsampling is linear, acting on each
         channel alone, so ``fuse(cat(Up(P_i f_i)))`` equals ``sum_i Up((W_i P_i) f_i)`` plus one bias:
         the ``4E -> E`` convolution at stride 4 becomes a ``C_i -> E`` one on each map's own grid
-        (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`). Exact to float rounding;
+        (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`, the maps of up to 32 px spread by
+        interpolation matrices, larger ones resized: its ``"auto"``). Exact to float rounding;
         training keeps the layers as they are.
         """
         affine = conv_norm_affine(self.fuse[0], self.fuse[1]) if len(self.fuse) == 3 else None
@@ -126,7 +127,9 @@ class SegFormerHead(nn.Module):
             if p.bias is not None:
                 bias = bias + block @ p.bias.double()
         channels = [p.in_channels for p in self.proj]
-        self.folded = UpsampledConcatConv(torch.cat(blocks, 1)[:, :, None, None], bias, channels)
+        # "auto": the maps of up to 32 px spread by matrices, larger ones resized (measured, see the layer)
+        self.folded = UpsampledConcatConv(torch.cat(blocks, 1)[:, :, None, None], bias, channels,
+                                          spread=["auto"] * (n - 1))
         self.folded.to(self.classifier.weight.dtype)
         return True
 

@@ -34,7 +34,7 @@ from torch import nn
 from segzoo.data.formats.ade20k import ADE20K_CLASSES
 from segzoo.hub.published import WeightsEntry, register_weights
 from segzoo.layers import ConvNormAct, FCNHead, PyramidPooling
-from segzoo.layers.ppm import adaptive_avg_pool
+from segzoo.layers.ppm import PyramidPoolingConv
 from segzoo.layers.upsampled_conv import UpsampledConcatConv, conv_norm_affine
 from segzoo.models.base import SegmentationModel
 from segzoo.models.converters import HUGGINGFACE, SMP, KeyMap, register_key_map
@@ -84,11 +84,7 @@ class UPerHead(nn.Module):
     def _folded_forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """:meth:`forward` with the PPM bottleneck and the fuse convolution on the small maps."""
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
-        x = feats[-1]
-        exporting = torch.compiler.is_exporting()
-        pooled = [stage[1:](adaptive_avg_pool(x, b)) if exporting else stage(x)
-                  for b, stage in zip(self.ppm.bins, self.ppm.stages)]
-        laterals.append(self.bottleneck[2](self.folded["bottleneck"](x, pooled)))
+        laterals.append(self.bottleneck[2](self.folded["bottleneck"](feats[-1])))
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="bilinear", align_corners=False)
@@ -101,24 +97,23 @@ class UPerHead(nn.Module):
     @torch.no_grad()
     def fold_for_inference(self) -> bool:
         """For eval: the PPM bottleneck and the fuse convolution (each a 3x3 conv over maps upsampled to
-        its size) computed with each map's channel mixing on its own small grid
-        (:class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv`); the stride-4 fuse conv over
-        ``4D`` channels becomes a ``D``-channel one plus three on the 8-32 stride grids. Exact to
-        float rounding; training keeps the layers as they are."""
-        folded = {}
-        for name, channels in (("bottleneck", [self.ppm.out_channels - sum(s[1].out_channels for s in
-                                                                            self.ppm.stages)]
-                                + [s[1].out_channels for s in self.ppm.stages]),
-                               ("fpn_bottleneck", [self.fpn_convs[0][0].out_channels] * (len(self.fpn_convs) + 1))):
-            block = getattr(self, name)
+        its size) computed with each map's channel mixing on its own small grid: the bottleneck as PSPNet's
+        (:class:`~segzoo.layers.ppm.PyramidPoolingConv`), the fuse conv as an
+        :class:`~segzoo.layers.upsampled_conv.UpsampledConcatConv` whose three upsampled maps are resized
+        (``"resize"``); the stride-4 fuse conv over ``4D`` channels becomes a ``D``-channel one plus three
+        on the 8-32 stride grids. Exact to float rounding; training keeps the layers as they are."""
+        for block in (self.bottleneck, self.fpn_bottleneck):
             conv = block[0]
-            affine = conv_norm_affine(conv, block[1]) if len(block) == 3 else None
-            if (affine is None or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
+            if (len(block) != 3 or conv_norm_affine(conv, block[1]) is None or type(conv) is not nn.Conv2d
+                    or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
                     or conv.padding != (conv.kernel_size[0] // 2,) * 2 or not isinstance(block[2], nn.ReLU)):
                 return False
-            folded[name] = UpsampledConcatConv(*affine, channels)
         if not all(len(s) == 4 and isinstance(s[0], nn.AdaptiveAvgPool2d) for s in self.ppm.stages):
             return False
+        conv, norm = self.fpn_bottleneck[0], self.fpn_bottleneck[1]
+        channels = [self.fpn_convs[0][0].out_channels] * (len(self.fpn_convs) + 1)
+        folded = {"bottleneck": PyramidPoolingConv(self.ppm, self.bottleneck[0], self.bottleneck[1]),
+                  "fpn_bottleneck": UpsampledConcatConv(*conv_norm_affine(conv, norm), channels)}
         self.folded = nn.ModuleDict(folded).to(self.classifier.weight.dtype)
         return True
 

@@ -1,5 +1,6 @@
-"""PSPNet's inference rewrite (PSPHead.fold_for_inference -> PyramidPoolingConv): the bottleneck conv's
-pooled share computed on the pooled grids equals the eval forward, and its FLOPs are gone."""
+"""PSPNet's inference rewrite (PSPHead.fold_for_inference -> PyramidPoolingConv, the pyramid pooling over
+segzoo.layers.upsampled_conv.UpsampledConcatConv): the bottleneck conv's pooled share computed on the pooled
+grids equals the eval forward, and its FLOPs are gone."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import segzoo
 from segzoo import export as ex
-from segzoo.layers import PyramidPooling
+from segzoo.layers import ConvNormAct, PyramidPooling
 from segzoo.layers.ppm import PyramidPoolingConv
+from segzoo.layers.upsampled_conv import UpsampledConcatConv
 from segzoo.models.pspnet import PSPHead
 from tests.conftest import build_small
 from tests.test_export import randomize_bn
@@ -47,22 +49,50 @@ def test_folded_head_equals_its_eval_forward(hw):
     folded = copy.deepcopy(head)
     assert folded.fold_for_inference() and not folded.fold_for_inference()  # applies once
     assert isinstance(folded[0], PyramidPoolingConv) and isinstance(folded[1][0], nn.Identity)
+    assert isinstance(folded[0].conv, UpsampledConcatConv) and set(folded[0].conv.spread) == {"matrix"}
     assert isinstance(folded[1][1], nn.BatchNorm2d)  # BN not folded yet: it stays after the fused conv
-    x = torch.randn(2, 64, *hw)
-    with torch.no_grad():
-        _close(folded(x), head(x))
+    for batch in (1, 2):
+        x = torch.randn(batch, 64, *hw)
+        with torch.no_grad():
+            ref = head(x)
+            _close(folded(x), ref)
+            _close(folded(x.contiguous(memory_format=torch.channels_last)), ref)  # channels_last input
 
 
 def test_other_bins_kernels_and_dilations():
     torch.manual_seed(0)
     ppm = randomize_bn(PyramidPooling(24, bins=(1, 4, 5), channels=8)).eval()
-    for k, d in [(1, 1), (3, 2), (5, 1)]:
-        conv = nn.Conv2d(ppm.out_channels, 16, k, padding=d * (k - 1) // 2, dilation=d, bias=True)
+    for k, d in [(1, 1), (3, 2), (5, 1), ((3, 1), 1), ((1, 3), (1, 2))]:
+        kh, kw = (k, k) if isinstance(k, int) else k
+        dh, dw = (d, d) if isinstance(d, int) else d
+        conv = nn.Conv2d(ppm.out_channels, 16, k, padding=(dh * (kh - 1) // 2, dw * (kw - 1) // 2), dilation=d)
         fused = PyramidPoolingConv(ppm, conv).eval()
         for hw in [(9, 7), (4, 13)]:
-            x = torch.randn(1, 24, *hw)
+            for batch in (1, 2):
+                x = torch.randn(batch, 24, *hw)
+                with torch.no_grad():
+                    ref = conv(ppm(x))
+                    _close(fused(x), ref)
+                    _close(fused(x.contiguous(memory_format=torch.channels_last)), ref)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batchnorm_folded_in_as_upernet_does(channels_last):
+    """With ``norm`` (UPerNet's bottleneck), the eval BatchNorm after the conv is folded into the module,
+    also with the module and input in channels_last (UPerNet's optimized layout: the NHWC products)."""
+    torch.manual_seed(0)
+    ppm = randomize_bn(PyramidPooling(24, channels=8)).eval()
+    block = randomize_bn(ConvNormAct(ppm.out_channels, 16, 3)).eval()
+    fused = PyramidPoolingConv(ppm, block[0], block[1]).eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    fused = fused.to(memory_format=layout)
+    for hw in [(8, 8), (5, 11)]:
+        for batch in (1, 2):
+            x = torch.randn(batch, 24, *hw)
             with torch.no_grad():
-                _close(fused(x), conv(ppm(x)))
+                _close(fused(x.contiguous(memory_format=layout)), block[1](block[0](ppm(x))))
+    with pytest.raises(ValueError, match="folds an eval BatchNorm2d"):
+        PyramidPoolingConv(ppm, block[0], nn.GroupNorm(2, 16))
 
 
 def test_rewrite_refuses_convs_it_cannot_express():
@@ -97,6 +127,7 @@ def test_every_pspnet_optimized_equals_eager(name):
         with torch.no_grad():
             ref = model(x)
         _close(fast(x), ref, 1e-4)
+        _close(fast(x.contiguous(memory_format=torch.channels_last)), ref, 1e-4)
 
 
 def test_optimized_flops_drop_by_the_pooled_share_of_the_bottleneck():

@@ -119,7 +119,7 @@ class PrepackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "linear layer")
-        if self.packed is not None and self.packed.usable(x):  # a deep copy drops the packed weights
+        if self.packed is not None and self.packed.usable(x):  # None: a copy that could not pack again
             return self.packed(x)
         return F.linear(x, self.weight, self.bias)
 

@@ -1,5 +1,5 @@
 """An optimized model survives ``copy.deepcopy`` and pickling: oneDNN-packed weights have no storage to copy, so the
-packed layers pack again from their dense weights (convolutions) or fall back to their plain layers (linears)."""
+packed layers (convolutions and linears) pack the copied dense weights again; the copy runs the same packed path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import segzoo
-from segzoo.prepack import PrepackedConv2d
+from segzoo.prepack import PrepackedConv2d, PrepackedLinear
 
 
 def _tensors(out) -> list[torch.Tensor]:
@@ -39,6 +39,8 @@ def test_copies_of_an_optimized_model_predict_the_same(name, kwargs, how):
     with torch.no_grad():
         ref, out = _tensors(fast(x)), _tensors(clone(x))
     assert len(out) == len(ref) > 0
+    packed = [m for m in clone.modules() if isinstance(m, PrepackedLinear)]
+    assert all(m.packed is not None and m.packed.params[0][0] is m.weight for m in packed)
     for o, r in zip(out, ref):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
 

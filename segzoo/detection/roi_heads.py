@@ -104,7 +104,7 @@ class BoxPredictor(nn.Module):
         return True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # a deep copy or pickle drops the packed weights (each becomes None): then the layers themselves run
+        # a copy unpickled where the layers cannot be packed holds None for each: then the layers themselves run
         if self.packed is not None and all(p is not None and p.usable(x) for p in self.packed):
             return self.packed[0](x), self.packed[1](x)
         return self.cls_score(x), self.bbox_pred(x)

@@ -10,8 +10,8 @@ about half the time on one thread of the AMD EPYC measured (docs/performance-opt
 ReLU fused. :class:`PackedLinears` holds the packed copies of a few layers; it is used only where it
 computes what the layers compute: float32 CPU inputs, gradients off, no autocast, no tracing, and the
 layers' weights unchanged since packing (checked by their version counters). Anything else runs the
-layers themselves. It is not part of the ``state_dict``, and a deep copy or pickle drops it (the copy
-runs the plain layers until :func:`segzoo.optimize` packs it again).
+layers themselves. It is not part of the ``state_dict``; a deep copy or pickle packs the copied layers'
+weights again.
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ def can_pack(layers: Sequence[nn.Linear]) -> bool:
     )
 
 
-def _dropped() -> None:
-    return None
+def _repacked(params: list, attr: str, rows: int | None) -> PackedLinears | None:
+    """A copy's packed layers, packed again from its parameters (None where they cannot be: not float32 CPU
+    tensors, or no oneDNN here); the module then runs its plain layers."""
+    if not (bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and all(w.dtype == torch.float32 and w.device.type == "cpu" for w, _ in params)):
+        return None
+    packed = PackedLinears.__new__(PackedLinears)
+    packed._pack(list(params), attr, rows)
+    return packed
 
 
 class PackedLinears:
@@ -53,13 +60,14 @@ class PackedLinears:
     def __init__(self, layers: Sequence[nn.Linear], relu: bool = True, rows: int | None = 512) -> None:
         if not can_pack(layers):
             raise ValueError("PackedLinears takes float32 CPU nn.Linear layers and a PyTorch with oneDNN")
-        self.params = [(fc.weight, fc.bias) for fc in layers]
+        self._pack([(fc.weight, fc.bias) for fc in layers], "relu" if relu else "none", rows)
+
+    def _pack(self, params: list, attr: str, rows: int | None) -> None:
+        self.params, self.attr, self.rows = params, attr, rows
         self.versions = self._versions()
-        self.attr = "relu" if relu else "none"
         with torch.no_grad():
             hint = () if rows is None else (rows,)
-            self.packed = [torch.ops.mkldnn._reorder_linear_weight(fc.weight.detach().contiguous(), *hint)
-                           for fc in layers]
+            self.packed = [torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), *hint) for w, _ in params]
 
     def _versions(self) -> list[int]:
         return [t._version for w, b in self.params for t in (w, b) if t is not None]
@@ -80,6 +88,8 @@ class PackedLinears:
             x = torch.ops.mkldnn._linear_pointwise(x, packed, bias, self.attr, [], "")
         return x.view(*lead, x.shape[-1])
 
-    def __reduce__(self):  # deep copies and pickles drop the packed weights (oneDNN tensors have no storage)
-        return (_dropped, ())
+    # oneDNN tensors have no storage to copy: deep copies and pickles carry the layers' parameters (shared with the
+    # copied layers through the copy's memo) and pack them again, or hold None where they cannot be packed
+    def __reduce__(self):
+        return (_repacked, (self.params, self.attr, self.rows))
 

@@ -57,13 +57,17 @@ def test_packed_path_steps_aside_for_gradients_edits_and_copies():
         head.fc7.weight.mul_(2.0)
         assert not head.packed.usable(x.flatten(1))
         torch.testing.assert_close(head(x), torch.relu(head.fc7(torch.relu(head.fc6(x.flatten(1))))))
-    # a deep copy drops the packed weights (oneDNN tensors cannot be copied) and still computes the same
+    # a deep copy packs the copied layers' weights again (oneDNN tensors cannot be copied): it computes the same
+    # with its own parameters, and an edit of the copy's weights is seen by the copy only
     folded = _head()
     assert folded.fold_for_inference()
     clone = copy.deepcopy(folded)
-    assert clone.packed is None
+    assert clone.packed is not None and clone.packed.params[0][0] is clone.fc6.weight
     with torch.no_grad():
+        assert clone.packed.usable(x.flatten(1))
         torch.testing.assert_close(clone(x), folded(x), rtol=1e-5, atol=1e-5)
+        clone.fc6.weight.zero_()
+        assert not clone.packed.usable(x.flatten(1)) and folded.packed.usable(x.flatten(1))
     # autocast: the packed float32 path is not taken
     fresh = _head()
     assert fresh.fold_for_inference()
@@ -97,13 +101,13 @@ def test_optimized_faster_rcnn_equals_eager_with_packed_box_head(size):
 
 
 def test_deep_copy_of_an_optimized_detector_still_predicts():
-    """Both packed layers of the box predictor drop out of a deep copy (each becomes None); the copy runs its
-    plain layers and gives the same detections."""
+    """The copy's box head and predictor pack their own copied weights again and give the same detections."""
     torch.manual_seed(0)
     fast = segzoo.optimize(segzoo.build("fasterrcnn_resnet18_fpn", num_classes=5, box_score_thresh=0.0).eval())
     clone = copy.deepcopy(fast)
     predictor = next(m for m in clone.modules() if isinstance(m, BoxPredictor))
-    assert predictor.packed is not None and all(p is None for p in predictor.packed)
+    assert all(p is not None and p.params[0][0] is layer.weight
+               for p, layer in zip(predictor.packed, (predictor.cls_score, predictor.bbox_pred)))
     x = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
         ref, out = fast(x)[0], clone(x)[0]

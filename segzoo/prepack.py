@@ -67,7 +67,7 @@ class PrepackedConv2d(nn.Module):
 
     def _pack(self) -> None:
         self.packed = None
-        if self.weight.dtype == torch.float32 and self.weight.device.type == "cpu":
+        if available() and self.weight.dtype == torch.float32 and self.weight.device.type == "cpu":
             with torch.no_grad():
                 weight = self.weight.detach().contiguous().to_mkldnn()
                 self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
@@ -87,8 +87,9 @@ class PrepackedConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, "convolution")
         if self.packed is None:
-            raise RuntimeError("this prepacked convolution's weight is not a float32 CPU tensor; call "
-                               "segzoo.optimize on the original model on the device and dtype you run")
+            raise RuntimeError("this prepacked convolution's weight is not a float32 CPU tensor (or this PyTorch "
+                               "has no oneDNN); call segzoo.optimize on the original model on the device and dtype "
+                               "you run")
         bias = None if self.bias is None else self.bias.detach()
         return torch.mkldnn_convolution(x, self.packed, bias, self.padding, self.stride, self.dilation,
                                         self.groups)

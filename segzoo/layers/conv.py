@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -106,6 +108,19 @@ class OneDNNPointwiseConv2d(nn.Conv2d):
         return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
                 and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1) and conv.groups == 1
                 and conv.padding_mode == "zeros")
+
+    @classmethod
+    def swap_in(cls, modules: Iterable[nn.Module]) -> int:
+        """Switch every :meth:`eligible` float32 CPU convolution among ``modules`` to this class in place (the
+        same parameters and ``state_dict`` keys); how many. None without oneDNN."""
+        if not torch.backends.mkldnn.is_available():
+            return 0
+        done = 0
+        for m in modules:
+            if cls.eligible(m) and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
+                m.__class__ = cls
+                done += 1
+        return done
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dtype == torch.float32 and x.device.type == "cpu" and self.weight.dtype == torch.float32

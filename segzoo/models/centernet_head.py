@@ -113,11 +113,5 @@ class CenterNetHead(nn.Module):
             conv.requires_grad_(c.weight.requires_grad)
             self.folded = nn.Sequential(conv, nn.ReLU(inplace=True))
             done = True
-        if torch.backends.mkldnn.is_available():
-            for k in HEADS:
-                out = getattr(self, k)[2]
-                if (OneDNNPointwiseConv2d.eligible(out) and out.weight.dtype == torch.float32
-                        and out.weight.device.type == "cpu"):
-                    out.__class__ = OneDNNPointwiseConv2d  # the same parameters and state_dict keys
-                    done = True
-        return done
+        swapped = OneDNNPointwiseConv2d.swap_in(getattr(self, k)[2] for k in HEADS)  # the same state_dict keys
+        return done or swapped > 0

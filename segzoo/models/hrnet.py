@@ -42,14 +42,7 @@ class _HRNetSegBase(SegmentationModel):
         """Run every plain 1x1 convolution of the model on oneDNN (:class:`OneDNNPointwiseConv2d`: the same
         numbers to float rounding; HRNet's fusion layers and heads are full of them). Returns whether
         any was switched (float32 CPU models with oneDNN)."""
-        if not torch.backends.mkldnn.is_available():
-            return False
-        done = 0
-        for m in self.modules():
-            if OneDNNPointwiseConv2d.eligible(m) and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu":
-                m.__class__ = OneDNNPointwiseConv2d
-                done += 1
-        return done > 0
+        return OneDNNPointwiseConv2d.swap_in(self.modules()) > 0
 
     def _resize(self, t: torch.Tensor, h: int, w: int, always: bool = False) -> torch.Tensor:
         # the official pipeline upsamples logits with the model's align_corners

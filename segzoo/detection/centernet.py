@@ -19,7 +19,6 @@ right or bottom border keeps its true size and encode -> decode is exact.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from segzoo.detection.boxes import clip_boxes, rank_in_group
 
@@ -154,10 +153,11 @@ def local_max(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     """``F.max_pool2d(x, kernel, stride=1, padding=kernel // 2)``: the maximum of each cell's
     ``kernel x kernel`` window, cells outside the map left out (max-pool pads with -inf).
 
-    Computed as two separable passes of element-wise maxima over shifted slices of a -inf padded
-    copy: maxima are exact, so the result equals the max-pool bit for bit (NaN spreads to the
-    windows that hold one, as in the max-pool), at 0.1x of its time on contiguous maps (PyTorch's
-    CPU max-pool is vectorised over channels only in channels_last) and 0.8x on channels_last ones.
+    Computed as two separable passes of element-wise maxima of shifted slices, written in place
+    into two new buffers (no padded copy): maxima are exact, so the result equals the max-pool bit
+    for bit (NaN spreads to the windows that hold one, as in the max-pool), at 0.1x of its time on
+    contiguous maps (PyTorch's CPU max-pool is vectorised over channels only in channels_last) and
+    0.8x on channels_last ones. ``kernel=1`` returns ``x`` itself; otherwise a new tensor.
 
     Args:
         x: ``N x C x H x W``, any memory layout.
@@ -165,18 +165,69 @@ def local_max(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     """
     if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
         raise ValueError(f"kernel must be an odd positive int (3 in the official decoding), got {kernel!r}")
-    r = kernel // 2
-    if r == 0:
+    if kernel == 1:
         return x
-    h, w = x.shape[-2:]
-    p = F.pad(x, (r, r, r, r), value=float("-inf"))  # (N, C, H + 2r, W + 2r)
-    rows = p[..., :, 0:w]
-    for d in range(1, kernel):
-        rows = torch.maximum(rows, p[..., :, d:d + w])
-    out = rows[..., 0:h, :]
-    for d in range(1, kernel):
-        out = torch.maximum(out, rows[..., d:d + h, :])
+    out = x
+    for dim in (-1, -2):  # along rows, then along columns of the row maxima
+        src, out = out, out.clone()
+        for d in range(1, min(kernel // 2, src.shape[dim] - 1) + 1):
+            right, left = out.narrow(dim, d, src.shape[dim] - d), out.narrow(dim, 0, src.shape[dim] - d)
+            right.clamp_min_(src.narrow(dim, 0, src.shape[dim] - d))  # in place: max, NaN spreading
+            left.clamp_min_(src.narrow(dim, d, src.shape[dim] - d))
     return out
+
+
+def _first_k(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (ascending) of the ``k`` best entries of each row of ``x`` (``N x L``): greater
+    first, NaN above all (as :func:`torch.topk`), and among equal values the lower index."""
+    kth = x.topk(k, dim=1).values[:, -1:]  # (N, 1), the k-th best value
+    nan, kth_nan = x.isnan(), kth.isnan()
+    above = (x > kth) | (nan & ~kth_nan)  # fewer than k entries
+    tied = (x == kth) | (nan & kth_nan)
+    chosen = above | (tied & (tied.cumsum(1) <= k - above.sum(1, keepdim=True)))  # exactly k per row
+    length = x.shape[1]
+    key = torch.where(chosen, length - torch.arange(length, device=x.device), 0)  # unique where chosen
+    return key.topk(k, dim=1).indices  # descending key: ascending index
+
+
+def top_k(x: torch.Tensor, k: int, row: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best entries of each row of ``x`` (``N x L``), best first, equal values in index
+    order, NaN above all: the first ``k`` of a stable descending sort, without sorting ``L``.
+
+    ``torch.topk`` over a whole CenterNet heatmap (80 classes x 128 x 128 cells) leaves the order
+    of equal scores to the kernel and builds an ``L``-entry work buffer each call. Here the rows
+    of ``row`` entries whose maxima are the ``k`` best (ties to the lower row) hold every
+    selected entry, so only those ``k * row`` candidates are ranked.
+
+    Args:
+        x: ``N x L`` values; ``L`` a multiple of ``row`` (a heatmap's width, say).
+        k: entries per row of ``x``, at most ``L``.
+        row: the length of the contiguous segments first ranked by their maxima.
+
+    Returns:
+        ``values`` and ``indices`` into ``L``, both ``N x k``.
+    """
+    n, length = x.shape
+    if not 0 <= k <= length or row < 1 or length % row:
+        raise ValueError(f"top_k needs 0 <= k <= L and L a multiple of row; got k={k}, L={length}, row={row}")
+    if k == 0:
+        return x[:, :0], torch.zeros(n, 0, dtype=torch.long, device=x.device)
+    index = None
+    if k < length // row and row > 1:
+        rows = _first_k(x.view(n, length // row, row).amax(-1), k)  # (N, k) ascending
+        index = (rows[..., None] * row + torch.arange(row, device=x.device)).flatten(1)  # (N, k * row)
+        x = x.gather(1, index)
+    pos = _first_k(x, k)  # ascending
+    values = x.gather(1, pos)
+    # each entry's place among the k: how many of the others come before it (k x k comparisons,
+    # which export, where a stable sort does not to ONNX)
+    a, b = values[:, None, :], values[:, :, None]  # a: the other entry j, b: the entry i
+    tied = (a == b) | (a.isnan() & b.isnan())
+    before = (a > b) | (a.isnan() & ~b.isnan()) | (tied & torch.ones(k, k, dtype=torch.bool, device=x.device).tril(-1))
+    place = before.sum(-1)  # (N, k), a permutation of 0..k-1
+    pos = torch.empty_like(pos).scatter_(1, place, pos)
+    values = torch.empty_like(values).scatter_(1, place, values)
+    return values, pos if index is None else index.gather(1, pos)
 
 
 @torch.no_grad()
@@ -200,12 +251,14 @@ def decode(
 
     Returns:
         ``boxes`` (``N x k x 4`` xyxy input pixels, not clipped), ``scores`` (``N x k``)
-        and ``labels`` (``N x k`` int64, 0-based), best first.
+        and ``labels`` (``N x k`` int64, 0-based), best first; equal scores in (class, row,
+        column) order (:func:`top_k`), so a decoding does not depend on the kernel's tie order.
     """
     n, c, h, w = heatmap.shape
-    heat = heatmap * (local_max(heatmap, kernel) == heatmap)
+    peak = local_max(heatmap, kernel)  # a new buffer unless kernel is 1 (then every cell is a peak)
+    heat = heatmap if peak is heatmap else peak.eq_(heatmap).mul_(heatmap)  # heatmap * (peak == heatmap)
     k = min(k, c * h * w)
-    scores, idx = heat.flatten(1).topk(k)  # (N, k) over classes and cells together
+    scores, idx = top_k(heat.reshape(n, c * h * w), k, row=w)  # (N, k) over classes and cells together
     labels = idx // (h * w)
     cell = idx % (h * w)
     ys = (cell // w).to(heatmap.dtype)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from segzoo.detection.boxes import clip_boxes, rank_in_group
+from segzoo.layers.tracing import is_tracing
 
 
 def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
@@ -190,6 +191,11 @@ def _first_k(x: torch.Tensor, k: int) -> torch.Tensor:
     return key.topk(k, dim=1).indices  # descending key: ascending index
 
 
+# up to this k, top_k orders its k entries by k x k comparisons (exported to ONNX); above, by a
+# stable sort (eager), so that a large k takes no k x k memory
+_PAIRWISE_MAX_K = 256
+
+
 def top_k(x: torch.Tensor, k: int, row: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` best entries of each row of ``x`` (``N x L``), best first, equal values in index
     order, NaN above all: the first ``k`` of a stable descending sort, without sorting ``L``.
@@ -208,10 +214,12 @@ def top_k(x: torch.Tensor, k: int, row: int = 1) -> tuple[torch.Tensor, torch.Te
         ``values`` and ``indices`` into ``L``, both ``N x k``.
     """
     n, length = x.shape
-    if not 0 <= k <= length or row < 1 or length % row:
-        raise ValueError(f"top_k needs 0 <= k <= L and L a multiple of row; got k={k}, L={length}, row={row}")
+    if not 0 <= k <= length:
+        raise ValueError(f"top_k needs 0 <= k <= L; got k={k}, L={length}")
     if k == 0:
         return x[:, :0], torch.zeros(n, 0, dtype=torch.long, device=x.device)
+    if row < 1 or length % row:
+        raise ValueError(f"top_k needs L a multiple of row; got L={length}, row={row}")
     index = None
     if k < length // row and row > 1:
         rows = _first_k(x.view(n, length // row, row).amax(-1), k)  # (N, k) ascending
@@ -219,6 +227,10 @@ def top_k(x: torch.Tensor, k: int, row: int = 1) -> tuple[torch.Tensor, torch.Te
         x = x.gather(1, index)
     pos = _first_k(x, k)  # ascending
     values = x.gather(1, pos)
+    if k > _PAIRWISE_MAX_K and not is_tracing():
+        values, order = values.sort(dim=1, descending=True, stable=True)
+        pos = pos.gather(1, order)
+        return values, pos if index is None else index.gather(1, pos)
     # each entry's place among the k: how many of the others come before it (k x k comparisons,
     # which export, where a stable sort does not to ONNX)
     a, b = values[:, None, :], values[:, :, None]  # a: the other entry j, b: the entry i

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from segzoo.detection import centernet
 from segzoo.detection.centernet import top_k
 
 
@@ -40,6 +41,19 @@ def test_top_k_reads_a_heatmap_sized_row():
     values, index = top_k(x, 100, row=64)
     ref_values, ref_index = _stable(x, 100)
     assert torch.equal(index, ref_index) and torch.equal(values, ref_values)
+
+
+def test_top_k_orders_a_large_k_by_a_stable_sort_and_an_empty_map_gives_nothing():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 40 * 50, generator=g).round(decimals=2)
+    for k in (centernet._PAIRWISE_MAX_K, centernet._PAIRWISE_MAX_K + 1, 1500):  # both ways of ordering the k
+        values, index = top_k(x, k, row=50)
+        ref_values, ref_index = _stable(x, k)
+        assert torch.equal(index, ref_index) and torch.equal(values, ref_values)
+    values, index = top_k(torch.zeros(3, 0), 0, row=0)  # a map of width 0 (decode's row is its width)
+    assert values.shape == index.shape == (3, 0) and index.dtype == torch.long
+    values, index = top_k(torch.zeros(0, 12), 5, row=4)  # an empty batch
+    assert values.shape == index.shape == (0, 5)
 
 
 def test_top_k_refuses_what_it_cannot_rank():

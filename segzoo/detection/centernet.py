@@ -230,15 +230,15 @@ def top_k(x: torch.Tensor, k: int, row: int = 1) -> tuple[torch.Tensor, torch.Te
     if k > _PAIRWISE_MAX_K and not is_tracing():
         values, order = values.sort(dim=1, descending=True, stable=True)
         pos = pos.gather(1, order)
-        return values, pos if index is None else index.gather(1, pos)
-    # each entry's place among the k: how many of the others come before it (k x k comparisons,
-    # which export, where a stable sort does not to ONNX)
-    a, b = values[:, None, :], values[:, :, None]  # a: the other entry j, b: the entry i
-    tied = (a == b) | (a.isnan() & b.isnan())
-    before = (a > b) | (a.isnan() & ~b.isnan()) | (tied & torch.ones(k, k, dtype=torch.bool, device=x.device).tril(-1))
-    place = before.sum(-1)  # (N, k), a permutation of 0..k-1
-    pos = torch.empty_like(pos).scatter_(1, place, pos)
-    values = torch.empty_like(values).scatter_(1, place, values)
+    else:
+        # each entry's place among the k: how many of the others come before it (k x k
+        # comparisons, which export, where a stable sort does not to ONNX)
+        a, b = values[:, None, :], values[:, :, None]  # a: the other entry j, b: the entry i
+        tied = (a == b) | (a.isnan() & b.isnan())
+        earlier = torch.ones(k, k, dtype=torch.bool, device=x.device).tril(-1)  # j < i
+        place = ((a > b) | (a.isnan() & ~b.isnan()) | (tied & earlier)).sum(-1)  # a permutation of 0..k-1
+        pos = torch.empty_like(pos).scatter_(1, place, pos)
+        values = torch.empty_like(values).scatter_(1, place, values)
     return values, pos if index is None else index.gather(1, pos)
 
 

@@ -38,6 +38,7 @@ def test_gather_equals_torchvision_and_grid_sample(case, monkeypatch):
     x, offset, mask, weight, bias = _inputs(*shape, stride, padding, dilation, spread)
     kw = dict(stride=(stride, stride), padding=(padding, padding), dilation=(dilation, dilation))
     monkeypatch.setattr(dcn, "_BAND_BYTES", 20_000)  # several bands even on small inputs
+    monkeypatch.setattr(dcn, "_BAND_MIN_PIXELS", 0)
     out = deform_conv2d_by_gather(x, offset, mask, weight, bias, **kw)
     tv = deform_conv2d(x, offset, weight, bias, mask=mask, **kw)
     old = deform_conv2d_by_sampling(x, offset, mask, weight, bias, **kw)
@@ -114,3 +115,14 @@ def test_compiles_without_graph_breaks():
     compiled = torch.compile(layer, backend="eager", fullgraph=True)  # no strided out= writes when traced
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize("rows,width,row_bytes", [(128, 128, 2304), (16, 16, 18432), (32, 32, 9216), (1, 1, 4),
+                                                   (257, 3, 100_000), (7, 1000, 36), (10, 1, 1 << 21)])
+def test_bands_cover_the_rows_in_as_many_bands_as_asked_of_equal_heights(rows, width, row_bytes):
+    asked = max(1, dcn._BAND_BYTES // (row_bytes * width), -(-dcn._BAND_MIN_PIXELS // width))
+    starts = dcn._band_starts(rows, width, row_bytes)
+    heights = [b - a for a, b in zip(starts, starts[1:])]
+    assert starts[0] == 0 and starts[-1] == rows and min(heights) >= 1
+    assert len(heights) == -(-rows // asked)  # as many bands as the byte budget and the pixel floor ask
+    assert max(heights) - min(heights) <= 1 and max(heights) <= asked

@@ -14,6 +14,10 @@ def test_workrate_measures_four_variants_consistently(moving):
     assert g["model eager"] == pytest.approx(f["model"] / s["model eager"])
     assert r["optimized_ratio"] == pytest.approx(
         (f["model"] / s["model optimized"]) / (f["body"] / s["body optimized"]))
+    for mode in ("eager", "optimized"):  # paired by round: each round's model over the body timed beside it
+        m, b = r["seconds"][f"model {mode}"], r["seconds"][f"body {mode}"]  # one round: the medians are its times
+        assert r["round_ratios"][mode] == [pytest.approx(f["model"] / f["body"] * b / m)]
+        assert r["paired"][mode] == r["round_ratios"][mode][0]
     assert "| centernet_resdcn18 (64 px) |" in workrate.table([r])
 
 
@@ -21,3 +25,4 @@ def test_workrate_cli_prints_the_table(capsys):
     workrate.main(["--models", "centernet_resnet18", "--size", "64", "--runs", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert "centernet_resnet18: eager / eager" in out and "| centernet_resnet18 (64 px) |" in out
+    assert "paired by round" in out and "paired optimized (range)" in out

@@ -162,9 +162,9 @@ class Model(nn.Module):
         return self.pixel_mean.dtype
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - mean) / std`` in the model's dtype."""
+        """``(x - mean) / std`` in the model's dtype: a new tensor (the division in place on the difference)."""
         x = x.to(self.dtype)
-        return (x - self.pixel_mean) / self.pixel_std
+        return torch.sub(x, self.pixel_mean).div_(self.pixel_std)
 
     def set_grad_checkpointing(self, enable: bool = True) -> Model:
         """Recompute the backbone's activations in backward instead of keeping them (as timm's

@@ -80,9 +80,10 @@ class DetectionModel(Model):
             check_image_tensor(images, values=self.check_inputs)
             n, _, h, w = images.shape
             sizes = torch.tensor([[h, w]] * n, device=images.device)
-            x = self.normalize(images)
+            x = self.normalize(images)  # a new tensor, so when no padding is needed it is the batch itself
             d = self.size_divisibility
-            return F.pad(x, (0, (-w) % d, 0, (-h) % d)), sizes
+            pad_w, pad_h = (-w) % d, (-h) % d
+            return (F.pad(x, (0, pad_w, 0, pad_h)) if pad_w or pad_h else x), sizes
         images = list(images)
         if not images:
             raise ValueError("got an empty list of images")

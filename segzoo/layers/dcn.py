@@ -203,6 +203,9 @@ def deform_conv2d_by_gather(
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     ho, wo = offset.shape[-2:]
+    if n * ho * wo == 0:  # nothing to sample: the sampling path gives the empty output (and its autograd graph)
+        return deform_conv2d_by_sampling(x, offset, mask, weight, bias, stride=stride, padding=padding,
+                                         dilation=dilation)
     k = kh * kw
     g = offset.shape[1] // (2 * k)  # deformable groups
     hp, wp = h + 3, w + 3  # the zero-bordered image

@@ -126,3 +126,16 @@ def test_bands_cover_the_rows_in_as_many_bands_as_asked_of_equal_heights(rows, w
     assert starts[0] == 0 and starts[-1] == rows and min(heights) >= 1
     assert len(heights) == -(-rows // asked)  # as many bands as the byte budget and the pixel floor ask
     assert max(heights) - min(heights) <= 1 and max(heights) <= asked
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_an_empty_batch_gives_an_empty_output_as_torchvision(grad):
+    layer = ModulatedDeformConv2d(4, 5, 3)
+    x = torch.randn(0, 4, 8, 8, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = layer(x)
+    offset, mask = torch.zeros(0, 18, 8, 8), torch.zeros(0, 9, 8, 8)
+    assert out.shape == deform_conv2d(x, offset, layer.weight, layer.bias, padding=1, mask=mask).shape == (0, 5, 8, 8)
+    if grad:
+        out.sum().backward()
+        assert x.grad.shape == x.shape and layer.weight.grad.abs().sum() == 0

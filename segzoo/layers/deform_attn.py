@@ -57,6 +57,8 @@ def ms_deform_attn_gather(value: torch.Tensor, shapes: Sequence[tuple[int, int]]
     """
     b, s, heads, d = value.shape
     q, levels, points = locations.shape[1], locations.shape[3], locations.shape[4]
+    if b * q == 0:  # no image or no query: the grid_sample path gives the empty output (and its autograd graph)
+        return ms_deform_attn(value, shapes, locations, weights)
     # corner rows (exact in float64, or float32 below 2^24) and weights, one bag per (image, query, head)
     if locations.dtype not in (torch.float32, torch.float64):  # half precision cannot hold the pixel coordinates
         locations = locations.float()

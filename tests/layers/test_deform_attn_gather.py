@@ -67,3 +67,14 @@ def test_module_uses_gather_in_eval_after_folding_only():
             mod.ms_deform_attn_gather = real
     assert calls == [1]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b,q", [(0, 5), (2, 0)])
+def test_no_image_or_no_query_gives_the_empty_output_of_the_grid_sample_path(b, q):
+    shapes = [(4, 4), (2, 2)]
+    value = torch.randn(b, 20, 2, 8, requires_grad=True)
+    locations, weights = torch.rand(b, q, 2, 2, 3, 2), torch.rand(b, q, 2, 2, 3)
+    out = ms_deform_attn_gather(value, shapes, locations, weights)
+    assert out.shape == ms_deform_attn(value, shapes, locations, weights).shape == (b, q, 16)
+    out.sum().backward()
+    assert value.grad.shape == value.shape and not value.grad.any()

@@ -252,8 +252,7 @@ def deform_conv2d_by_gather(
     for r, end in zip(starts, starts[1:]):
         taps = F.embedding_bag(rows[r:end].view(-1, 4), table, mode="sum",
                                per_sample_weights=weights[r:end].view(-1, 4))
-        nb = taps.shape[0] // (k * wo * g)
-        image = taps.view(1, nb * kh, wo * kw, c).permute(0, 3, 1, 2)  # channels-last tap image
+        image = taps.view(1, (end - r) * kh, wo * kw, c).permute(0, 3, 1, 2)  # channels-last tap image
         outs.append(F.conv2d(image, weight, bias, stride=(kh, kw)))
     out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]  # (1, O, N*Ho, Wo)
     return out.view(o, n, ho, wo).transpose(0, 1) if out.is_contiguous() else (
